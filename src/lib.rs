@@ -1,0 +1,1 @@
+//! guarded-upgrade library.
