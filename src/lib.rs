@@ -1,1 +1,4 @@
 //! guarded-upgrade library.
+
+pub mod release;
+pub mod version;

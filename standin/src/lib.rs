@@ -1,1 +1,258 @@
-//! Kubernetes API stand-in.
+//! Kubernetes API stand-in: a small, stateful, in-memory HTTP server that speaks enough of the
+//! Kubernetes REST API for the real helm binaries (v3.17.3 and v4.1.4) to install, upgrade,
+//! roll back and uninstall releases against it. Test/dev tooling only; never shipped.
+//!
+//! See `docs/standin.md` for what is implemented and what is simplified.
+
+mod discovery;
+mod fields;
+mod patch;
+mod proto;
+mod selector;
+mod server;
+mod store;
+pub mod testbed;
+mod util;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use server::Shared;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::State;
+use tokio::sync::{broadcast, watch};
+
+/// One request the stand-in served (control endpoints under `/_standin/` are not logged).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RequestRecord {
+    /// HTTP method.
+    pub method: String,
+    /// URL path.
+    pub path: String,
+    /// Raw query string (still percent-encoded).
+    pub query: String,
+    /// Content-Type request header.
+    pub content_type: Option<String>,
+    /// Accept request header.
+    pub accept: Option<String>,
+    /// HTTP status answered (0 when the connection was dropped by a fault).
+    pub status: u16,
+    /// Kubernetes verb: get list watch create update patch delete deletecollection, or "other".
+    pub verb: String,
+    /// Resource plural (`secrets`, `deployments`, `namespaces/status`), None for non-resource paths.
+    pub resource: Option<String>,
+    /// Namespace from the path, if any.
+    pub namespace: Option<String>,
+    /// Object name from the path, if any.
+    pub name: Option<String>,
+}
+
+impl RequestRecord {
+    /// Whether this request was a write (create, update, patch, delete, deletecollection).
+    pub fn is_write(&self) -> bool {
+        matches!(self.verb.as_str(), "create" | "update" | "patch" | "delete" | "deletecollection")
+    }
+}
+
+/// A fault to inject into matching requests. `None` fields match anything.
+///
+/// Over HTTP (`POST /_standin/faults`) it is JSON such as
+/// `{"verb":"update","resource":"secrets","name":null,"action":{"Status":500},"times":1}`,
+/// `{"action":"Drop", ...}` or `{"action":{"Delay":{"secs":2,"nanos":0}}, ...}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Fault {
+    /// Kubernetes verb to match (see [`RequestRecord::verb`]).
+    pub verb: Option<String>,
+    /// Resource plural to match.
+    pub resource: Option<String>,
+    /// Object name to match.
+    pub name: Option<String>,
+    /// What to do with a matching request.
+    pub action: FaultAction,
+    /// How many matching requests to affect; None = until cleared.
+    pub times: Option<u32>,
+}
+
+/// What an injected fault does.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum FaultAction {
+    /// Answer with this HTTP status and a `Status` object with a fitting reason
+    /// (500 InternalError, 503 ServiceUnavailable, 409 Conflict, 403 Forbidden,
+    /// 429 TooManyRequests, 404 NotFound, ...). Nothing is changed in the store.
+    Status(u16),
+    /// Wait, then serve the request normally.
+    Delay(Duration),
+    /// Close the connection without answering.
+    Drop,
+}
+
+/// Options for [`StandIn::start_with`].
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Port to bind on 127.0.0.1 (0 = any free port).
+    pub port: u16,
+    /// Where to write the kubeconfig (default: a file in the stand-in's own tempdir).
+    pub kubeconfig: Option<PathBuf>,
+    /// Extra namespaces to create besides default, kube-system and kube-public.
+    pub namespaces: Vec<String>,
+}
+
+/// A running stand-in API server. Stops when dropped.
+pub struct StandIn {
+    shared: Arc<Shared>,
+    url: String,
+    kubeconfig: PathBuf,
+    shutdown: watch::Sender<bool>,
+    runtime: Option<tokio::runtime::Runtime>,
+    _dir: tempfile::TempDir,
+}
+
+impl StandIn {
+    /// Starts on 127.0.0.1 with a free port, its own tokio runtime (background threads) and
+    /// a kubeconfig in its own tempdir; namespaces default, kube-system and kube-public exist.
+    pub fn start() -> std::io::Result<StandIn> {
+        StandIn::start_with(Options::default())
+    }
+
+    /// Like [`StandIn::start`], with a chosen port, kubeconfig path and extra namespaces.
+    pub fn start_with(opts: Options) -> std::io::Result<StandIn> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kube-standin")
+            .enable_all()
+            .build()?;
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", opts.port))?;
+        std_listener.set_nonblocking(true)?;
+        let port = std_listener.local_addr()?.port();
+        let url = format!("http://127.0.0.1:{port}");
+        let dir = tempfile::Builder::new().prefix("kube-standin-").tempdir()?;
+        let kubeconfig = opts.kubeconfig.clone().unwrap_or_else(|| dir.path().join("kubeconfig"));
+        if let Some(parent) = kubeconfig.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&url))?;
+        let (events, _) = broadcast::channel(4096);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared { state: Mutex::new(State::new(events)), shutdown: shutdown_rx.clone() });
+        let mut standin = StandIn { shared: shared.clone(), url, kubeconfig, shutdown, runtime: None, _dir: dir };
+        for ns in ["default", "kube-system", "kube-public"].iter().map(|s| s.to_string()).chain(opts.namespaces.iter().cloned()) {
+            standin.create_namespace(&ns);
+        }
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
+        runtime.spawn(accept_loop(listener, shared, shutdown_rx));
+        standin.runtime = Some(runtime);
+        Ok(standin)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// The kubeconfig file: context `standin`, server = [`StandIn::url`], dummy token user.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The request log, in order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.lock().log.clone()
+    }
+
+    /// Empties the request log.
+    pub fn clear_requests(&self) {
+        self.shared.lock().log.clear();
+    }
+
+    /// Adds a fault (checked in insertion order; the first matching one applies).
+    pub fn inject(&self, fault: Fault) {
+        self.shared.lock().faults.push(fault);
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
+    /// Creates a namespace if it does not exist.
+    pub fn create_namespace(&self, name: &str) {
+        let mut st = self.shared.lock();
+        let rt = discovery::find_plural("namespaces").expect("namespaces are served");
+        if st.get(rt, "", name).is_none() {
+            let _ = st.put_direct(rt, serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}));
+        }
+    }
+
+    /// One stored object by resource plural (`secrets`, `deployments`, `namespaces`, ...).
+    pub fn get(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let rt = discovery::find_plural(resource)?;
+        self.shared.lock().get(rt, namespace.unwrap_or(""), name).cloned()
+    }
+
+    /// All stored objects of a resource (in one namespace, or all when None).
+    pub fn list(&self, resource: &str, namespace: Option<&str>) -> Vec<Value> {
+        let Some(rt) = discovery::find_plural(resource) else { return vec![] };
+        self.shared.lock().list(rt, namespace, &Default::default(), &Default::default())
+    }
+
+    /// Creates or replaces an object directly in the store (test setup): assigns
+    /// resourceVersion, uid and creationTimestamp, keeps `status` as given, emits watch events.
+    /// The namespace defaults to `default` and need not exist.
+    ///
+    /// # Panics
+    /// If the resource is unknown or the object is invalid (a test-setup mistake).
+    pub fn put_object(&self, resource: &str, obj: Value) -> Value {
+        let rt = discovery::find_plural(resource).unwrap_or_else(|| panic!("kube-standin does not serve {resource:?}"));
+        match self.shared.lock().put_direct(rt, obj) {
+            Ok(v) => v,
+            Err(e) => panic!("put_object({resource}): {}", e.message),
+        }
+    }
+
+    /// Stops the server (same as dropping it).
+    pub fn stop(self) {}
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(rt) = self.runtime.take() {
+            // shutdown_background never blocks, so this is safe inside an async context too.
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let mut conn_shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| server::handle(shared.clone(), req));
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = conn_shutdown.changed() => {}
+                    }
+                });
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn kubeconfig_yaml(url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {url}\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: standin\ncurrent-context: standin\nusers:\n- name: standin\n  user:\n    token: standin-dummy-token\npreferences: {{}}\n"
+    )
+}

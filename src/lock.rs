@@ -1,0 +1,319 @@
+//! The lock model: how a release lock is written into, and read back from, the labels of
+//! the release's own records.
+//!
+//! Why labels: Helm keeps every non-system label of a record when it rewrites it (e.g. to
+//! mark it `superseded`), merges the previous revision's custom labels into a new revision
+//! on upgrade, and copies the rolled-back-to revision's labels on rollback. Annotations are
+//! dropped on every rewrite. So the whole lock (kind, who, when, expiry, pin and reason) is
+//! kept in labels on **every** record of the release. Free text that is not a valid label
+//! value is stored base32-encoded, split over numbered keys.
+
+use std::collections::BTreeMap;
+
+use crate::decision::{LockKind, LockState};
+
+/// Prefix of every label guarded-upgrade writes.
+pub const PREFIX: &str = "guarded-upgrade.io/";
+/// `soft`, `hard` or `pin`: presence marks a locked release.
+pub const KEY_LOCK: &str = "guarded-upgrade.io/lock";
+const KEY_BY: &str = "guarded-upgrade.io/by";
+const KEY_REASON: &str = "guarded-upgrade.io/reason";
+const KEY_PIN: &str = "guarded-upgrade.io/pin";
+const KEY_SINCE: &str = "guarded-upgrade.io/since";
+const KEY_EXPIRES: &str = "guarded-upgrade.io/expires";
+/// On the record a hard lock turned `pending-upgrade`: the status it had before.
+pub const KEY_HARD_STATUS: &str = "guarded-upgrade.io/hard-original-status";
+/// On that record: CRC-32 (hex) of the payload guarded-upgrade wrote, to detect changes.
+pub const KEY_HARD_DIGEST: &str = "guarded-upgrade.io/hard-digest";
+/// On that record: the revision it locked.
+pub const KEY_HARD_REVISION: &str = "guarded-upgrade.io/hard-revision";
+
+/// Marker that a label value holds base32 text rather than the text itself.
+const B32_MARK: &str = "b32.";
+/// Kubernetes label values are at most 63 characters.
+const MAX_LABEL_VALUE: usize = 63;
+/// Longest accepted reason/by/pin text, in bytes.
+pub const MAX_TEXT_BYTES: usize = 256;
+
+/// A lock's details as written to labels (the decision's [`LockState`] is read back).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockSpec {
+    /// Soft, hard or pin.
+    pub kind: LockKind,
+    /// Why.
+    pub reason: Option<String>,
+    /// Who.
+    pub by: Option<String>,
+    /// When, Unix seconds.
+    pub since: i64,
+    /// Expiry, Unix seconds.
+    pub expires_at: Option<i64>,
+    /// Version pin text.
+    pub pin: Option<String>,
+}
+
+/// True when `value` is a valid Kubernetes label value.
+pub fn is_label_value(value: &str) -> bool {
+    let b = value.as_bytes();
+    if b.is_empty() {
+        return true;
+    }
+    b.len() <= MAX_LABEL_VALUE
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+fn base32_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len() * 8 / 5 + 1);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &byte in data {
+        buffer = (buffer << 8) | u32::from(byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(B32[((buffer >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(B32[((buffer << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+fn base32_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 5 / 8);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for c in text.bytes() {
+        let v = B32.iter().position(|&b| b == c)? as u32;
+        buffer = (buffer << 5) | v;
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Labels holding `text` under `key`: the text itself when it is a valid label value,
+/// else `b32.<base32>` split over `key`, `key-1`, `key-2`, …
+fn text_labels(key: &str, text: &str) -> Vec<(String, String)> {
+    if is_label_value(text) && !text.starts_with(B32_MARK) && !text.is_empty() {
+        return vec![(key.to_string(), text.to_string())];
+    }
+    let encoded = format!("{B32_MARK}{}", base32_encode(text.as_bytes()));
+    encoded
+        .as_bytes()
+        .chunks(MAX_LABEL_VALUE)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let k = if i == 0 {
+                key.to_string()
+            } else {
+                format!("{key}-{i}")
+            };
+            (k, String::from_utf8_lossy(chunk).into_owned())
+        })
+        .collect()
+}
+
+fn read_text(labels: &BTreeMap<String, String>, key: &str) -> Option<String> {
+    let first = labels.get(key)?;
+    let Some(rest) = first.strip_prefix(B32_MARK) else {
+        return Some(first.clone());
+    };
+    let mut encoded = rest.to_string();
+    for i in 1.. {
+        match labels.get(&format!("{key}-{i}")) {
+            Some(part) => encoded.push_str(part),
+            None => break,
+        }
+    }
+    base32_decode(&encoded).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}
+
+impl LockSpec {
+    /// Every label of this lock (not the hard-lock bookkeeping labels).
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        out.insert(KEY_LOCK.to_string(), self.kind.as_str().to_string());
+        out.insert(KEY_SINCE.to_string(), self.since.to_string());
+        if let Some(t) = self.expires_at {
+            out.insert(KEY_EXPIRES.to_string(), t.to_string());
+        }
+        for (key, text) in [
+            (KEY_BY, &self.by),
+            (KEY_REASON, &self.reason),
+            (KEY_PIN, &self.pin),
+        ] {
+            if let Some(text) = text {
+                out.extend(text_labels(key, text));
+            }
+        }
+        out
+    }
+
+    /// Same lock apart from the time it was set.
+    pub fn same_as(&self, other: &LockSpec) -> bool {
+        LockSpec {
+            since: other.since,
+            ..self.clone()
+        } == *other
+    }
+}
+
+/// The label changes that turn `current` labels into exactly `wanted` lock labels:
+/// sets what differs and removes every other guarded-upgrade label (None).
+pub fn label_changes(
+    current: &BTreeMap<String, String>,
+    wanted: &BTreeMap<String, String>,
+) -> BTreeMap<String, Option<String>> {
+    let mut changes = BTreeMap::new();
+    for (k, v) in wanted {
+        if current.get(k) != Some(v) {
+            changes.insert(k.clone(), Some(v.clone()));
+        }
+    }
+    for k in current.keys() {
+        if k.starts_with(PREFIX) && !wanted.contains_key(k) {
+            changes.insert(k.clone(), None);
+        }
+    }
+    changes
+}
+
+/// Reads the lock from a record's labels; None when the release is not locked.
+pub fn spec_from_labels(labels: &BTreeMap<String, String>) -> Option<LockSpec> {
+    let kind = LockKind::parse(labels.get(KEY_LOCK)?)?;
+    Some(LockSpec {
+        kind,
+        reason: read_text(labels, KEY_REASON),
+        by: read_text(labels, KEY_BY),
+        since: labels.get(KEY_SINCE).and_then(|s| s.parse().ok()).unwrap_or(0),
+        expires_at: labels.get(KEY_EXPIRES).and_then(|s| s.parse().ok()),
+        pin: read_text(labels, KEY_PIN),
+    })
+}
+
+/// The decision's view of the lock on a record.
+pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<LockState> {
+    let spec = spec_from_labels(labels)?;
+    Some(LockState {
+        kind: spec.kind,
+        reason: spec.reason,
+        by: spec.by,
+        since: (spec.since > 0).then(|| crate::time::format_rfc3339(spec.since)),
+        expires_at: spec.expires_at,
+        pin: spec.pin,
+        hard_original_status: labels.get(KEY_HARD_STATUS).cloned(),
+    })
+}
+
+/// CRC-32 of a payload as lowercase hex: detects a hard-locked record rewritten by others.
+pub fn payload_digest(payload: &[u8]) -> String {
+    let mut crc = flate2::Crc::new();
+    crc.update(payload);
+    format!("{:08x}", crc.sum())
+}
+
+/// Who is locking: `--by`, else the CI's user, else the kubeconfig user, else `$USER`.
+pub fn default_by(kube_user: Option<&str>) -> Option<String> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    [
+        "GITHUB_ACTOR",
+        "GITLAB_USER_LOGIN",
+        "BUILD_REQUESTEDFOREMAIL",
+        "BITBUCKET_STEP_TRIGGERER_UUID",
+        "BUILDKITE_BUILD_CREATOR",
+        "CIRCLE_USERNAME",
+    ]
+    .iter()
+    .find_map(|name| var(name))
+    .or_else(|| kube_user.map(str::to_string))
+    .or_else(|| var("USER"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(reason: Option<&str>, by: Option<&str>, pin: Option<&str>) -> LockSpec {
+        LockSpec {
+            kind: LockKind::Soft,
+            reason: reason.map(str::to_string),
+            by: by.map(str::to_string),
+            since: 1_700_000_000,
+            expires_at: Some(1_800_000_000),
+            pin: pin.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn base32_round_trip() {
+        for text in ["", "a", "ab", "abc", "incident 4711: db migration ✓", "b32.x"] {
+            let enc = base32_encode(text.as_bytes());
+            assert!(enc.bytes().all(|c| c.is_ascii_alphanumeric()));
+            assert_eq!(base32_decode(&enc).unwrap(), text.as_bytes());
+        }
+        assert!(base32_decode("ABC!").is_none());
+    }
+
+    #[test]
+    fn labels_round_trip_any_text() {
+        let long = "x".repeat(200) + " with spaces & symbols: >=1.4 <2 || 3.x";
+        for s in [
+            spec(None, None, None),
+            spec(Some("incident"), Some("alice"), Some("1.4.x")),
+            spec(Some(&long), Some("alice@example.com"), Some(">=1.4 <2")),
+            spec(Some("b32.looks-encoded"), Some("-dash"), Some("^1")),
+        ] {
+            let labels = s.labels();
+            for (k, v) in &labels {
+                assert!(is_label_value(v), "{k}={v:?} is not a label value");
+                assert!(k.len() - PREFIX.len() <= 63, "{k}");
+            }
+            assert_eq!(spec_from_labels(&labels).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn readable_values_stay_readable() {
+        let labels = spec(Some("freeze"), Some("alice"), Some("1.4.x")).labels();
+        assert_eq!(labels[KEY_BY], "alice");
+        assert_eq!(labels[KEY_REASON], "freeze");
+        assert_eq!(labels[KEY_PIN], "1.4.x");
+        assert_eq!(labels[KEY_LOCK], "soft");
+    }
+
+    #[test]
+    fn changes_set_and_remove_only_our_labels() {
+        let mut current: BTreeMap<String, String> = BTreeMap::from([
+            ("name".into(), "db".into()),
+            ("status".into(), "deployed".into()),
+            ("team".into(), "data".into()),
+        ]);
+        current.extend(spec(Some(&"y".repeat(300)), None, None).labels());
+        let wanted = spec(Some("short"), None, None).labels();
+        let changes = label_changes(&current, &wanted);
+        assert_eq!(changes[KEY_REASON], Some("short".into()));
+        assert!(changes
+            .iter()
+            .any(|(k, v)| k.starts_with(KEY_REASON) && k != KEY_REASON && v.is_none()));
+        assert!(!changes.contains_key("name"));
+        assert!(!changes.contains_key("team"));
+        let unlock = label_changes(&current, &BTreeMap::new());
+        assert!(unlock.keys().all(|k| k.starts_with(PREFIX)));
+        assert!(unlock.values().all(Option::is_none));
+    }
+
+    #[test]
+    fn no_lock_label_means_unlocked() {
+        let labels = BTreeMap::from([("name".to_string(), "db".to_string())]);
+        assert!(from_labels(&labels).is_none());
+    }
+}

@@ -1,0 +1,155 @@
+//! The machine-readable decision (`check --output json`, `upgrade --decision-file`).
+//!
+//! Built from release *metadata* only: the decoded release's values never reach it.
+
+use serde::Serialize;
+
+use crate::decision::{Action, Decision, DeployedState, LockState, Policy, Reason};
+use crate::target::ResolvedTarget;
+
+/// Schema version of the JSON report; bumped on incompatible changes.
+pub const REPORT_SCHEMA: u32 = 1;
+
+/// One decision, as printed for machines.
+#[derive(Debug, Serialize)]
+pub struct DecisionReport {
+    /// Always [`REPORT_SCHEMA`].
+    pub schema: u32,
+    /// Release name.
+    pub release: String,
+    /// Release namespace.
+    pub namespace: String,
+    /// `install`, `upgrade`, `skip` or `refuse`.
+    pub action: Action,
+    /// Stable machine code, e.g. `not-newer`, `downgrade`, `locked`.
+    pub reason: Reason,
+    /// The human line that was printed.
+    pub message: String,
+    /// The version policy in force.
+    pub policy: Policy,
+    /// The last deployed revision, or null.
+    pub deployed: Option<DeployedReport>,
+    /// The highest revision and its status, or null when there are no records.
+    pub latest: Option<LatestReport>,
+    /// What would be installed.
+    pub target: TargetReport,
+    /// The lock on the release, if any (expired locks included, flagged).
+    pub lock: Option<LockReport>,
+    /// Extra remarks (ignored expired lock, later failed revision, …).
+    pub notes: Vec<String>,
+    /// Storage driver (`secret` or `configmap`).
+    pub driver: &'static str,
+}
+
+/// The deployed revision's chart metadata.
+#[derive(Debug, Serialize)]
+pub struct DeployedReport {
+    /// Chart name.
+    pub chart: Option<String>,
+    /// Chart version.
+    pub version: Option<String>,
+    /// Chart appVersion.
+    pub app_version: Option<String>,
+    /// Revision number.
+    pub revision: u64,
+    /// Status (always `deployed` here, kept for symmetry with helm).
+    pub status: String,
+}
+
+/// The highest revision.
+#[derive(Debug, Serialize)]
+pub struct LatestReport {
+    /// Revision number.
+    pub revision: u64,
+    /// Its status.
+    pub status: String,
+}
+
+/// The target chart.
+#[derive(Debug, Serialize)]
+pub struct TargetReport {
+    /// Chart name, when known.
+    pub chart: Option<String>,
+    /// Chart version.
+    pub version: String,
+    /// `directory`, `archive` or `remote`.
+    pub source: &'static str,
+}
+
+/// A lock as reported.
+#[derive(Debug, Serialize)]
+pub struct LockReport {
+    /// `soft`, `hard` or `pin`.
+    pub kind: String,
+    /// Why it was locked.
+    pub reason: Option<String>,
+    /// Who locked it.
+    pub by: Option<String>,
+    /// When (RFC 3339).
+    pub since: Option<String>,
+    /// Expiry (RFC 3339), if any.
+    pub expires: Option<String>,
+    /// True when the expiry has passed.
+    pub expired: bool,
+    /// Version pin, if any.
+    pub pin: Option<String>,
+}
+
+impl LockReport {
+    /// Report form of a lock, judged at `now_unix`.
+    pub fn new(lock: &LockState, now_unix: i64) -> LockReport {
+        LockReport {
+            kind: lock.kind.as_str().to_string(),
+            reason: lock.reason.clone(),
+            by: lock.by.clone(),
+            since: lock.since.clone(),
+            expires: lock.expires_at.map(crate::time::format_rfc3339),
+            expired: lock.expires_at.is_some_and(|t| t <= now_unix),
+            pin: lock.pin.clone(),
+        }
+    }
+}
+
+impl DecisionReport {
+    /// Assembles the report for one decision.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        release: &str,
+        namespace: &str,
+        decision: &Decision,
+        policy: Policy,
+        state: &DeployedState,
+        target: &ResolvedTarget,
+        driver: &'static str,
+        now_unix: i64,
+    ) -> DecisionReport {
+        DecisionReport {
+            schema: REPORT_SCHEMA,
+            release: release.to_string(),
+            namespace: namespace.to_string(),
+            action: decision.action,
+            reason: decision.reason,
+            message: decision.message.clone(),
+            policy,
+            deployed: state.last_deployed.as_ref().map(|d| DeployedReport {
+                chart: d.chart_name.clone(),
+                version: d.chart_version.clone(),
+                app_version: d.app_version.clone(),
+                revision: d.revision,
+                status: d.status.as_str().to_string(),
+            }),
+            latest: state.latest.as_ref().map(|l| LatestReport {
+                revision: l.revision,
+                status: l.status.as_str().to_string(),
+            }),
+            target: TargetReport {
+                chart: target.chart_name.clone(),
+                version: target.version.clone(),
+                source: target.source.describe(),
+            },
+            lock: state.lock.as_ref().map(|l| LockReport::new(l, now_unix)),
+            notes: decision.notes.clone(),
+            driver,
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! Resolving the chart version `helm upgrade` would install.
+//!
+//! Follows helm's `LocateChart`: with `--repo` the chart is remote; otherwise a path that
+//! exists locally is a chart directory or a packaged archive; otherwise it is a repo,
+//! OCI or URL reference. Local charts are read directly (an archive without unpacking it to
+//! disk); for remote charts an exact `--version` is taken as is and anything else is asked
+//! of helm (`helm show chart`), which applies the repo index, constraints and `--devel`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::argv::HelmFlags;
+use crate::helm::HelmCommand;
+use crate::version::is_exact_version;
+
+/// Charts bigger than this are not read for their `Chart.yaml` (helm's own limit on a
+/// `Chart.yaml` is far below).
+const MAX_CHART_YAML_BYTES: u64 = 1024 * 1024;
+
+/// Where a chart comes from, as helm would see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChartSource {
+    /// An unpacked chart directory.
+    Directory(PathBuf),
+    /// A packaged chart (`.tgz`) on disk.
+    Archive(PathBuf),
+    /// `repo/name`, `oci://…`, an URL or a name with `--repo`.
+    Remote(String),
+}
+
+impl ChartSource {
+    /// Classifies the CHART argument like helm does.
+    pub fn classify(chart: &str, flags: &HelmFlags) -> ChartSource {
+        if flags.repo.is_none() {
+            let path = Path::new(chart);
+            if path.is_dir() {
+                return ChartSource::Directory(path.to_path_buf());
+            }
+            if path.is_file() {
+                return ChartSource::Archive(path.to_path_buf());
+            }
+        }
+        ChartSource::Remote(chart.to_string())
+    }
+
+    /// Short text for messages and the JSON report.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            ChartSource::Directory(_) => "directory",
+            ChartSource::Archive(_) => "archive",
+            ChartSource::Remote(_) => "remote",
+        }
+    }
+}
+
+/// The chart and version helm would install.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedTarget {
+    /// Chart name, when known.
+    pub chart_name: Option<String>,
+    /// Chart version as written in the chart or `--version`.
+    pub version: String,
+    /// How it was found.
+    pub source: ChartSource,
+    /// Something the user should know (e.g. `--version` ignored for a local chart).
+    pub note: Option<String>,
+}
+
+/// Failures resolving the target version.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// A chart directory or archive could not be read.
+    #[error("cannot read chart {path:?}: {message}")]
+    Local {
+        /// The CHART argument.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// `helm show chart` failed.
+    #[error("`helm show chart {chart}` failed (exit {code}): {stderr}")]
+    ShowChart {
+        /// The chart reference.
+        chart: String,
+        /// Helm's exit code.
+        code: String,
+        /// Helm's error output, trimmed.
+        stderr: String,
+    },
+    /// `helm show chart` answered something that is not a Chart.yaml.
+    #[error("`helm show chart {chart}` printed no chart version: {message}")]
+    ShowChartOutput {
+        /// The chart reference.
+        chart: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct ChartYaml {
+    name: Option<String>,
+    version: Option<serde_yaml::Value>,
+}
+
+/// Reads `name` and `version` from Chart.yaml text.
+pub fn parse_chart_yaml(text: &str) -> Result<(Option<String>, String), String> {
+    let chart: ChartYaml =
+        serde_yaml::from_str(text).map_err(|e| format!("Chart.yaml is not valid YAML: {e}"))?;
+    let version = match chart.version {
+        Some(serde_yaml::Value::String(s)) => s,
+        // YAML may read `version: 1.0` as a number; helm reads it as text.
+        Some(serde_yaml::Value::Number(n)) => n.to_string(),
+        Some(_) => return Err("Chart.yaml `version` is not a string".into()),
+        None => return Err("Chart.yaml has no `version`".into()),
+    };
+    if version.trim().is_empty() {
+        return Err("Chart.yaml has an empty `version`".into());
+    }
+    Ok((chart.name, version))
+}
+
+/// Reads the top-level `Chart.yaml` out of a packaged chart without unpacking it to disk.
+pub fn read_archive_chart_yaml(path: &Path) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a gzipped tar archive: {e}"))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("corrupt archive: {e}"))?;
+        let entry_path = entry
+            .path()
+            .map_err(|e| format!("corrupt archive: {e}"))?
+            .into_owned();
+        let parts: Vec<_> = entry_path.components().collect();
+        // helm packages as `<chart>/Chart.yaml`; subcharts live deeper and must not match.
+        if parts.len() == 2 && parts[1].as_os_str() == "Chart.yaml" {
+            let mut text = String::new();
+            entry
+                .take(MAX_CHART_YAML_BYTES)
+                .read_to_string(&mut text)
+                .map_err(|e| format!("cannot read Chart.yaml in the archive: {e}"))?;
+            return Ok(text);
+        }
+    }
+    Err("the archive has no top-level Chart.yaml".into())
+}
+
+/// The chart name a remote reference implies, without asking the network.
+pub fn remote_chart_name(reference: &str, flags: &HelmFlags) -> Option<String> {
+    if flags.repo.is_some() {
+        return Some(reference.to_string());
+    }
+    if reference.contains("://") && !reference.starts_with("oci://") {
+        // An URL to a .tgz: the name is only known after download.
+        return None;
+    }
+    let last = reference.trim_end_matches('/').rsplit('/').next()?;
+    // `oci://host/charts/db:1.2.3` carries a tag after the name.
+    let name = last.split(['@', ':']).next().unwrap_or(last);
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The `helm show chart` call that tells which version helm would pick.
+pub fn show_chart_command(helm: &Path, chart: &str, flags: &HelmFlags) -> HelmCommand {
+    let mut args: Vec<String> = vec!["show".into(), "chart".into(), chart.into()];
+    let mut value = |flag: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            args.push(format!("--{flag}={v}"));
+        }
+    };
+    value("version", &flags.version);
+    value("repo", &flags.repo);
+    value("username", &flags.username);
+    value("password", &flags.password);
+    value("ca-file", &flags.ca_file);
+    value("cert-file", &flags.cert_file);
+    value("key-file", &flags.key_file);
+    value("keyring", &flags.keyring);
+    value("registry-config", &flags.registry_config);
+    value("repository-config", &flags.repository_config);
+    value("repository-cache", &flags.repository_cache);
+    let switches = [
+        ("devel", flags.devel),
+        ("insecure-skip-tls-verify", flags.insecure_skip_tls_verify),
+        ("plain-http", flags.plain_http),
+        ("pass-credentials", flags.pass_credentials),
+    ];
+    for (flag, on) in switches {
+        if on {
+            args.push(format!("--{flag}"));
+        }
+    }
+    HelmCommand {
+        program: helm.to_path_buf(),
+        args,
+    }
+}
+
+/// Resolves the target: local charts from disk, exact versions as given, the rest by helm.
+pub fn resolve(
+    chart: &str,
+    flags: &HelmFlags,
+    helm: Option<&Path>,
+) -> Result<ResolvedTarget, TargetError> {
+    let source = ChartSource::classify(chart, flags);
+    let local = |text: Result<String, String>| -> Result<ResolvedTarget, TargetError> {
+        let local_err = |message: String| TargetError::Local {
+            path: chart.to_string(),
+            message,
+        };
+        let (name, version) = parse_chart_yaml(&text.map_err(local_err)?).map_err(local_err)?;
+        // helm ignores --version for local charts; say so when it would have mattered.
+        let note = flags
+            .version
+            .as_ref()
+            .filter(|v| v.trim() != version)
+            .map(|v| {
+                format!("--version {v} is ignored for a local chart; the chart itself is {version}")
+            });
+        Ok(ResolvedTarget {
+            chart_name: name,
+            version,
+            source: source.clone(),
+            note,
+        })
+    };
+    match &source {
+        ChartSource::Directory(dir) => {
+            let path = dir.join("Chart.yaml");
+            local(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display())),
+            )
+        }
+        ChartSource::Archive(path) => local(read_archive_chart_yaml(path)),
+        ChartSource::Remote(reference) => {
+            if let Some(version) = flags.version.as_deref().filter(|v| is_exact_version(v)) {
+                return Ok(ResolvedTarget {
+                    chart_name: remote_chart_name(reference, flags),
+                    version: version.trim().to_string(),
+                    source,
+                    note: None,
+                });
+            }
+            let helm = helm.ok_or_else(|| TargetError::ShowChart {
+                chart: reference.clone(),
+                code: "-".into(),
+                stderr: "no helm binary to ask".into(),
+            })?;
+            let command = show_chart_command(helm, reference, flags);
+            let output = command
+                .to_expression()
+                .stdout_capture()
+                .stderr_capture()
+                .unchecked()
+                .run()
+                .map_err(|e| TargetError::ShowChart {
+                    chart: reference.clone(),
+                    code: "-".into(),
+                    stderr: e.to_string(),
+                })?;
+            if !output.status.success() {
+                return Err(TargetError::ShowChart {
+                    chart: reference.clone(),
+                    code: output
+                        .status
+                        .code()
+                        .map_or_else(|| "signal".into(), |c| c.to_string()),
+                    stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                });
+            }
+            let text = String::from_utf8_lossy(&output.stdout);
+            let (name, version) =
+                parse_chart_yaml(&text).map_err(|message| TargetError::ShowChartOutput {
+                    chart: reference.clone(),
+                    message,
+                })?;
+            Ok(ResolvedTarget {
+                chart_name: name.or_else(|| remote_chart_name(reference, flags)),
+                version,
+                source,
+                note: None,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> HelmFlags {
+        HelmFlags::default()
+    }
+
+    #[test]
+    fn chart_yaml_versions() {
+        let (name, v) = parse_chart_yaml("apiVersion: v2\nname: db\nversion: 1.2.3\n").unwrap();
+        assert_eq!((name.as_deref(), v.as_str()), (Some("db"), "1.2.3"));
+        let (_, v) = parse_chart_yaml("name: db\nversion: 1.0\n").unwrap();
+        assert_eq!(v, "1.0");
+        assert!(parse_chart_yaml("name: db\n")
+            .unwrap_err()
+            .contains("no `version`"));
+        assert!(parse_chart_yaml("name: [db\n")
+            .unwrap_err()
+            .contains("not valid YAML"));
+    }
+
+    #[test]
+    fn remote_names() {
+        let f = flags();
+        assert_eq!(
+            remote_chart_name("bitnami/postgresql", &f).as_deref(),
+            Some("postgresql")
+        );
+        assert_eq!(
+            remote_chart_name("oci://registry.example/charts/db", &f).as_deref(),
+            Some("db")
+        );
+        assert_eq!(
+            remote_chart_name("oci://registry.example/charts/db:1.2.3", &f).as_deref(),
+            Some("db")
+        );
+        assert_eq!(
+            remote_chart_name("https://example.com/db-1.0.0.tgz", &f),
+            None
+        );
+        let with_repo = HelmFlags {
+            repo: Some("https://charts.example".into()),
+            ..flags()
+        };
+        assert_eq!(
+            remote_chart_name("db", &with_repo).as_deref(),
+            Some("db")
+        );
+    }
+
+    #[test]
+    fn show_chart_passes_resolution_flags_only() {
+        let f = HelmFlags {
+            version: Some("^1".into()),
+            devel: true,
+            username: Some("u".into()),
+            plain_http: true,
+            namespace: Some("ns".into()),
+            ..flags()
+        };
+        let cmd = show_chart_command(Path::new("/bin/helm"), "repo/db", &f);
+        assert_eq!(
+            cmd.args,
+            [
+                "show",
+                "chart",
+                "repo/db",
+                "--version=^1",
+                "--username=u",
+                "--devel",
+                "--plain-http"
+            ]
+        );
+    }
+
+    #[test]
+    fn local_directory_and_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let chart = dir.path().join("db");
+        std::fs::create_dir(&chart).unwrap();
+        std::fs::write(chart.join("Chart.yaml"), "name: db\nversion: 2.0.0\n").unwrap();
+        let f = HelmFlags {
+            version: Some("1.0.0".into()),
+            ..flags()
+        };
+        let t = resolve(chart.to_str().unwrap(), &f, None).unwrap();
+        assert_eq!(t.version, "2.0.0");
+        assert!(matches!(t.source, ChartSource::Directory(_)));
+        assert!(t.note.unwrap().contains("--version 1.0.0 is ignored"));
+
+        // Package it (with a subchart whose Chart.yaml must not be picked).
+        let tgz = dir.path().join("db-2.0.0.tgz");
+        let file = std::fs::File::create(&tgz).unwrap();
+        let mut builder =
+            tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::best()));
+        let mut add = |path: &str, body: &str| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, path, body.as_bytes()).unwrap();
+        };
+        add("db/charts/sub/Chart.yaml", "name: sub\nversion: 9.9.9\n");
+        add("db/Chart.yaml", "name: db\nversion: 2.0.0\n");
+        builder.into_inner().unwrap().finish().unwrap();
+        let t = resolve(tgz.to_str().unwrap(), &flags(), None).unwrap();
+        assert_eq!(
+            (t.chart_name.as_deref(), t.version.as_str()),
+            (Some("db"), "2.0.0")
+        );
+
+        let bogus = dir.path().join("bogus.tgz");
+        std::fs::write(&bogus, b"not an archive").unwrap();
+        let err = resolve(bogus.to_str().unwrap(), &flags(), None).unwrap_err();
+        assert!(err.to_string().contains("cannot read chart"), "{err}");
+    }
+
+    #[test]
+    fn exact_remote_version_needs_no_helm() {
+        let f = HelmFlags {
+            version: Some("1.4.0".into()),
+            ..flags()
+        };
+        let t = resolve("repo/db", &f, None).unwrap();
+        assert_eq!(t.version, "1.4.0");
+        assert_eq!(t.chart_name.as_deref(), Some("db"));
+    }
+}

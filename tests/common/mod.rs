@@ -1,0 +1,162 @@
+//! Shared end-to-end harness: a running API stand-in, one real helm binary, and runners
+//! for helm and guarded-upgrade with an isolated environment.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kube_standin::{testbed, StandIn};
+
+/// One test's world: a stand-in, a helm version, private helm home directories.
+pub struct Bed {
+    /// The API stand-in.
+    pub api: StandIn,
+    /// `helm3` or `helm4`.
+    pub label: &'static str,
+    /// The helm binary.
+    pub helm_bin: PathBuf,
+    home: tempfile::TempDir,
+}
+
+/// What a process did.
+pub struct Run {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with the full output unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32, what: &str) -> &Run {
+        assert_eq!(
+            self.code, code,
+            "{what}: exit {} (wanted {code})\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Every helm version under test, each with a fresh bed.
+pub fn beds() -> Vec<Bed> {
+    testbed::helms()
+        .into_iter()
+        .map(|(label, bin)| Bed::new(label, bin))
+        .collect()
+}
+
+/// A bed for one helm version (`helm3` or `helm4`).
+pub fn bed(label: &str) -> Bed {
+    let (label, bin) = testbed::helms()
+        .into_iter()
+        .find(|(l, _)| *l == label)
+        .unwrap_or_else(|| panic!("no helm {label}"));
+    Bed::new(label, bin)
+}
+
+/// Path of a fixture chart directory, e.g. `chart("demo-1.0.0")`.
+pub fn chart(name: &str) -> String {
+    let path = testbed::fixtures_dir().join("charts").join(name);
+    assert!(path.is_dir(), "missing fixture chart {}", path.display());
+    path.to_string_lossy().into_owned()
+}
+
+impl Bed {
+    fn new(label: &'static str, helm_bin: PathBuf) -> Bed {
+        let api = StandIn::start().expect("start the API stand-in");
+        Bed {
+            api,
+            label,
+            helm_bin,
+            home: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Isolated helm environment: kubeconfig of the stand-in, private caches.
+    fn env(&self, cmd: &mut Command) {
+        let home = self.home.path();
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home)
+            .env("KUBECONFIG", self.api.kubeconfig())
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .env("HELM_BIN", &self.helm_bin);
+    }
+
+    /// The private home directory.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Runs real helm.
+    pub fn helm(&self, args: &[&str]) -> Run {
+        self.helm_env(args, &[])
+    }
+
+    /// Runs real helm with extra environment.
+    pub fn helm_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(&self.helm_bin);
+        self.env(&mut cmd);
+        cmd.args(args).envs(extra.iter().copied());
+        Run::from(cmd.output().expect("run helm"))
+    }
+
+    /// Runs guarded-upgrade.
+    pub fn guard(&self, args: &[&str]) -> Run {
+        self.guard_env(args, &[])
+    }
+
+    /// Runs guarded-upgrade with extra environment.
+    pub fn guard_env(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guarded-upgrade"));
+        self.env(&mut cmd);
+        cmd.args(args).envs(extra.iter().copied());
+        Run::from(cmd.output().expect("run guarded-upgrade"))
+    }
+
+    /// `helm get metadata` as JSON.
+    pub fn metadata(&self, release: &str, ns: &str) -> serde_json::Value {
+        let run = self.helm(&["get", "metadata", release, "-n", ns, "-o", "json"]);
+        run.expect_code(0, "helm get metadata");
+        serde_json::from_str(&run.stdout).expect("helm get metadata json")
+    }
+
+    /// Deployed chart version and revision per `helm get metadata`.
+    pub fn deployed(&self, release: &str, ns: &str) -> (String, u64) {
+        let m = self.metadata(release, ns);
+        (
+            m["version"].as_str().unwrap_or_default().to_string(),
+            m["revision"].as_u64().unwrap_or_default(),
+        )
+    }
+
+    /// `helm history -o json`.
+    pub fn history(&self, release: &str, ns: &str) -> Vec<serde_json::Value> {
+        let run = self.helm(&["history", release, "-n", ns, "-o", "json"]);
+        run.expect_code(0, "helm history");
+        serde_json::from_str(&run.stdout).expect("helm history json")
+    }
+
+    /// Number of write requests the stand-in saw since the last clear.
+    pub fn writes(&self) -> Vec<String> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| r.is_write())
+            .map(|r| format!("{} {}?{} -> {}", r.method, r.path, r.query, r.status))
+            .collect()
+    }
+}

@@ -1,0 +1,209 @@
+//! End to end: guarded-upgrade with real helm 3.17.3 and 4.1.4 against the API stand-in.
+
+mod common;
+
+use common::{bed, chart, Bed};
+use kube_standin::{Fault, FaultAction};
+
+const NS: &str = "shared";
+
+fn setup(label: &str) -> Bed {
+    let b = bed(label);
+    b.api.create_namespace(NS);
+    b
+}
+
+/// install 1.0.0 -> same skipped (no helm, no write) -> 0.9.0 downgrade skipped -> 1.1.0.
+fn main_flow(label: &str) {
+    let b = setup(label);
+    let c100 = chart("demo-1.0.0");
+    let run = b.guard(&["upgrade", "--install", "db", &c100, "-n", NS]);
+    run.expect_code(0, "first install");
+    assert!(
+        run.stderr.contains(r#"install: "db" in "shared" 1.0.0"#),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 1));
+
+    b.api.clear_requests();
+    let run = b.guard(&["upgrade", "--install", "db", &c100, "-n", NS]);
+    run.expect_code(0, "same version");
+    assert!(
+        run.stderr.starts_with("skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1)"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("Release \"db\""), "helm ran: {}", run.stdout);
+    assert_eq!(b.writes(), Vec::<String>::new(), "a skip must not write");
+
+    let run = b.guard(&["upgrade", "-i", "db", &chart("demo-0.9.0"), "-n", NS]);
+    run.expect_code(0, "downgrade");
+    assert!(run.stderr.contains("downgrade"), "{}", run.stderr);
+    assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 1));
+
+    let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    run.expect_code(0, "upgrade");
+    assert!(
+        run.stderr.contains(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.0"#),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
+    // Values never leak into our own output.
+    assert!(!run.stderr.contains("hunter2"));
+}
+
+/// Policies: newer-or-equal re-applies, off allows a downgrade.
+fn policies(label: &str) {
+    let b = setup(label);
+    b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "install");
+    b.guard(&[
+        "upgrade",
+        "db",
+        &chart("demo-1.1.0"),
+        "-n",
+        NS,
+        "--min-version-policy",
+        "newer-or-equal",
+    ])
+    .expect_code(0, "re-apply");
+    assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
+    b.guard(&[
+        "upgrade",
+        "db",
+        &chart("demo-1.0.0"),
+        "--min-version-policy=off",
+        "-n",
+        NS,
+    ])
+    .expect_code(0, "downgrade with off");
+    assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 3));
+}
+
+/// `check` decides like `upgrade` but never writes; JSON carries metadata only.
+fn check_is_read_only(label: &str) {
+    let b = setup(label);
+    b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS, "--set", "password=s3cr3t-value"])
+        .expect_code(0, "install");
+    b.api.clear_requests();
+    let run = b.guard(&["check", "db", &chart("demo-1.1.0"), "-n", NS, "-o", "json"]);
+    run.expect_code(0, "check");
+    let json: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect(&run.stdout);
+    assert_eq!(json["action"], "upgrade");
+    assert_eq!(json["reason"], "newer");
+    assert_eq!(json["release"], "db");
+    assert_eq!(json["namespace"], NS);
+    assert_eq!(json["deployed"]["version"], "1.0.0");
+    assert_eq!(json["deployed"]["revision"], 1);
+    assert_eq!(json["deployed"]["chart"], "demo");
+    assert_eq!(json["target"]["version"], "1.1.0");
+    assert_eq!(json["policy"], "newer");
+    let run2 = b.guard(&["check", "db", &chart("demo-0.9.0"), "-n", NS, "--output=json"]);
+    let json2: serde_json::Value = serde_json::from_str(run2.stdout.trim()).expect(&run2.stdout);
+    assert_eq!(json2["action"], "skip");
+    assert_eq!(json2["reason"], "downgrade");
+    for out in [&run.stdout, &run.stderr, &run2.stdout, &run2.stderr] {
+        assert!(!out.contains("s3cr3t-value") && !out.contains("hunter2"), "{out}");
+    }
+    assert_eq!(b.writes(), Vec::<String>::new(), "check must not write");
+    assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 1));
+}
+
+/// A failed upgrade does not count as deployed: the retry compares with the last deployed.
+fn failed_upgrade_then_retry(label: &str) {
+    let b = setup(label);
+    b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    // Make the chart's Deployment write fail so helm records a failed revision.
+    b.api.inject(Fault {
+        verb: None,
+        resource: Some("deployments".into()),
+        name: None,
+        action: FaultAction::Status(500),
+        times: None,
+    });
+    let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    assert_ne!(run.code, 0, "helm should fail: {}", run.stderr);
+    b.api.clear_faults();
+    let history = b.history("db", NS);
+    assert_eq!(history.last().unwrap()["status"], "failed", "{history:?}");
+    let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    run.expect_code(0, "retry after failure");
+    assert!(run.stderr.contains("1.0.0 -> 1.1.0"), "{}", run.stderr);
+    assert!(run.stderr.contains("failed"), "note about the failed revision: {}", run.stderr);
+    assert_eq!(b.deployed("db", NS).0, "1.1.0");
+}
+
+/// The ConfigMap driver.
+fn configmap_driver(label: &str) {
+    let b = setup(label);
+    let env = [("HELM_DRIVER", "configmap")];
+    b.guard_env(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS], &env)
+        .expect_code(0, "install");
+    assert!(b.api.get("configmaps", Some(NS), "sh.helm.release.v1.db.v1").is_some());
+    assert!(b.api.get("secrets", Some(NS), "sh.helm.release.v1.db.v1").is_none());
+    let run = b.guard_env(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS], &env);
+    run.expect_code(0, "skip");
+    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
+    b.guard_env(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS], &env)
+        .expect_code(0, "upgrade");
+    // Without the env var the secret driver sees nothing: a fresh install would be tried.
+    let run = b.guard(&["check", "db", &chart("demo-1.1.0"), "-n", NS, "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(json["reason"], "not-installed");
+}
+
+/// A packaged chart (.tgz) is read without unpacking.
+fn packaged_chart(label: &str) {
+    let b = setup(label);
+    let out = b.home().join("pkg");
+    b.helm(&["package", &chart("demo-1.2.0"), "-d", out.to_str().unwrap()])
+        .expect_code(0, "helm package");
+    let tgz = out.join("demo-1.2.0.tgz");
+    b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "install 1.1.0");
+    let run = b.guard(&["upgrade", "db", tgz.to_str().unwrap(), "-n", NS]);
+    run.expect_code(0, "upgrade from tgz");
+    assert!(run.stderr.contains("1.1.0 -> 1.2.0"), "{}", run.stderr);
+    assert_eq!(b.deployed("db", NS).0, "1.2.0");
+}
+
+/// API down: exit 3, helm not run, the message names release, namespace and step.
+fn api_down_fails_closed(label: &str) {
+    let b = setup(label);
+    let kubeconfig_copy = b.home().join("kubeconfig");
+    std::fs::copy(b.api.kubeconfig(), &kubeconfig_copy).unwrap();
+    let Bed { api, .. } = &b;
+    api.inject(Fault {
+        verb: None,
+        resource: None,
+        name: None,
+        action: FaultAction::Drop,
+        times: None,
+    });
+    let run = b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS]);
+    run.expect_code(3, "api down");
+    assert!(run.stderr.contains(r#"release "db" in namespace "shared""#), "{}", run.stderr);
+    assert!(run.stderr.contains("helm was not run"), "{}", run.stderr);
+    b.api.clear_faults();
+    assert!(b.api.get("secrets", Some(NS), "sh.helm.release.v1.db.v1").is_none());
+}
+
+macro_rules! per_helm {
+    ($($name:ident),* $(,)?) => {
+        mod helm3 { $( #[test] fn $name() { super::$name("helm3"); } )* }
+        mod helm4 { $( #[test] fn $name() { super::$name("helm4"); } )* }
+    };
+}
+
+per_helm!(
+    main_flow,
+    policies,
+    check_is_read_only,
+    failed_upgrade_then_retry,
+    configmap_driver,
+    packaged_chart,
+    api_down_fails_closed,
+);
