@@ -35,14 +35,12 @@ pub async fn run(raw: &[String], mode: Mode) -> Result<i32, Failure> {
     let driver = DriverKind::from_helm_driver(env.driver.as_deref())
         .map_err(|e| Failure::refused(e.to_string()))?;
     let cluster_flags = ClusterFlags::from(&split.helm);
-    let cluster = cluster::connect(&cluster_flags, &env)
-        .await
-        .map_err(|e| {
-            Failure::refused(format!(
-                "cannot decide for release {:?}: {e}; helm was not run",
-                split.release
-            ))
-        })?;
+    let cluster = cluster::connect(&cluster_flags, &env).await.map_err(|e| {
+        Failure::refused(format!(
+            "cannot decide for release {:?}: {e}; helm was not run",
+            split.release
+        ))
+    })?;
     match driver {
         DriverKind::Secret => {
             let store = KubeStore::<Secret>::new(cluster.client.clone(), &cluster.namespace);
@@ -114,10 +112,16 @@ async fn guarded<S: ReleaseStore>(
     let detailed = split.guard.detailed_exitcode;
     match decision.action {
         Action::Refuse => Ok(EXIT_REFUSED),
-        Action::Skip => Ok(if detailed { EXIT_DETAILED_SKIP } else { EXIT_OK }),
-        Action::Install | Action::Upgrade if mode == Mode::Check => {
-            Ok(if detailed { EXIT_DETAILED_CHANGE } else { EXIT_OK })
-        }
+        Action::Skip => Ok(if detailed {
+            EXIT_DETAILED_SKIP
+        } else {
+            EXIT_OK
+        }),
+        Action::Install | Action::Upgrade if mode == Mode::Check => Ok(if detailed {
+            EXIT_DETAILED_CHANGE
+        } else {
+            EXIT_OK
+        }),
         Action::Install | Action::Upgrade => {
             let helm_path = helm_path.expect("upgrade mode always locates helm");
             let command = HelmCommand::upgrade(&helm_path, &split.helm_args, split.helm.install);

@@ -259,7 +259,16 @@ mod tests {
         assert_eq!(name, "upgrade");
         assert_eq!(
             args,
-            ["--install", "db", "./chart", "-n", "shared", "--set", "a=b", "--frobnicate"]
+            [
+                "--install",
+                "db",
+                "./chart",
+                "-n",
+                "shared",
+                "--set",
+                "a=b",
+                "--frobnicate"
+            ]
         );
     }
 

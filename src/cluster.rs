@@ -74,9 +74,7 @@ pub enum ClusterError {
 }
 
 fn path_note(path: &Option<String>) -> String {
-    path.as_ref()
-        .map(|p| format!(" {p:?}"))
-        .unwrap_or_default()
+    path.as_ref().map(|p| format!(" {p:?}")).unwrap_or_default()
 }
 
 /// Environment values helm reads, captured once so resolution is testable.

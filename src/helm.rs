@@ -59,8 +59,9 @@ pub enum HelmError {
 pub fn locate(flag: Option<&str>, env_bin: Option<&str>) -> Result<PathBuf, HelmError> {
     let requested = flag.or(env_bin).filter(|s| !s.is_empty());
     match requested {
-        Some(given) => which::which(given)
-            .map_err(|e| HelmError::NotFound(format!("{given:?} ({e})"))),
+        Some(given) => {
+            which::which(given).map_err(|e| HelmError::NotFound(format!("{given:?} ({e})")))
+        }
         None => which::which("helm").map_err(|_| HelmError::NotFound("no `helm` on PATH".into())),
     }
 }
@@ -141,7 +142,17 @@ mod tests {
         let cmd = HelmCommand::upgrade(Path::new("/usr/bin/helm"), &args, false);
         assert_eq!(
             cmd.args,
-            strings(&["upgrade", "--install", "db", "./chart", "-f", "v.yaml", "--set", "a=b", "--wait"])
+            strings(&[
+                "upgrade",
+                "--install",
+                "db",
+                "./chart",
+                "-f",
+                "v.yaml",
+                "--set",
+                "a=b",
+                "--wait"
+            ])
         );
         let with_install = strings(&["-i", "db", "./chart"]);
         let cmd = HelmCommand::upgrade(Path::new("/usr/bin/helm"), &with_install, true);

@@ -61,8 +61,7 @@ pub fn is_label_value(value: &str) -> bool {
     b.len() <= MAX_LABEL_VALUE
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
@@ -194,7 +193,10 @@ pub fn spec_from_labels(labels: &BTreeMap<String, String>) -> Option<LockSpec> {
         kind,
         reason: read_text(labels, KEY_REASON),
         by: read_text(labels, KEY_BY),
-        since: labels.get(KEY_SINCE).and_then(|s| s.parse().ok()).unwrap_or(0),
+        since: labels
+            .get(KEY_SINCE)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
         expires_at: labels.get(KEY_EXPIRES).and_then(|s| s.parse().ok()),
         pin: read_text(labels, KEY_PIN),
     })
@@ -255,7 +257,14 @@ mod tests {
 
     #[test]
     fn base32_round_trip() {
-        for text in ["", "a", "ab", "abc", "incident 4711: db migration ✓", "b32.x"] {
+        for text in [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "incident 4711: db migration ✓",
+            "b32.x",
+        ] {
             let enc = base32_encode(text.as_bytes());
             assert!(enc.bytes().all(|c| c.is_ascii_alphanumeric()));
             assert_eq!(base32_decode(&enc).unwrap(), text.as_bytes());

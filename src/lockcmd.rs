@@ -18,17 +18,14 @@ use crate::lock::{self, LockSpec};
 use crate::release::{self, ReleaseStatus};
 use crate::report::LockReport;
 use crate::state::{self, ReleaseView};
-use crate::storage::{RecordHeader, ReleaseStore, StoreError, KubeStore, LABEL_STATUS};
+use crate::storage::{KubeStore, RecordHeader, ReleaseStore, StoreError, LABEL_STATUS};
 use crate::time::{format_rfc3339, now_unix, parse_duration, parse_rfc3339};
 use crate::version::{ChartVersion, Constraint};
 
 /// How many times a record write is retried after a 409 on a non-latest record.
 const CONFLICT_RETRIES: usize = 5;
 
-async fn with_store<T>(
-    cluster_args: &ClusterArgs,
-    f: impl AsyncStoreFn<T>,
-) -> Result<T, Failure> {
+async fn with_store<T>(cluster_args: &ClusterArgs, f: impl AsyncStoreFn<T>) -> Result<T, Failure> {
     let env = HelmEnv::from_process();
     let driver = DriverKind::from_helm_driver(env.driver.as_deref())
         .map_err(|e| Failure::refused(e.to_string()))?;
@@ -38,8 +35,11 @@ async fn with_store<T>(
     let user = cluster.user.clone();
     match driver {
         DriverKind::Secret => {
-            f.call(&KubeStore::<Secret>::new(cluster.client, &cluster.namespace), user)
-                .await
+            f.call(
+                &KubeStore::<Secret>::new(cluster.client, &cluster.namespace),
+                user,
+            )
+            .await
         }
         DriverKind::ConfigMap => {
             f.call(
@@ -54,7 +54,11 @@ async fn with_store<T>(
 /// A command body generic over the store (closures cannot be generic, so a trait).
 #[allow(async_fn_in_trait)]
 trait AsyncStoreFn<T> {
-    async fn call<S: ReleaseStore>(self, store: &S, kube_user: Option<String>) -> Result<T, Failure>;
+    async fn call<S: ReleaseStore>(
+        self,
+        store: &S,
+        kube_user: Option<String>,
+    ) -> Result<T, Failure>;
 }
 
 fn store_failure(release: &str, namespace: &str, step: &str, e: &dyn std::fmt::Display) -> Failure {
@@ -95,7 +99,11 @@ fn lock_spec(args: &LockArgs, by: Option<String>, now: i64) -> Result<LockSpec, 
             Some(at)
         }
     };
-    for (flag, text) in [("--reason", &args.reason), ("--by", &by), ("--pin", &args.pin)] {
+    for (flag, text) in [
+        ("--reason", &args.reason),
+        ("--by", &by),
+        ("--pin", &args.pin),
+    ] {
         if let Some(text) = text {
             if text.len() > lock::MAX_TEXT_BYTES {
                 return Err(Failure::usage(format!(
@@ -129,9 +137,16 @@ pub async fn lock(args: LockArgs) -> Result<i32, Failure> {
     lock_spec(&args, args.by.clone(), now_unix())?;
     struct Body(LockArgs);
     impl AsyncStoreFn<i32> for Body {
-        async fn call<S: ReleaseStore>(self, store: &S, user: Option<String>) -> Result<i32, Failure> {
+        async fn call<S: ReleaseStore>(
+            self,
+            store: &S,
+            user: Option<String>,
+        ) -> Result<i32, Failure> {
             let args = self.0;
-            let by = args.by.clone().or_else(|| lock::default_by(user.as_deref()));
+            let by = args
+                .by
+                .clone()
+                .or_else(|| lock::default_by(user.as_deref()));
             let spec = lock_spec(&args, by, now_unix())?;
             lock_release(store, &args.release, &spec).await?;
             let mut line = format!(
@@ -187,11 +202,13 @@ async fn existing_release<S: ReleaseStore>(
              Check the name, -n/--namespace and HELM_DRIVER",
             store.kind()
         ))),
-        Some(latest) if latest.status == ReleaseStatus::Uninstalled => Err(Failure::refused(format!(
-            "release {release:?} in namespace {ns:?} is uninstalled (revision {}); nothing \
+        Some(latest) if latest.status == ReleaseStatus::Uninstalled => {
+            Err(Failure::refused(format!(
+                "release {release:?} in namespace {ns:?} is uninstalled (revision {}); nothing \
              to lock",
-            latest.revision
-        ))),
+                latest.revision
+            )))
+        }
         Some(_) => Ok(headers),
     }
 }
@@ -204,7 +221,10 @@ async fn lock_release<S: ReleaseStore>(
 ) -> Result<(), Failure> {
     let ns = store.namespace().to_string();
     let headers = existing_release(store, release).await?;
-    let latest = headers.last().cloned().expect("existing_release has records");
+    let latest = headers
+        .last()
+        .cloned()
+        .expect("existing_release has records");
     let current_hard = latest.labels.contains_key(lock::KEY_HARD_STATUS);
     if latest.status.is_pending() && !current_hard {
         return Err(Failure::refused(format!(
@@ -243,7 +263,11 @@ async fn lock_release<S: ReleaseStore>(
 }
 
 fn keep_hard_labels(current: &BTreeMap<String, String>, wanted: &mut BTreeMap<String, String>) {
-    for key in [lock::KEY_HARD_STATUS, lock::KEY_HARD_DIGEST, lock::KEY_HARD_REVISION] {
+    for key in [
+        lock::KEY_HARD_STATUS,
+        lock::KEY_HARD_DIGEST,
+        lock::KEY_HARD_REVISION,
+    ] {
         if let Some(v) = current.get(key) {
             wanted.insert(key.to_string(), v.clone());
         }
@@ -311,9 +335,8 @@ async fn hard_lock_record<S: ReleaseStore>(
         .get(&latest.name)
         .await
         .map_err(|e| store_failure(release, &ns, &format!("reading {}", latest.name), &e))?;
-    let mut json = release::decode_release_json(&record.payload).map_err(|e| {
-        store_failure(release, &ns, &format!("decoding {}", latest.name), &e)
-    })?;
+    let mut json = release::decode_release_json(&record.payload)
+        .map_err(|e| store_failure(release, &ns, &format!("decoding {}", latest.name), &e))?;
     let original = json
         .pointer("/info/status")
         .and_then(|s| s.as_str())
@@ -324,10 +347,19 @@ async fn hard_lock_record<S: ReleaseStore>(
     let payload = release::encode_release_json(&json)
         .map_err(|e| store_failure(release, &ns, "encoding the release", &e))?;
     let mut want = wanted.clone();
-    want.insert(LABEL_STATUS.to_string(), ReleaseStatus::PendingUpgrade.as_str().to_string());
+    want.insert(
+        LABEL_STATUS.to_string(),
+        ReleaseStatus::PendingUpgrade.as_str().to_string(),
+    );
     want.insert(lock::KEY_HARD_STATUS.to_string(), original);
-    want.insert(lock::KEY_HARD_DIGEST.to_string(), lock::payload_digest(payload.as_bytes()));
-    want.insert(lock::KEY_HARD_REVISION.to_string(), latest.revision.to_string());
+    want.insert(
+        lock::KEY_HARD_DIGEST.to_string(),
+        lock::payload_digest(payload.as_bytes()),
+    );
+    want.insert(
+        lock::KEY_HARD_REVISION.to_string(),
+        latest.revision.to_string(),
+    );
     let mut changes = lock::label_changes(&record.header.labels, &want);
     if let Some(Some(_)) = changes.get(LABEL_STATUS) {
     } else {
@@ -358,7 +390,10 @@ async fn release_hard_lock<S: ReleaseStore>(
         .await
         .map_err(|e| store_failure(release, &ns, &format!("reading {}", header.name), &e))?;
     let labels = &record.header.labels;
-    let original = labels.get(lock::KEY_HARD_STATUS).cloned().unwrap_or_default();
+    let original = labels
+        .get(lock::KEY_HARD_STATUS)
+        .cloned()
+        .unwrap_or_default();
     let digest_ok = labels.get(lock::KEY_HARD_DIGEST).map(String::as_str)
         == Some(lock::payload_digest(&record.payload).as_str());
     let summary = release::decode_release(&record.payload).ok();
@@ -370,7 +405,10 @@ async fn release_hard_lock<S: ReleaseStore>(
         .filter(|(k, _)| !k.starts_with(lock::PREFIX))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    if !(digest_ok && still_pending && ReleaseStatus::parse(&original) != ReleaseStatus::PendingUpgrade) {
+    if !(digest_ok
+        && still_pending
+        && ReleaseStatus::parse(&original) != ReleaseStatus::PendingUpgrade)
+    {
         if !force {
             return Err(Failure::refused(format!(
                 "release {release:?} in namespace {ns:?}: the hard-locked record {} was \
@@ -411,7 +449,11 @@ async fn release_hard_lock<S: ReleaseStore>(
 pub async fn unlock(args: UnlockArgs) -> Result<i32, Failure> {
     struct Body(UnlockArgs);
     impl AsyncStoreFn<i32> for Body {
-        async fn call<S: ReleaseStore>(self, store: &S, _user: Option<String>) -> Result<i32, Failure> {
+        async fn call<S: ReleaseStore>(
+            self,
+            store: &S,
+            _user: Option<String>,
+        ) -> Result<i32, Failure> {
             let args = self.0;
             let release = args.release.as_str();
             let headers = existing_release(store, release).await?;
@@ -424,7 +466,9 @@ pub async fn unlock(args: UnlockArgs) -> Result<i32, Failure> {
                 }
             }
             let headers = existing_release(store, release).await?;
-            had_lock |= headers.iter().any(|h| h.labels.keys().any(|k| k.starts_with(lock::PREFIX)));
+            had_lock |= headers
+                .iter()
+                .any(|h| h.labels.keys().any(|k| k.starts_with(lock::PREFIX)));
             let (latest, others) = headers.split_last().expect("records exist");
             let changes = lock::label_changes(&latest.labels, &BTreeMap::new());
             if !changes.is_empty() {
@@ -438,7 +482,10 @@ pub async fn unlock(args: UnlockArgs) -> Result<i32, Failure> {
             if had_lock {
                 eprintln!("unlocked: release {release:?} in {:?}", store.namespace());
             } else {
-                eprintln!("unlocked: release {release:?} in {:?} was not locked", store.namespace());
+                eprintln!(
+                    "unlocked: release {release:?} in {:?} was not locked",
+                    store.namespace()
+                );
             }
             Ok(EXIT_OK)
         }
@@ -463,7 +510,11 @@ struct StatusReport {
 pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
     struct Body(StatusArgs);
     impl AsyncStoreFn<i32> for Body {
-        async fn call<S: ReleaseStore>(self, store: &S, _user: Option<String>) -> Result<i32, Failure> {
+        async fn call<S: ReleaseStore>(
+            self,
+            store: &S,
+            _user: Option<String>,
+        ) -> Result<i32, Failure> {
             let args = self.0;
             let release = args.release.as_str();
             let ns = store.namespace().to_string();
@@ -478,7 +529,9 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
             };
             let now = now_unix();
             let lock_state = view.state.lock.as_ref();
-            let expired = lock_state.and_then(|l| l.expires_at).is_some_and(|t| t <= now);
+            let expired = lock_state
+                .and_then(|l| l.expires_at)
+                .is_some_and(|t| t <= now);
             let (upgrade, message) = match lock_state {
                 Some(l) if l.kind == LockKind::Hard => (
                     "blocked",
@@ -511,12 +564,14 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
             let report = StatusReport {
                 release: release.to_string(),
                 namespace: ns.clone(),
-                deployed: view.state.last_deployed.as_ref().map(|d| crate::report::DeployedReport {
-                    chart: d.chart_name.clone(),
-                    version: d.chart_version.clone(),
-                    app_version: d.app_version.clone(),
-                    revision: d.revision,
-                    status: d.status.as_str().to_string(),
+                deployed: view.state.last_deployed.as_ref().map(|d| {
+                    crate::report::DeployedReport {
+                        chart: d.chart_name.clone(),
+                        version: d.chart_version.clone(),
+                        app_version: d.app_version.clone(),
+                        revision: d.revision,
+                        status: d.status.as_str().to_string(),
+                    }
                 }),
                 latest: Some(crate::report::LatestReport {
                     revision: latest.revision,
@@ -530,7 +585,10 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
                 return Ok(EXIT_OK);
             }
-            println!("release:   {release} (namespace {ns}, {} records)", store.kind());
+            println!(
+                "release:   {release} (namespace {ns}, {} records)",
+                store.kind()
+            );
             match &report.deployed {
                 Some(d) => println!(
                     "deployed:  {} {} (app {}) revision {}",
@@ -583,7 +641,11 @@ struct LockRow {
 pub async fn locks(args: LocksArgs) -> Result<i32, Failure> {
     struct Body(LocksArgs);
     impl AsyncStoreFn<i32> for Body {
-        async fn call<S: ReleaseStore>(self, store: &S, _user: Option<String>) -> Result<i32, Failure> {
+        async fn call<S: ReleaseStore>(
+            self,
+            store: &S,
+            _user: Option<String>,
+        ) -> Result<i32, Failure> {
             let args = self.0;
             let scope = if args.all_namespaces {
                 "all namespaces".to_string()
@@ -598,7 +660,9 @@ pub async fn locks(args: LocksArgs) -> Result<i32, Failure> {
                 .map_err(|e| Failure::refused(format!("listing helm records in {scope}: {e}")))?;
             let mut latest: BTreeMap<(String, String), &RecordHeader> = BTreeMap::new();
             for h in &headers {
-                let Some(name) = h.labels.get("name") else { continue };
+                let Some(name) = h.labels.get("name") else {
+                    continue;
+                };
                 let key = (h.namespace.clone(), name.clone());
                 if latest.get(&key).is_none_or(|cur| cur.revision < h.revision) {
                     latest.insert(key, h);
@@ -618,7 +682,10 @@ pub async fn locks(args: LocksArgs) -> Result<i32, Failure> {
                 })
                 .collect();
             if args.output == "json" {
-                println!("{}", serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into()));
+                println!(
+                    "{}",
+                    serde_json::to_string(&rows).unwrap_or_else(|_| "[]".into())
+                );
                 return Ok(EXIT_OK);
             }
             if rows.is_empty() {
@@ -695,6 +762,9 @@ mod tests {
         }
         let mut long = args(None, None, false);
         long.reason = Some("x".repeat(1000));
-        assert!(lock_spec(&long, None, now).unwrap_err().message.contains("--reason"));
+        assert!(lock_spec(&long, None, now)
+            .unwrap_err()
+            .message
+            .contains("--reason"));
     }
 }

@@ -255,7 +255,11 @@ pub fn decode_release(encoded: &[u8]) -> Result<ReleaseSummary, DecodeError> {
         name: raw.name.ok_or(DecodeError::MissingField("name"))?,
         namespace: raw.namespace.unwrap_or_default(),
         revision: raw.version.ok_or(DecodeError::MissingField("version"))?,
-        status: ReleaseStatus::parse(&info.status.ok_or(DecodeError::MissingField("info.status"))?),
+        status: ReleaseStatus::parse(
+            &info
+                .status
+                .ok_or(DecodeError::MissingField("info.status"))?,
+        ),
         chart_name,
         chart_version,
         app_version,
@@ -290,7 +294,9 @@ pub fn encode_release_json(value: &serde_json::Value) -> Result<String, DecodeEr
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&json)
         .map_err(|e| DecodeError::Encode(e.to_string()))?;
-    let compressed = gz.finish().map_err(|e| DecodeError::Encode(e.to_string()))?;
+    let compressed = gz
+        .finish()
+        .map_err(|e| DecodeError::Encode(e.to_string()))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(compressed))
 }
 
@@ -493,28 +499,38 @@ mod tests {
         bad_crc[n - 6] ^= 0xff;
         let not_json = STANDARD.encode(gzip(format!("password: {SECRET} {{").as_bytes()));
         let plain_not_json = STANDARD.encode(format!("{SECRET} is not json"));
-        let wrong_type = encode_plain(&json!({"name": SECRET, "version": SECRET, "info": {"status": "deployed"}}));
-        let status_type = encode_plain(&json!({"name": "a", "version": 1, "info": {"status": [SECRET]}}));
+        let wrong_type = encode_plain(
+            &json!({"name": SECRET, "version": SECRET, "info": {"status": "deployed"}}),
+        );
+        let status_type =
+            encode_plain(&json!({"name": "a", "version": 1, "info": {"status": [SECRET]}}));
         let top_array = STANDARD.encode(gzip(format!("[\"{SECRET}\"]").as_bytes()));
         let mut trailing = gz.clone();
         trailing.extend_from_slice(b"garbage");
-        let cases: Vec<(&str, String, fn(&DecodeError) -> bool)> = vec![
+        type Check = fn(&DecodeError) -> bool;
+        let cases: Vec<(&str, String, Check)> = vec![
             ("empty", String::new(), |e| *e == DecodeError::Empty),
             ("blank", " \n".into(), |e| *e == DecodeError::Empty),
             ("bad base64 char", format!("{}!", &good[..8]), |e| {
                 matches!(e, DecodeError::BadBase64 { offset: Some(8) })
             }),
-            ("bad base64 length", good[..good.len() - 1].to_string(), |e| {
-                matches!(e, DecodeError::BadBase64 { .. })
-            }),
+            (
+                "bad base64 length",
+                good[..good.len() - 1].to_string(),
+                |e| matches!(e, DecodeError::BadBase64 { .. }),
+            ),
             ("double base64", STANDARD.encode(good.as_bytes()), |e| {
                 matches!(e, DecodeError::BadJson { .. })
             }),
-            ("truncated gzip", truncated, |e| *e == DecodeError::TruncatedGzip),
+            ("truncated gzip", truncated, |e| {
+                *e == DecodeError::TruncatedGzip
+            }),
             ("corrupt gzip", STANDARD.encode(&flipped), |e| {
                 matches!(e, DecodeError::BadGzip(_) | DecodeError::TruncatedGzip)
             }),
-            ("bad crc", STANDARD.encode(&bad_crc), |e| matches!(e, DecodeError::BadGzip(_))),
+            ("bad crc", STANDARD.encode(&bad_crc), |e| {
+                matches!(e, DecodeError::BadGzip(_))
+            }),
             ("trailing garbage", STANDARD.encode(&trailing), |e| {
                 matches!(e, DecodeError::BadGzip(_) | DecodeError::TruncatedGzip)
             }),
@@ -522,19 +538,43 @@ mod tests {
                 matches!(e, DecodeError::BadGzip(_) | DecodeError::TruncatedGzip)
             }),
             ("gzipped non-json", not_json, |e| {
-                matches!(e, DecodeError::BadJson { category: "syntax", .. })
+                matches!(
+                    e,
+                    DecodeError::BadJson {
+                        category: "syntax",
+                        ..
+                    }
+                )
             }),
-            ("plain non-json", plain_not_json, |e| matches!(e, DecodeError::BadJson { .. })),
+            ("plain non-json", plain_not_json, |e| {
+                matches!(e, DecodeError::BadJson { .. })
+            }),
             ("wrong field type", wrong_type, |e| {
-                matches!(e, DecodeError::BadJson { category: "data", .. })
+                matches!(
+                    e,
+                    DecodeError::BadJson {
+                        category: "data",
+                        ..
+                    }
+                )
             }),
             ("status not a string", status_type, |e| {
-                matches!(e, DecodeError::BadJson { category: "data", .. })
+                matches!(
+                    e,
+                    DecodeError::BadJson {
+                        category: "data",
+                        ..
+                    }
+                )
             }),
-            ("top-level array", top_array, |e| matches!(e, DecodeError::BadJson { .. })),
+            ("top-level array", top_array, |e| {
+                matches!(e, DecodeError::BadJson { .. })
+            }),
             (
                 "missing name",
-                encode_plain(&json!({"version": 1, "info": {"status": "deployed"}, "config": {"p": SECRET}})),
+                encode_plain(
+                    &json!({"version": 1, "info": {"status": "deployed"}, "config": {"p": SECRET}}),
+                ),
                 |e| *e == DecodeError::MissingField("name"),
             ),
             (
@@ -579,11 +619,17 @@ mod tests {
             Err(DecodeError::TooLarge { limit })
         );
         let msg = DecodeError::TooLarge { limit }.to_string();
-        assert!(msg.contains("cap") && msg.contains(&limit.to_string()), "{msg}");
+        assert!(
+            msg.contains("cap") && msg.contains(&limit.to_string()),
+            "{msg}"
+        );
         // Exactly at the cap is fine, one byte over is not.
         let exact = gzip(&[b' '; 64]);
         assert_eq!(gunzip_capped(&exact, 64).unwrap().len(), 64);
-        assert_eq!(gunzip_capped(&exact, 63), Err(DecodeError::TooLarge { limit: 63 }));
+        assert_eq!(
+            gunzip_capped(&exact, 63),
+            Err(DecodeError::TooLarge { limit: 63 })
+        );
         let plain = STANDARD.encode([b' '; 64]);
         assert_eq!(
             decode_to_json_bytes(plain.as_bytes(), 63),
@@ -610,7 +656,14 @@ mod tests {
         let info_keys: Vec<_> = back["info"].as_object().unwrap().keys().cloned().collect();
         assert_eq!(
             info_keys,
-            ["first_deployed", "last_deployed", "deleted", "description", "status", "notes"]
+            [
+                "first_deployed",
+                "last_deployed",
+                "deleted",
+                "description",
+                "status",
+                "notes"
+            ]
         );
         assert_eq!(
             decode_release(re.as_bytes()).unwrap().status,
@@ -654,7 +707,10 @@ mod tests {
             assert_eq!(status.as_str(), text);
             assert_eq!(status.to_string(), text);
             assert_eq!(status.is_pending(), pending, "{text}");
-            assert_eq!(serde_json::to_string(&status).unwrap(), format!("\"{text}\""));
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{text}\"")
+            );
             let back: ReleaseStatus = serde_json::from_str(&format!("\"{text}\"")).unwrap();
             assert_eq!(back, status);
         }
@@ -699,6 +755,13 @@ mod tests {
                         "{}",
                         path.display()
                     );
+                    assert_eq!(
+                        labels["status"].as_str(),
+                        Some(summary.status.as_str()),
+                        "{}",
+                        path.display()
+                    );
+                    assert!(summary.chart_version.is_some(), "{}", path.display());
                     let value = decode_release_json(&encoded).unwrap();
                     let re = encode_release_json(&value).unwrap();
                     assert_eq!(decode_release_json(re.as_bytes()).unwrap(), value);

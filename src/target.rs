@@ -231,10 +231,7 @@ pub fn resolve(
     match &source {
         ChartSource::Directory(dir) => {
             let path = dir.join("Chart.yaml");
-            local(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| format!("{}: {e}", path.display())),
-            )
+            local(std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display())))
         }
         ChartSource::Archive(path) => local(read_archive_chart_yaml(path)),
         ChartSource::Remote(reference) => {
@@ -334,10 +331,7 @@ mod tests {
             repo: Some("https://charts.example".into()),
             ..flags()
         };
-        assert_eq!(
-            remote_chart_name("db", &with_repo).as_deref(),
-            Some("db")
-        );
+        assert_eq!(remote_chart_name("db", &with_repo).as_deref(), Some("db"));
     }
 
     #[test]
@@ -383,14 +377,18 @@ mod tests {
         // Package it (with a subchart whose Chart.yaml must not be picked).
         let tgz = dir.path().join("db-2.0.0.tgz");
         let file = std::fs::File::create(&tgz).unwrap();
-        let mut builder =
-            tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::best()));
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::best(),
+        ));
         let mut add = |path: &str, body: &str| {
             let mut header = tar::Header::new_gnu();
             header.set_size(body.len() as u64);
             header.set_mode(0o644);
             header.set_cksum();
-            builder.append_data(&mut header, path, body.as_bytes()).unwrap();
+            builder
+                .append_data(&mut header, path, body.as_bytes())
+                .unwrap();
         };
         add("db/charts/sub/Chart.yaml", "name: sub\nversion: 9.9.9\n");
         add("db/Chart.yaml", "name: db\nversion: 2.0.0\n");

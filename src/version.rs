@@ -200,11 +200,8 @@ impl Parts<'_> {
             Some(Part::Wild) if allow_wild => Ok(0),
             Some(Part::Wild) => Err("wildcards (x, X, *) are only allowed in constraints"),
         };
-        let mut v = semver::Version::new(
-            num(Some(self.major))?,
-            num(self.minor)?,
-            num(self.patch)?,
-        );
+        let mut v =
+            semver::Version::new(num(Some(self.major))?, num(self.minor)?, num(self.patch)?);
         if !self.pre.is_empty() {
             v.pre = Prerelease::new(self.pre).map_err(|_| {
                 "invalid pre-release: identifiers must be non-empty [0-9A-Za-z-] \
@@ -212,8 +209,9 @@ impl Parts<'_> {
             })?;
         }
         if !self.build.is_empty() {
-            v.build = BuildMetadata::new(self.build)
-                .map_err(|_| "invalid build metadata: identifiers must be non-empty [0-9A-Za-z-]")?;
+            v.build = BuildMetadata::new(self.build).map_err(|_| {
+                "invalid build metadata: identifiers must be non-empty [0-9A-Za-z-]"
+            })?;
         }
         Ok(v)
     }
@@ -335,15 +333,21 @@ impl Comparator {
     fn new(op: Op, parts: &Parts<'_>) -> Result<Comparator, &'static str> {
         let is_wild = |p: Option<Part>| matches!(p, None | Some(Part::Wild));
         // The first missing/wildcard part zeroes everything after it.
-        let (major, minor, patch, dirty, minor_dirty, patch_dirty) = if parts.major == Part::Wild
-        {
+        let (major, minor, patch, dirty, minor_dirty, patch_dirty) = if parts.major == Part::Wild {
             (None, None, None, true, false, false)
         } else if is_wild(parts.minor) {
             (Some(parts.major), None, None, true, true, false)
         } else if is_wild(parts.patch) {
             (Some(parts.major), parts.minor, None, true, false, true)
         } else {
-            (Some(parts.major), parts.minor, parts.patch, false, false, false)
+            (
+                Some(parts.major),
+                parts.minor,
+                parts.patch,
+                false,
+                false,
+                false,
+            )
         };
         let normalized = Parts {
             major: major.unwrap_or(Part::Num(0)),
@@ -503,12 +507,11 @@ impl Constraint {
         }
         let mut groups = Vec::new();
         for group in trimmed.split("||") {
-            let comparators = parse_and_group(group).map_err(|why| {
-                VersionError::InvalidConstraint {
+            let comparators =
+                parse_and_group(group).map_err(|why| VersionError::InvalidConstraint {
                     text: trimmed.to_string(),
                     why,
-                }
-            })?;
+                })?;
             let include_pre = comparators.iter().any(|c| !c.con.pre.is_empty());
             groups.push(AndGroup {
                 comparators,
@@ -724,7 +727,10 @@ mod tests {
         }
         assert_eq!(ChartVersion::parse(" "), Err(VersionError::Empty));
         let msg = ChartVersion::parse("1.2.3-01").unwrap_err().to_string();
-        assert!(msg.contains("1.2.3-01") && msg.contains("expected"), "{msg}");
+        assert!(
+            msg.contains("1.2.3-01") && msg.contains("expected"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -922,8 +928,16 @@ mod tests {
             (">= 1.0.0  <= 2.0.0-beta", "3.0.0", false),
             (">= 1.0.0  <= 2.0.0-beta || > 3", "1.0.1-beta", true),
             (">= 1.0.0  <= 2.0.0-beta || > 3", "3.0.1-beta", false),
-            (">= 1.0.0  <= 2.0.0-beta != 1.0.1 || > 3", "1.0.1-beta", true),
-            (">= 1.0.0  <= 2.0.0-beta != 1.0.1-beta || > 3", "1.0.1-beta", false),
+            (
+                ">= 1.0.0  <= 2.0.0-beta != 1.0.1 || > 3",
+                "1.0.1-beta",
+                true,
+            ),
+            (
+                ">= 1.0.0  <= 2.0.0-beta != 1.0.1-beta || > 3",
+                "1.0.1-beta",
+                false,
+            ),
             (">= 1.0.0-0  <= 2.0.0", "1.0.1-beta", true),
             (">=1.0.0-0 <2.0.0", "1.5.0-beta", true),
             (">0.0.0-0", "0.1.0-alpha", true),
@@ -1057,7 +1071,10 @@ mod tests {
             );
         }
         let err = Constraint::parse(">=1.0.0<2.0.0").unwrap_err().to_string();
-        assert!(err.contains(">=1.0.0<2.0.0") && err.contains("expected"), "{err}");
+        assert!(
+            err.contains(">=1.0.0<2.0.0") && err.contains("expected"),
+            "{err}"
+        );
     }
 
     #[test]

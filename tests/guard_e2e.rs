@@ -30,11 +30,16 @@ fn main_flow(label: &str) {
     let run = b.guard(&["upgrade", "--install", "db", &c100, "-n", NS]);
     run.expect_code(0, "same version");
     assert!(
-        run.stderr.starts_with("skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1)"),
+        run.stderr
+            .starts_with("skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1)"),
         "{}",
         run.stderr
     );
-    assert!(!run.stdout.contains("Release \"db\""), "helm ran: {}", run.stdout);
+    assert!(
+        !run.stdout.contains("Release \"db\""),
+        "helm ran: {}",
+        run.stdout
+    );
     assert_eq!(b.writes(), Vec::<String>::new(), "a skip must not write");
 
     let run = b.guard(&["upgrade", "-i", "db", &chart("demo-0.9.0"), "-n", NS]);
@@ -45,7 +50,8 @@ fn main_flow(label: &str) {
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     run.expect_code(0, "upgrade");
     assert!(
-        run.stderr.contains(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.0"#),
+        run.stderr
+            .contains(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.0"#),
         "{}",
         run.stderr
     );
@@ -85,8 +91,16 @@ fn policies(label: &str) {
 /// `check` decides like `upgrade` but never writes; JSON carries metadata only.
 fn check_is_read_only(label: &str) {
     let b = setup(label);
-    b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS, "--set", "password=s3cr3t-value"])
-        .expect_code(0, "install");
+    b.guard(&[
+        "upgrade",
+        "db",
+        &chart("demo-1.0.0"),
+        "-n",
+        NS,
+        "--set",
+        "password=s3cr3t-value",
+    ])
+    .expect_code(0, "install");
     b.api.clear_requests();
     let run = b.guard(&["check", "db", &chart("demo-1.1.0"), "-n", NS, "-o", "json"]);
     run.expect_code(0, "check");
@@ -100,12 +114,22 @@ fn check_is_read_only(label: &str) {
     assert_eq!(json["deployed"]["chart"], "demo");
     assert_eq!(json["target"]["version"], "1.1.0");
     assert_eq!(json["policy"], "newer");
-    let run2 = b.guard(&["check", "db", &chart("demo-0.9.0"), "-n", NS, "--output=json"]);
+    let run2 = b.guard(&[
+        "check",
+        "db",
+        &chart("demo-0.9.0"),
+        "-n",
+        NS,
+        "--output=json",
+    ]);
     let json2: serde_json::Value = serde_json::from_str(run2.stdout.trim()).expect(&run2.stdout);
     assert_eq!(json2["action"], "skip");
     assert_eq!(json2["reason"], "downgrade");
     for out in [&run.stdout, &run.stderr, &run2.stdout, &run2.stderr] {
-        assert!(!out.contains("s3cr3t-value") && !out.contains("hunter2"), "{out}");
+        assert!(
+            !out.contains("s3cr3t-value") && !out.contains("hunter2"),
+            "{out}"
+        );
     }
     assert_eq!(b.writes(), Vec::<String>::new(), "check must not write");
     assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 1));
@@ -132,7 +156,11 @@ fn failed_upgrade_then_retry(label: &str) {
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     run.expect_code(0, "retry after failure");
     assert!(run.stderr.contains("1.0.0 -> 1.1.0"), "{}", run.stderr);
-    assert!(run.stderr.contains("failed"), "note about the failed revision: {}", run.stderr);
+    assert!(
+        run.stderr.contains("failed"),
+        "note about the failed revision: {}",
+        run.stderr
+    );
     assert_eq!(b.deployed("db", NS).0, "1.1.0");
 }
 
@@ -142,8 +170,14 @@ fn configmap_driver(label: &str) {
     let env = [("HELM_DRIVER", "configmap")];
     b.guard_env(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS], &env)
         .expect_code(0, "install");
-    assert!(b.api.get("configmaps", Some(NS), "sh.helm.release.v1.db.v1").is_some());
-    assert!(b.api.get("secrets", Some(NS), "sh.helm.release.v1.db.v1").is_none());
+    assert!(b
+        .api
+        .get("configmaps", Some(NS), "sh.helm.release.v1.db.v1")
+        .is_some());
+    assert!(b
+        .api
+        .get("secrets", Some(NS), "sh.helm.release.v1.db.v1")
+        .is_none());
     let run = b.guard_env(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS], &env);
     run.expect_code(0, "skip");
     assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
@@ -185,10 +219,17 @@ fn api_down_fails_closed(label: &str) {
     });
     let run = b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS]);
     run.expect_code(3, "api down");
-    assert!(run.stderr.contains(r#"release "db" in namespace "shared""#), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(r#"release "db" in namespace "shared""#),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("helm was not run"), "{}", run.stderr);
     b.api.clear_faults();
-    assert!(b.api.get("secrets", Some(NS), "sh.helm.release.v1.db.v1").is_none());
+    assert!(b
+        .api
+        .get("secrets", Some(NS), "sh.helm.release.v1.db.v1")
+        .is_none());
 }
 
 macro_rules! per_helm {

@@ -57,13 +57,19 @@ fn serve(dir: PathBuf) -> String {
 fn repo(b: &Bed) -> String {
     let dir = b.home().join("repo");
     for v in ["0.9.0", "1.0.0", "1.1.0", "1.2.0"] {
-        b.helm(&["package", &chart(&format!("demo-{v}")), "-d", dir.to_str().unwrap()])
-            .expect_code(0, "helm package");
+        b.helm(&[
+            "package",
+            &chart(&format!("demo-{v}")),
+            "-d",
+            dir.to_str().unwrap(),
+        ])
+        .expect_code(0, "helm package");
     }
     let url = serve(dir.clone());
     b.helm(&["repo", "index", dir.to_str().unwrap(), "--url", &url])
         .expect_code(0, "helm repo index");
-    b.helm(&["repo", "add", "local", &url]).expect_code(0, "helm repo add");
+    b.helm(&["repo", "add", "local", &url])
+        .expect_code(0, "helm repo add");
     url
 }
 
@@ -71,12 +77,30 @@ fn repo_constraints(label: &str) {
     let b = bed(label);
     b.api.create_namespace(NS);
     let url = repo(&b);
-    b.guard(&["upgrade", "db", "local/demo", "--version", "1.0.0", "-n", NS])
-        .expect_code(0, "install exact 1.0.0");
+    b.guard(&[
+        "upgrade",
+        "db",
+        "local/demo",
+        "--version",
+        "1.0.0",
+        "-n",
+        NS,
+    ])
+    .expect_code(0, "install exact 1.0.0");
     assert_eq!(b.deployed("db", NS).0, "1.0.0");
 
     // `^1` resolves (through helm) to the highest 1.x: 1.2.0.
-    let run = b.guard(&["check", "db", "local/demo", "--version", "^1", "-n", NS, "-o", "json"]);
+    let run = b.guard(&[
+        "check",
+        "db",
+        "local/demo",
+        "--version",
+        "^1",
+        "-n",
+        NS,
+        "-o",
+        "json",
+    ]);
     run.expect_code(0, "check ^1");
     let json: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(json["target"]["version"], "1.2.0", "{json}");
@@ -96,7 +120,11 @@ fn repo_constraints(label: &str) {
     // A constraint nothing satisfies: helm cannot resolve it, we refuse (exit 3).
     let run = b.guard(&["upgrade", "db", "local/demo", "--version", ">=5", "-n", NS]);
     run.expect_code(3, "unresolvable");
-    assert!(run.stderr.contains("resolving the target chart version"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("resolving the target chart version"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -39,24 +39,128 @@ const fn rt(
 
 /// Every resource type the stand-in serves.
 pub const RESOURCES: &[ResourceType] = &[
-    rt("", "namespaces", "namespace", "Namespace", false, &["ns"], true),
+    rt(
+        "",
+        "namespaces",
+        "namespace",
+        "Namespace",
+        false,
+        &["ns"],
+        true,
+    ),
     rt("", "secrets", "secret", "Secret", true, &[], false),
-    rt("", "configmaps", "configmap", "ConfigMap", true, &["cm"], false),
+    rt(
+        "",
+        "configmaps",
+        "configmap",
+        "ConfigMap",
+        true,
+        &["cm"],
+        false,
+    ),
     rt("", "services", "service", "Service", true, &["svc"], true),
-    rt("", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], false),
+    rt(
+        "",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        false,
+    ),
     rt("", "pods", "pod", "Pod", true, &["po"], true),
     rt("", "events", "event", "Event", true, &["ev"], false),
-    rt("", "endpoints", "endpoints", "Endpoints", true, &["ep"], false),
-    rt("", "persistentvolumeclaims", "persistentvolumeclaim", "PersistentVolumeClaim", true, &["pvc"], true),
-    rt("apps", "deployments", "deployment", "Deployment", true, &["deploy"], true),
-    rt("apps", "replicasets", "replicaset", "ReplicaSet", true, &["rs"], true),
-    rt("apps", "statefulsets", "statefulset", "StatefulSet", true, &["sts"], true),
-    rt("apps", "daemonsets", "daemonset", "DaemonSet", true, &["ds"], true),
+    rt(
+        "",
+        "endpoints",
+        "endpoints",
+        "Endpoints",
+        true,
+        &["ep"],
+        false,
+    ),
+    rt(
+        "",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        "PersistentVolumeClaim",
+        true,
+        &["pvc"],
+        true,
+    ),
+    rt(
+        "apps",
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        &["deploy"],
+        true,
+    ),
+    rt(
+        "apps",
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        true,
+        &["rs"],
+        true,
+    ),
+    rt(
+        "apps",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        true,
+        &["sts"],
+        true,
+    ),
+    rt(
+        "apps",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        true,
+        &["ds"],
+        true,
+    ),
     rt("batch", "jobs", "job", "Job", true, &[], true),
-    rt("coordination.k8s.io", "leases", "lease", "Lease", true, &[], false),
-    rt("events.k8s.io", "events", "event", "Event", true, &["ev"], false),
-    rt("rbac.authorization.k8s.io", "roles", "role", "Role", true, &[], false),
-    rt("rbac.authorization.k8s.io", "rolebindings", "rolebinding", "RoleBinding", true, &[], false),
+    rt(
+        "coordination.k8s.io",
+        "leases",
+        "lease",
+        "Lease",
+        true,
+        &[],
+        false,
+    ),
+    rt(
+        "events.k8s.io",
+        "events",
+        "event",
+        "Event",
+        true,
+        &["ev"],
+        false,
+    ),
+    rt(
+        "rbac.authorization.k8s.io",
+        "roles",
+        "role",
+        "Role",
+        true,
+        &[],
+        false,
+    ),
+    rt(
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        &[],
+        false,
+    ),
 ];
 
 /// Looks up a resource by group and plural.
@@ -164,7 +268,9 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     } else {
         format!("{group}/{version}")
     };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 /// `/openapi/v3`: the root index naming one document per group-version.

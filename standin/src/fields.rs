@@ -228,17 +228,35 @@ pub struct Entry {
 
 /// Parses an object's `metadata.managedFields`.
 pub fn entries_of(obj: &Value) -> Vec<Entry> {
-    let Some(list) = obj.pointer("/metadata/managedFields").and_then(Value::as_array) else {
+    let Some(list) = obj
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+    else {
         return vec![];
     };
     list.iter()
         .filter_map(|e| {
             Some(Entry {
                 manager: e.get("manager")?.as_str()?.to_string(),
-                operation: e.get("operation").and_then(Value::as_str).unwrap_or("Update").to_string(),
-                api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string(),
-                time: e.get("time").and_then(Value::as_str).map(str::to_string).unwrap_or_else(now_rfc3339),
-                subresource: e.get("subresource").and_then(Value::as_str).map(str::to_string),
+                operation: e
+                    .get("operation")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Update")
+                    .to_string(),
+                api_version: e
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                time: e
+                    .get("time")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(now_rfc3339),
+                subresource: e
+                    .get("subresource")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
                 fields: e.get("fieldsV1").map(from_fields_v1).unwrap_or_default(),
             })
         })
@@ -291,8 +309,12 @@ pub fn record_update(
     let null = Value::Null;
     let old_v = old.unwrap_or(&null);
     let mut entries = match requested {
-        Some(Value::Array(a)) if a.len() == 1 && a[0].as_object().is_some_and(Map::is_empty) => vec![],
-        Some(Value::Array(a)) if !a.is_empty() => entries_of(&json!({"metadata": {"managedFields": a}})),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].as_object().is_some_and(Map::is_empty) => {
+            vec![]
+        }
+        Some(Value::Array(a)) if !a.is_empty() => {
+            entries_of(&json!({"metadata": {"managedFields": a}}))
+        }
         _ => entries_of(old_v),
     };
     let new_set = field_set(new, rt);
@@ -308,7 +330,11 @@ pub fn record_update(
     }
     let mine: FieldSet = changed.intersection(&new_set).cloned().collect();
     if !mine.is_empty() {
-        let api_version = new.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+        let api_version = new
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         match entries
             .iter_mut()
             .find(|e| e.manager == manager && e.operation == "Update" && e.subresource.is_none())
@@ -346,7 +372,8 @@ pub fn apply(
     });
     let mut entries = entries_of(&result);
     let applied_set = field_set(&applied, rt);
-    let is_mine = |e: &Entry| e.manager == manager && e.operation == "Apply" && e.subresource.is_none();
+    let is_mine =
+        |e: &Entry| e.manager == manager && e.operation == "Apply" && e.subresource.is_none();
 
     // Conflicts: fields another manager owns with a different value than the one applied.
     let mut conflicts: Vec<(String, String, String)> = Vec::new();
@@ -376,7 +403,11 @@ pub fn apply(
     }
     if force {
         for e in entries.iter_mut().filter(|e| !is_mine(e)) {
-            e.fields.retain(|p| !applied_set.iter().any(|a| a.starts_with(p) || p.starts_with(a)));
+            e.fields.retain(|p| {
+                !applied_set
+                    .iter()
+                    .any(|a| a.starts_with(p) || p.starts_with(a))
+            });
         }
     }
 
@@ -387,7 +418,10 @@ pub fn apply(
         .flat_map(|e| e.fields.iter().cloned())
         .collect();
     for p in previous.difference(&applied_set) {
-        let owned_elsewhere = entries.iter().filter(|e| !is_mine(e)).any(|e| owns(&e.fields, p));
+        let owned_elsewhere = entries
+            .iter()
+            .filter(|e| !is_mine(e))
+            .any(|e| owns(&e.fields, p));
         if !owned_elsewhere {
             remove_at(&mut result, p);
         }
@@ -397,7 +431,9 @@ pub fn apply(
     if let Some(m) = body.as_object_mut() {
         // Identity and bookkeeping stay the server's; status is not applied through the main resource.
         if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.retain(|k, _| OWNED_METADATA.contains(&k.as_str()) || k == "name" || k == "namespace");
+            meta.retain(|k, _| {
+                OWNED_METADATA.contains(&k.as_str()) || k == "name" || k == "namespace"
+            });
         }
         if rt.has_status {
             m.remove("status");
@@ -405,7 +441,11 @@ pub fn apply(
     }
     strategic_merge_patch(&mut result, &body);
 
-    let api_version = applied.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+    let api_version = applied
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     entries.retain(|e| !is_mine(e));
     entries.push(Entry {
         manager: manager.to_string(),
@@ -439,8 +479,18 @@ mod tests {
                    "f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"app\"}": {".": {}, "f:args": {}, "f:image": {}, "f:name": {}}}}}}})
         );
         assert_eq!(from_fields_v1(&v1), set);
-        let p: Vec<String> = vec!["f:spec".into(), "f:template".into(), "f:spec".into(), "f:containers".into(), "k:{\"name\":\"app\"}".into(), "f:image".into()];
+        let p: Vec<String> = vec![
+            "f:spec".into(),
+            "f:template".into(),
+            "f:spec".into(),
+            "f:containers".into(),
+            "k:{\"name\":\"app\"}".into(),
+            "f:image".into(),
+        ];
         assert_eq!(get_at(&obj, &p), Some(&json!("x")));
-        assert_eq!(path_string(&p), ".spec.template.spec.containers[name=\"app\"].image");
+        assert_eq!(
+            path_string(&p),
+            ".spec.template.spec.containers[name=\"app\"].image"
+        );
     }
 }

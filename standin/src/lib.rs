@@ -51,7 +51,10 @@ pub struct RequestRecord {
 impl RequestRecord {
     /// Whether this request was a write (create, update, patch, delete, deletecollection).
     pub fn is_write(&self) -> bool {
-        matches!(self.verb.as_str(), "create" | "update" | "patch" | "delete" | "deletecollection")
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
     }
 }
 
@@ -127,16 +130,33 @@ impl StandIn {
         let port = std_listener.local_addr()?.port();
         let url = format!("http://127.0.0.1:{port}");
         let dir = tempfile::Builder::new().prefix("kube-standin-").tempdir()?;
-        let kubeconfig = opts.kubeconfig.clone().unwrap_or_else(|| dir.path().join("kubeconfig"));
+        let kubeconfig = opts
+            .kubeconfig
+            .clone()
+            .unwrap_or_else(|| dir.path().join("kubeconfig"));
         if let Some(parent) = kubeconfig.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&kubeconfig, kubeconfig_yaml(&url))?;
         let (events, _) = broadcast::channel(4096);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared { state: Mutex::new(State::new(events)), shutdown: shutdown_rx.clone() });
-        let mut standin = StandIn { shared: shared.clone(), url, kubeconfig, shutdown, runtime: None, _dir: dir };
-        for ns in ["default", "kube-system", "kube-public"].iter().map(|s| s.to_string()).chain(opts.namespaces.iter().cloned()) {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(events)),
+            shutdown: shutdown_rx.clone(),
+        });
+        let mut standin = StandIn {
+            shared: shared.clone(),
+            url,
+            kubeconfig,
+            shutdown,
+            runtime: None,
+            _dir: dir,
+        };
+        for ns in ["default", "kube-system", "kube-public"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(opts.namespaces.iter().cloned())
+        {
             standin.create_namespace(&ns);
         }
         let listener = {
@@ -190,13 +210,20 @@ impl StandIn {
     /// One stored object by resource plural (`secrets`, `deployments`, `namespaces`, ...).
     pub fn get(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
         let rt = discovery::find_plural(resource)?;
-        self.shared.lock().get(rt, namespace.unwrap_or(""), name).cloned()
+        self.shared
+            .lock()
+            .get(rt, namespace.unwrap_or(""), name)
+            .cloned()
     }
 
     /// All stored objects of a resource (in one namespace, or all when None).
     pub fn list(&self, resource: &str, namespace: Option<&str>) -> Vec<Value> {
-        let Some(rt) = discovery::find_plural(resource) else { return vec![] };
-        self.shared.lock().list(rt, namespace, &Default::default(), &Default::default())
+        let Some(rt) = discovery::find_plural(resource) else {
+            return vec![];
+        };
+        self.shared
+            .lock()
+            .list(rt, namespace, &Default::default(), &Default::default())
     }
 
     /// Creates or replaces an object directly in the store (test setup): assigns
@@ -206,7 +233,8 @@ impl StandIn {
     /// # Panics
     /// If the resource is unknown or the object is invalid (a test-setup mistake).
     pub fn put_object(&self, resource: &str, obj: Value) -> Value {
-        let rt = discovery::find_plural(resource).unwrap_or_else(|| panic!("kube-standin does not serve {resource:?}"));
+        let rt = discovery::find_plural(resource)
+            .unwrap_or_else(|| panic!("kube-standin does not serve {resource:?}"));
         match self.shared.lock().put_direct(rt, obj) {
             Ok(v) => v,
             Err(e) => panic!("put_object({resource}): {}", e.message),
@@ -227,7 +255,11 @@ impl Drop for StandIn {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {

@@ -19,10 +19,19 @@ fn parse(args: &[String]) -> Result<Options, String> {
             Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
             _ => (a.as_str(), None),
         };
-        let mut value = || inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| format!("{flag} needs a value"));
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
         match flag {
             "--kubeconfig" => opts.kubeconfig = Some(value()?.into()),
-            "--port" => opts.port = value()?.parse().map_err(|_| "--port needs a number".to_string())?,
+            "--port" => {
+                opts.port = value()?
+                    .parse()
+                    .map_err(|_| "--port needs a number".to_string())?
+            }
             "--namespace" | "-n" => opts.namespaces.push(value()?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown flag {other:?}")),
@@ -50,8 +59,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("kube-standin listening on {}, kubeconfig at {}", standin.url(), standin.kubeconfig().display());
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    eprintln!(
+        "kube-standin listening on {}, kubeconfig at {}",
+        standin.url(),
+        standin.kubeconfig().display()
+    );
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kube-standin: {e}");
@@ -59,7 +75,8 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

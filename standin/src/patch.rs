@@ -26,8 +26,13 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// `patchMergeKey` tags of k8s.io/api. Lists not named here are atomic (replaced).
 pub fn merge_keys(field: &str) -> Option<&'static [&'static str]> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes"
-        | "imagePullSecrets" | "secrets" => &["name"],
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
+        | "secrets" => &["name"],
         "volumeMounts" | "volumeDevices" => &["mountPath"],
         "ports" => &["containerPort", "port", "protocol"],
         "conditions" => &["type"],
@@ -179,10 +184,15 @@ fn parent_mut<'a>(doc: &'a mut Value, toks: &[String]) -> Result<&'a mut Value, 
     let mut cur = doc;
     for t in toks {
         cur = match cur {
-            Value::Object(m) => m.get_mut(t).ok_or_else(|| format!("path element {t:?} not found"))?,
+            Value::Object(m) => m
+                .get_mut(t)
+                .ok_or_else(|| format!("path element {t:?} not found"))?,
             Value::Array(a) => {
-                let i: usize = t.parse().map_err(|_| format!("invalid array index {t:?}"))?;
-                a.get_mut(i).ok_or_else(|| format!("array index {i} out of range"))?
+                let i: usize = t
+                    .parse()
+                    .map_err(|_| format!("invalid array index {t:?}"))?;
+                a.get_mut(i)
+                    .ok_or_else(|| format!("array index {i} out of range"))?
             }
             _ => return Err(format!("cannot descend into a scalar at {t:?}")),
         };
@@ -199,7 +209,9 @@ fn add(doc: &mut Value, path: &str, value: Value, replace_only: bool) -> Result<
     match parent_mut(doc, parents)? {
         Value::Object(m) => {
             if replace_only && !m.contains_key(last) {
-                return Err(format!("replace operation does not apply: doc is missing key: {path}"));
+                return Err(format!(
+                    "replace operation does not apply: doc is missing key: {path}"
+                ));
             }
             m.insert(last.clone(), value);
         }
@@ -207,9 +219,12 @@ fn add(doc: &mut Value, path: &str, value: Value, replace_only: bool) -> Result<
             if last == "-" && !replace_only {
                 a.push(value);
             } else {
-                let i: usize = last.parse().map_err(|_| format!("invalid array index {last:?}"))?;
+                let i: usize = last
+                    .parse()
+                    .map_err(|_| format!("invalid array index {last:?}"))?;
                 if replace_only {
-                    *a.get_mut(i).ok_or_else(|| format!("array index {i} out of range"))? = value;
+                    *a.get_mut(i)
+                        .ok_or_else(|| format!("array index {i} out of range"))? = value;
                 } else if i <= a.len() {
                     a.insert(i, value);
                 } else {
@@ -224,15 +239,15 @@ fn add(doc: &mut Value, path: &str, value: Value, replace_only: bool) -> Result<
 
 fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
     let toks = split_pointer(path)?;
-    let (last, parents) = toks
-        .split_last()
-        .ok_or("cannot remove the document root")?;
+    let (last, parents) = toks.split_last().ok_or("cannot remove the document root")?;
     match parent_mut(doc, parents)? {
         Value::Object(m) => m
             .remove(last)
             .ok_or_else(|| format!("remove operation does not apply: doc is missing path: {path}")),
         Value::Array(a) => {
-            let i: usize = last.parse().map_err(|_| format!("invalid array index {last:?}"))?;
+            let i: usize = last
+                .parse()
+                .map_err(|_| format!("invalid array index {last:?}"))?;
             if i < a.len() {
                 Ok(a.remove(i))
             } else {
@@ -255,12 +270,28 @@ fn get<'a>(doc: &'a Value, path: &str) -> Result<&'a Value, String> {
 
 /// Applies an RFC 6902 JSON patch (add, remove, replace, move, copy, test).
 pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
-    let ops = ops.as_array().ok_or("a JSON patch must be an array of operations")?;
+    let ops = ops
+        .as_array()
+        .ok_or("a JSON patch must be an array of operations")?;
     for op in ops {
-        let kind = op.get("op").and_then(Value::as_str).ok_or("operation lacks \"op\"")?;
-        let path = op.get("path").and_then(Value::as_str).ok_or("operation lacks \"path\"")?;
-        let value = || op.get("value").cloned().ok_or_else(|| format!("{kind} operation lacks \"value\""));
-        let from = || op.get("from").and_then(Value::as_str).ok_or_else(|| format!("{kind} operation lacks \"from\""));
+        let kind = op
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or("operation lacks \"op\"")?;
+        let path = op
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or("operation lacks \"path\"")?;
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or_else(|| format!("{kind} operation lacks \"value\""))
+        };
+        let from = || {
+            op.get("from")
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("{kind} operation lacks \"from\""))
+        };
         match kind {
             "add" => add(doc, path, value()?, false)?,
             "replace" => add(doc, path, value()?, true)?,
@@ -307,7 +338,10 @@ mod tests {
             &mut t,
             &json!({"spec": {"$setElementOrder/containers": [{"name": "a"}], "containers": [{"name": "a", "image": "z"}, {"name": "b", "$patch": "delete"}]}}),
         );
-        assert_eq!(t, json!({"spec": {"containers": [{"name": "a", "image": "z", "ports": [{"containerPort": 80}]}]}}));
+        assert_eq!(
+            t,
+            json!({"spec": {"containers": [{"name": "a", "image": "z", "ports": [{"containerPort": 80}]}]}})
+        );
     }
 
     #[test]
@@ -326,6 +360,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d, json!({"a": [2, 3], "b": {"c": "e"}, "g": {"c": "e"}}));
-        assert!(json_patch(&mut d, &json!([{"op": "test", "path": "/b/c", "value": "x"}])).is_err());
+        assert!(json_patch(
+            &mut d,
+            &json!([{"op": "test", "path": "/b/c", "value": "x"}])
+        )
+        .is_err());
     }
 }

@@ -338,7 +338,11 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
         "Secret" => secret(raw)?,
         "ConfigMap" => config_map(raw)?,
         "Namespace" => namespace(raw)?,
-        other => return Err(format!("protobuf decoding of kind {other:?} is not supported by the stand-in")),
+        other => {
+            return Err(format!(
+                "protobuf decoding of kind {other:?} is not supported by the stand-in"
+            ))
+        }
     };
     obj.insert("apiVersion".into(), json!(api_version));
     obj.insert("kind".into(), json!(kind));
@@ -357,14 +361,22 @@ mod tests {
 
     #[test]
     fn decodes_secret() {
-        let meta = [field(1, b"s1"), field(11, &[field(1, b"owner"), field(2, b"helm")].concat())].concat();
+        let meta = [
+            field(1, b"s1"),
+            field(11, &[field(1, b"owner"), field(2, b"helm")].concat()),
+        ]
+        .concat();
         let secret = [
             field(1, &meta),
             field(2, &[field(1, b"release"), field(2, b"abc")].concat()),
             field(3, b"helm.sh/release.v1"),
         ]
         .concat();
-        let unknown = [field(1, &[field(1, b"v1"), field(2, b"Secret")].concat()), field(2, &secret)].concat();
+        let unknown = [
+            field(1, &[field(1, b"v1"), field(2, b"Secret")].concat()),
+            field(2, &secret),
+        ]
+        .concat();
         let body = [MAGIC, &unknown].concat();
         let v = decode(&body).unwrap();
         assert_eq!(v["kind"], "Secret");

@@ -182,7 +182,11 @@ mod tests {
             ("a=1,b=3", false),
             ("a in (1,2),!c", true),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&o), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&o),
+                want,
+                "{sel}"
+            );
         }
         assert!(LabelSelector::parse("a=1,,b").is_err());
     }

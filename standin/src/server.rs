@@ -48,7 +48,10 @@ struct ChannelBody(mpsc::Receiver<Bytes>);
 impl Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
@@ -66,7 +69,8 @@ fn json_response(code: u16, v: &Value) -> Response<RespBody> {
 fn error_response(e: &ApiError) -> Response<RespBody> {
     let mut r = json_response(e.code, &e.to_status());
     if e.code == 429 || e.code == 503 {
-        r.headers_mut().insert("Retry-After", hyper::header::HeaderValue::from_static("1"));
+        r.headers_mut()
+            .insert("Retry-After", hyper::header::HeaderValue::from_static("1"));
     }
     r
 }
@@ -79,19 +83,30 @@ enum Format {
 }
 
 fn negotiate(accept: Option<&str>, listing: bool) -> Format {
-    let Some(accept) = accept else { return Format::Full };
+    let Some(accept) = accept else {
+        return Format::Full;
+    };
     for media in accept.split(',') {
         let mut parts = media.split(';').map(str::trim);
         let mime = parts.next().unwrap_or("");
         let params: Vec<(&str, &str)> = parts.filter_map(|p| p.split_once('=')).collect();
         let get = |k: &str| params.iter().find(|(pk, _)| *pk == k).map(|(_, v)| *v);
-        let typed_ok = matches!(mime, "application/json" | "application/vnd.kubernetes.protobuf" | "application/yaml" | "*/*" | "application/*");
+        let typed_ok = matches!(
+            mime,
+            "application/json"
+                | "application/vnd.kubernetes.protobuf"
+                | "application/yaml"
+                | "*/*"
+                | "application/*"
+        );
         if !typed_ok {
             continue;
         }
         match (get("as"), get("g")) {
             (None, _) => return Format::Full,
-            (Some("PartialObjectMetadataList"), Some("meta.k8s.io")) if listing => return Format::Metadata,
+            (Some("PartialObjectMetadataList"), Some("meta.k8s.io")) if listing => {
+                return Format::Metadata
+            }
             (Some("PartialObjectMetadata"), Some("meta.k8s.io")) => return Format::Metadata,
             _ => continue, // Table, aggregated discovery, ...: fall through to the next type
         }
@@ -123,7 +138,11 @@ enum Route {
 }
 
 fn route(path: &str) -> Route {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     match segs.as_slice() {
         ["version"] => Route::Json(discovery::version()),
         ["healthz"] | ["livez"] | ["readyz"] => Route::Json(json!("ok")),
@@ -143,8 +162,12 @@ fn route(path: &str) -> Route {
         }
         ["apis", g, v] => discovery::api_resource_list(g, v).map_or(Route::NotFound, Route::Json),
         ["openapi", "v3"] => Route::Json(discovery::openapi_v3_root()),
-        ["openapi", "v3", "api", v] => discovery::openapi_v3_doc("", v).map_or(Route::NotFound, Route::Json),
-        ["openapi", "v3", "apis", g, v] => discovery::openapi_v3_doc(g, v).map_or(Route::NotFound, Route::Json),
+        ["openapi", "v3", "api", v] => {
+            discovery::openapi_v3_doc("", v).map_or(Route::NotFound, Route::Json)
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            discovery::openapi_v3_doc(g, v).map_or(Route::NotFound, Route::Json)
+        }
         ["api", v, rest @ ..] => resource_route("", v, rest),
         ["apis", g, v, rest @ ..] => resource_route(g, v, rest),
         _ => Route::NotFound,
@@ -152,13 +175,34 @@ fn route(path: &str) -> Route {
 }
 
 fn resource_route(group: &str, version: &str, rest: &[&str]) -> Route {
+    let r = resource_route_inner(group, version, rest);
+    match &r {
+        // Unknown subresources are 404, like the real API.
+        Route::Resource {
+            rt, sub: Some(sub), ..
+        } if !(sub == "status"
+            || (sub == "finalize" && rt.plural == "namespaces")
+            || (sub == "scale" && rt.group == "apps")) =>
+        {
+            Route::NotFound
+        }
+        _ => r,
+    }
+}
+
+fn resource_route_inner(group: &str, version: &str, rest: &[&str]) -> Route {
     let s = |x: Option<&&str>| x.map(|v| v.to_string());
     if rest.len() >= 3 && rest[0] == "namespaces" {
         if let Some(rt) = find(group, version, rest[2]).filter(|rt| rt.namespaced) {
             if rest.len() > 5 {
                 return Route::NotFound;
             }
-            return Route::Resource { rt, namespace: Some(rest[1].to_string()), name: s(rest.get(3)), sub: s(rest.get(4)) };
+            return Route::Resource {
+                rt,
+                namespace: Some(rest[1].to_string()),
+                name: s(rest.get(3)),
+                sub: s(rest.get(4)),
+            };
         }
     }
     match find(group, version, rest[0]) {
@@ -166,18 +210,29 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Route {
             if rt.namespaced && rest.len() > 1 {
                 return Route::NotFound;
             }
-            Route::Resource { rt, namespace: None, name: s(rest.get(1)), sub: s(rest.get(2)) }
+            Route::Resource {
+                rt,
+                namespace: None,
+                name: s(rest.get(1)),
+                sub: s(rest.get(2)),
+            }
         }
         _ => Route::NotFound,
     }
 }
 
 fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
-    req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 /// Handles one HTTP request.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<RespBody>, Dropped> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Dropped> {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -207,7 +262,13 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
         namespace: None,
         name: None,
     };
-    if let Route::Resource { rt, namespace, name, sub } = &r {
+    if let Route::Resource {
+        rt,
+        namespace,
+        name,
+        sub,
+    } = &r
+    {
         record.resource = Some(match sub {
             Some(s) => format!("{}/{s}", rt.plural),
             None => rt.plural.to_string(),
@@ -251,14 +312,36 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
             if method == "GET" {
                 json_response(200, &v)
             } else {
-                error_response(&ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"))
+                error_response(&ApiError::new(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                ))
             }
         }
-        Route::NotFound => {
-            error_response(&ApiError::new(404, "NotFound", "the server could not find the requested resource"))
-        }
-        Route::Resource { rt, namespace, name, sub } => {
-            let ctx = Ctx { shared: &shared, rt, namespace, name, sub, q: &q, content_type: content_type.as_deref(), accept: accept.as_deref(), user_agent: &user_agent, body: &body };
+        Route::NotFound => error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )),
+        Route::Resource {
+            rt,
+            namespace,
+            name,
+            sub,
+        } => {
+            let ctx = Ctx {
+                shared: &shared,
+                rt,
+                namespace,
+                name,
+                sub,
+                q: &q,
+                content_type: content_type.as_deref(),
+                accept: accept.as_deref(),
+                user_agent: &user_agent,
+                body: &body,
+            };
             match resource(ctx, &record.verb) {
                 Ok(r) => r,
                 Err(e) => error_response(&e),
@@ -273,7 +356,9 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
 fn take_fault(faults: &mut Vec<Fault>, rec: &RequestRecord) -> Option<FaultAction> {
     let idx = faults.iter().position(|f| {
         f.verb.as_ref().is_none_or(|v| *v == rec.verb)
-            && f.resource.as_ref().is_none_or(|r| Some(r) == rec.resource.as_ref())
+            && f.resource
+                .as_ref()
+                .is_none_or(|r| Some(r) == rec.resource.as_ref())
             && f.name.as_ref().is_none_or(|n| Some(n) == rec.name.as_ref())
             && f.times != Some(0)
     })?;
@@ -290,7 +375,10 @@ fn take_fault(faults: &mut Vec<Fault>, rec: &RequestRecord) -> Option<FaultActio
 
 fn control(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Response<RespBody> {
     match (method, rest) {
-        ("GET", "requests") => json_response(200, &serde_json::to_value(&shared.lock().log).unwrap_or_default()),
+        ("GET", "requests") => json_response(
+            200,
+            &serde_json::to_value(&shared.lock().log).unwrap_or_default(),
+        ),
         ("DELETE", "requests") => {
             shared.lock().log.clear();
             json_response(200, &json!({}))
@@ -302,12 +390,19 @@ fn control(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Response<R
             }
             Err(e) => error_response(&ApiError::bad_request(format!("invalid fault: {e}"))),
         },
-        ("GET", "faults") => json_response(200, &serde_json::to_value(&shared.lock().faults).unwrap_or_default()),
+        ("GET", "faults") => json_response(
+            200,
+            &serde_json::to_value(&shared.lock().faults).unwrap_or_default(),
+        ),
         ("DELETE", "faults") => {
             shared.lock().faults.clear();
             json_response(200, &json!({}))
         }
-        _ => error_response(&ApiError::new(404, "NotFound", "unknown stand-in control endpoint")),
+        _ => error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "unknown stand-in control endpoint",
+        )),
     }
 }
 
@@ -326,7 +421,10 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn q(&self, k: &str) -> Option<&str> {
-        self.q.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.as_str())
+        self.q
+            .iter()
+            .find(|(qk, _)| qk == k)
+            .map(|(_, v)| v.as_str())
     }
     /// The field manager: `?fieldManager=`, else the User-Agent's first segment, as the real API does.
     fn manager(&self) -> String {
@@ -341,7 +439,13 @@ impl Ctx<'_> {
         }
     }
     fn mime(&self) -> String {
-        self.content_type.unwrap_or("application/json").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+        self.content_type
+            .unwrap_or("application/json")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
     }
     fn decode_object(&self) -> Result<Value, ApiError> {
         match self.mime().as_str() {
@@ -354,7 +458,8 @@ impl Ctx<'_> {
 }
 
 fn yaml(body: &[u8]) -> Result<Value, ApiError> {
-    serde_yaml::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+    serde_yaml::from_slice::<Value>(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
 }
 
 fn resource(ctx: Ctx<'_>, verb: &str) -> Result<Response<RespBody>, ApiError> {
@@ -364,28 +469,47 @@ fn resource(ctx: Ctx<'_>, verb: &str) -> Result<Response<RespBody>, ApiError> {
         // Subresources: status can be read; writes and anything else are refused.
         if sub == "status" && verb == "get" {
         } else {
-            return Err(ApiError::new(405, "MethodNotAllowed", format!("the stand-in does not implement {verb} on {}/{sub}", rt.plural)));
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                format!(
+                    "the stand-in does not implement {verb} on {}/{sub}",
+                    rt.plural
+                ),
+            ));
         }
     }
     let name = ctx.name.clone().unwrap_or_default();
     let fmt = negotiate(ctx.accept, verb == "list" || verb == "watch");
-    let labels = LabelSelector::parse(ctx.q("labelSelector").unwrap_or("")).map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
-    let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
+    let labels = LabelSelector::parse(ctx.q("labelSelector").unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+    let fields = FieldSelector::parse(ctx.q("fieldSelector").unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
     let ns_filter = ctx.namespace.as_deref().filter(|_| rt.namespaced);
     match verb {
         "get" => {
             let st = ctx.shared.lock();
-            let obj = st.get(rt, &ns, &name).cloned().ok_or_else(|| ApiError::not_found(rt.plural, rt.group, &name))?;
+            let obj = st
+                .get(rt, &ns, &name)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(rt.plural, rt.group, &name))?;
             Ok(json_response(200, &render(obj, fmt)))
         }
         "list" => {
             let st = ctx.shared.lock();
-            let items: Vec<Value> = st.list(rt, ns_filter, &labels, &fields).into_iter().map(|o| render(o, fmt)).collect();
+            let items: Vec<Value> = st
+                .list(rt, ns_filter, &labels, &fields)
+                .into_iter()
+                .map(|o| render(o, fmt))
+                .collect();
             let (kind, av) = match fmt {
                 Format::Full => (format!("{}List", rt.kind), rt.api_version()),
                 Format::Metadata => ("PartialObjectMetadataList".into(), "meta.k8s.io/v1".into()),
             };
-            Ok(json_response(200, &json!({"kind": kind, "apiVersion": av, "metadata": {"resourceVersion": st.rv().to_string()}, "items": items})))
+            Ok(json_response(
+                200,
+                &json!({"kind": kind, "apiVersion": av, "metadata": {"resourceVersion": st.rv().to_string()}, "items": items}),
+            ))
         }
         "watch" => watch_stream(&ctx, ns_filter.map(str::to_string), labels, fields, fmt),
         "create" => {
@@ -395,7 +519,10 @@ fn resource(ctx: Ctx<'_>, verb: &str) -> Result<Response<RespBody>, ApiError> {
         }
         "update" => {
             let obj = ctx.decode_object()?;
-            let updated = ctx.shared.lock().update(rt, &ns, &name, obj, &ctx.manager())?;
+            let updated = ctx
+                .shared
+                .lock()
+                .update(rt, &ns, &name, obj, &ctx.manager())?;
             Ok(json_response(200, &updated))
         }
         "patch" => {
@@ -411,7 +538,8 @@ fn resource(ctx: Ctx<'_>, verb: &str) -> Result<Response<RespBody>, ApiError> {
             let body: Value = if ptype == PatchType::Apply {
                 yaml(ctx.body)?
             } else {
-                serde_json::from_slice(ctx.body).map_err(|e| ApiError::bad_request(format!("invalid JSON patch body: {e}")))?
+                serde_json::from_slice(ctx.body)
+                    .map_err(|e| ApiError::bad_request(format!("invalid JSON patch body: {e}")))?
             };
             if ptype == PatchType::Apply && ctx.q("fieldManager").is_none_or(str::is_empty) {
                 return Err(ApiError::bad_request("PATCH, application/apply-patch+yaml requests require the fieldManager parameter to be set"));
@@ -431,15 +559,30 @@ fn resource(ctx: Ctx<'_>, verb: &str) -> Result<Response<RespBody>, ApiError> {
             let victims = st.list(rt, ns_filter, &labels, &fields);
             let mut items = Vec::new();
             for v in victims {
-                let vns = v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string();
-                let vname = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+                let vns = v
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let vname = v
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 if let Ok(o) = st.delete(rt, &vns, &vname) {
                     items.push(o);
                 }
             }
-            Ok(json_response(200, &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": {"resourceVersion": st.rv().to_string()}, "items": items})))
+            Ok(json_response(
+                200,
+                &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": {"resourceVersion": st.rv().to_string()}, "items": items}),
+            ))
         }
-        _ => Err(ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")),
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )),
     }
 }
 
@@ -451,26 +594,57 @@ fn event_line(etype: &str, obj: Value) -> Bytes {
 
 /// Starts a streaming watch: initial events (per `sendInitialEvents`/`resourceVersion`), then
 /// live events until `timeoutSeconds`, the client going away, or the server stopping.
-fn watch_stream(ctx: &Ctx<'_>, ns: Option<String>, labels: LabelSelector, fields: FieldSelector, fmt: Format) -> Result<Response<RespBody>, ApiError> {
+fn watch_stream(
+    ctx: &Ctx<'_>,
+    ns: Option<String>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    fmt: Format,
+) -> Result<Response<RespBody>, ApiError> {
     let rt = ctx.rt;
     let res = res_key(rt);
     let matches = {
         let ns = ns.clone();
         let res = res.clone();
-        move |ev: &WatchEvent| ev.res == res && ns.as_ref().is_none_or(|n| *n == ev.namespace) && labels.matches(&ev.object) && fields.matches(&ev.object)
+        move |ev: &WatchEvent| {
+            ev.res == res
+                && ns.as_ref().is_none_or(|n| *n == ev.namespace)
+                && labels.matches(&ev.object)
+                && fields.matches(&ev.object)
+        }
     };
     let send_initial = ctx.q("sendInitialEvents") == Some("true");
     let rv_param = ctx.q("resourceVersion").unwrap_or("").to_string();
-    let timeout = ctx.q("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800);
+    let timeout = ctx
+        .q("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(1800);
     let (rx, initial, start_rv) = {
         let st = ctx.shared.lock();
         let rx = st.subscribe();
         let cur = st.rv();
         let mut initial: Vec<Bytes> = Vec::new();
-        let all = || -> Vec<Value> { st.list(rt, ns.as_deref(), &LabelSelector::default(), &FieldSelector::default()) };
+        let all = || -> Vec<Value> {
+            st.list(
+                rt,
+                ns.as_deref(),
+                &LabelSelector::default(),
+                &FieldSelector::default(),
+            )
+        };
         if send_initial || rv_param.is_empty() || rv_param == "0" {
             for o in all() {
-                let ev = WatchEvent { etype: "ADDED", res: res.clone(), namespace: o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").into(), rv: cur, object: o };
+                let ev = WatchEvent {
+                    etype: "ADDED",
+                    res: res.clone(),
+                    namespace: o
+                        .pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .into(),
+                    rv: cur,
+                    object: o,
+                };
                 if matches(&ev) {
                     initial.push(event_line("ADDED", render(ev.object, fmt)));
                 }
@@ -480,7 +654,9 @@ fn watch_stream(ctx: &Ctx<'_>, ns: Option<String>, labels: LabelSelector, fields
                 initial.push(event_line("BOOKMARK", bookmark));
             }
         } else {
-            let since: u64 = rv_param.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv_param:?}")))?;
+            let since: u64 = rv_param.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid resourceVersion {rv_param:?}"))
+            })?;
             match st.history_since(&res, since) {
                 Ok(evs) => {
                     for ev in evs.iter().filter(|e| matches(e)) {

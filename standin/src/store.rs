@@ -5,7 +5,9 @@ use crate::discovery::{find, find_kind, ResourceType};
 use crate::fields;
 use crate::patch::{json_patch, merge_patch, strategic_merge_patch, strip_directives};
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::util::{is_dns_label, is_dns_subdomain, new_uid, now_rfc3339, random_suffix, short_hash, ApiError};
+use crate::util::{
+    is_dns_label, is_dns_subdomain, new_uid, now_rfc3339, random_suffix, short_hash, ApiError,
+};
 use crate::{Fault, RequestRecord};
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -84,7 +86,11 @@ impl State {
         let ev = Arc::new(WatchEvent {
             etype,
             res: res_key(rt),
-            namespace: obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string(),
+            namespace: obj
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
             rv: self.rv,
             object: obj.clone(),
         });
@@ -104,10 +110,19 @@ impl State {
     pub fn history_since(&self, res: &str, rv: u64) -> Result<Vec<Arc<WatchEvent>>, ApiError> {
         if let Some(first) = self.history.front() {
             if rv + 1 < first.rv {
-                return Err(ApiError::new(410, "Expired", format!("too old resource version: {rv} ({})", first.rv)));
+                return Err(ApiError::new(
+                    410,
+                    "Expired",
+                    format!("too old resource version: {rv} ({})", first.rv),
+                ));
             }
         }
-        Ok(self.history.iter().filter(|e| e.rv > rv && e.res == res).cloned().collect())
+        Ok(self
+            .history
+            .iter()
+            .filter(|e| e.rv > rv && e.res == res)
+            .cloned()
+            .collect())
     }
 
     /// Reads one object.
@@ -116,7 +131,13 @@ impl State {
     }
 
     /// Lists objects (all namespaces when `ns` is None), filtered by selectors.
-    pub fn list(&self, rt: &ResourceType, ns: Option<&str>, labels: &LabelSelector, fields: &FieldSelector) -> Vec<Value> {
+    pub fn list(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+    ) -> Vec<Value> {
         let rk = res_key(rt);
         self.objects
             .iter()
@@ -128,19 +149,37 @@ impl State {
     }
 
     fn require_namespace(&self, rt: &ResourceType, ns: &str) -> Result<(), ApiError> {
-        if rt.namespaced && !self.objects.contains_key(&("namespaces".to_string(), String::new(), ns.to_string())) {
+        if rt.namespaced
+            && !self.objects.contains_key(&(
+                "namespaces".to_string(),
+                String::new(),
+                ns.to_string(),
+            ))
+        {
             return Err(ApiError::not_found("namespaces", "", ns));
         }
         Ok(())
     }
 
     /// Validates, defaults and stamps an object about to be stored; `old` is the stored version.
-    fn prepare(&mut self, rt: &ResourceType, ns: &str, name: &str, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+    fn prepare(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
         let Some(m) = obj.as_object_mut() else {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         };
         // apiVersion/kind: must match the endpoint when given.
-        if let (Some(av), Some(kind)) = (m.get("apiVersion").and_then(Value::as_str), m.get("kind").and_then(Value::as_str)) {
+        if let (Some(av), Some(kind)) = (
+            m.get("apiVersion").and_then(Value::as_str),
+            m.get("kind").and_then(Value::as_str),
+        ) {
             if find_kind(av, kind).is_none_or(|t| t.kind != rt.kind) {
                 return Err(ApiError::bad_request(format!(
                     "the API version in the data ({av}) does not match the expected API version ({})", rt.api_version()
@@ -159,19 +198,37 @@ impl State {
         } else {
             meta.remove("namespace");
         }
-        let valid = if matches!(rt.plural, "namespaces" | "services") { is_dns_label(name) } else { is_dns_subdomain(name) };
+        let valid = if matches!(rt.plural, "namespaces" | "services") {
+            is_dns_label(name)
+        } else {
+            is_dns_subdomain(name)
+        };
         if !valid {
             let what = if matches!(rt.plural, "namespaces" | "services") {
                 "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
             } else {
                 "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
             };
-            return Err(ApiError::invalid(rt.kind, rt.group, name, vec![("metadata.name".into(), format!("Invalid value: \"{name}\": {what}"))]));
+            return Err(ApiError::invalid(
+                rt.kind,
+                rt.group,
+                name,
+                vec![(
+                    "metadata.name".into(),
+                    format!("Invalid value: \"{name}\": {what}"),
+                )],
+            ));
         }
         for k in ["labels", "annotations"] {
             if let Some(v) = meta.get(k) {
-                if !v.is_null() && !v.as_object().is_some_and(|o| o.values().all(Value::is_string)) {
-                    return Err(ApiError::bad_request(format!("metadata.{k} must be a map of strings")));
+                if !v.is_null()
+                    && !v
+                        .as_object()
+                        .is_some_and(|o| o.values().all(Value::is_string))
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "metadata.{k} must be a map of strings"
+                    )));
                 }
             }
         }
@@ -205,7 +262,8 @@ impl State {
                 default_service(m, old, ip);
             }
             "namespaces" => {
-                m.entry("spec").or_insert_with(|| json!({"finalizers": ["kubernetes"]}));
+                m.entry("spec")
+                    .or_insert_with(|| json!({"finalizers": ["kubernetes"]}));
                 m.insert("status".into(), json!({"phase": "Active"}));
                 if let Some(meta) = m.get_mut("metadata").and_then(Value::as_object_mut) {
                     let labels = meta.entry("labels").or_insert_with(|| json!({}));
@@ -228,24 +286,46 @@ impl State {
         let generation = match old {
             None => 1,
             Some(o) => {
-                let g = o.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-                if spec_of(o) != spec_of(obj) { g + 1 } else { g }
+                let g = o
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                if spec_of(o) != spec_of(obj) {
+                    g + 1
+                } else {
+                    g
+                }
             }
         };
         self.rv += 1;
         let rv = self.rv;
-        let meta = obj["metadata"].as_object_mut().expect("metadata is an object");
+        let meta = obj["metadata"]
+            .as_object_mut()
+            .expect("metadata is an object");
         meta.insert("generation".into(), json!(generation));
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
-        if rt.plural != "deployments" && rt.plural != "replicasets" && rt.plural != "statefulsets" && rt.plural != "daemonsets" && rt.plural != "jobs" {
+        if rt.plural != "deployments"
+            && rt.plural != "replicasets"
+            && rt.plural != "statefulsets"
+            && rt.plural != "daemonsets"
+            && rt.plural != "jobs"
+        {
             meta.remove("generation");
         }
         Ok(())
     }
 
     fn store(&mut self, rt: &ResourceType, obj: Value, created: bool) -> Value {
-        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string();
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         self.objects.insert(Self::key(rt, &ns, &name), obj.clone());
         self.emit(if created { "ADDED" } else { "MODIFIED" }, rt, &obj);
         if rt.plural == "deployments" {
@@ -255,9 +335,17 @@ impl State {
     }
 
     /// Create (POST). `generateName` is honoured when no name is given.
-    pub fn create(&mut self, rt: &ResourceType, ns: &str, mut obj: Value, manager: &str) -> Result<Value, ApiError> {
+    pub fn create(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        mut obj: Value,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         }
         self.require_namespace(rt, ns)?;
         if let Some(body_ns) = obj.pointer("/metadata/namespace").and_then(Value::as_str) {
@@ -265,11 +353,28 @@ impl State {
                 return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
             }
         }
-        let mut name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        let mut name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         if name.is_empty() {
-            match obj.pointer("/metadata/generateName").and_then(Value::as_str) {
+            match obj
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+            {
                 Some(g) if !g.is_empty() => name = format!("{g}{}", random_suffix(5)),
-                _ => return Err(ApiError::invalid(rt.kind, rt.group, "", vec![("metadata.name".into(), "Required value: name or generateName is required".into())])),
+                _ => {
+                    return Err(ApiError::invalid(
+                        rt.kind,
+                        rt.group,
+                        "",
+                        vec![(
+                            "metadata.name".into(),
+                            "Required value: name or generateName is required".into(),
+                        )],
+                    ))
+                }
             }
         }
         if self.get(rt, ns, &name).is_some() {
@@ -282,18 +387,40 @@ impl State {
     }
 
     /// Update (PUT), with optimistic concurrency when the body carries a resourceVersion.
-    pub fn update(&mut self, rt: &ResourceType, ns: &str, name: &str, mut obj: Value, manager: &str) -> Result<Value, ApiError> {
+    pub fn update(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        mut obj: Value,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         }
         if let Some(n) = obj.pointer("/metadata/name").and_then(Value::as_str) {
             if n != name {
-                return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+                return Err(ApiError::bad_request(
+                    "the name of the object does not match the name on the URL",
+                ));
             }
         }
-        let old = self.get(rt, ns, name).cloned().ok_or_else(|| ApiError::not_found(rt.plural, rt.group, name))?;
-        if let Some(rv) = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-            if !rv.is_empty() && Some(rv) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+        let old = self
+            .get(rt, ns, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(rt.plural, rt.group, name))?;
+        if let Some(rv) = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+        {
+            if !rv.is_empty()
+                && Some(rv)
+                    != old
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+            {
                 return Err(ApiError::conflict(rt.plural, rt.group, name));
             }
         }
@@ -305,7 +432,16 @@ impl State {
 
     /// Patch of any type; apply creates the object when absent.
     #[allow(clippy::too_many_arguments)]
-    pub fn patch(&mut self, rt: &ResourceType, ns: &str, name: &str, ptype: PatchType, body: &Value, manager: &str, force: bool) -> Result<Value, ApiError> {
+    pub fn patch(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        ptype: PatchType,
+        body: &Value,
+        manager: &str,
+        force: bool,
+    ) -> Result<Value, ApiError> {
         let old = self.get(rt, ns, name).cloned();
         if ptype == PatchType::Apply {
             self.require_namespace(rt, ns)?;
@@ -313,22 +449,40 @@ impl State {
                 return Err(ApiError::bad_request("apply patch must be an object"));
             }
             for k in ["apiVersion", "kind"] {
-                if body.get(k).and_then(Value::as_str).is_none_or(str::is_empty) {
-                    return Err(ApiError::bad_request(format!("invalid object type: {k} must be set in an apply patch")));
+                if body
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid object type: {k} must be set in an apply patch"
+                    )));
                 }
             }
-            if body.pointer("/metadata/name").and_then(Value::as_str).is_some_and(|n| n != name) {
-                return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+            if body
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n != name)
+            {
+                return Err(ApiError::bad_request(
+                    "the name of the object does not match the name on the URL",
+                ));
             }
             let mut obj = fields::apply(rt, manager, force, old.as_ref(), body)?;
             if let Some(m) = obj.pointer_mut("/metadata").and_then(Value::as_object_mut) {
                 if let Some(o) = &old {
-                    m.insert("resourceVersion".into(), o["metadata"]["resourceVersion"].clone());
+                    m.insert(
+                        "resourceVersion".into(),
+                        o["metadata"]["resourceVersion"].clone(),
+                    );
                 }
             }
             let managed = obj.pointer("/metadata/managedFields").cloned();
             self.prepare(rt, ns, name, &mut obj, old.as_ref())?;
-            if let (Some(m), Some(meta)) = (managed, obj.get_mut("metadata").and_then(Value::as_object_mut)) {
+            if let (Some(m), Some(meta)) = (
+                managed,
+                obj.get_mut("metadata").and_then(Value::as_object_mut),
+            ) {
                 meta.insert("managedFields".into(), m);
             }
             return Ok(self.store(rt, obj, old.is_none()));
@@ -344,49 +498,86 @@ impl State {
             }
             PatchType::Strategic => {
                 if !body.is_object() {
-                    return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+                    return Err(ApiError::bad_request(
+                        "a strategic merge patch must be a JSON object",
+                    ));
                 }
                 strategic_merge_patch(&mut obj, body);
                 strip_directives(&mut obj);
             }
-            PatchType::Json => json_patch(&mut obj, body).map_err(|e| ApiError::new(422, "Invalid", e))?,
+            PatchType::Json => {
+                json_patch(&mut obj, body).map_err(|e| ApiError::new(422, "Invalid", e))?
+            }
             PatchType::Apply => unreachable!("handled above"),
         }
         // A patch that sets resourceVersion is a precondition, like PUT.
-        let want_rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
-        let have_rv = old.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+        let want_rv = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let have_rv = old
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         if want_rv.is_some() && want_rv != have_rv {
             return Err(ApiError::conflict(rt.plural, rt.group, name));
         }
         let requested = obj.pointer("/metadata/managedFields").cloned();
-        let requested = if requested.as_ref() == old.pointer("/metadata/managedFields") { None } else { requested };
+        let requested = if requested.as_ref() == old.pointer("/metadata/managedFields") {
+            None
+        } else {
+            requested
+        };
         self.prepare(rt, ns, name, &mut obj, Some(&old))?;
-        fields::record_update(rt, manager, Some(&old), &mut obj, requested.as_ref().or(old.pointer("/metadata/managedFields")));
+        fields::record_update(
+            rt,
+            manager,
+            Some(&old),
+            &mut obj,
+            requested
+                .as_ref()
+                .or(old.pointer("/metadata/managedFields")),
+        );
         Ok(self.store(rt, obj, false))
     }
 
     /// Delete; cascades to namespaced objects of a namespace and to owned objects.
     pub fn delete(&mut self, rt: &ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {
         let key = Self::key(rt, ns, name);
-        let mut obj = self.objects.remove(&key).ok_or_else(|| ApiError::not_found(rt.plural, rt.group, name))?;
+        let mut obj = self
+            .objects
+            .remove(&key)
+            .ok_or_else(|| ApiError::not_found(rt.plural, rt.group, name))?;
         self.rv += 1;
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             m.insert("resourceVersion".into(), json!(self.rv.to_string()));
         }
         self.emit("DELETED", rt, &obj);
         if rt.plural == "namespaces" {
-            let doomed: Vec<_> = self.objects.keys().filter(|(r, n, _)| n == name && r != "namespaces").cloned().collect();
+            let doomed: Vec<_> = self
+                .objects
+                .keys()
+                .filter(|(r, n, _)| n == name && r != "namespaces")
+                .cloned()
+                .collect();
             for k in doomed {
                 if let Some(o) = self.objects.remove(&k) {
                     self.rv += 1;
-                    if let Some(t) = crate::discovery::RESOURCES.iter().find(|t| res_key(t) == k.0) {
+                    if let Some(t) = crate::discovery::RESOURCES
+                        .iter()
+                        .find(|t| res_key(t) == k.0)
+                    {
                         self.emit("DELETED", t, &o);
                     }
                 }
             }
         }
         // Garbage collection of dependents (ReplicaSets and Pods of a Deployment).
-        if let Some(uid) = obj.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string) {
+        if let Some(uid) = obj
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        {
             let owned: Vec<_> = self
                 .objects
                 .iter()
@@ -394,7 +585,11 @@ impl State {
                     n == ns
                         && v.pointer("/metadata/ownerReferences")
                             .and_then(Value::as_array)
-                            .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid.as_str())))
+                            .is_some_and(|refs| {
+                                refs.iter().any(|r| {
+                                    r.get("uid").and_then(Value::as_str) == Some(uid.as_str())
+                                })
+                            })
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -409,8 +604,16 @@ impl State {
 
     /// Stores an object directly (test setup): create-or-replace, no conflict checks.
     pub fn put_direct(&mut self, rt: &ResourceType, mut obj: Value) -> Result<Value, ApiError> {
-        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        let ns = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let old = self.get(rt, &ns, &name).cloned();
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
@@ -426,19 +629,35 @@ impl State {
     /// The stand-in's controller: makes a Deployment look rolled out and ready, with a
     /// ReplicaSet (same template + pod-template-hash) and Running, Ready Pods.
     fn reconcile_deployment(&mut self, dep: &Value) {
-        let (Some(rs_t), Some(pod_t), Some(dep_t)) = (find("apps", "v1", "replicasets"), find("", "v1", "pods"), find("apps", "v1", "deployments")) else {
+        let (Some(rs_t), Some(pod_t), Some(dep_t)) = (
+            find("apps", "v1", "replicasets"),
+            find("", "v1", "pods"),
+            find("apps", "v1", "deployments"),
+        ) else {
             return;
         };
-        let ns = dep["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+        let ns = dep["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let name = dep["metadata"]["name"].as_str().unwrap_or("").to_string();
         let uid = dep["metadata"]["uid"].clone();
-        let replicas = dep.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
-        let template = dep.pointer("/spec/template").cloned().unwrap_or_else(|| json!({}));
+        let replicas = dep
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let template = dep
+            .pointer("/spec/template")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
         let hash = short_hash(&template.to_string());
         let hash = hash[..hash.len().min(10)].to_string();
         let rs_name = format!("{name}-{hash}");
         let owner = json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
-        let mut pod_labels = template.pointer("/metadata/labels").cloned().unwrap_or_else(|| json!({}));
+        let mut pod_labels = template
+            .pointer("/metadata/labels")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
         if let Some(l) = pod_labels.as_object_mut() {
             l.insert("pod-template-hash".into(), json!(hash));
         }
@@ -446,30 +665,56 @@ impl State {
         if let Some(t) = rs_template.as_object_mut() {
             t.entry("metadata").or_insert_with(|| json!({}))["labels"] = pod_labels.clone();
         }
-        let mut selector = dep.pointer("/spec/selector").cloned().unwrap_or_else(|| json!({"matchLabels": {}}));
-        if let Some(ml) = selector.get_mut("matchLabels").and_then(Value::as_object_mut) {
+        let mut selector = dep
+            .pointer("/spec/selector")
+            .cloned()
+            .unwrap_or_else(|| json!({"matchLabels": {}}));
+        if let Some(ml) = selector
+            .get_mut("matchLabels")
+            .and_then(Value::as_object_mut)
+        {
             ml.insert("pod-template-hash".into(), json!(hash));
         }
         let now = now_rfc3339();
         // Scale down ReplicaSets of older templates, drop their pods.
         let others: Vec<(String, Value)> = self
-            .list(rs_t, Some(&ns), &LabelSelector::default(), &FieldSelector::default())
+            .list(
+                rs_t,
+                Some(&ns),
+                &LabelSelector::default(),
+                &FieldSelector::default(),
+            )
             .into_iter()
-            .filter(|rs| rs.pointer("/metadata/ownerReferences/0/uid") == Some(&uid) && rs["metadata"]["name"] != json!(rs_name))
-            .map(|rs| (rs["metadata"]["name"].as_str().unwrap_or("").to_string(), rs))
+            .filter(|rs| {
+                rs.pointer("/metadata/ownerReferences/0/uid") == Some(&uid)
+                    && rs["metadata"]["name"] != json!(rs_name)
+            })
+            .map(|rs| {
+                (
+                    rs["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    rs,
+                )
+            })
             .collect();
         for (rs_name_old, mut rs) in others {
             if rs.pointer("/spec/replicas").and_then(Value::as_i64) != Some(0) {
                 rs["spec"]["replicas"] = json!(0);
-                rs["status"] = json!({"replicas": 0, "observedGeneration": rs["metadata"]["generation"]});
+                rs["status"] =
+                    json!({"replicas": 0, "observedGeneration": rs["metadata"]["generation"]});
                 self.rv += 1;
                 rs["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-                self.objects.insert(Self::key(rs_t, &ns, &rs_name_old), rs.clone());
+                self.objects
+                    .insert(Self::key(rs_t, &ns, &rs_name_old), rs.clone());
                 self.emit("MODIFIED", rs_t, &rs);
             }
             let rs_uid = rs["metadata"]["uid"].clone();
             let pods: Vec<String> = self
-                .list(pod_t, Some(&ns), &LabelSelector::default(), &FieldSelector::default())
+                .list(
+                    pod_t,
+                    Some(&ns),
+                    &LabelSelector::default(),
+                    &FieldSelector::default(),
+                )
                 .into_iter()
                 .filter(|p| p.pointer("/metadata/ownerReferences/0/uid") == Some(&rs_uid))
                 .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
@@ -486,16 +731,33 @@ impl State {
             "spec": {"replicas": replicas, "selector": selector, "template": rs_template},
         });
         let mut rs = rs;
-        if self.prepare(rs_t, &ns, &rs_name, &mut rs, existing.as_ref()).is_err() {
+        if self
+            .prepare(rs_t, &ns, &rs_name, &mut rs, existing.as_ref())
+            .is_err()
+        {
             return;
         }
         rs["status"] = json!({"replicas": replicas, "fullyLabeledReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas, "observedGeneration": rs["metadata"]["generation"]});
         let rs_uid = rs["metadata"]["uid"].clone();
-        self.objects.insert(Self::key(rs_t, &ns, &rs_name), rs.clone());
-        self.emit(if existing.is_some() { "MODIFIED" } else { "ADDED" }, rs_t, &rs);
+        self.objects
+            .insert(Self::key(rs_t, &ns, &rs_name), rs.clone());
+        self.emit(
+            if existing.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            },
+            rs_t,
+            &rs,
+        );
         // Pods: exactly `replicas` Running + Ready pods for the current ReplicaSet.
         let have: Vec<String> = self
-            .list(pod_t, Some(&ns), &LabelSelector::default(), &FieldSelector::default())
+            .list(
+                pod_t,
+                Some(&ns),
+                &LabelSelector::default(),
+                &FieldSelector::default(),
+            )
             .into_iter()
             .filter(|p| p.pointer("/metadata/ownerReferences/0/uid") == Some(&rs_uid))
             .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
@@ -534,7 +796,8 @@ impl State {
                 ],
                 "containerStatuses": statuses
             });
-            self.objects.insert(Self::key(pod_t, &ns, &pod_name), pod.clone());
+            self.objects
+                .insert(Self::key(pod_t, &ns, &pod_name), pod.clone());
             self.emit("ADDED", pod_t, &pod);
         }
         // Finally the Deployment's own status.
@@ -551,7 +814,12 @@ impl State {
                 ]
             });
             if replicas == 0 {
-                for k in ["replicas", "updatedReplicas", "readyReplicas", "availableReplicas"] {
+                for k in [
+                    "replicas",
+                    "updatedReplicas",
+                    "readyReplicas",
+                    "availableReplicas",
+                ] {
                     d["status"].as_object_mut().map(|s| s.remove(k));
                 }
             }
@@ -583,7 +851,9 @@ fn fold_string_data(m: &mut Map<String, Value>) -> Result<(), ApiError> {
             *data = json!({});
         }
         for (k, v) in sd {
-            let s = v.as_str().ok_or_else(|| ApiError::bad_request("stringData must be a map of strings"))?;
+            let s = v
+                .as_str()
+                .ok_or_else(|| ApiError::bad_request("stringData must be a map of strings"))?;
             data[k.as_str()] = json!(b64.encode(s));
         }
     }
@@ -593,7 +863,9 @@ fn fold_string_data(m: &mut Map<String, Value>) -> Result<(), ApiError> {
 
 fn default_deployment(m: &mut Map<String, Value>) {
     let spec = m.entry("spec").or_insert_with(|| json!({}));
-    let Some(spec) = spec.as_object_mut() else { return };
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
     spec.entry("replicas").or_insert(json!(1));
     spec.entry("revisionHistoryLimit").or_insert(json!(10));
     spec.entry("progressDeadlineSeconds").or_insert(json!(600));
@@ -603,12 +875,23 @@ fn default_deployment(m: &mut Map<String, Value>) {
 
 fn default_service(m: &mut Map<String, Value>, old: Option<&Value>, ip: String) {
     let spec = m.entry("spec").or_insert_with(|| json!({}));
-    let Some(spec) = spec.as_object_mut() else { return };
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
     spec.entry("type").or_insert(json!("ClusterIP"));
     spec.entry("sessionAffinity").or_insert(json!("None"));
     let external = spec.get("type").and_then(Value::as_str) == Some("ExternalName");
-    if !external && spec.get("clusterIP").and_then(Value::as_str).is_none_or(str::is_empty) {
-        let ip = old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(Value::as_str).map(str::to_string).unwrap_or(ip);
+    if !external
+        && spec
+            .get("clusterIP")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
+        let ip = old
+            .and_then(|o| o.pointer("/spec/clusterIP"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or(ip);
         spec.insert("clusterIP".into(), json!(ip));
         spec.insert("clusterIPs".into(), json!([ip]));
     }
@@ -620,5 +903,6 @@ fn default_service(m: &mut Map<String, Value>, old: Option<&Value>, ip: String) 
             }
         }
     }
-    m.entry("status").or_insert_with(|| json!({"loadBalancer": {}}));
+    m.entry("status")
+        .or_insert_with(|| json!({"loadBalancer": {}}));
 }

@@ -21,7 +21,9 @@ fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
     base.join("guarded-upgrade").join("helm")
 }
 
@@ -31,7 +33,10 @@ fn helm_at(env: &str, version: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join(version).join("helm"));
     if !path.is_file() {
-        panic!("helm {version} not found at {}; run scripts/install-helm.sh", path.display());
+        panic!(
+            "helm {version} not found at {}; run scripts/install-helm.sh",
+            path.display()
+        );
     }
     path
 }
@@ -53,12 +58,16 @@ pub fn helms() -> Vec<(&'static str, PathBuf)> {
 
 /// The repository's `fixtures/` directory (charts, captured records).
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("fixtures")
 }
 
 /// A chart directory under `fixtures/charts/`, e.g. `chart("demo", "1.0.0")`.
 pub fn chart(name: &str, version: &str) -> PathBuf {
-    fixtures_dir().join("charts").join(format!("{name}-{version}"))
+    fixtures_dir()
+        .join("charts")
+        .join(format!("{name}-{version}"))
 }
 
 /// What a helm run produced.
@@ -79,7 +88,10 @@ pub struct HelmOutput {
 impl HelmOutput {
     /// A multi-line description (command, exit code, stdout, stderr) for assertion messages.
     pub fn describe(&self) -> String {
-        format!("`{}` exited {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.command, self.code, self.stdout, self.stderr)
+        format!(
+            "`{}` exited {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.command, self.code, self.stdout, self.stderr
+        )
     }
     /// Panics with [`HelmOutput::describe`] unless the run succeeded; returns self.
     #[track_caller]
@@ -90,7 +102,8 @@ impl HelmOutput {
     /// stdout parsed as JSON (panics with the full output otherwise).
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("helm output is not JSON ({e}): {}", self.describe()))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("helm output is not JSON ({e}): {}", self.describe()))
     }
 }
 
@@ -116,7 +129,10 @@ impl Helm {
         Helm {
             bin: bin.to_path_buf(),
             kubeconfig: kubeconfig.to_path_buf(),
-            home: tempfile::Builder::new().prefix("standin-helm-").tempdir().expect("tempdir"),
+            home: tempfile::Builder::new()
+                .prefix("standin-helm-")
+                .tempdir()
+                .expect("tempdir"),
             env: Vec::new(),
         }
     }
@@ -136,7 +152,8 @@ impl Helm {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args);
-        for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("HELM_")) {
+        for (k, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("HELM_"))
+        {
             cmd.env_remove(k);
         }
         cmd.env_remove("KUBECONFIG");
@@ -171,7 +188,13 @@ impl Helm {
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
                 command,
             },
-            Err(e) => HelmOutput { success: false, code: None, stdout: String::new(), stderr: format!("cannot run helm: {e}"), command },
+            Err(e) => HelmOutput {
+                success: false,
+                code: None,
+                stdout: String::new(),
+                stderr: format!("cannot run helm: {e}"),
+                command,
+            },
         }
     }
 }

@@ -177,10 +177,7 @@ impl ApiError {
             v["details"] = d.clone();
         }
         if self.code == 429 || self.code == 503 {
-            let d = v
-                .get("details")
-                .cloned()
-                .unwrap_or_else(|| json!({}));
+            let d = v.get("details").cloned().unwrap_or_else(|| json!({}));
             let mut d = d;
             d["retryAfterSeconds"] = json!(1);
             v["details"] = d;

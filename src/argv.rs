@@ -1,0 +1,885 @@
+//! Splitting a `helm upgrade` command line into our flags and helm's.
+//!
+//! `guarded-upgrade upgrade ARGS...` must accept exactly what
+//! `helm upgrade ARGS...` accepts, plus a few flags of its own. [`split`]
+//! removes our flags, leaves every other argument unchanged and in order
+//! for helm, and reads the helm flags our decision needs (namespace,
+//! context, chart source...). Parsing follows spf13/pflag as helm uses it:
+//! `--flag value`, `--flag=value`, `-f value`, `-fvalue`, `-f=value`;
+//! optional-value flags (`--dry-run`, Helm 4 `--wait`) take a value only
+//! with `=`; `--` ends flag parsing; unknown flags are assumed boolean and
+//! left for helm to judge.
+
+use crate::decision::{Policy, PolicyError};
+
+/// Which subcommand the arguments belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `guarded-upgrade upgrade`: `-o/--output` belong to helm.
+    Upgrade,
+    /// `guarded-upgrade check`: `-o/--output` select our decision format.
+    Check,
+}
+
+/// Our own flags, removed from the helm command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuardOptions {
+    /// `--min-version-policy newer|newer-or-equal|off`.
+    pub policy: Policy,
+    /// `--allow-chart-change`.
+    pub allow_chart_change: bool,
+    /// `--helm PATH`: the helm binary to run.
+    pub helm: Option<String>,
+    /// Decision format `text` or `json`: `--decision-output` (both modes) or
+    /// `-o/--output` (check mode only).
+    pub output: Option<String>,
+    /// `--decision-file PATH`: also write the decision there.
+    pub decision_file: Option<String>,
+    /// `--detailed-exitcode`: distinct exit codes for skip outcomes.
+    pub detailed_exitcode: bool,
+    /// `--no-serialize`: do not take the per-release lease.
+    pub no_serialize: bool,
+    /// `--lock-timeout DURATION` (unparsed).
+    pub lock_timeout: Option<String>,
+    /// `--recover-pending-after DURATION` (unparsed).
+    pub recover_pending_after: Option<String>,
+    /// `--lease-duration D`: duration of the mutex Lease.
+    pub lease_duration: Option<String>,
+}
+
+/// The helm flags our decision needs; everything stays in `helm_args` too.
+/// Repeated flags: the last one wins, as in pflag.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HelmFlags {
+    /// `--namespace/-n`.
+    pub namespace: Option<String>,
+    /// `--kube-context`.
+    pub kube_context: Option<String>,
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<String>,
+    /// `--version`.
+    pub version: Option<String>,
+    /// `--repo`.
+    pub repo: Option<String>,
+    /// `--username`.
+    pub username: Option<String>,
+    /// `--password`.
+    pub password: Option<String>,
+    /// `--ca-file`.
+    pub ca_file: Option<String>,
+    /// `--cert-file`.
+    pub cert_file: Option<String>,
+    /// `--key-file`.
+    pub key_file: Option<String>,
+    /// `--keyring`.
+    pub keyring: Option<String>,
+    /// `--registry-config`.
+    pub registry_config: Option<String>,
+    /// `--repository-config`.
+    pub repository_config: Option<String>,
+    /// `--repository-cache`.
+    pub repository_cache: Option<String>,
+    /// `--devel`.
+    pub devel: bool,
+    /// `--insecure-skip-tls-verify`.
+    pub insecure_skip_tls_verify: bool,
+    /// `--plain-http`.
+    pub plain_http: bool,
+    /// `--pass-credentials`.
+    pub pass_credentials: bool,
+    /// `--create-namespace`.
+    pub create_namespace: bool,
+    /// `--install/-i`.
+    pub install: bool,
+    /// `--kube-apiserver`.
+    pub kube_apiserver: Option<String>,
+    /// `--kube-token`.
+    pub kube_token: Option<String>,
+    /// `--kube-insecure-skip-tls-verify`.
+    pub kube_insecure_skip_tls_verify: bool,
+    /// `--dry-run[=MODE]`: `Some("client")` for a bare `--dry-run` (helm's
+    /// default), `Some(value)` for `--dry-run=value`, `None` when absent.
+    pub dry_run: Option<String>,
+}
+
+impl HelmFlags {
+    /// True when helm will only simulate (`--dry-run`, `=client`, `=server`,
+    /// `=true`); false when absent or `=none`/`=false`.
+    pub fn is_dry_run(&self) -> bool {
+        match self.dry_run.as_deref() {
+            None => false,
+            Some(v) => !matches!(v, "none" | "false" | "False" | "FALSE" | "f" | "F" | "0"),
+        }
+    }
+}
+
+/// A split command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitArgv {
+    /// Our flags.
+    pub guard: GuardOptions,
+    /// Everything else, unchanged and in order, including RELEASE and CHART.
+    pub helm_args: Vec<String>,
+    /// First positional.
+    pub release: String,
+    /// Second positional.
+    pub chart: String,
+    /// The helm flags we read.
+    pub helm: HelmFlags,
+}
+
+/// A command line we cannot pass on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgvError {
+    /// A flag that needs a value was last.
+    #[error("flag {flag} needs a value, e.g. {flag} VALUE or {flag}=VALUE")]
+    MissingValue {
+        /// The flag as written.
+        flag: String,
+    },
+    /// A value we check is not allowed.
+    #[error("invalid value {value:?} for {flag}: expected {expected}")]
+    InvalidValue {
+        /// The flag as written.
+        flag: String,
+        /// The rejected value.
+        value: String,
+        /// What is allowed.
+        expected: &'static str,
+    },
+    /// `--min-version-policy` has an unknown value.
+    #[error("--min-version-policy: {0}")]
+    Policy(#[from] PolicyError),
+    /// RELEASE and/or CHART missing.
+    #[error("missing {missing}: usage is `upgrade [flags] RELEASE CHART`")]
+    MissingPositional {
+        /// `RELEASE and CHART` or `CHART`.
+        missing: &'static str,
+    },
+    /// More than two positionals.
+    #[error(
+        "too many arguments: expected RELEASE CHART, got extra {}; quote values that contain \
+         spaces and check for a flag missing its `--`",
+        .extra.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+    )]
+    TooManyPositionals {
+        /// The arguments after RELEASE and CHART.
+        extra: Vec<String>,
+    },
+    /// Our `-o` was combined with other short flags (`-io json`).
+    #[error("write -o separately in {arg:?} (e.g. `-i -o json`); it cannot be combined with other short flags")]
+    CombinedShortGuard {
+        /// The argument as written.
+        arg: String,
+    },
+}
+
+/// What kind of value a flag takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arity {
+    /// Next argument or `=value`.
+    Value,
+    /// Boolean; `=true|false` optional.
+    Bool,
+    /// Value only with `=`.
+    Optional,
+}
+
+/// helm upgrade (3 and 4) and global flags that take a value.
+const HELM_VALUE_FLAGS: &[&str] = &[
+    "burst-limit",
+    "ca-file",
+    "cert-file",
+    "color",
+    "colour",
+    "content-cache",
+    "description",
+    "history-max",
+    "key-file",
+    "keyring",
+    "kube-apiserver",
+    "kube-as-group",
+    "kube-as-user",
+    "kube-ca-file",
+    "kube-context",
+    "kube-tls-server-name",
+    "kube-token",
+    "kubeconfig",
+    "labels",
+    "max-chart-size",
+    "max-file-size",
+    "namespace",
+    "output",
+    "password",
+    "post-renderer",
+    "post-renderer-args",
+    "qps",
+    "registry-config",
+    "repo",
+    "repository-cache",
+    "repository-config",
+    "server-side",
+    "set",
+    "set-file",
+    "set-json",
+    "set-literal",
+    "set-string",
+    "timeout",
+    "username",
+    "values",
+    "version",
+    // hidden klog flags helm registers
+    "log-backtrace-at",
+    "log-dir",
+    "log-file",
+    "log-file-max-size",
+    "stderrthreshold",
+    "v",
+    "vmodule",
+];
+
+/// Flags whose value is optional and only given with `=`.
+const HELM_OPTIONAL_FLAGS: &[&str] = &["dry-run", "wait"];
+
+/// Short flags taking a value, with their long names.
+const HELM_VALUE_SHORTS: &[(char, &str)] = &[
+    ('f', "values"),
+    ('l', "labels"),
+    ('n', "namespace"),
+    ('o', "output"),
+];
+
+/// Short boolean flags, with their long names.
+const HELM_BOOL_SHORTS: &[(char, &str)] = &[('i', "install"), ('h', "help")];
+
+/// Our long flags, by mode.
+fn guard_flag(name: &str, mode: Mode) -> Option<Arity> {
+    match name {
+        "min-version-policy"
+        | "helm"
+        | "decision-output"
+        | "decision-file"
+        | "lock-timeout"
+        | "recover-pending-after"
+        | "lease-duration" => Some(Arity::Value),
+        "allow-chart-change" | "detailed-exitcode" | "no-serialize" => Some(Arity::Bool),
+        "output" if mode == Mode::Check => Some(Arity::Value),
+        _ => None,
+    }
+}
+
+fn helm_flag(name: &str) -> Arity {
+    if HELM_VALUE_FLAGS.contains(&name) {
+        Arity::Value
+    } else if HELM_OPTIONAL_FLAGS.contains(&name) {
+        Arity::Optional
+    } else {
+        // Known booleans and unknown flags alike: never consume the next arg.
+        Arity::Bool
+    }
+}
+
+/// pflag's `strconv.ParseBool`.
+fn parse_bool(flag: &str, value: &str) -> Result<bool, ArgvError> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(ArgvError::InvalidValue {
+            flag: flag.to_string(),
+            value: value.to_string(),
+            expected: "true or false",
+        }),
+    }
+}
+
+/// Splits the arguments after `guarded-upgrade upgrade|check`.
+pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
+    let mut guard = GuardOptions::default();
+    let mut helm = HelmFlags::default();
+    let mut helm_args = Vec::with_capacity(args.len());
+    let mut positionals: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        i += 1;
+        if arg == "--" {
+            // Everything after `--` is positional; helm still needs the marker.
+            helm_args.push(arg.clone());
+            for rest in &args[i..] {
+                positionals.push(rest.clone());
+                helm_args.push(rest.clone());
+            }
+            break;
+        }
+        if let Some(body) = arg.strip_prefix("--") {
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (body, None),
+            };
+            let flag = format!("--{name}");
+            if let Some(arity) = guard_flag(name, mode) {
+                let value = match arity {
+                    Arity::Value => Some(take_value(&flag, inline, args, &mut i)?),
+                    _ => inline.map(str::to_string),
+                };
+                apply_guard(&mut guard, name, &flag, value)?;
+                continue;
+            }
+            helm_args.push(arg.clone());
+            match helm_flag(name) {
+                Arity::Value => {
+                    let value = take_value(&flag, inline, args, &mut i)?;
+                    if inline.is_none() {
+                        helm_args.push(value.clone());
+                    }
+                    record_helm_value(&mut helm, name, value);
+                }
+                Arity::Optional => {
+                    if name == "dry-run" {
+                        helm.dry_run = Some(inline.unwrap_or("client").to_string());
+                    }
+                }
+                Arity::Bool => record_helm_bool(&mut helm, name, &flag, inline)?,
+            }
+            continue;
+        }
+        if arg.len() > 1 && arg.starts_with('-') {
+            split_shorts(
+                arg,
+                args,
+                &mut i,
+                mode,
+                &mut guard,
+                &mut helm,
+                &mut helm_args,
+            )?;
+            continue;
+        }
+        // A positional (a lone `-` is one too, as in pflag).
+        positionals.push(arg.clone());
+        helm_args.push(arg.clone());
+    }
+
+    let mut positionals = positionals.into_iter();
+    let release = positionals.next();
+    let chart = positionals.next();
+    let extra: Vec<String> = positionals.collect();
+    if !extra.is_empty() {
+        return Err(ArgvError::TooManyPositionals { extra });
+    }
+    let (release, chart) = match (release, chart) {
+        (Some(r), Some(c)) => (r, c),
+        (Some(_), None) => return Err(ArgvError::MissingPositional { missing: "CHART" }),
+        _ => {
+            return Err(ArgvError::MissingPositional {
+                missing: "RELEASE and CHART",
+            })
+        }
+    };
+    Ok(SplitArgv {
+        guard,
+        helm_args,
+        release,
+        chart,
+        helm,
+    })
+}
+
+/// Value of a value flag: inline `=value`, else the next argument whatever
+/// it looks like (pflag takes `--set -x` as the value `-x`).
+fn take_value(
+    flag: &str,
+    inline: Option<&str>,
+    args: &[String],
+    i: &mut usize,
+) -> Result<String, ArgvError> {
+    if let Some(v) = inline {
+        return Ok(v.to_string());
+    }
+    match args.get(*i) {
+        Some(v) => {
+            *i += 1;
+            Ok(v.clone())
+        }
+        None => Err(ArgvError::MissingValue {
+            flag: flag.to_string(),
+        }),
+    }
+}
+
+/// Handles a group of short flags such as `-i`, `-nfoo`, `-n=foo`, `-if x`.
+#[allow(clippy::too_many_arguments)]
+fn split_shorts(
+    arg: &str,
+    args: &[String],
+    i: &mut usize,
+    mode: Mode,
+    guard: &mut GuardOptions,
+    helm: &mut HelmFlags,
+    helm_args: &mut Vec<String>,
+) -> Result<(), ArgvError> {
+    let shorts = &arg[1..];
+    if mode == Mode::Check && shorts.starts_with('o') {
+        // Our `-o json`, `-ojson` or `-o=json`.
+        let rest = &shorts[1..];
+        let inline = rest
+            .strip_prefix('=')
+            .or(Some(rest))
+            .filter(|r| !r.is_empty());
+        let value = take_value("-o", inline, args, i)?;
+        return apply_guard(guard, "output", "-o", Some(value));
+    }
+    helm_args.push(arg.to_string());
+    for (pos, c) in shorts.char_indices() {
+        let rest = &shorts[pos + c.len_utf8()..];
+        if let Some((_, long)) = HELM_VALUE_SHORTS.iter().find(|(s, _)| *s == c) {
+            if mode == Mode::Check && c == 'o' {
+                return Err(ArgvError::CombinedShortGuard {
+                    arg: arg.to_string(),
+                });
+            }
+            let inline = rest
+                .strip_prefix('=')
+                .or(Some(rest))
+                .filter(|r| !r.is_empty());
+            let value = take_value(&format!("-{c}"), inline, args, i)?;
+            if inline.is_none() {
+                helm_args.push(value.clone());
+            }
+            record_helm_value(helm, long, value);
+            return Ok(());
+        }
+        if let Some((_, long)) = HELM_BOOL_SHORTS.iter().find(|(s, _)| *s == c) {
+            // `-i=false` sets the value; `-ih` is two booleans.
+            if let Some(v) = rest.strip_prefix('=') {
+                return record_helm_bool(helm, long, &format!("-{c}"), Some(v));
+            }
+            record_helm_bool(helm, long, &format!("-{c}"), None)?;
+            continue;
+        }
+        // Unknown shorthand: leave the whole group for helm to reject.
+        return Ok(());
+    }
+    Ok(())
+}
+
+fn apply_guard(
+    guard: &mut GuardOptions,
+    name: &str,
+    flag: &str,
+    value: Option<String>,
+) -> Result<(), ArgvError> {
+    let bool_value = |v: Option<String>| match v {
+        None => Ok(true),
+        Some(v) => parse_bool(flag, &v),
+    };
+    match name {
+        "min-version-policy" => guard.policy = Policy::parse(value.as_deref().unwrap_or(""))?,
+        "helm" => guard.helm = value,
+        "decision-output" | "output" => {
+            let v = value.unwrap_or_default();
+            if v != "text" && v != "json" {
+                return Err(ArgvError::InvalidValue {
+                    flag: flag.to_string(),
+                    value: v,
+                    expected: "text or json",
+                });
+            }
+            guard.output = Some(v);
+        }
+        "decision-file" => guard.decision_file = value,
+        "lock-timeout" => guard.lock_timeout = value,
+        "recover-pending-after" => guard.recover_pending_after = value,
+        "lease-duration" => guard.lease_duration = value,
+        "allow-chart-change" => guard.allow_chart_change = bool_value(value)?,
+        "detailed-exitcode" => guard.detailed_exitcode = bool_value(value)?,
+        "no-serialize" => guard.no_serialize = bool_value(value)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+fn record_helm_value(helm: &mut HelmFlags, name: &str, value: String) {
+    let slot = match name {
+        "namespace" => &mut helm.namespace,
+        "kube-context" => &mut helm.kube_context,
+        "kubeconfig" => &mut helm.kubeconfig,
+        "version" => &mut helm.version,
+        "repo" => &mut helm.repo,
+        "username" => &mut helm.username,
+        "password" => &mut helm.password,
+        "ca-file" => &mut helm.ca_file,
+        "cert-file" => &mut helm.cert_file,
+        "key-file" => &mut helm.key_file,
+        "keyring" => &mut helm.keyring,
+        "registry-config" => &mut helm.registry_config,
+        "repository-config" => &mut helm.repository_config,
+        "repository-cache" => &mut helm.repository_cache,
+        "kube-apiserver" => &mut helm.kube_apiserver,
+        "kube-token" => &mut helm.kube_token,
+        _ => return,
+    };
+    *slot = Some(value);
+}
+
+fn record_helm_bool(
+    helm: &mut HelmFlags,
+    name: &str,
+    flag: &str,
+    inline: Option<&str>,
+) -> Result<(), ArgvError> {
+    let slot = match name {
+        "install" => &mut helm.install,
+        "devel" => &mut helm.devel,
+        "insecure-skip-tls-verify" => &mut helm.insecure_skip_tls_verify,
+        "plain-http" => &mut helm.plain_http,
+        "pass-credentials" => &mut helm.pass_credentials,
+        "create-namespace" => &mut helm.create_namespace,
+        "kube-insecure-skip-tls-verify" => &mut helm.kube_insecure_skip_tls_verify,
+        // Other booleans and unknown flags: helm validates them.
+        _ => return Ok(()),
+    };
+    *slot = match inline {
+        None => true,
+        Some(v) => parse_bool(flag, v)?,
+    };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_string).collect()
+    }
+
+    fn ok(line: &str, mode: Mode) -> SplitArgv {
+        split(&argv(line), mode).unwrap_or_else(|e| panic!("{line}: {e}"))
+    }
+
+    /// (input, mode, expected helm args, release, chart)
+    #[test]
+    fn helm_args_are_input_minus_guard_flags() {
+        use Mode::*;
+        let cases: &[(&str, Mode, &str, &str, &str)] = &[
+            (
+                "--install db bitnami/postgresql --version 12.1.2 -n shared -f values.yaml --set auth.password=x --wait --timeout 10m --min-version-policy newer-or-equal",
+                Upgrade,
+                "--install db bitnami/postgresql --version 12.1.2 -n shared -f values.yaml --set auth.password=x --wait --timeout 10m",
+                "db",
+                "bitnami/postgresql",
+            ),
+            ("db ./chart --values=a.yaml", Upgrade, "db ./chart --values=a.yaml", "db", "./chart"),
+            ("--dry-run db ./chart", Upgrade, "--dry-run db ./chart", "db", "./chart"),
+            ("--dry-run=server db ./chart", Upgrade, "--dry-run=server db ./chart", "db", "./chart"),
+            ("--wait db ./chart", Upgrade, "--wait db ./chart", "db", "./chart"),
+            ("--wait=watcher db ./chart", Upgrade, "--wait=watcher db ./chart", "db", "./chart"),
+            ("-i -- rel chart", Upgrade, "-i -- rel chart", "rel", "chart"),
+            ("-- -rel -chart", Upgrade, "-- -rel -chart", "-rel", "-chart"),
+            ("--frobnicate db chart", Upgrade, "--frobnicate db chart", "db", "chart"),
+            ("--frobnicate=3 db chart", Upgrade, "--frobnicate=3 db chart", "db", "chart"),
+            ("--namespace=x db chart", Upgrade, "--namespace=x db chart", "db", "chart"),
+            ("-nfoo db chart", Upgrade, "-nfoo db chart", "db", "chart"),
+            ("-n=foo db chart", Upgrade, "-n=foo db chart", "db", "chart"),
+            ("-if v.yaml db chart", Upgrade, "-if v.yaml db chart", "db", "chart"),
+            ("-x db chart", Upgrade, "-x db chart", "db", "chart"),
+            (
+                "--allow-chart-change db --helm /usr/bin/helm3 chart --no-serialize -i --detailed-exitcode",
+                Upgrade,
+                "db chart -i",
+                "db",
+                "chart",
+            ),
+            (
+                "db chart --decision-output json --decision-file /tmp/d.json --lock-timeout 5m --recover-pending-after=1h",
+                Upgrade,
+                "db chart",
+                "db",
+                "chart",
+            ),
+            ("db chart -o json", Upgrade, "db chart -o json", "db", "chart"),
+            ("db chart --output=yaml", Upgrade, "db chart --output=yaml", "db", "chart"),
+            ("db chart -o json", Check, "db chart", "db", "chart"),
+            ("db chart -ojson", Check, "db chart", "db", "chart"),
+            ("--output text db chart", Check, "db chart", "db", "chart"),
+            ("--set -x db chart", Upgrade, "--set -x db chart", "db", "chart"),
+            ("--set --wait db chart", Upgrade, "--set --wait db chart", "db", "chart"),
+            ("db oci://reg/charts/app --version ^1.2 --kube-context prod", Upgrade, "db oci://reg/charts/app --version ^1.2 --kube-context prod", "db", "oci://reg/charts/app"),
+            ("--server-side true --color never db chart", Upgrade, "--server-side true --color never db chart", "db", "chart"),
+            ("--history-max 3 --description up db chart -l a=b", Upgrade, "--history-max 3 --description up db chart -l a=b", "db", "chart"),
+            ("--install=false db chart", Upgrade, "--install=false db chart", "db", "chart"),
+            ("db - ", Upgrade, "db -", "db", "-"),
+            ("--kube-token t --qps 5 --burst-limit 10 --v 3 db chart", Upgrade, "--kube-token t --qps 5 --burst-limit 10 --v 3 db chart", "db", "chart"),
+        ];
+        for (line, mode, want, release, chart) in cases {
+            let s = ok(line, *mode);
+            assert_eq!(s.helm_args, argv(want), "{line}");
+            assert_eq!(s.release, *release, "{line}");
+            assert_eq!(s.chart, *chart, "{line}");
+        }
+    }
+
+    #[test]
+    fn reads_helm_flags() {
+        let s = ok(
+            "upgrade-me bitnami/postgresql -i --version 12.1.2 -n shared --kube-context prod \
+             --kubeconfig /k --repo https://r --username u --password p --ca-file ca \
+             --cert-file c --key-file k --keyring kr --registry-config rc \
+             --repository-config rpc --repository-cache rca --devel --insecure-skip-tls-verify \
+             --plain-http --pass-credentials --create-namespace --dry-run=server \
+             --kube-apiserver https://k:6443 --kube-token=t --kube-insecure-skip-tls-verify",
+            Mode::Upgrade,
+        );
+        let want = HelmFlags {
+            namespace: Some("shared".into()),
+            kube_context: Some("prod".into()),
+            kubeconfig: Some("/k".into()),
+            version: Some("12.1.2".into()),
+            repo: Some("https://r".into()),
+            username: Some("u".into()),
+            password: Some("p".into()),
+            ca_file: Some("ca".into()),
+            cert_file: Some("c".into()),
+            key_file: Some("k".into()),
+            keyring: Some("kr".into()),
+            registry_config: Some("rc".into()),
+            repository_config: Some("rpc".into()),
+            repository_cache: Some("rca".into()),
+            kube_apiserver: Some("https://k:6443".into()),
+            kube_token: Some("t".into()),
+            kube_insecure_skip_tls_verify: true,
+            devel: true,
+            insecure_skip_tls_verify: true,
+            plain_http: true,
+            pass_credentials: true,
+            create_namespace: true,
+            install: true,
+            dry_run: Some("server".into()),
+        };
+        assert_eq!(s.helm, want);
+        assert!(s.helm.is_dry_run());
+    }
+
+    #[test]
+    fn helm_flag_variants() {
+        let cases: &[(&str, Option<&str>, bool, Option<&str>)] = &[
+            // (line, namespace, install, dry_run)
+            ("db c -n a", Some("a"), false, None),
+            ("db c -na", Some("a"), false, None),
+            ("db c -n=a", Some("a"), false, None),
+            ("db c --namespace a", Some("a"), false, None),
+            ("db c --namespace=a", Some("a"), false, None),
+            ("db c -n a -n b", Some("b"), false, None),
+            ("db c -i", None, true, None),
+            ("db c --install", None, true, None),
+            ("db c --install=true", None, true, None),
+            ("db c --install=false", None, false, None),
+            ("db c -i=false", None, false, None),
+            ("db c -in x", Some("x"), true, None),
+            ("db c --dry-run", None, false, Some("client")),
+            ("db c --dry-run=none", None, false, Some("none")),
+            ("-n y -- db c", Some("y"), false, None),
+        ];
+        for (line, ns, install, dry) in cases {
+            let s = ok(line, Mode::Upgrade);
+            assert_eq!(s.helm.namespace.as_deref(), *ns, "{line}");
+            assert_eq!(s.helm.install, *install, "{line}");
+            assert_eq!(s.helm.dry_run.as_deref(), *dry, "{line}");
+        }
+        assert!(!ok("db c --dry-run=none", Mode::Upgrade).helm.is_dry_run());
+        assert!(!ok("db c", Mode::Upgrade).helm.is_dry_run());
+        assert!(ok("db c --dry-run", Mode::Upgrade).helm.is_dry_run());
+    }
+
+    #[test]
+    fn reads_guard_flags() {
+        let s = ok(
+            "--min-version-policy=off db --allow-chart-change c --helm=/h --decision-output text \
+             --decision-file f --detailed-exitcode --no-serialize=true --lock-timeout 30s \
+             --recover-pending-after 2h --lease-duration=20s",
+            Mode::Upgrade,
+        );
+        assert_eq!(
+            s.guard,
+            GuardOptions {
+                policy: Policy::Off,
+                allow_chart_change: true,
+                helm: Some("/h".into()),
+                output: Some("text".into()),
+                decision_file: Some("f".into()),
+                detailed_exitcode: true,
+                no_serialize: true,
+                lock_timeout: Some("30s".into()),
+                recover_pending_after: Some("2h".into()),
+                lease_duration: Some("20s".into()),
+            }
+        );
+        assert_eq!(s.helm_args, argv("db c"));
+        let s = ok("db c --detailed-exitcode=false", Mode::Upgrade);
+        assert!(!s.guard.detailed_exitcode);
+        assert_eq!(ok("db c", Mode::Upgrade).guard, GuardOptions::default());
+        assert_eq!(
+            ok("db c -o json", Mode::Check).guard.output.as_deref(),
+            Some("json")
+        );
+        assert_eq!(ok("db c -o json", Mode::Upgrade).guard.output, None);
+        assert_eq!(
+            ok("db c -o=json", Mode::Check).guard.output.as_deref(),
+            Some("json")
+        );
+    }
+
+    #[test]
+    fn errors() {
+        let cases: &[(&str, Mode, ArgvError)] = &[
+            (
+                "",
+                Mode::Upgrade,
+                ArgvError::MissingPositional {
+                    missing: "RELEASE and CHART",
+                },
+            ),
+            (
+                "-i",
+                Mode::Upgrade,
+                ArgvError::MissingPositional {
+                    missing: "RELEASE and CHART",
+                },
+            ),
+            (
+                "db",
+                Mode::Upgrade,
+                ArgvError::MissingPositional { missing: "CHART" },
+            ),
+            (
+                "db --dry-run",
+                Mode::Upgrade,
+                ArgvError::MissingPositional { missing: "CHART" },
+            ),
+            (
+                "db --version 1.2.3",
+                Mode::Upgrade,
+                ArgvError::MissingPositional { missing: "CHART" },
+            ),
+            (
+                "db chart extra more",
+                Mode::Upgrade,
+                ArgvError::TooManyPositionals {
+                    extra: vec!["extra".into(), "more".into()],
+                },
+            ),
+            (
+                "--dry-run server db chart",
+                Mode::Upgrade,
+                ArgvError::TooManyPositionals {
+                    extra: vec!["chart".into()],
+                },
+            ),
+            (
+                "db chart --version",
+                Mode::Upgrade,
+                ArgvError::MissingValue {
+                    flag: "--version".into(),
+                },
+            ),
+            (
+                "db chart -n",
+                Mode::Upgrade,
+                ArgvError::MissingValue { flag: "-n".into() },
+            ),
+            (
+                "db chart --helm",
+                Mode::Upgrade,
+                ArgvError::MissingValue {
+                    flag: "--helm".into(),
+                },
+            ),
+            (
+                "db chart -o",
+                Mode::Check,
+                ArgvError::MissingValue { flag: "-o".into() },
+            ),
+            (
+                "db chart --min-version-policy newest",
+                Mode::Upgrade,
+                ArgvError::Policy(PolicyError("newest".into())),
+            ),
+            (
+                "db chart --decision-output yaml",
+                Mode::Upgrade,
+                ArgvError::InvalidValue {
+                    flag: "--decision-output".into(),
+                    value: "yaml".into(),
+                    expected: "text or json",
+                },
+            ),
+            (
+                "db chart -o yaml",
+                Mode::Check,
+                ArgvError::InvalidValue {
+                    flag: "-o".into(),
+                    value: "yaml".into(),
+                    expected: "text or json",
+                },
+            ),
+            (
+                "db chart --install=maybe",
+                Mode::Upgrade,
+                ArgvError::InvalidValue {
+                    flag: "--install".into(),
+                    value: "maybe".into(),
+                    expected: "true or false",
+                },
+            ),
+            (
+                "db chart --no-serialize=yes",
+                Mode::Upgrade,
+                ArgvError::InvalidValue {
+                    flag: "--no-serialize".into(),
+                    value: "yes".into(),
+                    expected: "true or false",
+                },
+            ),
+            (
+                "db chart -io json",
+                Mode::Check,
+                ArgvError::CombinedShortGuard { arg: "-io".into() },
+            ),
+        ];
+        for (line, mode, want) in cases {
+            let got = split(&argv(line), *mode).expect_err(line);
+            assert_eq!(&got, want, "{line}");
+            assert!(!got.to_string().is_empty());
+        }
+        // After `--` even flag-looking words are positionals.
+        assert_eq!(
+            split(&argv("-- db c -n x"), Mode::Upgrade),
+            Err(ArgvError::TooManyPositionals {
+                extra: vec!["-n".into(), "x".into()]
+            })
+        );
+        let msg = split(&argv("db chart extra"), Mode::Upgrade)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("\"extra\""), "{msg}");
+    }
+
+    #[test]
+    fn values_with_spaces_and_equals_are_untouched() {
+        let args: Vec<String> = [
+            "db",
+            "chart",
+            "--set",
+            "a=b c",
+            "--description=x=y z",
+            "-f",
+            "my values.yaml",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let s = split(&args, Mode::Upgrade).unwrap();
+        assert_eq!(s.helm_args, args);
+    }
+}

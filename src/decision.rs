@@ -1,0 +1,1569 @@
+//! The pure upgrade decision: cluster state and target in, [`Decision`] out.
+//!
+//! No I/O and no clock: the caller passes the current time. Order of the
+//! checks, first match wins:
+//!
+//! 1. Locks. An unexpired soft or hard lock skips (`locked`), also for a
+//!    release that is not installed, because a lock means "hands off". An
+//!    expired lock is ignored with a note, except an expired *hard* lock
+//!    whose `pending-upgrade` record is still in place: helm would fail on
+//!    it, so we refuse and point at `guarded-upgrade unlock`. An unexpired
+//!    pin lock only restricts the target (step 5).
+//! 2. No records, or the latest is `uninstalled`: install (pin permitting).
+//! 3. Latest record `pending-*`: refuse (`pending`), like helm.
+//! 4. Baseline = the last `deployed` record. Later failed revisions do not
+//!    count as deployed (noted). With no deployed record helm upgrades from
+//!    a `failed`/`superseded` latest record, so that record becomes the
+//!    baseline, and re-applying the version of a failed baseline is allowed
+//!    (`no-deployed-revision`) because nothing is running successfully. Any
+//!    other latest status without a deployed record makes helm fail with
+//!    "has no deployed releases", so we refuse.
+//! 5. Chart name change (refuse unless allowed), pin, then version policy.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::release::{ReleaseStatus, ReleaseSummary};
+use crate::version::{ChartVersion, Constraint};
+
+/// Minimum-version policy (`--min-version-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Only strictly newer chart versions are applied (default).
+    #[default]
+    Newer,
+    /// Newer or equal versions are applied (equal re-applies values).
+    NewerOrEqual,
+    /// No version comparison; locks and pins still apply.
+    Off,
+}
+
+/// An unknown `--min-version-policy` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown version policy {0:?}: use one of newer, newer-or-equal, off")]
+pub struct PolicyError(pub String);
+
+impl Policy {
+    /// Parses `newer`, `newer-or-equal` or `off`.
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        match text {
+            "newer" => Ok(Policy::Newer),
+            "newer-or-equal" => Ok(Policy::NewerOrEqual),
+            "off" => Ok(Policy::Off),
+            other => Err(PolicyError(other.to_string())),
+        }
+    }
+
+    /// The flag text of this policy.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Policy::Newer => "newer",
+            Policy::NewerOrEqual => "newer-or-equal",
+            Policy::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Policy::parse(s)
+    }
+}
+
+/// Revision and status of a record, read from its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// Revision number (label `version`).
+    pub revision: u64,
+    /// Status (label `status`).
+    pub status: ReleaseStatus,
+}
+
+/// What the cluster says about the release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployedState {
+    /// The highest-revision record; `None` when the release has no records.
+    pub latest: Option<RecordMeta>,
+    /// The decoded highest-revision `deployed` record, if any.
+    pub last_deployed: Option<ReleaseSummary>,
+    /// The decoded latest record when it is not the deployed one. Needed
+    /// when there is no deployed record (it becomes the baseline); used for
+    /// notes otherwise.
+    pub latest_summary: Option<ReleaseSummary>,
+    /// The release lock, if one is set.
+    pub lock: Option<LockState>,
+}
+
+/// Kind of a release lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LockKind {
+    /// Our tool skips the release; plain helm is not blocked.
+    Soft,
+    /// The latest record is set to `pending-upgrade`, which also blocks
+    /// plain `helm upgrade`.
+    Hard,
+    /// Only target versions matching `pin` are allowed.
+    Pin,
+}
+
+impl LockKind {
+    /// `soft`, `hard` or `pin`, as stored in the lock label.
+    pub fn parse(text: &str) -> Option<LockKind> {
+        match text {
+            "soft" => Some(LockKind::Soft),
+            "hard" => Some(LockKind::Hard),
+            "pin" => Some(LockKind::Pin),
+            _ => None,
+        }
+    }
+
+    /// The label/JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockKind::Soft => "soft",
+            LockKind::Hard => "hard",
+            LockKind::Pin => "pin",
+        }
+    }
+}
+
+/// A release lock as stored on the release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockState {
+    /// Soft, hard or pin.
+    pub kind: LockKind,
+    /// Why the release is locked.
+    pub reason: Option<String>,
+    /// Who set the lock.
+    pub by: Option<String>,
+    /// When the lock was set (RFC 3339).
+    pub since: Option<String>,
+    /// When the lock stops applying (unix seconds); `None` = never.
+    pub expires_at: Option<i64>,
+    /// Constraint text target versions must match (pin locks).
+    pub pin: Option<String>,
+    /// For hard locks: the latest record's status before locking.
+    pub hard_original_status: Option<String>,
+}
+
+/// What we are asked to deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Chart name, when known (from the chart's metadata).
+    pub chart_name: Option<String>,
+    /// The resolved chart version (raw text).
+    pub version: String,
+    /// Something worth telling the user, e.g. "--version ignored for a local chart".
+    pub note: Option<String>,
+}
+
+/// Everything [`decide`] looks at.
+#[derive(Debug, Clone)]
+pub struct DecisionInput<'a> {
+    /// Release name.
+    pub release: &'a str,
+    /// Release namespace.
+    pub namespace: &'a str,
+    /// Cluster state.
+    pub state: &'a DeployedState,
+    /// The target chart.
+    pub target: &'a Target,
+    /// Version policy.
+    pub policy: Policy,
+    /// `--allow-chart-change`.
+    pub allow_chart_change: bool,
+    /// Current time, unix seconds (for lock expiry).
+    pub now_unix: i64,
+}
+
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Run helm; the release does not exist yet.
+    Install,
+    /// Run helm; the release exists.
+    Upgrade,
+    /// Do not run helm; this is an expected outcome (exit 0 by default).
+    Skip,
+    /// Do not run helm; something needs a human (non-zero exit).
+    Refuse,
+}
+
+impl Action {
+    /// True for [`Action::Install`] and [`Action::Upgrade`].
+    pub fn proceeds(&self) -> bool {
+        matches!(self, Action::Install | Action::Upgrade)
+    }
+}
+
+/// Why, in machine-readable form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// No records: install.
+    NotInstalled,
+    /// Latest record is `uninstalled`: install again.
+    ReinstallAfterUninstall,
+    /// Target is newer than the deployed version.
+    Newer,
+    /// Target equals the deployed version under `newer-or-equal`.
+    EqualReapply,
+    /// Policy `off`: no version comparison.
+    PolicyOff,
+    /// Target equals the deployed version under `newer`.
+    NotNewer,
+    /// Target is older than the deployed version.
+    Downgrade,
+    /// A soft or hard lock is in force (or an expired hard lock blocks helm).
+    Locked,
+    /// The target does not match the lock's pin.
+    Pinned,
+    /// The latest revision is `pending-*`.
+    Pending,
+    /// The chart name differs from the deployed chart.
+    ChartChanged,
+    /// A version (deployed, target or pin) is not valid.
+    InvalidVersion,
+    /// No revision is deployed: retrying a failed version (upgrade), or helm
+    /// has nothing to upgrade from (refuse).
+    NoDeployedRevision,
+    /// The state is contradictory (e.g. latest says deployed but no deployed
+    /// record was read).
+    UnknownState,
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// What to do.
+    pub action: Action,
+    /// Why.
+    pub reason: Reason,
+    /// One line for humans: `install: `, `upgrade: `, `skip: ` or `refused: `.
+    pub message: String,
+    /// Extra remarks worth showing (expired locks ignored, failed revisions...).
+    pub notes: Vec<String>,
+    /// Chart version of the baseline (deployed) revision, if any.
+    pub deployed_version: Option<String>,
+    /// Revision number of the baseline (deployed) revision, if any.
+    pub deployed_revision: Option<u64>,
+    /// The target version text.
+    pub target_version: String,
+}
+
+/// Decides whether to install, upgrade, skip or refuse. Pure: see the
+/// module docs for the order of checks.
+pub fn decide(input: &DecisionInput) -> Decision {
+    let mut d = Decider::new(input);
+    let (action, reason, message) = d.run();
+    Decision {
+        action,
+        reason,
+        message: one_line(&message),
+        notes: d.notes.iter().map(|n| one_line(n)).collect(),
+        deployed_version: d.baseline.and_then(|b| b.chart_version.clone()),
+        deployed_revision: d.baseline.map(|b| b.revision),
+        target_version: input.target.version.clone(),
+    }
+}
+
+type Outcome = (Action, Reason, String);
+
+struct Decider<'i, 'a> {
+    input: &'i DecisionInput<'a>,
+    notes: Vec<String>,
+    /// The record versions are compared with.
+    baseline: Option<&'i ReleaseSummary>,
+}
+
+impl<'i, 'a> Decider<'i, 'a> {
+    fn new(input: &'i DecisionInput<'a>) -> Self {
+        let mut notes = Vec::new();
+        if let Some(n) = &input.target.note {
+            notes.push(n.clone());
+        }
+        Decider {
+            input,
+            notes,
+            baseline: None,
+        }
+    }
+
+    fn run(&mut self) -> Outcome {
+        let state = self.input.state;
+        let latest = state.latest.as_ref();
+
+        // 1. Locks.
+        let mut pin_lock = None;
+        if let Some(lock) = &state.lock {
+            let expired = lock.expires_at.is_some_and(|t| self.input.now_unix >= t);
+            let hard_record = latest.is_some_and(|m| m.status == ReleaseStatus::PendingUpgrade);
+            match (lock.kind, expired) {
+                (LockKind::Hard, true) if hard_record => return self.refuse_expired_hard(lock),
+                (_, true) => self.notes.push(format!(
+                    "ignored expired lock set by {} ({} lock, expired at {})",
+                    lock.by.as_deref().unwrap_or("unknown"),
+                    lock.kind.as_str(),
+                    lock.expires_at.map(format_unix_utc).unwrap_or_default()
+                )),
+                (LockKind::Pin, false) => pin_lock = Some(lock),
+                (LockKind::Soft | LockKind::Hard, false) => {
+                    if lock.kind == LockKind::Hard && !hard_record {
+                        if let Some(m) = latest {
+                            self.notes.push(format!(
+                                "hard lock is set but latest revision {} is {}, not pending-upgrade",
+                                m.revision, m.status
+                            ));
+                        }
+                    }
+                    // A hard-locked release has no `deployed` record (the lock
+                    // made it pending), so show the latest one instead.
+                    self.baseline = state
+                        .last_deployed
+                        .as_ref()
+                        .or(state.latest_summary.as_ref());
+                    return self.skip_locked(lock);
+                }
+            }
+        }
+
+        // 2. Not installed.
+        let latest = match latest {
+            None => return self.install(pin_lock, Reason::NotInstalled),
+            Some(m) if m.status == ReleaseStatus::Uninstalled => {
+                return self.install(pin_lock, Reason::ReinstallAfterUninstall)
+            }
+            Some(m) => m,
+        };
+
+        // 3. Interrupted or concurrent operation.
+        if latest.status.is_pending() {
+            self.baseline = state.last_deployed.as_ref();
+            return self.refuse_pending(latest);
+        }
+
+        // 4. Baseline.
+        let mut failed_baseline = false;
+        match (&latest.status, &state.last_deployed) {
+            (ReleaseStatus::Deployed, Some(d)) => self.baseline = Some(d),
+            (ReleaseStatus::Deployed, None) => {
+                return self.refuse(
+                    Reason::UnknownState,
+                    format!(
+                        "{} has revision {} marked deployed but its record could not be read; \
+                         retry, and if this persists inspect it with {}",
+                        self.subject(),
+                        latest.revision,
+                        self.history_cmd()
+                    ),
+                )
+            }
+            (status, Some(d)) => {
+                self.baseline = Some(d);
+                if latest.revision > d.revision {
+                    let chart = state
+                        .latest_summary
+                        .as_ref()
+                        .filter(|s| s.revision == latest.revision)
+                        .and_then(|s| s.chart_version.as_deref())
+                        .map(|v| format!(" (chart version {v})"))
+                        .unwrap_or_default();
+                    self.notes.push(format!(
+                        "later revision {}{chart} is {status} and is not counted as deployed; \
+                         comparing with deployed revision {}",
+                        latest.revision, d.revision
+                    ));
+                }
+            }
+            (ReleaseStatus::Failed | ReleaseStatus::Superseded, None) => {
+                let Some(s) = state
+                    .latest_summary
+                    .as_ref()
+                    .filter(|s| s.revision == latest.revision)
+                else {
+                    return self.refuse(
+                        Reason::UnknownState,
+                        format!(
+                            "{} has no deployed revision and its latest revision {} ({}) could \
+                             not be read; retry, and if this persists inspect it with {}",
+                            self.subject(),
+                            latest.revision,
+                            latest.status,
+                            self.history_cmd()
+                        ),
+                    );
+                };
+                self.baseline = Some(s);
+                failed_baseline = latest.status == ReleaseStatus::Failed;
+                self.notes.push(format!(
+                    "no revision is deployed; comparing with latest revision {} ({}), which helm \
+                     upgrades from",
+                    latest.revision, latest.status
+                ));
+            }
+            (status, None) => {
+                return self.refuse(
+                    Reason::NoDeployedRevision,
+                    format!(
+                        "{} has no deployed revision and its latest revision {} is {status}, so \
+                         helm cannot upgrade it; inspect it with {} and roll back to a good \
+                         revision or uninstall it",
+                        self.subject(),
+                        latest.revision,
+                        self.history_cmd()
+                    ),
+                )
+            }
+        }
+        let Some(baseline) = self.baseline else {
+            return self.refuse(Reason::UnknownState, "no baseline".to_string());
+        };
+
+        // 5a. Chart identity.
+        if let (Some(want), Some(have)) = (&self.input.target.chart_name, &baseline.chart_name) {
+            if want != have {
+                if !self.input.allow_chart_change {
+                    return self.refuse(
+                        Reason::ChartChanged,
+                        format!(
+                            "{} runs chart {have:?} {} but the target chart is {want:?}; pass \
+                             --allow-chart-change if replacing the chart is intended",
+                            self.subject(),
+                            self.at()
+                        ),
+                    );
+                }
+                self.notes.push(format!(
+                    "chart changes from {have:?} to {want:?} (allowed by --allow-chart-change)"
+                ));
+            }
+        }
+
+        // 5b. Pin.
+        if let Some(outcome) = self.check_pin(pin_lock) {
+            return outcome;
+        }
+
+        // 5c. Version policy.
+        let target_text = self.input.target.version.as_str();
+        let deployed_text = baseline.chart_version.as_deref().unwrap_or("");
+        if self.input.policy == Policy::Off {
+            return self.proceed(
+                Reason::PolicyOff,
+                format!("{deployed_text} -> {target_text} (version policy off)"),
+            );
+        }
+        let deployed = match ChartVersion::parse(deployed_text) {
+            Ok(v) => v,
+            Err(e) => {
+                let what = if deployed_text.is_empty() {
+                    "has no chart version".to_string()
+                } else {
+                    format!("has chart version {deployed_text:?}, which is not valid ({e})")
+                };
+                return self.refuse(
+                    Reason::InvalidVersion,
+                    format!(
+                        "{} revision {} {what}, so versions cannot be compared; use \
+                         --min-version-policy off to upgrade without comparing",
+                        self.subject(),
+                        baseline.revision
+                    ),
+                );
+            }
+        };
+        let target = match ChartVersion::parse(target_text) {
+            Ok(v) => v,
+            Err(e) => return self.refuse_invalid_target(e),
+        };
+        match target.cmp(&deployed) {
+            std::cmp::Ordering::Greater => {
+                self.proceed(Reason::Newer, format!("{deployed_text} -> {target_text}"))
+            }
+            std::cmp::Ordering::Equal if failed_baseline => self.proceed(
+                Reason::NoDeployedRevision,
+                format!(
+                    "{deployed_text} -> {target_text} (retry: revision {} failed and nothing \
+                     is deployed)",
+                    baseline.revision
+                ),
+            ),
+            std::cmp::Ordering::Equal if self.input.policy == Policy::NewerOrEqual => self.proceed(
+                Reason::EqualReapply,
+                format!("{deployed_text} -> {target_text} (re-apply, policy newer-or-equal)"),
+            ),
+            std::cmp::Ordering::Equal => self.skip(
+                Reason::NotNewer,
+                format!(
+                    "target {target_text} is not newer (policy newer; use \
+                     --min-version-policy newer-or-equal to re-apply)"
+                ),
+            ),
+            std::cmp::Ordering::Less => self.skip(
+                Reason::Downgrade,
+                format!("target {target_text} would be a downgrade"),
+            ),
+        }
+    }
+
+    /// `release "db" in "shared"`
+    fn subject(&self) -> String {
+        format!(
+            "release {:?} in {:?}",
+            self.input.release, self.input.namespace
+        )
+    }
+
+    fn history_cmd(&self) -> String {
+        format!(
+            "\"helm history {} -n {}\"",
+            self.input.release, self.input.namespace
+        )
+    }
+
+    /// `is at 1.4.0 (revision 7)` or a description of what is there instead.
+    fn at(&self) -> String {
+        if let Some(b) = self.baseline {
+            let version = b
+                .chart_version
+                .as_deref()
+                .unwrap_or("an unknown chart version");
+            let status = if b.status == ReleaseStatus::Deployed {
+                String::new()
+            } else {
+                format!(", {}", b.status)
+            };
+            return format!("is at {version} (revision {}{status})", b.revision);
+        }
+        match &self.input.state.latest {
+            None => "is not installed".to_string(),
+            Some(m) if m.status == ReleaseStatus::Uninstalled => {
+                format!("is not installed (revision {} was uninstalled)", m.revision)
+            }
+            Some(m) => format!(
+                "has no deployed revision (latest revision {} is {})",
+                m.revision, m.status
+            ),
+        }
+    }
+
+    fn proceed(&self, reason: Reason, detail: String) -> Outcome {
+        (
+            Action::Upgrade,
+            reason,
+            format!(
+                "upgrade: {:?} in {:?} {detail}",
+                self.input.release, self.input.namespace
+            ),
+        )
+    }
+
+    fn skip(&self, reason: Reason, why: String) -> Outcome {
+        (
+            Action::Skip,
+            reason,
+            format!("skip: {} {}; {why}", self.subject(), self.at()),
+        )
+    }
+
+    fn refuse(&self, reason: Reason, text: String) -> Outcome {
+        (Action::Refuse, reason, format!("refused: {text}"))
+    }
+
+    fn lock_description(lock: &LockState) -> String {
+        let mut s = format!(
+            "{} lock by {}",
+            lock.kind.as_str(),
+            lock.by.as_deref().unwrap_or("unknown")
+        );
+        if let Some(since) = &lock.since {
+            s.push_str(&format!(" since {since}"));
+        }
+        if let Some(t) = lock.expires_at {
+            s.push_str(&format!(" until {}", format_unix_utc(t)));
+        }
+        if let Some(reason) = lock.reason.as_deref().filter(|r| !r.is_empty()) {
+            s.push_str(&format!(": {reason:?}"));
+        }
+        s
+    }
+
+    fn skip_locked(&self, lock: &LockState) -> Outcome {
+        self.skip(
+            Reason::Locked,
+            format!(
+                "target {} not applied: {}",
+                self.input.target.version,
+                Self::lock_description(lock)
+            ),
+        )
+    }
+
+    fn refuse_expired_hard(&self, lock: &LockState) -> Outcome {
+        let revision = self
+            .input
+            .state
+            .latest
+            .as_ref()
+            .map(|m| m.revision.to_string())
+            .unwrap_or_default();
+        self.refuse(
+            Reason::Locked,
+            format!(
+                "{} has an expired {}; its revision {revision} is still marked pending-upgrade by \
+                 the lock, so helm would refuse to upgrade. Run \"guarded-upgrade unlock {} -n {}\" \
+                 to restore the revision's status, then retry",
+                self.subject(),
+                Self::lock_description(lock),
+                self.input.release,
+                self.input.namespace
+            ),
+        )
+    }
+
+    fn refuse_pending(&self, latest: &RecordMeta) -> Outcome {
+        let rollback_to = self
+            .baseline
+            .map(|b| b.revision.to_string())
+            .unwrap_or_else(|| "<REVISION>".to_string());
+        self.refuse(
+            Reason::Pending,
+            format!(
+                "{}: latest revision {} is {}, so another helm operation is in progress or was \
+                 interrupted. Wait for it to finish and retry; if it was interrupted, check {} \
+                 and recover with \"helm rollback {} {rollback_to} -n {}\" (rollback works while \
+                 a revision is pending)",
+                self.subject(),
+                latest.revision,
+                latest.status,
+                self.history_cmd(),
+                self.input.release,
+                self.input.namespace
+            ),
+        )
+    }
+
+    fn refuse_invalid_target(&self, e: crate::version::VersionError) -> Outcome {
+        self.refuse(
+            Reason::InvalidVersion,
+            format!(
+                "target version {:?} for {} is not a valid chart version ({e})",
+                self.input.target.version,
+                self.subject()
+            ),
+        )
+    }
+
+    /// Skips or refuses when a pin lock rejects the target.
+    fn check_pin(&self, pin_lock: Option<&LockState>) -> Option<Outcome> {
+        let lock = pin_lock?;
+        let pin_text = lock.pin.as_deref()?;
+        let pin = match Constraint::parse(pin_text) {
+            Ok(c) => c,
+            Err(e) => {
+                return Some(self.refuse(
+                    Reason::InvalidVersion,
+                    format!(
+                        "{} is pinned to {pin_text:?}, which is not a valid constraint ({e}); fix \
+                         or remove the pin with \"guarded-upgrade unlock {} -n {}\"",
+                        self.subject(),
+                        self.input.release,
+                        self.input.namespace
+                    ),
+                ))
+            }
+        };
+        let target = match ChartVersion::parse(&self.input.target.version) {
+            Ok(v) => v,
+            Err(e) => return Some(self.refuse_invalid_target(e)),
+        };
+        if pin.matches(&target) {
+            return None;
+        }
+        Some(self.skip(
+            Reason::Pinned,
+            format!(
+                "target {} does not match the pin {pin_text:?} ({})",
+                self.input.target.version,
+                Self::lock_description(lock)
+            ),
+        ))
+    }
+
+    fn install(&mut self, pin_lock: Option<&LockState>, reason: Reason) -> Outcome {
+        if let Some(outcome) = self.check_pin(pin_lock) {
+            return outcome;
+        }
+        let why = match (&self.input.state.latest, reason) {
+            (Some(m), Reason::ReinstallAfterUninstall) => {
+                format!("reinstall; revision {} was uninstalled", m.revision)
+            }
+            _ => "not installed yet".to_string(),
+        };
+        (
+            Action::Install,
+            reason,
+            format!(
+                "install: {:?} in {:?} {} ({why})",
+                self.input.release, self.input.namespace, self.input.target.version
+            ),
+        )
+    }
+}
+
+/// Replaces control characters (newlines in lock reasons...) with spaces so
+/// every message stays on one line.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Formats unix seconds as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
+fn format_unix_utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000; // 2023-11-14T22:13:20Z
+
+    fn summary(revision: u64, status: ReleaseStatus, chart: &str, version: &str) -> ReleaseSummary {
+        ReleaseSummary {
+            name: "db".into(),
+            namespace: "shared".into(),
+            revision,
+            status,
+            chart_name: Some(chart.into()),
+            chart_version: if version.is_empty() {
+                None
+            } else {
+                Some(version.into())
+            },
+            app_version: None,
+            description: None,
+            first_deployed: None,
+            last_deployed: None,
+            apply_method: None,
+        }
+    }
+
+    fn meta(revision: u64, status: ReleaseStatus) -> Option<RecordMeta> {
+        Some(RecordMeta { revision, status })
+    }
+
+    /// Deployed at `version` (revision 7), latest = revision 7 deployed.
+    fn deployed(version: &str) -> DeployedState {
+        DeployedState {
+            latest: meta(7, ReleaseStatus::Deployed),
+            last_deployed: Some(summary(7, ReleaseStatus::Deployed, "postgresql", version)),
+            latest_summary: None,
+            lock: None,
+        }
+    }
+
+    fn lock(kind: LockKind, expires_at: Option<i64>, pin: Option<&str>) -> LockState {
+        LockState {
+            kind,
+            reason: Some("db migration\nrunning".into()),
+            by: Some("alice".into()),
+            since: Some("2023-11-14T00:00:00Z".into()),
+            expires_at,
+            pin: pin.map(str::to_string),
+            hard_original_status: Some("deployed".into()),
+        }
+    }
+
+    fn target(version: &str) -> Target {
+        Target {
+            chart_name: Some("postgresql".into()),
+            version: version.into(),
+            note: None,
+        }
+    }
+
+    fn run(state: &DeployedState, target: &Target, policy: Policy) -> Decision {
+        decide(&DecisionInput {
+            release: "db",
+            namespace: "shared",
+            state,
+            target,
+            policy,
+            allow_chart_change: false,
+            now_unix: NOW,
+        })
+    }
+
+    fn check(d: &Decision, action: Action, reason: Reason) {
+        assert_eq!((d.action, d.reason), (action, reason), "{d:#?}");
+        let prefix = match action {
+            Action::Install => "install: ",
+            Action::Upgrade => "upgrade: ",
+            Action::Skip => "skip: ",
+            Action::Refuse => "refused: ",
+        };
+        assert!(d.message.starts_with(prefix), "{}", d.message);
+        assert!(!d.message.contains('\n'), "{}", d.message);
+        assert!(d.message.contains("\"db\""), "{}", d.message);
+        assert!(d.message.contains("\"shared\""), "{}", d.message);
+    }
+
+    #[test]
+    fn version_relation_by_policy() {
+        use Action::*;
+        use Policy::*;
+        use Reason as R;
+        let cases: &[(&str, &str, Policy, Action, Reason)] = &[
+            ("1.4.0", "1.5.0", Newer, Upgrade, R::Newer),
+            ("1.4.0", "1.4.0", Newer, Skip, R::NotNewer),
+            ("1.4.0", "1.3.2", Newer, Skip, R::Downgrade),
+            ("1.4.0", "1.5.0", NewerOrEqual, Upgrade, R::Newer),
+            ("1.4.0", "1.4.0", NewerOrEqual, Upgrade, R::EqualReapply),
+            ("1.4.0", "1.3.2", NewerOrEqual, Skip, R::Downgrade),
+            ("1.4.0", "1.5.0", Off, Upgrade, R::PolicyOff),
+            ("1.4.0", "1.4.0", Off, Upgrade, R::PolicyOff),
+            ("1.4.0", "1.3.2", Off, Upgrade, R::PolicyOff),
+            // lenient parsing and build metadata
+            ("v1.4", "1.4.0", Newer, Skip, R::NotNewer),
+            ("1.4.0+a", "1.4.0+b", Newer, Skip, R::NotNewer),
+            ("1.4.0+a", "1.4.0+b", NewerOrEqual, Upgrade, R::EqualReapply),
+            ("1.4.0", "v1.4.1", Newer, Upgrade, R::Newer),
+            ("1.9.0", "1.10.0", Newer, Upgrade, R::Newer),
+            // pre-releases
+            ("1.5.0-rc.1", "1.5.0", Newer, Upgrade, R::Newer),
+            ("1.5.0", "1.5.0-rc.1", Newer, Skip, R::Downgrade),
+            ("1.5.0-beta.2", "1.5.0-beta.11", Newer, Upgrade, R::Newer),
+            // invalid versions
+            ("1.4.0", "latest", Newer, Refuse, R::InvalidVersion),
+            ("1.4.0", "", NewerOrEqual, Refuse, R::InvalidVersion),
+            ("banana", "1.5.0", Newer, Refuse, R::InvalidVersion),
+            ("", "1.5.0", Newer, Refuse, R::InvalidVersion),
+            ("banana", "1.5.0", Off, Upgrade, R::PolicyOff),
+            ("1.4.0", "latest", Off, Upgrade, R::PolicyOff),
+        ];
+        for (have, want, policy, action, reason) in cases {
+            let d = run(&deployed(have), &target(want), *policy);
+            check(&d, *action, *reason);
+            assert_eq!(d.deployed_revision, Some(7));
+            assert_eq!(d.target_version, *want);
+        }
+    }
+
+    #[test]
+    fn exact_messages() {
+        let d = run(&deployed("1.4.0"), &target("1.3.2"), Policy::Newer);
+        assert_eq!(
+            d.message,
+            "skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target 1.3.2 would be a downgrade"
+        );
+        let d = run(&deployed("1.4.0"), &target("1.5.0"), Policy::Newer);
+        assert_eq!(d.message, "upgrade: \"db\" in \"shared\" 1.4.0 -> 1.5.0");
+        let d = run(&DeployedState::default(), &target("1.0.0"), Policy::Newer);
+        assert_eq!(
+            d.message,
+            "install: \"db\" in \"shared\" 1.0.0 (not installed yet)"
+        );
+        let d = run(&deployed("1.4.0"), &target("1.4.0"), Policy::Newer);
+        assert!(d.message.contains("is not newer"), "{}", d.message);
+        let d = run(&deployed("banana"), &target("1.4.0"), Policy::Newer);
+        assert!(d.message.contains("\"banana\""), "{}", d.message);
+        assert!(
+            d.message.contains("--min-version-policy off"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn statuses_of_latest_record() {
+        use ReleaseStatus as S;
+        let dep = |rev| Some(summary(rev, S::Deployed, "postgresql", "1.4.0"));
+        let lat = |rev, st, v: &str| Some(summary(rev, st, "postgresql", v));
+        // (latest meta, last deployed, latest summary, target, action, reason)
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            Option<RecordMeta>,
+            Option<ReleaseSummary>,
+            Option<ReleaseSummary>,
+            &str,
+            Action,
+            Reason,
+        )> = vec![
+            (
+                None,
+                None,
+                None,
+                "1.0.0",
+                Action::Install,
+                Reason::NotInstalled,
+            ),
+            (
+                meta(3, S::Uninstalled),
+                None,
+                None,
+                "1.0.0",
+                Action::Install,
+                Reason::ReinstallAfterUninstall,
+            ),
+            (
+                meta(7, S::Deployed),
+                dep(7),
+                None,
+                "1.5.0",
+                Action::Upgrade,
+                Reason::Newer,
+            ),
+            (
+                meta(7, S::Deployed),
+                None,
+                None,
+                "1.5.0",
+                Action::Refuse,
+                Reason::UnknownState,
+            ),
+            // later failed revision is not counted
+            (
+                meta(8, S::Failed),
+                dep(7),
+                lat(8, S::Failed, "1.5.0"),
+                "1.5.0",
+                Action::Upgrade,
+                Reason::Newer,
+            ),
+            (
+                meta(8, S::Failed),
+                dep(7),
+                None,
+                "1.3.0",
+                Action::Skip,
+                Reason::Downgrade,
+            ),
+            (
+                meta(8, S::Unknown),
+                dep(7),
+                None,
+                "1.5.0",
+                Action::Upgrade,
+                Reason::Newer,
+            ),
+            (
+                meta(8, S::Superseded),
+                dep(7),
+                None,
+                "1.4.0",
+                Action::Skip,
+                Reason::NotNewer,
+            ),
+            // pending
+            (
+                meta(8, S::PendingUpgrade),
+                dep(7),
+                None,
+                "1.5.0",
+                Action::Refuse,
+                Reason::Pending,
+            ),
+            (
+                meta(1, S::PendingInstall),
+                None,
+                None,
+                "1.5.0",
+                Action::Refuse,
+                Reason::Pending,
+            ),
+            (
+                meta(9, S::PendingRollback),
+                dep(7),
+                None,
+                "1.5.0",
+                Action::Refuse,
+                Reason::Pending,
+            ),
+            // nothing deployed, latest failed: helm upgrades from it
+            (
+                meta(2, S::Failed),
+                None,
+                lat(2, S::Failed, "1.0.0"),
+                "1.0.0",
+                Action::Upgrade,
+                Reason::NoDeployedRevision,
+            ),
+            (
+                meta(2, S::Failed),
+                None,
+                lat(2, S::Failed, "1.0.0"),
+                "1.1.0",
+                Action::Upgrade,
+                Reason::Newer,
+            ),
+            (
+                meta(2, S::Failed),
+                None,
+                lat(2, S::Failed, "2.0.0"),
+                "1.0.0",
+                Action::Skip,
+                Reason::Downgrade,
+            ),
+            (
+                meta(2, S::Failed),
+                None,
+                None,
+                "1.0.0",
+                Action::Refuse,
+                Reason::UnknownState,
+            ),
+            (
+                meta(2, S::Failed),
+                None,
+                lat(1, S::Failed, "1.0.0"),
+                "1.0.0",
+                Action::Refuse,
+                Reason::UnknownState,
+            ),
+            (
+                meta(4, S::Superseded),
+                None,
+                lat(4, S::Superseded, "1.4.0"),
+                "1.4.0",
+                Action::Skip,
+                Reason::NotNewer,
+            ),
+            // helm itself cannot upgrade these
+            (
+                meta(4, S::Uninstalling),
+                None,
+                None,
+                "1.5.0",
+                Action::Refuse,
+                Reason::NoDeployedRevision,
+            ),
+            (
+                meta(4, S::Unknown),
+                None,
+                None,
+                "1.5.0",
+                Action::Refuse,
+                Reason::NoDeployedRevision,
+            ),
+            (
+                meta(4, S::Other("odd".into())),
+                None,
+                None,
+                "1.5.0",
+                Action::Refuse,
+                Reason::NoDeployedRevision,
+            ),
+        ];
+        for (i, (latest, last_deployed, latest_summary, want, action, reason)) in
+            cases.into_iter().enumerate()
+        {
+            let state = DeployedState {
+                latest,
+                last_deployed,
+                latest_summary,
+                lock: None,
+            };
+            let d = run(&state, &target(want), Policy::Newer);
+            assert_eq!((d.action, d.reason), (action, reason), "case {i}: {d:#?}");
+            check(&d, action, reason);
+        }
+    }
+
+    #[test]
+    fn failed_later_revision_is_noted() {
+        let state = DeployedState {
+            latest: meta(8, ReleaseStatus::Failed),
+            last_deployed: Some(summary(7, ReleaseStatus::Deployed, "postgresql", "1.4.0")),
+            latest_summary: Some(summary(8, ReleaseStatus::Failed, "postgresql", "1.6.0")),
+            lock: None,
+        };
+        let d = run(&state, &target("1.5.0"), Policy::Newer);
+        check(&d, Action::Upgrade, Reason::Newer);
+        assert_eq!(d.message, "upgrade: \"db\" in \"shared\" 1.4.0 -> 1.5.0");
+        assert_eq!(d.notes.len(), 1);
+        assert!(
+            d.notes[0].contains("revision 8 (chart version 1.6.0) is failed"),
+            "{:?}",
+            d.notes
+        );
+        assert_eq!(d.deployed_version.as_deref(), Some("1.4.0"));
+    }
+
+    #[test]
+    fn pending_message_explains_recovery() {
+        let state = DeployedState {
+            latest: meta(8, ReleaseStatus::PendingUpgrade),
+            last_deployed: Some(summary(7, ReleaseStatus::Deployed, "postgresql", "1.4.0")),
+            ..Default::default()
+        };
+        let d = run(&state, &target("1.5.0"), Policy::Off);
+        check(&d, Action::Refuse, Reason::Pending);
+        for part in [
+            "pending-upgrade",
+            "helm history db -n shared",
+            "helm rollback db 7 -n shared",
+        ] {
+            assert!(d.message.contains(part), "{part}: {}", d.message);
+        }
+    }
+
+    #[test]
+    fn locks() {
+        use LockKind::*;
+        use ReleaseStatus as S;
+        let past = Some(NOW - 1);
+        let future = Some(NOW + 3600);
+        let hard_latest = DeployedState {
+            latest: meta(7, S::PendingUpgrade),
+            last_deployed: None,
+            latest_summary: Some(summary(7, S::PendingUpgrade, "postgresql", "1.4.0")),
+            lock: None,
+        };
+        // (state, lock, target, policy, action, reason, note expected)
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(DeployedState, LockState, &str, Policy, Action, Reason, bool)> = vec![
+            (
+                deployed("1.4.0"),
+                lock(Soft, None, None),
+                "1.5.0",
+                Policy::Newer,
+                Action::Skip,
+                Reason::Locked,
+                false,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Soft, future, None),
+                "1.5.0",
+                Policy::Off,
+                Action::Skip,
+                Reason::Locked,
+                false,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Soft, past, None),
+                "1.5.0",
+                Policy::Newer,
+                Action::Upgrade,
+                Reason::Newer,
+                true,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Soft, past, None),
+                "1.3.0",
+                Policy::Newer,
+                Action::Skip,
+                Reason::Downgrade,
+                true,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Soft, Some(NOW), None),
+                "1.5.0",
+                Policy::Newer,
+                Action::Upgrade,
+                Reason::Newer,
+                true,
+            ),
+            (
+                hard_latest.clone(),
+                lock(Hard, None, None),
+                "1.5.0",
+                Policy::Newer,
+                Action::Skip,
+                Reason::Locked,
+                false,
+            ),
+            (
+                hard_latest.clone(),
+                lock(Hard, future, None),
+                "1.5.0",
+                Policy::Off,
+                Action::Skip,
+                Reason::Locked,
+                false,
+            ),
+            (
+                hard_latest.clone(),
+                lock(Hard, past, None),
+                "1.5.0",
+                Policy::Newer,
+                Action::Refuse,
+                Reason::Locked,
+                false,
+            ),
+            // hard lock whose record was changed by someone: still honoured
+            (
+                deployed("1.4.0"),
+                lock(Hard, None, None),
+                "1.5.0",
+                Policy::Newer,
+                Action::Skip,
+                Reason::Locked,
+                true,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Hard, past, None),
+                "1.5.0",
+                Policy::Newer,
+                Action::Upgrade,
+                Reason::Newer,
+                true,
+            ),
+            // expired hard lock with a foreign pending record: pending wins
+            (
+                DeployedState {
+                    latest: meta(8, S::PendingInstall),
+                    ..deployed("1.4.0")
+                },
+                lock(Hard, past, None),
+                "1.5.0",
+                Policy::Newer,
+                Action::Refuse,
+                Reason::Pending,
+                true,
+            ),
+            // locks also hold off an install
+            (
+                DeployedState::default(),
+                lock(Soft, None, None),
+                "1.0.0",
+                Policy::Newer,
+                Action::Skip,
+                Reason::Locked,
+                false,
+            ),
+            (
+                DeployedState::default(),
+                lock(Soft, past, None),
+                "1.0.0",
+                Policy::Newer,
+                Action::Install,
+                Reason::NotInstalled,
+                true,
+            ),
+            // pins
+            (
+                deployed("1.4.0"),
+                lock(Pin, None, Some("~1.4")),
+                "1.4.5",
+                Policy::Newer,
+                Action::Upgrade,
+                Reason::Newer,
+                false,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Pin, None, Some("~1.4")),
+                "1.5.0",
+                Policy::Newer,
+                Action::Skip,
+                Reason::Pinned,
+                false,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Pin, None, Some("~1.4")),
+                "1.5.0",
+                Policy::Off,
+                Action::Skip,
+                Reason::Pinned,
+                false,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Pin, None, Some("~1.4")),
+                "1.4.0",
+                Policy::Off,
+                Action::Upgrade,
+                Reason::PolicyOff,
+                false,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Pin, None, Some("~1.4")),
+                "1.3.0",
+                Policy::Newer,
+                Action::Skip,
+                Reason::Pinned,
+                false,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Pin, None, Some("~1.4")),
+                "1.4.0",
+                Policy::Newer,
+                Action::Skip,
+                Reason::NotNewer,
+                false,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Pin, past, Some("~1.4")),
+                "1.5.0",
+                Policy::Newer,
+                Action::Upgrade,
+                Reason::Newer,
+                true,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Pin, future, Some(">=1.4 <2")),
+                "1.9.0",
+                Policy::Newer,
+                Action::Upgrade,
+                Reason::Newer,
+                false,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Pin, None, Some("not a pin")),
+                "1.5.0",
+                Policy::Off,
+                Action::Refuse,
+                Reason::InvalidVersion,
+                false,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Pin, None, Some("~1.4")),
+                "latest",
+                Policy::Off,
+                Action::Refuse,
+                Reason::InvalidVersion,
+                false,
+            ),
+            (
+                deployed("1.4.0"),
+                lock(Pin, None, None),
+                "9.0.0",
+                Policy::Newer,
+                Action::Upgrade,
+                Reason::Newer,
+                false,
+            ),
+            (
+                DeployedState::default(),
+                lock(Pin, None, Some("1.x")),
+                "2.0.0",
+                Policy::Newer,
+                Action::Skip,
+                Reason::Pinned,
+                false,
+            ),
+            (
+                DeployedState::default(),
+                lock(Pin, None, Some("1.x")),
+                "1.2.0",
+                Policy::Newer,
+                Action::Install,
+                Reason::NotInstalled,
+                false,
+            ),
+        ];
+        for (i, (mut state, lock, want, policy, action, reason, noted)) in
+            cases.into_iter().enumerate()
+        {
+            state.lock = Some(lock);
+            let d = run(&state, &target(want), policy);
+            assert_eq!((d.action, d.reason), (action, reason), "case {i}: {d:#?}");
+            check(&d, action, reason);
+            assert_eq!(!d.notes.is_empty(), noted, "case {i}: {:?}", d.notes);
+        }
+    }
+
+    #[test]
+    fn lock_messages() {
+        let mut state = deployed("1.4.0");
+        state.lock = Some(lock(LockKind::Soft, Some(NOW + 60), None));
+        let d = run(&state, &target("1.5.0"), Policy::Newer);
+        assert_eq!(
+            d.message,
+            "skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target 1.5.0 not \
+             applied: soft lock by alice since 2023-11-14T00:00:00Z until \
+             2023-11-14T22:14:20Z: \"db migration\\nrunning\""
+        );
+        state.lock = Some(lock(LockKind::Soft, Some(NOW - 60), None));
+        let d = run(&state, &target("1.5.0"), Policy::Newer);
+        assert_eq!(
+            d.notes,
+            ["ignored expired lock set by alice (soft lock, expired at 2023-11-14T22:12:20Z)"]
+        );
+        state.latest = meta(7, ReleaseStatus::PendingUpgrade);
+        state.lock = Some(lock(LockKind::Hard, Some(NOW - 60), None));
+        let d = run(&state, &target("1.5.0"), Policy::Newer);
+        assert!(
+            d.message.contains("guarded-upgrade unlock db -n shared"),
+            "{}",
+            d.message
+        );
+        state.lock = Some(lock(LockKind::Pin, None, Some("~1.4")));
+        state.latest = meta(7, ReleaseStatus::Deployed);
+        let d = run(&state, &target("2.0.0"), Policy::Newer);
+        assert!(
+            d.message.contains("does not match the pin \"~1.4\""),
+            "{}",
+            d.message
+        );
+        assert!(d.message.starts_with(
+            "skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target 2.0.0"
+        ));
+        // A lock with no details still reads well.
+        state.lock = Some(LockState {
+            kind: LockKind::Soft,
+            reason: None,
+            by: None,
+            since: None,
+            expires_at: None,
+            pin: None,
+            hard_original_status: None,
+        });
+        let d = run(&state, &target("2.0.0"), Policy::Newer);
+        assert!(
+            d.message.ends_with("not applied: soft lock by unknown"),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn chart_change() {
+        let state = deployed("1.4.0");
+        let mut t = target("1.5.0");
+        t.chart_name = Some("mysql".into());
+        let d = run(&state, &t, Policy::Newer);
+        check(&d, Action::Refuse, Reason::ChartChanged);
+        assert!(d.message.contains("--allow-chart-change"), "{}", d.message);
+        // Chart change is checked even with policy off.
+        check(
+            &run(&state, &t, Policy::Off),
+            Action::Refuse,
+            Reason::ChartChanged,
+        );
+        let allowed = decide(&DecisionInput {
+            release: "db",
+            namespace: "shared",
+            state: &state,
+            target: &t,
+            policy: Policy::Newer,
+            allow_chart_change: true,
+            now_unix: NOW,
+        });
+        check(&allowed, Action::Upgrade, Reason::Newer);
+        assert!(allowed.notes[0].contains("\"postgresql\" to \"mysql\""));
+        // Version policy still applies after an allowed chart change.
+        t.version = "1.0.0".into();
+        let allowed = decide(&DecisionInput {
+            release: "db",
+            namespace: "shared",
+            state: &state,
+            target: &t,
+            policy: Policy::Newer,
+            allow_chart_change: true,
+            now_unix: NOW,
+        });
+        check(&allowed, Action::Skip, Reason::Downgrade);
+        // Unknown target chart name: not checked.
+        t.chart_name = None;
+        t.version = "1.5.0".into();
+        check(
+            &run(&state, &t, Policy::Newer),
+            Action::Upgrade,
+            Reason::Newer,
+        );
+    }
+
+    #[test]
+    fn target_note_is_kept() {
+        let mut t = target("1.5.0");
+        t.note = Some("--version 2.0.0 ignored for a local chart".into());
+        let d = run(&deployed("1.4.0"), &t, Policy::Newer);
+        assert_eq!(d.notes, ["--version 2.0.0 ignored for a local chart"]);
+    }
+
+    #[test]
+    fn serializes_kebab_case() {
+        let d = run(&deployed("1.4.0"), &target("1.4.0"), Policy::Newer);
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["action"], "skip");
+        assert_eq!(json["reason"], "not-newer");
+        assert_eq!(json["deployed_version"], "1.4.0");
+        let reasons = [
+            (Reason::NotInstalled, "not-installed"),
+            (Reason::ReinstallAfterUninstall, "reinstall-after-uninstall"),
+            (Reason::EqualReapply, "equal-reapply"),
+            (Reason::PolicyOff, "policy-off"),
+            (Reason::ChartChanged, "chart-changed"),
+            (Reason::InvalidVersion, "invalid-version"),
+            (Reason::NoDeployedRevision, "no-deployed-revision"),
+            (Reason::UnknownState, "unknown-state"),
+        ];
+        for (r, s) in reasons {
+            assert_eq!(serde_json::to_value(r).unwrap(), s);
+        }
+        assert_eq!(
+            serde_json::to_value(Policy::NewerOrEqual).unwrap(),
+            "newer-or-equal"
+        );
+        assert_eq!(serde_json::to_value(LockKind::Pin).unwrap(), "pin");
+    }
+
+    #[test]
+    fn policy_parse() {
+        for p in [Policy::Newer, Policy::NewerOrEqual, Policy::Off] {
+            assert_eq!(Policy::parse(p.as_str()), Ok(p));
+            assert_eq!(p.to_string(), p.as_str());
+        }
+        assert_eq!(Policy::default(), Policy::Newer);
+        let err = Policy::parse("Newer").unwrap_err().to_string();
+        assert!(err.contains("newer-or-equal"), "{err}");
+        assert!(Policy::parse("").is_err());
+    }
+
+    #[test]
+    fn formats_unix_time() {
+        let cases = [
+            (0, "1970-01-01T00:00:00Z"),
+            (NOW, "2023-11-14T22:13:20Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (4_107_542_399, "2100-02-28T23:59:59Z"),
+            (-1, "1969-12-31T23:59:59Z"),
+        ];
+        for (secs, want) in cases {
+            assert_eq!(format_unix_utc(secs), want);
+        }
+    }
+}
