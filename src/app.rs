@@ -2,19 +2,22 @@
 //! (maybe) helm. Every I/O step is an adapter call; the decision itself is pure.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 
 use crate::argv::{self, Mode, SplitArgv};
 use crate::cluster::{self, ClusterFlags, DriverKind, HelmEnv};
-use crate::decision::{self, Action, DecisionInput, Target};
+use crate::decision::{self, Action, Decision, DecisionInput, Reason, Target};
 use crate::exit::{Failure, EXIT_DETAILED_CHANGE, EXIT_DETAILED_SKIP, EXIT_OK, EXIT_REFUSED};
 use crate::helm::{self, HelmCommand};
+use crate::mutex;
+use crate::recovery;
 use crate::report::DecisionReport;
 use crate::state::{self, ReleaseView};
-use crate::storage::{KubeStore, ReleaseStore};
-use crate::target;
-use crate::time::now_unix;
+use crate::storage::{self, KubeStore, ReleaseStore};
+use crate::target::{self, ResolvedTarget};
+use crate::time::{now_unix, parse_duration};
 
 /// Runs `upgrade` (mode Upgrade) or `check` (mode Check) with the raw argv after the
 /// subcommand name. Returns the process exit code.
@@ -41,39 +44,55 @@ pub async fn run(raw: &[String], mode: Mode) -> Result<i32, Failure> {
             split.release
         ))
     })?;
+    let ctx = Context {
+        split: &split,
+        mode,
+        helm_path,
+        driver,
+        client: cluster.client.clone(),
+    };
     match driver {
         DriverKind::Secret => {
             let store = KubeStore::<Secret>::new(cluster.client.clone(), &cluster.namespace);
-            guarded(&split, mode, &store, helm_path, driver).await
+            guarded(ctx, &store).await
         }
         DriverKind::ConfigMap => {
             let store = KubeStore::<ConfigMap>::new(cluster.client.clone(), &cluster.namespace);
-            guarded(&split, mode, &store, helm_path, driver).await
+            guarded(ctx, &store).await
         }
     }
 }
 
-async fn guarded<S: ReleaseStore>(
-    split: &SplitArgv,
+/// Everything one command run needs besides the store.
+struct Context<'a> {
+    split: &'a SplitArgv,
     mode: Mode,
-    store: &S,
     helm_path: Option<PathBuf>,
     driver: DriverKind,
-) -> Result<i32, Failure> {
-    let release = split.release.as_str();
-    let namespace = store.namespace().to_string();
-    let context = |step: &str, cause: &dyn std::fmt::Display| {
-        Failure::refused(format!(
-            "release {release:?} in namespace {namespace:?}: {step}: {cause}; helm was not run"
-        ))
-    };
+    client: kube::Client,
+}
 
-    let target = target::resolve(&split.chart, &split.helm, helm_path.as_deref())
-        .map_err(|e| context("resolving the target chart version", &e))?;
-    let view: ReleaseView = state::read_release(store, release)
-        .await
-        .map_err(|e| context("reading the deployed release", &e))?;
+/// One read-and-decide pass.
+struct Pass {
+    view: ReleaseView,
+    decision: Decision,
+    now: i64,
+}
 
+async fn decide_once<S: ReleaseStore>(
+    ctx: &Context<'_>,
+    store: &S,
+    target: &ResolvedTarget,
+) -> Result<Pass, Failure> {
+    let release = ctx.split.release.as_str();
+    let view: ReleaseView = state::read_release(store, release).await.map_err(|e| {
+        step_failure(
+            release,
+            store.namespace(),
+            "reading the deployed release",
+            &e,
+        )
+    })?;
     let now = now_unix();
     let decision_target = Target {
         chart_name: target.chart_name.clone(),
@@ -82,59 +101,237 @@ async fn guarded<S: ReleaseStore>(
     };
     let decision = decision::decide(&DecisionInput {
         release,
-        namespace: &namespace,
+        namespace: store.namespace(),
         state: &view.state,
         target: &decision_target,
-        policy: split.guard.policy,
-        allow_chart_change: split.guard.allow_chart_change,
+        policy: ctx.split.guard.policy,
+        allow_chart_change: ctx.split.guard.allow_chart_change,
         now_unix: now,
     });
-    let report = DecisionReport::new(
-        release,
-        &namespace,
-        &decision,
-        split.guard.policy,
-        &view.state,
-        &target,
-        driver_name(driver),
+    Ok(Pass {
+        view,
+        decision,
         now,
-    );
-    emit_report(split, mode, &report)?;
+    })
+}
 
-    // The one human line (skip/refuse/proceed) goes to stderr, never mixed into helm's stdout.
-    let json_on_stdout = mode == Mode::Check && split.guard.output.as_deref() == Some("json");
-    if !json_on_stdout || decision.action == Action::Refuse {
-        eprintln!("{}", decision.message);
-        for note in &decision.notes {
-            eprintln!("  note: {note}");
-        }
-    }
-    let detailed = split.guard.detailed_exitcode;
-    match decision.action {
-        Action::Refuse => Ok(EXIT_REFUSED),
-        Action::Skip => Ok(if detailed {
-            EXIT_DETAILED_SKIP
-        } else {
-            EXIT_OK
-        }),
-        Action::Install | Action::Upgrade if mode == Mode::Check => Ok(if detailed {
-            EXIT_DETAILED_CHANGE
-        } else {
-            EXIT_OK
-        }),
-        Action::Install | Action::Upgrade => {
-            let helm_path = helm_path.expect("upgrade mode always locates helm");
-            let command = HelmCommand::upgrade(&helm_path, &split.helm_args, split.helm.install);
-            let code = helm::run_inherited(&command)
-                .await
-                .map_err(|e| Failure::refused(e.to_string()))?;
-            Ok(if code == 0 && detailed {
-                EXIT_DETAILED_CHANGE
-            } else {
-                code
+fn step_failure(
+    release: &str,
+    namespace: &str,
+    step: &str,
+    cause: &dyn std::fmt::Display,
+) -> Failure {
+    Failure::refused(format!(
+        "release {release:?} in namespace {namespace:?}: {step}: {cause}; helm was not run"
+    ))
+}
+
+fn parse_guard_duration(flag: &str, value: &Option<String>) -> Result<Option<Duration>, Failure> {
+    value
+        .as_deref()
+        .map(|text| {
+            parse_duration(text).ok_or_else(|| {
+                Failure::usage(format!(
+                    "{flag} {text:?} is not a duration (examples: 90s, 5m, 2h, 1d)"
+                ))
             })
+        })
+        .transpose()
+}
+
+async fn guarded<S: ReleaseStore>(ctx: Context<'_>, store: &S) -> Result<i32, Failure> {
+    let split = ctx.split;
+    let release = split.release.as_str();
+    let namespace = store.namespace().to_string();
+    let lock_timeout = parse_guard_duration("--lock-timeout", &split.guard.lock_timeout)?
+        .unwrap_or(mutex::DEFAULT_LOCK_TIMEOUT);
+    let lease_duration = parse_guard_duration("--lease-duration", &split.guard.lease_duration)?
+        .unwrap_or(mutex::DEFAULT_LEASE_DURATION)
+        .max(Duration::from_secs(3));
+    let recover_after = parse_guard_duration(
+        "--recover-pending-after",
+        &split.guard.recover_pending_after,
+    )?;
+
+    let target =
+        target::resolve(&split.chart, &split.helm, ctx.helm_path.as_deref()).map_err(|e| {
+            step_failure(
+                release,
+                &namespace,
+                "resolving the target chart version",
+                &e,
+            )
+        })?;
+
+    // 1. Read-only decision: skips end here and write nothing.
+    let first = decide_once(&ctx, store, &target).await?;
+    let pending = first.decision.reason == Reason::Pending;
+    let early_end = match first.decision.action {
+        Action::Skip => true,
+        Action::Refuse => !pending,
+        Action::Install | Action::Upgrade => false,
+    };
+    if ctx.mode == Mode::Check || early_end {
+        let mutex_state = if ctx.mode == Mode::Check {
+            // `check` reports a held mutex but never takes it; a 403 here is not fatal.
+            mutex::peek(&ctx.client, &namespace, release)
+                .await
+                .ok()
+                .flatten()
+                .filter(|m| m.is_held_at(first.now))
+        } else {
+            None
+        };
+        let report = build_report(&ctx, &namespace, &first, &target, None, mutex_state);
+        return finish_without_helm(&ctx, &first.decision, &report);
+    }
+    if split.guard.no_serialize {
+        let report = build_report(&ctx, &namespace, &first, &target, Some(false), None);
+        if first.decision.action == Action::Refuse {
+            return finish_without_helm(&ctx, &first.decision, &report);
+        }
+        eprintln!("note: running unserialized (--no-serialize): concurrent runs may race");
+        return run_helm(&ctx, &first.decision, &report).await;
+    }
+
+    // 2. Serialize: the namespace must exist for the Lease to live there.
+    if split.helm.create_namespace {
+        storage::ensure_namespace(&ctx.client, &namespace)
+            .await
+            .map_err(|e| step_failure(release, &namespace, "creating the namespace", &e))?;
+    }
+    let options = mutex::AcquireOptions {
+        timeout: lock_timeout,
+        lease_duration,
+    };
+    let held = match mutex::acquire(&ctx.client, &namespace, release, &options, |holder| {
+        eprintln!(
+            "waiting: mutex {} for release {release:?} in {namespace:?} is held by {holder}",
+            mutex::lease_name(release)
+        );
+    })
+    .await
+    {
+        Ok(held) => held,
+        Err(mutex::MutexError::NamespaceMissing(_)) => {
+            // Nothing to race on in a namespace that does not exist: let helm report it.
+            let report = build_report(&ctx, &namespace, &first, &target, Some(false), None);
+            return run_helm(&ctx, &first.decision, &report).await;
+        }
+        Err(e) => {
+            return Err(Failure::refused(format!(
+                "release {release:?} in namespace {namespace:?}: {e}"
+            )))
+        }
+    };
+    if let Some(previous) = &held.took_over_from {
+        eprintln!("note: took over the mutex from {previous}, which stopped renewing it");
+    }
+
+    // 3. Decide again under the mutex; recover a stale pending record if asked to.
+    let outcome = async {
+        let mut pass = decide_once(&ctx, store, &target).await?;
+        if pass.decision.reason == Reason::Pending {
+            if let Some(after) = recover_after {
+                if recovery::recover_stale_pending(store, release, &pass.view, after, pass.now)
+                    .await?
+                {
+                    pass = decide_once(&ctx, store, &target).await?;
+                }
+            }
+        }
+        let report = build_report(&ctx, &namespace, &pass, &target, Some(true), None);
+        if pass.decision.action.proceeds() {
+            run_helm(&ctx, &pass.decision, &report).await
+        } else {
+            finish_without_helm(&ctx, &pass.decision, &report)
         }
     }
+    .await;
+    let hold = held.release().await;
+    if let Some(how) = hold.lost {
+        eprintln!(
+            "warning: lost the mutex {} for release {release:?} in {namespace:?} while holding              it ({how}); another run may have overlapped with this one, check `helm history              {release} -n {namespace}`",
+            mutex::lease_name(release)
+        );
+    }
+    outcome
+}
+
+fn build_report(
+    ctx: &Context<'_>,
+    namespace: &str,
+    pass: &Pass,
+    target: &ResolvedTarget,
+    serialized: Option<bool>,
+    mutex_state: Option<mutex::MutexState>,
+) -> DecisionReport {
+    let mut report = DecisionReport::new(
+        &ctx.split.release,
+        namespace,
+        &pass.decision,
+        ctx.split.guard.policy,
+        &pass.view.state,
+        target,
+        driver_name(ctx.driver),
+        pass.now,
+    );
+    report.serialized = serialized;
+    report.mutex = mutex_state;
+    report
+}
+
+/// Prints the decision (skip/refuse, or `check`'s verdict) and picks the exit code.
+fn finish_without_helm(
+    ctx: &Context<'_>,
+    decision: &Decision,
+    report: &DecisionReport,
+) -> Result<i32, Failure> {
+    emit_report(ctx.split, ctx.mode, report)?;
+    let json_on_stdout =
+        ctx.mode == Mode::Check && ctx.split.guard.output.as_deref() == Some("json");
+    if !json_on_stdout || decision.action == Action::Refuse {
+        print_decision(decision);
+        if let Some(m) = &report.mutex {
+            eprintln!("  note: mutex {}", m.describe(now_unix()));
+        }
+    }
+    let detailed = ctx.split.guard.detailed_exitcode;
+    Ok(match decision.action {
+        Action::Refuse => EXIT_REFUSED,
+        Action::Skip if detailed => EXIT_DETAILED_SKIP,
+        Action::Install | Action::Upgrade if detailed => EXIT_DETAILED_CHANGE,
+        _ => EXIT_OK,
+    })
+}
+
+fn print_decision(decision: &Decision) {
+    eprintln!("{}", decision.message);
+    for note in &decision.notes {
+        eprintln!("  note: {note}");
+    }
+}
+
+async fn run_helm(
+    ctx: &Context<'_>,
+    decision: &Decision,
+    report: &DecisionReport,
+) -> Result<i32, Failure> {
+    emit_report(ctx.split, ctx.mode, report)?;
+    print_decision(decision);
+    let helm_path = ctx
+        .helm_path
+        .clone()
+        .ok_or_else(|| Failure::refused("no helm binary"))?;
+    let command = HelmCommand::upgrade(&helm_path, &ctx.split.helm_args, ctx.split.helm.install);
+    let code = helm::run_inherited(&command)
+        .await
+        .map_err(|e| Failure::refused(e.to_string()))?;
+    Ok(if code == 0 && ctx.split.guard.detailed_exitcode {
+        EXIT_DETAILED_CHANGE
+    } else {
+        code
+    })
 }
 
 fn driver_name(driver: DriverKind) -> &'static str {

@@ -39,6 +39,13 @@ pub struct DecisionReport {
     pub notes: Vec<String>,
     /// Storage driver (`secret` or `configmap`).
     pub driver: &'static str,
+    /// Whether the final decision was made under the per-release mutex (`upgrade` only;
+    /// false with `--no-serialize`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serialized: Option<bool>,
+    /// A mutex held by another run (`check` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mutex: Option<crate::mutex::MutexState>,
 }
 
 /// The deployed revision's chart metadata.
@@ -150,6 +157,8 @@ impl DecisionReport {
             lock: state.lock.as_ref().map(|l| LockReport::new(l, now_unix)),
             notes: decision.notes.clone(),
             driver,
+            serialized: None,
+            mutex: None,
         }
     }
 }

@@ -62,20 +62,40 @@ pub async fn read_release<S: ReleaseStore>(
         revision: h.revision,
         status: h.status.clone(),
     });
-    let last_deployed_header = headers
-        .iter()
-        .rev()
-        .find(|h| h.status == ReleaseStatus::Deployed);
+    // A hard lock turned the deployed record `pending-upgrade` on purpose: it still is
+    // what runs, so it counts as deployed when its recorded original status says so.
+    let last_deployed_header = headers.iter().rev().find(|h| {
+        h.status == ReleaseStatus::Deployed
+            || (h.status == ReleaseStatus::PendingUpgrade
+                && h.labels.get(lock::KEY_HARD_STATUS).map(String::as_str) == Some("deployed"))
+    });
     let last_deployed = match last_deployed_header {
-        Some(h) => Some(decode_record(store, &h.name).await?),
+        Some(h) => {
+            let mut summary = decode_record(store, &h.name).await?;
+            if h.status != ReleaseStatus::Deployed {
+                summary.status = ReleaseStatus::Deployed;
+            }
+            Some(summary)
+        }
         None => None,
+    };
+    // Without a deployed record helm upgrades from the latest one (failed, superseded):
+    // the decision needs its chart version then.
+    let latest_summary = match headers.last() {
+        Some(h)
+            if last_deployed_header.is_none()
+                && matches!(h.status, ReleaseStatus::Failed | ReleaseStatus::Superseded) =>
+        {
+            Some(decode_record(store, &h.name).await?)
+        }
+        _ => None,
     };
     let lock = headers.last().and_then(|h| lock::from_labels(&h.labels));
     Ok(ReleaseView {
         state: DeployedState {
             latest,
             last_deployed,
-            latest_summary: None,
+            latest_summary,
             lock,
         },
         headers,
