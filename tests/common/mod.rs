@@ -160,3 +160,64 @@ impl Bed {
             .collect()
     }
 }
+
+impl Bed {
+    /// A copy of the `demo` chart at any `version` (templates of demo-1.2.0), for versions
+    /// the fixtures do not carry (e.g. 1.4.3, 1.7.0).
+    pub fn versioned_chart(&self, version: &str) -> String {
+        let dir = self.home().join("charts").join(format!("demo-{version}"));
+        if !dir.exists() {
+            copy_dir(Path::new(&chart("demo-1.2.0")), &dir);
+            let chart_yaml = dir.join("Chart.yaml");
+            let text = std::fs::read_to_string(&chart_yaml).expect("Chart.yaml");
+            let text: String = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("version:") {
+                        format!("version: {version}")
+                    } else if l.starts_with("appVersion:") {
+                        format!("appVersion: \"{version}\"")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(&chart_yaml, text + "\n").expect("write Chart.yaml");
+        }
+        dir.to_string_lossy().into_owned()
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+impl Bed {
+    /// Starts guarded-upgrade without waiting, in its own process group (so a test can kill
+    /// it together with its helm child), with stdout/stderr captured.
+    pub fn guard_spawn(&self, args: &[&str]) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guarded-upgrade"));
+        self.env(&mut cmd);
+        cmd.args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
+        cmd.spawn().expect("spawn guarded-upgrade")
+    }
+}
+
+/// Waits for a spawned child and collects its output.
+pub fn finish(child: std::process::Child) -> Run {
+    Run::from(child.wait_with_output().expect("wait for child"))
+}
