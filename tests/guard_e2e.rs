@@ -232,6 +232,199 @@ fn api_down_fails_closed(label: &str) {
         .is_none());
 }
 
+/// Transient API errors (503, a dropped connection) are retried; the run succeeds.
+fn transient_errors_are_retried(label: &str) {
+    let b = setup(label);
+    b.api.inject(Fault {
+        verb: Some("list".into()),
+        resource: Some("secrets".into()),
+        name: None,
+        action: FaultAction::Status(503),
+        times: Some(2),
+    });
+    b.api.inject(Fault {
+        verb: Some("get".into()),
+        resource: Some("leases".into()),
+        name: None,
+        action: FaultAction::Drop,
+        times: Some(1),
+    });
+    b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install despite transient errors");
+    assert_eq!(b.deployed("db", NS).0, "1.0.0");
+}
+
+/// Forbidden reads fail closed with the step named; helm is not run.
+fn forbidden_fails_closed(label: &str) {
+    let b = setup(label);
+    b.api.inject(Fault {
+        verb: Some("list".into()),
+        resource: Some("secrets".into()),
+        name: None,
+        action: FaultAction::Status(403),
+        times: None,
+    });
+    let run = b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS]);
+    run.expect_code(3, "forbidden");
+    assert!(
+        run.stderr.contains("reading the deployed release"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("403"), "{}", run.stderr);
+    b.api.clear_faults();
+    assert!(b
+        .api
+        .get("secrets", Some(NS), "sh.helm.release.v1.db.v1")
+        .is_none());
+}
+
+fn synthetic_record(b: &Bed, revision: u64, status: &str, version: &str, payload: Option<&str>) {
+    let release = serde_json::json!({
+        "name": "db", "namespace": NS, "version": revision,
+        "info": { "status": status, "description": "synthetic" },
+        "chart": { "metadata": { "name": "demo", "version": version } },
+        "config": { "password": "hunter2-synthetic" },
+        "manifest": "x".repeat(2000),
+    });
+    let encoded = match payload {
+        Some(p) => p.to_string(),
+        None => guarded_upgrade::release::encode_release_json(&release).unwrap(),
+    };
+    use base64::Engine;
+    let wire = base64::engine::general_purpose::STANDARD.encode(encoded.as_bytes());
+    b.api.put_object(
+        "secrets",
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1",
+            "metadata": {
+                "name": format!("sh.helm.release.v1.db.v{revision}"), "namespace": NS,
+                "labels": { "name": "db", "owner": "helm", "status": status,
+                            "version": revision.to_string() }
+            },
+            "data": { "release": wire }
+        }),
+    );
+}
+
+/// An undecodable deployed record: exit 3 naming the record; values never printed.
+fn corrupt_record_fails_closed(label: &str) {
+    let b = setup(label);
+    synthetic_record(&b, 1, "deployed", "1.0.0", Some("H4sI-not-base64!"));
+    let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    run.expect_code(3, "corrupt record");
+    assert!(
+        run.stderr.contains("sh.helm.release.v1.db.v1"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("helm was not run"), "{}", run.stderr);
+}
+
+/// Reads do not grow with history: one metadata list and one GET for 40 revisions.
+fn reads_do_not_grow_with_history(label: &str) {
+    let b = setup(label);
+    for rev in 1..=40u64 {
+        let status = if rev == 40 { "deployed" } else { "superseded" };
+        synthetic_record(&b, rev, status, &format!("1.{rev}.0"), None);
+    }
+    b.api.clear_requests();
+    let run = b.guard(&["check", "db", &chart("demo-1.0.0"), "-n", NS, "-o", "json"]);
+    run.expect_code(0, "check");
+    let json: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(json["deployed"]["version"], "1.40.0");
+    assert_eq!(json["deployed"]["revision"], 40);
+    assert_eq!(json["reason"], "downgrade");
+    let secret_requests: Vec<String> = b
+        .api
+        .requests()
+        .iter()
+        .filter(|r| r.resource.as_deref() == Some("secrets"))
+        .map(|r| format!("{} {} {:?}", r.verb, r.path, r.accept))
+        .collect();
+    assert_eq!(secret_requests.len(), 2, "{secret_requests:#?}");
+    assert!(
+        secret_requests[0].starts_with("list"),
+        "{secret_requests:#?}"
+    );
+    assert!(
+        secret_requests[0].contains("PartialObjectMetadataList"),
+        "the list must be metadata-only: {secret_requests:#?}"
+    );
+    assert!(secret_requests[1].starts_with("get") && secret_requests[1].contains(".v40"));
+    assert!(!run.stdout.contains("hunter2") && !run.stderr.contains("hunter2"));
+}
+
+/// Helm's environment chooses namespace and driver; unsupported drivers fail before helm.
+fn helm_environment(label: &str) {
+    let b = setup(label);
+    b.guard_env(
+        &["upgrade", "db", &chart("demo-1.0.0")],
+        &[("HELM_NAMESPACE", NS)],
+    )
+    .expect_code(0, "HELM_NAMESPACE");
+    assert_eq!(b.deployed("db", NS).0, "1.0.0");
+    for driver in ["sql", "memory"] {
+        let run = b.guard_env(
+            &["upgrade", "db", &chart("demo-1.1.0"), "-n", NS],
+            &[("HELM_DRIVER", driver)],
+        );
+        run.expect_code(3, driver);
+        assert!(run.stderr.contains("not supported yet"), "{}", run.stderr);
+    }
+    assert_eq!(b.deployed("db", NS).0, "1.0.0");
+}
+
+/// Usage errors exit 2; a missing helm is reported before anything else (exit 3).
+fn usage_and_missing_helm(label: &str) {
+    let b = setup(label);
+    let run = b.guard(&["upgrade", "db"]);
+    run.expect_code(2, "missing chart");
+    assert!(run.stderr.contains("CHART"), "{}", run.stderr);
+    let run = b.guard(&[
+        "upgrade",
+        "db",
+        &chart("demo-1.0.0"),
+        "--min-version-policy",
+        "older",
+    ]);
+    run.expect_code(2, "bad policy");
+    b.api.clear_requests();
+    let run = b.guard(&[
+        "upgrade",
+        "db",
+        &chart("demo-1.0.0"),
+        "-n",
+        NS,
+        "--helm",
+        "/nonexistent/helm",
+    ]);
+    run.expect_code(3, "missing helm");
+    assert!(run.stderr.contains("helm not found"), "{}", run.stderr);
+    assert!(
+        b.api.requests().is_empty(),
+        "nothing may happen before the helm check"
+    );
+    let run = b.guard(&[
+        "upgrade",
+        "db",
+        &chart("demo-1.0.0"),
+        "-n",
+        NS,
+        "--detailed-exitcode",
+    ]);
+    run.expect_code(11, "detailed: changed");
+    let run = b.guard(&[
+        "upgrade",
+        "db",
+        &chart("demo-1.0.0"),
+        "-n",
+        NS,
+        "--detailed-exitcode",
+    ]);
+    run.expect_code(10, "detailed: skipped");
+}
+
 macro_rules! per_helm {
     ($($name:ident),* $(,)?) => {
         mod helm3 { $( #[test] fn $name() { super::$name("helm3"); } )* }
@@ -247,4 +440,10 @@ per_helm!(
     configmap_driver,
     packaged_chart,
     api_down_fails_closed,
+    transient_errors_are_retried,
+    forbidden_fails_closed,
+    corrupt_record_fails_closed,
+    reads_do_not_grow_with_history,
+    helm_environment,
+    usage_and_missing_helm,
 );

@@ -379,6 +379,51 @@ fn namespaces(label: &str) {
     assert!(!run.stderr.contains("mutex"), "{}", run.stderr);
 }
 
+/// SIGTERM to guarded-upgrade reaches helm (which marks its release failed and exits), and
+/// the mutex is released afterwards: nothing is left orphaned or held.
+fn sigterm_is_forwarded(label: &str) {
+    let b = setup(label);
+    b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    b.api.inject(fault(
+        None,
+        "deployments",
+        FaultAction::Delay(Duration::from_secs(30)),
+        None,
+    ));
+    let child = b.guard_spawn(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    let start = Instant::now();
+    while record_status(&b, "db", 2).as_deref() != Some("pending-upgrade") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "helm never went pending"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: kill(2) on our child's pid only (not its group): helm must get it from us.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let run = finish(child);
+    b.api.clear_faults();
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "helm did not stop on SIGTERM"
+    );
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    let status = record_status(&b, "db", 2);
+    assert_eq!(
+        status.as_deref(),
+        Some("failed"),
+        "helm marks an interrupted upgrade failed"
+    );
+    let lease = b
+        .api
+        .get("leases", Some(NS), "helm-lock-db")
+        .expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "", "released: {lease}");
+}
+
 macro_rules! per_helm {
     ($($name:ident),* $(,)?) => {
         mod helm3 { $( #[test] fn $name() { super::$name("helm3"); } )* }
@@ -394,4 +439,5 @@ per_helm!(
     lock_timeout_names_holder,
     forbidden_leases,
     namespaces,
+    sigterm_is_forwarded,
 );

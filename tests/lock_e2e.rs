@@ -1,0 +1,668 @@
+//! End to end: release locks (`lock`, `unlock`, `status`, `locks`) with real helm 3.17.3 and
+//! 4.1.4 against the API stand-in. The lock lives in labels on Helm's own records, so every
+//! scenario also checks what helm itself does with those records.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{bed, chart, Bed, Run};
+use kube_standin::{Fault, FaultAction};
+use serde_json::Value;
+
+const NS: &str = "shared";
+const PREFIX: &str = "guarded-upgrade.io/";
+
+fn setup(label: &str) -> Bed {
+    let b = bed(label);
+    b.api.create_namespace(NS);
+    b
+}
+
+fn json(run: &Run, what: &str) -> Value {
+    serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}): {}", run.stdout))
+}
+
+fn record(release: &str, revision: u64) -> String {
+    format!("sh.helm.release.v1.{release}.v{revision}")
+}
+
+/// All labels of a record (`secrets` or `configmaps`).
+fn labels_of(b: &Bed, resource: &str, ns: &str, name: &str) -> BTreeMap<String, String> {
+    let obj = b
+        .api
+        .get(resource, Some(ns), name)
+        .unwrap_or_else(|| panic!("{resource} {ns}/{name} missing"));
+    serde_json::from_value(obj["metadata"]["labels"].clone()).unwrap_or_default()
+}
+
+/// Only guarded-upgrade's labels of a record.
+fn lock_labels(b: &Bed, resource: &str, ns: &str, name: &str) -> BTreeMap<String, String> {
+    labels_of(b, resource, ns, name)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(PREFIX))
+        .collect()
+}
+
+/// Labels of every record of the release in the namespace, by record name.
+fn all_labels(
+    b: &Bed,
+    resource: &str,
+    ns: &str,
+    release: &str,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    b.api
+        .list(resource, Some(ns))
+        .into_iter()
+        .filter(|o| o["metadata"]["labels"]["name"] == release)
+        .map(|o| {
+            (
+                o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                serde_json::from_value(o["metadata"]["labels"].clone()).unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn status_json(b: &Bed, release: &str, ns: &str, env: &[(&str, &str)]) -> Value {
+    let run = b.guard_env(&["status", release, "-n", ns, "-o", "json"], env);
+    run.expect_code(0, "status -o json");
+    json(&run, "status")
+}
+
+fn check_json(b: &Bed, release: &str, chart: &str, ns: &str, env: &[(&str, &str)]) -> Value {
+    let run = b.guard_env(&["check", release, chart, "-n", ns, "-o", "json"], env);
+    json(&run, "check")
+}
+
+fn install(b: &Bed, release: &str, chart: &str, ns: &str) {
+    b.guard(&["upgrade", "--install", release, chart, "-n", ns])
+        .expect_code(0, "install");
+}
+
+/// 1. Soft lock: the guarded upgrade skips without writing anything; unlock lets it through.
+fn soft_lock_skips_without_writes(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &chart("demo-1.0.0"), NS);
+    let run = b.guard(&[
+        "lock",
+        "db",
+        "-n",
+        NS,
+        "--reason",
+        "db migration 4711",
+        "--by",
+        "alice",
+    ]);
+    run.expect_code(0, "lock");
+    assert!(
+        run.stderr
+            .contains(r#"locked: release "db" in "shared" (soft)"#),
+        "{}",
+        run.stderr
+    );
+
+    b.api.clear_requests();
+    let c110 = chart("demo-1.1.0");
+    let run = b.guard(&["upgrade", "--install", "db", &c110, "-n", NS]);
+    run.expect_code(0, "locked upgrade");
+    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
+    assert!(run.stderr.contains("db migration 4711"), "{}", run.stderr);
+    assert!(run.stderr.contains("alice"), "{}", run.stderr);
+    assert!(
+        !run.stdout.contains("has been upgraded"),
+        "helm ran: {}",
+        run.stdout
+    );
+    assert_eq!(
+        b.writes(),
+        Vec::<String>::new(),
+        "a locked skip must not write"
+    );
+
+    let check = check_json(&b, "db", &c110, NS, &[]);
+    assert_eq!(check["action"], "skip", "{check}");
+    assert_eq!(check["reason"], "locked", "{check}");
+    assert_eq!(check["lock"]["kind"], "soft", "{check}");
+    assert_eq!(check["lock"]["by"], "alice", "{check}");
+    assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 1));
+
+    let run = b.guard(&["unlock", "db", "-n", NS]);
+    run.expect_code(0, "unlock");
+    assert!(run.stderr.contains("unlocked"), "{}", run.stderr);
+    assert!(lock_labels(&b, "secrets", NS, &record("db", 1)).is_empty());
+    let run = b.guard(&["upgrade", "--install", "db", &c110, "-n", NS]);
+    run.expect_code(0, "upgrade after unlock");
+    assert!(run.stderr.contains("1.0.0 -> 1.1.0"), "{}", run.stderr);
+    assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
+    // Unlocking an unlocked release succeeds and says so.
+    let run = b.guard(&["unlock", "db", "-n", NS]);
+    run.expect_code(0, "unlock again");
+    assert!(run.stderr.contains("was not locked"), "{}", run.stderr);
+}
+
+/// 2. Pin 1.4.x: 1.4.3 upgrades, 1.5.0 is skipped as `pinned`.
+fn pin_allows_only_matching(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &b.versioned_chart("1.4.0"), NS);
+    b.guard(&["lock", "db", "--pin", "1.4.x", "-n", NS])
+        .expect_code(0, "lock --pin");
+    let c150 = b.versioned_chart("1.5.0");
+    let check = check_json(&b, "db", &c150, NS, &[]);
+    assert_eq!(check["action"], "skip", "{check}");
+    assert_eq!(check["reason"], "pinned", "{check}");
+    assert_eq!(check["lock"]["kind"], "pin", "{check}");
+    assert_eq!(check["lock"]["pin"], "1.4.x", "{check}");
+
+    let c143 = b.versioned_chart("1.4.3");
+    let check = check_json(&b, "db", &c143, NS, &[]);
+    assert_eq!(check["action"], "upgrade", "{check}");
+    let run = b.guard(&["upgrade", "db", &c143, "-n", NS]);
+    run.expect_code(0, "upgrade within the pin");
+    assert!(run.stderr.contains("1.4.0 -> 1.4.3"), "{}", run.stderr);
+    assert_eq!(b.deployed("db", NS), ("1.4.3".into(), 2));
+
+    // The pin followed the upgrade onto revision 2.
+    b.api.clear_requests();
+    let run = b.guard(&["upgrade", "db", &c150, "-n", NS]);
+    run.expect_code(0, "upgrade outside the pin");
+    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
+    assert!(run.stderr.contains("1.4.x"), "{}", run.stderr);
+    assert_eq!(
+        b.writes(),
+        Vec::<String>::new(),
+        "a pinned skip must not write"
+    );
+    assert_eq!(b.deployed("db", NS), ("1.4.3".into(), 2));
+    let status = status_json(&b, "db", NS, &[]);
+    assert_eq!(status["lock"]["pin"], "1.4.x", "{status}");
+    assert_eq!(status["upgrade"], "upgrade-if-newer", "{status}");
+}
+
+/// 3. An expired lock is ignored with a note; `status` flags it as expired.
+fn expired_lock_is_ignored(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &chart("demo-1.0.0"), NS);
+    b.guard(&[
+        "lock",
+        "db",
+        "--expires",
+        "2s",
+        "--reason",
+        "short",
+        "-n",
+        NS,
+    ])
+    .expect_code(0, "lock --expires 2s");
+    let status = status_json(&b, "db", NS, &[]);
+    assert_eq!(status["lock"]["expired"], false, "{status}");
+    assert_eq!(status["upgrade"], "blocked", "{status}");
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    let status = status_json(&b, "db", NS, &[]);
+    assert_eq!(status["lock"]["expired"], true, "{status}");
+    assert_eq!(status["lock"]["kind"], "soft", "{status}");
+    assert!(status["lock"]["expires"].is_string(), "{status}");
+    assert_eq!(status["upgrade"], "upgrade-if-newer", "{status}");
+
+    let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    run.expect_code(0, "upgrade past an expired lock");
+    assert!(run.stderr.contains("1.0.0 -> 1.1.0"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("ignored expired lock"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
+    // The (expired) lock followed helm's upgrade; it is still shown until unlocked.
+    let status = status_json(&b, "db", NS, &[]);
+    assert_eq!(status["lock"]["expired"], true, "{status}");
+    b.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock");
+    let status = status_json(&b, "db", NS, &[]);
+    assert!(status["lock"].is_null(), "{status}");
+}
+
+/// 4. Hard lock: plain helm refuses, helm can still read the record, unlock restores it.
+fn hard_lock_blocks_plain_helm(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &chart("demo-1.0.0"), NS);
+    let before = b.history("db", NS);
+    b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
+        .expect_code(0, "lock --hard");
+    let labels = labels_of(&b, "secrets", NS, &record("db", 1));
+    assert_eq!(labels["status"], "pending-upgrade", "{labels:?}");
+    assert_eq!(labels["guarded-upgrade.io/lock"], "hard", "{labels:?}");
+    assert_eq!(
+        labels["guarded-upgrade.io/hard-original-status"], "deployed",
+        "{labels:?}"
+    );
+
+    let c110 = chart("demo-1.1.0");
+    let run = b.helm(&["upgrade", "db", &c110, "-n", NS]);
+    assert_ne!(run.code, 0, "plain helm must refuse: {}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("another operation (install/upgrade/rollback) is in progress"),
+        "{}",
+        run.stderr
+    );
+
+    b.api.clear_requests();
+    let run = b.guard(&["upgrade", "db", &c110, "-n", NS]);
+    run.expect_code(0, "guarded upgrade of a hard-locked release");
+    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
+    assert!(run.stderr.contains("freeze"), "{}", run.stderr);
+    assert_eq!(
+        b.writes(),
+        Vec::<String>::new(),
+        "a locked skip must not write"
+    );
+    let check = check_json(&b, "db", &c110, NS, &[]);
+    assert_eq!(check["reason"], "locked", "{check}");
+    assert_eq!(check["deployed"]["version"], "1.0.0", "{check}");
+    let status = status_json(&b, "db", NS, &[]);
+    assert_eq!(status["lock"]["kind"], "hard", "{status}");
+    assert_eq!(status["latest"]["status"], "pending-upgrade", "{status}");
+    assert_eq!(status["deployed"]["version"], "1.0.0", "{status}");
+
+    // Both helm versions read the re-encoded record.
+    let run = b.helm(&["status", "db", "-n", NS]);
+    run.expect_code(0, "helm status");
+    assert!(run.stdout.contains("pending-upgrade"), "{}", run.stdout);
+    let history = b.history("db", NS);
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["status"], "pending-upgrade", "{history:?}");
+    assert_eq!(history[0]["chart"], "demo-1.0.0", "{history:?}");
+    let meta = b.metadata("db", NS);
+    assert_eq!(meta["version"], "1.0.0", "{meta}");
+
+    b.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock");
+    assert_eq!(b.history("db", NS), before, "unlock restores the record");
+    let labels = labels_of(&b, "secrets", NS, &record("db", 1));
+    assert_eq!(labels["status"], "deployed", "{labels:?}");
+    assert!(!labels.keys().any(|k| k.starts_with(PREFIX)), "{labels:?}");
+    b.helm(&["upgrade", "db", &c110, "-n", NS])
+        .expect_code(0, "plain helm upgrade after unlock");
+    assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
+}
+
+/// 5. A soft lock survives a plain `helm upgrade` and a `helm rollback` by someone else.
+fn lock_survives_plain_upgrade_and_rollback(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &chart("demo-1.0.0"), NS);
+    b.guard(&[
+        "lock",
+        "db",
+        "--reason",
+        "hands off",
+        "--by",
+        "bob",
+        "-n",
+        NS,
+    ])
+    .expect_code(0, "lock");
+    let v1 = lock_labels(&b, "secrets", NS, &record("db", 1));
+    assert_eq!(v1["guarded-upgrade.io/lock"], "soft", "{v1:?}");
+
+    b.helm(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "plain helm upgrade");
+    assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
+    assert_eq!(lock_labels(&b, "secrets", NS, &record("db", 2)), v1);
+    assert_eq!(
+        lock_labels(&b, "secrets", NS, &record("db", 1)),
+        v1,
+        "superseded record"
+    );
+    let c120 = chart("demo-1.2.0");
+    let run = b.guard(&["upgrade", "db", &c120, "-n", NS]);
+    run.expect_code(0, "guarded upgrade after plain upgrade");
+    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
+    assert_eq!(check_json(&b, "db", &c120, NS, &[])["reason"], "locked");
+
+    b.helm(&["rollback", "db", "1", "-n", NS])
+        .expect_code(0, "helm rollback");
+    assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 3));
+    assert_eq!(lock_labels(&b, "secrets", NS, &record("db", 3)), v1);
+    let status = status_json(&b, "db", NS, &[]);
+    assert_eq!(status["lock"]["kind"], "soft", "{status}");
+    assert_eq!(status["lock"]["reason"], "hands off", "{status}");
+    assert_eq!(status["lock"]["by"], "bob", "{status}");
+    assert_eq!(status["latest"]["revision"], 3, "{status}");
+    assert_eq!(status["upgrade"], "blocked", "{status}");
+    assert_eq!(check_json(&b, "db", &c120, NS, &[])["reason"], "locked");
+
+    // unlock clears every revision.
+    b.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock");
+    for rev in 1..=3 {
+        assert!(lock_labels(&b, "secrets", NS, &record("db", rev)).is_empty());
+    }
+}
+
+/// 6. `locks -A -o json` lists exactly the locked releases of every namespace.
+fn locks_lists_all_namespaces(label: &str) {
+    let b = setup(label);
+    b.api.create_namespace("other");
+    let c100 = chart("demo-1.0.0");
+    install(&b, "db", &c100, NS);
+    install(&b, "web", &c100, NS);
+    install(&b, "cache", &c100, "other");
+    b.guard(&[
+        "lock",
+        "db",
+        "--reason",
+        "migration",
+        "--by",
+        "alice",
+        "-n",
+        NS,
+    ])
+    .expect_code(0, "lock db");
+    b.guard(&[
+        "lock",
+        "cache",
+        "--pin",
+        "1.0.x",
+        "--by",
+        "bob",
+        "--expires",
+        "4h",
+        "-n",
+        "other",
+    ])
+    .expect_code(0, "lock cache");
+
+    let run = b.guard(&["locks", "-A", "-o", "json"]);
+    run.expect_code(0, "locks -A");
+    let rows = json(&run, "locks -A");
+    let rows = rows.as_array().expect("an array");
+    let mut found: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["namespace"].as_str().unwrap().to_string(),
+                r["release"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("other".to_string(), "cache".to_string()),
+            (NS.to_string(), "db".to_string())
+        ],
+        "{rows:?}"
+    );
+    for r in rows {
+        for key in [
+            "release",
+            "namespace",
+            "kind",
+            "reason",
+            "by",
+            "since",
+            "expires",
+            "expired",
+            "pin",
+        ] {
+            assert!(r.get(key).is_some(), "{key} missing in {r}");
+        }
+        assert!(r["since"].as_str().is_some_and(|s| s.ends_with('Z')), "{r}");
+    }
+    let db = rows.iter().find(|r| r["release"] == "db").unwrap();
+    assert_eq!(db["kind"], "soft");
+    assert_eq!(db["reason"], "migration");
+    assert_eq!(db["by"], "alice");
+    assert!(db["expires"].is_null() && db["pin"].is_null(), "{db}");
+    assert_eq!(db["expired"], false);
+    let cache = rows.iter().find(|r| r["release"] == "cache").unwrap();
+    assert_eq!(cache["kind"], "pin");
+    assert_eq!(cache["pin"], "1.0.x");
+    assert_eq!(cache["by"], "bob");
+    assert!(cache["reason"].is_null(), "{cache}");
+    assert!(cache["expires"].is_string(), "{cache}");
+    assert_eq!(cache["expired"], false);
+
+    // One namespace only without -A.
+    let run = b.guard(&["locks", "-n", "other", "-o", "json"]);
+    run.expect_code(0, "locks -n other");
+    let rows = json(&run, "locks -n other");
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["release"], "cache");
+    // Text output names both.
+    let run = b.guard(&["locks", "-A"]);
+    run.expect_code(0, "locks -A text");
+    assert!(
+        run.stdout.contains("cache") && run.stdout.contains("db") && !run.stdout.contains("web"),
+        "{}",
+        run.stdout
+    );
+}
+
+/// 7. Bad inputs: clear errors, nothing changed; a concurrent change aborts cleanly.
+fn bad_inputs_change_nothing(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &chart("demo-1.0.0"), NS);
+    b.helm(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "second revision");
+    let before = all_labels(&b, "secrets", NS, "db");
+    assert_eq!(before.len(), 2);
+
+    let run = b.guard(&["lock", "nope", "-n", NS, "--reason", "x"]);
+    run.expect_code(3, "unknown release");
+    assert!(
+        run.stderr.contains(r#""nope""#) && run.stderr.contains(r#""shared""#),
+        "{}",
+        run.stderr
+    );
+    let run = b.guard(&["unlock", "nope", "-n", NS]);
+    run.expect_code(3, "unlock unknown release");
+    assert!(run.stderr.contains(r#""nope""#), "{}", run.stderr);
+    let run = b.guard(&["status", "nope", "-n", NS]);
+    run.expect_code(3, "status of an unknown release");
+
+    let run = b.guard(&["lock", "db", "--pin", "not a version", "-n", NS]);
+    run.expect_code(2, "malformed pin");
+    assert!(run.stderr.contains("--pin"), "{}", run.stderr);
+    let run = b.guard(&["lock", "db", "--expires", "2001-01-01T00:00:00Z", "-n", NS]);
+    run.expect_code(2, "past expiry");
+    assert!(run.stderr.contains("not in the future"), "{}", run.stderr);
+    let run = b.guard(&["lock", "db", "--expires", "soon", "-n", NS]);
+    run.expect_code(2, "unparseable expiry");
+    assert_eq!(all_labels(&b, "secrets", NS, "db"), before);
+
+    b.api.clear_requests();
+    b.api.inject(Fault {
+        verb: Some("patch".into()),
+        resource: Some("secrets".into()),
+        name: None,
+        action: FaultAction::Status(409),
+        times: Some(1),
+    });
+    let run = b.guard(&["lock", "db", "--reason", "conflict", "-n", NS]);
+    run.expect_code(3, "conflicting change");
+    assert!(
+        run.stderr.contains("changed by someone else"),
+        "{}",
+        run.stderr
+    );
+    b.api.clear_faults();
+    assert_eq!(all_labels(&b, "secrets", NS, "db"), before);
+    for labels in all_labels(&b, "secrets", NS, "db").values() {
+        assert!(!labels.keys().any(|k| k.starts_with(PREFIX)), "{labels:?}");
+    }
+
+    // A conflict on an older record is retried after re-reading it.
+    b.api.inject(Fault {
+        verb: Some("patch".into()),
+        resource: Some("secrets".into()),
+        name: Some(record("db", 1)),
+        action: FaultAction::Status(409),
+        times: Some(1),
+    });
+    b.guard(&["lock", "db", "--reason", "retried", "-n", NS])
+        .expect_code(0, "lock with a conflict on an older record");
+    b.api.clear_faults();
+    let v1 = lock_labels(&b, "secrets", NS, &record("db", 1));
+    assert_eq!(v1, lock_labels(&b, "secrets", NS, &record("db", 2)));
+    assert_eq!(v1["guarded-upgrade.io/reason"], "retried", "{v1:?}");
+}
+
+/// 8. `HELM_DRIVER=configmap`: the lock lives on the ConfigMap records.
+fn configmap_driver(label: &str) {
+    let b = setup(label);
+    let env = [("HELM_DRIVER", "configmap")];
+    let c110 = chart("demo-1.1.0");
+    b.guard_env(
+        &["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS],
+        &env,
+    )
+    .expect_code(0, "install");
+    b.guard_env(&["lock", "db", "--reason", "cm", "-n", NS], &env)
+        .expect_code(0, "lock");
+    let cm = lock_labels(&b, "configmaps", NS, &record("db", 1));
+    assert_eq!(cm["guarded-upgrade.io/lock"], "soft", "{cm:?}");
+    assert!(b.api.get("secrets", Some(NS), &record("db", 1)).is_none());
+    // The secret driver sees no release at all.
+    b.guard(&["lock", "db", "-n", NS])
+        .expect_code(3, "secret driver");
+
+    b.api.clear_requests();
+    let run = b.guard_env(&["upgrade", "db", &c110, "-n", NS], &env);
+    run.expect_code(0, "skip");
+    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
+    assert_eq!(b.writes(), Vec::<String>::new());
+    assert_eq!(check_json(&b, "db", &c110, NS, &env)["driver"], "configmap");
+
+    // A hard lock on a ConfigMap record: helm reads the re-encoded payload and refuses.
+    b.guard_env(&["lock", "db", "--hard", "-n", NS], &env)
+        .expect_code(0, "lock --hard");
+    let run = b.helm_env(&["upgrade", "db", &c110, "-n", NS], &env);
+    assert!(
+        run.stderr
+            .contains("another operation (install/upgrade/rollback) is in progress"),
+        "{}",
+        run.stderr
+    );
+    b.guard_env(&["unlock", "db", "-n", NS], &env)
+        .expect_code(0, "unlock");
+    let run = b.helm_env(&["history", "db", "-n", NS, "-o", "json"], &env);
+    run.expect_code(0, "helm history");
+    let history = json(&run, "history");
+    assert_eq!(history[0]["status"], "deployed", "{history}");
+    assert!(lock_labels(&b, "configmaps", NS, &record("db", 1)).is_empty());
+    b.guard_env(&["upgrade", "db", &c110, "-n", NS], &env)
+        .expect_code(0, "upgrade after unlock");
+    let run = b.helm_env(&["history", "db", "-n", NS, "-o", "json"], &env);
+    assert_eq!(json(&run, "history")[1]["status"], "deployed");
+}
+
+/// 9. `--by` and the CI user as the default.
+fn lock_owner(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &chart("demo-1.0.0"), NS);
+    b.guard(&["lock", "db", "--by", "alice", "-n", NS])
+        .expect_code(0, "lock --by");
+    assert_eq!(status_json(&b, "db", NS, &[])["lock"]["by"], "alice");
+    let run = b.guard(&["status", "db", "-n", NS]);
+    run.expect_code(0, "status text");
+    assert!(run.stdout.contains("alice"), "{}", run.stdout);
+
+    // Locking again with another owner replaces it; the same settings again is a no-op.
+    let ci = [("GITHUB_ACTOR", "octocat")];
+    b.guard_env(&["lock", "db", "-n", NS], &ci)
+        .expect_code(0, "lock by GITHUB_ACTOR");
+    let status = status_json(&b, "db", NS, &[]);
+    assert_eq!(status["lock"]["by"], "octocat", "{status}");
+    b.api.clear_requests();
+    b.guard_env(&["lock", "db", "-n", NS], &ci)
+        .expect_code(0, "same lock again");
+    assert_eq!(
+        b.writes(),
+        Vec::<String>::new(),
+        "identical lock is a no-op"
+    );
+
+    // A user name that is not a valid label value round-trips too.
+    b.guard(&[
+        "lock",
+        "db",
+        "--by",
+        "Alice Example <alice@example.com>",
+        "-n",
+        NS,
+    ])
+    .expect_code(0, "lock --by email");
+    assert_eq!(
+        status_json(&b, "db", NS, &[])["lock"]["by"],
+        "Alice Example <alice@example.com>"
+    );
+}
+
+/// 10. A long reason with spaces and symbols round-trips exactly through labels.
+fn long_reason_round_trips(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &chart("demo-1.0.0"), NS);
+    let mut reason = String::from(
+        "Freeze: \"quarterly close\" — DB schema v42 <-> v43; ask #team-db @alice & ops (50%)! ",
+    );
+    while reason.chars().count() < 200 {
+        reason.push_str("blah/*?$ ");
+    }
+    let reason: String = reason.chars().take(200).collect();
+    assert!(reason.len() <= 256, "{} bytes", reason.len());
+    b.guard(&["lock", "db", "--reason", &reason, "-n", NS])
+        .expect_code(0, "lock with a long reason");
+    let labels = lock_labels(&b, "secrets", NS, &record("db", 1));
+    for (k, v) in &labels {
+        assert!(v.len() <= 63, "{k}={v}");
+    }
+    assert!(labels.len() > 3, "{labels:?}");
+    assert_eq!(status_json(&b, "db", NS, &[])["lock"]["reason"], reason);
+    let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    run.expect_code(0, "skip");
+    assert!(run.stderr.contains("quarterly close"), "{}", run.stderr);
+    // Helm carries every part of it to a new revision.
+    b.helm(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "plain helm upgrade");
+    assert_eq!(lock_labels(&b, "secrets", NS, &record("db", 2)), labels);
+    assert_eq!(status_json(&b, "db", NS, &[])["lock"]["reason"], reason);
+    // A shorter reason replaces it, leaving no stale parts behind.
+    b.guard(&["lock", "db", "--reason", "short", "-n", NS])
+        .expect_code(0, "relock");
+    for rev in [1, 2] {
+        let l = lock_labels(&b, "secrets", NS, &record("db", rev));
+        assert!(
+            !l.keys()
+                .any(|k| k.starts_with("guarded-upgrade.io/reason-")),
+            "{l:?}"
+        );
+        assert_eq!(l["guarded-upgrade.io/reason"], "short");
+    }
+}
+
+macro_rules! per_helm {
+    ($($name:ident),* $(,)?) => {
+        mod helm3 { $( #[test] fn $name() { super::$name("helm3"); } )* }
+        mod helm4 { $( #[test] fn $name() { super::$name("helm4"); } )* }
+    };
+}
+
+per_helm!(
+    soft_lock_skips_without_writes,
+    pin_allows_only_matching,
+    expired_lock_is_ignored,
+    hard_lock_blocks_plain_helm,
+    lock_survives_plain_upgrade_and_rollback,
+    locks_lists_all_namespaces,
+    bad_inputs_change_nothing,
+    configmap_driver,
+    lock_owner,
+    long_reason_round_trips,
+);
