@@ -102,7 +102,9 @@ fn base32_decode(text: &str) -> Option<Vec<u8>> {
 /// Labels holding `text` under `key`: the text itself when it is a valid label value,
 /// else `b32.<base32>` split over `key`, `key-1`, `key-2`, …
 fn text_labels(key: &str, text: &str) -> Vec<(String, String)> {
-    if is_label_value(text) && !text.starts_with(B32_MARK) && !text.is_empty() {
+    // An empty text is a valid (empty) label value; encoded it would be the bare marker
+    // `b32.`, which ends in `.` and is rejected by the API server.
+    if is_label_value(text) && !text.starts_with(B32_MARK) {
         return vec![(key.to_string(), text.to_string())];
     }
     let encoded = format!("{B32_MARK}{}", base32_encode(text.as_bytes()));
@@ -280,6 +282,7 @@ mod tests {
             spec(Some("incident"), Some("alice"), Some("1.4.x")),
             spec(Some(&long), Some("alice@example.com"), Some(">=1.4 <2")),
             spec(Some("b32.looks-encoded"), Some("-dash"), Some("^1")),
+            spec(Some(""), Some(""), None),
         ] {
             let labels = s.labels();
             for (k, v) in &labels {

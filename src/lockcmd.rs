@@ -235,14 +235,17 @@ async fn lock_release<S: ReleaseStore>(
         )));
     }
     if let Some(existing) = lock::spec_from_labels(&latest.labels) {
-        if existing.same_as(spec) {
+        // A hard lock is only in force on a record it marked pending-upgrade: after a
+        // `helm rollback` the new revision carries the labels but not the status, and
+        // re-running `lock --hard` (as docs/locks.md advises) must mark it again.
+        if existing.same_as(spec) && (spec.kind != LockKind::Hard || current_hard) {
             return Ok(());
         }
     }
     let wanted = spec.labels();
     // Switching a hard lock off restores the record before the soft labels go on.
     if current_hard && spec.kind != LockKind::Hard {
-        release_hard_lock(store, release, &latest, false).await?;
+        release_hard_lock(store, release, &latest, false, false).await?;
         return Box::pin(lock_release(store, release, spec)).await;
     }
     if spec.kind == LockKind::Hard && !current_hard {
@@ -378,11 +381,15 @@ async fn hard_lock_record<S: ReleaseStore>(
 
 /// Restores a hard-locked record's original status; refuses when it changed underneath
 /// unless `force` (then only the labels are cleaned, the status left as found).
+/// `superseded_since`: a newer revision was deployed meanwhile (a `helm rollback` under the
+/// lock); a `deployed` original then comes back as `superseded`, as helm would have marked
+/// it, instead of leaving two deployed revisions.
 async fn release_hard_lock<S: ReleaseStore>(
     store: &S,
     release: &str,
     header: &RecordHeader,
     force: bool,
+    superseded_since: bool,
 ) -> Result<(), Failure> {
     let ns = store.namespace().to_string();
     let record = store
@@ -390,7 +397,7 @@ async fn release_hard_lock<S: ReleaseStore>(
         .await
         .map_err(|e| store_failure(release, &ns, &format!("reading {}", header.name), &e))?;
     let labels = &record.header.labels;
-    let original = labels
+    let mut original = labels
         .get(lock::KEY_HARD_STATUS)
         .cloned()
         .unwrap_or_default();
@@ -415,8 +422,8 @@ async fn release_hard_lock<S: ReleaseStore>(
                  changed by someone else (status now {}; expected pending-upgrade as \
                  guarded-upgrade left it); not guessing, nothing changed. Inspect with \
                  `helm history {release} -n {ns}` and `kubectl get {} {} -n {ns} \
-                 --show-labels`, then run `guarded-upgrade unlock {release} --force` to drop \
-                 the lock and leave the status as it is",
+                 --show-labels`, then run `guarded-upgrade unlock {release} -n {ns} --force` to \
+                 drop the lock and leave the status as it is",
                 header.name,
                 record.header.status,
                 store.kind().to_lowercase(),
@@ -429,6 +436,9 @@ async fn release_hard_lock<S: ReleaseStore>(
             .await
             .map(|_| ())
             .map_err(|e| conflict_or(e, release, &ns, &header.name));
+    }
+    if superseded_since && ReleaseStatus::parse(&original) == ReleaseStatus::Deployed {
+        original = ReleaseStatus::Superseded.as_str().to_string();
     }
     let mut json = release::decode_release_json(&record.payload)
         .map_err(|e| store_failure(release, &ns, &format!("decoding {}", header.name), &e))?;
@@ -459,10 +469,18 @@ pub async fn unlock(args: UnlockArgs) -> Result<i32, Failure> {
             let headers = existing_release(store, release).await?;
             // Restore every record a hard lock marked (normally only the latest one).
             let mut had_lock = false;
-            for header in headers.iter().rev() {
+            for (i, header) in headers.iter().enumerate().rev() {
                 if header.labels.contains_key(lock::KEY_HARD_STATUS) {
                     had_lock = true;
-                    release_hard_lock(store, release, header, args.force).await?;
+                    let superseded_since = headers[i + 1..].iter().any(|h| {
+                        let status = h
+                            .labels
+                            .get(lock::KEY_HARD_STATUS)
+                            .map(|s| ReleaseStatus::parse(s))
+                            .unwrap_or_else(|| h.status.clone());
+                        matches!(status, ReleaseStatus::Deployed | ReleaseStatus::Superseded)
+                    });
+                    release_hard_lock(store, release, header, args.force, superseded_since).await?;
                 }
             }
             let headers = existing_release(store, release).await?;
@@ -532,12 +550,33 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
             let expired = lock_state
                 .and_then(|l| l.expires_at)
                 .is_some_and(|t| t <= now);
+            // As the decision sees it: a hard lock is in force while the latest record is
+            // pending-upgrade (a rollback under the lock ends that).
+            let hard_record = latest.status == ReleaseStatus::PendingUpgrade;
             let (upgrade, message) = match lock_state {
-                Some(l) if l.kind == LockKind::Hard => (
+                Some(l) if l.kind == LockKind::Hard && hard_record && expired => (
+                    "refuse",
+                    format!(
+                        "the hard lock expired but revision {} is still pending-upgrade: \
+                         guarded upgrades refuse and plain `helm upgrade` fails until \
+                         `guarded-upgrade unlock {release} -n {ns}`",
+                        latest.revision
+                    ),
+                ),
+                Some(l) if l.kind == LockKind::Hard && hard_record => (
                     "blocked",
                     "guarded upgrades skip it (locked); plain `helm upgrade` fails while the \
                      record is pending-upgrade"
                         .to_string(),
+                ),
+                Some(l) if l.kind == LockKind::Hard && !expired => (
+                    "blocked",
+                    format!(
+                        "guarded upgrades skip it (locked); plain `helm upgrade` is NOT blocked: \
+                         latest revision {} is {}, not pending-upgrade (re-run `guarded-upgrade \
+                         lock {release} -n {ns} --hard`)",
+                        latest.revision, latest.status
+                    ),
                 ),
                 Some(l) if !expired && l.kind == LockKind::Soft => {
                     ("blocked", "guarded upgrades skip it (locked)".to_string())
@@ -606,7 +645,11 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
                     println!(
                         "lock:      {}{}",
                         l.kind,
-                        if l.expired { " (expired, ignored)" } else { "" }
+                        match (l.expired, report.upgrade.as_str()) {
+                            (false, _) => "",
+                            (true, "refuse") => " (expired, record still pending-upgrade)",
+                            (true, _) => " (expired, ignored)",
+                        }
                     );
                     for (name, value) in [
                         ("reason", &l.reason),

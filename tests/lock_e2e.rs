@@ -68,6 +68,20 @@ fn all_labels(
         .collect()
 }
 
+/// Kubernetes' rule for label values (the stand-in does not enforce it; a real API does).
+fn assert_label_values_valid(labels: &BTreeMap<String, String>) {
+    for (k, v) in labels {
+        let b = v.as_bytes();
+        let ok = b.is_empty()
+            || (b.len() <= 63
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')));
+        assert!(ok, "label {k}={v:?} is not a valid label value");
+    }
+}
+
 fn status_json(b: &Bed, release: &str, ns: &str, env: &[(&str, &str)]) -> Value {
     let run = b.guard_env(&["status", release, "-n", ns, "-o", "json"], env);
     run.expect_code(0, "status -o json");
@@ -620,9 +634,7 @@ fn long_reason_round_trips(label: &str) {
     b.guard(&["lock", "db", "--reason", &reason, "-n", NS])
         .expect_code(0, "lock with a long reason");
     let labels = lock_labels(&b, "secrets", NS, &record("db", 1));
-    for (k, v) in &labels {
-        assert!(v.len() <= 63, "{k}={v}");
-    }
+    assert_label_values_valid(&labels);
     assert!(labels.len() > 3, "{labels:?}");
     assert_eq!(status_json(&b, "db", NS, &[])["lock"]["reason"], reason);
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
@@ -645,6 +657,141 @@ fn long_reason_round_trips(label: &str) {
         );
         assert_eq!(l["guarded-upgrade.io/reason"], "short");
     }
+    // An empty reason is stored as an empty (valid) label value, not as a bare `b32.`.
+    b.guard(&["lock", "db", "--reason", "", "-n", NS])
+        .expect_code(0, "empty reason");
+    let l = lock_labels(&b, "secrets", NS, &record("db", 2));
+    assert_label_values_valid(&l);
+    assert_eq!(status_json(&b, "db", NS, &[])["lock"]["reason"], "");
+}
+
+/// Statuses of every revision per `helm history`.
+fn statuses(b: &Bed, release: &str) -> Vec<String> {
+    b.history(release, NS)
+        .iter()
+        .map(|h| h["status"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// 11. `helm rollback` under a hard lock (helm never checks pending records on rollback):
+/// guarded upgrades keep skipping, re-running `lock --hard` blocks plain helm again, and
+/// `unlock` leaves exactly one deployed revision.
+fn hard_lock_then_rollback(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &chart("demo-1.0.0"), NS);
+    b.helm(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "revision 2");
+    b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
+        .expect_code(0, "lock --hard");
+    b.helm(&["rollback", "db", "1", "-n", NS])
+        .expect_code(0, "helm rollback under a hard lock");
+    assert_eq!(
+        statuses(&b, "db"),
+        ["superseded", "pending-upgrade", "deployed"]
+    );
+    let c120 = chart("demo-1.2.0");
+    let run = b.guard(&["upgrade", "db", &c120, "-n", NS]);
+    run.expect_code(0, "guarded upgrade after rollback");
+    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
+    let status = status_json(&b, "db", NS, &[]);
+    assert_eq!(status["upgrade"], "blocked", "{status}");
+    assert!(
+        status["upgrade_message"]
+            .as_str()
+            .unwrap()
+            .contains("NOT blocked"),
+        "{status}"
+    );
+
+    // Re-locking marks the rollback's revision (it used to be a silent no-op).
+    b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
+        .expect_code(0, "re-lock --hard");
+    let v3 = labels_of(&b, "secrets", NS, &record("db", 3));
+    assert_eq!(v3["status"], "pending-upgrade", "{v3:?}");
+    let run = b.helm(&["upgrade", "db", &c120, "-n", NS]);
+    assert!(
+        run.stderr
+            .contains("another operation (install/upgrade/rollback) is in progress"),
+        "plain helm must be blocked again: {} {}",
+        run.stdout,
+        run.stderr
+    );
+
+    // Revision 2 was deployed when locked, but revision 3 replaced it: it comes back as
+    // superseded, never as a second deployed revision.
+    b.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock");
+    assert_eq!(statuses(&b, "db"), ["superseded", "superseded", "deployed"]);
+    for rev in 1..=3 {
+        let l = labels_of(&b, "secrets", NS, &record("db", rev));
+        assert!(!l.keys().any(|k| k.starts_with(PREFIX)), "{l:?}");
+    }
+    assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 3));
+    b.helm(&["upgrade", "db", &c120, "-n", NS])
+        .expect_code(0, "plain upgrade after unlock");
+    assert_eq!(
+        statuses(&b, "db"),
+        ["superseded", "superseded", "superseded", "deployed"]
+    );
+}
+
+/// 12. Hard -> soft restores the record; an expired hard lock is refused (the record stays
+/// pending); a record changed underneath makes `unlock` refuse until `--force`.
+fn hard_lock_expiry_and_tampering(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &chart("demo-1.0.0"), NS);
+    b.guard(&["lock", "db", "--hard", "-n", NS])
+        .expect_code(0, "lock --hard");
+    b.guard(&["lock", "db", "--reason", "now soft", "-n", NS])
+        .expect_code(0, "hard -> soft");
+    assert_eq!(statuses(&b, "db"), ["deployed"]);
+    let l = lock_labels(&b, "secrets", NS, &record("db", 1));
+    assert_eq!(l["guarded-upgrade.io/lock"], "soft", "{l:?}");
+    assert!(
+        !l.contains_key("guarded-upgrade.io/hard-original-status"),
+        "{l:?}"
+    );
+
+    b.guard(&["lock", "db", "--hard", "--expires", "2s", "-n", NS])
+        .expect_code(0, "lock --hard --expires 2s");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    run.expect_code(3, "expired hard lock");
+    assert!(
+        run.stderr.contains("guarded-upgrade unlock db -n shared"),
+        "{}",
+        run.stderr
+    );
+    let status = status_json(&b, "db", NS, &[]);
+    assert_eq!(status["lock"]["expired"], true, "{status}");
+    assert_eq!(status["upgrade"], "refuse", "{status}");
+
+    // Someone edits the record.
+    let mut obj = b.api.get("secrets", Some(NS), &record("db", 1)).unwrap();
+    obj["metadata"]["labels"]["status"] = "failed".into();
+    b.api.put_object("secrets", obj);
+    let run = b.guard(&["unlock", "db", "-n", NS]);
+    run.expect_code(3, "unlock of a changed record");
+    assert!(
+        run.stderr.contains("changed by someone else"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("guarded-upgrade unlock db -n shared --force"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        lock_labels(&b, "secrets", NS, &record("db", 1))["guarded-upgrade.io/lock"],
+        "hard"
+    );
+    b.guard(&["unlock", "db", "-n", NS, "--force"])
+        .expect_code(0, "unlock --force");
+    let l = labels_of(&b, "secrets", NS, &record("db", 1));
+    assert!(!l.keys().any(|k| k.starts_with(PREFIX)), "{l:?}");
+    assert_eq!(l["status"], "failed", "left as found");
 }
 
 macro_rules! per_helm {
@@ -665,4 +812,6 @@ per_helm!(
     configmap_driver,
     lock_owner,
     long_reason_round_trips,
+    hard_lock_then_rollback,
+    hard_lock_expiry_and_tampering,
 );
