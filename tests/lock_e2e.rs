@@ -673,7 +673,7 @@ fn statuses(b: &Bed, release: &str) -> Vec<String> {
         .collect()
 }
 
-/// 11. `helm rollback` under a hard lock (helm never checks pending records on rollback):
+/// Scenario 11: `helm rollback` under a hard lock (helm never checks pending records on rollback):
 /// guarded upgrades keep skipping, re-running `lock --hard` blocks plain helm again, and
 /// `unlock` leaves exactly one deployed revision.
 fn hard_lock_then_rollback(label: &str) {
@@ -735,7 +735,7 @@ fn hard_lock_then_rollback(label: &str) {
     );
 }
 
-/// 12. Hard -> soft restores the record; an expired hard lock is refused (the record stays
+/// Scenario 12: hard -> soft restores the record; an expired hard lock is refused (the record stays
 /// pending); a record changed underneath makes `unlock` refuse until `--force`.
 fn hard_lock_expiry_and_tampering(label: &str) {
     let b = setup(label);

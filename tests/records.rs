@@ -46,11 +46,9 @@ fn captured_records_survive_a_status_rewrite() {
                 let back = decode_release_json(re.as_bytes()).expect(&what);
 
                 assert_eq!(back["info"]["status"], "pending-upgrade", "{what}");
-                let mut expected = original.clone();
-                expected["info"]["status"] = original["info"]["status"].clone();
                 let mut restored = back.clone();
                 restored["info"]["status"] = original["info"]["status"].clone();
-                assert_eq!(restored, expected, "{what}: more than info.status changed");
+                assert_eq!(restored, original, "{what}: more than info.status changed");
                 // Key order too (helm does not care, but we promise to change nothing else).
                 assert_eq!(
                     serde_json::to_string(&restored).unwrap(),

@@ -232,6 +232,19 @@ impl State {
                 }
             }
         }
+        // Labels are validated like the real API does (422 Invalid).
+        if let Some(labels) = meta.get("labels").and_then(Value::as_object) {
+            let causes: Vec<(String, String)> = labels
+                .iter()
+                .filter_map(|(k, v)| {
+                    crate::util::label_error(k, v.as_str().unwrap_or_default())
+                        .map(|msg| ("metadata.labels".to_string(), msg))
+                })
+                .collect();
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(rt.kind, rt.group, name, causes));
+            }
+        }
         match old {
             Some(o) => {
                 for k in ["uid", "creationTimestamp"] {

@@ -209,6 +209,39 @@ pub fn is_dns_subdomain(s: &str) -> bool {
     })
 }
 
+/// A qualified name (label value, or the name part of a label key): at most 63
+/// characters of `[A-Za-z0-9-_.]`, starting and ending with an alphanumeric.
+fn is_qualified_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// Why a label key/value pair is invalid, as the API words it; None when valid.
+pub fn label_error(key: &str, value: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let key_ok = is_qualified_name_part(name)
+        && prefix.is_none_or(|p| p.len() <= 253 && is_dns_subdomain(p));
+    if !key_ok {
+        return Some(format!(
+            "Invalid value: \"{key}\": name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+        ));
+    }
+    if !value.is_empty() && !is_qualified_name_part(value) {
+        return Some(format!(
+            "Invalid value: \"{value}\": a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (max 63 characters)"
+        ));
+    }
+    None
+}
+
 /// DNS-1123 label check (namespaces, services).
 pub fn is_dns_label(s: &str) -> bool {
     !s.contains('.') && s.len() <= 63 && is_dns_subdomain(s)
@@ -262,6 +295,12 @@ mod tests {
     fn names() {
         assert!(is_dns_subdomain("sh.helm.release.v1.demo.v1"));
         assert!(!is_dns_subdomain("Bad_Name"));
+        assert_eq!(label_error("guarded-upgrade.io/lock", "soft"), None);
+        assert_eq!(label_error("name", ""), None);
+        assert!(label_error("guarded-upgrade.io/reason", "b32.").is_some());
+        assert!(label_error("a/b/c", "x").is_some());
+        assert!(label_error("k", &"x".repeat(64)).is_some());
+        assert!(label_error("k", "has space").is_some());
         assert!(!is_dns_label("a.b"));
     }
     #[test]
