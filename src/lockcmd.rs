@@ -32,33 +32,40 @@ async fn with_store<T>(cluster_args: &ClusterArgs, f: impl AsyncStoreFn<T>) -> R
     let cluster = cluster::connect(&ClusterFlags::from(cluster_args), &env)
         .await
         .map_err(|e| Failure::refused(e.to_string()))?;
-    let user = cluster.user.clone();
+    let ctx = CommandContext {
+        kube_user: cluster.user.clone(),
+        client: cluster.client.clone(),
+    };
     match driver {
         DriverKind::Secret => {
             f.call(
                 &KubeStore::<Secret>::new(cluster.client, &cluster.namespace),
-                user,
+                &ctx,
             )
             .await
         }
         DriverKind::ConfigMap => {
             f.call(
                 &KubeStore::<ConfigMap>::new(cluster.client, &cluster.namespace),
-                user,
+                &ctx,
             )
             .await
         }
     }
 }
 
+/// What a command body gets besides the store.
+struct CommandContext {
+    /// The kubeconfig user, default "who" of a lock.
+    kube_user: Option<String>,
+    /// For objects other than release records (the mutex Lease).
+    client: kube::Client,
+}
+
 /// A command body generic over the store (closures cannot be generic, so a trait).
 #[allow(async_fn_in_trait)]
 trait AsyncStoreFn<T> {
-    async fn call<S: ReleaseStore>(
-        self,
-        store: &S,
-        kube_user: Option<String>,
-    ) -> Result<T, Failure>;
+    async fn call<S: ReleaseStore>(self, store: &S, ctx: &CommandContext) -> Result<T, Failure>;
 }
 
 fn store_failure(release: &str, namespace: &str, step: &str, e: &dyn std::fmt::Display) -> Failure {
@@ -140,13 +147,13 @@ pub async fn lock(args: LockArgs) -> Result<i32, Failure> {
         async fn call<S: ReleaseStore>(
             self,
             store: &S,
-            user: Option<String>,
+            ctx: &CommandContext,
         ) -> Result<i32, Failure> {
             let args = self.0;
             let by = args
                 .by
                 .clone()
-                .or_else(|| lock::default_by(user.as_deref()));
+                .or_else(|| lock::default_by(ctx.kube_user.as_deref()));
             let spec = lock_spec(&args, by, now_unix())?;
             lock_release(store, &args.release, &spec).await?;
             let mut line = format!(
@@ -462,7 +469,7 @@ pub async fn unlock(args: UnlockArgs) -> Result<i32, Failure> {
         async fn call<S: ReleaseStore>(
             self,
             store: &S,
-            _user: Option<String>,
+            _ctx: &CommandContext,
         ) -> Result<i32, Failure> {
             let args = self.0;
             let release = args.release.as_str();
@@ -522,6 +529,8 @@ struct StatusReport {
     /// What `upgrade` would do, without a target: `blocked`, `refuse` or `upgrade-if-newer`.
     upgrade: String,
     upgrade_message: String,
+    /// The per-release mutex when a run holds it (null otherwise).
+    mutex: Option<crate::mutex::MutexState>,
 }
 
 /// `guarded-upgrade status`.
@@ -531,7 +540,7 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
         async fn call<S: ReleaseStore>(
             self,
             store: &S,
-            _user: Option<String>,
+            ctx: &CommandContext,
         ) -> Result<i32, Failure> {
             let args = self.0;
             let release = args.release.as_str();
@@ -619,6 +628,12 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
                 lock: lock_state.map(|l| LockReport::new(l, now)),
                 upgrade: upgrade.to_string(),
                 upgrade_message: message,
+                // Informational: a status without Lease RBAC still shows the release.
+                mutex: crate::mutex::peek(&ctx.client, &ns, release)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|m| m.is_held_at(now)),
             };
             if args.output == "json" {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
@@ -665,6 +680,14 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
                 }
             }
             println!("upgrade:   {}", report.upgrade_message);
+            match &report.mutex {
+                Some(m) => println!(
+                    "mutex:     {} held by {}",
+                    crate::mutex::lease_name(release),
+                    m.describe(now)
+                ),
+                None => println!("mutex:     free"),
+            }
             Ok(EXIT_OK)
         }
     }
@@ -687,7 +710,7 @@ pub async fn locks(args: LocksArgs) -> Result<i32, Failure> {
         async fn call<S: ReleaseStore>(
             self,
             store: &S,
-            _user: Option<String>,
+            _ctx: &CommandContext,
         ) -> Result<i32, Failure> {
             let args = self.0;
             let scope = if args.all_namespaces {

@@ -70,18 +70,28 @@ pub fn holder_identity() -> String {
 pub struct MutexState {
     /// Current holder; None or empty when released.
     pub holder: Option<String>,
-    /// When the holder acquired it (Unix seconds).
+    /// When the holder acquired it (Unix seconds; RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339")]
     pub since: Option<i64>,
-    /// Last renewal (Unix seconds).
+    /// Last renewal (Unix seconds; RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339")]
     pub renewed: Option<i64>,
     /// Lease duration in seconds.
     pub duration_seconds: i64,
-    /// `renewTime + leaseDurationSeconds` (Unix seconds).
+    /// `renewTime + leaseDurationSeconds` (Unix seconds; RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339")]
     pub expires: Option<i64>,
     #[serde(skip)]
     resource_version: Option<String>,
     #[serde(skip)]
     transitions: i32,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&format_rfc3339(*t)),
+        None => s.serialize_none(),
+    }
 }
 
 impl MutexState {

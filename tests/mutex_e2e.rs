@@ -325,6 +325,35 @@ fn lock_timeout_names_holder(label: &str) {
     let run = b.guard(&["check", "db", &chart("demo-1.0.0"), "-n", NS, "-o", "json"]);
     let json: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect(&run.stdout);
     assert_eq!(json["mutex"]["holder"], "pipeline-42", "{json}");
+    // `status` shows the held mutex too (once the release exists).
+    b.guard(&[
+        "upgrade",
+        "db",
+        &chart("demo-1.0.0"),
+        "-n",
+        NS,
+        "--no-serialize",
+    ])
+    .expect_code(0, "install unserialized");
+    let run = b.guard(&["status", "db", "-n", NS, "-o", "json"]);
+    run.expect_code(0, "status");
+    let json: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect(&run.stdout);
+    assert_eq!(json["mutex"]["holder"], "pipeline-42", "{json}");
+    assert!(
+        json["mutex"]["since"].as_str().unwrap().ends_with('Z'),
+        "{json}"
+    );
+    assert!(
+        json["mutex"]["expires"].as_str().unwrap().ends_with('Z'),
+        "{json}"
+    );
+    let run = b.guard(&["status", "db", "-n", NS]);
+    assert!(
+        run.stdout
+            .contains("mutex:     helm-lock-db held by pipeline-42"),
+        "{}",
+        run.stdout
+    );
 }
 
 /// No Lease RBAC: fail closed naming the rule; --no-serialize runs unserialized.
