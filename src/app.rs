@@ -346,8 +346,12 @@ fn driver_name(driver: DriverKind) -> &'static str {
 fn emit_report(split: &SplitArgv, mode: Mode, report: &DecisionReport) -> Result<(), Failure> {
     let json = serde_json::to_string(report)
         .map_err(|e| Failure::refused(format!("cannot serialise the decision: {e}")))?;
-    if mode == Mode::Check && split.guard.output.as_deref() == Some("json") {
-        println!("{json}");
+    if split.guard.output.as_deref() == Some("json") {
+        // `check`: the JSON is the output. `upgrade`: stdout belongs to helm, so stderr.
+        match mode {
+            Mode::Check => println!("{json}"),
+            Mode::Upgrade => eprintln!("{json}"),
+        }
     }
     if let Some(path) = &split.guard.decision_file {
         if path == "-" {

@@ -37,11 +37,15 @@ Guard flags:
       --allow-chart-change         permit a different chart name than the deployed one
       --helm PATH                  helm binary (default: $HELM_BIN, else `helm` on PATH)
       --decision-file PATH         write the decision as one JSON object to PATH (`-`: stderr)
+      --decision-output text|json  json: also print the decision JSON on stderr (helm owns
+                                   stdout); `check` prints it on stdout
       --detailed-exitcode          distinct exit codes for skipped (10) and changed (11)
       --no-serialize               do not take the per-release cluster mutex
       --lock-timeout DURATION      how long to wait for another run's mutex (default 5m)
       --recover-pending-after D    mark a stale pending-* record failed when no live run
                                    holds the mutex and the record is older than D
+      --lease-duration D           duration of the mutex Lease, renewed every third of it
+                                   (default 15s; a crashed holder is taken over after it)
   -h, --help                       this help
 ";
 
@@ -284,10 +288,12 @@ mod tests {
             "--allow-chart-change",
             "--helm",
             "--decision-file",
+            "--decision-output",
             "--detailed-exitcode",
             "--no-serialize",
             "--lock-timeout",
             "--recover-pending-after",
+            "--lease-duration",
         ] {
             assert!(help.contains(flag), "{flag} missing from upgrade --help");
         }

@@ -86,6 +86,33 @@ fn policies(label: &str) {
     ])
     .expect_code(0, "downgrade with off");
     assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 3));
+
+    // `upgrade --decision-output json`: the decision goes to stderr, stdout stays helm's.
+    let run = b.guard(&[
+        "upgrade",
+        "db",
+        &chart("demo-1.2.0"),
+        "-n",
+        NS,
+        "--decision-output",
+        "json",
+        "-o",
+        "json",
+    ]);
+    run.expect_code(0, "upgrade with JSON decision");
+    let decision_line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON on stderr: {}", run.stderr));
+    let json: serde_json::Value = serde_json::from_str(decision_line).unwrap();
+    assert_eq!(json["action"], "upgrade");
+    assert_eq!(json["serialized"], true);
+    assert_eq!(json["deployed"]["version"], "1.0.0");
+    // helm's own `-o json` reached helm untouched: its stdout is helm's release JSON.
+    let helm_json: serde_json::Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("helm stdout is not JSON ({e}): {}", run.stdout));
+    assert_eq!(helm_json["name"], "db");
 }
 
 /// `check` decides like `upgrade` but never writes; JSON carries metadata only.
@@ -425,6 +452,68 @@ fn usage_and_missing_helm(label: &str) {
     run.expect_code(10, "detailed: skipped");
 }
 
+/// `--kubeconfig` and `--kube-context` choose the cluster as they do for helm, and reach
+/// helm unchanged; the context's namespace is the default namespace.
+fn kube_selection(label: &str) {
+    let b = setup(label);
+    let url = b.api.url();
+    let kubeconfig = b.home().join("two-contexts.yaml");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: real\n  cluster:\n    server: {url}\n\
+             - name: dead\n  cluster:\n    server: http://127.0.0.1:9\ncontexts:\n\
+             - name: good\n  context:\n    cluster: real\n    user: u\n    namespace: {NS}\n\
+             - name: broken\n  context:\n    cluster: dead\n    user: u\n\
+             current-context: broken\nusers:\n- name: u\n  user:\n    token: t\n"
+        ),
+    )
+    .unwrap();
+    let kc = kubeconfig.to_str().unwrap();
+    let missing = [("KUBECONFIG", "/nonexistent/kubeconfig")];
+    let run = b.guard_env(
+        &[
+            "upgrade",
+            "db",
+            &chart("demo-1.0.0"),
+            "--kubeconfig",
+            kc,
+            "--kube-context",
+            "good",
+        ],
+        &missing,
+    );
+    run.expect_code(0, "--kubeconfig + --kube-context");
+    assert!(
+        run.stderr.contains(r#"install: "db" in "shared""#),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(b.deployed("db", NS).0, "1.0.0");
+    // HELM_KUBECONTEXT does the same; the broken current context is never used.
+    let run = b.guard_env(
+        &[
+            "check",
+            "db",
+            &chart("demo-1.0.0"),
+            "--kubeconfig",
+            kc,
+            "-o",
+            "json",
+        ],
+        &[("HELM_KUBECONTEXT", "good")],
+    );
+    run.expect_code(0, "HELM_KUBECONTEXT");
+    let json: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(json["reason"], "not-newer");
+    // The broken current context: unreachable, fail closed.
+    let run = b.guard_env(
+        &["check", "db", &chart("demo-1.0.0"), "--kubeconfig", kc],
+        &[],
+    );
+    run.expect_code(3, "broken context");
+}
+
 macro_rules! per_helm {
     ($($name:ident),* $(,)?) => {
         mod helm3 { $( #[test] fn $name() { super::$name("helm3"); } )* }
@@ -446,4 +535,5 @@ per_helm!(
     reads_do_not_grow_with_history,
     helm_environment,
     usage_and_missing_helm,
+    kube_selection,
 );

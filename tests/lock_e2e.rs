@@ -794,6 +794,37 @@ fn hard_lock_expiry_and_tampering(label: &str) {
     assert_eq!(l["status"], "failed", "left as found");
 }
 
+/// A release whose latest record is pending for a real reason (an operation in progress
+/// or interrupted) is not locked: refused with an explanation, nothing written.
+fn pending_release_is_not_locked(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &chart("demo-1.0.0"), NS);
+    // A second revision left pending-upgrade, as an interrupted helm leaves it.
+    let mut v2 = b.api.get("secrets", Some(NS), &record("db", 1)).unwrap();
+    v2["metadata"]["name"] = Value::String(record("db", 2));
+    v2["metadata"]["labels"]["version"] = Value::String("2".into());
+    v2["metadata"]["labels"]["status"] = Value::String("pending-upgrade".into());
+    for key in [
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "managedFields",
+    ] {
+        v2["metadata"].as_object_mut().unwrap().remove(key);
+    }
+    b.api.put_object("secrets", v2);
+    b.api.clear_requests();
+    let run = b.guard(&["lock", "db", "-n", NS, "--reason", "freeze"]);
+    run.expect_code(3, "lock on a pending release");
+    assert!(run.stderr.contains("pending-upgrade"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("in progress or was interrupted"),
+        "{}",
+        run.stderr
+    );
+    assert!(b.writes().is_empty(), "{:?}", b.writes());
+}
+
 macro_rules! per_helm {
     ($($name:ident),* $(,)?) => {
         mod helm3 { $( #[test] fn $name() { super::$name("helm3"); } )* }
@@ -814,4 +845,5 @@ per_helm!(
     long_reason_round_trips,
     hard_lock_then_rollback,
     hard_lock_expiry_and_tampering,
+    pending_release_is_not_locked,
 );
