@@ -514,14 +514,7 @@ fn kube_selection(label: &str) {
     run.expect_code(3, "broken context");
 }
 
-macro_rules! per_helm {
-    ($($name:ident),* $(,)?) => {
-        mod helm3 { $( #[test] fn $name() { super::$name("helm3"); } )* }
-        mod helm4 { $( #[test] fn $name() { super::$name("helm4"); } )* }
-    };
-}
-
-per_helm!(
+common::per_helm!(
     main_flow,
     policies,
     check_is_read_only,

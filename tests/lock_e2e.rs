@@ -825,14 +825,7 @@ fn pending_release_is_not_locked(label: &str) {
     assert!(b.writes().is_empty(), "{:?}", b.writes());
 }
 
-macro_rules! per_helm {
-    ($($name:ident),* $(,)?) => {
-        mod helm3 { $( #[test] fn $name() { super::$name("helm3"); } )* }
-        mod helm4 { $( #[test] fn $name() { super::$name("helm4"); } )* }
-    };
-}
-
-per_helm!(
+common::per_helm!(
     soft_lock_skips_without_writes,
     pin_allows_only_matching,
     expired_lock_is_ignored,

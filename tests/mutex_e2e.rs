@@ -31,18 +31,7 @@ fn foreign_lease(b: &Bed, release: &str, holder: &str, duration: i64) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let ts = |t: i64| {
-        // RFC 3339 with microseconds, as MicroTime is written.
-        let days = t.div_euclid(86_400);
-        let secs = t.rem_euclid(86_400);
-        let (y, m, d) = civil(days);
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000000Z",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        )
-    };
+    let ts = guarded_upgrade::time::format_rfc3339;
     b.api.put_object(
         "leases",
         serde_json::json!({
@@ -58,19 +47,6 @@ fn foreign_lease(b: &Bed, release: &str, holder: &str, duration: i64) {
             }
         }),
     );
-}
-
-fn civil(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 fn record_status(b: &Bed, release: &str, revision: u64) -> Option<String> {
@@ -453,14 +429,7 @@ fn sigterm_is_forwarded(label: &str) {
     assert_eq!(lease["spec"]["holderIdentity"], "", "released: {lease}");
 }
 
-macro_rules! per_helm {
-    ($($name:ident),* $(,)?) => {
-        mod helm3 { $( #[test] fn $name() { super::$name("helm3"); } )* }
-        mod helm4 { $( #[test] fn $name() { super::$name("helm4"); } )* }
-    };
-}
-
-per_helm!(
+common::per_helm!(
     concurrent_pipelines,
     killed_holder,
     renew_faults_are_retried,

@@ -7,6 +7,18 @@ use std::process::{Command, Output};
 
 use kube_standin::{testbed, StandIn};
 
+/// Runs each scenario `fn name(label: &str)` once per helm version, as separate #[test]s
+/// (`helm3::name`, `helm4::name`) so they run in parallel and fail separately.
+#[allow(unused_macros)]
+macro_rules! per_helm {
+    ($($name:ident),* $(,)?) => {
+        mod helm3 { $( #[test] fn $name() { super::$name("helm3"); } )* }
+        mod helm4 { $( #[test] fn $name() { super::$name("helm4"); } )* }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use per_helm;
+
 /// One test's world: a stand-in, a helm version, private helm home directories.
 pub struct Bed {
     /// The API stand-in.
