@@ -31,7 +31,13 @@ export HELM_CACHE_HOME="$work/helm/cache" HELM_CONFIG_HOME="$work/helm/config" H
 export PATH="$bin:$PATH"
 charts=fixtures/charts
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@" || echo "(exit $?)"; }
+# Prints the command (shell-quoted, helm shown by name) and runs it.
+step() {
+  local shown=("$@")
+  [ "${shown[0]}" = "$helm" ] && shown[0]=helm
+  printf '\n\033[1m$'; printf ' %q' "${shown[@]}"; printf '\033[0m\n'
+  "$@" || echo "(exit $?)"
+}
 
 echo "API stand-in: $(head -1 "$work/standin.log")"
 echo "helm: $("$helm" version --short)"
