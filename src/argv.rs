@@ -97,6 +97,14 @@ pub struct HelmFlags {
     pub kube_token: Option<String>,
     /// `--kube-insecure-skip-tls-verify`.
     pub kube_insecure_skip_tls_verify: bool,
+    /// `--kube-as-user`.
+    pub kube_as_user: Option<String>,
+    /// `--kube-as-group` (repeatable).
+    pub kube_as_group: Vec<String>,
+    /// `--kube-ca-file`.
+    pub kube_ca_file: Option<String>,
+    /// `--kube-tls-server-name`.
+    pub kube_tls_server_name: Option<String>,
     /// `--dry-run[=MODE]`: `Some("client")` for a bare `--dry-run` (helm's
     /// default), `Some(value)` for `--dry-run=value`, `None` when absent.
     pub dry_run: Option<String>,
@@ -500,6 +508,10 @@ fn apply_guard(
 }
 
 fn record_helm_value(helm: &mut HelmFlags, name: &str, value: String) {
+    if name == "kube-as-group" {
+        helm.kube_as_group.push(value);
+        return;
+    }
     let slot = match name {
         "namespace" => &mut helm.namespace,
         "kube-context" => &mut helm.kube_context,
@@ -517,6 +529,9 @@ fn record_helm_value(helm: &mut HelmFlags, name: &str, value: String) {
         "repository-cache" => &mut helm.repository_cache,
         "kube-apiserver" => &mut helm.kube_apiserver,
         "kube-token" => &mut helm.kube_token,
+        "kube-as-user" => &mut helm.kube_as_user,
+        "kube-ca-file" => &mut helm.kube_ca_file,
+        "kube-tls-server-name" => &mut helm.kube_tls_server_name,
         _ => return,
     };
     *slot = Some(value);
@@ -628,7 +643,9 @@ mod tests {
              --cert-file c --key-file k --keyring kr --registry-config rc \
              --repository-config rpc --repository-cache rca --devel --insecure-skip-tls-verify \
              --plain-http --pass-credentials --create-namespace --dry-run=server \
-             --kube-apiserver https://k:6443 --kube-token=t --kube-insecure-skip-tls-verify",
+             --kube-apiserver https://k:6443 --kube-token=t --kube-insecure-skip-tls-verify \
+             --kube-as-user bob --kube-as-group g1 --kube-as-group=g2 --kube-ca-file ca.pem \
+             --kube-tls-server-name api.internal",
             Mode::Upgrade,
         );
         let want = HelmFlags {
@@ -649,6 +666,10 @@ mod tests {
             kube_apiserver: Some("https://k:6443".into()),
             kube_token: Some("t".into()),
             kube_insecure_skip_tls_verify: true,
+            kube_as_user: Some("bob".into()),
+            kube_as_group: vec!["g1".into(), "g2".into()],
+            kube_ca_file: Some("ca.pem".into()),
+            kube_tls_server_name: Some("api.internal".into()),
             devel: true,
             insecure_skip_tls_verify: true,
             plain_http: true,

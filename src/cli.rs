@@ -138,6 +138,18 @@ pub struct ClusterArgs {
     /// Skip TLS verification of the API server
     #[arg(long)]
     pub kube_insecure_skip_tls_verify: bool,
+    /// Impersonate this user (default: $HELM_KUBEASUSER)
+    #[arg(long)]
+    pub kube_as_user: Option<String>,
+    /// Impersonate this group; repeatable (default: $HELM_KUBEASGROUPS)
+    #[arg(long)]
+    pub kube_as_group: Vec<String>,
+    /// CA bundle (PEM) of the API server (default: $HELM_KUBECAFILE)
+    #[arg(long)]
+    pub kube_ca_file: Option<String>,
+    /// Server name for TLS verification (default: $HELM_KUBETLS_SERVER_NAME)
+    #[arg(long)]
+    pub kube_tls_server_name: Option<String>,
 }
 
 impl From<&ClusterArgs> for ClusterFlags {
@@ -149,6 +161,10 @@ impl From<&ClusterArgs> for ClusterFlags {
             kube_apiserver: a.kube_apiserver.clone(),
             kube_token: a.kube_token.clone(),
             kube_insecure_skip_tls_verify: a.kube_insecure_skip_tls_verify,
+            kube_as_user: a.kube_as_user.clone(),
+            kube_as_group: a.kube_as_group.clone(),
+            kube_ca_file: a.kube_ca_file.clone(),
+            kube_tls_server_name: a.kube_tls_server_name.clone(),
         }
     }
 }

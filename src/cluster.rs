@@ -90,6 +90,16 @@ pub struct HelmEnv {
     pub kube_token: Option<String>,
     /// `HELM_DRIVER`.
     pub driver: Option<String>,
+    /// `HELM_KUBEASUSER`.
+    pub kube_as_user: Option<String>,
+    /// `HELM_KUBEASGROUPS` (comma-separated).
+    pub kube_as_groups: Vec<String>,
+    /// `HELM_KUBECAFILE`.
+    pub kube_ca_file: Option<String>,
+    /// `HELM_KUBETLS_SERVER_NAME`.
+    pub kube_tls_server_name: Option<String>,
+    /// `HELM_KUBEINSECURE_SKIP_TLS_VERIFY`.
+    pub kube_insecure_skip_tls_verify: bool,
 }
 
 impl HelmEnv {
@@ -102,6 +112,20 @@ impl HelmEnv {
             kube_apiserver: var("HELM_KUBEAPISERVER"),
             kube_token: var("HELM_KUBETOKEN"),
             driver: var("HELM_DRIVER"),
+            kube_as_user: var("HELM_KUBEASUSER"),
+            kube_as_groups: var("HELM_KUBEASGROUPS")
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            kube_ca_file: var("HELM_KUBECAFILE"),
+            kube_tls_server_name: var("HELM_KUBETLS_SERVER_NAME"),
+            kube_insecure_skip_tls_verify: var("HELM_KUBEINSECURE_SKIP_TLS_VERIFY")
+                .is_some_and(|v| v == "true" || v == "1"),
         }
     }
 }
@@ -131,6 +155,14 @@ pub struct ClusterFlags {
     pub kube_token: Option<String>,
     /// `--kube-insecure-skip-tls-verify`.
     pub kube_insecure_skip_tls_verify: bool,
+    /// `--kube-as-user`: impersonate this user, as helm does.
+    pub kube_as_user: Option<String>,
+    /// `--kube-as-group`: impersonate these groups.
+    pub kube_as_group: Vec<String>,
+    /// `--kube-ca-file`: CA bundle (PEM) for the API server.
+    pub kube_ca_file: Option<String>,
+    /// `--kube-tls-server-name`.
+    pub kube_tls_server_name: Option<String>,
 }
 
 impl From<&HelmFlags> for ClusterFlags {
@@ -142,6 +174,10 @@ impl From<&HelmFlags> for ClusterFlags {
             kube_apiserver: flags.kube_apiserver.clone(),
             kube_token: flags.kube_token.clone(),
             kube_insecure_skip_tls_verify: flags.kube_insecure_skip_tls_verify,
+            kube_as_user: flags.kube_as_user.clone(),
+            kube_as_group: flags.kube_as_group.clone(),
+            kube_ca_file: flags.kube_ca_file.clone(),
+            kube_tls_server_name: flags.kube_tls_server_name.clone(),
         }
     }
 }
@@ -201,8 +237,30 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
     if let Some(token) = flags.kube_token.clone().or(env.kube_token.clone()) {
         config.auth_info.token = Some(token.into());
     }
-    if flags.kube_insecure_skip_tls_verify {
+    if flags.kube_insecure_skip_tls_verify || env.kube_insecure_skip_tls_verify {
         config.accept_invalid_certs = true;
+    }
+    // Read with the identity helm will act as, so RBAC answers are the same for both.
+    if let Some(user) = flags.kube_as_user.clone().or(env.kube_as_user.clone()) {
+        config.auth_info.impersonate = Some(user);
+    }
+    let groups = if flags.kube_as_group.is_empty() {
+        env.kube_as_groups.clone()
+    } else {
+        flags.kube_as_group.clone()
+    };
+    if !groups.is_empty() {
+        config.auth_info.impersonate_groups = Some(groups);
+    }
+    if let Some(path) = flags.kube_ca_file.clone().or(env.kube_ca_file.clone()) {
+        config.root_cert = Some(read_pem_certificates(&path)?);
+    }
+    if let Some(name) = flags
+        .kube_tls_server_name
+        .clone()
+        .or(env.kube_tls_server_name.clone())
+    {
+        config.tls_server_name = Some(name);
     }
     // Fail fast on an unreachable server; transient errors are retried by the caller.
     config.connect_timeout = Some(Duration::from_secs(5));
@@ -221,6 +279,35 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
     })
 }
 
+/// DER certificates from a PEM bundle (`--kube-ca-file`).
+fn read_pem_certificates(path: &str) -> Result<Vec<Vec<u8>>, ClusterError> {
+    use base64::Engine;
+    let bad = |message: String| ClusterError::Kubeconfig {
+        path: Some(path.to_string()),
+        source: message.into(),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("--kube-ca-file: {e}")))?;
+    let mut certs = Vec::new();
+    let mut body: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if line == "-----BEGIN CERTIFICATE-----" {
+            body = Some(String::new());
+        } else if line == "-----END CERTIFICATE-----" {
+            let b64 = body.take().unwrap_or_default();
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| bad(format!("--kube-ca-file: bad PEM certificate: {e}")))?;
+            certs.push(der);
+        } else if let Some(b) = body.as_mut() {
+            b.push_str(line);
+        }
+    }
+    if certs.is_empty() {
+        return Err(bad("--kube-ca-file: no PEM certificate found".into()));
+    }
+    Ok(certs)
+}
+
 /// The user name of a kubeconfig context (the current one when `context` is None).
 fn context_user(kc: &Kubeconfig, context: Option<&str>) -> Option<String> {
     let name = context
@@ -236,6 +323,23 @@ fn context_user(kc: &Kubeconfig, context: Option<&str>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pem_bundles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(
+            &path,
+            "junk\n-----BEGIN CERTIFICATE-----\nAAEC\nAw==\n-----END CERTIFICATE-----\n\
+             -----BEGIN CERTIFICATE-----\nBAU=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let certs = read_pem_certificates(path.to_str().unwrap()).unwrap();
+        assert_eq!(certs, vec![vec![0, 1, 2, 3], vec![4, 5]]);
+        std::fs::write(&path, "no certificate here").unwrap();
+        let err = read_pem_certificates(path.to_str().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+    }
 
     #[test]
     fn helm_driver_values() {

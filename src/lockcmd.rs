@@ -805,6 +805,10 @@ mod tests {
                 kube_apiserver: None,
                 kube_token: None,
                 kube_insecure_skip_tls_verify: false,
+                kube_as_user: None,
+                kube_as_group: Vec::new(),
+                kube_ca_file: None,
+                kube_tls_server_name: None,
             },
         }
     }
