@@ -117,58 +117,6 @@ impl Command {
     }
 }
 
-/// Cluster selection shared by the lock commands, with helm's names and environment.
-#[derive(Debug, Clone, Args)]
-pub struct ClusterArgs {
-    /// Namespace of the release (default: $HELM_NAMESPACE, the context's namespace, `default`)
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
-    /// Kubeconfig context (default: $HELM_KUBECONTEXT, the current context)
-    #[arg(long)]
-    pub kube_context: Option<String>,
-    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config)
-    #[arg(long)]
-    pub kubeconfig: Option<String>,
-    /// API server address (default: $HELM_KUBEAPISERVER)
-    #[arg(long)]
-    pub kube_apiserver: Option<String>,
-    /// Bearer token (default: $HELM_KUBETOKEN)
-    #[arg(long)]
-    pub kube_token: Option<String>,
-    /// Skip TLS verification of the API server
-    #[arg(long)]
-    pub kube_insecure_skip_tls_verify: bool,
-    /// Impersonate this user (default: $HELM_KUBEASUSER)
-    #[arg(long)]
-    pub kube_as_user: Option<String>,
-    /// Impersonate this group; repeatable (default: $HELM_KUBEASGROUPS)
-    #[arg(long)]
-    pub kube_as_group: Vec<String>,
-    /// CA bundle (PEM) of the API server (default: $HELM_KUBECAFILE)
-    #[arg(long)]
-    pub kube_ca_file: Option<String>,
-    /// Server name for TLS verification (default: $HELM_KUBETLS_SERVER_NAME)
-    #[arg(long)]
-    pub kube_tls_server_name: Option<String>,
-}
-
-impl From<&ClusterArgs> for ClusterFlags {
-    fn from(a: &ClusterArgs) -> ClusterFlags {
-        ClusterFlags {
-            namespace: a.namespace.clone(),
-            kube_context: a.kube_context.clone(),
-            kubeconfig: a.kubeconfig.clone(),
-            kube_apiserver: a.kube_apiserver.clone(),
-            kube_token: a.kube_token.clone(),
-            kube_insecure_skip_tls_verify: a.kube_insecure_skip_tls_verify,
-            kube_as_user: a.kube_as_user.clone(),
-            kube_as_group: a.kube_as_group.clone(),
-            kube_ca_file: a.kube_ca_file.clone(),
-            kube_tls_server_name: a.kube_tls_server_name.clone(),
-        }
-    }
-}
-
 /// `lock` arguments.
 #[derive(Debug, Args)]
 pub struct LockArgs {
@@ -194,7 +142,7 @@ pub struct LockArgs {
     pub output: String,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub cluster: ClusterArgs,
+    pub cluster: ClusterFlags,
 }
 
 /// `unlock` arguments.
@@ -208,7 +156,7 @@ pub struct UnlockArgs {
     pub force: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub cluster: ClusterArgs,
+    pub cluster: ClusterFlags,
 }
 
 /// `status` arguments.
@@ -221,7 +169,7 @@ pub struct StatusArgs {
     pub output: String,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub cluster: ClusterArgs,
+    pub cluster: ClusterFlags,
 }
 
 /// `locks` arguments.
@@ -235,7 +183,7 @@ pub struct LocksArgs {
     pub output: String,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub cluster: ClusterArgs,
+    pub cluster: ClusterFlags,
 }
 
 /// Runs one parsed command.

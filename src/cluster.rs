@@ -140,28 +140,40 @@ pub struct ClusterTarget {
     pub user: Option<String>,
 }
 
-/// Flags that select the cluster, shared by every subcommand.
-#[derive(Clone, Debug, Default)]
+/// Flags that select the cluster, with helm's names and environment defaults. Parsed by
+/// clap for the lock commands; taken from helm's argv (`From<&HelmFlags>`) for
+/// `upgrade`/`check`.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct ClusterFlags {
-    /// `-n/--namespace`.
+    /// Namespace of the release (default: $HELM_NAMESPACE, the context's namespace, `default`)
+    #[arg(short = 'n', long)]
     pub namespace: Option<String>,
-    /// `--kube-context`.
+    /// Kubeconfig context (default: $HELM_KUBECONTEXT, the current context)
+    #[arg(long)]
     pub kube_context: Option<String>,
-    /// `--kubeconfig`.
+    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config)
+    #[arg(long)]
     pub kubeconfig: Option<String>,
-    /// `--kube-apiserver`.
+    /// API server address (default: $HELM_KUBEAPISERVER)
+    #[arg(long)]
     pub kube_apiserver: Option<String>,
-    /// `--kube-token`.
+    /// Bearer token (default: $HELM_KUBETOKEN)
+    #[arg(long)]
     pub kube_token: Option<String>,
-    /// `--kube-insecure-skip-tls-verify`.
+    /// Skip TLS verification of the API server
+    #[arg(long)]
     pub kube_insecure_skip_tls_verify: bool,
-    /// `--kube-as-user`: impersonate this user, as helm does.
+    /// Impersonate this user (default: $HELM_KUBEASUSER)
+    #[arg(long)]
     pub kube_as_user: Option<String>,
-    /// `--kube-as-group`: impersonate these groups.
+    /// Impersonate this group; repeatable (default: $HELM_KUBEASGROUPS)
+    #[arg(long)]
     pub kube_as_group: Vec<String>,
-    /// `--kube-ca-file`: CA bundle (PEM) for the API server.
+    /// CA bundle (PEM) of the API server (default: $HELM_KUBECAFILE)
+    #[arg(long)]
     pub kube_ca_file: Option<String>,
-    /// `--kube-tls-server-name`.
+    /// Server name for TLS verification (default: $HELM_KUBETLS_SERVER_NAME)
+    #[arg(long)]
     pub kube_tls_server_name: Option<String>,
 }
 
@@ -196,37 +208,27 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
             source: Box::new(e),
         }
     };
-    let (mut config, user) = match &flags.kubeconfig {
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path).map_err(kubeconfig_err(Some(path.clone())))?;
+    // Which kubeconfig, as client-go picks it: --kubeconfig, $KUBECONFIG, ~/.kube/config.
+    let path = flags.kubeconfig.clone();
+    let found = match &path {
+        Some(p) => Ok(Kubeconfig::read_from(p).map_err(kubeconfig_err(path.clone()))?),
+        None => match Kubeconfig::from_env().map_err(kubeconfig_err(None))? {
+            Some(kc) => Ok(kc),
+            None => Kubeconfig::read(),
+        },
+    };
+    let (mut config, user) = match found {
+        Ok(kc) => {
             let user = context_user(&kc, context.as_deref());
             let config = Config::from_custom_kubeconfig(kc, &options)
                 .await
-                .map_err(kubeconfig_err(Some(path.clone())))?;
+                .map_err(kubeconfig_err(path))?;
             (config, user)
         }
-        None => match Kubeconfig::from_env().map_err(kubeconfig_err(None))? {
-            Some(kc) => {
-                let user = context_user(&kc, context.as_deref());
-                let config = Config::from_custom_kubeconfig(kc, &options)
-                    .await
-                    .map_err(kubeconfig_err(None))?;
-                (config, user)
-            }
-            None => match Kubeconfig::read() {
-                Ok(kc) => {
-                    let user = context_user(&kc, context.as_deref());
-                    let config = Config::from_custom_kubeconfig(kc, &options)
-                        .await
-                        .map_err(kubeconfig_err(None))?;
-                    (config, user)
-                }
-                // No kubeconfig anywhere: helm (client-go) falls back to in-cluster config.
-                Err(read_err) => match Config::incluster() {
-                    Ok(config) => (config, None),
-                    Err(_) => return Err(kubeconfig_err(None)(read_err)),
-                },
-            },
+        // No kubeconfig anywhere: helm (client-go) falls back to in-cluster config.
+        Err(read_err) => match Config::incluster() {
+            Ok(config) => (config, None),
+            Err(_) => return Err(kubeconfig_err(None)(read_err)),
         },
     };
     if let Some(server) = flags.kube_apiserver.clone().or(env.kube_apiserver.clone()) {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde::Serialize;
 
-use crate::cli::{ClusterArgs, LockArgs, LocksArgs, StatusArgs, UnlockArgs};
+use crate::cli::{LockArgs, LocksArgs, StatusArgs, UnlockArgs};
 use crate::cluster::{self, ClusterFlags, DriverKind, HelmEnv};
 use crate::decision::LockKind;
 use crate::exit::{Failure, EXIT_OK};
@@ -25,11 +25,11 @@ use crate::version::{ChartVersion, Constraint};
 /// How many times a record write is retried after a 409 on a non-latest record.
 const CONFLICT_RETRIES: usize = 5;
 
-async fn with_store<T>(cluster_args: &ClusterArgs, f: impl AsyncStoreFn<T>) -> Result<T, Failure> {
+async fn with_store<T>(cluster_args: &ClusterFlags, f: impl AsyncStoreFn<T>) -> Result<T, Failure> {
     let env = HelmEnv::from_process();
     let driver = DriverKind::from_helm_driver(env.driver.as_deref())
         .map_err(|e| Failure::refused(e.to_string()))?;
-    let cluster = cluster::connect(&ClusterFlags::from(cluster_args), &env)
+    let cluster = cluster::connect(cluster_args, &env)
         .await
         .map_err(|e| Failure::refused(e.to_string()))?;
     let ctx = CommandContext {
@@ -798,18 +798,7 @@ mod tests {
             hard,
             by: None,
             output: "text".into(),
-            cluster: ClusterArgs {
-                namespace: None,
-                kube_context: None,
-                kubeconfig: None,
-                kube_apiserver: None,
-                kube_token: None,
-                kube_insecure_skip_tls_verify: false,
-                kube_as_user: None,
-                kube_as_group: Vec::new(),
-                kube_ca_file: None,
-                kube_tls_server_name: None,
-            },
+            cluster: ClusterFlags::default(),
         }
     }
 
