@@ -370,14 +370,7 @@ async fn hard_lock_record<S: ReleaseStore>(
         lock::KEY_HARD_REVISION.to_string(),
         latest.revision.to_string(),
     );
-    let mut changes = lock::label_changes(&record.header.labels, &want);
-    if let Some(Some(_)) = changes.get(LABEL_STATUS) {
-    } else {
-        changes.insert(
-            LABEL_STATUS.to_string(),
-            Some(ReleaseStatus::PendingUpgrade.as_str().to_string()),
-        );
-    }
+    let changes = lock::label_changes(&record.header.labels, &want);
     let rv = record.header.resource_version.clone().unwrap_or_default();
     store
         .rewrite(&latest.name, &rv, &payload, &changes)
@@ -612,15 +605,11 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
             let report = StatusReport {
                 release: release.to_string(),
                 namespace: ns.clone(),
-                deployed: view.state.last_deployed.as_ref().map(|d| {
-                    crate::report::DeployedReport {
-                        chart: d.chart_name.clone(),
-                        version: d.chart_version.clone(),
-                        app_version: d.app_version.clone(),
-                        revision: d.revision,
-                        status: d.status.as_str().to_string(),
-                    }
-                }),
+                deployed: view
+                    .state
+                    .last_deployed
+                    .as_ref()
+                    .map(crate::report::DeployedReport::from),
                 latest: Some(crate::report::LatestReport {
                     revision: latest.revision,
                     status: latest.status.as_str().to_string(),

@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::decision::{Action, Decision, DeployedState, LockState, Policy, Reason};
+use crate::release::ReleaseSummary;
 use crate::target::ResolvedTarget;
 
 /// Schema version of the JSON report; bumped on incompatible changes.
@@ -61,6 +62,18 @@ pub struct DeployedReport {
     pub revision: u64,
     /// Status (always `deployed` here, kept for symmetry with helm).
     pub status: String,
+}
+
+impl From<&ReleaseSummary> for DeployedReport {
+    fn from(d: &ReleaseSummary) -> DeployedReport {
+        DeployedReport {
+            chart: d.chart_name.clone(),
+            version: d.chart_version.clone(),
+            app_version: d.app_version.clone(),
+            revision: d.revision,
+            status: d.status.as_str().to_string(),
+        }
+    }
 }
 
 /// The highest revision.
@@ -138,13 +151,7 @@ impl DecisionReport {
             reason: decision.reason,
             message: decision.message.clone(),
             policy,
-            deployed: state.last_deployed.as_ref().map(|d| DeployedReport {
-                chart: d.chart_name.clone(),
-                version: d.chart_version.clone(),
-                app_version: d.app_version.clone(),
-                revision: d.revision,
-                status: d.status.as_str().to_string(),
-            }),
+            deployed: state.last_deployed.as_ref().map(DeployedReport::from),
             latest: state.latest.as_ref().map(|l| LatestReport {
                 revision: l.revision,
                 status: l.status.as_str().to_string(),
