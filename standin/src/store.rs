@@ -639,6 +639,25 @@ impl State {
         Ok(self.store(rt, obj, old.is_none()))
     }
 
+    /// Names of the pods in `ns` whose first owner has uid `owner_uid`.
+    fn pods_owned_by(
+        &self,
+        pod_t: &'static ResourceType,
+        ns: &str,
+        owner_uid: &Value,
+    ) -> Vec<String> {
+        self.list(
+            pod_t,
+            Some(ns),
+            &LabelSelector::default(),
+            &FieldSelector::default(),
+        )
+        .into_iter()
+        .filter(|p| p.pointer("/metadata/ownerReferences/0/uid") == Some(owner_uid))
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+    }
+
     /// The stand-in's controller: makes a Deployment look rolled out and ready, with a
     /// ReplicaSet (same template + pod-template-hash) and Running, Ready Pods.
     fn reconcile_deployment(&mut self, dep: &Value) {
@@ -721,18 +740,7 @@ impl State {
                 self.emit("MODIFIED", rs_t, &rs);
             }
             let rs_uid = rs["metadata"]["uid"].clone();
-            let pods: Vec<String> = self
-                .list(
-                    pod_t,
-                    Some(&ns),
-                    &LabelSelector::default(),
-                    &FieldSelector::default(),
-                )
-                .into_iter()
-                .filter(|p| p.pointer("/metadata/ownerReferences/0/uid") == Some(&rs_uid))
-                .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-                .collect();
-            for p in pods {
+            for p in self.pods_owned_by(pod_t, &ns, &rs_uid) {
                 let _ = self.delete(pod_t, &ns, &p);
             }
         }
@@ -764,17 +772,7 @@ impl State {
             &rs,
         );
         // Pods: exactly `replicas` Running + Ready pods for the current ReplicaSet.
-        let have: Vec<String> = self
-            .list(
-                pod_t,
-                Some(&ns),
-                &LabelSelector::default(),
-                &FieldSelector::default(),
-            )
-            .into_iter()
-            .filter(|p| p.pointer("/metadata/ownerReferences/0/uid") == Some(&rs_uid))
-            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-            .collect();
+        let have = self.pods_owned_by(pod_t, &ns, &rs_uid);
         for extra in have.iter().skip(replicas.max(0) as usize) {
             let _ = self.delete(pod_t, &ns, extra);
         }
