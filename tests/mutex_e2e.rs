@@ -25,6 +25,15 @@ fn fault(verb: Option<&str>, resource: &str, action: FaultAction, times: Option<
     }
 }
 
+/// Polls `done` every 50 ms; fails the test after `limit`.
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A Lease held by someone else, renewed just now.
 fn foreign_lease(b: &Bed, release: &str, holder: &str, duration: i64) {
     let now = std::time::SystemTime::now()
@@ -130,14 +139,11 @@ fn killed_holder(label: &str) {
         "--lease-duration",
         "3s",
     ]);
-    let start = Instant::now();
-    while record_status(&b, "db", 2).as_deref() != Some("pending-upgrade") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "helm never went pending"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "helm to write its pending record",
+        Duration::from_secs(30),
+        || record_status(&b, "db", 2).as_deref() == Some("pending-upgrade"),
+    );
     // SAFETY: kill(2) on the process group we created; no memory involved.
     unsafe {
         libc::kill(-(child.id() as i32), libc::SIGKILL);
@@ -262,11 +268,11 @@ fn lost_lease_is_reported(label: &str) {
         "--lease-duration",
         "3s",
     ]);
-    let start = Instant::now();
-    while b.api.get("leases", Some(NS), "helm-lock-db").is_none() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no lease taken");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "the mutex Lease to be taken",
+        Duration::from_secs(20),
+        || b.api.get("leases", Some(NS), "helm-lock-db").is_some(),
+    );
     foreign_lease(&b, "db", "intruder", 3600);
     let run = finish(child);
     run.expect_code(0, "helm itself succeeds");
@@ -398,13 +404,11 @@ fn sigterm_is_forwarded(label: &str) {
     ));
     let child = b.guard_spawn(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     let start = Instant::now();
-    while record_status(&b, "db", 2).as_deref() != Some("pending-upgrade") {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "helm never went pending"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        "helm to write its pending record",
+        Duration::from_secs(30),
+        || record_status(&b, "db", 2).as_deref() == Some("pending-upgrade"),
+    );
     // SAFETY: kill(2) on our child's pid only (not its group): helm must get it from us.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
