@@ -1,58 +1,9 @@
 //! Target resolution for repository charts: a real chart repository (`helm repo index`)
 //! served over loopback, with helm picking the version for constraints.
 
-mod common;
-
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::path::PathBuf;
-
-use common::{bed, chart, Bed};
+use crate::common::{bed, chart, serve_dir, Bed};
 
 const NS: &str = "shared";
-
-/// A static file server on 127.0.0.1 for one directory; lives as long as the test process.
-fn serve(dir: PathBuf) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let dir = dir.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(&stream);
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
-                    return;
-                }
-                // Drain headers.
-                let mut line = String::new();
-                while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-                    line.clear();
-                }
-                let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-                let file = dir.join(path.trim_start_matches('/'));
-                let mut stream = &stream;
-                match std::fs::read(&file) {
-                    Ok(body) if !path.contains("..") => {
-                        let _ = write!(
-                            stream,
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = stream.write_all(&body);
-                    }
-                    _ => {
-                        let _ = write!(
-                            stream,
-                            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                        );
-                    }
-                }
-            });
-        }
-    });
-    format!("http://{addr}")
-}
 
 fn repo(b: &Bed) -> String {
     let dir = b.home().join("repo");
@@ -65,7 +16,7 @@ fn repo(b: &Bed) -> String {
         ])
         .expect_code(0, "helm package");
     }
-    let url = serve(dir.clone());
+    let url = serve_dir(dir.clone());
     b.helm(&["repo", "index", dir.to_str().unwrap(), "--url", &url])
         .expect_code(0, "helm repo index");
     b.helm(&["repo", "add", "local", &url])
@@ -127,12 +78,4 @@ fn repo_constraints(label: &str) {
     );
 }
 
-#[test]
-fn helm3_repo_constraints() {
-    repo_constraints("helm3");
-}
-
-#[test]
-fn helm4_repo_constraints() {
-    repo_constraints("helm4");
-}
+crate::common::per_helm!(repo_constraints);

@@ -2,11 +2,9 @@
 //! 4.1.4 against the API stand-in. The lock lives in labels on Helm's own records, so every
 //! scenario also checks what helm itself does with those records.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{bed, chart, Bed, Run};
+use crate::common::{bed, chart, Bed, Run};
 use kube_standin::{Fault, FaultAction};
 use serde_json::Value;
 
@@ -825,7 +823,7 @@ fn pending_release_is_not_locked(label: &str) {
     assert!(b.writes().is_empty(), "{:?}", b.writes());
 }
 
-common::per_helm!(
+crate::common::per_helm!(
     soft_lock_skips_without_writes,
     pin_allows_only_matching,
     expired_lock_is_ignored,

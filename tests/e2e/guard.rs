@@ -1,8 +1,6 @@
 //! End to end: guarded-upgrade with real helm 3.17.3 and 4.1.4 against the API stand-in.
 
-mod common;
-
-use common::{bed, chart, Bed};
+use crate::common::{bed, chart, Bed};
 use kube_standin::{Fault, FaultAction};
 
 const NS: &str = "shared";
@@ -514,7 +512,7 @@ fn kube_selection(label: &str) {
     run.expect_code(3, "broken context");
 }
 
-common::per_helm!(
+crate::common::per_helm!(
     main_flow,
     policies,
     check_is_read_only,

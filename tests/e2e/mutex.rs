@@ -1,10 +1,8 @@
 //! End to end: the per-release mutex (issue 5) with real helm against the API stand-in.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{bed, chart, finish, Bed};
+use crate::common::{bed, chart, finish, Bed};
 use kube_standin::{Fault, FaultAction};
 
 const NS: &str = "shared";
@@ -433,7 +431,7 @@ fn sigterm_is_forwarded(label: &str) {
     assert_eq!(lease["spec"]["holderIdentity"], "", "released: {lease}");
 }
 
-common::per_helm!(
+crate::common::per_helm!(
     concurrent_pipelines,
     killed_holder,
     renew_faults_are_retried,

@@ -2,6 +2,8 @@
 //! for helm and guarded-upgrade with an isolated environment.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -232,4 +234,47 @@ impl Bed {
 /// Waits for a spawned child and collects its output.
 pub fn finish(child: std::process::Child) -> Run {
     Run::from(child.wait_with_output().expect("wait for child"))
+}
+
+/// A static file server on 127.0.0.1 for one directory; lives as long as the test process.
+pub fn serve_dir(dir: PathBuf) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&stream);
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    return;
+                }
+                // Drain headers.
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                    line.clear();
+                }
+                let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+                let file = dir.join(path.trim_start_matches('/'));
+                let mut stream = &stream;
+                match std::fs::read(&file) {
+                    Ok(body) if !path.contains("..") => {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(&body);
+                    }
+                    _ => {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
 }
