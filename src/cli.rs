@@ -1,14 +1,15 @@
-//! The command line (clap). `upgrade` and `check` take helm's argv verbatim and split it
-//! themselves ([`crate::argv`]); the lock commands are ordinary clap commands.
+//! The command line as clap types, and nothing else. `upgrade` and `check` take helm's argv
+//! verbatim (split later by the plan step); the lock commands are ordinary clap commands
+//! whose values are typed here.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::argv::Mode;
 use crate::cluster::ClusterFlags;
-use crate::exit::Failure;
+use crate::time::parse_duration;
+use crate::version::{ChartVersion, Constraint};
 
 /// Flags that ask for help in a pass-through command.
-pub const HELP_FLAGS: [&str; 2] = ["-h", "--help"];
+pub(crate) const HELP_FLAGS: [&str; 2] = ["-h", "--help"];
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -115,6 +116,61 @@ impl Command {
             _ => None,
         }
     }
+
+    /// The subcommand whose help a pass-through argv asks for (`-h`/`--help` before `--`).
+    pub fn help_requested(&self) -> Option<&'static str> {
+        let (name, args) = self.passthrough_args()?;
+        args.iter()
+            .take_while(|a| a.as_str() != "--")
+            .any(|a| HELP_FLAGS.contains(&a.as_str()))
+            .then_some(name)
+    }
+}
+
+/// How a command prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OutputFormat {
+    /// Lines for people.
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// When a lock stops applying, as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expiry {
+    /// A duration from now (`4h`).
+    After(std::time::Duration),
+    /// A point in time, Unix seconds (`2026-12-01T00:00:00Z`).
+    At(i64),
+}
+
+/// Parses `--expires`: a duration or an RFC 3339 timestamp.
+fn parse_expiry(text: &str) -> Result<Expiry, String> {
+    if let Some(d) = parse_duration(text) {
+        return Ok(Expiry::After(d));
+    }
+    crate::time::parse_rfc3339(text)
+        .map(Expiry::At)
+        .ok_or_else(|| {
+            "neither a duration (90s, 30m, 4h, 7d) nor an RFC 3339 timestamp \
+         (2026-12-01T00:00:00Z)"
+                .to_string()
+        })
+}
+
+/// Parses `--pin`: an exact version or a constraint.
+fn parse_pin(text: &str) -> Result<String, String> {
+    if ChartVersion::parse(text).is_ok() || Constraint::parse(text).is_ok() {
+        Ok(text.to_string())
+    } else {
+        Err(
+            "neither a version nor a version constraint (examples: 1.4.3, 1.4.x, \">=1.4 <2\", \
+             ^1.4)"
+                .to_string(),
+        )
+    }
 }
 
 /// `lock` arguments.
@@ -126,11 +182,11 @@ pub struct LockArgs {
     #[arg(long)]
     pub reason: Option<String>,
     /// Only allow versions matching this version or constraint (e.g. 1.4.x, ">=1.4 <2")
-    #[arg(long, value_name = "VERSION|CONSTRAINT")]
+    #[arg(long, value_name = "VERSION|CONSTRAINT", value_parser = parse_pin)]
     pub pin: Option<String>,
     /// Lock expiry: a duration (90s, 30m, 4h, 7d) or an RFC 3339 timestamp
-    #[arg(long, value_name = "DURATION|TIMESTAMP")]
-    pub expires: Option<String>,
+    #[arg(long, value_name = "DURATION|TIMESTAMP", value_parser = parse_expiry)]
+    pub expires: Option<Expiry>,
     /// Also stop plain `helm upgrade` (marks the latest revision pending-upgrade)
     #[arg(long)]
     pub hard: bool,
@@ -138,8 +194,8 @@ pub struct LockArgs {
     #[arg(long)]
     pub by: Option<String>,
     /// Output format
-    #[arg(short = 'o', long, value_parser = ["text", "json"], default_value = "text")]
-    pub output: String,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: OutputFormat,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub cluster: ClusterFlags,
@@ -165,8 +221,8 @@ pub struct StatusArgs {
     /// Release to show
     pub release: String,
     /// Output format
-    #[arg(short = 'o', long, value_parser = ["text", "json"], default_value = "text")]
-    pub output: String,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: OutputFormat,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub cluster: ClusterFlags,
@@ -179,23 +235,11 @@ pub struct LocksArgs {
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
     /// Output format
-    #[arg(short = 'o', long, value_parser = ["text", "json"], default_value = "text")]
-    pub output: String,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: OutputFormat,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub cluster: ClusterFlags,
-}
-
-/// Runs one parsed command.
-pub async fn dispatch(command: Command) -> Result<i32, Failure> {
-    match command {
-        Command::Upgrade { args } => crate::app::run(&args, Mode::Upgrade).await,
-        Command::Check { args } => crate::app::run(&args, Mode::Check).await,
-        Command::Lock(args) => crate::lockcmd::lock(args).await,
-        Command::Unlock(args) => crate::lockcmd::unlock(args).await,
-        Command::Status(args) => crate::lockcmd::status(args).await,
-        Command::Locks(args) => crate::lockcmd::locks(args).await,
-    }
 }
 
 #[cfg(test)]

@@ -32,14 +32,6 @@ impl DriverKind {
             other => Err(ClusterError::UnknownDriver(other.to_string())),
         }
     }
-
-    /// The Kubernetes kind holding the records.
-    pub fn kind(self) -> &'static str {
-        match self {
-            DriverKind::Secret => "Secret",
-            DriverKind::ConfigMap => "ConfigMap",
-        }
-    }
 }
 
 /// Failures while choosing or connecting to the cluster.

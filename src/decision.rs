@@ -176,8 +176,9 @@ pub struct DecisionInput<'a> {
     pub namespace: &'a str,
     /// Cluster state.
     pub state: &'a DeployedState,
-    /// The target chart.
-    pub target: &'a Target,
+    /// The target chart; `None` asks only what the rules say before a target is compared
+    /// ([`gate`], used by `status`).
+    pub target: Option<&'a Target>,
     /// Version policy.
     pub policy: Policy,
     /// `--allow-chart-change`.
@@ -266,83 +267,161 @@ pub struct Decision {
 /// module docs for the order of checks.
 pub fn decide(input: &DecisionInput) -> Decision {
     let mut d = Decider::new(input);
-    let (action, reason, message) = d.run();
-    Decision {
-        action,
-        reason,
-        message: one_line(&message),
-        notes: d.notes.iter().map(|n| one_line(n)).collect(),
-        deployed_version: d.baseline.and_then(|b| b.chart_version.clone()),
-        deployed_revision: d.baseline.map(|b| b.revision),
-        target_version: input.target.version.clone(),
+    let outcome = match d.gate() {
+        Step::Done(outcome) => outcome,
+        Step::Install(reason) => d.install(reason),
+        Step::Compare { failed_baseline } => d.compare(failed_baseline),
+    };
+    d.finish(outcome)
+}
+
+/// What the rules say about a release before any target is looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// The rules decide whatever the target: skip (locked) or refuse.
+    Decided(Decision),
+    /// The release would be installed (not installed, or uninstalled), pin permitting.
+    Install {
+        /// `not-installed` or `reinstall-after-uninstall`.
+        reason: Reason,
+        /// An unexpired pin the target must match.
+        pin: Option<String>,
+        /// Remarks (an expired lock ignored, …).
+        notes: Vec<String>,
+    },
+    /// The release would be upgraded from the baseline when the target passes the chart,
+    /// pin and version checks.
+    Upgrade {
+        /// The revision versions are compared with.
+        baseline_revision: u64,
+        /// Its chart version.
+        baseline_version: Option<String>,
+        /// An unexpired pin the target must match.
+        pin: Option<String>,
+        /// Remarks (a later failed revision, a hard lock not in force, …).
+        notes: Vec<String>,
+    },
+}
+
+/// The checks of [`decide`] that do not need a target (locks, pending and missing
+/// revisions), so `status` says what `upgrade` would do from the same rules.
+pub fn gate(input: &DecisionInput) -> Gate {
+    let mut d = Decider::new(input);
+    match d.gate() {
+        Step::Done(outcome) => Gate::Decided(d.finish(outcome)),
+        Step::Install(reason) => Gate::Install {
+            reason,
+            pin: d.pin_lock.and_then(|l| l.pin.clone()),
+            notes: d.notes.iter().map(|n| one_line(n)).collect(),
+        },
+        Step::Compare { .. } => Gate::Upgrade {
+            baseline_revision: d.baseline.map_or(0, |b| b.revision),
+            baseline_version: d.baseline.and_then(|b| b.chart_version.clone()),
+            pin: d.pin_lock.and_then(|l| l.pin.clone()),
+            notes: d.notes.iter().map(|n| one_line(n)).collect(),
+        },
     }
 }
 
 type Outcome = (Action, Reason, String);
+
+/// Where the target-less checks leave a decision.
+enum Step {
+    /// Decided without looking at the target version.
+    Done(Outcome),
+    /// Install (the pin still applies).
+    Install(Reason),
+    /// Compare the target with the baseline.
+    Compare {
+        /// The baseline is a failed revision with nothing deployed.
+        failed_baseline: bool,
+    },
+}
 
 struct Decider<'i, 'a> {
     input: &'i DecisionInput<'a>,
     notes: Vec<String>,
     /// The record versions are compared with.
     baseline: Option<&'i ReleaseSummary>,
+    /// An unexpired pin lock.
+    pin_lock: Option<&'i LockState>,
 }
 
 impl<'i, 'a> Decider<'i, 'a> {
     fn new(input: &'i DecisionInput<'a>) -> Self {
         let mut notes = Vec::new();
-        if let Some(n) = &input.target.note {
+        if let Some(n) = input.target.and_then(|t| t.note.as_ref()) {
             notes.push(n.clone());
         }
         Decider {
             input,
             notes,
             baseline: None,
+            pin_lock: None,
         }
     }
 
-    fn run(&mut self) -> Outcome {
+    fn finish(&self, (action, reason, message): Outcome) -> Decision {
+        Decision {
+            action,
+            reason,
+            message: one_line(&message),
+            notes: self.notes.iter().map(|n| one_line(n)).collect(),
+            deployed_version: self.baseline.and_then(|b| b.chart_version.clone()),
+            deployed_revision: self.baseline.map(|b| b.revision),
+            target_version: self.target_version().to_string(),
+        }
+    }
+
+    /// The target version text; empty for a target-less [`gate`].
+    fn target_version(&self) -> &str {
+        self.input.target.map_or("", |t| t.version.as_str())
+    }
+
+    /// Steps 1-4: locks, not installed, pending, baseline.
+    fn gate(&mut self) -> Step {
         let state = self.input.state;
         let latest = state.latest.as_ref();
 
         // 1. Locks.
-        let mut pin_lock = None;
         if let Some(lock) = &state.lock {
             let expired = lock.expires_at.is_some_and(|t| self.input.now_unix >= t);
             let hard_record = latest.is_some_and(|m| m.status == ReleaseStatus::PendingUpgrade);
             match (lock.kind, expired) {
-                (LockKind::Hard, true) if hard_record => return self.refuse_expired_hard(lock),
+                (LockKind::Hard, true) if hard_record => {
+                    return Step::Done(self.refuse_expired_hard(lock))
+                }
                 (_, true) => self.notes.push(format!(
                     "ignored expired lock set by {} ({} lock, expired at {})",
                     lock.by.as_deref().unwrap_or("unknown"),
                     lock.kind.as_str(),
-                    lock.expires_at.map(format_unix_utc).unwrap_or_default()
+                    lock.expires_at
+                        .map(crate::time::format_rfc3339)
+                        .unwrap_or_default()
                 )),
-                (LockKind::Pin, false) => pin_lock = Some(lock),
+                (LockKind::Pin, false) => self.pin_lock = Some(lock),
                 (LockKind::Soft | LockKind::Hard, false) => {
                     if lock.kind == LockKind::Hard && !hard_record {
                         if let Some(m) = latest {
                             self.notes.push(format!(
-                                "hard lock is set but latest revision {} is {}, not pending-upgrade",
-                                m.revision, m.status
+                                "hard lock is set but latest revision {} is {}, not \
+                                 pending-upgrade, so plain `helm upgrade` is NOT blocked; re-run \
+                                 \"guarded-upgrade lock {} -n {} --hard\"",
+                                m.revision, m.status, self.input.release, self.input.namespace
                             ));
                         }
                     }
-                    // A hard-locked release has no `deployed` record (the lock
-                    // made it pending), so show the latest one instead.
-                    self.baseline = state
-                        .last_deployed
-                        .as_ref()
-                        .or(state.latest_summary.as_ref());
-                    return self.skip_locked(lock);
+                    self.baseline = state.last_deployed.as_ref();
+                    return Step::Done(self.skip_locked(lock));
                 }
             }
         }
 
         // 2. Not installed.
         let latest = match latest {
-            None => return self.install(pin_lock, Reason::NotInstalled),
+            None => return Step::Install(Reason::NotInstalled),
             Some(m) if m.status == ReleaseStatus::Uninstalled => {
-                return self.install(pin_lock, Reason::ReinstallAfterUninstall)
+                return Step::Install(Reason::ReinstallAfterUninstall)
             }
             Some(m) => m,
         };
@@ -350,7 +429,7 @@ impl<'i, 'a> Decider<'i, 'a> {
         // 3. Interrupted or concurrent operation.
         if latest.status.is_pending() {
             self.baseline = state.last_deployed.as_ref();
-            return self.refuse_pending(latest);
+            return Step::Done(self.refuse_pending(latest));
         }
 
         // 4. Baseline.
@@ -358,7 +437,7 @@ impl<'i, 'a> Decider<'i, 'a> {
         match (&latest.status, &state.last_deployed) {
             (ReleaseStatus::Deployed, Some(d)) => self.baseline = Some(d),
             (ReleaseStatus::Deployed, None) => {
-                return self.refuse(
+                return Step::Done(self.refuse(
                     Reason::UnknownState,
                     format!(
                         "{} has revision {} marked deployed but its record could not be read; \
@@ -367,7 +446,7 @@ impl<'i, 'a> Decider<'i, 'a> {
                         latest.revision,
                         self.history_cmd()
                     ),
-                )
+                ))
             }
             (status, Some(d)) => {
                 self.baseline = Some(d);
@@ -392,7 +471,7 @@ impl<'i, 'a> Decider<'i, 'a> {
                     .as_ref()
                     .filter(|s| s.revision == latest.revision)
                 else {
-                    return self.refuse(
+                    return Step::Done(self.refuse(
                         Reason::UnknownState,
                         format!(
                             "{} has no deployed revision and its latest revision {} ({}) could \
@@ -402,7 +481,7 @@ impl<'i, 'a> Decider<'i, 'a> {
                             latest.status,
                             self.history_cmd()
                         ),
-                    );
+                    ));
                 };
                 self.baseline = Some(s);
                 failed_baseline = latest.status == ReleaseStatus::Failed;
@@ -413,7 +492,7 @@ impl<'i, 'a> Decider<'i, 'a> {
                 ));
             }
             (status, None) => {
-                return self.refuse(
+                return Step::Done(self.refuse(
                     Reason::NoDeployedRevision,
                     format!(
                         "{} has no deployed revision and its latest revision {} is {status}, so \
@@ -423,15 +502,23 @@ impl<'i, 'a> Decider<'i, 'a> {
                         latest.revision,
                         self.history_cmd()
                     ),
-                )
+                ))
             }
         }
+        Step::Compare { failed_baseline }
+    }
+
+    /// Step 5: chart identity, pin, version policy.
+    fn compare(&mut self, failed_baseline: bool) -> Outcome {
         let Some(baseline) = self.baseline else {
             return self.refuse(Reason::UnknownState, "no baseline".to_string());
         };
+        let Some(target_input) = self.input.target else {
+            return self.refuse(Reason::UnknownState, "no target".to_string());
+        };
 
         // 5a. Chart identity.
-        if let (Some(want), Some(have)) = (&self.input.target.chart_name, &baseline.chart_name) {
+        if let (Some(want), Some(have)) = (&target_input.chart_name, &baseline.chart_name) {
             if want != have {
                 if !self.input.allow_chart_change {
                     return self.refuse(
@@ -451,12 +538,12 @@ impl<'i, 'a> Decider<'i, 'a> {
         }
 
         // 5b. Pin.
-        if let Some(outcome) = self.check_pin(pin_lock) {
+        if let Some(outcome) = self.check_pin() {
             return outcome;
         }
 
         // 5c. Version policy.
-        let target_text = self.input.target.version.as_str();
+        let target_text = target_input.version.as_str();
         let deployed_text = baseline.chart_version.as_deref().unwrap_or("");
         if self.input.policy == Policy::Off {
             return self.proceed(
@@ -464,7 +551,7 @@ impl<'i, 'a> Decider<'i, 'a> {
                 format!("{deployed_text} -> {target_text} (version policy off)"),
             );
         }
-        let deployed = match ChartVersion::parse(deployed_text) {
+        let deployed = match ChartVersion::parse_stored(deployed_text) {
             Ok(v) => v,
             Err(e) => {
                 let what = if deployed_text.is_empty() {
@@ -591,7 +678,7 @@ impl<'i, 'a> Decider<'i, 'a> {
             s.push_str(&format!(" since {since}"));
         }
         if let Some(t) = lock.expires_at {
-            s.push_str(&format!(" until {}", format_unix_utc(t)));
+            s.push_str(&format!(" until {}", crate::time::format_rfc3339(t)));
         }
         if let Some(reason) = lock.reason.as_deref().filter(|r| !r.is_empty()) {
             s.push_str(&format!(": {reason:?}"));
@@ -600,13 +687,13 @@ impl<'i, 'a> Decider<'i, 'a> {
     }
 
     fn skip_locked(&self, lock: &LockState) -> Outcome {
+        let what = match self.input.target {
+            Some(t) => format!("target {} not applied", t.version),
+            None => "upgrades are not applied".to_string(),
+        };
         self.skip(
             Reason::Locked,
-            format!(
-                "target {} not applied: {}",
-                self.input.target.version,
-                Self::lock_description(lock)
-            ),
+            format!("{what}: {}", Self::lock_description(lock)),
         )
     }
 
@@ -659,15 +746,15 @@ impl<'i, 'a> Decider<'i, 'a> {
             Reason::InvalidVersion,
             format!(
                 "target version {:?} for {} is not a valid chart version ({e})",
-                self.input.target.version,
+                self.target_version(),
                 self.subject()
             ),
         )
     }
 
     /// Skips or refuses when a pin lock rejects the target.
-    fn check_pin(&self, pin_lock: Option<&LockState>) -> Option<Outcome> {
-        let lock = pin_lock?;
+    fn check_pin(&self) -> Option<Outcome> {
+        let lock = self.pin_lock?;
         let pin_text = lock.pin.as_deref()?;
         let pin = match Constraint::parse(pin_text) {
             Ok(c) => c,
@@ -684,7 +771,7 @@ impl<'i, 'a> Decider<'i, 'a> {
                 ))
             }
         };
-        let target = match ChartVersion::parse(&self.input.target.version) {
+        let target = match ChartVersion::parse(self.target_version()) {
             Ok(v) => v,
             Err(e) => return Some(self.refuse_invalid_target(e)),
         };
@@ -695,14 +782,14 @@ impl<'i, 'a> Decider<'i, 'a> {
             Reason::Pinned,
             format!(
                 "target {} does not match the pin {pin_text:?} ({})",
-                self.input.target.version,
+                self.target_version(),
                 Self::lock_description(lock)
             ),
         ))
     }
 
-    fn install(&mut self, pin_lock: Option<&LockState>, reason: Reason) -> Outcome {
-        if let Some(outcome) = self.check_pin(pin_lock) {
+    fn install(&mut self, reason: Reason) -> Outcome {
+        if let Some(outcome) = self.check_pin() {
             return outcome;
         }
         let why = match (&self.input.state.latest, reason) {
@@ -716,7 +803,9 @@ impl<'i, 'a> Decider<'i, 'a> {
             reason,
             format!(
                 "install: {:?} in {:?} {} ({why})",
-                self.input.release, self.input.namespace, self.input.target.version
+                self.input.release,
+                self.input.namespace,
+                self.target_version()
             ),
         )
     }
@@ -728,28 +817,6 @@ fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
-}
-
-/// Formats unix seconds as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
-fn format_unix_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]
@@ -782,14 +849,14 @@ mod tests {
         Some(RecordMeta { revision, status })
     }
 
-    /// Deployed at `version` (revision 7), latest = revision 7 deployed.
+    /// Deployed at `version` (revision 7), latest = revision 7 deployed, as the program
+    /// reads it.
     fn deployed(version: &str) -> DeployedState {
-        DeployedState {
-            latest: meta(7, ReleaseStatus::Deployed),
-            last_deployed: Some(summary(7, ReleaseStatus::Deployed, "postgresql", version)),
-            latest_summary: None,
-            lock: None,
-        }
+        crate::state::testkit::state(&[crate::state::testkit::rev(
+            7,
+            ReleaseStatus::Deployed,
+            version,
+        )])
     }
 
     fn lock(kind: LockKind, expires_at: Option<i64>, pin: Option<&str>) -> LockState {
@@ -817,7 +884,7 @@ mod tests {
             release: "db",
             namespace: "shared",
             state,
-            target,
+            target: Some(target),
             policy,
             allow_chart_change: false,
             now_unix: NOW,
@@ -1143,12 +1210,10 @@ mod tests {
         use ReleaseStatus as S;
         let past = Some(NOW - 1);
         let future = Some(NOW + 3600);
-        let hard_latest = DeployedState {
-            latest: meta(7, S::PendingUpgrade),
-            last_deployed: None,
-            latest_summary: Some(summary(7, S::PendingUpgrade, "postgresql", "1.4.0")),
-            lock: None,
-        };
+        // Revision 7 deployed at 1.4.0, then hard-locked (pending-upgrade), as read.
+        let mut locked = crate::state::testkit::rev(7, S::PendingUpgrade, "1.4.0");
+        locked.labels = vec![(crate::lock::KEY_HARD_STATUS.into(), "deployed".into())];
+        let hard_latest = crate::state::testkit::state(&[locked]);
         // (state, lock, target, policy, action, reason, note expected)
         #[allow(clippy::type_complexity)]
         let cases: Vec<(DeployedState, LockState, &str, Policy, Action, Reason, bool)> = vec![
@@ -1477,7 +1542,7 @@ mod tests {
             release: "db",
             namespace: "shared",
             state: &state,
-            target: &t,
+            target: Some(&t),
             policy: Policy::Newer,
             allow_chart_change: true,
             now_unix: NOW,
@@ -1490,7 +1555,7 @@ mod tests {
             release: "db",
             namespace: "shared",
             state: &state,
-            target: &t,
+            target: Some(&t),
             policy: Policy::Newer,
             allow_chart_change: true,
             now_unix: NOW,
@@ -1563,7 +1628,7 @@ mod tests {
             (-1, "1969-12-31T23:59:59Z"),
         ];
         for (secs, want) in cases {
-            assert_eq!(format_unix_utc(secs), want);
+            assert_eq!(crate::time::format_rfc3339(secs), want);
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 /// A helm invocation: the binary and its arguments, exactly as they will be passed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HelmCommand {
+pub(crate) struct HelmCommand {
     /// The helm binary.
     pub program: PathBuf,
     /// Arguments after the program name.
@@ -18,7 +18,11 @@ impl HelmCommand {
     /// `helm upgrade --install? <user argv>`: the user's arguments untouched and in order.
     /// `--install` is added only when the user did not pass `--install`/`-i` themselves,
     /// since the guarded upgrade always has install semantics.
-    pub fn upgrade(program: &Path, helm_args: &[String], user_gave_install: bool) -> HelmCommand {
+    pub(crate) fn upgrade(
+        program: &Path,
+        helm_args: &[String],
+        user_gave_install: bool,
+    ) -> HelmCommand {
         let mut args = vec!["upgrade".to_string()];
         if !user_gave_install {
             args.push("--install".to_string());
@@ -31,7 +35,7 @@ impl HelmCommand {
     }
 
     /// A duct expression for this command.
-    pub fn to_expression(&self) -> duct::Expression {
+    pub(crate) fn to_expression(&self) -> duct::Expression {
         duct::cmd(&self.program, &self.args)
     }
 }
@@ -55,10 +59,9 @@ pub enum HelmError {
     },
 }
 
-/// Finds helm: `--helm`, then `HELM_BIN`, then `helm` on PATH.
-pub fn locate(flag: Option<&str>, env_bin: Option<&str>) -> Result<PathBuf, HelmError> {
-    let requested = flag.or(env_bin).filter(|s| !s.is_empty());
-    match requested {
+/// Finds helm: the binary asked for (`--helm`, else `HELM_BIN`), else `helm` on PATH.
+pub(crate) fn locate(requested: Option<&str>) -> Result<PathBuf, HelmError> {
+    match requested.filter(|s| !s.is_empty()) {
         Some(given) => {
             which::which(given).map_err(|e| HelmError::NotFound(format!("{given:?} ({e})")))
         }
@@ -68,7 +71,7 @@ pub fn locate(flag: Option<&str>, env_bin: Option<&str>) -> Result<PathBuf, Helm
 
 /// Runs helm with inherited stdio, forwarding SIGINT/SIGTERM to it, and returns its exit
 /// code (128 + signal number when helm was killed by a signal, as shells report it).
-pub async fn run_inherited(command: &HelmCommand) -> Result<i32, HelmError> {
+pub(crate) async fn run_inherited(command: &HelmCommand) -> Result<i32, HelmError> {
     let handle = command
         .to_expression()
         .unchecked()
@@ -161,7 +164,7 @@ mod tests {
 
     #[test]
     fn missing_helm_is_a_clear_error() {
-        let err = locate(Some("/nonexistent/helm"), None).unwrap_err();
+        let err = locate(Some("/nonexistent/helm")).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("helm not found"), "{text}");
         assert!(text.contains("--helm PATH"), "{text}");

@@ -1,25 +1,35 @@
 //! guarded-upgrade: a drop-in `helm upgrade --install` that never downgrades a release,
 //! honours release locks and fails closed when the deployed state is unknown.
 //!
-//! The decision ([`decision::decide`]) is pure; everything around it is a thin adapter:
-//! [`storage`] for Helm's release records, [`mutex`] for the per-release Lease, [`helm`]
-//! for the helm process, [`app`], [`lockcmd`] and [`cli`] for the command line.
+//! Layers (see `docs/architecture.md`): [`cli`] (clap types) → `plan` (argv and environment
+//! to validated plans, every usage error before any I/O) → `commands` (one file per verb)
+//! → the pure [`decision`] core, with thin adapters around it: `storage` for Helm's
+//! release records, `mutex` for the per-release Lease, `helm` for the helm process,
+//! `cluster` for the connection, and `output`, the only module that prints.
+//!
+//! The library API is deliberately small: the decision core, the release codec and the
+//! version rules, plus what the binary needs to run a command line.
 
-pub mod app;
-pub mod argv;
 pub mod cli;
-pub mod cluster;
 pub mod decision;
-pub mod exit;
-pub mod helm;
-pub mod lock;
-pub mod lockcmd;
-pub mod mutex;
-pub mod recovery;
 pub mod release;
-pub mod report;
-pub mod state;
-pub mod storage;
-pub mod target;
-pub mod time;
 pub mod version;
+
+mod argv;
+mod cluster;
+mod commands;
+mod error;
+mod helm;
+mod lock;
+mod mutex;
+mod output;
+mod plan;
+mod recovery;
+mod state;
+mod storage;
+mod target;
+mod time;
+
+pub use error::{Error, Exit};
+pub use output::error as print_error;
+pub use plan::Plan;

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::exit::Failure;
 use crate::lock;
 use crate::release::{self, ReleaseStatus};
 use crate::state::ReleaseView;
@@ -14,7 +13,7 @@ use crate::time::format_duration;
 
 /// When the record was last written: Helm's `modifiedAt`/`createdAt` labels (Unix seconds),
 /// else the object's creation time.
-pub fn record_age_secs(
+pub(crate) fn record_age_secs(
     labels: &BTreeMap<String, String>,
     created: Option<&str>,
     now: i64,
@@ -35,71 +34,99 @@ fn failed_description(status: &ReleaseStatus, release: &str, why: &str) -> Strin
     }
 }
 
+/// What [`recover_stale_pending`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// The latest record is not an interrupted operation (or is a hard lock).
+    NotPending,
+    /// The record's age cannot be told; left alone.
+    AgeUnknown {
+        /// Its revision.
+        revision: u64,
+    },
+    /// Younger than `--recover-pending-after`; left alone.
+    TooRecent {
+        /// Its revision.
+        revision: u64,
+        /// Seconds since it was written.
+        age: i64,
+    },
+    /// Marked `failed`, as helm marks an interrupted operation.
+    MarkedFailed {
+        /// Its revision.
+        revision: u64,
+        /// The pending status it had.
+        was: ReleaseStatus,
+        /// Seconds since it was written.
+        age: i64,
+    },
+}
+
+/// A failed recovery step: what was being done and why it failed.
+#[derive(Debug, thiserror::Error)]
+#[error("recovering pending revision {revision}: {step}: {source}")]
+pub struct RecoveryError {
+    /// The pending revision.
+    pub revision: u64,
+    /// `reading`, `decoding`, `writing`, …
+    pub step: &'static str,
+    /// Why.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
 /// Marks the stale pending latest record `failed` when it is older than `after`.
 /// Must only be called while holding the mutex (so no live run owns the record).
-/// Returns true when it changed the record.
-pub async fn recover_stale_pending<S: ReleaseStore>(
+pub(crate) async fn recover_stale_pending<S: ReleaseStore>(
     store: &S,
     release: &str,
     view: &ReleaseView,
     after: Duration,
     now: i64,
-) -> Result<bool, Failure> {
-    let ns = store.namespace().to_string();
+) -> Result<Recovery, RecoveryError> {
     let Some(latest) = view.latest() else {
-        return Ok(false);
+        return Ok(Recovery::NotPending);
     };
     // A guarded-upgrade hard lock is not an interrupted operation.
     if !latest.status.is_pending() || latest.labels.contains_key(lock::KEY_HARD_STATUS) {
-        return Ok(false);
+        return Ok(Recovery::NotPending);
     }
+    let revision = latest.revision;
     let Some(age) = record_age_secs(&latest.labels, latest.created.as_deref(), now) else {
-        eprintln!(
-            "note: cannot tell how old pending revision {} is; not recovering it",
-            latest.revision
-        );
-        return Ok(false);
+        return Ok(Recovery::AgeUnknown { revision });
     };
     if age < after.as_secs() as i64 {
-        eprintln!(
-            "note: pending revision {} was written {} ago, less than --recover-pending-after {}; \
-             not recovering it",
-            latest.revision,
-            format_duration(age),
-            format_duration(after.as_secs() as i64)
-        );
-        return Ok(false);
+        return Ok(Recovery::TooRecent { revision, age });
     }
-    let fail = |step: &str, e: &dyn std::fmt::Display| {
-        Failure::refused(format!(
-            "release {release:?} in namespace {ns:?}: recovering pending revision {}: {step}: \
-             {e}; helm was not run",
-            latest.revision
-        ))
+    let fail = |step: &'static str| {
+        move |e: Box<dyn std::error::Error + Send + Sync>| RecoveryError {
+            revision,
+            step,
+            source: e,
+        }
     };
     let record = store
         .get(&latest.name)
         .await
-        .map_err(|e| fail("reading", &e))?;
+        .map_err(|e| fail("reading")(e.into()))?;
     let mut json =
-        release::decode_release_json(&record.payload).map_err(|e| fail("decoding", &e))?;
+        release::decode_release_json(&record.payload).map_err(|e| fail("decoding")(e.into()))?;
     let why = format!(
-        "interrupted: revision {} was {} for {} with no live holder of mutex {}; marked failed \
-         by guarded-upgrade",
-        latest.revision,
+        "interrupted: revision {revision} was {} for {} with no live holder of mutex {}; marked \
+         failed by guarded-upgrade",
         latest.status,
         format_duration(age),
         crate::mutex::lease_name(release)
     );
     release::set_release_status(&mut json, ReleaseStatus::Failed.as_str())
-        .map_err(|e| fail("changing the status", &e))?;
+        .map_err(|e| fail("changing the status")(e.into()))?;
     if let Some(info) = json.get_mut("info").and_then(|i| i.as_object_mut()) {
         info.insert(
             "description".into(),
             serde_json::Value::String(failed_description(&latest.status, release, &why)),
         );
     }
-    let payload = release::encode_release_json(&json).map_err(|e| fail("encoding", &e))?;
+    let payload = release::encode_release_json(&json).map_err(|e| fail("encoding")(e.into()))?;
     let labels = BTreeMap::from([
         (
             LABEL_STATUS.to_string(),
@@ -111,15 +138,12 @@ pub async fn recover_stale_pending<S: ReleaseStore>(
     store
         .rewrite(&latest.name, &rv, &payload, &labels)
         .await
-        .map_err(|e| fail("writing", &e))?;
-    eprintln!(
-        "recovered: revision {} of release {release:?} in {ns:?} was {} for {} with no live \
-         holder; marked it failed as helm does for an interrupted operation",
-        latest.revision,
-        latest.status,
-        format_duration(age)
-    );
-    Ok(true)
+        .map_err(|e| fail("writing")(e.into()))?;
+    Ok(Recovery::MarkedFailed {
+        revision,
+        was: latest.status.clone(),
+        age,
+    })
 }
 
 #[cfg(test)]

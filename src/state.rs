@@ -1,13 +1,17 @@
-//! Reading what is deployed: list record metadata, decode only the records a decision needs.
+//! Reading what is deployed: list record metadata, decode only the records a decision
+//! needs, and check every one of them against what was asked.
+//!
+//! This is the one place a hard lock's `pending-upgrade` record is recognised as the
+//! deployed revision it really is (see [`read_release`]).
 
 use crate::decision::{DeployedState, RecordMeta};
 use crate::lock;
 use crate::release::{decode_release, DecodeError, ReleaseStatus, ReleaseSummary};
-use crate::storage::{RecordHeader, ReleaseStore, StoreError};
+use crate::storage::{InvalidRecord, RecordHeader, ReleaseStore, StoreError};
 
 /// The release as found in storage, with the headers the state was built from.
 #[derive(Clone, Debug)]
-pub struct ReleaseView {
+pub(crate) struct ReleaseView {
     /// Input for the decision.
     pub state: DeployedState,
     /// Every record header, sorted by revision (metadata only).
@@ -24,12 +28,12 @@ impl ReleaseView {
 /// Why the deployed state could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// Listing or fetching records failed.
+    /// Listing or fetching records failed, or an answer could not be trusted.
     #[error("{step}: {source}")]
     Store {
         /// What was being done.
         step: String,
-        /// The API failure.
+        /// The failure.
         #[source]
         source: StoreError,
     },
@@ -44,10 +48,21 @@ pub enum ReadError {
         #[source]
         source: DecodeError,
     },
+    /// A record's body disagrees with its labels or with what was asked.
+    #[error("inconsistent record: {0}")]
+    Inconsistent(#[source] InvalidRecord),
 }
 
-/// Reads the release: one metadata list, then one GET + decode of the last deployed record.
-pub async fn read_release<S: ReleaseStore>(
+/// True when a hard lock turned this deployed record `pending-upgrade` on purpose: it still
+/// is what runs, so it counts as deployed.
+fn is_hard_locked_deployed(header: &RecordHeader) -> bool {
+    header.status == ReleaseStatus::PendingUpgrade
+        && header.labels.get(lock::KEY_HARD_STATUS).map(String::as_str) == Some("deployed")
+}
+
+/// Reads the release: one metadata list, then one GET + decode of the last deployed record
+/// (or, without one, of the latest record helm would upgrade from).
+pub(crate) async fn read_release<S: ReleaseStore>(
     store: &S,
     release: &str,
 ) -> Result<ReleaseView, ReadError> {
@@ -62,31 +77,28 @@ pub async fn read_release<S: ReleaseStore>(
         revision: h.revision,
         status: h.status.clone(),
     });
-    // A hard lock turned the deployed record `pending-upgrade` on purpose: it still is
-    // what runs, so it counts as deployed when its recorded original status says so.
-    let last_deployed_header = headers.iter().rev().find(|h| {
-        h.status == ReleaseStatus::Deployed
-            || (h.status == ReleaseStatus::PendingUpgrade
-                && h.labels.get(lock::KEY_HARD_STATUS).map(String::as_str) == Some("deployed"))
-    });
+    let last_deployed_header = headers
+        .iter()
+        .rev()
+        .find(|h| h.status == ReleaseStatus::Deployed || is_hard_locked_deployed(h));
     let last_deployed = match last_deployed_header {
         Some(h) => {
-            let mut summary = decode_record(store, &h.name).await?;
-            if h.status != ReleaseStatus::Deployed {
+            let mut summary = decode_record(store, h).await?;
+            if is_hard_locked_deployed(h) {
                 summary.status = ReleaseStatus::Deployed;
             }
             Some(summary)
         }
         None => None,
     };
-    // Without a deployed record helm upgrades from the latest one (failed, superseded):
-    // the decision needs its chart version then.
+    // Without a deployed record helm upgrades from the latest one (failed, superseded),
+    // and a hard-locked release shows it: the decision needs its chart version then.
     let latest_summary = match headers.last() {
         Some(h)
             if last_deployed_header.is_none()
                 && matches!(h.status, ReleaseStatus::Failed | ReleaseStatus::Superseded) =>
         {
-            Some(decode_record(store, &h.name).await?)
+            Some(decode_record(store, h).await?)
         }
         _ => None,
     };
@@ -102,18 +114,219 @@ pub async fn read_release<S: ReleaseStore>(
     })
 }
 
-/// Fetches and decodes one record's release metadata (never its values).
-pub async fn decode_record<S: ReleaseStore>(
+/// Fetches and decodes one record's release metadata (never its values), and checks that
+/// the body is the release, namespace, revision and status its labels say.
+pub(crate) async fn decode_record<S: ReleaseStore>(
     store: &S,
-    name: &str,
+    header: &RecordHeader,
 ) -> Result<ReleaseSummary, ReadError> {
+    let name = header.name.as_str();
     let record = store.get(name).await.map_err(|source| ReadError::Store {
         step: format!("reading {} {name:?}", store.kind()),
         source,
     })?;
-    decode_release(&record.payload).map_err(|source| ReadError::Decode {
+    let summary = decode_release(&record.payload).map_err(|source| ReadError::Decode {
         kind: store.kind(),
         name: name.to_string(),
         source,
-    })
+    })?;
+    check_body(store.kind(), &record.header, header, &summary).map_err(ReadError::Inconsistent)?;
+    Ok(summary)
+}
+
+/// The record fetched must be the one listed, and its body must agree with its labels.
+fn check_body(
+    kind: &'static str,
+    fetched: &RecordHeader,
+    listed: &RecordHeader,
+    body: &ReleaseSummary,
+) -> Result<(), InvalidRecord> {
+    let bad =
+        |field: &str, problem: String| InvalidRecord::new(kind, &listed.name, field, &problem);
+    if fetched.release != listed.release || fetched.revision != listed.revision {
+        return Err(bad(
+            "labels",
+            format!(
+                "changed between list and read (release {:?} revision {} became {:?} revision {})",
+                listed.release, listed.revision, fetched.release, fetched.revision
+            ),
+        ));
+    }
+    if body.name != fetched.release {
+        return Err(bad(
+            "release name",
+            format!(
+                "in the body is {:?}, the name label {:?}",
+                body.name, fetched.release
+            ),
+        ));
+    }
+    if !body.namespace.is_empty() && body.namespace != fetched.namespace {
+        return Err(bad(
+            "namespace",
+            format!(
+                "in the body is {:?}, the record is in {:?}",
+                body.namespace, fetched.namespace
+            ),
+        ));
+    }
+    if body.revision != fetched.revision {
+        return Err(bad(
+            "revision",
+            format!(
+                "in the body is {}, the version label {}",
+                body.revision, fetched.revision
+            ),
+        ));
+    }
+    if body.status != fetched.status {
+        return Err(bad(
+            "status",
+            format!(
+                "in the body is {}, the status label {}",
+                body.status, fetched.status
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Records for tests, written the way helm writes them and read through [`read_release`].
+#[cfg(test)]
+pub(crate) mod testkit {
+    use super::*;
+    use crate::release::encode_release_json;
+    use crate::storage::memory::MemoryStore;
+    use crate::storage::Store;
+
+    /// One revision: status and chart version (empty = no version), plus extra labels.
+    pub(crate) struct Rev<'a> {
+        pub revision: u64,
+        pub status: ReleaseStatus,
+        pub version: &'a str,
+        pub labels: Vec<(String, String)>,
+    }
+
+    /// A revision of chart `postgresql`.
+    pub(crate) fn rev(revision: u64, status: ReleaseStatus, version: &str) -> Rev<'_> {
+        Rev {
+            revision,
+            status,
+            version,
+            labels: Vec::new(),
+        }
+    }
+
+    /// The helm release JSON of a revision of release `db` in `shared`.
+    pub(crate) fn release_json(revision: u64, status: &ReleaseStatus, version: &str) -> String {
+        let mut metadata = serde_json::json!({ "name": "postgresql", "appVersion": "16" });
+        if !version.is_empty() {
+            metadata["version"] = version.into();
+        }
+        let json = serde_json::json!({
+            "name": "db", "namespace": "shared", "version": revision,
+            "info": { "status": status.as_str(), "description": "test" },
+            "chart": { "metadata": metadata },
+            "config": { "password": "canary-secret-value" },
+            "manifest": "",
+        });
+        encode_release_json(&json).expect("encode")
+    }
+
+    /// A store holding release `db` in `shared` with these revisions.
+    pub(crate) fn store(revs: &[Rev]) -> Store {
+        let memory = MemoryStore::new("shared");
+        for r in revs {
+            let labels: Vec<(&str, &str)> = r
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            // A hard lock changes the body's status together with the label.
+            memory.insert(
+                "db",
+                r.revision,
+                r.status.clone(),
+                &labels,
+                release_json(r.revision, &r.status, r.version),
+            );
+        }
+        Store::Memory(memory)
+    }
+
+    /// The state the program would read for these revisions.
+    pub(crate) fn state(revs: &[Rev]) -> DeployedState {
+        read(&store(revs)).state
+    }
+
+    /// Reads release `db` from a store (blocking: the memory store never waits).
+    pub(crate) fn read(store: &Store) -> ReleaseView {
+        block_on(read_release(store, "db")).expect("read_release")
+    }
+
+    /// Runs a future that never really waits (memory store) to completion.
+    pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::*;
+    use super::*;
+    use ReleaseStatus as S;
+
+    #[test]
+    fn deployed_record_is_decoded_once() {
+        let view = read(&store(&[
+            rev(1, S::Superseded, "1.0.0"),
+            rev(2, S::Deployed, "1.1.0"),
+        ]));
+        let deployed = view.state.last_deployed.unwrap();
+        assert_eq!(
+            (deployed.revision, deployed.chart_version.as_deref()),
+            (2, Some("1.1.0"))
+        );
+        assert!(view.state.latest_summary.is_none());
+    }
+
+    #[test]
+    fn a_hard_locked_record_counts_as_deployed() {
+        let mut locked = rev(2, S::PendingUpgrade, "1.1.0");
+        locked.labels = vec![
+            (lock::KEY_LOCK.to_string(), "hard".to_string()),
+            (lock::KEY_HARD_STATUS.to_string(), "deployed".to_string()),
+        ];
+        let view = read(&store(&[rev(1, S::Superseded, "1.0.0"), locked]));
+        let deployed = view.state.last_deployed.unwrap();
+        assert_eq!((deployed.revision, deployed.status), (2, S::Deployed));
+        assert_eq!(view.state.latest.unwrap().status, S::PendingUpgrade);
+    }
+
+    #[test]
+    fn a_body_that_disagrees_with_its_labels_fails_the_read() {
+        use crate::storage::memory::MemoryStore;
+        // (label status, body revision, body status) against label revision 2.
+        for (body_revision, body_status, field) in
+            [(1, S::Deployed, "revision"), (2, S::Superseded, "status")]
+        {
+            let memory = MemoryStore::new("shared");
+            memory.insert(
+                "db",
+                2,
+                S::Deployed,
+                &[],
+                release_json(body_revision, &body_status, "1.0.0"),
+            );
+            let err =
+                block_on(read_release(&crate::storage::Store::Memory(memory), "db")).unwrap_err();
+            match err {
+                ReadError::Inconsistent(e) => assert_eq!(e.field, field, "{e}"),
+                other => panic!("{other}"),
+            }
+        }
+    }
 }

@@ -1,101 +1,39 @@
-//! Wall-clock helpers: RFC 3339 timestamps and human durations (`90s`, `30m`, `4h`, `7d`).
-//!
-//! Hand-written because the tool needs only UTC formatting, offset-aware parsing and four
-//! duration units; the calendar arithmetic is Howard Hinnant's days-from-civil algorithm.
+//! Wall-clock helpers: RFC 3339 timestamps (with `jiff`) and the tool's human durations
+//! (`90s`, `30m`, `4h`, `7d`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use jiff::Timestamp;
 
 /// Seconds since the Unix epoch, now.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+pub(crate) fn now_unix() -> i64 {
+    Timestamp::now().as_second()
 }
 
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// `2026-11-21T06:10:00Z` for a Unix timestamp.
-pub fn format_rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+/// `2026-11-21T06:10:00Z` for a Unix timestamp (whole seconds, UTC).
+pub(crate) fn format_rfc3339(unix: i64) -> String {
+    match Timestamp::from_second(unix) {
+        Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        // Outside jiff's range (years -9999..=9999): never written by this tool.
+        Err(_) => unix.to_string(),
+    }
 }
 
 /// Parses an RFC 3339 timestamp (`Z` or `±hh:mm` offset, optional fraction) to Unix seconds.
-pub fn parse_rfc3339(text: &str) -> Option<i64> {
-    let b = text.trim().as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+pub(crate) fn parse_rfc3339(text: &str) -> Option<i64> {
+    let text = text.trim();
+    // jiff also accepts RFC 9557 suffixes and lowercase forms; keep to RFC 3339's shape.
+    let b = text.as_bytes();
+    let offset_ok = text.ends_with(['Z', 'z'])
+        || (b.len() > 6 && matches!(b[b.len() - 6], b'+' | b'-') && b[b.len() - 3] == b':');
+    if !offset_ok || text.contains('[') {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let s = std::str::from_utf8(b.get(r)?).ok()?;
-        s.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| s.parse().ok())?
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    let mut i = 19;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-    }
-    let offset = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let off = num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60;
-            if *sign == b'+' {
-                off
-            } else {
-                -off
-            }
-        }
-        _ => return None,
-    };
-    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s - offset)
+    text.parse::<Timestamp>().ok().map(|t| t.as_second())
 }
 
 /// Parses `90s`, `30m`, `4h`, `7d` (also combined, `1h30m`) into a duration.
-pub fn parse_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     if text.is_empty() {
         return None;
@@ -125,7 +63,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 /// Short human form of a duration (`3m20s`, `2h`, `4d1h`).
-pub fn format_duration(secs: i64) -> String {
+pub(crate) fn format_duration(secs: i64) -> String {
     let secs = secs.max(0);
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     let mut out = String::new();

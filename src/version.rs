@@ -83,6 +83,19 @@ impl ChartVersion {
         })
     }
 
+    /// Parses a version as helm stored it in a release: like [`ChartVersion::parse`], but
+    /// surrounding whitespace is an error (Masterminds/semver rejects it; only a hand-edited
+    /// record carries it).
+    pub fn parse_stored(text: &str) -> Result<ChartVersion, VersionError> {
+        if !text.is_empty() && text.trim() != text {
+            return Err(VersionError::InvalidVersion {
+                text: text.to_string(),
+                why: "surrounding whitespace".to_string(),
+            });
+        }
+        ChartVersion::parse(text)
+    }
+
     /// The text this version was parsed from (trimmed), e.g. `v1.2`.
     pub fn original(&self) -> &str {
         &self.original

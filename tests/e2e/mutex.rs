@@ -34,11 +34,13 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 /// A Lease held by someone else, renewed just now.
 fn foreign_lease(b: &Bed, release: &str, holder: &str, duration: i64) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let ts = guarded_upgrade::time::format_rfc3339;
+    let now = jiff::Timestamp::now().as_second();
+    let ts = |secs: i64| {
+        jiff::Timestamp::from_second(secs)
+            .unwrap()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
     b.api.put_object(
         "leases",
         serde_json::json!({

@@ -1,19 +1,21 @@
-//! The machine-readable decision (`check --output json`, `upgrade --decision-file`).
+//! The JSON documents the tool prints: the decision (`check -o json`, `--decision-file`,
+//! `--decision-output json`), `status -o json`, `locks -o json` and `lock -o json`.
 //!
 //! Built from release *metadata* only: the decoded release's values never reach it.
 
 use serde::Serialize;
 
 use crate::decision::{Action, Decision, DeployedState, LockState, Policy, Reason};
+use crate::mutex::MutexState;
 use crate::release::ReleaseSummary;
 use crate::target::ResolvedTarget;
 
 /// Schema version of the JSON report; bumped on incompatible changes.
-pub const REPORT_SCHEMA: u32 = 1;
+pub(crate) const REPORT_SCHEMA: u32 = 1;
 
 /// One decision, as printed for machines.
 #[derive(Debug, Serialize)]
-pub struct DecisionReport {
+pub(crate) struct DecisionReport {
     /// Always [`REPORT_SCHEMA`].
     pub schema: u32,
     /// Release name.
@@ -38,7 +40,7 @@ pub struct DecisionReport {
     pub lock: Option<LockReport>,
     /// Extra remarks (ignored expired lock, later failed revision, …).
     pub notes: Vec<String>,
-    /// Storage driver (`secret` or `configmap`).
+    /// Storage driver (`secret`, `configmap`).
     pub driver: &'static str,
     /// Whether the final decision was made under the per-release mutex (`upgrade` only;
     /// false with `--no-serialize`).
@@ -46,12 +48,12 @@ pub struct DecisionReport {
     pub serialized: Option<bool>,
     /// A mutex held by another run (`check` only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mutex: Option<crate::mutex::MutexState>,
+    pub mutex: Option<MutexState>,
 }
 
 /// The deployed revision's chart metadata.
 #[derive(Debug, Serialize)]
-pub struct DeployedReport {
+pub(crate) struct DeployedReport {
     /// Chart name.
     pub chart: Option<String>,
     /// Chart version.
@@ -78,7 +80,7 @@ impl From<&ReleaseSummary> for DeployedReport {
 
 /// The highest revision.
 #[derive(Debug, Serialize)]
-pub struct LatestReport {
+pub(crate) struct LatestReport {
     /// Revision number.
     pub revision: u64,
     /// Its status.
@@ -87,7 +89,7 @@ pub struct LatestReport {
 
 /// The target chart.
 #[derive(Debug, Serialize)]
-pub struct TargetReport {
+pub(crate) struct TargetReport {
     /// Chart name, when known.
     pub chart: Option<String>,
     /// Chart version.
@@ -98,7 +100,7 @@ pub struct TargetReport {
 
 /// A lock as reported.
 #[derive(Debug, Serialize)]
-pub struct LockReport {
+pub(crate) struct LockReport {
     /// `soft`, `hard` or `pin`.
     pub kind: String,
     /// Why it was locked.
@@ -117,7 +119,7 @@ pub struct LockReport {
 
 impl LockReport {
     /// Report form of a lock, judged at `now_unix`.
-    pub fn new(lock: &LockState, now_unix: i64) -> LockReport {
+    pub(crate) fn new(lock: &LockState, now_unix: i64) -> LockReport {
         LockReport {
             kind: lock.kind.as_str().to_string(),
             reason: lock.reason.clone(),
@@ -133,7 +135,7 @@ impl LockReport {
 impl DecisionReport {
     /// Assembles the report for one decision.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         release: &str,
         namespace: &str,
         decision: &Decision,
@@ -168,4 +170,40 @@ impl DecisionReport {
             mutex: None,
         }
     }
+}
+
+/// `status -o json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct StatusReport {
+    /// Release name.
+    pub release: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Storage driver.
+    pub driver: &'static str,
+    /// The last deployed revision, or null.
+    pub deployed: Option<DeployedReport>,
+    /// The highest revision.
+    pub latest: Option<LatestReport>,
+    /// The lock, if any.
+    pub lock: Option<LockReport>,
+    /// What `upgrade` would do, before a target is known: `blocked` (skipped), `refuse`,
+    /// `install` or `upgrade-if-newer`.
+    pub upgrade: &'static str,
+    /// The decision's message and notes, one line.
+    pub upgrade_message: String,
+    /// The per-release mutex when a run holds it (null otherwise).
+    pub mutex: Option<MutexState>,
+}
+
+/// One row of `locks -o json`.
+#[derive(Debug, Serialize)]
+pub(crate) struct LockRow {
+    /// Release name.
+    pub release: String,
+    /// Namespace.
+    pub namespace: String,
+    /// The lock.
+    #[serde(flatten)]
+    pub lock: LockReport,
 }

@@ -1,22 +1,29 @@
-//! Reading and rewriting Helm's release records in the cluster.
+//! Reading and rewriting Helm's release records.
 //!
 //! Modelled on Helm's `pkg/storage/driver`: one interface ([`ReleaseStore`]) and one
-//! implementation per backing kind. Secrets and ConfigMaps differ only in how the encoded
-//! release sits in `data.release`, so [`KubeStore`] is generic over [`RecordKind`].
+//! implementation per backing store ([`kube_store::KubeStore`] for Secrets and ConfigMaps,
+//! [`memory::MemoryStore`] for tests). Commands use [`Store`], which picks the driver at run
+//! time from `HELM_DRIVER`.
 //!
 //! Reads never grow with release history: records are listed as metadata only (labels carry
 //! revision and status) and only the records a decision needs are fetched and decoded.
+//! Nothing read is trusted blindly: a record that does not look like one helm wrote fails
+//! the read ([`InvalidRecord`]), so decisions are never made from a partial picture.
+
+pub(crate) mod kube_store;
+#[cfg(test)]
+pub(crate) mod memory;
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::ByteString;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::api::PostParams;
+use kube::{Api, Client};
 
+use self::kube_store::KubeStore;
+use crate::cluster::DriverKind;
 use crate::release::ReleaseStatus;
 
 /// Label Helm puts the release name in.
@@ -28,13 +35,8 @@ pub const LABEL_STATUS: &str = "status";
 /// Label Helm puts the revision number in.
 pub const LABEL_VERSION: &str = "version";
 
-/// The record name Helm uses for a revision (`pkg/storage/storage.go`, makeKey).
-pub fn record_name(release: &str, revision: u64) -> String {
-    format!("sh.helm.release.v1.{release}.v{revision}")
-}
-
 /// The label selector Helm uses to find a release's records.
-pub fn release_selector(release: &str) -> String {
+pub(crate) fn release_selector(release: &str) -> String {
     format!("{LABEL_NAME}={release},{LABEL_OWNER}=helm")
 }
 
@@ -45,6 +47,8 @@ pub struct RecordHeader {
     pub name: String,
     /// Namespace of the record.
     pub namespace: String,
+    /// Release name from the `name` label.
+    pub release: String,
     /// Revision from the `version` label.
     pub revision: u64,
     /// Status from the `status` label.
@@ -82,14 +86,59 @@ pub enum StoreError {
     /// The server could not be reached or the connection broke.
     #[error("cannot reach the API server: {0}")]
     Transport(String),
-    /// A record exists but has no `release` data key.
-    #[error("{kind} {name:?} has no `release` data key; it is not a helm release record")]
-    NoPayload {
-        /// Kind of the record.
-        kind: &'static str,
-        /// Object name.
-        name: String,
-    },
+    /// A record that does not look like one helm wrote.
+    #[error("{0}")]
+    Invalid(#[from] InvalidRecord),
+    /// An answer of the wrong shape (e.g. a list without `items`).
+    #[error("{0}; refusing to read it as an empty or partial release")]
+    Malformed(String),
+}
+
+/// A record, or the part of one, that helm would not have written: the field and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {name:?}: {field} {problem}")]
+pub struct InvalidRecord {
+    /// `Secret`, `ConfigMap`.
+    pub kind: &'static str,
+    /// Object name.
+    pub name: String,
+    /// The field at fault, e.g. `label version`.
+    pub field: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl InvalidRecord {
+    pub(crate) fn new(kind: &'static str, name: &str, field: &str, problem: &str) -> Self {
+        InvalidRecord {
+            kind,
+            name: name.to_string(),
+            field: field.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+/// Two records of one release claiming the same revision: helm never writes that, and which
+/// one counts cannot be known.
+pub(crate) fn check_unique_revisions(
+    kind: &'static str,
+    headers: &[RecordHeader],
+) -> Result<(), InvalidRecord> {
+    for pair in headers.windows(2) {
+        if pair[0].namespace == pair[1].namespace && pair[0].revision == pair[1].revision {
+            return Err(InvalidRecord::new(
+                kind,
+                &pair[1].name,
+                "label version",
+                &format!(
+                    "repeats revision {} of {:?}",
+                    pair[0].revision, pair[0].name
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl StoreError {
@@ -98,7 +147,7 @@ impl StoreError {
         match self {
             StoreError::Api { code, .. } => *code >= 500 || *code == 429,
             StoreError::Transport(_) => true,
-            StoreError::NoPayload { .. } => false,
+            StoreError::Invalid(_) | StoreError::Malformed(_) => false,
         }
     }
 
@@ -125,7 +174,7 @@ impl From<kube::Error> for StoreError {
 }
 
 /// An error and its sources on one line, so "connection refused" is not hidden.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -140,7 +189,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Retries `op` on transient errors with exponential backoff (4 attempts, ~1.5 s in all).
-pub async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+pub(crate) async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
@@ -160,9 +209,9 @@ where
     }
 }
 
-/// The storage interface the commands use. Only used with static dispatch.
+/// The driver interface every store implements (static dispatch only).
 #[allow(async_fn_in_trait)]
-pub trait ReleaseStore {
+pub(crate) trait ReleaseStore {
     /// Namespace the store reads.
     fn namespace(&self) -> &str;
     /// `Secret` or `ConfigMap`.
@@ -196,120 +245,60 @@ pub trait ReleaseStore {
     ) -> Result<Option<String>, StoreError>;
 }
 
-/// How a Kubernetes kind carries Helm's encoded release.
-pub trait RecordKind:
-    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-    + Clone
-    + DeserializeOwned
-    + serde::Serialize
-    + std::fmt::Debug
-{
-    /// Kind name for messages.
-    const KIND: &'static str;
-    /// The once-base64 encoded release text.
-    fn payload(&self) -> Option<Vec<u8>>;
-    /// A merge-patch `data` object setting the payload.
-    fn payload_patch(payload: &str) -> serde_json::Value;
+/// The store a command works with, chosen at run time from `HELM_DRIVER`.
+pub(crate) enum Store {
+    /// `HELM_DRIVER=secret` (default).
+    Secrets(KubeStore<Secret>),
+    /// `HELM_DRIVER=configmap`.
+    ConfigMaps(KubeStore<ConfigMap>),
+    /// Records in memory, for command tests without a server.
+    #[cfg(test)]
+    Memory(memory::MemoryStore),
 }
 
-impl RecordKind for Secret {
-    const KIND: &'static str = "Secret";
-    fn payload(&self) -> Option<Vec<u8>> {
-        // The API's own base64 layer is already undone by deserialisation.
-        self.data.as_ref()?.get("release").map(|b| b.0.clone())
-    }
-    fn payload_patch(payload: &str) -> serde_json::Value {
-        let wire = ByteString(payload.as_bytes().to_vec());
-        serde_json::json!({ "release": wire })
-    }
+/// Runs `$body` with `$store` bound to whichever driver `$self` holds.
+macro_rules! each_driver {
+    ($self:expr, $store:ident => $body:expr) => {
+        match $self {
+            Store::Secrets($store) => $body,
+            Store::ConfigMaps($store) => $body,
+            #[cfg(test)]
+            Store::Memory($store) => $body,
+        }
+    };
 }
 
-impl RecordKind for ConfigMap {
-    const KIND: &'static str = "ConfigMap";
-    fn payload(&self) -> Option<Vec<u8>> {
-        self.data
-            .as_ref()?
-            .get("release")
-            .map(|s| s.as_bytes().to_vec())
-    }
-    fn payload_patch(payload: &str) -> serde_json::Value {
-        serde_json::json!({ "release": payload })
-    }
-}
-
-/// Release records stored as Secrets or ConfigMaps in one namespace.
-pub struct KubeStore<K> {
-    client: Client,
-    namespace: String,
-    api: Api<K>,
-}
-
-impl<K: RecordKind> KubeStore<K> {
-    /// A store reading `namespace`.
-    pub fn new(client: Client, namespace: &str) -> KubeStore<K> {
-        KubeStore {
-            api: Api::namespaced(client.clone(), namespace),
-            client,
-            namespace: namespace.to_string(),
+impl Store {
+    /// The store helm would use for `driver` in `namespace`.
+    pub(crate) fn open(driver: DriverKind, client: Client, namespace: &str) -> Store {
+        match driver {
+            DriverKind::Secret => Store::Secrets(KubeStore::new(client, namespace)),
+            DriverKind::ConfigMap => Store::ConfigMaps(KubeStore::new(client, namespace)),
         }
     }
 
-    async fn patch_merge(
-        &self,
-        name: &str,
-        patch: serde_json::Value,
-    ) -> Result<Option<String>, StoreError> {
-        // A resourceVersion inside a merge patch is a precondition: 409 if it moved on.
-        let params = PatchParams::default();
-        let updated = self.api.patch(name, &params, &Patch::Merge(&patch)).await?;
-        Ok(updated.meta().resource_version.clone())
+    /// `secret` or `configmap`, as `HELM_DRIVER` spells it.
+    pub(crate) fn driver_name(&self) -> &'static str {
+        match self {
+            Store::Secrets(_) => "secret",
+            Store::ConfigMaps(_) => "configmap",
+            #[cfg(test)]
+            Store::Memory(_) => "memory",
+        }
     }
 }
 
-fn header_from_meta(meta: &kube::api::ObjectMeta, fallback_ns: &str) -> Option<RecordHeader> {
-    let labels: BTreeMap<String, String> = meta.labels.clone().unwrap_or_default();
-    let revision = labels.get(LABEL_VERSION)?.parse().ok()?;
-    let status = ReleaseStatus::parse(labels.get(LABEL_STATUS).map(String::as_str).unwrap_or(""));
-    Some(RecordHeader {
-        name: meta.name.clone().unwrap_or_default(),
-        namespace: meta
-            .namespace
-            .clone()
-            .unwrap_or_else(|| fallback_ns.to_string()),
-        revision,
-        status,
-        labels,
-        resource_version: meta.resource_version.clone(),
-        created: meta.creation_timestamp.as_ref().map(|t| t.0.to_string()),
-    })
-}
-
-fn label_patch(labels: &BTreeMap<String, Option<String>>) -> serde_json::Value {
-    let map: serde_json::Map<String, serde_json::Value> = labels
-        .iter()
-        .map(|(k, v)| {
-            let value = match v {
-                Some(v) => serde_json::Value::String(v.clone()),
-                None => serde_json::Value::Null,
-            };
-            (k.clone(), value)
-        })
-        .collect();
-    serde_json::Value::Object(map)
-}
-
-impl<K: RecordKind> ReleaseStore for KubeStore<K> {
+impl ReleaseStore for Store {
     fn namespace(&self) -> &str {
-        &self.namespace
+        each_driver!(self, s => s.namespace())
     }
 
     fn kind(&self) -> &'static str {
-        K::KIND
+        each_driver!(self, s => s.kind())
     }
 
     async fn list_headers(&self, release: &str) -> Result<Vec<RecordHeader>, StoreError> {
-        self.list_headers_matching(&release_selector(release), false)
-            .await
+        each_driver!(self, s => s.list_headers(release).await)
     }
 
     async fn list_headers_matching(
@@ -317,35 +306,11 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         selector: &str,
         all_namespaces: bool,
     ) -> Result<Vec<RecordHeader>, StoreError> {
-        let params = ListParams::default().labels(selector);
-        let api: Api<K> = if all_namespaces {
-            Api::all(self.client.clone())
-        } else {
-            self.api.clone()
-        };
-        let list = with_retry(|| async { Ok(api.list_metadata(&params).await?) }).await?;
-        let mut headers: Vec<RecordHeader> = list
-            .items
-            .iter()
-            .filter_map(|item| header_from_meta(&item.metadata, &self.namespace))
-            .collect();
-        headers.sort_by(|a, b| (&a.namespace, a.revision).cmp(&(&b.namespace, b.revision)));
-        Ok(headers)
+        each_driver!(self, s => s.list_headers_matching(selector, all_namespaces).await)
     }
 
     async fn get(&self, name: &str) -> Result<StoredRecord, StoreError> {
-        let object = with_retry(|| async { Ok(self.api.get(name).await?) }).await?;
-        let header = header_from_meta(object.meta(), &self.namespace).ok_or_else(|| {
-            StoreError::NoPayload {
-                kind: K::KIND,
-                name: name.to_string(),
-            }
-        })?;
-        let payload = object.payload().ok_or_else(|| StoreError::NoPayload {
-            kind: K::KIND,
-            name: name.to_string(),
-        })?;
-        Ok(StoredRecord { header, payload })
+        each_driver!(self, s => s.get(name).await)
     }
 
     async fn patch_labels(
@@ -354,10 +319,7 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         resource_version: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
-        let patch = serde_json::json!({
-            "metadata": { "resourceVersion": resource_version, "labels": label_patch(labels) }
-        });
-        with_retry(|| self.patch_merge(name, patch.clone())).await
+        each_driver!(self, s => s.patch_labels(name, resource_version, labels).await)
     }
 
     async fn rewrite(
@@ -367,16 +329,12 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         payload: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
-        let patch = serde_json::json!({
-            "metadata": { "resourceVersion": resource_version, "labels": label_patch(labels) },
-            "data": K::payload_patch(payload),
-        });
-        with_retry(|| self.patch_merge(name, patch.clone())).await
+        each_driver!(self, s => s.rewrite(name, resource_version, payload, labels).await)
     }
 }
 
 /// Creates `namespace` if it does not exist (what `helm --create-namespace` does).
-pub async fn ensure_namespace(client: &Client, namespace: &str) -> Result<bool, StoreError> {
+pub(crate) async fn ensure_namespace(client: &Client, namespace: &str) -> Result<bool, StoreError> {
     use k8s_openapi::api::core::v1::Namespace;
     let api: Api<Namespace> = Api::all(client.clone());
     if with_retry(|| async { Ok(api.get_opt(namespace).await?) })
@@ -411,8 +369,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_names_and_selector_follow_helm() {
-        assert_eq!(record_name("db", 7), "sh.helm.release.v1.db.v7");
+    fn selector_follows_helm() {
         assert_eq!(release_selector("db"), "name=db,owner=helm");
     }
 
@@ -430,28 +387,6 @@ mod tests {
         assert!(!api(404).is_transient());
         assert!(!api(409).is_transient());
         assert!(StoreError::Transport("reset".into()).is_transient());
-    }
-
-    #[test]
-    fn header_requires_a_numeric_version_label() {
-        let mut meta = kube::api::ObjectMeta {
-            name: Some("sh.helm.release.v1.db.v3".into()),
-            labels: Some(BTreeMap::from([
-                ("name".to_string(), "db".to_string()),
-                ("owner".to_string(), "helm".to_string()),
-                ("status".to_string(), "deployed".to_string()),
-                ("version".to_string(), "3".to_string()),
-            ])),
-            ..Default::default()
-        };
-        let header = header_from_meta(&meta, "shared").unwrap();
-        assert_eq!(header.revision, 3);
-        assert_eq!(header.namespace, "shared");
-        assert_eq!(header.status, ReleaseStatus::Deployed);
-        meta.labels
-            .as_mut()
-            .unwrap()
-            .insert("version".into(), "x".into());
-        assert!(header_from_meta(&meta, "shared").is_none());
+        assert!(!StoreError::Malformed("x".into()).is_transient());
     }
 }

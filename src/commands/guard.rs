@@ -1,0 +1,112 @@
+//! What `upgrade` and `check` share: finding helm, resolving the target, reading the
+//! release and deciding.
+
+use std::path::{Path, PathBuf};
+
+use crate::decision::{self, Action, Decision, DecisionInput, Target};
+use crate::error::{Error, Exit};
+use crate::helm;
+use crate::mutex::MutexState;
+use crate::output::report::DecisionReport;
+use crate::plan::GuardPlan;
+use crate::state::{self, ReleaseView};
+use crate::storage::{ReleaseStore, Store};
+use crate::target::{self, ResolvedTarget};
+use crate::time::now_unix;
+
+/// One read-and-decide pass.
+pub(super) struct Pass {
+    /// What was read.
+    pub view: ReleaseView,
+    /// What the rules say.
+    pub decision: Decision,
+    /// When, Unix seconds.
+    pub now: i64,
+}
+
+/// The helm binary: `--helm`, `HELM_BIN`, else `helm` on PATH.
+pub(super) fn locate_helm(plan: &GuardPlan) -> Result<PathBuf, Error> {
+    Ok(helm::locate(plan.helm_bin.as_deref())?)
+}
+
+/// The chart version helm would install.
+pub(super) fn resolve_target(
+    plan: &GuardPlan,
+    helm: Option<&Path>,
+    namespace: &str,
+) -> Result<ResolvedTarget, Error> {
+    target::resolve(&plan.chart, &plan.helm, helm).map_err(|source| Error::ResolveTarget {
+        release: plan.release.clone(),
+        namespace: namespace.to_string(),
+        source: Box::new(source),
+    })
+}
+
+/// Reads the release and decides.
+pub(super) async fn decide_once(
+    plan: &GuardPlan,
+    store: &Store,
+    target: &ResolvedTarget,
+) -> Result<Pass, Error> {
+    let view = state::read_release(store, &plan.release)
+        .await
+        .map_err(|source| Error::ReadRelease {
+            release: plan.release.clone(),
+            namespace: store.namespace().to_string(),
+            source: Box::new(source),
+        })?;
+    let now = now_unix();
+    let decision_target = Target {
+        chart_name: target.chart_name.clone(),
+        version: target.version.clone(),
+        note: target.note.clone(),
+    };
+    let decision = decision::decide(&DecisionInput {
+        release: &plan.release,
+        namespace: store.namespace(),
+        state: &view.state,
+        target: Some(&decision_target),
+        policy: plan.policy,
+        allow_chart_change: plan.allow_chart_change,
+        now_unix: now,
+    });
+    Ok(Pass {
+        view,
+        decision,
+        now,
+    })
+}
+
+/// The JSON form of a pass.
+pub(super) fn report(
+    plan: &GuardPlan,
+    store: &Store,
+    pass: &Pass,
+    target: &ResolvedTarget,
+    serialized: Option<bool>,
+    mutex: Option<MutexState>,
+) -> DecisionReport {
+    let mut report = DecisionReport::new(
+        &plan.release,
+        store.namespace(),
+        &pass.decision,
+        plan.policy,
+        &pass.view.state,
+        target,
+        store.driver_name(),
+        pass.now,
+    );
+    report.serialized = serialized;
+    report.mutex = mutex;
+    report
+}
+
+/// How a decision that does not run helm ends the process.
+pub(super) fn exit_without_helm(plan: &GuardPlan, decision: &Decision) -> Exit {
+    match decision.action {
+        Action::Refuse => Exit::Refused,
+        Action::Skip if plan.detailed_exitcode => Exit::DetailedSkip,
+        Action::Install | Action::Upgrade if plan.detailed_exitcode => Exit::DetailedChange,
+        _ => Exit::Success,
+    }
+}

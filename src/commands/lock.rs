@@ -1,0 +1,177 @@
+//! `lock`: writes the lock onto every record of the release.
+
+use crate::cli::OutputFormat;
+use crate::decision::{LockKind, LockState};
+use crate::error::{Error, Exit};
+use crate::lock::{self, LockSpec};
+use crate::output::{self, report::LockReport};
+use crate::plan::LockPlan;
+use crate::storage::{ReleaseStore, Store};
+use crate::time::{format_rfc3339, now_unix};
+
+use super::records::Scope;
+
+/// Runs `lock`.
+pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
+    let session = super::connect(&plan.cluster).await?;
+    let mut spec = plan.spec;
+    if spec.by.is_none() {
+        spec.by = lock::default_by(session.user.as_deref());
+    }
+    lock_release(&session.store, &plan.release, &spec).await?;
+    if plan.format == OutputFormat::Json {
+        output::lock_json(&LockReport::new(&state_of(&spec), now_unix()));
+    }
+    output::progress(&locked_line(&plan.release, &session.namespace, &spec));
+    Ok(Exit::Success)
+}
+
+/// `locked: release "db" in "shared" (pin), pinned to 1.4.x, expires …: reason`.
+fn locked_line(release: &str, namespace: &str, spec: &LockSpec) -> String {
+    let mut line = format!(
+        "locked: release {release:?} in {namespace:?} ({})",
+        spec.kind.as_str()
+    );
+    if let Some(pin) = &spec.pin {
+        line.push_str(&format!(", pinned to {pin}"));
+    }
+    if let Some(t) = spec.expires_at {
+        line.push_str(&format!(", expires {}", format_rfc3339(t)));
+    }
+    if let Some(r) = &spec.reason {
+        line.push_str(&format!(": {r}"));
+    }
+    line
+}
+
+fn state_of(spec: &LockSpec) -> LockState {
+    LockState {
+        kind: spec.kind,
+        reason: spec.reason.clone(),
+        by: spec.by.clone(),
+        since: Some(format_rfc3339(spec.since)),
+        expires_at: spec.expires_at,
+        pin: spec.pin.clone(),
+        hard_original_status: None,
+    }
+}
+
+/// Writes `spec` onto every record of the release: the latest first, then the others.
+/// A re-run of an interrupted lock completes it (records already labelled are skipped).
+pub(super) async fn lock_release(
+    store: &Store,
+    release: &str,
+    spec: &LockSpec,
+) -> Result<(), Error> {
+    let scope = Scope { store, release };
+    let headers = scope.existing_release().await?;
+    let (latest, others) = headers.split_last().expect("existing_release has records");
+    let current_hard = latest.labels.contains_key(lock::KEY_HARD_STATUS);
+    if latest.status.is_pending() && !current_hard {
+        return Err(scope.refused(format!(
+            "the latest revision {} is {} (an install/upgrade/rollback is in progress or was \
+             interrupted); nothing changed. Wait for it, or inspect with `helm history \
+             {release} -n {}`",
+            latest.revision,
+            latest.status,
+            store.namespace()
+        )));
+    }
+    // Switching a hard lock off restores the record before the soft labels go on.
+    if current_hard && spec.kind != LockKind::Hard {
+        scope.release_hard_lock(latest, false, false).await?;
+        return Box::pin(lock_release(store, release, spec)).await;
+    }
+    let wanted = spec.labels();
+    let same_lock = lock::spec_from_labels(&latest.labels).is_some_and(|l| l.same_as(spec));
+    // A hard lock is only in force on a record it marked pending-upgrade: after a `helm
+    // rollback` the new revision carries the labels but not the status, and re-running
+    // `lock --hard` (as docs/locks.md advises) must mark it again.
+    if spec.kind == LockKind::Hard && !current_hard {
+        scope.hard_lock_record(latest, &wanted).await?;
+    } else if !same_lock {
+        scope.set_labels(latest, &wanted).await?;
+    }
+    // The same lock already on the latest record may be an interrupted run: the older
+    // records are completed either way (only those that differ are written). An
+    // unchanged since-time keeps the labels of a re-run identical to the first run's.
+    let wanted = match lock::spec_from_labels(&latest.labels).filter(|_| same_lock) {
+        Some(existing) => existing.labels(),
+        None => wanted,
+    };
+    scope.label_records(others, &wanted).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::ReleaseStatus as S;
+    use crate::state::testkit::{block_on, rev, store};
+
+    fn spec(kind: LockKind, reason: &str) -> LockSpec {
+        LockSpec {
+            kind,
+            reason: Some(reason.into()),
+            by: Some("alice".into()),
+            since: 1_700_000_000,
+            expires_at: None,
+            pin: None,
+        }
+    }
+
+    fn locked_revisions(store: &Store) -> Vec<(u64, Option<String>)> {
+        let Store::Memory(m) = store else {
+            unreachable!()
+        };
+        m.records()
+            .values()
+            .map(|r| {
+                (
+                    r.header.revision,
+                    lock::spec_from_labels(&r.header.labels).and_then(|s| s.reason),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rerun_completes_an_interrupted_lock() {
+        let s = store(&[
+            rev(1, S::Superseded, "1.0.0"),
+            rev(2, S::Superseded, "1.1.0"),
+            rev(3, S::Deployed, "1.2.0"),
+        ]);
+        // An interrupted run: only the latest record got the lock.
+        let latest = block_on(s.list_headers("db")).unwrap().pop().unwrap();
+        let wanted = spec(LockKind::Soft, "freeze").labels();
+        block_on(
+            Scope {
+                store: &s,
+                release: "db",
+            }
+            .set_labels(&latest, &wanted),
+        )
+        .unwrap();
+        assert_eq!(
+            locked_revisions(&s),
+            [(1, None), (2, None), (3, Some("freeze".into()))]
+        );
+        let mut rerun = spec(LockKind::Soft, "freeze");
+        rerun.since += 60;
+        block_on(lock_release(&s, "db", &rerun)).unwrap();
+        let all: Vec<_> = locked_revisions(&s).into_iter().map(|(_, r)| r).collect();
+        assert_eq!(all, vec![Some("freeze".to_string()); 3]);
+    }
+
+    #[test]
+    fn locked_line_is_whole() {
+        let mut s = spec(LockKind::Pin, "freeze");
+        s.pin = Some("1.4.x".into());
+        s.expires_at = Some(1_700_003_600);
+        assert_eq!(
+            locked_line("db", "shared", &s),
+            "locked: release \"db\" in \"shared\" (pin), pinned to 1.4.x, expires \
+             2023-11-14T23:13:20Z: freeze"
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! `locks`: every locked release in the namespace, or everywhere with `-A`.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Exit};
+use crate::lock;
+use crate::output::{self, report::LockReport, report::LockRow};
+use crate::plan::LocksPlan;
+use crate::release::ReleaseStatus;
+use crate::storage::{RecordHeader, ReleaseStore};
+use crate::time::now_unix;
+
+/// Runs `locks`.
+pub(super) async fn run(plan: LocksPlan) -> Result<Exit, Error> {
+    let session = super::connect(&plan.cluster).await?;
+    let scope = if plan.all_namespaces {
+        "all namespaces".to_string()
+    } else {
+        format!("namespace {:?}", session.namespace)
+    };
+    // One metadata list of every helm record; a release is locked when its latest record
+    // carries the lock label.
+    let headers = session
+        .store
+        .list_headers_matching("owner=helm", plan.all_namespaces)
+        .await
+        .map_err(|source| Error::ListRecords {
+            scope: scope.clone(),
+            source: Box::new(source),
+        })?;
+    output::locks(&lock_rows(&headers, now_unix()), &scope, plan.format);
+    Ok(Exit::Success)
+}
+
+/// The locked releases among these records, by namespace and release.
+fn lock_rows(headers: &[RecordHeader], now: i64) -> Vec<LockRow> {
+    let mut latest: BTreeMap<(&str, &str), &RecordHeader> = BTreeMap::new();
+    for h in headers {
+        let key = (h.namespace.as_str(), h.release.as_str());
+        if latest.get(&key).is_none_or(|cur| cur.revision < h.revision) {
+            latest.insert(key, h);
+        }
+    }
+    latest
+        .into_iter()
+        .filter(|(_, h)| h.status != ReleaseStatus::Uninstalled)
+        .filter_map(|((namespace, release), h)| {
+            let state = lock::from_labels(&h.labels)?;
+            Some(LockRow {
+                release: release.to_string(),
+                namespace: namespace.to_string(),
+                lock: LockReport::new(&state, now),
+            })
+        })
+        .collect()
+}

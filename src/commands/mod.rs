@@ -1,0 +1,52 @@
+//! One file per verb. Each takes its validated plan, does its I/O through the adapters
+//! (storage, mutex, helm), has [`crate::output`] say what happened, and returns how the
+//! process ends.
+
+mod check;
+mod guard;
+mod lock;
+mod locks;
+mod records;
+mod status;
+mod unlock;
+mod upgrade;
+
+use crate::cluster;
+use crate::error::{Error, Exit};
+use crate::plan::{ClusterPlan, PlanKind};
+use crate::storage::Store;
+
+/// Runs one plan.
+pub(crate) async fn run(plan: PlanKind) -> Result<Exit, Error> {
+    match plan {
+        PlanKind::Guard(p) if p.mode == crate::argv::Mode::Check => check::run(*p).await,
+        PlanKind::Guard(p) => upgrade::run(*p).await.map_err(Error::before_helm),
+        PlanKind::Lock(p) => lock::run(p).await,
+        PlanKind::Unlock(p) => unlock::run(p).await,
+        PlanKind::Status(p) => status::run(p).await,
+        PlanKind::Locks(p) => locks::run(p).await,
+    }
+}
+
+/// A connected command: the release store and what else the cluster told us.
+pub(crate) struct Session {
+    /// Helm's release records, through the driver `HELM_DRIVER` names.
+    pub store: Store,
+    /// For objects other than release records (the mutex Lease, namespaces).
+    pub client: kube::Client,
+    /// The release namespace, resolved as helm resolves it.
+    pub namespace: String,
+    /// The kubeconfig user, default "who" of a lock.
+    pub user: Option<String>,
+}
+
+/// Connects as helm would for these flags and opens the release store.
+pub(crate) async fn connect(plan: &ClusterPlan) -> Result<Session, Error> {
+    let target = cluster::connect(&plan.flags, &plan.env).await?;
+    Ok(Session {
+        store: Store::open(plan.driver, target.client.clone(), &target.namespace),
+        client: target.client,
+        namespace: target.namespace,
+        user: target.user,
+    })
+}

@@ -1,0 +1,290 @@
+//! Record rewrites shared by `lock` and `unlock`.
+//!
+//! Every write is a merge patch carrying the record's resourceVersion (a precondition: the
+//! API answers 409 if the record changed since it was read). Order of writes, so that an
+//! interrupted command always leaves the latest record (the one every decision reads)
+//! saying what the user asked for last, and a re-run completes the rest:
+//! - `lock` writes the latest record first (the lock is in force at once), then the older
+//!   ones (so a later rollback keeps it);
+//! - `unlock` clears the older records first and the latest one last (until then the lock
+//!   is still in force and a re-run finishes the job).
+
+use std::collections::BTreeMap;
+
+use crate::error::Error;
+use crate::lock;
+use crate::release::{self, ReleaseStatus};
+use crate::storage::{RecordHeader, ReleaseStore, Store, StoreError, LABEL_STATUS};
+
+/// How many times a record write is retried after a 409 on a non-latest record.
+const CONFLICT_RETRIES: usize = 5;
+
+/// Who and where a rewrite is for, to name them in errors.
+pub(super) struct Scope<'a> {
+    /// The store.
+    pub store: &'a Store,
+    /// Release name.
+    pub release: &'a str,
+}
+
+impl Scope<'_> {
+    fn namespace(&self) -> &str {
+        self.store.namespace()
+    }
+
+    /// A failed step on one record.
+    pub(super) fn record_error(
+        &self,
+        step: &'static str,
+        record: &str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Record {
+            release: self.release.to_string(),
+            namespace: self.namespace().to_string(),
+            step,
+            record: record.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// A refusal with its explanation.
+    pub(super) fn refused(&self, message: String) -> Error {
+        Error::Refused {
+            release: self.release.to_string(),
+            namespace: self.namespace().to_string(),
+            message,
+        }
+    }
+
+    /// A failed write: a 409 says someone else changed the record.
+    fn write_error(&self, e: StoreError, record: &str) -> Error {
+        if e.code() == Some(409) {
+            self.refused(format!(
+                "record {record} was changed by someone else while locking/unlocking (409 \
+                 Conflict); nothing was changed on it. Run the command again"
+            ))
+        } else {
+            self.record_error("updating", record, e)
+        }
+    }
+
+    /// The release's record headers; refuses a release that is not there or uninstalled.
+    pub(super) async fn existing_release(&self) -> Result<Vec<RecordHeader>, Error> {
+        let headers = self
+            .store
+            .list_headers(self.release)
+            .await
+            .map_err(|source| Error::Api {
+                release: self.release.to_string(),
+                namespace: self.namespace().to_string(),
+                step: "listing records".to_string(),
+                source: Box::new(source),
+            })?;
+        match headers.last() {
+            None => Err(Error::NotFound {
+                release: self.release.to_string(),
+                namespace: self.namespace().to_string(),
+                kind: self.store.kind(),
+            }),
+            Some(latest) if latest.status == ReleaseStatus::Uninstalled => {
+                Err(self.refused(format!(
+                    "the release is uninstalled (revision {}); nothing to lock",
+                    latest.revision
+                )))
+            }
+            Some(_) => Ok(headers),
+        }
+    }
+
+    /// Sets exactly the `wanted` lock labels on one record (keeping hard-lock bookkeeping).
+    pub(super) async fn set_labels(
+        &self,
+        header: &RecordHeader,
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        let mut want = wanted.clone();
+        keep_hard_labels(&header.labels, &mut want);
+        let changes = lock::label_changes(&header.labels, &want);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let rv = header.resource_version.clone().unwrap_or_default();
+        self.store
+            .patch_labels(&header.name, &rv, &changes)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.write_error(e, &header.name))
+    }
+
+    /// Puts `wanted` on other records, re-reading a record when it moved on (409).
+    pub(super) async fn label_records(
+        &self,
+        records: &[RecordHeader],
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        for header in records {
+            let mut header = header.clone();
+            for attempt in 0..=CONFLICT_RETRIES {
+                let mut want = wanted.clone();
+                keep_hard_labels(&header.labels, &mut want);
+                let changes = lock::label_changes(&header.labels, &want);
+                if changes.is_empty() {
+                    break;
+                }
+                let rv = header.resource_version.clone().unwrap_or_default();
+                match self.store.patch_labels(&header.name, &rv, &changes).await {
+                    Ok(_) => break,
+                    Err(e) if e.code() == Some(409) && attempt < CONFLICT_RETRIES => {
+                        header = self
+                            .store
+                            .get(&header.name)
+                            .await
+                            .map_err(|e| self.record_error("re-reading", &header.name, e))?
+                            .header;
+                    }
+                    // Pruned by helm meanwhile: nothing to label.
+                    Err(e) if e.code() == Some(404) => break,
+                    Err(e) => return Err(self.write_error(e, &header.name)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the latest record `pending-upgrade` (label and encoded release) and records
+    /// what it was, so plain `helm upgrade` refuses and `unlock` can restore it exactly.
+    pub(super) async fn hard_lock_record(
+        &self,
+        latest: &RecordHeader,
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        let name = latest.name.as_str();
+        let record = self
+            .store
+            .get(name)
+            .await
+            .map_err(|e| self.record_error("reading", name, e))?;
+        let mut json = release::decode_release_json(&record.payload)
+            .map_err(|e| self.record_error("decoding", name, e))?;
+        let original = json
+            .pointer("/info/status")
+            .and_then(|s| s.as_str())
+            .unwrap_or(record.header.status.as_str())
+            .to_string();
+        release::set_release_status(&mut json, ReleaseStatus::PendingUpgrade.as_str())
+            .map_err(|e| self.record_error("changing the status of", name, e))?;
+        let payload = release::encode_release_json(&json)
+            .map_err(|e| self.record_error("encoding", name, e))?;
+        let mut want = wanted.clone();
+        want.insert(
+            LABEL_STATUS.to_string(),
+            ReleaseStatus::PendingUpgrade.as_str().to_string(),
+        );
+        want.insert(lock::KEY_HARD_STATUS.to_string(), original);
+        want.insert(
+            lock::KEY_HARD_DIGEST.to_string(),
+            lock::payload_digest(payload.as_bytes()),
+        );
+        want.insert(
+            lock::KEY_HARD_REVISION.to_string(),
+            latest.revision.to_string(),
+        );
+        let changes = lock::label_changes(&record.header.labels, &want);
+        let rv = record.header.resource_version.clone().unwrap_or_default();
+        self.store
+            .rewrite(name, &rv, &payload, &changes)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.write_error(e, name))
+    }
+
+    /// Restores a hard-locked record's original status; refuses when it changed underneath
+    /// unless `force` (then only the labels are cleaned, the status left as found).
+    /// `superseded_since`: a newer revision was deployed meanwhile (a `helm rollback` under
+    /// the lock); a `deployed` original then comes back as `superseded`, as helm would have
+    /// marked it, instead of leaving two deployed revisions.
+    pub(super) async fn release_hard_lock(
+        &self,
+        header: &RecordHeader,
+        force: bool,
+        superseded_since: bool,
+    ) -> Result<(), Error> {
+        let name = header.name.as_str();
+        let ns = self.namespace();
+        let release = self.release;
+        let record = self
+            .store
+            .get(name)
+            .await
+            .map_err(|e| self.record_error("reading", name, e))?;
+        let labels = &record.header.labels;
+        let mut original = labels
+            .get(lock::KEY_HARD_STATUS)
+            .cloned()
+            .unwrap_or_default();
+        let digest_ok = labels.get(lock::KEY_HARD_DIGEST).map(String::as_str)
+            == Some(lock::payload_digest(&record.payload).as_str());
+        let summary = release::decode_release(&record.payload).ok();
+        let still_pending = record.header.status == ReleaseStatus::PendingUpgrade
+            && summary.as_ref().map(|s| &s.status) == Some(&ReleaseStatus::PendingUpgrade);
+        let rv = record.header.resource_version.clone().unwrap_or_default();
+        let mut unlabel: BTreeMap<String, String> = labels
+            .iter()
+            .filter(|(k, _)| !k.starts_with(lock::PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !(digest_ok
+            && still_pending
+            && ReleaseStatus::parse(&original) != ReleaseStatus::PendingUpgrade)
+        {
+            if !force {
+                return Err(self.refused(format!(
+                    "the hard-locked record {name} was changed by someone else (status now {}; \
+                     expected pending-upgrade as guarded-upgrade left it); not guessing, nothing \
+                     changed. Inspect with `helm history {release} -n {ns}` and `kubectl get {} \
+                     {name} -n {ns} --show-labels`, then run `guarded-upgrade unlock {release} \
+                     -n {ns} --force` to drop the lock and leave the status as it is",
+                    record.header.status,
+                    self.store.kind().to_lowercase(),
+                )));
+            }
+            let changes = lock::label_changes(labels, &unlabel);
+            return self
+                .store
+                .patch_labels(name, &rv, &changes)
+                .await
+                .map(|_| ())
+                .map_err(|e| self.write_error(e, name));
+        }
+        if superseded_since && ReleaseStatus::parse(&original) == ReleaseStatus::Deployed {
+            original = ReleaseStatus::Superseded.as_str().to_string();
+        }
+        let mut json = release::decode_release_json(&record.payload)
+            .map_err(|e| self.record_error("decoding", name, e))?;
+        release::set_release_status(&mut json, &original)
+            .map_err(|e| self.record_error("restoring the status of", name, e))?;
+        let payload = release::encode_release_json(&json)
+            .map_err(|e| self.record_error("encoding", name, e))?;
+        unlabel.insert(LABEL_STATUS.to_string(), original);
+        let changes = lock::label_changes(labels, &unlabel);
+        self.store
+            .rewrite(name, &rv, &payload, &changes)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.write_error(e, name))
+    }
+}
+
+/// Keeps a hard lock's bookkeeping labels through label rewrites.
+fn keep_hard_labels(current: &BTreeMap<String, String>, wanted: &mut BTreeMap<String, String>) {
+    for key in [
+        lock::KEY_HARD_STATUS,
+        lock::KEY_HARD_DIGEST,
+        lock::KEY_HARD_REVISION,
+    ] {
+        if let Some(v) = current.get(key) {
+            wanted.insert(key.to_string(), v.clone());
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! `status`: the deployed release, its lock, the mutex, and what `upgrade` would do, from
+//! the same rules `upgrade` uses ([`decision::gate`]).
+
+use crate::decision::{self, Action, DecisionInput, Gate, Policy};
+use crate::error::{Error, Exit};
+use crate::mutex;
+use crate::output::{self, report::*};
+use crate::plan::StatusPlan;
+use crate::state::{self, ReleaseView};
+use crate::storage::{ReleaseStore, Store};
+use crate::time::now_unix;
+
+/// Runs `status`.
+pub(super) async fn run(plan: StatusPlan) -> Result<Exit, Error> {
+    let session = super::connect(&plan.cluster).await?;
+    let now = now_unix();
+    let mut report = status_report(&session.store, &plan.release, now).await?;
+    // Informational: a status without Lease RBAC still shows the release.
+    report.mutex = mutex::peek(&session.client, &session.namespace, &plan.release)
+        .await
+        .ok()
+        .flatten()
+        .filter(|m| m.is_held_at(now));
+    output::status(
+        &report,
+        session.store.kind(),
+        &mutex::lease_name(&plan.release),
+        now,
+        plan.format,
+    );
+    Ok(Exit::Success)
+}
+
+/// Reads the release and says what `upgrade` would do with it (without the mutex).
+pub(super) async fn status_report(
+    store: &Store,
+    release: &str,
+    now: i64,
+) -> Result<StatusReport, Error> {
+    let namespace = store.namespace().to_string();
+    let view: ReleaseView = state::read_release(store, release)
+        .await
+        .map_err(|source| Error::ReadRelease {
+            release: release.to_string(),
+            namespace: namespace.clone(),
+            source: Box::new(source),
+        })?;
+    let Some(latest) = view.latest() else {
+        return Err(Error::NotFound {
+            release: release.to_string(),
+            namespace,
+            kind: store.kind(),
+        });
+    };
+    let (upgrade, upgrade_message) = upgrade_verdict(release, &namespace, &view, now);
+    Ok(StatusReport {
+        release: release.to_string(),
+        namespace,
+        driver: store.driver_name(),
+        deployed: view.state.last_deployed.as_ref().map(DeployedReport::from),
+        latest: Some(LatestReport {
+            revision: latest.revision,
+            status: latest.status.as_str().to_string(),
+        }),
+        lock: view.state.lock.as_ref().map(|l| LockReport::new(l, now)),
+        upgrade,
+        upgrade_message,
+        mutex: None,
+    })
+}
+
+/// What the decision's target-less gate says: `blocked`, `refuse`, `install` or
+/// `upgrade-if-newer`, and the line explaining it (with the decision's notes).
+fn upgrade_verdict(
+    release: &str,
+    namespace: &str,
+    view: &ReleaseView,
+    now: i64,
+) -> (&'static str, String) {
+    let gate = decision::gate(&DecisionInput {
+        release,
+        namespace,
+        state: &view.state,
+        target: None,
+        policy: Policy::default(),
+        allow_chart_change: false,
+        now_unix: now,
+    });
+    let with_notes = |line: String, notes: &[String]| {
+        std::iter::once(line)
+            .chain(notes.iter().map(|n| format!("note: {n}")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    match gate {
+        Gate::Decided(d) => {
+            let verdict = match d.action {
+                Action::Skip => "blocked",
+                _ => "refuse",
+            };
+            (verdict, with_notes(d.message, &d.notes))
+        }
+        Gate::Install { pin, notes, .. } => (
+            "install",
+            with_notes(
+                match pin {
+                    Some(p) => format!("installs a target matching {p}"),
+                    None => "installs any target".to_string(),
+                },
+                &notes,
+            ),
+        ),
+        Gate::Upgrade { pin, notes, .. } => (
+            "upgrade-if-newer",
+            with_notes(
+                match pin {
+                    Some(p) => format!("upgrades only to newer versions matching {p}"),
+                    None => "upgrades when the target chart version is newer".to_string(),
+                },
+                &notes,
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `status` and `check` must agree: for every state the reader can produce, the
+    //! target-less verdict of `status` is what `check` decides for a newer target.
+    use super::*;
+    use crate::decision::{LockKind, Reason, Target};
+    use crate::lock::LockSpec;
+    use crate::release::ReleaseStatus as S;
+    use crate::state::testkit::{read, rev, store, Rev};
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn lock_labels(
+        kind: LockKind,
+        expires_at: Option<i64>,
+        pin: Option<&str>,
+    ) -> Vec<(String, String)> {
+        LockSpec {
+            kind,
+            reason: Some("freeze".into()),
+            by: Some("alice".into()),
+            since: NOW - 60,
+            expires_at,
+            pin: pin.map(str::to_string),
+        }
+        .labels()
+        .into_iter()
+        .collect()
+    }
+
+    fn hard<'a>(mut r: Rev<'a>, original: &str, expires_at: Option<i64>) -> Rev<'a> {
+        r.labels = lock_labels(LockKind::Hard, expires_at, None);
+        r.labels
+            .push((crate::lock::KEY_HARD_STATUS.into(), original.into()));
+        r
+    }
+
+    fn with_lock<'a>(
+        mut r: Rev<'a>,
+        kind: LockKind,
+        expires_at: Option<i64>,
+        pin: Option<&str>,
+    ) -> Rev<'a> {
+        r.labels = lock_labels(kind, expires_at, pin);
+        r
+    }
+
+    #[test]
+    fn status_and_check_agree_on_every_state() {
+        let future = Some(NOW + 3600);
+        let past = Some(NOW - 1);
+        let cases: Vec<(&str, Vec<Rev>, &str, Action)> = vec![
+            (
+                "deployed",
+                vec![rev(1, S::Deployed, "1.0.0")],
+                "upgrade-if-newer",
+                Action::Upgrade,
+            ),
+            (
+                "uninstalled",
+                vec![rev(1, S::Uninstalled, "1.0.0")],
+                "install",
+                Action::Install,
+            ),
+            (
+                "failed only",
+                vec![rev(1, S::Failed, "1.0.0")],
+                "upgrade-if-newer",
+                Action::Upgrade,
+            ),
+            (
+                "failed after deployed",
+                vec![rev(1, S::Deployed, "1.0.0"), rev(2, S::Failed, "1.1.0")],
+                "upgrade-if-newer",
+                Action::Upgrade,
+            ),
+            (
+                "pending-install",
+                vec![rev(1, S::PendingInstall, "1.0.0")],
+                "refuse",
+                Action::Refuse,
+            ),
+            (
+                "pending-upgrade",
+                vec![
+                    rev(1, S::Deployed, "1.0.0"),
+                    rev(2, S::PendingUpgrade, "1.1.0"),
+                ],
+                "refuse",
+                Action::Refuse,
+            ),
+            (
+                "pending-rollback",
+                vec![
+                    rev(1, S::Deployed, "1.0.0"),
+                    rev(2, S::PendingRollback, "1.0.0"),
+                ],
+                "refuse",
+                Action::Refuse,
+            ),
+            (
+                "unknown",
+                vec![rev(1, S::Unknown, "1.0.0")],
+                "refuse",
+                Action::Refuse,
+            ),
+            (
+                "soft lock",
+                vec![with_lock(
+                    rev(1, S::Deployed, "1.0.0"),
+                    LockKind::Soft,
+                    future,
+                    None,
+                )],
+                "blocked",
+                Action::Skip,
+            ),
+            (
+                "expired soft lock",
+                vec![with_lock(
+                    rev(1, S::Deployed, "1.0.0"),
+                    LockKind::Soft,
+                    past,
+                    None,
+                )],
+                "upgrade-if-newer",
+                Action::Upgrade,
+            ),
+            (
+                "soft lock on an uninstalled release",
+                vec![with_lock(
+                    rev(1, S::Uninstalled, "1.0.0"),
+                    LockKind::Soft,
+                    None,
+                    None,
+                )],
+                "blocked",
+                Action::Skip,
+            ),
+            (
+                "pin lock",
+                vec![with_lock(
+                    rev(1, S::Deployed, "1.0.0"),
+                    LockKind::Pin,
+                    None,
+                    Some("1.x"),
+                )],
+                "upgrade-if-newer",
+                Action::Upgrade,
+            ),
+            (
+                "hard lock",
+                vec![hard(rev(1, S::PendingUpgrade, "1.0.0"), "deployed", None)],
+                "blocked",
+                Action::Skip,
+            ),
+            (
+                "expired hard lock still pending",
+                vec![hard(rev(1, S::PendingUpgrade, "1.0.0"), "deployed", past)],
+                "refuse",
+                Action::Refuse,
+            ),
+            (
+                "hard lock after a rollback",
+                vec![
+                    hard(rev(1, S::Superseded, "1.0.0"), "deployed", None),
+                    with_lock(rev(2, S::Deployed, "1.0.0"), LockKind::Hard, None, None),
+                ],
+                "blocked",
+                Action::Skip,
+            ),
+        ];
+        for (what, revs, verdict, action) in cases {
+            let s = store(&revs);
+            let view = read(&s);
+            let (got, message) = upgrade_verdict("db", "shared", &view, NOW);
+            assert_eq!(got, verdict, "{what}: status says {message}");
+            let target = Target {
+                chart_name: Some("postgresql".into()),
+                version: "1.5.0".into(),
+                note: None,
+            };
+            let d = decision::decide(&DecisionInput {
+                release: "db",
+                namespace: "shared",
+                state: &view.state,
+                target: Some(&target),
+                policy: Policy::Newer,
+                allow_chart_change: false,
+                now_unix: NOW,
+            });
+            assert_eq!(d.action, action, "{what}: check decides {}", d.message);
+            if matches!(verdict, "blocked" | "refuse") {
+                // Decided without a target: the same rule, the same reason.
+                let Gate::Decided(g) = decision::gate(&DecisionInput {
+                    release: "db",
+                    namespace: "shared",
+                    state: &view.state,
+                    target: None,
+                    policy: Policy::Newer,
+                    allow_chart_change: false,
+                    now_unix: NOW,
+                }) else {
+                    panic!("{what}: gate not decided");
+                };
+                assert_eq!((g.action, g.reason), (d.action, d.reason), "{what}");
+                assert_ne!(d.reason, Reason::Newer, "{what}");
+            }
+        }
+    }
+}

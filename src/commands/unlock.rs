@@ -1,0 +1,101 @@
+//! `unlock`: restores a hard lock's record, then removes the lock labels (older records
+//! first, the latest last, so an interrupted unlock leaves the lock in force and a re-run
+//! finishes it).
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Exit};
+use crate::lock;
+use crate::output;
+use crate::plan::UnlockPlan;
+use crate::release::ReleaseStatus;
+use crate::storage::Store;
+
+use super::records::Scope;
+
+/// Runs `unlock`.
+pub(super) async fn run(plan: UnlockPlan) -> Result<Exit, Error> {
+    let session = super::connect(&plan.cluster).await?;
+    let had_lock = unlock_release(&session.store, &plan.release, plan.force).await?;
+    let release = &plan.release;
+    let namespace = &session.namespace;
+    output::progress(&if had_lock {
+        format!("unlocked: release {release:?} in {namespace:?}")
+    } else {
+        format!("unlocked: release {release:?} in {namespace:?} was not locked")
+    });
+    Ok(Exit::Success)
+}
+
+/// Removes the lock from every record; true when there was one.
+pub(super) async fn unlock_release(
+    store: &Store,
+    release: &str,
+    force: bool,
+) -> Result<bool, Error> {
+    let scope = Scope { store, release };
+    let headers = scope.existing_release().await?;
+    // Restore every record a hard lock marked (normally only the latest one).
+    let mut had_lock = false;
+    for (i, header) in headers.iter().enumerate().rev() {
+        if header.labels.contains_key(lock::KEY_HARD_STATUS) {
+            had_lock = true;
+            let superseded_since = headers[i + 1..].iter().any(|h| {
+                let status = h
+                    .labels
+                    .get(lock::KEY_HARD_STATUS)
+                    .map(|s| ReleaseStatus::parse(s))
+                    .unwrap_or_else(|| h.status.clone());
+                matches!(status, ReleaseStatus::Deployed | ReleaseStatus::Superseded)
+            });
+            scope
+                .release_hard_lock(header, force, superseded_since)
+                .await?;
+        }
+    }
+    let headers = scope.existing_release().await?;
+    had_lock |= headers
+        .iter()
+        .any(|h| h.labels.keys().any(|k| k.starts_with(lock::PREFIX)));
+    let (latest, others) = headers.split_last().expect("existing_release has records");
+    let none = BTreeMap::new();
+    scope.label_records(others, &none).await?;
+    scope.set_labels(latest, &none).await?;
+    Ok(had_lock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::lock::lock_release;
+    use crate::decision::LockKind;
+    use crate::lock::LockSpec;
+    use crate::release::ReleaseStatus as S;
+    use crate::state::testkit::{block_on, read, rev, store};
+
+    #[test]
+    fn hard_lock_round_trip_restores_the_record() {
+        let s = store(&[rev(1, S::Superseded, "1.0.0"), rev(2, S::Deployed, "1.1.0")]);
+        let spec = LockSpec {
+            kind: LockKind::Hard,
+            reason: None,
+            by: None,
+            since: 1,
+            expires_at: None,
+            pin: None,
+        };
+        block_on(lock_release(&s, "db", &spec)).unwrap();
+        let view = read(&s);
+        assert_eq!(view.state.latest.unwrap().status, S::PendingUpgrade);
+        assert_eq!(view.state.last_deployed.unwrap().revision, 2);
+        assert!(block_on(unlock_release(&s, "db", false)).unwrap());
+        let view = read(&s);
+        assert_eq!(view.state.latest.unwrap().status, S::Deployed);
+        assert!(view.state.lock.is_none());
+        assert!(view
+            .headers
+            .iter()
+            .all(|h| !h.labels.keys().any(|k| k.starts_with(lock::PREFIX))));
+        assert!(!block_on(unlock_release(&s, "db", false)).unwrap());
+    }
+}

@@ -1,0 +1,204 @@
+//! `upgrade`: decide read-only, take the release mutex, decide again under it, then run
+//! `helm upgrade --install` with the user's argv only when the rules allow it.
+
+use std::path::Path;
+
+use crate::decision::{Action, Decision, Reason};
+use crate::error::{Error, Exit};
+use crate::helm::{self, HelmCommand};
+use crate::mutex::{self, MutexError};
+use crate::output::report::DecisionReport;
+use crate::output::{self, JsonTo};
+use crate::plan::GuardPlan;
+use crate::recovery::{self, Recovery};
+use crate::storage::{self, ReleaseStore, Store};
+use crate::time::format_duration;
+
+use super::guard::{self, Pass};
+
+/// Runs `upgrade`.
+pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
+    // A missing helm is reported before anything else.
+    let helm = guard::locate_helm(&plan)?;
+    let session = super::connect(&plan.cluster).await?;
+    let store = &session.store;
+    let namespace = session.namespace.as_str();
+    let release = plan.release.as_str();
+    let target = guard::resolve_target(&plan, Some(&helm), namespace)?;
+
+    // 1. Read-only decision: skips end here and write nothing.
+    let first = guard::decide_once(&plan, store, &target).await?;
+    let pending = first.decision.reason == Reason::Pending;
+    let ends_here = match first.decision.action {
+        Action::Skip => true,
+        Action::Refuse => !pending,
+        Action::Install | Action::Upgrade => false,
+    };
+    if ends_here {
+        let report = guard::report(&plan, store, &first, &target, None, None);
+        return finish_without_helm(&plan, &first.decision, &report);
+    }
+    let Some(serialize) = plan.serialize else {
+        let report = guard::report(&plan, store, &first, &target, Some(false), None);
+        if first.decision.action == Action::Refuse {
+            return finish_without_helm(&plan, &first.decision, &report);
+        }
+        output::note("running unserialized (--no-serialize): concurrent runs may race");
+        return run_helm(&plan, &helm, &first.decision, &report).await;
+    };
+
+    // 2. Serialize: the namespace must exist for the Lease to live there.
+    if plan.helm.create_namespace {
+        storage::ensure_namespace(&session.client, namespace)
+            .await
+            .map_err(|source| Error::Api {
+                release: release.to_string(),
+                namespace: namespace.to_string(),
+                step: "creating the namespace".to_string(),
+                source: Box::new(source),
+            })?;
+    }
+    let options = mutex::AcquireOptions {
+        timeout: serialize.lock_timeout,
+        lease_duration: serialize.lease_duration,
+    };
+    let lease = mutex::lease_name(release);
+    let held = match mutex::acquire(&session.client, namespace, release, &options, |holder| {
+        output::waiting(&format!(
+            "mutex {lease} for release {release:?} in {namespace:?} is held by {holder}"
+        ));
+    })
+    .await
+    {
+        Ok(held) => held,
+        Err(MutexError::NamespaceMissing(_)) => {
+            // Nothing to race on in a namespace that does not exist: let helm report it.
+            let report = guard::report(&plan, store, &first, &target, Some(false), None);
+            return run_helm(&plan, &helm, &first.decision, &report).await;
+        }
+        Err(source) => {
+            return Err(Error::Mutex {
+                release: release.to_string(),
+                namespace: namespace.to_string(),
+                source: Box::new(source),
+            })
+        }
+    };
+    if let Some(previous) = &held.took_over_from {
+        output::note(&format!(
+            "took over the mutex from {previous}, which stopped renewing it"
+        ));
+    }
+
+    // 3. Decide again under the mutex; recover a stale pending record if asked to.
+    let outcome = async {
+        let mut pass = guard::decide_once(&plan, store, &target).await?;
+        if pass.decision.reason == Reason::Pending {
+            if let Some(after) = plan.recover_pending_after {
+                if recover(&plan, store, &pass, after).await? {
+                    pass = guard::decide_once(&plan, store, &target).await?;
+                }
+            }
+        }
+        let report = guard::report(&plan, store, &pass, &target, Some(true), None);
+        if pass.decision.action.proceeds() {
+            run_helm(&plan, &helm, &pass.decision, &report).await
+        } else {
+            finish_without_helm(&plan, &pass.decision, &report)
+        }
+    }
+    .await;
+    let hold = held.release().await;
+    if let Some(how) = hold.lost {
+        output::warning(&format!(
+            "lost the mutex {lease} for release {release:?} in {namespace:?} while holding it \
+             ({how}); another run may have overlapped with this one, check `helm history \
+             {release} -n {namespace}`"
+        ));
+    }
+    outcome
+}
+
+/// Marks a stale pending record failed (under the mutex) and says what it did.
+async fn recover(
+    plan: &GuardPlan,
+    store: &Store,
+    pass: &Pass,
+    after: std::time::Duration,
+) -> Result<bool, Error> {
+    let release = plan.release.as_str();
+    let recovery = recovery::recover_stale_pending(store, release, &pass.view, after, pass.now)
+        .await
+        .map_err(|source| Error::Recover {
+            release: release.to_string(),
+            namespace: store.namespace().to_string(),
+            source: Box::new(source),
+        })?;
+    match recovery {
+        Recovery::NotPending => Ok(false),
+        Recovery::AgeUnknown { revision } => {
+            output::note(&format!(
+                "cannot tell how old pending revision {revision} is; not recovering it"
+            ));
+            Ok(false)
+        }
+        Recovery::TooRecent { revision, age } => {
+            output::note(&format!(
+                "pending revision {revision} was written {} ago, less than \
+                 --recover-pending-after {}; not recovering it",
+                format_duration(age),
+                format_duration(after.as_secs() as i64)
+            ));
+            Ok(false)
+        }
+        Recovery::MarkedFailed { revision, was, age } => {
+            output::progress(&format!(
+                "recovered: revision {revision} of release {release:?} in {:?} was {was} for \
+                 {} with no live holder; marked it failed as helm does for an interrupted \
+                 operation",
+                store.namespace(),
+                format_duration(age)
+            ));
+            Ok(true)
+        }
+    }
+}
+
+/// Prints a decision that does not run helm and picks the exit code.
+fn finish_without_helm(
+    plan: &GuardPlan,
+    decision: &Decision,
+    report: &DecisionReport,
+) -> Result<Exit, Error> {
+    output::decision_json(
+        report,
+        plan.format,
+        JsonTo::Stderr,
+        plan.decision_file.as_ref(),
+    )?;
+    output::decision(decision, None);
+    Ok(guard::exit_without_helm(plan, decision))
+}
+
+/// Prints the decision and runs helm with the user's argv.
+async fn run_helm(
+    plan: &GuardPlan,
+    helm: &Path,
+    decision: &Decision,
+    report: &DecisionReport,
+) -> Result<Exit, Error> {
+    output::decision_json(
+        report,
+        plan.format,
+        JsonTo::Stderr,
+        plan.decision_file.as_ref(),
+    )?;
+    output::decision(decision, None);
+    let command = HelmCommand::upgrade(helm, &plan.helm_args, plan.helm.install);
+    let code = helm::run_inherited(&command).await?;
+    Ok(match code {
+        0 if plan.detailed_exitcode => Exit::DetailedChange,
+        0 => Exit::Success,
+        code => Exit::Helm(code),
+    })
+}

@@ -1,0 +1,206 @@
+//! The only place that prints. Commands decide what happened; this module says it: text or
+//! JSON, stdout or stderr.
+//!
+//! Conventions: stdout carries a command's result (`status`, `locks`, `check -o json`);
+//! everything else (decision lines, notes, waits, warnings) goes to stderr, because under
+//! `upgrade` stdout belongs to helm.
+
+pub(crate) mod report;
+
+use std::io::Write;
+
+use crate::cli::OutputFormat;
+use crate::decision::Decision;
+use crate::error::Error;
+use crate::plan::DecisionFile;
+use report::{DecisionReport, LockReport, LockRow, StatusReport};
+
+/// A line on stderr, as is.
+fn line(text: &str) {
+    eprintln!("{text}");
+}
+
+/// `note: …` on stderr.
+pub(crate) fn note(text: &str) {
+    line(&format!("note: {text}"));
+}
+
+/// `warning: …` on stderr.
+pub(crate) fn warning(text: &str) {
+    line(&format!("warning: {text}"));
+}
+
+/// `waiting: …` on stderr: what a wait is for.
+pub(crate) fn waiting(text: &str) {
+    line(&format!("waiting: {text}"));
+}
+
+/// A progress line (`locked: …`, `recovered: …`) on stderr.
+pub(crate) fn progress(text: &str) {
+    line(text);
+}
+
+/// The decision for people: its one line (`skip: …`, `upgrade: …`) and its notes.
+pub(crate) fn decision(decision: &Decision, mutex_note: Option<&str>) {
+    line(&decision.message);
+    for note in &decision.notes {
+        line(&format!("  note: {note}"));
+    }
+    if let Some(m) = mutex_note {
+        line(&format!("  note: mutex {m}"));
+    }
+}
+
+/// Where the decision JSON goes as the command's own output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JsonTo {
+    /// `check -o json`: the JSON is the output.
+    Stdout,
+    /// `upgrade --decision-output json`: stdout belongs to helm.
+    Stderr,
+}
+
+/// Writes the decision JSON where it was asked for: the format's stream and/or the
+/// `--decision-file`.
+pub(crate) fn decision_json(
+    report: &DecisionReport,
+    format: OutputFormat,
+    to: JsonTo,
+    file: Option<&DecisionFile>,
+) -> Result<(), Error> {
+    let json = serde_json::to_string(report).expect("the decision report serialises");
+    if format == OutputFormat::Json {
+        match to {
+            JsonTo::Stdout => println!("{json}"),
+            JsonTo::Stderr => line(&json),
+        }
+    }
+    match file {
+        None => {}
+        Some(DecisionFile::Stderr) => line(&json),
+        Some(DecisionFile::Path(path)) => {
+            std::fs::write(path, format!("{json}\n")).map_err(|source| Error::WriteDecision {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// `lock -o json`.
+pub(crate) fn lock_json(report: &LockReport) {
+    println!(
+        "{}",
+        serde_json::to_string(report).expect("the lock report serialises")
+    );
+}
+
+/// `status`.
+pub(crate) fn status(
+    report: &StatusReport,
+    kind: &str,
+    mutex_lease: &str,
+    now: i64,
+    format: OutputFormat,
+) {
+    if format == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string(report).expect("the status report serialises")
+        );
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let mut put = |text: String| {
+        let _ = writeln!(out, "{text}");
+    };
+    put(format!(
+        "release:   {} (namespace {}, {kind} records)",
+        report.release, report.namespace
+    ));
+    match &report.deployed {
+        Some(d) => put(format!(
+            "deployed:  {} {} (app {}) revision {}",
+            d.chart.as_deref().unwrap_or("?"),
+            d.version.as_deref().unwrap_or("?"),
+            d.app_version.as_deref().unwrap_or("-"),
+            d.revision
+        )),
+        None => put("deployed:  none".to_string()),
+    }
+    if let Some(l) = &report.latest {
+        put(format!("latest:    revision {} {}", l.revision, l.status));
+    }
+    match &report.lock {
+        None => put("lock:      none".to_string()),
+        Some(l) => {
+            let state = match (l.expired, report.upgrade) {
+                (false, _) => "",
+                (true, "refuse") => " (expired, record still pending-upgrade)",
+                (true, _) => " (expired, ignored)",
+            };
+            put(format!("lock:      {}{state}", l.kind));
+            for (name, value) in [
+                ("reason", &l.reason),
+                ("by", &l.by),
+                ("since", &l.since),
+                ("expires", &l.expires),
+                ("pin", &l.pin),
+            ] {
+                if let Some(v) = value {
+                    put(format!("  {name:<8} {v}"));
+                }
+            }
+        }
+    }
+    put(format!("upgrade:   {}", report.upgrade_message));
+    match &report.mutex {
+        Some(m) => put(format!(
+            "mutex:     {mutex_lease} held by {}",
+            m.describe(now)
+        )),
+        None => put("mutex:     free".to_string()),
+    }
+}
+
+/// `locks`.
+pub(crate) fn locks(rows: &[LockRow], scope: &str, format: OutputFormat) {
+    if format == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string(rows).expect("the lock rows serialise")
+        );
+        return;
+    }
+    if rows.is_empty() {
+        line(&format!("no locked releases in {scope}"));
+        return;
+    }
+    println!(
+        "{:<20} {:<16} {:<5} {:<20} {:<22} {:<12} REASON",
+        "NAMESPACE", "RELEASE", "KIND", "BY", "EXPIRES", "PIN"
+    );
+    for r in rows {
+        let expires = match (&r.lock.expires, r.lock.expired) {
+            (Some(t), true) => format!("{t} (expired)"),
+            (Some(t), false) => t.clone(),
+            (None, _) => "-".into(),
+        };
+        println!(
+            "{:<20} {:<16} {:<5} {:<20} {:<22} {:<12} {}",
+            r.namespace,
+            r.release,
+            r.lock.kind,
+            r.lock.by.as_deref().unwrap_or("-"),
+            expires,
+            r.lock.pin.as_deref().unwrap_or("-"),
+            r.lock.reason.as_deref().unwrap_or("")
+        );
+    }
+}
+
+/// The one error line a failed command prints.
+pub fn error(e: &Error) {
+    line(&format!("guarded-upgrade: error: {e}"));
+}

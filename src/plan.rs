@@ -1,0 +1,418 @@
+//! From argv and environment to typed plans, before any I/O.
+//!
+//! Every usage error (exit 2) is found here: malformed durations, output formats, pins,
+//! expiries, names, missing RELEASE or CHART, unknown or conflicting guard flags. Nothing in
+//! this module reads a kubeconfig, talks to the cluster or runs helm; the commands get
+//! values that are already valid (ripgrep's low-args/high-args split).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::argv::HelmFlags;
+use crate::argv::{self, Mode, SplitArgv};
+use crate::cli::{Command, Expiry, LockArgs, LocksArgs, OutputFormat, StatusArgs, UnlockArgs};
+use crate::cluster::{ClusterFlags, DriverKind, HelmEnv};
+use crate::decision::{LockKind, Policy};
+use crate::error::{Error, UsageError};
+use crate::lock::{self, LockSpec};
+use crate::mutex;
+use crate::time::{format_rfc3339, parse_duration};
+
+/// Where and how to reach the release storage.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterPlan {
+    /// helm's cluster flags.
+    pub flags: ClusterFlags,
+    /// helm's environment variables.
+    pub env: HelmEnv,
+    /// `HELM_DRIVER`.
+    pub driver: DriverKind,
+}
+
+/// Where the decision JSON goes besides the normal output (`--decision-file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DecisionFile {
+    /// `-`: standard error.
+    Stderr,
+    /// A file.
+    Path(PathBuf),
+}
+
+/// The per-release mutex settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Serialize {
+    /// `--lock-timeout`: how long to wait for another run.
+    pub lock_timeout: Duration,
+    /// `--lease-duration`.
+    pub lease_duration: Duration,
+}
+
+/// `upgrade` or `check`.
+#[derive(Debug, Clone)]
+pub(crate) struct GuardPlan {
+    /// Which of the two.
+    pub mode: Mode,
+    /// RELEASE.
+    pub release: String,
+    /// CHART.
+    pub chart: String,
+    /// helm's argv (RELEASE, CHART and every helm flag), unchanged and in order.
+    pub helm_args: Vec<String>,
+    /// The helm flags the guard reads.
+    pub helm: HelmFlags,
+    /// `--helm`, else `HELM_BIN`.
+    pub helm_bin: Option<String>,
+    /// The cluster.
+    pub cluster: ClusterPlan,
+    /// `--min-version-policy`.
+    pub policy: Policy,
+    /// `--allow-chart-change`.
+    pub allow_chart_change: bool,
+    /// `--decision-output` / `check -o`.
+    pub format: OutputFormat,
+    /// `--decision-file`.
+    pub decision_file: Option<DecisionFile>,
+    /// `--detailed-exitcode`.
+    pub detailed_exitcode: bool,
+    /// The mutex, unless `--no-serialize`.
+    pub serialize: Option<Serialize>,
+    /// `--recover-pending-after`.
+    pub recover_pending_after: Option<Duration>,
+}
+
+/// `lock`.
+#[derive(Debug, Clone)]
+pub(crate) struct LockPlan {
+    /// Release to lock.
+    pub release: String,
+    /// The lock; `by` is completed with the kubeconfig user at run time when not given.
+    pub spec: LockSpec,
+    /// `-o`.
+    pub format: OutputFormat,
+    /// The cluster.
+    pub cluster: ClusterPlan,
+}
+
+/// `unlock`.
+#[derive(Debug, Clone)]
+pub(crate) struct UnlockPlan {
+    /// Release to unlock.
+    pub release: String,
+    /// `--force`.
+    pub force: bool,
+    /// The cluster.
+    pub cluster: ClusterPlan,
+}
+
+/// `status`.
+#[derive(Debug, Clone)]
+pub(crate) struct StatusPlan {
+    /// Release to show.
+    pub release: String,
+    /// `-o`.
+    pub format: OutputFormat,
+    /// The cluster.
+    pub cluster: ClusterPlan,
+}
+
+/// `locks`.
+#[derive(Debug, Clone)]
+pub(crate) struct LocksPlan {
+    /// `-A`.
+    pub all_namespaces: bool,
+    /// `-o`.
+    pub format: OutputFormat,
+    /// The cluster.
+    pub cluster: ClusterPlan,
+}
+
+/// One validated command, ready to run.
+#[derive(Debug, Clone)]
+pub(crate) enum PlanKind {
+    /// `upgrade` / `check`.
+    Guard(Box<GuardPlan>),
+    /// `lock`.
+    Lock(LockPlan),
+    /// `unlock`.
+    Unlock(UnlockPlan),
+    /// `status`.
+    Status(StatusPlan),
+    /// `locks`.
+    Locks(LocksPlan),
+}
+
+/// A validated command line: build it with [`Plan::new`], run it with [`Plan::run`].
+#[derive(Debug, Clone)]
+pub struct Plan(pub(crate) PlanKind);
+
+fn usage(message: String) -> Error {
+    Error::Usage(UsageError(message))
+}
+
+impl Plan {
+    /// Validates a parsed command line against the process environment; `now` is the
+    /// current Unix time (for lock expiries).
+    pub fn new(command: Command, now: i64) -> Result<Plan, Error> {
+        plan(command, HelmEnv::from_process(), now)
+    }
+
+    /// Runs the plan on a fresh async runtime and says how the process should end.
+    pub fn run(self) -> Result<crate::error::Exit, Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        runtime.block_on(crate::commands::run(self.0))
+    }
+}
+
+/// [`Plan::new`] with the environment given.
+pub(crate) fn plan(command: Command, env: HelmEnv, now: i64) -> Result<Plan, Error> {
+    let kind = match command {
+        Command::Upgrade { args } => PlanKind::Guard(Box::new(guard(&args, Mode::Upgrade, env)?)),
+        Command::Check { args } => PlanKind::Guard(Box::new(guard(&args, Mode::Check, env)?)),
+        Command::Lock(args) => PlanKind::Lock(lock_plan(args, env, now)?),
+        Command::Unlock(UnlockArgs {
+            release,
+            force,
+            cluster,
+        }) => PlanKind::Unlock(UnlockPlan {
+            release,
+            force,
+            cluster: cluster_plan(cluster, env)?,
+        }),
+        Command::Status(StatusArgs {
+            release,
+            output,
+            cluster,
+        }) => PlanKind::Status(StatusPlan {
+            release,
+            format: output,
+            cluster: cluster_plan(cluster, env)?,
+        }),
+        Command::Locks(LocksArgs {
+            all_namespaces,
+            output,
+            cluster,
+        }) => PlanKind::Locks(LocksPlan {
+            all_namespaces,
+            format: output,
+            cluster: cluster_plan(cluster, env)?,
+        }),
+    };
+    Ok(Plan(kind))
+}
+
+fn cluster_plan(mut flags: ClusterFlags, env: HelmEnv) -> Result<ClusterPlan, Error> {
+    // `-n ''` means what no `-n` means to helm: the context's namespace.
+    if flags.namespace.as_deref() == Some("") {
+        flags.namespace = None;
+    }
+    let driver = DriverKind::from_helm_driver(env.driver.as_deref())?;
+    Ok(ClusterPlan { flags, env, driver })
+}
+
+fn duration(flag: &str, value: Option<&str>) -> Result<Option<Duration>, Error> {
+    value
+        .map(|text| {
+            parse_duration(text).ok_or_else(|| {
+                usage(format!(
+                    "{flag} {text:?} is not a duration (examples: 90s, 5m, 2h, 1d)"
+                ))
+            })
+        })
+        .transpose()
+}
+
+fn guard(args: &[String], mode: Mode, env: HelmEnv) -> Result<GuardPlan, Error> {
+    let SplitArgv {
+        guard,
+        helm_args,
+        release,
+        chart,
+        helm,
+    } = argv::split(args, mode).map_err(|e| usage(e.to_string()))?;
+    let lock_timeout = duration("--lock-timeout", guard.lock_timeout.as_deref())?;
+    let lease_duration = duration("--lease-duration", guard.lease_duration.as_deref())?;
+    let recover_pending_after = duration(
+        "--recover-pending-after",
+        guard.recover_pending_after.as_deref(),
+    )?;
+    let serialize = (!guard.no_serialize).then(|| Serialize {
+        lock_timeout: lock_timeout.unwrap_or(mutex::DEFAULT_LOCK_TIMEOUT),
+        // Renewed every third of it: shorter leases would be renewed faster than the API
+        // answers under load.
+        lease_duration: lease_duration
+            .unwrap_or(mutex::DEFAULT_LEASE_DURATION)
+            .max(Duration::from_secs(3)),
+    });
+    let format = match guard.output.as_deref() {
+        Some("json") => OutputFormat::Json,
+        _ => OutputFormat::Text,
+    };
+    let decision_file = guard.decision_file.map(|path| match path.as_str() {
+        "-" => DecisionFile::Stderr,
+        _ => DecisionFile::Path(PathBuf::from(path)),
+    });
+    let cluster = cluster_plan(ClusterFlags::from(&helm), env)?;
+    Ok(GuardPlan {
+        mode,
+        release,
+        chart,
+        helm_args,
+        helm_bin: guard
+            .helm
+            .or_else(|| std::env::var("HELM_BIN").ok())
+            .filter(|s| !s.is_empty()),
+        helm,
+        cluster,
+        policy: guard.policy,
+        allow_chart_change: guard.allow_chart_change,
+        format,
+        decision_file,
+        detailed_exitcode: guard.detailed_exitcode,
+        serialize,
+        recover_pending_after,
+    })
+}
+
+fn lock_plan(args: LockArgs, env: HelmEnv, now: i64) -> Result<LockPlan, Error> {
+    let expires_at = match args.expires {
+        None => None,
+        Some(Expiry::After(d)) => Some(now.saturating_add(d.as_secs() as i64)),
+        Some(Expiry::At(t)) => Some(t),
+    };
+    if let Some(at) = expires_at.filter(|&at| at <= now) {
+        return Err(usage(format!(
+            "--expires is not in the future ({}); a lock must expire later than now",
+            format_rfc3339(at)
+        )));
+    }
+    for (flag, text) in [
+        ("--reason", &args.reason),
+        ("--by", &args.by),
+        ("--pin", &args.pin),
+    ] {
+        if let Some(text) = text.as_ref().filter(|t| t.len() > lock::MAX_TEXT_BYTES) {
+            return Err(usage(format!(
+                "{flag} is {} bytes long; at most {} are kept with the release",
+                text.len(),
+                lock::MAX_TEXT_BYTES
+            )));
+        }
+    }
+    let kind = if args.hard {
+        LockKind::Hard
+    } else if args.pin.is_some() {
+        LockKind::Pin
+    } else {
+        LockKind::Soft
+    };
+    Ok(LockPlan {
+        release: args.release,
+        spec: LockSpec {
+            kind,
+            reason: args.reason,
+            by: args.by,
+            since: now,
+            expires_at,
+            pin: args.pin,
+        },
+        format: args.output,
+        cluster: cluster_plan(args.cluster, env)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    const NOW: i64 = 1_700_000_000;
+
+    fn plan_of(argv: &[&str]) -> Result<Plan, Error> {
+        let cli = crate::cli::Cli::try_parse_from(
+            std::iter::once("guarded-upgrade").chain(argv.iter().copied()),
+        )
+        .map_err(|e| usage(e.to_string()))?;
+        plan(cli.command, HelmEnv::default(), NOW)
+    }
+
+    fn usage_error(argv: &[&str]) -> String {
+        match plan_of(argv) {
+            Err(Error::Usage(e)) => e.to_string(),
+            Err(other) => panic!("{argv:?}: not a usage error: {other}"),
+            Ok(p) => panic!("{argv:?}: accepted: {p:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_guard_flags_are_usage_errors() {
+        for (argv, line) in [
+            (
+                &["upgrade", "db", "./c", "--lock-timeout", "bogus"][..],
+                "--lock-timeout \"bogus\" is not a duration (examples: 90s, 5m, 2h, 1d)",
+            ),
+            (
+                &["check", "db", "./c", "--lease-duration", "5x"][..],
+                "--lease-duration \"5x\" is not a duration (examples: 90s, 5m, 2h, 1d)",
+            ),
+            (
+                &["upgrade", "db", "./c", "--recover-pending-after", "soon"][..],
+                "--recover-pending-after \"soon\" is not a duration (examples: 90s, 5m, 2h, 1d)",
+            ),
+        ] {
+            assert_eq!(usage_error(argv), line);
+        }
+    }
+
+    #[test]
+    fn lock_expiry_must_be_in_the_future() {
+        assert_eq!(
+            usage_error(&["lock", "db", "--expires", "2001-01-01T00:00:00Z"]),
+            "--expires is not in the future (2001-01-01T00:00:00Z); a lock must expire later \
+             than now"
+        );
+        let Plan(PlanKind::Lock(p)) =
+            plan_of(&["lock", "db", "--expires", "4h", "--pin", "1.4.x"]).unwrap()
+        else {
+            panic!("not a lock plan")
+        };
+        assert_eq!(p.spec.expires_at, Some(NOW + 4 * 3600));
+        assert_eq!(p.spec.kind, LockKind::Pin);
+        let long = "x".repeat(1000);
+        assert_eq!(
+            usage_error(&["lock", "db", "--reason", &long]),
+            "--reason is 1000 bytes long; at most 256 are kept with the release"
+        );
+    }
+
+    #[test]
+    fn guard_plan_is_typed() {
+        let Plan(PlanKind::Guard(p)) = plan_of(&[
+            "upgrade",
+            "db",
+            "./c",
+            "-n",
+            "",
+            "--lock-timeout",
+            "10s",
+            "--decision-output",
+            "json",
+            "--decision-file",
+            "-",
+        ])
+        .unwrap() else {
+            panic!("not a guard plan")
+        };
+        assert_eq!(p.serialize.unwrap().lock_timeout, Duration::from_secs(10));
+        assert_eq!(p.format, OutputFormat::Json);
+        assert_eq!(p.decision_file, Some(DecisionFile::Stderr));
+        assert_eq!(
+            p.cluster.flags.namespace, None,
+            "-n '' is the context's namespace"
+        );
+        assert_eq!(p.helm_args, ["db", "./c", "-n", ""]);
+    }
+}

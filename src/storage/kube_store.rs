@@ -1,0 +1,458 @@
+//! Release records stored as Secrets or ConfigMaps (helm's `secret` and `configmap`
+//! drivers). Every request is built here with percent-encoded path segments and every
+//! answer is checked against what was asked before anything is trusted.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::ByteString;
+use kube::api::{GetParams, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::core::Request;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+
+use super::{
+    release_selector, with_retry, InvalidRecord, RecordHeader, ReleaseStore, StoreError,
+    StoredRecord, LABEL_NAME, LABEL_OWNER, LABEL_STATUS, LABEL_VERSION,
+};
+use crate::release::ReleaseStatus;
+
+/// How a Kubernetes kind carries Helm's encoded release.
+pub(crate) trait RecordKind:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+{
+    /// Kind name for messages.
+    const KIND: &'static str;
+    /// The once-base64 encoded release text.
+    fn payload(&self) -> Option<Vec<u8>>;
+    /// A merge-patch `data` object setting the payload.
+    fn payload_patch(payload: &str) -> serde_json::Value;
+}
+
+impl RecordKind for Secret {
+    const KIND: &'static str = "Secret";
+    fn payload(&self) -> Option<Vec<u8>> {
+        // The API's own base64 layer is already undone by deserialisation.
+        self.data.as_ref()?.get("release").map(|b| b.0.clone())
+    }
+    fn payload_patch(payload: &str) -> serde_json::Value {
+        let wire = ByteString(payload.as_bytes().to_vec());
+        serde_json::json!({ "release": wire })
+    }
+}
+
+impl RecordKind for ConfigMap {
+    const KIND: &'static str = "ConfigMap";
+    fn payload(&self) -> Option<Vec<u8>> {
+        self.data
+            .as_ref()?
+            .get("release")
+            .map(|s| s.as_bytes().to_vec())
+    }
+    fn payload_patch(payload: &str) -> serde_json::Value {
+        serde_json::json!({ "release": payload })
+    }
+}
+
+/// Percent-encodes one URL path segment (RFC 3986 unreserved characters stay as they are),
+/// so no name or namespace can add path segments or a query.
+pub(crate) fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Release records of one kind in one namespace.
+pub(crate) struct KubeStore<K> {
+    client: Client,
+    namespace: String,
+    _kind: std::marker::PhantomData<K>,
+}
+
+impl<K: RecordKind> KubeStore<K> {
+    /// A store reading `namespace`.
+    pub(crate) fn new(client: Client, namespace: &str) -> KubeStore<K> {
+        KubeStore {
+            client,
+            namespace: namespace.to_string(),
+            _kind: std::marker::PhantomData,
+        }
+    }
+
+    /// `/api/v1/namespaces/<ns>/secrets`, or the cluster-wide collection.
+    fn collection(&self, all_namespaces: bool) -> Request {
+        let plural = K::plural(&());
+        let path = if all_namespaces {
+            format!("/api/v1/{plural}")
+        } else {
+            format!(
+                "/api/v1/namespaces/{}/{plural}",
+                path_segment(&self.namespace)
+            )
+        };
+        Request::new(path)
+    }
+
+    async fn patch_merge(
+        &self,
+        name: &str,
+        patch: serde_json::Value,
+    ) -> Result<Option<String>, StoreError> {
+        // A resourceVersion inside a merge patch is a precondition: 409 if it moved on.
+        let request = self
+            .collection(false)
+            .patch(
+                &path_segment(name),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .map_err(|e| StoreError::Transport(e.to_string()))?;
+        let updated: K = self.client.request(request).await?;
+        let meta = updated.meta();
+        if meta.name.as_deref() != Some(name) {
+            return Err(StoreError::Invalid(InvalidRecord::new(
+                K::KIND,
+                name,
+                "metadata.name",
+                "the answer to the update names another object",
+            )));
+        }
+        Ok(meta.resource_version.clone())
+    }
+}
+
+/// Reads a record's header from its metadata, failing on anything helm would not have
+/// written: a missing or non-numeric `version` label, a missing `name` or `status` label,
+/// a status that is not one of helm's, another namespace than the one asked for.
+pub(crate) fn header_from_meta(
+    kind: &'static str,
+    meta: &ObjectMeta,
+    namespace: Option<&str>,
+) -> Result<RecordHeader, InvalidRecord> {
+    let name = meta.name.clone().unwrap_or_default();
+    let invalid = |field: &str, problem: &str| InvalidRecord::new(kind, &name, field, problem);
+    if name.is_empty() {
+        return Err(invalid("metadata.name", "is missing"));
+    }
+    let record_ns = meta.namespace.clone().unwrap_or_default();
+    if let Some(expected) = namespace {
+        if record_ns != expected {
+            return Err(invalid(
+                "metadata.namespace",
+                &format!("is {record_ns:?}, not the namespace that was read ({expected:?})"),
+            ));
+        }
+    }
+    let labels = meta
+        .labels
+        .clone()
+        .ok_or_else(|| invalid("metadata.labels", "are missing"))?;
+    let label = |key: &str| {
+        labels
+            .get(key)
+            .ok_or_else(|| invalid(&format!("label {key}"), "is missing"))
+    };
+    let release = label(LABEL_NAME)?;
+    if release.is_empty() {
+        return Err(invalid("label name", "is empty"));
+    }
+    if label(LABEL_OWNER)? != "helm" {
+        return Err(invalid("label owner", "is not helm"));
+    }
+    let revision = parse_revision(label(LABEL_VERSION)?)
+        .ok_or_else(|| invalid("label version", "is not a revision number"))?;
+    let status = ReleaseStatus::parse(label(LABEL_STATUS)?);
+    if matches!(status, ReleaseStatus::Other(_)) {
+        return Err(invalid("label status", "is not a helm release status"));
+    }
+    Ok(RecordHeader {
+        name,
+        namespace: record_ns,
+        release: release.clone(),
+        revision,
+        status,
+        labels,
+        resource_version: meta.resource_version.clone(),
+        created: meta.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+    })
+}
+
+/// A revision as helm writes it: a positive decimal number without sign or spaces.
+pub(crate) fn parse_revision(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().filter(|&n| n > 0)
+}
+
+/// The items of a metadata list answer, refusing answers of the wrong shape (no `items`
+/// array, an item without `metadata`): an empty-looking list must really be empty.
+fn list_items(
+    kind: &'static str,
+    answer: serde_json::Value,
+) -> Result<Vec<ObjectMeta>, StoreError> {
+    let malformed = |what: &str| StoreError::Malformed(format!("the {kind} list answer {what}"));
+    let items = answer
+        .get("items")
+        .and_then(|i| i.as_array())
+        .ok_or_else(|| malformed("has no items array"))?;
+    items
+        .iter()
+        .map(|item| {
+            let meta = item
+                .get("metadata")
+                .filter(|m| m.is_object())
+                .ok_or_else(|| malformed("has an item without metadata"))?;
+            serde_json::from_value(meta.clone())
+                .map_err(|e| malformed(&format!("has an unreadable item ({e})")))
+        })
+        .collect()
+}
+
+fn label_patch(labels: &BTreeMap<String, Option<String>>) -> serde_json::Value {
+    let map: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                Some(v) => serde_json::Value::String(v.clone()),
+                None => serde_json::Value::Null,
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    serde_json::Value::Object(map)
+}
+
+impl<K: RecordKind> ReleaseStore for KubeStore<K> {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn kind(&self) -> &'static str {
+        K::KIND
+    }
+
+    async fn list_headers(&self, release: &str) -> Result<Vec<RecordHeader>, StoreError> {
+        let headers = self
+            .list_headers_matching(&release_selector(release), false)
+            .await?;
+        // The server filtered by label; a record that does not belong is an answer we
+        // cannot trust.
+        if let Some(h) = headers.iter().find(|h| h.release != release) {
+            return Err(StoreError::Invalid(InvalidRecord::new(
+                K::KIND,
+                &h.name,
+                "label name",
+                &format!("is {:?}, not the release that was asked for", h.release),
+            )));
+        }
+        super::check_unique_revisions(K::KIND, &headers)?;
+        Ok(headers)
+    }
+
+    async fn list_headers_matching(
+        &self,
+        selector: &str,
+        all_namespaces: bool,
+    ) -> Result<Vec<RecordHeader>, StoreError> {
+        let params = ListParams::default().labels(selector);
+        let answer: serde_json::Value = with_retry(|| async {
+            let request = self
+                .collection(all_namespaces)
+                .list_metadata(&params)
+                .map_err(|e| StoreError::Transport(e.to_string()))?;
+            Ok(self.client.request(request).await?)
+        })
+        .await?;
+        let expected_ns = (!all_namespaces).then_some(self.namespace.as_str());
+        let mut headers = list_items(K::KIND, answer)?
+            .iter()
+            .map(|meta| header_from_meta(K::KIND, meta, expected_ns))
+            .collect::<Result<Vec<_>, _>>()?;
+        headers.sort_by(|a, b| (&a.namespace, a.revision).cmp(&(&b.namespace, b.revision)));
+        Ok(headers)
+    }
+
+    async fn get(&self, name: &str) -> Result<StoredRecord, StoreError> {
+        let object: K = with_retry(|| async {
+            let request = self
+                .collection(false)
+                .get(&path_segment(name), &GetParams::default())
+                .map_err(|e| StoreError::Transport(e.to_string()))?;
+            Ok(self.client.request(request).await?)
+        })
+        .await?;
+        let header = header_from_meta(K::KIND, object.meta(), Some(&self.namespace))?;
+        if header.name != name {
+            return Err(StoreError::Invalid(InvalidRecord::new(
+                K::KIND,
+                name,
+                "metadata.name",
+                &format!("the answer is {:?}, another object", header.name),
+            )));
+        }
+        let payload = object.payload().ok_or_else(|| {
+            StoreError::Invalid(InvalidRecord::new(
+                K::KIND,
+                name,
+                "data.release",
+                "is missing; it is not a helm release record",
+            ))
+        })?;
+        Ok(StoredRecord { header, payload })
+    }
+
+    async fn patch_labels(
+        &self,
+        name: &str,
+        resource_version: &str,
+        labels: &BTreeMap<String, Option<String>>,
+    ) -> Result<Option<String>, StoreError> {
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": resource_version, "labels": label_patch(labels) }
+        });
+        with_retry(|| self.patch_merge(name, patch.clone())).await
+    }
+
+    async fn rewrite(
+        &self,
+        name: &str,
+        resource_version: &str,
+        payload: &str,
+        labels: &BTreeMap<String, Option<String>>,
+    ) -> Result<Option<String>, StoreError> {
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": resource_version, "labels": label_patch(labels) },
+            "data": K::payload_patch(payload),
+        });
+        with_retry(|| self.patch_merge(name, patch.clone())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(labels: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            name: Some("sh.helm.release.v1.db.v3".into()),
+            namespace: Some("shared".into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    const GOOD: &[(&str, &str)] = &[
+        ("name", "db"),
+        ("owner", "helm"),
+        ("status", "deployed"),
+        ("version", "3"),
+    ];
+
+    fn with(key: &str, value: Option<&str>) -> ObjectMeta {
+        let mut m = meta(GOOD);
+        let labels = m.labels.as_mut().unwrap();
+        match value {
+            Some(v) => labels.insert(key.into(), v.into()),
+            None => labels.remove(key),
+        };
+        m
+    }
+
+    #[test]
+    fn a_well_formed_header() {
+        let header = header_from_meta("Secret", &meta(GOOD), Some("shared")).unwrap();
+        assert_eq!(header.revision, 3);
+        assert_eq!(header.release, "db");
+        assert_eq!(header.namespace, "shared");
+        assert_eq!(header.status, ReleaseStatus::Deployed);
+    }
+
+    #[test]
+    fn every_malformed_header_is_refused_with_the_field() {
+        let cases: Vec<(ObjectMeta, &str)> = vec![
+            (with("version", None), "label version"),
+            (with("version", Some("abc")), "label version"),
+            (with("version", Some("-1")), "label version"),
+            (with("version", Some("+3")), "label version"),
+            (with("version", Some(" 3")), "label version"),
+            (with("version", Some("0")), "label version"),
+            (
+                with("version", Some("99999999999999999999999")),
+                "label version",
+            ),
+            (with("name", None), "label name"),
+            (with("name", Some("")), "label name"),
+            (with("owner", Some("someone")), "label owner"),
+            (with("status", None), "label status"),
+            (with("status", Some("frozen")), "label status"),
+            (
+                ObjectMeta {
+                    labels: None,
+                    ..meta(GOOD)
+                },
+                "metadata.labels",
+            ),
+            (
+                ObjectMeta {
+                    namespace: Some("other".into()),
+                    ..meta(GOOD)
+                },
+                "metadata.namespace",
+            ),
+        ];
+        for (m, field) in cases {
+            let err = header_from_meta("Secret", &m, Some("shared")).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(
+                err.to_string()
+                    .starts_with("Secret \"sh.helm.release.v1.db.v3\": "),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn list_answers_of_the_wrong_shape_are_refused() {
+        for answer in [
+            serde_json::json!({"items": null}),
+            serde_json::json!({}),
+            serde_json::json!({"items": [{"kind": "x"}]}),
+            serde_json::json!({"items": [{"metadata": null}]}),
+        ] {
+            assert!(
+                matches!(list_items("Secret", answer), Err(StoreError::Malformed(_))),
+                "accepted"
+            );
+        }
+        assert!(list_items("Secret", serde_json::json!({"items": []}))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(path_segment("shared"), "shared");
+        assert_eq!(path_segment("a/b?c"), "a%2Fb%3Fc");
+        assert_eq!(
+            path_segment("sh.helm.release.v1.db.v3"),
+            "sh.helm.release.v1.db.v3"
+        );
+        assert_eq!(path_segment(""), "");
+    }
+}

@@ -1,0 +1,191 @@
+//! Release records in memory, so command logic (locking, unlocking, status) is tested
+//! without a server. Behaves like the API where commands depend on it: label selectors on
+//! `name`/`owner`, resourceVersion preconditions (409), and 404 for missing records.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{RecordHeader, ReleaseStore, StoreError, StoredRecord};
+use crate::release::ReleaseStatus;
+
+/// An in-memory store of one namespace.
+pub(crate) struct MemoryStore {
+    namespace: String,
+    records: Mutex<BTreeMap<String, StoredRecord>>,
+    next_version: Mutex<u64>,
+}
+
+impl MemoryStore {
+    /// An empty store for `namespace`.
+    pub(crate) fn new(namespace: &str) -> MemoryStore {
+        MemoryStore {
+            namespace: namespace.to_string(),
+            records: Mutex::new(BTreeMap::new()),
+            next_version: Mutex::new(1),
+        }
+    }
+
+    fn bump(&self) -> String {
+        let mut next = self.next_version.lock().expect("memory store");
+        *next += 1;
+        next.to_string()
+    }
+
+    /// Adds a record as helm would write it: `payload` is helm's once-encoded release.
+    pub(crate) fn insert(
+        &self,
+        release: &str,
+        revision: u64,
+        status: ReleaseStatus,
+        extra_labels: &[(&str, &str)],
+        payload: String,
+    ) {
+        let name = format!("sh.helm.release.v1.{release}.v{revision}");
+        let mut labels = BTreeMap::from([
+            ("name".to_string(), release.to_string()),
+            ("owner".to_string(), "helm".to_string()),
+            ("status".to_string(), status.as_str().to_string()),
+            ("version".to_string(), revision.to_string()),
+        ]);
+        labels.extend(
+            extra_labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let header = RecordHeader {
+            name: name.clone(),
+            namespace: self.namespace.clone(),
+            release: release.to_string(),
+            revision,
+            status,
+            labels,
+            resource_version: Some(self.bump()),
+            created: None,
+        };
+        let record = StoredRecord {
+            header,
+            payload: payload.into_bytes(),
+        };
+        self.records
+            .lock()
+            .expect("memory store")
+            .insert(name, record);
+    }
+
+    /// Every record, by name.
+    pub(crate) fn records(&self) -> BTreeMap<String, StoredRecord> {
+        self.records.lock().expect("memory store").clone()
+    }
+
+    fn update(
+        &self,
+        name: &str,
+        resource_version: &str,
+        payload: Option<&str>,
+        labels: &BTreeMap<String, Option<String>>,
+    ) -> Result<Option<String>, StoreError> {
+        let version = self.bump();
+        let mut records = self.records.lock().expect("memory store");
+        let record = records.get_mut(name).ok_or_else(|| not_found(name))?;
+        if record.header.resource_version.as_deref() != Some(resource_version) {
+            return Err(StoreError::Api {
+                code: 409,
+                reason: "Conflict".into(),
+                message: format!("the object {name:?} has been modified"),
+            });
+        }
+        for (k, v) in labels {
+            match v {
+                Some(v) => record.header.labels.insert(k.clone(), v.clone()),
+                None => record.header.labels.remove(k),
+            };
+        }
+        if let Some(status) = record.header.labels.get("status") {
+            record.header.status = ReleaseStatus::parse(status);
+        }
+        if let Some(p) = payload {
+            record.payload = p.as_bytes().to_vec();
+        }
+        record.header.resource_version = Some(version.clone());
+        Ok(Some(version))
+    }
+}
+
+fn not_found(name: &str) -> StoreError {
+    StoreError::Api {
+        code: 404,
+        reason: "NotFound".into(),
+        message: format!("{name:?} not found"),
+    }
+}
+
+/// `k=v,k2=v2` selectors, the only kind commands use.
+fn matches(selector: &str, labels: &BTreeMap<String, String>) -> bool {
+    selector
+        .split(',')
+        .filter(|term| !term.is_empty())
+        .all(|term| match term.split_once('=') {
+            Some((k, v)) => labels.get(k).map(String::as_str) == Some(v),
+            None => labels.contains_key(term),
+        })
+}
+
+impl ReleaseStore for MemoryStore {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn kind(&self) -> &'static str {
+        "Secret"
+    }
+
+    async fn list_headers(&self, release: &str) -> Result<Vec<RecordHeader>, StoreError> {
+        self.list_headers_matching(&super::release_selector(release), false)
+            .await
+    }
+
+    async fn list_headers_matching(
+        &self,
+        selector: &str,
+        _all_namespaces: bool,
+    ) -> Result<Vec<RecordHeader>, StoreError> {
+        let mut headers: Vec<RecordHeader> = self
+            .records
+            .lock()
+            .expect("memory store")
+            .values()
+            .filter(|r| matches(selector, &r.header.labels))
+            .map(|r| r.header.clone())
+            .collect();
+        headers.sort_by_key(|h| h.revision);
+        Ok(headers)
+    }
+
+    async fn get(&self, name: &str) -> Result<StoredRecord, StoreError> {
+        self.records
+            .lock()
+            .expect("memory store")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))
+    }
+
+    async fn patch_labels(
+        &self,
+        name: &str,
+        resource_version: &str,
+        labels: &BTreeMap<String, Option<String>>,
+    ) -> Result<Option<String>, StoreError> {
+        self.update(name, resource_version, None, labels)
+    }
+
+    async fn rewrite(
+        &self,
+        name: &str,
+        resource_version: &str,
+        payload: &str,
+        labels: &BTreeMap<String, Option<String>>,
+    ) -> Result<Option<String>, StoreError> {
+        self.update(name, resource_version, Some(payload), labels)
+    }
+}
