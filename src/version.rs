@@ -96,22 +96,6 @@ impl ChartVersion {
         ChartVersion::parse(text)
     }
 
-    /// The text this version was parsed from (trimmed), e.g. `v1.2`.
-    pub fn original(&self) -> &str {
-        &self.original
-    }
-
-    /// The normalized version, e.g. `1.2.0` for `v1.2`. Note that
-    /// `semver::Version`'s own ordering does not ignore build metadata; compare
-    /// `ChartVersion`s instead.
-    pub fn semver(&self) -> &semver::Version {
-        &self.version
-    }
-
-    /// True when the version has a pre-release part (`1.0.0-rc.1`).
-    pub fn is_prerelease(&self) -> bool {
-        !self.version.pre.is_empty()
-    }
 }
 
 impl fmt::Display for ChartVersion {
@@ -545,11 +529,6 @@ impl Constraint {
                 .all(|c| c.check(&version.version, g.include_pre))
         })
     }
-
-    /// The text this constraint was parsed from (trimmed).
-    pub fn original(&self) -> &str {
-        &self.original
-    }
 }
 
 impl fmt::Display for Constraint {
@@ -699,8 +678,7 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = v(input);
-            assert_eq!(got.semver().to_string(), want, "{input}");
-            assert_eq!(got.original(), input.trim(), "{input}");
+            assert_eq!(got.version.to_string(), want, "{input}");
             assert_eq!(got.to_string(), input.trim(), "{input}");
         }
     }
