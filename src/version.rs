@@ -95,7 +95,6 @@ impl ChartVersion {
         }
         ChartVersion::parse(text)
     }
-
 }
 
 impl fmt::Display for ChartVersion {

@@ -9,7 +9,7 @@ use crate::plan::LockPlan;
 use crate::storage::{ReleaseStore, Store};
 use crate::time::{format_rfc3339, now_unix};
 
-use super::records::Scope;
+use super::records::{Interrupts, Scope};
 
 /// Runs `lock`.
 pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
@@ -18,7 +18,7 @@ pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
     if spec.by.is_none() {
         spec.by = lock::default_by(session.user.as_deref());
     }
-    lock_release(&session.store, &plan.release, &spec).await?;
+    lock_release(&session.store, &plan.release, &spec, Interrupts::listen()).await?;
     if plan.format == OutputFormat::Json {
         output::lock_json(&LockReport::new(&state_of(&spec), now_unix()));
     }
@@ -62,8 +62,13 @@ pub(super) async fn lock_release(
     store: &Store,
     release: &str,
     spec: &LockSpec,
+    interrupts: Interrupts,
 ) -> Result<(), Error> {
-    let scope = Scope { store, release };
+    let scope = Scope {
+        store,
+        release,
+        interrupts: interrupts.clone(),
+    };
     let headers = scope.existing_release().await?;
     let (latest, others) = headers.split_last().expect("existing_release has records");
     let current_hard = latest.labels.contains_key(lock::KEY_HARD_STATUS);
@@ -80,7 +85,7 @@ pub(super) async fn lock_release(
     // Switching a hard lock off restores the record before the soft labels go on.
     if current_hard && spec.kind != LockKind::Hard {
         scope.release_hard_lock(latest, false, false).await?;
-        return Box::pin(lock_release(store, release, spec)).await;
+        return Box::pin(lock_release(store, release, spec, interrupts)).await;
     }
     let wanted = spec.labels();
     let same_lock = lock::spec_from_labels(&latest.labels).is_some_and(|l| l.same_as(spec));
@@ -99,7 +104,12 @@ pub(super) async fn lock_release(
         Some(existing) => existing.labels(),
         None => wanted,
     };
-    scope.label_records(others, &wanted).await
+    let left = format!(
+        "the lock is in force on the latest revision {}, but until every older record \
+         carries it a rollback to one of them drops it",
+        latest.revision
+    );
+    scope.label_records("lock", others, &wanted, &left).await
 }
 
 #[cfg(test)]
@@ -141,24 +151,29 @@ mod tests {
             rev(2, S::Superseded, "1.1.0"),
             rev(3, S::Deployed, "1.2.0"),
         ]);
-        // An interrupted run: only the latest record got the lock.
-        let latest = block_on(s.list_headers("db")).unwrap().pop().unwrap();
-        let wanted = spec(LockKind::Soft, "freeze").labels();
-        block_on(
-            Scope {
-                store: &s,
-                release: "db",
-            }
-            .set_labels(&latest, &wanted),
-        )
-        .unwrap();
+        // SIGTERM arrives while the latest record is written: the run stops before the
+        // older records and says what it left.
+        let err = block_on(lock_release(
+            &s,
+            "db",
+            &spec(LockKind::Soft, "freeze"),
+            Interrupts::raised(libc::SIGTERM),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "release \"db\" in namespace \"shared\": lock stopped after 0 of 2 older records \
+             (interrupted by SIGTERM); the lock is in force on the latest revision 3, but until \
+             every older record carries it a rollback to one of them drops it. Run the same \
+             command again to complete it"
+        );
         assert_eq!(
             locked_revisions(&s),
             [(1, None), (2, None), (3, Some("freeze".into()))]
         );
         let mut rerun = spec(LockKind::Soft, "freeze");
         rerun.since += 60;
-        block_on(lock_release(&s, "db", &rerun)).unwrap();
+        block_on(lock_release(&s, "db", &rerun, Interrupts::default())).unwrap();
         let all: Vec<_> = locked_revisions(&s).into_iter().map(|(_, r)| r).collect();
         assert_eq!(all, vec![Some("freeze".to_string()); 3]);
     }

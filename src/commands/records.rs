@@ -10,14 +10,57 @@
 //!   is still in force and a re-run finishes the job).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 
-use crate::error::Error;
+use crate::error::{Error, PartialWrite};
 use crate::lock;
 use crate::release::{self, ReleaseStatus};
-use crate::storage::{RecordHeader, ReleaseStore, Store, StoreError, LABEL_STATUS};
+use crate::storage::{RecordHeader, ReleaseStore, Store, StoreError, StoredRecord, LABEL_STATUS};
 
 /// How many times a record write is retried after a 409 on a non-latest record.
 const CONFLICT_RETRIES: usize = 5;
+
+/// SIGINT/SIGTERM seen while records are being written: bulk writes finish the record in
+/// flight, then stop and say what state they left.
+#[derive(Clone, Default)]
+pub(super) struct Interrupts(Arc<AtomicI32>);
+
+impl Interrupts {
+    /// Starts listening for SIGINT and SIGTERM (from now until the process ends).
+    pub(super) fn listen() -> Interrupts {
+        use tokio::signal::unix::{signal, SignalKind};
+        let seen = Interrupts::default();
+        for (kind, number) in [
+            (SignalKind::interrupt(), libc::SIGINT),
+            (SignalKind::terminate(), libc::SIGTERM),
+        ] {
+            if let Ok(mut stream) = signal(kind) {
+                let flag = Arc::clone(&seen.0);
+                tokio::spawn(async move {
+                    if stream.recv().await.is_some() {
+                        flag.store(number, Ordering::SeqCst);
+                    }
+                });
+            }
+        }
+        seen
+    }
+
+    /// As if `signal` had been received (tests).
+    #[cfg(test)]
+    pub(super) fn raised(signal: i32) -> Interrupts {
+        Interrupts(Arc::new(AtomicI32::new(signal)))
+    }
+
+    /// The signal received, if any.
+    fn received(&self) -> Option<i32> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+}
 
 /// Who and where a rewrite is for, to name them in errors.
 pub(super) struct Scope<'a> {
@@ -25,6 +68,8 @@ pub(super) struct Scope<'a> {
     pub store: &'a Store,
     /// Release name.
     pub release: &'a str,
+    /// Signals that stop bulk writes between records.
+    pub interrupts: Interrupts,
 }
 
 impl Scope<'_> {
@@ -57,16 +102,47 @@ impl Scope<'_> {
         }
     }
 
-    /// A failed write: a 409 says someone else changed the record.
-    fn write_error(&self, e: StoreError, record: &str) -> Error {
-        if e.code() == Some(409) {
-            self.refused(format!(
-                "record {record} was changed by someone else while locking/unlocking (409 \
-                 Conflict); nothing was changed on it. Run the command again"
-            ))
-        } else {
-            self.record_error("updating", record, e)
+    /// After a failed write: the record as it is now, when it already holds what the
+    /// write wanted (the answer was lost after the write succeeded), means success.
+    async fn already_written(
+        &self,
+        record: &str,
+        done: impl Fn(&StoredRecord) -> bool,
+    ) -> Option<bool> {
+        self.store.get(record).await.ok().map(|r| done(&r))
+    }
+
+    /// A failed write, said as it is: a 409 means someone else changed the record and
+    /// nothing of ours is on it; a lost answer means the outcome is not known.
+    async fn write_failed(
+        &self,
+        e: StoreError,
+        record: &str,
+        done: impl Fn(&StoredRecord) -> bool,
+    ) -> Result<(), Error> {
+        match self.already_written(record, done).await {
+            Some(true) => return Ok(()),
+            Some(false) if e.code() == Some(409) => {
+                return Err(self.refused(format!(
+                    "record {record} was changed by someone else while locking/unlocking (409 \
+                     Conflict); nothing was changed on it. Run the command again"
+                )))
+            }
+            Some(false) if e.code().is_some() => {
+                return Err(self.record_error("updating", record, e));
+            }
+            // A lost connection with the record unchanged: the write did not happen.
+            Some(false) => {}
+            None => {
+                return Err(self.refused(format!(
+                    "updating record {record} failed ({}) and the record could not be read \
+                     back, so whether the change was made is not known. Run the command \
+                     again: it completes or confirms it",
+                    crate::storage::error_chain(&e)
+                )))
+            }
         }
+        Err(self.record_error("updating", record, e))
     }
 
     /// The release's record headers; refuses a release that is not there or uninstalled.
@@ -110,20 +186,57 @@ impl Scope<'_> {
             return Ok(());
         }
         let rv = header.resource_version.clone().unwrap_or_default();
-        self.store
-            .patch_labels(&header.name, &rv, &changes)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.write_error(e, &header.name))
+        match self.store.patch_labels(&header.name, &rv, &changes).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.write_failed(e, &header.name, |r| has_labels(&r.header.labels, &want))
+                    .await
+            }
+        }
     }
 
-    /// Puts `wanted` on other records, re-reading a record when it moved on (409).
+    /// Puts `wanted` on other records, re-reading a record when it moved on (409). Stops
+    /// between records on SIGINT/SIGTERM. `left` says what state an interruption or a
+    /// failure leaves the release in; the error then also says how many records were done.
     pub(super) async fn label_records(
         &self,
+        verb: &'static str,
         records: &[RecordHeader],
         wanted: &BTreeMap<String, String>,
+        left: &str,
     ) -> Result<(), Error> {
-        for header in records {
+        let partial = |done: usize, cause: String| {
+            Error::Partial(Box::new(PartialWrite {
+                release: self.release.to_string(),
+                namespace: self.namespace().to_string(),
+                verb,
+                done,
+                total: records.len(),
+                left: left.to_string(),
+                cause,
+            }))
+        };
+        for (done, header) in records.iter().enumerate() {
+            if let Some(signal) = self.interrupts.received() {
+                return Err(partial(
+                    done,
+                    format!("interrupted by {}", signal_name(signal)),
+                ));
+            }
+            self.label_record(header, wanted)
+                .await
+                .map_err(|e| partial(done, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Puts `wanted` on one record that is not the latest.
+    async fn label_record(
+        &self,
+        header: &RecordHeader,
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        {
             let mut header = header.clone();
             for attempt in 0..=CONFLICT_RETRIES {
                 let mut want = wanted.clone();
@@ -145,7 +258,11 @@ impl Scope<'_> {
                     }
                     // Pruned by helm meanwhile: nothing to label.
                     Err(e) if e.code() == Some(404) => break,
-                    Err(e) => return Err(self.write_error(e, &header.name)),
+                    Err(e) => {
+                        return self
+                            .write_failed(e, &header.name, |r| has_labels(&r.header.labels, &want))
+                            .await
+                    }
                 }
             }
         }
@@ -192,11 +309,15 @@ impl Scope<'_> {
         );
         let changes = lock::label_changes(&record.header.labels, &want);
         let rv = record.header.resource_version.clone().unwrap_or_default();
-        self.store
-            .rewrite(name, &rv, &payload, &changes)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.write_error(e, name))
+        match self.store.rewrite(name, &rv, &payload, &changes).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.write_failed(e, name, |r| {
+                    r.payload == payload.as_bytes() && has_labels(&r.header.labels, &want)
+                })
+                .await
+            }
+        }
     }
 
     /// Restores a hard-locked record's original status; refuses when it changed underneath
@@ -250,12 +371,13 @@ impl Scope<'_> {
                 )));
             }
             let changes = lock::label_changes(labels, &unlabel);
-            return self
-                .store
-                .patch_labels(name, &rv, &changes)
-                .await
-                .map(|_| ())
-                .map_err(|e| self.write_error(e, name));
+            return match self.store.patch_labels(name, &rv, &changes).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    self.write_failed(e, name, |r| has_labels(&r.header.labels, &unlabel))
+                        .await
+                }
+            };
         }
         if superseded_since && ReleaseStatus::parse(&original) == ReleaseStatus::Deployed {
             original = ReleaseStatus::Superseded.as_str().to_string();
@@ -268,11 +390,30 @@ impl Scope<'_> {
             .map_err(|e| self.record_error("encoding", name, e))?;
         unlabel.insert(LABEL_STATUS.to_string(), original);
         let changes = lock::label_changes(labels, &unlabel);
-        self.store
-            .rewrite(name, &rv, &payload, &changes)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.write_error(e, name))
+        match self.store.rewrite(name, &rv, &payload, &changes).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.write_failed(e, name, |r| {
+                    r.payload == payload.as_bytes() && has_labels(&r.header.labels, &unlabel)
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// True when `labels` carry exactly the guarded-upgrade labels of `wanted` (and its other
+/// labels, such as a restored status).
+fn has_labels(labels: &BTreeMap<String, String>, wanted: &BTreeMap<String, String>) -> bool {
+    lock::label_changes(labels, wanted).is_empty()
+}
+
+/// `SIGINT`, `SIGTERM`.
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT".to_string(),
+        libc::SIGTERM => "SIGTERM".to_string(),
+        other => format!("signal {other}"),
     }
 }
 

@@ -11,12 +11,18 @@ use crate::plan::UnlockPlan;
 use crate::release::ReleaseStatus;
 use crate::storage::Store;
 
-use super::records::Scope;
+use super::records::{Interrupts, Scope};
 
 /// Runs `unlock`.
 pub(super) async fn run(plan: UnlockPlan) -> Result<Exit, Error> {
     let session = super::connect(&plan.cluster).await?;
-    let had_lock = unlock_release(&session.store, &plan.release, plan.force).await?;
+    let had_lock = unlock_release(
+        &session.store,
+        &plan.release,
+        plan.force,
+        Interrupts::listen(),
+    )
+    .await?;
     let release = &plan.release;
     let namespace = &session.namespace;
     output::progress(&if had_lock {
@@ -32,8 +38,13 @@ pub(super) async fn unlock_release(
     store: &Store,
     release: &str,
     force: bool,
+    interrupts: Interrupts,
 ) -> Result<bool, Error> {
-    let scope = Scope { store, release };
+    let scope = Scope {
+        store,
+        release,
+        interrupts,
+    };
     let headers = scope.existing_release().await?;
     // Restore every record a hard lock marked (normally only the latest one).
     let mut had_lock = false;
@@ -59,7 +70,11 @@ pub(super) async fn unlock_release(
         .any(|h| h.labels.keys().any(|k| k.starts_with(lock::PREFIX)));
     let (latest, others) = headers.split_last().expect("existing_release has records");
     let none = BTreeMap::new();
-    scope.label_records(others, &none).await?;
+    let left = format!(
+        "the latest revision {} still carries the lock, so it is still in force",
+        latest.revision
+    );
+    scope.label_records("unlock", others, &none, &left).await?;
     scope.set_labels(latest, &none).await?;
     Ok(had_lock)
 }
@@ -84,11 +99,11 @@ mod tests {
             expires_at: None,
             pin: None,
         };
-        block_on(lock_release(&s, "db", &spec)).unwrap();
+        block_on(lock_release(&s, "db", &spec, Interrupts::default())).unwrap();
         let view = read(&s);
         assert_eq!(view.state.latest.unwrap().status, S::PendingUpgrade);
         assert_eq!(view.state.last_deployed.unwrap().revision, 2);
-        assert!(block_on(unlock_release(&s, "db", false)).unwrap());
+        assert!(block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap());
         let view = read(&s);
         assert_eq!(view.state.latest.unwrap().status, S::Deployed);
         assert!(view.state.lock.is_none());
@@ -96,6 +111,6 @@ mod tests {
             .headers
             .iter()
             .all(|h| !h.labels.keys().any(|k| k.starts_with(lock::PREFIX))));
-        assert!(!block_on(unlock_release(&s, "db", false)).unwrap());
+        assert!(!block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap());
     }
 }
