@@ -18,6 +18,7 @@ pub mod mutex;
 pub mod recovery;
 pub mod release;
 pub mod report;
+pub mod retry;
 pub mod state;
 pub mod storage;
 pub mod target;

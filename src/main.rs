@@ -20,6 +20,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<i32, Failure> {
     let cli = Cli::parse();
+    guarded_upgrade::retry::set_observer(|n| eprintln!("guarded-upgrade: {n}"));
     // Subcommands that pass helm's argv through parse their own help flag.
     if let Some((name, args)) = cli.command.passthrough_args() {
         if wants_help(args) {

@@ -78,6 +78,8 @@ pub enum StoreError {
         reason: String,
         /// Status message.
         message: String,
+        /// `details.retryAfterSeconds`: when the server asked us to retry.
+        retry_after: Option<Duration>,
     },
     /// The server could not be reached or the connection broke.
     #[error("cannot reach the API server: {0}")]
@@ -118,6 +120,12 @@ impl From<kube::Error> for StoreError {
                 code: status.code,
                 reason: status.reason.clone(),
                 message: status.message.clone(),
+                retry_after: status
+                    .details
+                    .as_ref()
+                    .map(|d| d.retry_after_seconds)
+                    .filter(|s| *s > 0)
+                    .map(|s| Duration::from_secs(u64::from(s))),
             },
             other => StoreError::Transport(error_chain(&other)),
         }
@@ -139,25 +147,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Retries `op` on transient errors with exponential backoff (4 attempts, ~1.5 s in all).
-pub async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+/// Retries `op` on transient errors under [`crate::retry::RetryPolicy::API`].
+pub async fn with_retry<T, F, Fut>(op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    const ATTEMPTS: u32 = 4;
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    crate::retry::run("a request to the API server", op).await
 }
 
 /// The storage interface the commands use. Only used with static dispatch.
@@ -284,6 +280,14 @@ fn header_from_meta(meta: &kube::api::ObjectMeta, fallback_ns: &str) -> Option<R
     })
 }
 
+fn scope(namespace: &str, all_namespaces: bool) -> String {
+    if all_namespaces {
+        "all namespaces".to_string()
+    } else {
+        format!("namespace {namespace:?}")
+    }
+}
+
 fn label_patch(labels: &BTreeMap<String, Option<String>>) -> serde_json::Value {
     let map: serde_json::Map<String, serde_json::Value> = labels
         .iter()
@@ -323,7 +327,15 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         } else {
             self.api.clone()
         };
-        let list = with_retry(|| async { Ok(api.list_metadata(&params).await?) }).await?;
+        let what = format!(
+            "listing {}s ({selector}) in {}",
+            K::KIND,
+            scope(&self.namespace, all_namespaces)
+        );
+        let list = crate::retry::run(&what, || async {
+            api.list_metadata(&params).await.map_err(StoreError::from)
+        })
+        .await?;
         let mut headers: Vec<RecordHeader> = list
             .items
             .iter()
@@ -422,6 +434,7 @@ mod tests {
             code,
             reason: String::new(),
             message: String::new(),
+            retry_after: None,
         };
         assert!(api(500).is_transient());
         assert!(api(503).is_transient());
