@@ -15,6 +15,7 @@ pub mod helm;
 pub mod lock;
 pub mod lockcmd;
 pub mod mutex;
+pub mod names;
 pub mod recovery;
 pub mod release;
 pub mod report;
