@@ -256,8 +256,8 @@ mod tests {
             (
                 "a.-b",
                 Problem::BadEdge {
-                    ch: '.',
-                    position: 2,
+                    ch: '-',
+                    position: 3,
                 },
             ),
             (
