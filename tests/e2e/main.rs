@@ -3,6 +3,7 @@
 
 mod common;
 
+mod argv;
 mod guard;
 mod lock;
 mod mutex;
