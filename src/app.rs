@@ -204,9 +204,9 @@ async fn guarded<S: ReleaseStore>(ctx: Context<'_>, store: &S) -> Result<i32, Fa
         timeout: lock_timeout,
         lease_duration,
     };
-    let held = match mutex::acquire(&ctx.client, &namespace, release, &options, |holder| {
+    let held = match mutex::acquire(&ctx.client, &namespace, release, &options, |wait| {
         eprintln!(
-            "waiting: mutex {} for release {release:?} in {namespace:?} is held by {holder}",
+            "waiting: mutex {} for release {release:?} in {namespace:?} {wait}",
             mutex::lease_name(release)
         );
     })
@@ -249,6 +249,9 @@ async fn guarded<S: ReleaseStore>(ctx: Context<'_>, store: &S) -> Result<i32, Fa
     }
     .await;
     let hold = held.release().await;
+    if let Some(unreleased) = &hold.unreleased {
+        eprintln!("warning: {unreleased}");
+    }
     if let Some(how) = hold.lost {
         eprintln!(
             "warning: lost the mutex {} for release {release:?} in {namespace:?} while holding              it ({how}); another run may have overlapped with this one, check `helm history              {release} -n {namespace}`",
