@@ -629,6 +629,16 @@ fn take_value(
     }
 }
 
+/// The value glued to a short flag, as pflag reads it: `-nfoo` and `-n=foo` give `foo`,
+/// `-n=` gives `=` (only a `=` followed by something is a separator), `-n` gives none.
+fn short_inline(rest: &str) -> Option<&str> {
+    match rest.strip_prefix('=') {
+        Some(value) if !value.is_empty() => Some(value),
+        _ if !rest.is_empty() => Some(rest),
+        _ => None,
+    }
+}
+
 /// Handles a group of short flags such as `-i`, `-nfoo`, `-n=foo`, `-if x`.
 #[allow(clippy::too_many_arguments)]
 fn split_shorts(
@@ -645,11 +655,7 @@ fn split_shorts(
     if mode == Mode::Check && shorts.starts_with('o') {
         // Our `-o json`, `-ojson` or `-o=json`.
         let rest = &shorts[1..];
-        let inline = rest
-            .strip_prefix('=')
-            .or(Some(rest))
-            .filter(|r| !r.is_empty());
-        let value = take_value("-o", inline, args, i)?;
+        let value = take_value("-o", short_inline(rest), args, i)?;
         return apply_guard(guard, "output", "-o", Some(value));
     }
     helm_args.push(arg.to_string());
@@ -661,10 +667,7 @@ fn split_shorts(
                     arg: arg.to_string(),
                 });
             }
-            let inline = rest
-                .strip_prefix('=')
-                .or(Some(rest))
-                .filter(|r| !r.is_empty());
+            let inline = short_inline(rest);
             let value = take_value(&format!("-{c}"), inline, args, i)?;
             if inline.is_none() {
                 helm_args.push(value.clone());
@@ -905,6 +908,8 @@ mod tests {
             ("db c -n a", Some("a"), false, None),
             ("db c -na", Some("a"), false, None),
             ("db c -n=a", Some("a"), false, None),
+            // pflag: `-n=` is the value `=`, not a missing value.
+            ("db c -n=", Some("="), false, None),
             ("db c --namespace a", Some("a"), false, None),
             ("db c --namespace=a", Some("a"), false, None),
             ("db c -n a -n b", Some("b"), false, None),

@@ -16,6 +16,8 @@ pub mod lock;
 pub mod lockcmd;
 pub mod mutex;
 pub mod names;
+#[cfg(test)]
+mod proptests;
 pub mod recovery;
 pub mod release;
 pub mod report;
