@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::retry::{RetryPolicy, Retryable, Verdict};
-use crate::storage::{with_retry, StoreError};
+use crate::storage::StoreError;
 use crate::time::{format_duration, format_rfc3339, now_unix};
 
 /// Default lease duration: as helm-lock's 15 s, renewed every third of it.
@@ -201,7 +201,11 @@ pub async fn peek(
 ) -> Result<Option<MutexState>, StoreError> {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let name = lease_name(release);
-    let lease = with_retry(|| async { Ok(api.get_opt(&name).await?) }).await?;
+    let what = format!("reading the mutex Lease {name:?} in namespace {namespace:?}");
+    let lease = crate::retry::run(&what, || async {
+        api.get_opt(&name).await.map_err(StoreError::from)
+    })
+    .await?;
     Ok(lease.as_ref().map(MutexState::from_lease))
 }
 

@@ -346,7 +346,15 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
     }
 
     async fn get(&self, name: &str) -> Result<StoredRecord, StoreError> {
-        let object = with_retry(|| async { Ok(self.api.get(name).await?) }).await?;
+        let what = format!(
+            "reading {} {name:?} in namespace {:?}",
+            K::KIND,
+            self.namespace
+        );
+        let object = crate::retry::run(&what, || async {
+            self.api.get(name).await.map_err(StoreError::from)
+        })
+        .await?;
         let header = header_from_meta(object.meta(), &self.namespace).ok_or_else(|| {
             StoreError::NoPayload {
                 kind: K::KIND,
@@ -369,7 +377,12 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         let patch = serde_json::json!({
             "metadata": { "resourceVersion": resource_version, "labels": label_patch(labels) }
         });
-        with_retry(|| self.patch_merge(name, patch.clone())).await
+        let what = format!(
+            "labelling {} {name:?} in namespace {:?}",
+            K::KIND,
+            self.namespace
+        );
+        crate::retry::run(&what, || self.patch_merge(name, patch.clone())).await
     }
 
     async fn rewrite(
@@ -383,7 +396,12 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
             "metadata": { "resourceVersion": resource_version, "labels": label_patch(labels) },
             "data": K::payload_patch(payload),
         });
-        with_retry(|| self.patch_merge(name, patch.clone())).await
+        let what = format!(
+            "rewriting {} {name:?} in namespace {:?}",
+            K::KIND,
+            self.namespace
+        );
+        crate::retry::run(&what, || self.patch_merge(name, patch.clone())).await
     }
 }
 

@@ -110,3 +110,23 @@ fn unknown_flags_and_stray_arguments_fail_before_any_io() {
         }
     }
 }
+
+/// `-n ''` means the kubeconfig context's namespace, as in helm; never `/namespaces//`.
+#[test]
+fn empty_namespace_means_the_context_namespace() {
+    let b = bed("helm4");
+    b.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", ""])
+        .expect_code(0, "install with -n ''");
+    let paths: Vec<String> = b.api.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        paths.iter().all(|p| !p.contains("/namespaces//")),
+        "{paths:?}"
+    );
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.contains("/namespaces/default/secrets")),
+        "{paths:?}"
+    );
+    assert_eq!(b.deployed("db", "default"), ("1.0.0".into(), 1));
+}
