@@ -277,27 +277,37 @@ pub enum MutexWait {
     },
 }
 
-impl std::fmt::Display for MutexWait {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl MutexWait {
+    /// What keeps us from the mutex, without the retry clause: "is held by …", "is
+    /// unavailable: creating the Lease failed (…)", "was written by someone else …".
+    pub fn cause(&self) -> String {
         match self {
-            MutexWait::Held { holder } => write!(f, "is held by {holder}"),
+            MutexWait::Held { holder } => format!("is held by {holder}"),
             MutexWait::RequestFailed {
                 action,
                 error,
                 failures,
                 limit,
-                retry_in,
-            } => write!(
-                f,
-                "is unavailable: {action} failed (failure {failures} of {limit}: {error}); \
-                 retrying in {}",
-                short(*retry_in)
-            ),
-            MutexWait::Raced { action, retry_in } => write!(
-                f,
-                "was written by someone else while {action} (409 Conflict); re-reading in {}",
-                short(*retry_in)
-            ),
+                ..
+            } => {
+                format!("is unavailable: {action} failed (failure {failures} of {limit}: {error})")
+            }
+            MutexWait::Raced { action, .. } => {
+                format!("was written by someone else while {action} (409 Conflict)")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for MutexWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.cause())?;
+        match self {
+            MutexWait::Held { .. } => Ok(()),
+            MutexWait::RequestFailed { retry_in, .. } => {
+                write!(f, "; retrying in {}", short(*retry_in))
+            }
+            MutexWait::Raced { retry_in, .. } => write!(f, "; re-reading in {}", short(*retry_in)),
         }
     }
 }
@@ -392,7 +402,7 @@ pub async fn acquire(
                     .unwrap_or_default(),
                 other => other.to_string(),
             };
-            waiting_for = wait.to_string();
+            waiting_for = wait.cause();
             // A holder is reported once per holder; every failure and race is reported.
             if !matches!(wait, MutexWait::Held { .. }) || last_reported.as_deref() != Some(&key) {
                 on_wait(&wait);
