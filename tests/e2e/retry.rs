@@ -128,3 +128,50 @@ fn too_many_requests_with_a_long_retry_after_is_bounded() {
     assert!(lines[1].ends_with(&format!("s: {e429}")), "{}", lines[1]);
     assert_untouched(&b);
 }
+
+/// A persistent 504 on a lock's record write is retried a bounded number of times, each
+/// wait naming the record, and the command fails within seconds.
+#[test]
+fn persistent_504_on_a_lock_write_is_bounded() {
+    let b = installed("helm3");
+    b.api.inject(Fault {
+        verb: Some("patch".into()),
+        resource: Some("secrets".into()),
+        name: None,
+        action: FaultAction::Status(504),
+        times: None,
+    });
+    b.api.clear_requests();
+    let started = Instant::now();
+    let run = b.guard(&["lock", "db", "-n", NS, "--reason", "freeze"]);
+    let took = started.elapsed();
+    run.expect_code(3, "persistent 504 on the lock write");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    let lines = retry_lines(&run);
+    assert_eq!(lines.len(), 4, "{}", run.stderr);
+    let what = r#"labelling Secret "sh.helm.release.v1.db.v1" in namespace "shared""#;
+    let e504 = "the API server answered 504 Timeout: the server was unable to return a response \
+                in the time allotted";
+    for (i, line) in lines[..3].iter().enumerate() {
+        let prefix = format!("guarded-upgrade: retrying {what} in ");
+        let suffix = format!(" (attempt {} of 4 failed: {e504})", i + 1);
+        assert!(
+            line.starts_with(&prefix) && line.ends_with(&suffix),
+            "{line}"
+        );
+    }
+    assert!(
+        lines[3].starts_with(&format!(
+            "guarded-upgrade: giving up {what} after 4 attempts in "
+        )),
+        "{}",
+        lines[3]
+    );
+    let patches = b
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.verb == "patch")
+        .count();
+    assert_eq!(patches, 4);
+}
