@@ -7,8 +7,12 @@
 //! context, chart source...). Parsing follows spf13/pflag as helm uses it:
 //! `--flag value`, `--flag=value`, `-f value`, `-fvalue`, `-f=value`;
 //! optional-value flags (`--dry-run`, Helm 4 `--wait`) take a value only
-//! with `=`; `--` ends flag parsing; unknown flags are assumed boolean and
-//! left for helm to judge.
+//! with `=`; `--` ends flag parsing. A flag that neither helm's `upgrade`
+//! (3.17.3 or 4.1.4, global flags included) nor the guard knows is a usage
+//! error before any I/O, with a "did you mean" suggestion, so a misspelt guard
+//! flag never reaches helm after the mutex is taken.
+
+use std::time::Duration;
 
 use crate::decision::{Policy, PolicyError};
 
@@ -39,12 +43,12 @@ pub struct GuardOptions {
     pub detailed_exitcode: bool,
     /// `--no-serialize`: do not take the per-release lease.
     pub no_serialize: bool,
-    /// `--lock-timeout DURATION` (unparsed).
-    pub lock_timeout: Option<String>,
-    /// `--recover-pending-after DURATION` (unparsed).
-    pub recover_pending_after: Option<String>,
+    /// `--lock-timeout DURATION`.
+    pub lock_timeout: Option<Duration>,
+    /// `--recover-pending-after DURATION`.
+    pub recover_pending_after: Option<Duration>,
     /// `--lease-duration D`: duration of the mutex Lease.
-    pub lease_duration: Option<String>,
+    pub lease_duration: Option<Duration>,
 }
 
 /// The helm flags our decision needs; everything stays in `helm_args` too.
@@ -164,15 +168,52 @@ pub enum ArgvError {
         /// `RELEASE and CHART` or `CHART`.
         missing: &'static str,
     },
-    /// More than two positionals.
+    /// More than two positionals. Only their positions are shown: a stray value may be a
+    /// secret (`--pasword s3cr3t`).
     #[error(
-        "too many arguments: expected RELEASE CHART, got extra {}; quote values that contain \
-         spaces and check for a flag missing its `--`",
-        .extra.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+        "too many arguments: expected RELEASE CHART, got {} more at position{} {} (counting \
+         from 1 after the subcommand; values not shown); quote values that contain spaces and \
+         check for a misspelt flag or one missing its `--`",
+        .positions.len(),
+        if .positions.len() == 1 { "" } else { "s" },
+        .positions.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
     )]
     TooManyPositionals {
-        /// The arguments after RELEASE and CHART.
-        extra: Vec<String>,
+        /// 1-based positions (among the arguments after the subcommand) of the arguments
+        /// after RELEASE and CHART.
+        positions: Vec<usize>,
+    },
+    /// A long flag neither helm upgrade nor the guard knows.
+    #[error(
+        "unknown flag {flag}: neither `helm upgrade` (helm 3 or 4) nor guarded-upgrade has it{}",
+        .suggestion.as_ref().map(|s| format!("; did you mean {s}?")).unwrap_or_default()
+    )]
+    UnknownFlag {
+        /// The flag as written, without any `=value`.
+        flag: String,
+        /// The closest known flag, if one is close.
+        suggestion: Option<String>,
+    },
+    /// A short flag neither helm upgrade nor the guard knows.
+    #[error(
+        "unknown shorthand flag -{shorthand} in argument {position} (counting from 1 after the \
+         subcommand); known shorthands: -f, -h, -i, -l, -n, -o, -v"
+    )]
+    UnknownShorthand {
+        /// The unknown letter.
+        shorthand: char,
+        /// 1-based position of the argument.
+        position: usize,
+    },
+    /// Two guard flags that contradict each other.
+    #[error("{flag} cannot be combined with {other}: {why}")]
+    Conflict {
+        /// The first flag.
+        flag: &'static str,
+        /// The flag it contradicts.
+        other: &'static str,
+        /// Why.
+        why: &'static str,
     },
     /// Our `-o` was combined with other short flags (`-io json`).
     #[error("write -o separately in {arg:?} (e.g. `-i -o json`); it cannot be combined with other short flags")]
@@ -214,8 +255,6 @@ const HELM_VALUE_FLAGS: &[&str] = &[
     "kube-token",
     "kubeconfig",
     "labels",
-    "max-chart-size",
-    "max-file-size",
     "namespace",
     "output",
     "password",
@@ -246,6 +285,49 @@ const HELM_VALUE_FLAGS: &[&str] = &[
     "vmodule",
 ];
 
+/// helm upgrade (3 and 4) and global boolean flags, hidden ones included (helm 3's
+/// deprecated `--recreate-pods`, the klog flags).
+const HELM_BOOL_FLAGS: &[&str] = &[
+    "atomic",
+    "cleanup-on-fail",
+    "create-namespace",
+    "debug",
+    "dependency-update",
+    "devel",
+    "disable-openapi-validation",
+    "enable-dns",
+    "force",
+    "force-conflicts",
+    "force-replace",
+    "help",
+    "hide-notes",
+    "hide-secret",
+    "insecure-skip-tls-verify",
+    "install",
+    "kube-insecure-skip-tls-verify",
+    "no-hooks",
+    "pass-credentials",
+    "plain-http",
+    "recreate-pods",
+    "render-subchart-notes",
+    "reset-then-reuse-values",
+    "reset-values",
+    "reuse-values",
+    "rollback-on-failure",
+    "skip-crds",
+    "skip-schema-validation",
+    "take-ownership",
+    "verify",
+    "wait-for-jobs",
+    // hidden klog flags helm registers
+    "add-dir-header",
+    "alsologtostderr",
+    "logtostderr",
+    "one-output",
+    "skip-headers",
+    "skip-log-headers",
+];
+
 /// Flags whose value is optional and only given with `=`.
 const HELM_OPTIONAL_FLAGS: &[&str] = &["dry-run", "wait"];
 
@@ -255,6 +337,8 @@ const HELM_VALUE_SHORTS: &[(char, &str)] = &[
     ('l', "labels"),
     ('n', "namespace"),
     ('o', "output"),
+    // klog's `v`, registered by helm as a Go flag, hence also `-v`.
+    ('v', "v"),
 ];
 
 /// Short boolean flags, with their long names.
@@ -276,15 +360,80 @@ fn guard_flag(name: &str, mode: Mode) -> Option<Arity> {
     }
 }
 
-fn helm_flag(name: &str) -> Arity {
+/// Our long flags, for suggestions.
+const GUARD_FLAGS: &[&str] = &[
+    "min-version-policy",
+    "helm",
+    "decision-output",
+    "decision-file",
+    "lock-timeout",
+    "recover-pending-after",
+    "lease-duration",
+    "allow-chart-change",
+    "detailed-exitcode",
+    "no-serialize",
+];
+
+fn helm_flag(name: &str) -> Option<Arity> {
     if HELM_VALUE_FLAGS.contains(&name) {
-        Arity::Value
+        Some(Arity::Value)
     } else if HELM_OPTIONAL_FLAGS.contains(&name) {
-        Arity::Optional
+        Some(Arity::Optional)
+    } else if HELM_BOOL_FLAGS.contains(&name) {
+        Some(Arity::Bool)
     } else {
-        // Known booleans and unknown flags alike: never consume the next arg.
-        Arity::Bool
+        None
     }
+}
+
+/// Every long flag (without `--`) passed through to helm: the union of helm 3.17.3's and
+/// 4.1.4's `helm upgrade` flags, global and hidden ones included. Public so tests can
+/// compare it with what the real helm binaries accept.
+pub fn helm_long_flags() -> impl Iterator<Item = &'static str> {
+    HELM_VALUE_FLAGS
+        .iter()
+        .chain(HELM_OPTIONAL_FLAGS)
+        .chain(HELM_BOOL_FLAGS)
+        .copied()
+}
+
+/// The known long flag closest to `name`, when it is close enough to be a typo.
+fn suggest(name: &str) -> Option<String> {
+    let limit = if name.chars().count() >= 8 { 3 } else { 2 };
+    helm_long_flags()
+        .chain(GUARD_FLAGS.iter().copied())
+        .map(|known| (edit_distance(name, known), known))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, known)| format!("--{known}"))
+}
+
+/// Optimal-string-alignment distance: insertions, deletions, substitutions and adjacent
+/// transpositions (`--verison`) each cost 1. Case-insensitive, so `--Namespace` finds
+/// `--namespace`.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.to_lowercase().chars().collect();
+    let b: Vec<char> = b.to_lowercase().chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// pflag's `strconv.ParseBool`.
@@ -305,7 +454,8 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
     let mut guard = GuardOptions::default();
     let mut helm = HelmFlags::default();
     let mut helm_args = Vec::with_capacity(args.len());
-    let mut positionals: Vec<String> = Vec::new();
+    // (1-based position, value)
+    let mut positionals: Vec<(usize, String)> = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -313,8 +463,8 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
         if arg == "--" {
             // Everything after `--` is positional; helm still needs the marker.
             helm_args.push(arg.clone());
-            for rest in &args[i..] {
-                positionals.push(rest.clone());
+            for (offset, rest) in args[i..].iter().enumerate() {
+                positionals.push((i + offset + 1, rest.clone()));
                 helm_args.push(rest.clone());
             }
             break;
@@ -333,8 +483,14 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
                 apply_guard(&mut guard, name, &flag, value)?;
                 continue;
             }
+            let Some(arity) = helm_flag(name) else {
+                return Err(ArgvError::UnknownFlag {
+                    suggestion: suggest(name),
+                    flag,
+                });
+            };
             helm_args.push(arg.clone());
-            match helm_flag(name) {
+            match arity {
                 Arity::Value => {
                     let value = take_value(&flag, inline, args, &mut i)?;
                     if inline.is_none() {
@@ -353,6 +509,7 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
         }
         if arg.len() > 1 && arg.starts_with('-') {
             split_shorts(
+                i,
                 arg,
                 args,
                 &mut i,
@@ -364,17 +521,18 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
             continue;
         }
         // A positional (a lone `-` is one too, as in pflag).
-        positionals.push(arg.clone());
+        positionals.push((i, arg.clone()));
         helm_args.push(arg.clone());
     }
 
     let mut positionals = positionals.into_iter();
-    let release = positionals.next();
-    let chart = positionals.next();
-    let extra: Vec<String> = positionals.collect();
+    let release = positionals.next().map(|(_, v)| v);
+    let chart = positionals.next().map(|(_, v)| v);
+    let extra: Vec<usize> = positionals.map(|(pos, _)| pos).collect();
     if !extra.is_empty() {
-        return Err(ArgvError::TooManyPositionals { extra });
+        return Err(ArgvError::TooManyPositionals { positions: extra });
     }
+    check_guard(&guard)?;
     let (release, chart) = match (release, chart) {
         (Some(r), Some(c)) => (r, c),
         (Some(_), None) => return Err(ArgvError::MissingPositional { missing: "CHART" }),
@@ -390,6 +548,53 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
         release,
         chart,
         helm,
+    })
+}
+
+/// Guard flags that contradict each other, and guard values that cannot work.
+fn check_guard(guard: &GuardOptions) -> Result<(), ArgvError> {
+    if guard.no_serialize {
+        let mutex_flags = [
+            (
+                "--lock-timeout",
+                &guard.lock_timeout,
+                "without the mutex there is nothing to wait for",
+            ),
+            (
+                "--lease-duration",
+                &guard.lease_duration,
+                "without the mutex no Lease is written",
+            ),
+            (
+                "--recover-pending-after",
+                &guard.recover_pending_after,
+                "recovering a pending release is only safe while holding the mutex",
+            ),
+        ];
+        for (other, value, why) in mutex_flags {
+            if value.is_some() {
+                return Err(ArgvError::Conflict {
+                    flag: "--no-serialize",
+                    other,
+                    why,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The shortest Lease: it is renewed every third of its duration, and a renewal must fit
+/// in that time even on a loaded API server.
+const MIN_LEASE_DURATION: Duration = Duration::from_secs(3);
+
+/// A guard duration (`90s`, `5m`, `2h`, `1d`).
+fn duration(flag: &str, value: Option<String>) -> Result<Duration, ArgvError> {
+    let value = value.unwrap_or_default();
+    crate::time::parse_duration(&value).ok_or_else(|| ArgvError::InvalidValue {
+        flag: flag.to_string(),
+        value,
+        expected: "a duration such as 90s, 5m, 2h or 1d",
     })
 }
 
@@ -415,9 +620,20 @@ fn take_value(
     }
 }
 
+/// The value glued to a short flag, as pflag reads it: `-nfoo` and `-n=foo` give `foo`,
+/// `-n=` gives `=` (only a `=` followed by something is a separator), `-n` gives none.
+fn short_inline(rest: &str) -> Option<&str> {
+    match rest.strip_prefix('=') {
+        Some(value) if !value.is_empty() => Some(value),
+        _ if !rest.is_empty() => Some(rest),
+        _ => None,
+    }
+}
+
 /// Handles a group of short flags such as `-i`, `-nfoo`, `-n=foo`, `-if x`.
 #[allow(clippy::too_many_arguments)]
 fn split_shorts(
+    position: usize,
     arg: &str,
     args: &[String],
     i: &mut usize,
@@ -430,11 +646,7 @@ fn split_shorts(
     if mode == Mode::Check && shorts.starts_with('o') {
         // Our `-o json`, `-ojson` or `-o=json`.
         let rest = &shorts[1..];
-        let inline = rest
-            .strip_prefix('=')
-            .or(Some(rest))
-            .filter(|r| !r.is_empty());
-        let value = take_value("-o", inline, args, i)?;
+        let value = take_value("-o", short_inline(rest), args, i)?;
         return apply_guard(guard, "output", "-o", Some(value));
     }
     helm_args.push(arg.to_string());
@@ -446,10 +658,7 @@ fn split_shorts(
                     arg: arg.to_string(),
                 });
             }
-            let inline = rest
-                .strip_prefix('=')
-                .or(Some(rest))
-                .filter(|r| !r.is_empty());
+            let inline = short_inline(rest);
             let value = take_value(&format!("-{c}"), inline, args, i)?;
             if inline.is_none() {
                 helm_args.push(value.clone());
@@ -465,8 +674,10 @@ fn split_shorts(
             record_helm_bool(helm, long, &format!("-{c}"), None)?;
             continue;
         }
-        // Unknown shorthand: leave the whole group for helm to reject.
-        return Ok(());
+        return Err(ArgvError::UnknownShorthand {
+            shorthand: c,
+            position,
+        });
     }
     Ok(())
 }
@@ -496,9 +707,19 @@ fn apply_guard(
             guard.output = Some(v);
         }
         "decision-file" => guard.decision_file = value,
-        "lock-timeout" => guard.lock_timeout = value,
-        "recover-pending-after" => guard.recover_pending_after = value,
-        "lease-duration" => guard.lease_duration = value,
+        "lock-timeout" => guard.lock_timeout = Some(duration(flag, value)?),
+        "recover-pending-after" => guard.recover_pending_after = Some(duration(flag, value)?),
+        "lease-duration" => {
+            let d = duration(flag, value.clone())?;
+            if d < MIN_LEASE_DURATION {
+                return Err(ArgvError::InvalidValue {
+                    flag: flag.to_string(),
+                    value: value.unwrap_or_default(),
+                    expected: "a duration of at least 3s (the Lease is renewed every third of it)",
+                });
+            }
+            guard.lease_duration = Some(d);
+        }
         "allow-chart-change" => guard.allow_chart_change = bool_value(value)?,
         "detailed-exitcode" => guard.detailed_exitcode = bool_value(value)?,
         "no-serialize" => guard.no_serialize = bool_value(value)?,
@@ -592,13 +813,10 @@ mod tests {
             ("--wait=watcher db ./chart", Upgrade, "--wait=watcher db ./chart", "db", "./chart"),
             ("-i -- rel chart", Upgrade, "-i -- rel chart", "rel", "chart"),
             ("-- -rel -chart", Upgrade, "-- -rel -chart", "-rel", "-chart"),
-            ("--frobnicate db chart", Upgrade, "--frobnicate db chart", "db", "chart"),
-            ("--frobnicate=3 db chart", Upgrade, "--frobnicate=3 db chart", "db", "chart"),
             ("--namespace=x db chart", Upgrade, "--namespace=x db chart", "db", "chart"),
             ("-nfoo db chart", Upgrade, "-nfoo db chart", "db", "chart"),
             ("-n=foo db chart", Upgrade, "-n=foo db chart", "db", "chart"),
             ("-if v.yaml db chart", Upgrade, "-if v.yaml db chart", "db", "chart"),
-            ("-x db chart", Upgrade, "-x db chart", "db", "chart"),
             (
                 "--allow-chart-change db --helm /usr/bin/helm3 chart --no-serialize -i --detailed-exitcode",
                 Upgrade,
@@ -626,6 +844,8 @@ mod tests {
             ("--install=false db chart", Upgrade, "--install=false db chart", "db", "chart"),
             ("db - ", Upgrade, "db -", "db", "-"),
             ("--kube-token t --qps 5 --burst-limit 10 --v 3 db chart", Upgrade, "--kube-token t --qps 5 --burst-limit 10 --v 3 db chart", "db", "chart"),
+            ("-v 3 db chart --atomic --recreate-pods --logtostderr=false", Upgrade, "-v 3 db chart --atomic --recreate-pods --logtostderr=false", "db", "chart"),
+            ("db chart --force-replace --rollback-on-failure --take-ownership --hide-secret", Upgrade, "db chart --force-replace --rollback-on-failure --take-ownership --hide-secret", "db", "chart"),
         ];
         for (line, mode, want, release, chart) in cases {
             let s = ok(line, *mode);
@@ -689,6 +909,8 @@ mod tests {
             ("db c -n a", Some("a"), false, None),
             ("db c -na", Some("a"), false, None),
             ("db c -n=a", Some("a"), false, None),
+            // pflag: `-n=` is the value `=`, not a missing value.
+            ("db c -n=", Some("="), false, None),
             ("db c --namespace a", Some("a"), false, None),
             ("db c --namespace=a", Some("a"), false, None),
             ("db c -n a -n b", Some("b"), false, None),
@@ -717,7 +939,7 @@ mod tests {
     fn reads_guard_flags() {
         let s = ok(
             "--min-version-policy=off db --allow-chart-change c --helm=/h --decision-output text \
-             --decision-file f --detailed-exitcode --no-serialize=true --lock-timeout 30s \
+             --decision-file f --detailed-exitcode --no-serialize=false --lock-timeout 30s \
              --recover-pending-after 2h --lease-duration=20s",
             Mode::Upgrade,
         );
@@ -730,13 +952,19 @@ mod tests {
                 output: Some("text".into()),
                 decision_file: Some("f".into()),
                 detailed_exitcode: true,
-                no_serialize: true,
-                lock_timeout: Some("30s".into()),
-                recover_pending_after: Some("2h".into()),
-                lease_duration: Some("20s".into()),
+                no_serialize: false,
+                lock_timeout: Some(Duration::from_secs(30)),
+                recover_pending_after: Some(Duration::from_secs(7200)),
+                lease_duration: Some(Duration::from_secs(20)),
             }
         );
         assert_eq!(s.helm_args, argv("db c"));
+        assert!(ok("db c --no-serialize", Mode::Upgrade).guard.no_serialize);
+        assert!(
+            ok("db c --no-serialize=true", Mode::Upgrade)
+                .guard
+                .no_serialize
+        );
         let s = ok("db c --detailed-exitcode=false", Mode::Upgrade);
         assert!(!s.guard.detailed_exitcode);
         assert_eq!(ok("db c", Mode::Upgrade).guard, GuardOptions::default());
@@ -787,15 +1015,13 @@ mod tests {
                 "db chart extra more",
                 Mode::Upgrade,
                 ArgvError::TooManyPositionals {
-                    extra: vec!["extra".into(), "more".into()],
+                    positions: vec![3, 4],
                 },
             ),
             (
                 "--dry-run server db chart",
                 Mode::Upgrade,
-                ArgvError::TooManyPositionals {
-                    extra: vec!["chart".into()],
-                },
+                ArgvError::TooManyPositionals { positions: vec![4] },
             ),
             (
                 "db chart --version",
@@ -877,13 +1103,148 @@ mod tests {
         assert_eq!(
             split(&argv("-- db c -n x"), Mode::Upgrade),
             Err(ArgvError::TooManyPositionals {
-                extra: vec!["-n".into(), "x".into()]
+                positions: vec![4, 5]
             })
         );
-        let msg = split(&argv("db chart extra"), Mode::Upgrade)
-            .unwrap_err()
-            .to_string();
-        assert!(msg.contains("\"extra\""), "{msg}");
+    }
+
+    fn message(line: &str) -> String {
+        split(&argv(line), Mode::Upgrade)
+            .expect_err(line)
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_flags_are_usage_errors_with_a_suggestion() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "db chart --no-serialise",
+                "unknown flag --no-serialise: neither `helm upgrade` (helm 3 or 4) nor \
+                 guarded-upgrade has it; did you mean --no-serialize?",
+            ),
+            (
+                "db chart --verison 1.2.3",
+                "unknown flag --verison: neither `helm upgrade` (helm 3 or 4) nor \
+                 guarded-upgrade has it; did you mean --version?",
+            ),
+            (
+                "db chart --Namespace=x",
+                "unknown flag --Namespace: neither `helm upgrade` (helm 3 or 4) nor \
+                 guarded-upgrade has it; did you mean --namespace?",
+            ),
+            (
+                "db chart --lock-timout=5m",
+                "unknown flag --lock-timout: neither `helm upgrade` (helm 3 or 4) nor \
+                 guarded-upgrade has it; did you mean --lock-timeout?",
+            ),
+            (
+                "db chart --frobnicate",
+                "unknown flag --frobnicate: neither `helm upgrade` (helm 3 or 4) nor \
+                 guarded-upgrade has it",
+            ),
+            // Removed before helm 4 / never upgrade flags.
+            (
+                "db chart --max-chart-size=3",
+                "unknown flag --max-chart-size: neither `helm upgrade` (helm 3 or 4) nor \
+                 guarded-upgrade has it",
+            ),
+            (
+                "db chart -x",
+                "unknown shorthand flag -x in argument 3 (counting from 1 after the subcommand); \
+                 known shorthands: -f, -h, -i, -l, -n, -o, -v",
+            ),
+            (
+                "db chart -iq",
+                "unknown shorthand flag -q in argument 3 (counting from 1 after the subcommand); \
+                 known shorthands: -f, -h, -i, -l, -n, -o, -v",
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(message(line), *want, "{line}");
+        }
+    }
+
+    #[test]
+    fn stray_values_are_named_by_position_never_echoed() {
+        // `--pasword s3cr3t`: the misspelt flag is refused first, without its value.
+        let msg = message("db chart --pasword s3cr3t");
+        assert_eq!(
+            msg,
+            "unknown flag --pasword: neither `helm upgrade` (helm 3 or 4) nor guarded-upgrade \
+             has it; did you mean --password?"
+        );
+        let msg = message("db chart --pasword=s3cr3t");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+        assert_eq!(
+            message("db chart s3cr3t"),
+            "too many arguments: expected RELEASE CHART, got 1 more at position 3 (counting from \
+             1 after the subcommand; values not shown); quote values that contain spaces and \
+             check for a misspelt flag or one missing its `--`"
+        );
+        assert_eq!(
+            message("-i db chart s3cr3t -n x again"),
+            "too many arguments: expected RELEASE CHART, got 2 more at positions 4, 7 (counting \
+             from 1 after the subcommand; values not shown); quote values that contain spaces \
+             and check for a misspelt flag or one missing its `--`"
+        );
+    }
+
+    #[test]
+    fn conflicting_guard_flags() {
+        let conflict = |other: &str, why: &str| {
+            format!("--no-serialize cannot be combined with {other}: {why}")
+        };
+        let cases: &[(&str, String)] = &[
+            (
+                "db chart --no-serialize --lock-timeout 5m",
+                conflict(
+                    "--lock-timeout",
+                    "without the mutex there is nothing to wait for",
+                ),
+            ),
+            (
+                "db chart --lease-duration=20s --no-serialize",
+                conflict("--lease-duration", "without the mutex no Lease is written"),
+            ),
+            (
+                "db chart --no-serialize --recover-pending-after 1h",
+                conflict(
+                    "--recover-pending-after",
+                    "recovering a pending release is only safe while holding the mutex",
+                ),
+            ),
+            (
+                "db chart --lease-duration 0",
+                "invalid value \"0\" for --lease-duration: expected a duration such as 90s, 5m, \
+                 2h or 1d"
+                    .into(),
+            ),
+            (
+                "db chart --lease-duration 0s",
+                "invalid value \"0s\" for --lease-duration: expected a duration of at least 3s \
+                 (the Lease is renewed every third of it)"
+                    .into(),
+            ),
+            (
+                "db chart --lock-timeout soon",
+                "invalid value \"soon\" for --lock-timeout: expected a duration such as 90s, 5m, \
+                 2h or 1d"
+                    .into(),
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(&message(line), want, "{line}");
+        }
+        // Without --no-serialize, or with it turned off, the same flags are fine.
+        ok(
+            "db chart --lock-timeout 5m --lease-duration 3s",
+            Mode::Upgrade,
+        );
+        ok(
+            "db chart --no-serialize=false --lock-timeout 5m",
+            Mode::Upgrade,
+        );
+        ok("db chart --lock-timeout 0s", Mode::Upgrade);
     }
 
     #[test]

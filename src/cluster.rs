@@ -260,10 +260,15 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(30));
     config.write_timeout = Some(Duration::from_secs(30));
+    // kube-client's own retry layer retries 429/503/504 silently up to 15 times with
+    // delays up to 1000 s; crate::retry is the one bounded, reported policy.
+    config.default_retry = false;
     let namespace = flags
         .namespace
         .clone()
         .or(env.namespace.clone())
+        // `-n ''` (or HELM_NAMESPACE='') means the context's namespace, as in helm.
+        .filter(|n| !n.is_empty())
         .unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config).map_err(ClusterError::Client)?;
     Ok(ClusterTarget {

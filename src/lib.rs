@@ -22,14 +22,19 @@ mod error;
 mod helm;
 mod lock;
 mod mutex;
+mod names;
 mod output;
 mod plan;
+#[cfg(test)]
+mod proptests;
 mod recovery;
+mod retry;
 mod state;
 mod storage;
 mod target;
 mod time;
 
+pub use argv::helm_long_flags;
 pub use error::{Error, Exit};
 pub use output::error as print_error;
 pub use plan::Plan;

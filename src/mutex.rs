@@ -21,7 +21,8 @@ use kube::{Api, Client};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::storage::{with_retry, StoreError};
+use crate::retry::{RetryPolicy, Retryable, Verdict};
+use crate::storage::StoreError;
 use crate::time::{format_duration, format_rfc3339, now_unix};
 
 /// Default lease duration: as helm-lock's 15 s, renewed every third of it.
@@ -144,17 +145,17 @@ impl MutexState {
 /// Failures of the mutex.
 #[derive(Debug, thiserror::Error)]
 pub enum MutexError {
-    /// Another run kept the mutex past `--lock-timeout`.
+    /// `--lock-timeout` passed before the mutex could be taken.
     #[error(
-        "timed out after {waited} waiting for the mutex (Lease {lease:?}) held by {holder}; \
-         helm was not run. Retry later, raise --lock-timeout, or if that run is gone wait \
+        "timed out after {waited} waiting for the mutex (Lease {lease:?}), which {waiting_for}. \
+         Retry later, raise --lock-timeout, or if that run is gone wait \
          for the lease to expire"
     )]
     Timeout {
         /// Lease name.
         lease: String,
-        /// Holder description.
-        holder: String,
+        /// The last thing waited for ([`MutexWait`]'s text: "is held by …", …).
+        waiting_for: String,
         /// How long we waited.
         waited: String,
     },
@@ -163,7 +164,7 @@ pub enum MutexError {
         "cannot take the per-release mutex: the API forbids {verb} on Lease {lease:?} in \
          namespace {namespace:?} ({message}). Grant the rule `apiGroups: [coordination.k8s.io], \
          resources: [leases], verbs: [get, create, update]` in that namespace, or pass \
-         --no-serialize to run unserialized; helm was not run"
+         --no-serialize to run unserialized"
     )]
     Forbidden {
         /// Lease name.
@@ -188,7 +189,7 @@ pub enum MutexError {
         source: StoreError,
     },
     /// Interrupted while waiting.
-    #[error("interrupted while waiting for the mutex; helm was not run")]
+    #[error("interrupted while waiting for the mutex")]
     Interrupted,
 }
 
@@ -200,7 +201,11 @@ pub async fn peek(
 ) -> Result<Option<MutexState>, StoreError> {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let name = lease_name(release);
-    let lease = with_retry(|| async { Ok(api.get_opt(&name).await?) }).await?;
+    let what = format!("reading the mutex Lease {name:?} in namespace {namespace:?}");
+    let lease = crate::retry::run(&what, || async {
+        api.get_opt(&name).await.map_err(StoreError::from)
+    })
+    .await?;
     Ok(lease.as_ref().map(MutexState::from_lease))
 }
 
@@ -214,6 +219,8 @@ pub struct HoldReport {
     /// Set when the Lease was lost while held (taken by another holder, or not renewed in
     /// time); the text says how.
     pub lost: Option<String>,
+    /// Set when the Lease could not be released after retries.
+    pub unreleased: Option<Unreleased>,
 }
 
 /// A held mutex; renewed in the background until [`Held::release`].
@@ -223,6 +230,8 @@ pub struct Held {
     identity: String,
     stop: watch::Sender<bool>,
     renewer: tokio::task::JoinHandle<HoldReport>,
+    namespace: String,
+    lease_duration: Duration,
     /// Holder we took over from after it expired, if any.
     pub took_over_from: Option<String>,
 }
@@ -230,123 +239,295 @@ pub struct Held {
 /// Options for acquiring.
 #[derive(Clone, Debug)]
 pub struct AcquireOptions {
-    /// Give up after this long while a live holder keeps it.
+    /// Bound on the whole acquisition, whatever keeps us from the mutex (a live holder,
+    /// failing or conflicting requests).
     pub timeout: Duration,
     /// Lease duration to write.
     pub lease_duration: Duration,
 }
 
+/// What an acquiring run is waiting for, passed to `acquire`'s `on_wait`. Its `Display`
+/// completes "waiting: mutex helm-lock-db for release "db" in "ns" …".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MutexWait {
+    /// A live holder has the mutex (reported when the holder changes).
+    Held {
+        /// [`MutexState::describe`] of the holder.
+        holder: String,
+    },
+    /// A request about the Lease failed transiently; it is retried after `retry_in`.
+    RequestFailed {
+        /// What failed: `reading the Lease`, `creating the Lease`, `taking the Lease`.
+        action: &'static str,
+        /// The error (never a payload).
+        error: String,
+        /// Consecutive failures so far.
+        failures: u32,
+        /// Failures tolerated before giving up.
+        limit: u32,
+        /// The wait before the next attempt.
+        retry_in: Duration,
+    },
+    /// Someone else wrote the Lease between our read and our write (409): re-read.
+    Raced {
+        /// What we tried: `creating the Lease`, `taking the Lease`.
+        action: &'static str,
+        /// The wait before re-reading.
+        retry_in: Duration,
+    },
+}
+
+impl MutexWait {
+    /// What keeps us from the mutex, without the retry clause: "is held by …", "is
+    /// unavailable: creating the Lease failed (…)", "was written by someone else …".
+    pub fn cause(&self) -> String {
+        match self {
+            MutexWait::Held { holder } => format!("is held by {holder}"),
+            MutexWait::RequestFailed {
+                action,
+                error,
+                failures,
+                limit,
+                ..
+            } => {
+                format!("is unavailable: {action} failed (failure {failures} of {limit}: {error})")
+            }
+            MutexWait::Raced { action, .. } => {
+                format!("was written by someone else while {action} (409 Conflict)")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for MutexWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.cause())?;
+        match self {
+            MutexWait::Held { .. } => Ok(()),
+            MutexWait::RequestFailed { retry_in, .. } => {
+                write!(f, "; retrying in {}", short(*retry_in))
+            }
+            MutexWait::Raced { retry_in, .. } => write!(f, "; re-reading in {}", short(*retry_in)),
+        }
+    }
+}
+
+/// `0.3s`, `2s`.
+fn short(d: Duration) -> String {
+    let tenths = (d.as_millis() + 50) / 100;
+    if tenths.is_multiple_of(10) {
+        format!("{}s", tenths / 10)
+    } else {
+        format!("{}.{}s", tenths / 10, tenths % 10)
+    }
+}
+
+/// How an acquisition attempt ended, before mapping to the public result.
+enum Step {
+    Done(Box<Held>),
+    /// Sleep this long, then look again; `report` is what we wait for.
+    Wait(Duration, Option<MutexWait>),
+}
+
 /// Takes the mutex, waiting (polling with jitter) while a live holder has it.
-/// `on_wait` is called with a description of the holder whenever it changes.
+///
+/// `options.timeout` bounds the whole acquisition whatever the cause: a live holder, a
+/// Lease that cannot be read, created or taken (5xx, 429, dropped connections, with
+/// backoff; after [`RetryPolicy::API`]`.attempts` consecutive failures the last error is
+/// returned), or conflicts (409: re-read and re-decide, with backoff). Every wait is passed
+/// to `on_wait` first (a holder once per holder change). Requests: one read per poll
+/// (0.5–1 s apart while held), plus one write when the Lease is free; failed requests back
+/// off from 0.15 s up to 2 s.
 pub async fn acquire(
     client: &Client,
     namespace: &str,
     release: &str,
     options: &AcquireOptions,
-    mut on_wait: impl FnMut(&str),
+    mut on_wait: impl FnMut(&MutexWait),
 ) -> Result<Held, MutexError> {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let name = lease_name(release);
     let identity = holder_identity();
     let started = Instant::now();
-    let api_err = |source: StoreError| classify(source, &name, namespace);
+    let deadline = started + options.timeout;
+    let policy = RetryPolicy::API;
     // client-go semantics: the record we saw and when we first saw it.
     let mut observed: Option<(MutexState, Instant)> = None;
     let mut last_reported: Option<String> = None;
+    // Consecutive transient failures and conflicts, for backoff and the failure limit.
+    let mut failures = 0u32;
+    let mut conflicts = 0u32;
+    // The last thing we waited for, for the timeout message.
+    let mut waiting_for = String::from("nothing yet");
     loop {
-        let current = with_retry(|| async { Ok(api.get_opt(&name).await?) })
-            .await
-            .map_err(&api_err)?;
-        let duration_secs = options.lease_duration.as_secs().max(1) as i32;
-        match current {
-            None => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: Some(namespace.to_string()),
-                        ..Default::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(identity.clone()),
-                        lease_duration_seconds: Some(duration_secs),
-                        acquire_time: Some(micro_now()),
-                        renew_time: Some(micro_now()),
-                        lease_transitions: Some(0),
-                        ..Default::default()
-                    }),
-                };
-                match api.create(&PostParams::default(), &lease).await {
-                    Ok(created) => {
-                        return Ok(start_renewing(api, name, identity, created, options, None))
-                    }
-                    Err(e) => {
-                        let e = StoreError::from(e);
-                        // Lost the race to create it: look again.
-                        if e.code() != Some(409) && !e.is_transient() {
-                            return Err(api_err(e));
-                        }
-                    }
-                }
+        let step = acquire_step(&api, &name, namespace, &identity, options, &mut observed).await;
+        let (sleep, wait) = match step {
+            Ok(Step::Done(held)) => return Ok(*held),
+            Ok(Step::Wait(sleep, wait)) => {
+                failures = 0;
+                conflicts = 0;
+                (sleep, wait)
             }
-            Some(lease) => {
-                let state = MutexState::from_lease(&lease);
-                let now = Instant::now();
-                let changed = observed
+            Err(StepError::Conflict(action)) => {
+                conflicts += 1;
+                let retry_in = policy.wait(conflicts, None, crate::retry::jitter_unit());
+                (retry_in, Some(MutexWait::Raced { action, retry_in }))
+            }
+            Err(StepError::Transient(action, e)) => {
+                failures += 1;
+                if failures >= policy.attempts {
+                    return Err(classify(e, &name, namespace));
+                }
+                let hint = match &e {
+                    StoreError::Api { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                let retry_in = policy.wait(failures, hint, crate::retry::jitter_unit());
+                let wait = MutexWait::RequestFailed {
+                    action,
+                    error: e.to_string(),
+                    failures,
+                    limit: policy.attempts,
+                    retry_in,
+                };
+                (retry_in, Some(wait))
+            }
+            Err(StepError::Final(e)) => return Err(classify(e, &name, namespace)),
+        };
+        if let Some(wait) = wait {
+            let key = match &wait {
+                MutexWait::Held { .. } => observed
                     .as_ref()
-                    .is_none_or(|(seen, _)| !seen.same_record(&state));
-                if changed {
-                    observed = Some((state.clone(), now));
-                }
-                let observed_at = observed.as_ref().map(|(_, at)| *at).unwrap_or(now);
-                let local_expired = now.duration_since(observed_at)
-                    >= Duration::from_secs(state.duration_seconds.max(0) as u64);
-                let free = state.holder.is_none() || state.holder.as_deref() == Some(&identity);
-                if free || local_expired {
-                    let took_over = (!free).then(|| state.holder.clone()).flatten();
-                    let mut updated = lease.clone();
-                    let spec = updated.spec.get_or_insert_with(Default::default);
-                    spec.holder_identity = Some(identity.clone());
-                    spec.lease_duration_seconds = Some(duration_secs);
-                    spec.acquire_time = Some(micro_now());
-                    spec.renew_time = Some(micro_now());
-                    spec.lease_transitions =
-                        Some(state.transitions + i32::from(state.holder.is_some()));
-                    // replace() carries the resourceVersion we read: 409 if someone moved first.
-                    match api.replace(&name, &PostParams::default(), &updated).await {
-                        Ok(replaced) => {
-                            return Ok(start_renewing(
-                                api, name, identity, replaced, options, took_over,
-                            ))
-                        }
-                        Err(e) => {
-                            let e = StoreError::from(e);
-                            if e.code() != Some(409) && !e.is_transient() {
-                                return Err(api_err(e));
-                            }
-                        }
-                    }
-                    continue;
-                }
-                let description = state.describe(now_unix());
-                let holder_key = state.holder.clone().unwrap_or_default();
-                if last_reported.as_deref() != Some(holder_key.as_str()) {
-                    on_wait(&description);
-                    last_reported = Some(holder_key);
-                }
-                if started.elapsed() >= options.timeout {
-                    return Err(MutexError::Timeout {
-                        lease: name,
-                        holder: description,
-                        waited: format_duration(started.elapsed().as_secs() as i64),
-                    });
-                }
+                    .and_then(|(s, _)| s.holder.clone())
+                    .unwrap_or_default(),
+                other => other.to_string(),
+            };
+            waiting_for = wait.cause();
+            // A holder is reported once per holder; every failure and race is reported.
+            if !matches!(wait, MutexWait::Held { .. }) || last_reported.as_deref() != Some(&key) {
+                on_wait(&wait);
+                last_reported = Some(key);
             }
         }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(MutexError::Timeout {
+                lease: name,
+                waiting_for,
+                waited: format_duration(started.elapsed().as_secs() as i64),
+            });
+        }
         tokio::select! {
-            _ = tokio::time::sleep(poll_interval()) => {}
+            _ = tokio::time::sleep(sleep.min(deadline - now)) => {}
             _ = interrupted() => return Err(MutexError::Interrupted),
         }
     }
+}
+
+/// Why one acquisition step did not finish.
+enum StepError {
+    /// 409 on a write: re-read and re-decide.
+    Conflict(&'static str),
+    /// Worth retrying after a backoff.
+    Transient(&'static str, StoreError),
+    /// Retrying cannot help.
+    Final(StoreError),
+}
+
+fn step_error(action: &'static str, e: kube::Error) -> StepError {
+    let e = StoreError::from(e);
+    match e.verdict() {
+        _ if e.code() == Some(409) => StepError::Conflict(action),
+        Verdict::Retry { .. } => StepError::Transient(action, e),
+        Verdict::Final => StepError::Final(e),
+    }
+}
+
+/// One read and at most one write.
+async fn acquire_step(
+    api: &Api<Lease>,
+    name: &str,
+    namespace: &str,
+    identity: &str,
+    options: &AcquireOptions,
+    observed: &mut Option<(MutexState, Instant)>,
+) -> Result<Step, StepError> {
+    let current = api
+        .get_opt(name)
+        .await
+        .map_err(|e| step_error("reading the Lease", e))?;
+    let duration_secs = options.lease_duration.as_secs().clamp(1, i32::MAX as u64) as i32;
+    let Some(lease) = current else {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(namespace.to_string()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(identity.to_string()),
+                lease_duration_seconds: Some(duration_secs),
+                acquire_time: Some(micro_now()),
+                renew_time: Some(micro_now()),
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        };
+        let created = api
+            .create(&PostParams::default(), &lease)
+            .await
+            .map_err(|e| step_error("creating the Lease", e))?;
+        let held = start_renewing(
+            api.clone(),
+            name.to_string(),
+            identity.to_string(),
+            created,
+            options,
+            None,
+        );
+        return Ok(Step::Done(Box::new(held)));
+    };
+    let state = MutexState::from_lease(&lease);
+    let now = Instant::now();
+    let changed = observed
+        .as_ref()
+        .is_none_or(|(seen, _)| !seen.same_record(&state));
+    if changed {
+        *observed = Some((state.clone(), now));
+    }
+    let observed_at = observed.as_ref().map(|(_, at)| *at).unwrap_or(now);
+    let local_expired = now.duration_since(observed_at)
+        >= Duration::from_secs(state.duration_seconds.max(0) as u64);
+    let free = state.holder.is_none() || state.holder.as_deref() == Some(identity);
+    if free || local_expired {
+        let took_over = (!free).then(|| state.holder.clone()).flatten();
+        let mut updated = lease.clone();
+        let spec = updated.spec.get_or_insert_with(Default::default);
+        spec.holder_identity = Some(identity.to_string());
+        spec.lease_duration_seconds = Some(duration_secs);
+        spec.acquire_time = Some(micro_now());
+        spec.renew_time = Some(micro_now());
+        spec.lease_transitions = Some(state.transitions + i32::from(state.holder.is_some()));
+        // replace() carries the resourceVersion we read: 409 if someone moved first.
+        let replaced = api
+            .replace(name, &PostParams::default(), &updated)
+            .await
+            .map_err(|e| step_error("taking the Lease", e))?;
+        let held = start_renewing(
+            api.clone(),
+            name.to_string(),
+            identity.to_string(),
+            replaced,
+            options,
+            took_over,
+        );
+        return Ok(Step::Done(Box::new(held)));
+    }
+    let holder = state.describe(now_unix());
+    Ok(Step::Wait(
+        poll_interval(),
+        Some(MutexWait::Held { holder }),
+    ))
 }
 
 async fn interrupted() {
@@ -465,11 +646,13 @@ fn start_renewing(
         })
     };
     Held {
+        namespace: api.namespace().unwrap_or_default().to_string(),
         api,
         name,
         identity,
         stop,
         renewer,
+        lease_duration: options.lease_duration,
         took_over_from,
     }
 }
@@ -477,40 +660,104 @@ fn start_renewing(
 impl Held {
     /// Stops renewing and releases the Lease the way client-go does (holder cleared,
     /// duration 1 s) so the next waiter proceeds at once. Returns how the hold went.
+    ///
+    /// Every failure (5xx, 409, 403, 404, 410, 422, a dropped connection) is followed by a
+    /// fresh read, so a release is only given up when the Lease is still ours after
+    /// [`RetryPolicy::API`]`.attempts` tries or its deadline; then
+    /// [`HoldReport::unreleased`] says which Lease and how long others will wait.
     pub async fn release(self) -> HoldReport {
-        let _ = self.stop.send(true);
-        let report = self.renewer.await.unwrap_or_default();
+        let Held {
+            api,
+            name,
+            identity,
+            stop,
+            renewer,
+            namespace,
+            lease_duration,
+            ..
+        } = self;
+        let _ = stop.send(true);
+        let mut report = renewer.await.unwrap_or_default();
         if report.lost.is_some() {
             return report;
         }
-        for _ in 0..4 {
-            let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
-                break;
+        let policy = RetryPolicy::API;
+        let started = Instant::now();
+        let mut attempt = 0;
+        let last_error = loop {
+            attempt += 1;
+            let error = match release_once(&api, &name, &identity).await {
+                Ok(()) => return report,
+                Err(e) => e,
             };
-            let ours = lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.as_deref())
-                == Some(self.identity.as_str());
-            if !ours {
-                break;
+            let hint = match &error {
+                StoreError::Api { retry_after, .. } => *retry_after,
+                _ => None,
+            };
+            let wait = policy.wait(attempt, hint, crate::retry::jitter_unit());
+            if attempt >= policy.attempts || started.elapsed() + wait > policy.deadline {
+                break error;
             }
-            if let Some(spec) = lease.spec.as_mut() {
-                spec.holder_identity = Some(String::new());
-                spec.lease_duration_seconds = Some(1);
-                spec.renew_time = Some(micro_now());
-                spec.acquire_time = Some(micro_now());
-            }
-            match self
-                .api
-                .replace(&self.name, &PostParams::default(), &lease)
-                .await
-            {
-                Ok(_) => break,
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
+            tokio::time::sleep(wait).await;
+        };
+        report.unreleased = Some(Unreleased {
+            lease: name,
+            namespace,
+            error: last_error.to_string(),
+            others_wait: lease_duration,
+        });
         report
+    }
+}
+
+/// One read and, if the Lease is still ours, one write clearing the holder.
+async fn release_once(api: &Api<Lease>, name: &str, identity: &str) -> Result<(), StoreError> {
+    let Some(mut lease) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let ours = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        == Some(identity);
+    if !ours {
+        return Ok(());
+    }
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.holder_identity = Some(String::new());
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(micro_now());
+        spec.acquire_time = Some(micro_now());
+    }
+    api.replace(name, &PostParams::default(), &lease).await?;
+    Ok(())
+}
+
+/// A Lease that could not be released: other runs wait for it to expire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreleased {
+    /// Lease name.
+    pub lease: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The last error.
+    pub error: String,
+    /// How long other runs wait at most: the Lease's duration, counted from its last
+    /// renewal as they observe it.
+    pub others_wait: Duration,
+}
+
+impl std::fmt::Display for Unreleased {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "could not release the mutex Lease {:?} in namespace {:?} ({}); other runs wait up \
+             to {} for it to expire",
+            self.lease,
+            self.namespace,
+            self.error,
+            format_duration(self.others_wait.as_secs() as i64)
+        )
     }
 }
 
@@ -532,6 +779,51 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn wait_and_unreleased_messages() {
+        let cases = [
+            (
+                MutexWait::Held {
+                    holder: "ci-1 since 2026-01-01T00:00:00Z".into(),
+                },
+                "is held by ci-1 since 2026-01-01T00:00:00Z",
+            ),
+            (
+                MutexWait::RequestFailed {
+                    action: "creating the Lease",
+                    error: "boom".into(),
+                    failures: 2,
+                    limit: 4,
+                    retry_in: Duration::from_millis(450),
+                },
+                "is unavailable: creating the Lease failed (failure 2 of 4: boom); retrying in \
+                 0.5s",
+            ),
+            (
+                MutexWait::Raced {
+                    action: "taking the Lease",
+                    retry_in: Duration::from_secs(2),
+                },
+                "was written by someone else while taking the Lease (409 Conflict); re-reading \
+                 in 2s",
+            ),
+        ];
+        for (wait, want) in cases {
+            assert_eq!(wait.to_string(), want);
+        }
+        let u = Unreleased {
+            lease: "helm-lock-db".into(),
+            namespace: "prod".into(),
+            error: "boom".into(),
+            others_wait: Duration::from_secs(15),
+        };
+        assert_eq!(
+            u.to_string(),
+            "could not release the mutex Lease \"helm-lock-db\" in namespace \"prod\" (boom); \
+             other runs wait up to 15s for it to expire"
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::decision::{LockKind, Policy};
 use crate::error::{Error, UsageError};
 use crate::lock::{self, LockSpec};
 use crate::mutex;
-use crate::time::{format_rfc3339, parse_duration};
+use crate::names;
+use crate::time::format_rfc3339;
 
 /// Where and how to reach the release storage.
 #[derive(Debug, Clone)]
@@ -163,6 +164,7 @@ impl Plan {
             .enable_all()
             .build()
             .map_err(Error::Runtime)?;
+        crate::retry::set_observer(crate::output::retry);
         runtime.block_on(crate::commands::run(self.0))
     }
 }
@@ -178,7 +180,7 @@ pub(crate) fn plan(command: Command, env: HelmEnv, now: i64) -> Result<Plan, Err
             force,
             cluster,
         }) => PlanKind::Unlock(UnlockPlan {
-            release,
+            release: release_name(release)?,
             force,
             cluster: cluster_plan(cluster, env)?,
         }),
@@ -187,7 +189,7 @@ pub(crate) fn plan(command: Command, env: HelmEnv, now: i64) -> Result<Plan, Err
             output,
             cluster,
         }) => PlanKind::Status(StatusPlan {
-            release,
+            release: release_name(release)?,
             format: output,
             cluster: cluster_plan(cluster, env)?,
         }),
@@ -204,25 +206,23 @@ pub(crate) fn plan(command: Command, env: HelmEnv, now: i64) -> Result<Plan, Err
     Ok(Plan(kind))
 }
 
+/// A release name as helm accepts it.
+fn release_name(release: String) -> Result<String, Error> {
+    names::validate_release_name(&release).map_err(|e| usage(e.to_string()))?;
+    Ok(release)
+}
+
 fn cluster_plan(mut flags: ClusterFlags, env: HelmEnv) -> Result<ClusterPlan, Error> {
     // `-n ''` means what no `-n` means to helm: the context's namespace.
     if flags.namespace.as_deref() == Some("") {
         flags.namespace = None;
     }
+    // The namespace is spliced into API paths: only a valid DNS-1123 label gets there.
+    if let Some(ns) = flags.namespace.as_deref().or(env.namespace.as_deref()) {
+        names::validate_namespace(ns).map_err(|e| usage(e.to_string()))?;
+    }
     let driver = DriverKind::from_helm_driver(env.driver.as_deref())?;
     Ok(ClusterPlan { flags, env, driver })
-}
-
-fn duration(flag: &str, value: Option<&str>) -> Result<Option<Duration>, Error> {
-    value
-        .map(|text| {
-            parse_duration(text).ok_or_else(|| {
-                usage(format!(
-                    "{flag} {text:?} is not a duration (examples: 90s, 5m, 2h, 1d)"
-                ))
-            })
-        })
-        .transpose()
 }
 
 fn guard(args: &[String], mode: Mode, env: HelmEnv) -> Result<GuardPlan, Error> {
@@ -233,19 +233,11 @@ fn guard(args: &[String], mode: Mode, env: HelmEnv) -> Result<GuardPlan, Error> 
         chart,
         helm,
     } = argv::split(args, mode).map_err(|e| usage(e.to_string()))?;
-    let lock_timeout = duration("--lock-timeout", guard.lock_timeout.as_deref())?;
-    let lease_duration = duration("--lease-duration", guard.lease_duration.as_deref())?;
-    let recover_pending_after = duration(
-        "--recover-pending-after",
-        guard.recover_pending_after.as_deref(),
-    )?;
     let serialize = (!guard.no_serialize).then(|| Serialize {
-        lock_timeout: lock_timeout.unwrap_or(mutex::DEFAULT_LOCK_TIMEOUT),
-        // Renewed every third of it: shorter leases would be renewed faster than the API
-        // answers under load.
-        lease_duration: lease_duration
-            .unwrap_or(mutex::DEFAULT_LEASE_DURATION)
-            .max(Duration::from_secs(3)),
+        lock_timeout: guard.lock_timeout.unwrap_or(mutex::DEFAULT_LOCK_TIMEOUT),
+        lease_duration: guard
+            .lease_duration
+            .unwrap_or(mutex::DEFAULT_LEASE_DURATION),
     });
     let format = match guard.output.as_deref() {
         Some("json") => OutputFormat::Json,
@@ -258,7 +250,7 @@ fn guard(args: &[String], mode: Mode, env: HelmEnv) -> Result<GuardPlan, Error> 
     let cluster = cluster_plan(ClusterFlags::from(&helm), env)?;
     Ok(GuardPlan {
         mode,
-        release,
+        release: release_name(release)?,
         chart,
         helm_args,
         helm_bin: guard
@@ -273,7 +265,7 @@ fn guard(args: &[String], mode: Mode, env: HelmEnv) -> Result<GuardPlan, Error> 
         decision_file,
         detailed_exitcode: guard.detailed_exitcode,
         serialize,
-        recover_pending_after,
+        recover_pending_after: guard.recover_pending_after,
     })
 }
 
@@ -310,7 +302,7 @@ fn lock_plan(args: LockArgs, env: HelmEnv, now: i64) -> Result<LockPlan, Error> 
         LockKind::Soft
     };
     Ok(LockPlan {
-        release: args.release,
+        release: release_name(args.release)?,
         spec: LockSpec {
             kind,
             reason: args.reason,
@@ -352,15 +344,18 @@ mod tests {
         for (argv, line) in [
             (
                 &["upgrade", "db", "./c", "--lock-timeout", "bogus"][..],
-                "--lock-timeout \"bogus\" is not a duration (examples: 90s, 5m, 2h, 1d)",
+                "invalid value \"bogus\" for --lock-timeout: expected a duration such as 90s, 5m, \
+                 2h or 1d",
             ),
             (
                 &["check", "db", "./c", "--lease-duration", "5x"][..],
-                "--lease-duration \"5x\" is not a duration (examples: 90s, 5m, 2h, 1d)",
+                "invalid value \"5x\" for --lease-duration: expected a duration such as 90s, 5m, \
+                 2h or 1d",
             ),
             (
                 &["upgrade", "db", "./c", "--recover-pending-after", "soon"][..],
-                "--recover-pending-after \"soon\" is not a duration (examples: 90s, 5m, 2h, 1d)",
+                "invalid value \"soon\" for --recover-pending-after: expected a duration such as \
+                 90s, 5m, 2h or 1d",
             ),
         ] {
             assert_eq!(usage_error(argv), line);

@@ -97,6 +97,14 @@ impl ChartVersion {
     }
 }
 
+#[cfg(test)]
+impl ChartVersion {
+    /// True when the version has a pre-release part (tests).
+    pub(crate) fn is_prerelease(&self) -> bool {
+        !self.version.pre.is_empty()
+    }
+}
+
 impl fmt::Display for ChartVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.original)

@@ -63,9 +63,9 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
         lease_duration: serialize.lease_duration,
     };
     let lease = mutex::lease_name(release);
-    let held = match mutex::acquire(&session.client, namespace, release, &options, |holder| {
+    let held = match mutex::acquire(&session.client, namespace, release, &options, |wait| {
         output::waiting(&format!(
-            "mutex {lease} for release {release:?} in {namespace:?} is held by {holder}"
+            "mutex {lease} for release {release:?} in {namespace:?} {wait}"
         ));
     })
     .await
@@ -109,6 +109,9 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     }
     .await;
     let hold = held.release().await;
+    if let Some(unreleased) = &hold.unreleased {
+        output::warning(&unreleased.to_string());
+    }
     if let Some(how) = hold.lost {
         output::warning(&format!(
             "lost the mutex {lease} for release {release:?} in {namespace:?} while holding it \

@@ -35,6 +35,11 @@ pub(crate) fn waiting(text: &str) {
     line(&format!("waiting: {text}"));
 }
 
+/// A retry of an API request, or giving up on one (`guarded-upgrade: retrying …`).
+pub(crate) fn retry(notice: &crate::retry::RetryNotice) {
+    line(&format!("guarded-upgrade: {notice}"));
+}
+
 /// A progress line (`locked: …`, `recovered: …`) on stderr.
 pub(crate) fn progress(text: &str) {
     line(text);

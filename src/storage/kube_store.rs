@@ -266,7 +266,13 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         all_namespaces: bool,
     ) -> Result<Vec<RecordHeader>, StoreError> {
         let params = ListParams::default().labels(selector);
-        let answer: serde_json::Value = with_retry(|| async {
+        let scope = if all_namespaces {
+            "all namespaces".to_string()
+        } else {
+            format!("namespace {:?}", self.namespace)
+        };
+        let what = format!("listing {}s ({selector}) in {scope}", K::KIND);
+        let answer: serde_json::Value = with_retry(&what, || async {
             let request = self
                 .collection(all_namespaces)
                 .list_metadata(&params)
@@ -284,7 +290,12 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
     }
 
     async fn get(&self, name: &str) -> Result<StoredRecord, StoreError> {
-        let object: K = with_retry(|| async {
+        let what = format!(
+            "reading {} {name:?} in namespace {:?}",
+            K::KIND,
+            self.namespace
+        );
+        let object: K = with_retry(&what, || async {
             let request = self
                 .collection(false)
                 .get(&path_segment(name), &GetParams::default())
@@ -321,7 +332,12 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         let patch = serde_json::json!({
             "metadata": { "resourceVersion": resource_version, "labels": label_patch(labels) }
         });
-        with_retry(|| self.patch_merge(name, patch.clone())).await
+        let what = format!(
+            "labelling {} {name:?} in namespace {:?}",
+            K::KIND,
+            self.namespace
+        );
+        with_retry(&what, || self.patch_merge(name, patch.clone())).await
     }
 
     async fn rewrite(
@@ -335,7 +351,12 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
             "metadata": { "resourceVersion": resource_version, "labels": label_patch(labels) },
             "data": K::payload_patch(payload),
         });
-        with_retry(|| self.patch_merge(name, patch.clone())).await
+        let what = format!(
+            "rewriting {} {name:?} in namespace {:?}",
+            K::KIND,
+            self.namespace
+        );
+        with_retry(&what, || self.patch_merge(name, patch.clone())).await
     }
 }
 

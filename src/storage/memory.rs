@@ -92,6 +92,7 @@ impl MemoryStore {
                 code: 409,
                 reason: "Conflict".into(),
                 message: format!("the object {name:?} has been modified"),
+                retry_after: None,
             });
         }
         for (k, v) in labels {
@@ -116,6 +117,7 @@ fn not_found(name: &str) -> StoreError {
         code: 404,
         reason: "NotFound".into(),
         message: format!("{name:?} not found"),
+        retry_after: None,
     }
 }
 

@@ -82,6 +82,8 @@ pub enum StoreError {
         reason: String,
         /// Status message.
         message: String,
+        /// `details.retryAfterSeconds`: when the server asked us to retry.
+        retry_after: Option<Duration>,
     },
     /// The server could not be reached or the connection broke.
     #[error("cannot reach the API server: {0}")]
@@ -167,6 +169,12 @@ impl From<kube::Error> for StoreError {
                 code: status.code,
                 reason: status.reason.clone(),
                 message: status.message.clone(),
+                retry_after: status
+                    .details
+                    .as_ref()
+                    .map(|d| d.retry_after_seconds)
+                    .filter(|s| *s > 0)
+                    .map(|s| Duration::from_secs(u64::from(s))),
             },
             other => StoreError::Transport(error_chain(&other)),
         }
@@ -188,25 +196,14 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Retries `op` on transient errors with exponential backoff (4 attempts, ~1.5 s in all).
-pub(crate) async fn with_retry<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+/// Retries `op` on transient errors under [`crate::retry::RetryPolicy::API`]; `what` names
+/// the request in the retry notices.
+pub(crate) async fn with_retry<T, F, Fut>(what: &str, op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    const ATTEMPTS: u32 = 4;
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    crate::retry::run(what, op).await
 }
 
 /// The driver interface every store implements (static dispatch only).
@@ -337,9 +334,11 @@ impl ReleaseStore for Store {
 pub(crate) async fn ensure_namespace(client: &Client, namespace: &str) -> Result<bool, StoreError> {
     use k8s_openapi::api::core::v1::Namespace;
     let api: Api<Namespace> = Api::all(client.clone());
-    if with_retry(|| async { Ok(api.get_opt(namespace).await?) })
-        .await?
-        .is_some()
+    if with_retry(&format!("reading namespace {namespace:?}"), || async {
+        Ok(api.get_opt(namespace).await?)
+    })
+    .await?
+    .is_some()
     {
         return Ok(false);
     }
@@ -379,6 +378,7 @@ mod tests {
             code,
             reason: String::new(),
             message: String::new(),
+            retry_after: None,
         };
         assert!(api(500).is_transient());
         assert!(api(503).is_transient());

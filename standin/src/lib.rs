@@ -84,6 +84,9 @@ pub enum FaultAction {
     /// (500 InternalError, 503 ServiceUnavailable, 409 Conflict, 403 Forbidden,
     /// 429 TooManyRequests, 404 NotFound, ...). Nothing is changed in the store.
     Status(u16),
+    /// Like `Status`, with `details.retryAfterSeconds` and a `Retry-After` header of this
+    /// many seconds (what an API server sends with 429).
+    StatusRetryAfter(u16, u32),
     /// Wait, then serve the request normally.
     Delay(Duration),
     /// Close the connection without answering.

@@ -304,6 +304,15 @@ pub async fn handle(
             shared.lock().log.push(record);
             return Ok(error_response(&ApiError::for_code(code)));
         }
+        Some(FaultAction::StatusRetryAfter(code, secs)) => {
+            record.status = code;
+            shared.lock().log.push(record);
+            let e = ApiError::for_code(code).with_details(json!({ "retryAfterSeconds": secs }));
+            let mut r = error_response(&e);
+            r.headers_mut()
+                .insert("Retry-After", hyper::header::HeaderValue::from(secs));
+            return Ok(r);
+        }
         Some(FaultAction::Delay(d)) => tokio::time::sleep(d).await,
         None => {}
     }

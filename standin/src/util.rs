@@ -176,7 +176,7 @@ impl ApiError {
         if let Some(d) = &self.details {
             v["details"] = d.clone();
         }
-        if self.code == 429 || self.code == 503 {
+        if (self.code == 429 || self.code == 503) && v["details"]["retryAfterSeconds"].is_null() {
             let d = v.get("details").cloned().unwrap_or_else(|| json!({}));
             let mut d = d;
             d["retryAfterSeconds"] = json!(1);

@@ -3,8 +3,10 @@
 
 mod common;
 
+mod argv;
 mod guard;
 mod lock;
 mod mutex;
 mod records;
 mod repo;
+mod retry;

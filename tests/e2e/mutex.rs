@@ -433,6 +433,308 @@ fn sigterm_is_forwarded(label: &str) {
     assert_eq!(lease["spec"]["holderIdentity"], "", "released: {lease}");
 }
 
+const E500: &str = "the API server answered 500 InternalError: an error on the server \
+                    (\"injected fault\") has prevented the request from succeeding";
+
+/// The `waiting:` lines on stderr, whole.
+fn waiting_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("waiting: "))
+        .collect()
+}
+
+fn lease_requests(b: &Bed, verb: &str) -> Vec<u16> {
+    b.api
+        .requests()
+        .iter()
+        .filter(|r| r.resource.as_deref() == Some("leases") && r.verb == verb)
+        .map(|r| r.status)
+        .collect()
+}
+
+/// A released Lease (holder cleared), as a finished run leaves it.
+fn released_lease(b: &Bed) {
+    foreign_lease(b, "db", "", 1);
+}
+
+/// Whether a `waiting:` line matches `prefix … retrying in <wait>` / `re-reading in <wait>`.
+fn is_wait_line(line: &str, prefix: &str, suffix_word: &str) -> bool {
+    let Some(rest) = line.strip_prefix(prefix) else {
+        return false;
+    };
+    let Some(wait) = rest.strip_prefix(suffix_word) else {
+        return false;
+    };
+    let wait = wait.strip_suffix('s').unwrap_or("x");
+    wait.parse::<f64>().is_ok_and(|w| (0.0..=5.0).contains(&w))
+}
+
+const WAITING: &str = r#"waiting: mutex helm-lock-db for release "db" in "shared" "#;
+
+/// A Lease that cannot be created (persistent 500) or taken (dropped connections): a few
+/// reported, backed-off attempts, then exit 3 well within --lock-timeout; helm not run.
+#[test]
+fn failing_lease_writes_give_up_after_a_few_attempts() {
+    let b = setup("helm4");
+    let cases: [(&str, FaultAction, &str, &str); 2] = [
+        (
+            "create",
+            FaultAction::Status(500),
+            "creating the Lease",
+            E500,
+        ),
+        ("update", FaultAction::Drop, "taking the Lease", ""),
+    ];
+    for (verb, action, doing, error) in cases {
+        b.api.clear_faults();
+        if verb == "update" {
+            released_lease(&b);
+        }
+        b.api.inject(fault(Some(verb), "leases", action, None));
+        b.api.clear_requests();
+        let started = Instant::now();
+        let run = b.guard(&[
+            "upgrade",
+            "db",
+            &chart("demo-1.0.0"),
+            "-n",
+            NS,
+            "--lock-timeout",
+            "60s",
+        ]);
+        let took = started.elapsed();
+        run.expect_code(3, verb);
+        assert!(took < Duration::from_secs(8), "{verb}: took {took:?}");
+        assert_eq!(lease_requests(&b, verb).len(), 4, "{verb}: {}", run.stderr);
+        let lines = waiting_lines(&run.stderr);
+        assert_eq!(lines.len(), 3, "{verb}: {}", run.stderr);
+        for (n, line) in lines.iter().enumerate() {
+            let prefix = format!(
+                "{WAITING}is unavailable: {doing} failed (failure {} of 4: ",
+                n + 1
+            );
+            assert!(line.starts_with(&prefix), "{verb}: {line}");
+            assert!(line.contains(error), "{verb}: {line}");
+            let tail = line.rsplit_once("); ").map(|(_, t)| t).unwrap_or_default();
+            assert!(is_wait_line(tail, "", "retrying in "), "{verb}: {line}");
+        }
+        let last = run.stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(r#"guarded-upgrade: error: release "db" in namespace "shared": mutex Lease "helm-lock-db": "#),
+            "{verb}: {last}"
+        );
+        assert!(b
+            .api
+            .get("secrets", Some(NS), "sh.helm.release.v1.db.v1")
+            .is_none());
+    }
+}
+
+/// Someone keeps winning the race for the Lease (persistent 409 on create): re-read with
+/// backoff, each race reported, and --lock-timeout ends it; helm not run.
+#[test]
+fn conflicts_on_the_lease_are_bounded_by_the_lock_timeout() {
+    let b = setup("helm4");
+    b.api.inject(fault(
+        Some("create"),
+        "leases",
+        FaultAction::Status(409),
+        None,
+    ));
+    let started = Instant::now();
+    let run = b.guard(&[
+        "upgrade",
+        "db",
+        &chart("demo-1.0.0"),
+        "-n",
+        NS,
+        "--lock-timeout",
+        "3s",
+    ]);
+    let took = started.elapsed();
+    run.expect_code(3, "persistent 409");
+    assert!(took >= Duration::from_secs(3), "took {took:?}");
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    let creates = lease_requests(&b, "create").len();
+    // Backoff 0.15, 0.3, 0.6, 1.2, 2 s …: a handful of attempts, not 22 per second.
+    assert!((3..=10).contains(&creates), "{creates} creates");
+    let lines = waiting_lines(&run.stderr);
+    assert_eq!(lines.len(), creates, "{}", run.stderr);
+    for line in &lines {
+        let prefix = format!(
+            "{WAITING}was written by someone else while creating the Lease (409 Conflict); "
+        );
+        assert!(is_wait_line(line, &prefix, "re-reading in "), "{line}");
+    }
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        "guarded-upgrade: error: release \"db\" in namespace \"shared\": timed out after 3s \
+         waiting for the mutex (Lease \"helm-lock-db\"), which was written by someone else while \
+         creating the Lease (409 Conflict). Retry later, raise --lock-timeout, or if that run is \
+         gone wait for the lease to expire; helm was not run"
+    );
+}
+
+/// One failed Lease create (500, 409, dropped connection) is retried, reported, and the
+/// run goes on.
+fn one_failed_create_is_retried(label: &str) {
+    let b = setup(label);
+    let cases = [
+        ("r500", FaultAction::Status(500)),
+        ("r409", FaultAction::Status(409)),
+        ("rdrop", FaultAction::Drop),
+    ];
+    for (release, action) in cases {
+        b.api.clear_faults();
+        b.api.clear_requests();
+        b.api
+            .inject(fault(Some("create"), "leases", action.clone(), Some(1)));
+        let run = b.guard(&[
+            "upgrade",
+            "--install",
+            release,
+            &chart("demo-1.0.0"),
+            "-n",
+            NS,
+        ]);
+        run.expect_code(0, &format!("{action:?}"));
+        let waiting =
+            format!(r#"waiting: mutex helm-lock-{release} for release "{release}" in "shared" "#);
+        let lines = waiting_lines(&run.stderr);
+        assert_eq!(lines.len(), 1, "{action:?}: {}", run.stderr);
+        let raced = format!(
+            "{waiting}was written by someone else while creating the Lease (409 Conflict); "
+        );
+        let failed =
+            format!("{waiting}is unavailable: creating the Lease failed (failure 1 of 4: ");
+        let ok = match action {
+            FaultAction::Status(409) => is_wait_line(lines[0], &raced, "re-reading in "),
+            _ => {
+                lines[0].starts_with(&failed)
+                    && is_wait_line(
+                        lines[0].rsplit_once("); ").map_or("", |(_, t)| t),
+                        "",
+                        "retrying in ",
+                    )
+            }
+        };
+        assert!(ok, "{action:?}: {}", lines[0]);
+        assert_eq!(lease_requests(&b, "create").len(), 2, "{action:?}");
+        assert_eq!(b.deployed(release, NS).0, "1.0.0");
+        let lease = b
+            .api
+            .get("leases", Some(NS), &format!("helm-lock-{release}"))
+            .expect("lease");
+        assert_eq!(lease["spec"]["holderIdentity"], "", "released: {lease}");
+    }
+}
+
+/// One failed release (each class: 500, 409, 403, 404, 410, 422, dropped connection) is
+/// retried after a fresh read: the Lease ends free and nothing is reported.
+fn one_failed_release_is_retried(label: &str) {
+    let b = setup(label);
+    let c = chart("demo-1.0.0");
+    let actions = [
+        FaultAction::Status(500),
+        FaultAction::Status(409),
+        FaultAction::Status(403),
+        FaultAction::Status(404),
+        FaultAction::Status(410),
+        FaultAction::Status(422),
+        FaultAction::Drop,
+    ];
+    for action in actions {
+        b.api.clear_faults();
+        b.api.clear_requests();
+        // The run below creates the Lease (or takes the released one) and renews nothing
+        // (helm takes less than a third of 15 s): its only Lease update is the release.
+        b.api
+            .inject(fault(Some("update"), "leases", action.clone(), Some(1)));
+        let first = b.api.get("leases", Some(NS), "helm-lock-db").is_none();
+        if !first {
+            // Taking a released Lease is an update too: let that one through.
+            b.api.clear_faults();
+            b.api.inject(Fault {
+                times: Some(1),
+                ..fault(
+                    Some("update"),
+                    "leases",
+                    FaultAction::Delay(Duration::ZERO),
+                    None,
+                )
+            });
+            b.api
+                .inject(fault(Some("update"), "leases", action.clone(), Some(1)));
+        }
+        let run = b.guard(&[
+            "upgrade",
+            "--install",
+            "db",
+            &c,
+            "-n",
+            NS,
+            "--min-version-policy",
+            "newer-or-equal",
+        ]);
+        run.expect_code(0, &format!("{action:?}"));
+        assert!(
+            !run.stderr.contains("warning"),
+            "{action:?}: {}",
+            run.stderr
+        );
+        let lease = b
+            .api
+            .get("leases", Some(NS), "helm-lock-db")
+            .expect("lease");
+        assert_eq!(
+            lease["spec"]["holderIdentity"], "",
+            "{action:?}: released: {lease}"
+        );
+        let updates = lease_requests(&b, "update");
+        assert_eq!(updates.last(), Some(&200), "{action:?}: {updates:?}");
+        if let FaultAction::Status(code) = action {
+            assert!(updates.contains(&code), "{action:?}: {updates:?}");
+        }
+        assert!(updates.len() >= 2, "{action:?}: {updates:?}");
+    }
+}
+
+/// A Lease that cannot be released at all is reported: which Lease, how long others wait.
+fn unreleasable_lease_is_reported(label: &str) {
+    let b = setup(label);
+    b.api.inject(fault(
+        Some("update"),
+        "leases",
+        FaultAction::Status(500),
+        None,
+    ));
+    let started = Instant::now();
+    let run = b.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS]);
+    run.expect_code(0, "helm ran; only the release failed");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(
+        warnings,
+        [format!(
+            r#"warning: could not release the mutex Lease "helm-lock-db" in namespace "shared" ({E500}); other runs wait up to 15s for it to expire"#
+        )],
+        "{}",
+        run.stderr
+    );
+    assert_eq!(lease_requests(&b, "update").len(), 4);
+    let lease = b
+        .api
+        .get("leases", Some(NS), "helm-lock-db")
+        .expect("lease");
+    assert_ne!(lease["spec"]["holderIdentity"], "", "{lease}");
+}
+
 crate::common::per_helm!(
     concurrent_pipelines,
     killed_holder,
@@ -442,4 +744,7 @@ crate::common::per_helm!(
     forbidden_leases,
     namespaces,
     sigterm_is_forwarded,
+    one_failed_create_is_retried,
+    one_failed_release_is_retried,
+    unreleasable_lease_is_reported,
 );
