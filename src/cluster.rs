@@ -200,6 +200,7 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
             source: Box::new(e),
         }
     };
+    let apiserver = flags.kube_apiserver.clone().or(env.kube_apiserver.clone());
     // Which kubeconfig, as client-go picks it: --kubeconfig, $KUBECONFIG, ~/.kube/config.
     let path = flags.kubeconfig.clone();
     let found = match &path {
@@ -217,16 +218,16 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
                 .map_err(kubeconfig_err(path))?;
             (config, user)
         }
-        // No kubeconfig anywhere: helm (client-go) falls back to in-cluster config.
-        Err(read_err) => match Config::incluster() {
-            Ok(config) => (config, None),
-            Err(_) => return Err(kubeconfig_err(None)(read_err)),
+        // No kubeconfig anywhere: an explicit API server is used on its own (client-go's
+        // overrides on an empty config), else helm falls back to in-cluster config.
+        Err(read_err) => match (&apiserver, Config::incluster()) {
+            (Some(server), _) => (Config::new(parse_apiserver(server)?), None),
+            (None, Ok(config)) => (config, None),
+            (None, Err(_)) => return Err(kubeconfig_err(None)(read_err)),
         },
     };
-    if let Some(server) = flags.kube_apiserver.clone().or(env.kube_apiserver.clone()) {
-        config.cluster_url = server
-            .parse()
-            .map_err(|_| ClusterError::BadApiServer(server.clone()))?;
+    if let Some(server) = apiserver {
+        config.cluster_url = parse_apiserver(&server)?;
     }
     if let Some(token) = flags.kube_token.clone().or(env.kube_token.clone()) {
         config.auth_info.token = Some(token.into());
@@ -271,6 +272,13 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
         namespace,
         user,
     })
+}
+
+/// `--kube-apiserver`/`HELM_KUBEAPISERVER` as a URL.
+fn parse_apiserver<Url: std::str::FromStr>(server: &str) -> Result<Url, ClusterError> {
+    server
+        .parse()
+        .map_err(|_| ClusterError::BadApiServer(server.to_string()))
 }
 
 /// DER certificates from a PEM bundle (`--kube-ca-file`).
