@@ -4,7 +4,8 @@
 //! config when none exists), `--kube-context` over `HELM_KUBECONTEXT` over the current
 //! context, `-n/--namespace` over `HELM_NAMESPACE` over the context's namespace over
 //! `default`. `HELM_KUBEAPISERVER`/`--kube-apiserver` and `HELM_KUBETOKEN`/`--kube-token`
-//! override the server and the bearer token.
+//! override the server and the bearer token; with no kubeconfig at all, an explicit server
+//! is used on its own (before in-cluster config), as client-go does.
 
 use std::time::Duration;
 
