@@ -41,7 +41,7 @@ pub enum ClusterError {
     /// `HELM_DRIVER=sql|memory`.
     #[error(
         "HELM_DRIVER={0} is not supported yet: guarded-upgrade reads releases from Secrets \
-         (default) or ConfigMaps (HELM_DRIVER=configmap); helm was not run"
+         (default) or ConfigMaps (HELM_DRIVER=configmap)"
     )]
     UnsupportedDriver(String),
     /// A `HELM_DRIVER` value helm itself does not know.

@@ -144,11 +144,11 @@ impl MutexState {
 /// Failures of the mutex.
 #[derive(Debug, thiserror::Error)]
 pub enum MutexError {
-    /// Another run kept the mutex past `--lock-timeout`.
+    /// Another run kept the mutex past `--lock-timeout`. ("helm was not run" is added by
+    /// `Error::before_helm`, as for every fail-closed error.)
     #[error(
-        "timed out after {waited} waiting for the mutex (Lease {lease:?}) held by {holder}; \
-         helm was not run. Retry later, raise --lock-timeout, or if that run is gone wait \
-         for the lease to expire"
+        "timed out after {waited} waiting for the mutex (Lease {lease:?}) held by {holder}. \
+         Retry later, raise --lock-timeout, or if that run is gone wait for the lease to expire"
     )]
     Timeout {
         /// Lease name.
@@ -163,7 +163,7 @@ pub enum MutexError {
         "cannot take the per-release mutex: the API forbids {verb} on Lease {lease:?} in \
          namespace {namespace:?} ({message}). Grant the rule `apiGroups: [coordination.k8s.io], \
          resources: [leases], verbs: [get, create, update]` in that namespace, or pass \
-         --no-serialize to run unserialized; helm was not run"
+         --no-serialize to run unserialized"
     )]
     Forbidden {
         /// Lease name.
@@ -188,7 +188,7 @@ pub enum MutexError {
         source: StoreError,
     },
     /// Interrupted while waiting.
-    #[error("interrupted while waiting for the mutex; helm was not run")]
+    #[error("interrupted while waiting for the mutex")]
     Interrupted,
 }
 

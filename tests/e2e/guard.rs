@@ -390,6 +390,13 @@ fn helm_environment(label: &str) {
              Secrets (default) or ConfigMaps (HELM_DRIVER=configmap); helm was not run"
         ));
     }
+    // `lock` never runs helm, so its error does not say it did not.
+    let run = b.guard_env(&["lock", "db", "-n", NS], &[("HELM_DRIVER", "sql")]);
+    run.expect_code(3, "lock with HELM_DRIVER=sql");
+    run.assert_error(
+        "HELM_DRIVER=sql is not supported yet: guarded-upgrade reads releases from Secrets \
+         (default) or ConfigMaps (HELM_DRIVER=configmap)",
+    );
     assert_eq!(b.deployed("db", NS).0, "1.0.0");
 }
 
