@@ -64,7 +64,10 @@ fn policies(label: &str) {
         "--min-version-policy",
         "newer-or-equal",
     ])
-    .expect_code(0, "re-apply");
+    .expect_code(0, "re-apply")
+    .assert_stderr_line(
+        r#"upgrade: "db" in "shared" 1.1.0 -> 1.1.0 (re-apply, policy newer-or-equal)"#,
+    );
     assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
     b.guard(&[
         "upgrade",
@@ -74,7 +77,8 @@ fn policies(label: &str) {
         "-n",
         NS,
     ])
-    .expect_code(0, "downgrade with off");
+    .expect_code(0, "downgrade with off")
+    .assert_stderr_line(r#"upgrade: "db" in "shared" 1.1.0 -> 1.0.0 (version policy off)"#);
     assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 3));
 
     // `upgrade --decision-output json`: the decision goes to stderr, stdout stays helm's.
@@ -97,6 +101,11 @@ fn policies(label: &str) {
         .unwrap_or_else(|| panic!("no JSON on stderr: {}", run.stderr));
     let json: serde_json::Value = serde_json::from_str(decision_line).unwrap();
     assert_eq!(json["action"], "upgrade");
+    assert_eq!(
+        json["message"],
+        r#"upgrade: "db" in "shared" 1.0.0 -> 1.2.0"#
+    );
+    run.assert_stderr_line(r#"upgrade: "db" in "shared" 1.0.0 -> 1.2.0"#);
     assert_eq!(json["serialized"], true);
     assert_eq!(json["deployed"]["version"], "1.0.0");
     // helm's own `-o json` reached helm untouched: its stdout is helm's release JSON.

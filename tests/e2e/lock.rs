@@ -264,7 +264,8 @@ fn hard_lock_blocks_plain_helm(label: &str) {
     install(&b, "db", &chart("demo-1.0.0"), NS);
     let before = b.history("db", NS);
     b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
-        .expect_code(0, "lock --hard");
+        .expect_code(0, "lock --hard")
+        .assert_stderr(&[r#"locked: release "db" in "shared" (hard): freeze"#]);
     let labels = labels_of(&b, "secrets", NS, &record("db", 1));
     assert_eq!(labels["status"], "pending-upgrade", "{labels:?}");
     assert_eq!(labels["guarded-upgrade.io/lock"], "hard", "{labels:?}");
@@ -316,7 +317,8 @@ fn hard_lock_blocks_plain_helm(label: &str) {
     assert_eq!(meta["version"], "1.0.0", "{meta}");
 
     b.guard(&["unlock", "db", "-n", NS])
-        .expect_code(0, "unlock");
+        .expect_code(0, "unlock")
+        .assert_stderr(&[r#"unlocked: release "db" in "shared""#]);
     assert_eq!(b.history("db", NS), before, "unlock restores the record");
     let labels = labels_of(&b, "secrets", NS, &record("db", 1));
     assert_eq!(labels["status"], "deployed", "{labels:?}");
@@ -819,8 +821,12 @@ fn hard_lock_expiry_and_tampering(label: &str) {
         "{l:?}"
     );
 
-    b.guard(&["lock", "db", "--hard", "--expires", "2s", "-n", NS])
-        .expect_code(0, "lock --hard --expires 2s");
+    let run = b.guard(&["lock", "db", "--hard", "--expires", "2s", "-n", NS]);
+    run.expect_code(0, "lock --hard --expires 2s");
+    run.assert_stderr(&[&format!(
+        "locked: release \"db\" in \"shared\" (hard), expires {}",
+        lock_field(&b, &[], "expires")
+    )]);
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     run.expect_code(3, "expired hard lock");
@@ -855,7 +861,8 @@ fn hard_lock_expiry_and_tampering(label: &str) {
         "hard"
     );
     b.guard(&["unlock", "db", "-n", NS, "--force"])
-        .expect_code(0, "unlock --force");
+        .expect_code(0, "unlock --force")
+        .assert_stderr(&[r#"unlocked: release "db" in "shared""#]);
     let l = labels_of(&b, "secrets", NS, &record("db", 1));
     assert!(!l.keys().any(|k| k.starts_with(PREFIX)), "{l:?}");
     assert_eq!(l["status"], "failed", "left as found");
