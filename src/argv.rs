@@ -25,6 +25,16 @@ pub enum Mode {
     Check,
 }
 
+impl Mode {
+    /// The subcommand's name.
+    fn verb(self) -> &'static str {
+        match self {
+            Mode::Upgrade => "upgrade",
+            Mode::Check => "check",
+        }
+    }
+}
+
 /// Our own flags, removed from the helm command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuardOptions {
@@ -163,10 +173,12 @@ pub enum ArgvError {
     #[error("--min-version-policy: {0}")]
     Policy(#[from] PolicyError),
     /// RELEASE and/or CHART missing.
-    #[error("missing {missing}: usage is `upgrade [flags] RELEASE CHART`")]
+    #[error("missing {missing}: usage is `{verb} [flags] RELEASE CHART`")]
     MissingPositional {
         /// `RELEASE and CHART` or `CHART`.
         missing: &'static str,
+        /// `upgrade` or `check`: the command the usage is shown for.
+        verb: &'static str,
     },
     /// More than two positionals. Only their positions are shown: a stray value may be a
     /// secret (`--pasword s3cr3t`).
@@ -535,10 +547,16 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
     check_guard(&guard)?;
     let (release, chart) = match (release, chart) {
         (Some(r), Some(c)) => (r, c),
-        (Some(_), None) => return Err(ArgvError::MissingPositional { missing: "CHART" }),
+        (Some(_), None) => {
+            return Err(ArgvError::MissingPositional {
+                missing: "CHART",
+                verb: mode.verb(),
+            })
+        }
         _ => {
             return Err(ArgvError::MissingPositional {
                 missing: "RELEASE and CHART",
+                verb: mode.verb(),
             })
         }
     };
@@ -987,6 +1005,7 @@ mod tests {
                 Mode::Upgrade,
                 ArgvError::MissingPositional {
                     missing: "RELEASE and CHART",
+                    verb: "upgrade",
                 },
             ),
             (
@@ -994,22 +1013,32 @@ mod tests {
                 Mode::Upgrade,
                 ArgvError::MissingPositional {
                     missing: "RELEASE and CHART",
+                    verb: "upgrade",
                 },
             ),
             (
                 "db",
                 Mode::Upgrade,
-                ArgvError::MissingPositional { missing: "CHART" },
+                ArgvError::MissingPositional {
+                    missing: "CHART",
+                    verb: "upgrade",
+                },
             ),
             (
                 "db --dry-run",
                 Mode::Upgrade,
-                ArgvError::MissingPositional { missing: "CHART" },
+                ArgvError::MissingPositional {
+                    missing: "CHART",
+                    verb: "upgrade",
+                },
             ),
             (
                 "db --version 1.2.3",
                 Mode::Upgrade,
-                ArgvError::MissingPositional { missing: "CHART" },
+                ArgvError::MissingPositional {
+                    missing: "CHART",
+                    verb: "upgrade",
+                },
             ),
             (
                 "db chart extra more",

@@ -4,7 +4,8 @@
 //! config when none exists), `--kube-context` over `HELM_KUBECONTEXT` over the current
 //! context, `-n/--namespace` over `HELM_NAMESPACE` over the context's namespace over
 //! `default`. `HELM_KUBEAPISERVER`/`--kube-apiserver` and `HELM_KUBETOKEN`/`--kube-token`
-//! override the server and the bearer token.
+//! override the server and the bearer token; with no kubeconfig at all, an explicit server
+//! is used on its own (before in-cluster config), as client-go does.
 
 use std::time::Duration;
 
@@ -40,7 +41,7 @@ pub enum ClusterError {
     /// `HELM_DRIVER=sql|memory`.
     #[error(
         "HELM_DRIVER={0} is not supported yet: guarded-upgrade reads releases from Secrets \
-         (default) or ConfigMaps (HELM_DRIVER=configmap); helm was not run"
+         (default) or ConfigMaps (HELM_DRIVER=configmap)"
     )]
     UnsupportedDriver(String),
     /// A `HELM_DRIVER` value helm itself does not know.
@@ -200,6 +201,7 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
             source: Box::new(e),
         }
     };
+    let apiserver = flags.kube_apiserver.clone().or(env.kube_apiserver.clone());
     // Which kubeconfig, as client-go picks it: --kubeconfig, $KUBECONFIG, ~/.kube/config.
     let path = flags.kubeconfig.clone();
     let found = match &path {
@@ -217,16 +219,16 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
                 .map_err(kubeconfig_err(path))?;
             (config, user)
         }
-        // No kubeconfig anywhere: helm (client-go) falls back to in-cluster config.
-        Err(read_err) => match Config::incluster() {
-            Ok(config) => (config, None),
-            Err(_) => return Err(kubeconfig_err(None)(read_err)),
+        // No kubeconfig anywhere: an explicit API server is used on its own (client-go's
+        // overrides on an empty config), else helm falls back to in-cluster config.
+        Err(read_err) => match (&apiserver, Config::incluster()) {
+            (Some(server), _) => (Config::new(parse_apiserver(server)?), None),
+            (None, Ok(config)) => (config, None),
+            (None, Err(_)) => return Err(kubeconfig_err(None)(read_err)),
         },
     };
-    if let Some(server) = flags.kube_apiserver.clone().or(env.kube_apiserver.clone()) {
-        config.cluster_url = server
-            .parse()
-            .map_err(|_| ClusterError::BadApiServer(server.clone()))?;
+    if let Some(server) = apiserver {
+        config.cluster_url = parse_apiserver(&server)?;
     }
     if let Some(token) = flags.kube_token.clone().or(env.kube_token.clone()) {
         config.auth_info.token = Some(token.into());
@@ -276,6 +278,13 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
         namespace,
         user,
     })
+}
+
+/// `--kube-apiserver`/`HELM_KUBEAPISERVER` as a URL.
+fn parse_apiserver<Url: std::str::FromStr>(server: &str) -> Result<Url, ClusterError> {
+    server
+        .parse()
+        .map_err(|_| ClusterError::BadApiServer(server.to_string()))
 }
 
 /// DER certificates from a PEM bundle (`--kube-ca-file`).

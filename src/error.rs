@@ -238,6 +238,14 @@ impl Error {
 mod tests {
     use super::*;
 
+    fn mutex_error(source: MutexError) -> Error {
+        Error::Mutex {
+            release: "db".into(),
+            namespace: "shared".into(),
+            source: Box::new(source),
+        }
+    }
+
     #[test]
     fn helm_was_not_run_is_said_once() {
         let e = Error::Refused {
@@ -252,6 +260,27 @@ mod tests {
             "release \"db\" in namespace \"shared\": pending; helm was not run"
         );
         assert_eq!(e.exit(), Exit::Refused);
+        // No inner error says it by hand: every fail-closed message ends with it once.
+        let inner = [
+            Error::from(ClusterError::UnsupportedDriver("sql".into())),
+            mutex_error(MutexError::Interrupted),
+            mutex_error(MutexError::Timeout {
+                lease: "helm-lock-db".into(),
+                waiting_for: "is held by pipeline-42".into(),
+                waited: "2s".into(),
+            }),
+            mutex_error(MutexError::Forbidden {
+                lease: "helm-lock-db".into(),
+                namespace: "shared".into(),
+                verb: "get",
+                message: "forbidden".into(),
+            }),
+        ];
+        for e in inner {
+            let text = e.before_helm().to_string();
+            assert_eq!(text.matches("helm was not run").count(), 1, "{text}");
+            assert!(text.ends_with("; helm was not run"), "{text}");
+        }
         let usage = Error::from(UsageError("bad".into())).before_helm();
         assert_eq!(usage.to_string(), "bad");
         assert_eq!(usage.exit(), Exit::Usage);

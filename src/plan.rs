@@ -172,8 +172,14 @@ impl Plan {
 /// [`Plan::new`] with the environment given.
 pub(crate) fn plan(command: Command, env: HelmEnv, now: i64) -> Result<Plan, Error> {
     let kind = match command {
-        Command::Upgrade { args } => PlanKind::Guard(Box::new(guard(&args, Mode::Upgrade, env)?)),
-        Command::Check { args } => PlanKind::Guard(Box::new(guard(&args, Mode::Check, env)?)),
+        // Non-usage failures of a guarded command (an unsupported HELM_DRIVER) are
+        // fail-closed like those of `commands::run`: "helm was not run" is added once.
+        Command::Upgrade { args } => PlanKind::Guard(Box::new(
+            guard(&args, Mode::Upgrade, env).map_err(Error::before_helm)?,
+        )),
+        Command::Check { args } => PlanKind::Guard(Box::new(
+            guard(&args, Mode::Check, env)?,
+        )),
         Command::Lock(args) => PlanKind::Lock(lock_plan(args, env, now)?),
         Command::Unlock(UnlockArgs {
             release,

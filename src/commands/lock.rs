@@ -38,7 +38,8 @@ fn locked_line(release: &str, namespace: &str, spec: &LockSpec) -> String {
     if let Some(t) = spec.expires_at {
         line.push_str(&format!(", expires {}", format_rfc3339(t)));
     }
-    if let Some(r) = &spec.reason {
+    // An empty reason (`--reason ''`) adds nothing: no dangling `: `.
+    if let Some(r) = spec.reason.as_deref().filter(|r| !r.is_empty()) {
         line.push_str(&format!(": {r}"));
     }
     line
@@ -187,6 +188,12 @@ mod tests {
             locked_line("db", "shared", &s),
             "locked: release \"db\" in \"shared\" (pin), pinned to 1.4.x, expires \
              2023-11-14T23:13:20Z: freeze"
+        );
+        s.reason = Some(String::new());
+        assert_eq!(
+            locked_line("db", "shared", &s),
+            "locked: release \"db\" in \"shared\" (pin), pinned to 1.4.x, expires \
+             2023-11-14T23:13:20Z"
         );
     }
 }

@@ -192,7 +192,8 @@ pub(crate) fn locks(rows: &[LockRow], scope: &str, format: OutputFormat) {
             (Some(t), false) => t.clone(),
             (None, _) => "-".into(),
         };
-        println!(
+        // Padded columns, but no trailing spaces when the last ones are empty.
+        let row = format!(
             "{:<20} {:<16} {:<5} {:<20} {:<22} {:<12} {}",
             r.namespace,
             r.release,
@@ -202,6 +203,7 @@ pub(crate) fn locks(rows: &[LockRow], scope: &str, format: OutputFormat) {
             r.lock.pin.as_deref().unwrap_or("-"),
             r.lock.reason.as_deref().unwrap_or("")
         );
+        println!("{}", row.trim_end());
     }
 }
 

@@ -60,6 +60,91 @@ impl Run {
         );
         self
     }
+
+    /// Panics, showing all of stderr, unless one line of stderr is exactly `expected`.
+    #[track_caller]
+    pub fn assert_stderr_line(&self, expected: &str) -> &Run {
+        assert_has_line("stderr", &self.stderr, expected);
+        self
+    }
+
+    /// Panics, showing all of stdout, unless one line of stdout is exactly `expected`.
+    #[track_caller]
+    pub fn assert_stdout_line(&self, expected: &str) -> &Run {
+        assert_has_line("stdout", &self.stdout, expected);
+        self
+    }
+
+    /// Panics, showing all of stderr, unless its first line is exactly `expected` (for clap's
+    /// errors, whose later lines are clap's hints).
+    #[track_caller]
+    pub fn assert_first_stderr_line(&self, expected: &str) -> &Run {
+        if self.stderr.lines().next() != Some(expected) {
+            panic!(
+                "the first line of stderr is not exactly\n     {expected:?}\n--- stderr\n{}",
+                numbered(&self.stderr)
+            );
+        }
+        self
+    }
+
+    /// Panics unless stderr is exactly these lines (each ended by a newline), nothing else.
+    #[track_caller]
+    pub fn assert_stderr(&self, expected: &[&str]) -> &Run {
+        assert_exact("stderr", &self.stderr, expected);
+        self
+    }
+
+    /// Panics unless stdout is exactly these lines (each ended by a newline), nothing else.
+    #[track_caller]
+    pub fn assert_stdout(&self, expected: &[&str]) -> &Run {
+        assert_exact("stdout", &self.stdout, expected);
+        self
+    }
+
+    /// Panics unless stderr is exactly the one error line `guarded-upgrade: error: {message}`.
+    #[track_caller]
+    pub fn assert_error(&self, message: &str) -> &Run {
+        self.assert_stderr(&[&format!("guarded-upgrade: error: {message}")])
+    }
+}
+
+/// Each line of `text`, numbered and quoted so trailing or doubled spaces show.
+fn numbered(text: &str) -> String {
+    if text.is_empty() {
+        return "    (empty)\n".to_string();
+    }
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| format!("{:>4} {l:?}\n", i + 1))
+        .collect()
+}
+
+#[track_caller]
+fn assert_has_line(stream: &str, text: &str, expected: &str) {
+    assert!(
+        !expected.contains('\n'),
+        "expected line contains a newline: {expected:?}"
+    );
+    if !text.lines().any(|l| l == expected) {
+        panic!(
+            "no line of {stream} is exactly\n     {expected:?}\n--- {stream}\n{}",
+            numbered(text)
+        );
+    }
+}
+
+#[track_caller]
+fn assert_exact(stream: &str, text: &str, expected: &[&str]) {
+    let want: String = expected.iter().map(|l| format!("{l}\n")).collect();
+    if text != want {
+        panic!(
+            "{stream} is not exactly the expected lines\n--- expected\n{}--- {stream}\n{}\
+             --- raw: expected {want:?}, got {text:?}",
+            numbered(&want),
+            numbered(text)
+        );
+    }
 }
 
 /// Every helm version under test, each with a fresh bed.
@@ -131,6 +216,20 @@ impl Bed {
     /// Runs guarded-upgrade.
     pub fn guard(&self, args: &[&str]) -> Run {
         self.guard_env(args, &[])
+    }
+
+    /// Runs guarded-upgrade with no kubeconfig anywhere (no `KUBECONFIG`, an empty `HOME`)
+    /// and `HELM_KUBEAPISERVER` pointing at the stand-in, so any API call reaches its log.
+    pub fn guard_no_kubeconfig(&self, args: &[&str]) -> Run {
+        let home = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_guarded-upgrade"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("HELM_KUBEAPISERVER", self.api.url())
+            .env("HELM_BIN", &self.helm_bin)
+            .args(args);
+        Run::from(cmd.output().expect("run guarded-upgrade"))
     }
 
     /// Runs guarded-upgrade with extra environment.

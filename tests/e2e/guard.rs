@@ -5,6 +5,10 @@ use kube_standin::{Fault, FaultAction};
 
 const NS: &str = "shared";
 
+/// The skip line for re-running 1.0.0 over revision 1 under the default policy.
+const SKIP_NOT_NEWER_100: &str = "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1); \
+     target 1.0.0 is not newer (policy newer; use --min-version-policy newer-or-equal to re-apply)";
+
 fn setup(label: &str) -> Bed {
     let b = bed(label);
     b.api.create_namespace(NS);
@@ -17,22 +21,13 @@ fn main_flow(label: &str) {
     let c100 = chart("demo-1.0.0");
     let run = b.guard(&["upgrade", "--install", "db", &c100, "-n", NS]);
     run.expect_code(0, "first install");
-    assert!(
-        run.stderr.contains(r#"install: "db" in "shared" 1.0.0"#),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr_line(r#"install: "db" in "shared" 1.0.0 (not installed yet)"#);
     assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 1));
 
     b.api.clear_requests();
     let run = b.guard(&["upgrade", "--install", "db", &c100, "-n", NS]);
     run.expect_code(0, "same version");
-    assert!(
-        run.stderr
-            .starts_with("skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1)"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr(&[SKIP_NOT_NEWER_100]);
     assert!(
         !run.stdout.contains("Release \"db\""),
         "helm ran: {}",
@@ -42,17 +37,14 @@ fn main_flow(label: &str) {
 
     let run = b.guard(&["upgrade", "-i", "db", &chart("demo-0.9.0"), "-n", NS]);
     run.expect_code(0, "downgrade");
-    assert!(run.stderr.contains("downgrade"), "{}", run.stderr);
+    run.assert_stderr(&[
+        r#"skip: release "db" in "shared" is at 1.0.0 (revision 1); target 0.9.0 would be a downgrade"#,
+    ]);
     assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 1));
 
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     run.expect_code(0, "upgrade");
-    assert!(
-        run.stderr
-            .contains(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.0"#),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr_line(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.0"#);
     assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
     // Values never leak into our own output.
     assert!(!run.stderr.contains("hunter2"));
@@ -72,7 +64,10 @@ fn policies(label: &str) {
         "--min-version-policy",
         "newer-or-equal",
     ])
-    .expect_code(0, "re-apply");
+    .expect_code(0, "re-apply")
+    .assert_stderr_line(
+        r#"upgrade: "db" in "shared" 1.1.0 -> 1.1.0 (re-apply, policy newer-or-equal)"#,
+    );
     assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
     b.guard(&[
         "upgrade",
@@ -82,7 +77,8 @@ fn policies(label: &str) {
         "-n",
         NS,
     ])
-    .expect_code(0, "downgrade with off");
+    .expect_code(0, "downgrade with off")
+    .assert_stderr_line(r#"upgrade: "db" in "shared" 1.1.0 -> 1.0.0 (version policy off)"#);
     assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 3));
 
     // `upgrade --decision-output json`: the decision goes to stderr, stdout stays helm's.
@@ -105,6 +101,11 @@ fn policies(label: &str) {
         .unwrap_or_else(|| panic!("no JSON on stderr: {}", run.stderr));
     let json: serde_json::Value = serde_json::from_str(decision_line).unwrap();
     assert_eq!(json["action"], "upgrade");
+    assert_eq!(
+        json["message"],
+        r#"upgrade: "db" in "shared" 1.0.0 -> 1.2.0"#
+    );
+    run.assert_stderr_line(r#"upgrade: "db" in "shared" 1.0.0 -> 1.2.0"#);
     assert_eq!(json["serialized"], true);
     assert_eq!(json["deployed"]["version"], "1.0.0");
     // helm's own `-o json` reached helm untouched: its stdout is helm's release JSON.
@@ -180,11 +181,11 @@ fn failed_upgrade_then_retry(label: &str) {
     assert_eq!(history.last().unwrap()["status"], "failed", "{history:?}");
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     run.expect_code(0, "retry after failure");
-    assert!(run.stderr.contains("1.0.0 -> 1.1.0"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("failed"),
-        "note about the failed revision: {}",
-        run.stderr
+    run.assert_stderr_line(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.0"#);
+    // The note about the failed revision.
+    run.assert_stderr_line(
+        "  note: later revision 2 is failed and is not counted as deployed; comparing with \
+         deployed revision 1",
     );
     assert_eq!(b.deployed("db", NS).0, "1.1.0");
 }
@@ -205,7 +206,7 @@ fn configmap_driver(label: &str) {
         .is_none());
     let run = b.guard_env(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS], &env);
     run.expect_code(0, "skip");
-    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
+    run.assert_stderr(&[SKIP_NOT_NEWER_100]);
     b.guard_env(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS], &env)
         .expect_code(0, "upgrade");
     // Without the env var the secret driver sees nothing: a fresh install would be tried.
@@ -225,7 +226,7 @@ fn packaged_chart(label: &str) {
         .expect_code(0, "install 1.1.0");
     let run = b.guard(&["upgrade", "db", tgz.to_str().unwrap(), "-n", NS]);
     run.expect_code(0, "upgrade from tgz");
-    assert!(run.stderr.contains("1.1.0 -> 1.2.0"), "{}", run.stderr);
+    run.assert_stderr_line(r#"upgrade: "db" in "shared" 1.1.0 -> 1.2.0"#);
     assert_eq!(b.deployed("db", NS).0, "1.2.0");
 }
 
@@ -244,12 +245,11 @@ fn api_down_fails_closed(label: &str) {
     });
     let run = b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS]);
     run.expect_code(3, "api down");
-    assert!(
-        run.stderr.contains(r#"release "db" in namespace "shared""#),
-        "{}",
-        run.stderr
+    run.assert_error(
+        "release \"db\" in namespace \"shared\": reading the deployed release: listing Secret \
+         records: cannot reach the API server: ServiceError: client error (SendRequest): \
+         connection closed before message completed; helm was not run",
     );
-    assert!(run.stderr.contains("helm was not run"), "{}", run.stderr);
     b.api.clear_faults();
     assert!(b
         .api
@@ -291,12 +291,11 @@ fn forbidden_fails_closed(label: &str) {
     });
     let run = b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS]);
     run.expect_code(3, "forbidden");
-    assert!(
-        run.stderr.contains("reading the deployed release"),
-        "{}",
-        run.stderr
+    run.assert_error(
+        "release \"db\" in namespace \"shared\": reading the deployed release: listing Secret \
+         records: the API server answered 403 Forbidden: forbidden: injected fault; helm was \
+         not run",
     );
-    assert!(run.stderr.contains("403"), "{}", run.stderr);
     b.api.clear_faults();
     assert!(b
         .api
@@ -338,12 +337,12 @@ fn corrupt_record_fails_closed(label: &str) {
     synthetic_record(&b, 1, "deployed", "1.0.0", Some("H4sI-not-base64!"));
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     run.expect_code(3, "corrupt record");
-    assert!(
-        run.stderr.contains("sh.helm.release.v1.db.v1"),
-        "{}",
-        run.stderr
+    run.assert_error(
+        "release \"db\" in namespace \"shared\": reading the deployed release: cannot decode \
+         Secret \"sh.helm.release.v1.db.v1\": release record is not valid base64 (bad input at \
+         byte 4): expected the base64(gzip(JSON)) text Helm writes; the record may be corrupt \
+         or not written by Helm; helm was not run",
     );
-    assert!(run.stderr.contains("helm was not run"), "{}", run.stderr);
 }
 
 /// Reads do not grow with history: one metadata list and one GET for 40 revisions.
@@ -395,8 +394,18 @@ fn helm_environment(label: &str) {
             &[("HELM_DRIVER", driver)],
         );
         run.expect_code(3, driver);
-        assert!(run.stderr.contains("not supported yet"), "{}", run.stderr);
+        run.assert_error(&format!(
+            "HELM_DRIVER={driver} is not supported yet: guarded-upgrade reads releases from \
+             Secrets (default) or ConfigMaps (HELM_DRIVER=configmap); helm was not run"
+        ));
     }
+    // `lock` never runs helm, so its error does not say it did not.
+    let run = b.guard_env(&["lock", "db", "-n", NS], &[("HELM_DRIVER", "sql")]);
+    run.expect_code(3, "lock with HELM_DRIVER=sql");
+    run.assert_error(
+        "HELM_DRIVER=sql is not supported yet: guarded-upgrade reads releases from Secrets \
+         (default) or ConfigMaps (HELM_DRIVER=configmap)",
+    );
     assert_eq!(b.deployed("db", NS).0, "1.0.0");
 }
 
@@ -405,7 +414,7 @@ fn usage_and_missing_helm(label: &str) {
     let b = setup(label);
     let run = b.guard(&["upgrade", "db"]);
     run.expect_code(2, "missing chart");
-    assert!(run.stderr.contains("CHART"), "{}", run.stderr);
+    run.assert_error("missing CHART: usage is `upgrade [flags] RELEASE CHART`");
     let run = b.guard(&[
         "upgrade",
         "db",
@@ -414,6 +423,10 @@ fn usage_and_missing_helm(label: &str) {
         "older",
     ]);
     run.expect_code(2, "bad policy");
+    run.assert_error(
+        "--min-version-policy: unknown version policy \"older\": use one of newer, \
+         newer-or-equal, off",
+    );
     b.api.clear_requests();
     let run = b.guard(&[
         "upgrade",
@@ -425,7 +438,10 @@ fn usage_and_missing_helm(label: &str) {
         "/nonexistent/helm",
     ]);
     run.expect_code(3, "missing helm");
-    assert!(run.stderr.contains("helm not found"), "{}", run.stderr);
+    run.assert_error(
+        "helm not found: \"/nonexistent/helm\" (cannot find binary path); install helm, put it \
+         on PATH, or pass --helm PATH (or set HELM_BIN); helm was not run",
+    );
     assert!(
         b.api.requests().is_empty(),
         "nothing may happen before the helm check"
@@ -439,6 +455,7 @@ fn usage_and_missing_helm(label: &str) {
         "--detailed-exitcode",
     ]);
     run.expect_code(11, "detailed: changed");
+    run.assert_stderr_line(r#"install: "db" in "shared" 1.0.0 (not installed yet)"#);
     let run = b.guard(&[
         "upgrade",
         "db",
@@ -448,6 +465,7 @@ fn usage_and_missing_helm(label: &str) {
         "--detailed-exitcode",
     ]);
     run.expect_code(10, "detailed: skipped");
+    run.assert_stderr(&[SKIP_NOT_NEWER_100]);
 }
 
 /// `--kubeconfig` and `--kube-context` choose the cluster as they do for helm, and reach
@@ -482,11 +500,7 @@ fn kube_selection(label: &str) {
         &missing,
     );
     run.expect_code(0, "--kubeconfig + --kube-context");
-    assert!(
-        run.stderr.contains(r#"install: "db" in "shared""#),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr_line(r#"install: "db" in "shared" 1.0.0 (not installed yet)"#);
     assert_eq!(b.deployed("db", NS).0, "1.0.0");
     // HELM_KUBECONTEXT does the same; the broken current context is never used.
     let run = b.guard_env(
@@ -510,6 +524,11 @@ fn kube_selection(label: &str) {
         &[],
     );
     run.expect_code(3, "broken context");
+    run.assert_error(
+        "release \"db\" in namespace \"default\": reading the deployed release: listing Secret \
+         records: cannot reach the API server: ServiceError: client error (Connect): tcp connect \
+         error: Connection refused (os error 111)",
+    );
 }
 
 crate::common::per_helm!(

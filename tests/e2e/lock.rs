@@ -91,6 +91,23 @@ fn check_json(b: &Bed, release: &str, chart: &str, ns: &str, env: &[(&str, &str)
     json(&run, "check")
 }
 
+/// A string field of the lock as `status -o json` reports it (`since`, `expires`, …).
+fn lock_field(b: &Bed, env: &[(&str, &str)], field: &str) -> String {
+    let status = status_json(b, "db", NS, env);
+    status["lock"][field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no lock.{field} in {status}"))
+        .to_string()
+}
+
+/// The one error line of a release that is not in `shared` as a Secret record.
+fn not_found(release: &str) -> String {
+    format!(
+        "release {release:?} not found in namespace \"shared\" (Secret records); nothing \
+         changed. Check the name, -n/--namespace and HELM_DRIVER"
+    )
+}
+
 fn install(b: &Bed, release: &str, chart: &str, ns: &str) {
     b.guard(&["upgrade", "--install", release, chart, "-n", ns])
         .expect_code(0, "install");
@@ -111,20 +128,17 @@ fn soft_lock_skips_without_writes(label: &str) {
         "alice",
     ]);
     run.expect_code(0, "lock");
-    assert!(
-        run.stderr
-            .contains(r#"locked: release "db" in "shared" (soft)"#),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr(&[r#"locked: release "db" in "shared" (soft): db migration 4711"#]);
+    let since = lock_field(&b, &[], "since");
 
     b.api.clear_requests();
     let c110 = chart("demo-1.1.0");
     let run = b.guard(&["upgrade", "--install", "db", &c110, "-n", NS]);
     run.expect_code(0, "locked upgrade");
-    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
-    assert!(run.stderr.contains("db migration 4711"), "{}", run.stderr);
-    assert!(run.stderr.contains("alice"), "{}", run.stderr);
+    run.assert_stderr(&[&format!(
+        "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1); target 1.1.0 not \
+         applied: soft lock by alice since {since}: \"db migration 4711\""
+    )]);
     assert!(
         !run.stdout.contains("has been upgraded"),
         "helm ran: {}",
@@ -145,16 +159,16 @@ fn soft_lock_skips_without_writes(label: &str) {
 
     let run = b.guard(&["unlock", "db", "-n", NS]);
     run.expect_code(0, "unlock");
-    assert!(run.stderr.contains("unlocked"), "{}", run.stderr);
+    run.assert_stderr(&[r#"unlocked: release "db" in "shared""#]);
     assert!(lock_labels(&b, "secrets", NS, &record("db", 1)).is_empty());
     let run = b.guard(&["upgrade", "--install", "db", &c110, "-n", NS]);
     run.expect_code(0, "upgrade after unlock");
-    assert!(run.stderr.contains("1.0.0 -> 1.1.0"), "{}", run.stderr);
+    run.assert_stderr_line(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.0"#);
     assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
     // Unlocking an unlocked release succeeds and says so.
     let run = b.guard(&["unlock", "db", "-n", NS]);
     run.expect_code(0, "unlock again");
-    assert!(run.stderr.contains("was not locked"), "{}", run.stderr);
+    run.assert_stderr(&[r#"unlocked: release "db" in "shared" was not locked"#]);
 }
 
 /// 2. Pin 1.4.x: 1.4.3 upgrades, 1.5.0 is skipped as `pinned`.
@@ -162,28 +176,35 @@ fn pin_allows_only_matching(label: &str) {
     let b = setup(label);
     install(&b, "db", &b.versioned_chart("1.4.0"), NS);
     b.guard(&["lock", "db", "--pin", "1.4.x", "-n", NS])
-        .expect_code(0, "lock --pin");
+        .expect_code(0, "lock --pin")
+        .assert_stderr(&[r#"locked: release "db" in "shared" (pin), pinned to 1.4.x"#]);
     let c150 = b.versioned_chart("1.5.0");
     let check = check_json(&b, "db", &c150, NS, &[]);
     assert_eq!(check["action"], "skip", "{check}");
     assert_eq!(check["reason"], "pinned", "{check}");
     assert_eq!(check["lock"]["kind"], "pin", "{check}");
     assert_eq!(check["lock"]["pin"], "1.4.x", "{check}");
+    let since = check["lock"]["since"]
+        .as_str()
+        .expect("lock.since")
+        .to_string();
 
     let c143 = b.versioned_chart("1.4.3");
     let check = check_json(&b, "db", &c143, NS, &[]);
     assert_eq!(check["action"], "upgrade", "{check}");
     let run = b.guard(&["upgrade", "db", &c143, "-n", NS]);
     run.expect_code(0, "upgrade within the pin");
-    assert!(run.stderr.contains("1.4.0 -> 1.4.3"), "{}", run.stderr);
+    run.assert_stderr_line(r#"upgrade: "db" in "shared" 1.4.0 -> 1.4.3"#);
     assert_eq!(b.deployed("db", NS), ("1.4.3".into(), 2));
 
     // The pin followed the upgrade onto revision 2.
     b.api.clear_requests();
     let run = b.guard(&["upgrade", "db", &c150, "-n", NS]);
     run.expect_code(0, "upgrade outside the pin");
-    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
-    assert!(run.stderr.contains("1.4.x"), "{}", run.stderr);
+    run.assert_stderr(&[&format!(
+        "skip: release \"db\" in \"shared\" is at 1.4.3 (revision 2); target 1.5.0 does not \
+         match the pin \"1.4.x\" (pin lock by standin since {since})"
+    )]);
     assert_eq!(
         b.writes(),
         Vec::<String>::new(),
@@ -218,16 +239,15 @@ fn expired_lock_is_ignored(label: &str) {
     assert_eq!(status["lock"]["expired"], true, "{status}");
     assert_eq!(status["lock"]["kind"], "soft", "{status}");
     assert!(status["lock"]["expires"].is_string(), "{status}");
+    let expires = status["lock"]["expires"].as_str().unwrap().to_string();
     assert_eq!(status["upgrade"], "upgrade-if-newer", "{status}");
 
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     run.expect_code(0, "upgrade past an expired lock");
-    assert!(run.stderr.contains("1.0.0 -> 1.1.0"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("ignored expired lock"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr_line(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.0"#);
+    run.assert_stderr_line(&format!(
+        "  note: ignored expired lock set by standin (soft lock, expired at {expires})"
+    ));
     assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
     // The (expired) lock followed helm's upgrade; it is still shown until unlocked.
     let status = status_json(&b, "db", NS, &[]);
@@ -244,7 +264,8 @@ fn hard_lock_blocks_plain_helm(label: &str) {
     install(&b, "db", &chart("demo-1.0.0"), NS);
     let before = b.history("db", NS);
     b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
-        .expect_code(0, "lock --hard");
+        .expect_code(0, "lock --hard")
+        .assert_stderr(&[r#"locked: release "db" in "shared" (hard): freeze"#]);
     let labels = labels_of(&b, "secrets", NS, &record("db", 1));
     assert_eq!(labels["status"], "pending-upgrade", "{labels:?}");
     assert_eq!(labels["guarded-upgrade.io/lock"], "hard", "{labels:?}");
@@ -266,8 +287,11 @@ fn hard_lock_blocks_plain_helm(label: &str) {
     b.api.clear_requests();
     let run = b.guard(&["upgrade", "db", &c110, "-n", NS]);
     run.expect_code(0, "guarded upgrade of a hard-locked release");
-    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
-    assert!(run.stderr.contains("freeze"), "{}", run.stderr);
+    run.assert_stderr(&[&format!(
+        "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1); target 1.1.0 not \
+         applied: hard lock by standin since {}: \"freeze\"",
+        lock_field(&b, &[], "since")
+    )]);
     assert_eq!(
         b.writes(),
         Vec::<String>::new(),
@@ -293,7 +317,8 @@ fn hard_lock_blocks_plain_helm(label: &str) {
     assert_eq!(meta["version"], "1.0.0", "{meta}");
 
     b.guard(&["unlock", "db", "-n", NS])
-        .expect_code(0, "unlock");
+        .expect_code(0, "unlock")
+        .assert_stderr(&[r#"unlocked: release "db" in "shared""#]);
     assert_eq!(b.history("db", NS), before, "unlock restores the record");
     let labels = labels_of(&b, "secrets", NS, &record("db", 1));
     assert_eq!(labels["status"], "deployed", "{labels:?}");
@@ -333,7 +358,11 @@ fn lock_survives_plain_upgrade_and_rollback(label: &str) {
     let c120 = chart("demo-1.2.0");
     let run = b.guard(&["upgrade", "db", &c120, "-n", NS]);
     run.expect_code(0, "guarded upgrade after plain upgrade");
-    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
+    run.assert_stderr(&[&format!(
+        "skip: release \"db\" in \"shared\" is at 1.1.0 (revision 2); target 1.2.0 not \
+         applied: soft lock by bob since {}: \"hands off\"",
+        lock_field(&b, &[], "since")
+    )]);
     assert_eq!(check_json(&b, "db", &c120, NS, &[])["reason"], "locked");
 
     b.helm(&["rollback", "db", "1", "-n", NS])
@@ -450,11 +479,13 @@ fn locks_lists_all_namespaces(label: &str) {
     // Text output names both.
     let run = b.guard(&["locks", "-A"]);
     run.expect_code(0, "locks -A text");
-    assert!(
-        run.stdout.contains("cache") && run.stdout.contains("db") && !run.stdout.contains("web"),
-        "{}",
-        run.stdout
-    );
+    // Both locked releases, not `web`; padded columns without trailing spaces.
+    let expires = cache["expires"].as_str().unwrap();
+    run.assert_stdout(&[
+        "NAMESPACE            RELEASE          KIND  BY                   EXPIRES                PIN          REASON",
+        &format!("other                cache            pin   bob                  {expires}   1.0.x"),
+        "shared               db               soft  alice                -                      -            migration",
+    ]);
 }
 
 /// 7. Bad inputs: clear errors, nothing changed; a concurrent change aborts cleanly.
@@ -468,25 +499,31 @@ fn bad_inputs_change_nothing(label: &str) {
 
     let run = b.guard(&["lock", "nope", "-n", NS, "--reason", "x"]);
     run.expect_code(3, "unknown release");
-    assert!(
-        run.stderr.contains(r#""nope""#) && run.stderr.contains(r#""shared""#),
-        "{}",
-        run.stderr
-    );
+    run.assert_error(&not_found("nope"));
     let run = b.guard(&["unlock", "nope", "-n", NS]);
     run.expect_code(3, "unlock unknown release");
-    assert!(run.stderr.contains(r#""nope""#), "{}", run.stderr);
+    run.assert_error(&not_found("nope"));
     let run = b.guard(&["status", "nope", "-n", NS]);
     run.expect_code(3, "status of an unknown release");
+    run.assert_error(&not_found("nope"));
 
     let run = b.guard(&["lock", "db", "--pin", "not a version", "-n", NS]);
     run.expect_code(2, "malformed pin");
-    assert!(run.stderr.contains("--pin"), "{}", run.stderr);
+    run.assert_first_stderr_line(
+        "error: invalid value 'not a version' for '--pin <VERSION|CONSTRAINT>': neither a \
+         version nor a version constraint (examples: 1.4.3, 1.4.x, \">=1.4 <2\", ^1.4)",
+    );
     let run = b.guard(&["lock", "db", "--expires", "2001-01-01T00:00:00Z", "-n", NS]);
     run.expect_code(2, "past expiry");
-    assert!(run.stderr.contains("not in the future"), "{}", run.stderr);
+    run.assert_error(
+        "--expires is not in the future (2001-01-01T00:00:00Z); a lock must expire later than now",
+    );
     let run = b.guard(&["lock", "db", "--expires", "soon", "-n", NS]);
     run.expect_code(2, "unparseable expiry");
+    run.assert_first_stderr_line(
+        "error: invalid value 'soon' for '--expires <DURATION|TIMESTAMP>': neither a duration \
+         (90s, 30m, 4h, 7d) nor an RFC 3339 timestamp (2026-12-01T00:00:00Z)",
+    );
     assert_eq!(all_labels(&b, "secrets", NS, "db"), before);
 
     b.api.clear_requests();
@@ -499,10 +536,10 @@ fn bad_inputs_change_nothing(label: &str) {
     });
     let run = b.guard(&["lock", "db", "--reason", "conflict", "-n", NS]);
     run.expect_code(3, "conflicting change");
-    assert!(
-        run.stderr.contains("changed by someone else"),
-        "{}",
-        run.stderr
+    run.assert_error(
+        "release \"db\" in namespace \"shared\": record sh.helm.release.v1.db.v2 was changed \
+         by someone else while locking/unlocking (409 Conflict); nothing was changed on it. Run \
+         the command again",
     );
     b.api.clear_faults();
     assert_eq!(all_labels(&b, "secrets", NS, "db"), before);
@@ -548,8 +585,12 @@ fn configmap_driver(label: &str) {
     b.api.clear_requests();
     let run = b.guard_env(&["upgrade", "db", &c110, "-n", NS], &env);
     run.expect_code(0, "skip");
-    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
     assert_eq!(b.writes(), Vec::<String>::new());
+    run.assert_stderr(&[&format!(
+        "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1); target 1.1.0 not \
+         applied: soft lock by standin since {}: \"cm\"",
+        lock_field(&b, &env, "since")
+    )]);
     assert_eq!(check_json(&b, "db", &c110, NS, &env)["driver"], "configmap");
 
     // A hard lock on a ConfigMap record: helm reads the re-encoded payload and refuses.
@@ -582,9 +623,22 @@ fn lock_owner(label: &str) {
     b.guard(&["lock", "db", "--by", "alice", "-n", NS])
         .expect_code(0, "lock --by");
     assert_eq!(status_json(&b, "db", NS, &[])["lock"]["by"], "alice");
+    let since = lock_field(&b, &[], "since");
     let run = b.guard(&["status", "db", "-n", NS]);
     run.expect_code(0, "status text");
-    assert!(run.stdout.contains("alice"), "{}", run.stdout);
+    run.assert_stdout(&[
+        "release:   db (namespace shared, Secret records)",
+        "deployed:  demo 1.0.0 (app 1.0.0) revision 1",
+        "latest:    revision 1 deployed",
+        "lock:      soft",
+        "  by       alice",
+        &format!("  since    {since}"),
+        &format!(
+            "upgrade:   skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1); upgrades \
+             are not applied: soft lock by alice since {since}"
+        ),
+        "mutex:     free",
+    ]);
 
     // Locking again with another owner replaces it; the same settings again is a no-op.
     let ci = [("GITHUB_ACTOR", "octocat")];
@@ -637,7 +691,12 @@ fn long_reason_round_trips(label: &str) {
     assert_eq!(status_json(&b, "db", NS, &[])["lock"]["reason"], reason);
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     run.expect_code(0, "skip");
-    assert!(run.stderr.contains("quarterly close"), "{}", run.stderr);
+    // The reason is shown quoted (escaped as a Rust/Go string), whole.
+    run.assert_stderr(&[&format!(
+        "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1); target 1.1.0 not \
+         applied: soft lock by standin since {}: {reason:?}",
+        lock_field(&b, &[], "since")
+    )]);
     // Helm carries every part of it to a new revision.
     b.helm(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
         .expect_code(0, "plain helm upgrade");
@@ -657,7 +716,8 @@ fn long_reason_round_trips(label: &str) {
     }
     // An empty reason is stored as an empty (valid) label value, not as a bare `b32.`.
     b.guard(&["lock", "db", "--reason", "", "-n", NS])
-        .expect_code(0, "empty reason");
+        .expect_code(0, "empty reason")
+        .assert_stderr(&[r#"locked: release "db" in "shared" (soft)"#]);
     let l = lock_labels(&b, "secrets", NS, &record("db", 2));
     assert_label_values_valid(&l);
     assert_eq!(status_json(&b, "db", NS, &[])["lock"]["reason"], "");
@@ -690,14 +750,25 @@ fn hard_lock_then_rollback(label: &str) {
     let c120 = chart("demo-1.2.0");
     let run = b.guard(&["upgrade", "db", &c120, "-n", NS]);
     run.expect_code(0, "guarded upgrade after rollback");
-    assert!(run.stderr.starts_with("skip:"), "{}", run.stderr);
     let status = status_json(&b, "db", NS, &[]);
+    let since = status["lock"]["since"].as_str().expect("lock.since");
+    let note = "hard lock is set but latest revision 3 is deployed, not pending-upgrade, so \
+                plain `helm upgrade` is NOT blocked; re-run \"guarded-upgrade lock db -n shared \
+                --hard\"";
+    run.assert_stderr(&[
+        &format!(
+            "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 3); target 1.2.0 not \
+             applied: hard lock by standin since {since}: \"freeze\""
+        ),
+        &format!("  note: {note}"),
+    ]);
     assert_eq!(status["upgrade"], "blocked", "{status}");
-    assert!(
-        status["upgrade_message"]
-            .as_str()
-            .unwrap()
-            .contains("NOT blocked"),
+    assert_eq!(
+        status["upgrade_message"],
+        format!(
+            "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 3); upgrades are not \
+             applied: hard lock by standin since {since}: \"freeze\"; note: {note}"
+        ),
         "{status}"
     );
 
@@ -750,16 +821,23 @@ fn hard_lock_expiry_and_tampering(label: &str) {
         "{l:?}"
     );
 
-    b.guard(&["lock", "db", "--hard", "--expires", "2s", "-n", NS])
-        .expect_code(0, "lock --hard --expires 2s");
+    let run = b.guard(&["lock", "db", "--hard", "--expires", "2s", "-n", NS]);
+    run.expect_code(0, "lock --hard --expires 2s");
+    run.assert_stderr(&[&format!(
+        "locked: release \"db\" in \"shared\" (hard), expires {}",
+        lock_field(&b, &[], "expires")
+    )]);
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     run.expect_code(3, "expired hard lock");
-    assert!(
-        run.stderr.contains("guarded-upgrade unlock db -n shared"),
-        "{}",
-        run.stderr
-    );
+    run.assert_stderr(&[&format!(
+        "refused: release \"db\" in \"shared\" has an expired hard lock by standin since {} \
+         until {}; its revision 1 is still marked pending-upgrade by the lock, so helm would \
+         refuse to upgrade. Run \"guarded-upgrade unlock db -n shared\" to restore the \
+         revision's status, then retry",
+        lock_field(&b, &[], "since"),
+        lock_field(&b, &[], "expires")
+    )]);
     let status = status_json(&b, "db", NS, &[]);
     assert_eq!(status["lock"]["expired"], true, "{status}");
     assert_eq!(status["upgrade"], "refuse", "{status}");
@@ -770,23 +848,21 @@ fn hard_lock_expiry_and_tampering(label: &str) {
     b.api.put_object("secrets", obj);
     let run = b.guard(&["unlock", "db", "-n", NS]);
     run.expect_code(3, "unlock of a changed record");
-    assert!(
-        run.stderr.contains("changed by someone else"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr
-            .contains("guarded-upgrade unlock db -n shared --force"),
-        "{}",
-        run.stderr
+    run.assert_error(
+        "release \"db\" in namespace \"shared\": the hard-locked record \
+         sh.helm.release.v1.db.v1 was changed by someone else (status now failed; expected \
+         pending-upgrade as guarded-upgrade left it); not guessing, nothing changed. Inspect \
+         with `helm history db -n shared` and `kubectl get secret sh.helm.release.v1.db.v1 -n \
+         shared --show-labels`, then run `guarded-upgrade unlock db -n shared --force` to drop \
+         the lock and leave the status as it is",
     );
     assert_eq!(
         lock_labels(&b, "secrets", NS, &record("db", 1))["guarded-upgrade.io/lock"],
         "hard"
     );
     b.guard(&["unlock", "db", "-n", NS, "--force"])
-        .expect_code(0, "unlock --force");
+        .expect_code(0, "unlock --force")
+        .assert_stderr(&[r#"unlocked: release "db" in "shared""#]);
     let l = labels_of(&b, "secrets", NS, &record("db", 1));
     assert!(!l.keys().any(|k| k.starts_with(PREFIX)), "{l:?}");
     assert_eq!(l["status"], "failed", "left as found");
@@ -814,11 +890,10 @@ fn pending_release_is_not_locked(label: &str) {
     b.api.clear_requests();
     let run = b.guard(&["lock", "db", "-n", NS, "--reason", "freeze"]);
     run.expect_code(3, "lock on a pending release");
-    assert!(run.stderr.contains("pending-upgrade"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("in progress or was interrupted"),
-        "{}",
-        run.stderr
+    run.assert_error(
+        "release \"db\" in namespace \"shared\": the latest revision 2 is pending-upgrade (an \
+         install/upgrade/rollback is in progress or was interrupted); nothing changed. Wait for \
+         it, or inspect with `helm history db -n shared`",
     );
     assert!(b.writes().is_empty(), "{:?}", b.writes());
 }

@@ -10,3 +10,4 @@ mod mutex;
 mod records;
 mod repo;
 mod retry;
+mod usage;
