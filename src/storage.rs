@@ -82,6 +82,10 @@ pub enum StoreError {
     /// The server could not be reached or the connection broke.
     #[error("cannot reach the API server: {0}")]
     Transport(String),
+    /// A classified connection or identity failure naming the server and context
+    /// (DNS, refused, TLS, 401, 403, timeout; see `cluster::classify`).
+    #[error("{0}")]
+    Connection(crate::cluster::ConnectionFailure),
     /// A record exists but has no `release` data key.
     #[error("{kind} {name:?} has no `release` data key; it is not a helm release record")]
     NoPayload {
@@ -98,6 +102,7 @@ impl StoreError {
         match self {
             StoreError::Api { code, .. } => *code >= 500 || *code == 429,
             StoreError::Transport(_) => true,
+            StoreError::Connection(f) => f.is_transient(),
             StoreError::NoPayload { .. } => false,
         }
     }
@@ -106,6 +111,7 @@ impl StoreError {
     pub fn code(&self) -> Option<u16> {
         match self {
             StoreError::Api { code, .. } => Some(*code),
+            StoreError::Connection(f) => f.code(),
             _ => None,
         }
     }
@@ -113,6 +119,9 @@ impl StoreError {
 
 impl From<kube::Error> for StoreError {
     fn from(e: kube::Error) -> StoreError {
+        if let Some(failure) = crate::cluster::classify(&e) {
+            return StoreError::Connection(failure);
+        }
         match e {
             kube::Error::Api(status) => StoreError::Api {
                 code: status.code,
