@@ -104,8 +104,9 @@ impl ConnectionFailure {
             FailureClass::Unauthorized => "401 Unauthorized: the credentials were rejected".into(),
             FailureClass::Forbidden { what } => format!("403 Forbidden: may not {what}"),
             FailureClass::Timeout => format!(
-                "no answer within {}s",
-                self.endpoint.timeout.as_secs().max(1)
+                "no answer in time ({}s to connect, {}s to answer)",
+                super::CONNECT_TIMEOUT.as_secs(),
+                self.endpoint.timeout.as_secs()
             ),
             FailureClass::Proxy => "the HTTP proxy did not open a tunnel".into(),
             FailureClass::Broken => "the connection broke".into(),
@@ -201,6 +202,8 @@ pub fn classify_for(err: &kube::Error, endpoint: &Endpoint) -> Option<Connection
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return failure(tls_class(tls), tls.to_string());
         }
+        chain.push(e.to_string());
+        source = e.source();
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => {
@@ -211,9 +214,11 @@ pub fn classify_for(err: &kube::Error, endpoint: &Endpoint) -> Option<Connection
                 }
                 _ => {}
             }
+            // `io::Error::source` skips the wrapped error itself (e.g. a rustls::Error).
+            if let Some(inner) = io.get_ref() {
+                source = Some(inner);
+            }
         }
-        chain.push(e.to_string());
-        source = e.source();
     }
     let text = chain.join(": ");
     if text.contains("dns error") || text.contains("failed to lookup address") {

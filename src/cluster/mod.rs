@@ -32,7 +32,7 @@ pub use failure::{classify, classify_for, endpoint, ConnectionFailure, Endpoint,
 /// that time out are not retried), inside the 35 s the issue allows.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long TCP connect plus TLS handshake may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The User-Agent of every request, so audit logs can tell this tool from helm.
 pub const USER_AGENT: &str = concat!("guarded-upgrade/", env!("CARGO_PKG_VERSION"));

@@ -3,6 +3,8 @@
 
 mod common;
 
+mod connect;
+
 mod guard;
 mod lock;
 mod mutex;
