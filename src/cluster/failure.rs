@@ -59,6 +59,8 @@ pub enum FailureClass {
     Proxy,
     /// The connection broke (reset, closed early).
     Broken,
+    /// The client could not use the credentials (e.g. an auth provider failed).
+    Credentials,
 }
 
 /// A classified failure, naming the server and context.
@@ -110,6 +112,7 @@ impl ConnectionFailure {
             ),
             FailureClass::Proxy => "the HTTP proxy did not open a tunnel".into(),
             FailureClass::Broken => "the connection broke".into(),
+            FailureClass::Credentials => "cannot use the kubeconfig user's credentials".into(),
         }
     }
 
@@ -144,6 +147,7 @@ impl ConnectionFailure {
             }
             FailureClass::Proxy => "check HTTPS_PROXY/HTTP_PROXY/NO_PROXY or the kubeconfig proxy-url",
             FailureClass::Broken => "retry; if this persists, check the network path to the server",
+            FailureClass::Credentials => "check the user entry of the kubeconfig context",
         }
     }
 }
@@ -241,6 +245,7 @@ pub fn classify_for(err: &kube::Error, endpoint: &Endpoint) -> Option<Connection
         return failure(FailureClass::Timeout, String::new());
     }
     match err {
+        kube::Error::Auth(_) => failure(FailureClass::Credentials, text),
         // Connection-level trouble (reset, closed, incomplete message): may pass.
         kube::Error::HyperError(_) | kube::Error::Service(_) => failure(FailureClass::Broken, text),
         _ => None,

@@ -447,6 +447,12 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
     let context_override = flags.kube_context.clone().or(env.kube_context.clone());
     let apiserver = flags.kube_apiserver.clone().or(env.kube_apiserver.clone());
     let (loaded, looked) = load_kubeconfig(flags)?;
+    // A kubeconfig without any context adds nothing to --kube-apiserver (client-go merges
+    // an empty config with the overrides).
+    let loaded = loaded.filter(|l| {
+        let contextless = l.config.contexts.is_empty() && context_override.is_none();
+        !(contextless && apiserver.is_some())
+    });
     let (mut config, context, user, mut auth_info) = match &loaded {
         Some(loaded) => {
             let (config, context, user, auth) =
@@ -490,6 +496,17 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
     }
     let user_label = user.clone().unwrap_or_else(|| "(flags)".into());
     resolve_credentials(&mut auth_info, &user_label, &server).await?;
+    if let Some(token) = &auth_info.token {
+        use secrecy::ExposeSecret;
+        if http::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).is_err() {
+            return Err(kubeconfig_error(
+                loaded.as_ref().and_then(|l| l.files.first().map(String::as_str)),
+                format!(
+                    "the bearer token of user {user_label:?} contains characters an HTTP header cannot carry (a line break?)"
+                ),
+            ));
+        }
+    }
     config.auth_info = auth_info;
     if flags.kube_insecure_skip_tls_verify || env.kube_insecure_skip_tls_verify {
         // helm drops the CA when told to skip verification.

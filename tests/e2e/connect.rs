@@ -209,6 +209,24 @@ fn ca_and_tokens(label: &str) {
         "token-file",
         "file-user",
     );
+
+    // The lock commands connect the same way.
+    let kc_env = kc.to_string_lossy().into_owned();
+    for args in [
+        vec!["lock", "token-file", "-n", "default", "--reason", "freeze"],
+        vec!["status", "token-file", "-n", "default"],
+        vec!["locks", "-A"],
+        vec!["unlock", "token-file", "-n", "default"],
+    ] {
+        let run = w
+            .bed
+            .run_with(Program::Guard, &args, &[("KUBECONFIG", &kc_env)], &[]);
+        run.expect_code(0, &args.join(" "));
+        assert_no_secret(&run);
+    }
+    let (tool, helm) = w.users();
+    assert_eq!(tool, BTreeSet::from(["file-user".to_string()]));
+    assert!(helm.is_empty(), "{helm:?}");
 }
 
 /// Client certificates: RSA (PKCS#1) as files relative to the kubeconfig, EC (PKCS#8) as data.
@@ -320,6 +338,18 @@ fn exec_plugins(label: &str) {
     assert!(
         w.bed.api.requests().is_empty(),
         "no request before the refusal"
+    );
+    // helm (the control) refuses this kubeconfig too.
+    let kc_env = kc.to_string_lossy().into_owned();
+    let helm = w.bed.run_with(
+        Program::Helm,
+        &["list", "-n", "default"],
+        &[("KUBECONFIG", &kc_env)],
+        &[],
+    );
+    assert_ne!(
+        helm.code, 0,
+        "{label}: helm accepted a v1 exec without interactiveMode"
     );
 }
 
@@ -469,6 +499,18 @@ fn refusals_name_the_failure(label: &str) {
             prefix("wrong-token", "wrong-token")
         ),
     );
+
+    // A token no HTTP header can carry is refused before any request.
+    let kc = w.with_ca_data("bad-token", "token: \"tok-CANARY\\nsecond\"");
+    let run = w.upgrade("bad-token", &kc, &[]);
+    w.assert_refused(
+        &run,
+        &format!(
+            "guarded-upgrade: error: cannot decide for release \"bad-token\": cannot load the kubeconfig {:?}: the bearer token of user \"u-bad-token\" contains characters an HTTP header cannot carry (a line break?); helm was not run",
+            kc.display().to_string()
+        ),
+    );
+    assert!(w.bed.api.requests().is_empty());
 
     let other_ca =
         base64::engine::general_purpose::STANDARD.encode(kube_standin::unrelated_ca_pem());
