@@ -50,8 +50,9 @@ pub enum FailureClass {
     Unauthorized,
     /// The identity may not do this (HTTP 403).
     Forbidden {
-        /// What was refused, e.g. `list secrets in namespace "prod"`, from the API's answer.
-        what: String,
+        /// What was refused, e.g. `list resource "secrets" in the namespace "prod"`, from
+        /// the API's answer; None when the answer does not say.
+        what: Option<String>,
     },
     /// No answer in time (connection or response).
     Timeout,
@@ -104,7 +105,10 @@ impl ConnectionFailure {
             }
             FailureClass::Tls => "TLS handshake failed".into(),
             FailureClass::Unauthorized => "401 Unauthorized: the credentials were rejected".into(),
-            FailureClass::Forbidden { what } => format!("403 Forbidden: may not {what}"),
+            FailureClass::Forbidden { what: Some(what) } => {
+                format!("403 Forbidden: may not {what}")
+            }
+            FailureClass::Forbidden { what: None } => "403 Forbidden".into(),
             FailureClass::Timeout => format!(
                 "no answer in time ({}s to connect, {}s to answer)",
                 super::CONNECT_TIMEOUT.as_secs(),
@@ -272,12 +276,10 @@ fn tls_class(e: &rustls::Error) -> FailureClass {
 
 /// `list resource "secrets" in the namespace "prod"` from the API's 403 message
 /// (`secrets is forbidden: User "bob" cannot list resource "secrets" in API group "" in
-/// the namespace "prod"`), or the message itself when it has another shape.
-fn forbidden_what(message: &str) -> String {
-    match message.split_once(" cannot ") {
-        Some((_, rest)) => rest.replace(" in API group \"\"", ""),
-        None => message.to_string(),
-    }
+/// the namespace "prod"`); None when the message has another shape.
+fn forbidden_what(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once(" cannot ")?;
+    Some(rest.replace(" in API group \"\"", ""))
 }
 
 #[cfg(test)]
@@ -321,8 +323,15 @@ mod tests {
         assert_eq!(
             forbidden.class,
             FailureClass::Forbidden {
-                what: "list resource \"secrets\" in the namespace \"prod\"".into()
+                what: Some("list resource \"secrets\" in the namespace \"prod\"".into())
             }
+        );
+        let bare = classify_for(&api(403, "forbidden"), &endpoint()).unwrap();
+        assert_eq!(bare.class, FailureClass::Forbidden { what: None });
+        assert!(
+            bare.to_string()
+                .contains(": 403 Forbidden (forbidden); grant"),
+            "{bare}"
         );
         assert!(classify_for(&api(409, "conflict"), &endpoint()).is_none());
         assert!(classify_for(&api(500, "boom"), &endpoint()).is_none());

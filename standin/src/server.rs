@@ -334,8 +334,12 @@ pub async fn handle(
         }
         Some(FaultAction::Status(code)) => {
             record.status = code;
+            let error = match (&r, code) {
+                (Route::Resource { rt, .. }, 403) => forbidden(&record, rt.group),
+                _ => ApiError::for_code(code),
+            };
             shared.lock().log.push(record);
-            return Ok(error_response(&ApiError::for_code(code)));
+            return Ok(error_response(&error));
         }
         Some(FaultAction::Delay(d)) => tokio::time::sleep(d).await,
         None => {}
@@ -384,6 +388,29 @@ pub async fn handle(
     record.status = resp.status().as_u16();
     shared.lock().log.push(record);
     Ok(resp)
+}
+
+/// A 403 worded as the real API's RBAC denial, naming user, verb, resource and namespace.
+fn forbidden(rec: &RequestRecord, group: &str) -> ApiError {
+    let resource = rec.resource.clone().unwrap_or_default();
+    let user = rec.user.as_deref().unwrap_or("system:anonymous");
+    let scope = match &rec.namespace {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".to_string(),
+    };
+    let subject = match &rec.name {
+        Some(name) => format!("{resource} \"{name}\""),
+        None => resource.clone(),
+    };
+    ApiError::new(
+        403,
+        "Forbidden",
+        format!(
+            "{subject} is forbidden: User \"{user}\" cannot {} resource \"{resource}\" in API group \"{group}\"{scope}",
+            rec.verb
+        ),
+    )
+    .with_details(json!({"name": rec.name, "group": group, "kind": resource}))
 }
 
 fn take_fault(faults: &mut Vec<Fault>, rec: &RequestRecord) -> Option<FaultAction> {
