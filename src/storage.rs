@@ -119,9 +119,7 @@ impl StoreError {
 
 impl From<kube::Error> for StoreError {
     fn from(e: kube::Error) -> StoreError {
-        // 403 stays `Api` so callers keep their specific advice (the mutex names the Lease
-        // rule); `cluster::classify` also describes it when a caller wants the generic text.
-        if let Some(failure) = crate::cluster::classify(&e).filter(|f| f.code() != Some(403)) {
+        if let Some(failure) = crate::cluster::classify(&e) {
             return StoreError::Connection(failure);
         }
         match e {

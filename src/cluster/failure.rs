@@ -105,10 +105,11 @@ impl ConnectionFailure {
             }
             FailureClass::Tls => "TLS handshake failed".into(),
             FailureClass::Unauthorized => "401 Unauthorized: the credentials were rejected".into(),
-            FailureClass::Forbidden { what: Some(what) } => {
-                format!("403 Forbidden: may not {what}")
+            // The API's own sentence names user, verb, resource and namespace.
+            FailureClass::Forbidden { .. } if !self.cause.is_empty() => {
+                format!("403 Forbidden: {}", self.cause)
             }
-            FailureClass::Forbidden { what: None } => "403 Forbidden".into(),
+            FailureClass::Forbidden { .. } => "403 Forbidden".into(),
             FailureClass::Timeout => format!(
                 "no answer in time ({}s to connect, {}s to answer)",
                 super::CONNECT_TIMEOUT.as_secs(),
@@ -163,7 +164,8 @@ impl std::fmt::Display for ConnectionFailure {
             write!(f, " (context {ctx:?})")?;
         }
         write!(f, ": {}", self.headline())?;
-        if !self.cause.is_empty() {
+        let cause_in_headline = matches!(self.class, FailureClass::Forbidden { .. });
+        if !self.cause.is_empty() && !cause_in_headline {
             write!(f, " ({})", self.cause)?;
         }
         write!(f, "; {}", self.hint())
@@ -330,7 +332,7 @@ mod tests {
         assert_eq!(bare.class, FailureClass::Forbidden { what: None });
         assert!(
             bare.to_string()
-                .contains(": 403 Forbidden (forbidden); grant"),
+                .contains(": 403 Forbidden: forbidden; grant"),
             "{bare}"
         );
         assert!(classify_for(&api(409, "conflict"), &endpoint()).is_none());

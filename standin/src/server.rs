@@ -410,7 +410,10 @@ fn forbidden(rec: &RequestRecord, group: &str) -> ApiError {
             rec.verb
         ),
     )
-    .with_details(json!({"name": rec.name, "group": group, "kind": resource}))
+    .with_details(match &rec.name {
+        Some(name) => json!({"name": name, "group": group, "kind": resource}),
+        None => json!({"group": group, "kind": resource}),
+    })
 }
 
 fn take_fault(faults: &mut Vec<Fault>, rec: &RequestRecord) -> Option<FaultAction> {

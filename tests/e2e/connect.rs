@@ -512,6 +512,25 @@ fn refusals_name_the_failure(label: &str) {
     );
     assert!(w.bed.api.requests().is_empty());
 
+    // RBAC says no: the API's sentence names user, verb, resource and namespace.
+    w.bed.api.inject(kube_standin::Fault {
+        verb: Some("list".into()),
+        resource: Some("secrets".into()),
+        name: None,
+        action: kube_standin::FaultAction::Status(403),
+        times: None,
+    });
+    let kc = w.with_ca_data("forbidden", &format!("token: {TOKEN}"));
+    let run = w.upgrade("forbidden", &kc, &[]);
+    w.assert_refused(
+        &run,
+        &format!(
+            "{}403 Forbidden: secrets is forbidden: User \"token-user\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\"; grant this identity the permission (RBAC), or use a context/--kube-as-user that has it; helm was not run",
+            prefix("forbidden", "forbidden")
+        ),
+    );
+    w.bed.api.clear_faults();
+
     let other_ca =
         base64::engine::general_purpose::STANDARD.encode(kube_standin::unrelated_ca_pem());
     let kc = w.kubeconfig(
