@@ -16,6 +16,7 @@ const V1: &str = "client.authentication.k8s.io/v1";
 const V1BETA1: &str = "client.authentication.k8s.io/v1beta1";
 
 /// What a plugin returned.
+#[derive(Clone)]
 pub(crate) struct Credential {
     /// Bearer token.
     pub(crate) token: Option<String>,
@@ -23,6 +24,50 @@ pub(crate) struct Credential {
     pub(crate) client_cert: Option<(String, String)>,
     /// `status.expirationTimestamp`, as given.
     pub(crate) expires: Option<String>,
+    /// The same, parsed.
+    expires_at: Option<jiff::Timestamp>,
+}
+
+impl Credential {
+    /// Still valid 10 s from now (the margin keeps a request from starting with a
+    /// credential about to lapse); a credential without expiry stays valid.
+    fn is_fresh(&self) -> bool {
+        self.expires_at
+            .is_none_or(|t| jiff::Timestamp::now() + jiff::SignedDuration::from_secs(10) < t)
+    }
+}
+
+/// Credentials by exec configuration, kept for the life of the process while unexpired.
+static CACHE: std::sync::Mutex<Vec<(String, Credential)>> = std::sync::Mutex::new(Vec::new());
+
+/// The plugin's credential: from the cache while unexpired, else from one run.
+pub(crate) async fn credential(
+    exec: &ExecConfig,
+    user: &str,
+    server: &str,
+) -> Result<Credential, ExecError> {
+    validate(exec, user)?;
+    // The key holds env values in memory only; it is never printed.
+    let key = format!(
+        "{server}\n{}",
+        serde_json::to_string(exec).unwrap_or_default()
+    );
+    let cached = {
+        let cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .iter()
+            .find(|(k, c)| *k == key && c.is_fresh())
+            .map(|(_, c)| c.clone())
+    };
+    if let Some(c) = cached {
+        tracing::debug!("credentials: exec plugin credential reused (unexpired)");
+        return Ok(c);
+    }
+    let fresh = run(exec, user, server).await?;
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    cache.retain(|(k, _)| *k != key);
+    cache.push((key, fresh.clone()));
+    Ok(fresh)
 }
 
 /// An exec plugin that could not give a credential. Never carries its stdout or env.
@@ -123,11 +168,7 @@ pub(crate) fn validate(exec: &ExecConfig, user: &str) -> Result<(), ExecError> {
 }
 
 /// Runs the plugin once and returns its credential.
-pub(crate) async fn run(
-    exec: &ExecConfig,
-    user: &str,
-    server: &str,
-) -> Result<Credential, ExecError> {
+async fn run(exec: &ExecConfig, user: &str, server: &str) -> Result<Credential, ExecError> {
     validate(exec, user)?;
     let command = exec.command.clone().unwrap_or_default();
     let version = exec.api_version.clone().unwrap_or_default();
@@ -237,10 +278,19 @@ fn parse_credential(stdout: &[u8], version: &str) -> Result<Credential, String> 
     if token.is_none() && client_cert.is_none() {
         return Err("status has neither a token nor a client certificate".into());
     }
+    let expires = text("expirationTimestamp");
+    let expires_at = match &expires {
+        Some(t) => Some(
+            t.parse::<jiff::Timestamp>()
+                .map_err(|_| "expirationTimestamp is not an RFC 3339 time".to_string())?,
+        ),
+        None => None,
+    };
     Ok(Credential {
         token,
         client_cert,
-        expires: text("expirationTimestamp"),
+        expires,
+        expires_at,
     })
 }
 
@@ -274,6 +324,53 @@ mod tests {
             assert_eq!(err, want);
             assert!(!err.contains("SECRET"));
         }
+    }
+
+    /// A plugin that counts its runs in `log` and returns a token expiring at `expires`.
+    fn counting_plugin(dir: &std::path::Path, name: &str, expires: &str) -> ExecConfig {
+        use std::os::unix::fs::PermissionsExt;
+        let script = dir.join(name);
+        let log = dir.join(format!("{name}.log"));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho run >> '{}'\nprintf '{{\"apiVersion\":\"{V1BETA1}\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"t\",\"expirationTimestamp\":\"{expires}\"}}}}'\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ExecConfig {
+            api_version: Some(V1BETA1.into()),
+            command: Some(script.to_string_lossy().into_owned()),
+            ..Default::default()
+        }
+    }
+
+    fn run_count(dir: &std::path::Path, name: &str) -> usize {
+        std::fs::read_to_string(dir.join(format!("{name}.log")))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
+    #[tokio::test]
+    async fn credentials_are_cached_while_unexpired() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = counting_plugin(dir.path(), "fresh", "2999-01-01T00:00:00Z");
+        for _ in 0..3 {
+            let c = credential(&fresh, "u", "https://a").await.unwrap();
+            assert_eq!(c.token.as_deref(), Some("t"));
+        }
+        assert_eq!(run_count(dir.path(), "fresh"), 1);
+        // Another server is another credential.
+        credential(&fresh, "u", "https://b").await.unwrap();
+        assert_eq!(run_count(dir.path(), "fresh"), 2);
+        let lapsed = counting_plugin(dir.path(), "lapsed", "2000-01-01T00:00:00Z");
+        for _ in 0..2 {
+            credential(&lapsed, "u", "https://a").await.unwrap();
+        }
+        assert_eq!(run_count(dir.path(), "lapsed"), 2);
     }
 
     #[test]

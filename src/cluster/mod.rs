@@ -607,7 +607,7 @@ async fn resolve_credentials(
     if let Some(exec_config) = auth.exec.take() {
         let command = exec_config.command.clone().unwrap_or_default();
         tracing::debug!("credentials: running exec plugin {command:?}");
-        let credential = exec::run(&exec_config, user, server).await?;
+        let credential = exec::credential(&exec_config, user, server).await?;
         tracing::debug!(
             "credentials: exec plugin gave a {} (redacted){}",
             if credential.token.is_some() {

@@ -728,3 +728,36 @@ fn a_hung_server_fails_in_bounded_time() {
     );
     assert!(took < std::time::Duration::from_secs(35), "took {took:?}");
 }
+
+/// Nothing listening: "connection refused" is transient, retried briefly, then reported
+/// naming the server (no context without a kubeconfig).
+#[test]
+fn a_refused_connection_is_retried_then_named() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let w = world("helm4");
+    let url = format!("https://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let run = w.run_tool(
+        "refused",
+        &[],
+        &["--kube-apiserver", &url, "--kube-token", FLAG_TOKEN],
+        &["KUBECONFIG"],
+    );
+    run.expect_code(3, "refused");
+    assert_eq!(
+        run.stderr,
+        format!(
+            "guarded-upgrade: error: release \"refused\" in namespace \"default\": reading the deployed release: listing Secret records: API server {url}: connection refused; check that the API server is up and the address and port are right; helm was not run\n"
+        )
+    );
+    assert_no_secret(&run);
+    // Retried (about 1.4 s of backoff), not forever.
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(1300) && took < std::time::Duration::from_secs(10),
+        "took {took:?}"
+    );
+}
