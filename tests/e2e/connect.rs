@@ -386,6 +386,33 @@ fn flag_only_and_lists(label: &str) {
     );
     w.assert_installed_as(&run, "flag-env", "flag-user");
 
+    // Flags override the kubeconfig: a wrong tls-server-name, an untrusted CA.
+    let cluster = format!(
+        "certificate-authority-data: {}\ntls-server-name: other.test",
+        w.ca_data()
+    );
+    let kc = w.kubeconfig("tls-name", &url, &cluster, &format!("token: {TOKEN}"));
+    let kc_env = kc.to_string_lossy().into_owned();
+    let run = w.run_tool(
+        "tls-name",
+        &[("KUBECONFIG", &kc_env)],
+        &["--kube-tls-server-name", "localhost"],
+        &[],
+    );
+    w.assert_installed_as(&run, "tls-name", "token-user");
+    let other_ca =
+        base64::engine::general_purpose::STANDARD.encode(kube_standin::unrelated_ca_pem());
+    let cluster = format!("certificate-authority-data: {other_ca}");
+    let kc = w.kubeconfig("insecure", &url, &cluster, &format!("token: {TOKEN}"));
+    let kc_env = kc.to_string_lossy().into_owned();
+    let run = w.run_tool(
+        "insecure",
+        &[("KUBECONFIG", &kc_env)],
+        &["--kube-insecure-skip-tls-verify"],
+        &[],
+    );
+    w.assert_installed_as(&run, "insecure", "token-user");
+
     let kc = w.with_ca_data("listed", &format!("token: {TOKEN}"));
     let missing = w.dir.path().join("missing").join("config");
     let list = format!("{}::{}", missing.display(), kc.display());
