@@ -508,11 +508,6 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
         }
     }
     config.auth_info = auth_info;
-    if flags.kube_insecure_skip_tls_verify || env.kube_insecure_skip_tls_verify {
-        // helm drops the CA when told to skip verification.
-        config.accept_invalid_certs = true;
-        config.root_cert = None;
-    }
     // Read with the identity helm will act as, so RBAC answers are the same for both.
     if let Some(user) = flags.kube_as_user.clone().or(env.kube_as_user.clone()) {
         config.auth_info.impersonate = Some(user);
@@ -527,6 +522,21 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
     }
     if let Some(path) = flags.kube_ca_file.clone().or(env.kube_ca_file.clone()) {
         config.root_cert = Some(read_pem_certificates(&path, "--kube-ca-file")?);
+    }
+    if flags.kube_insecure_skip_tls_verify || env.kube_insecure_skip_tls_verify {
+        // helm drops the CA when told to skip verification.
+        config.accept_invalid_certs = true;
+        config.root_cert = None;
+    } else if config.accept_invalid_certs && config.root_cert.is_some() {
+        // client-go refuses the combination; so does helm.
+        return Err(kubeconfig_error(
+            loaded
+                .as_ref()
+                .and_then(|l| l.files.first().map(String::as_str)),
+            "insecure-skip-tls-verify is set together with a certificate authority \
+             (certificate-authority, certificate-authority-data or --kube-ca-file), which helm \
+             refuses too; remove one",
+        ));
     }
     if let Some(name) = flags
         .kube_tls_server_name

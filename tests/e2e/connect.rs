@@ -527,6 +527,30 @@ fn refusals_name_the_failure(label: &str) {
         ),
     );
 
+    // insecure-skip-tls-verify with a CA: helm refuses it, so do we, before any request.
+    let cluster = format!(
+        "certificate-authority-data: {}\ninsecure-skip-tls-verify: true",
+        w.ca_data()
+    );
+    let kc = w.kubeconfig("both", &url, &cluster, &format!("token: {TOKEN}"));
+    let run = w.upgrade("both", &kc, &[]);
+    w.assert_refused(
+        &run,
+        &format!(
+            "guarded-upgrade: error: cannot decide for release \"both\": cannot load the kubeconfig {:?}: insecure-skip-tls-verify is set together with a certificate authority (certificate-authority, certificate-authority-data or --kube-ca-file), which helm refuses too; remove one; helm was not run",
+            kc.display().to_string()
+        ),
+    );
+    assert!(w.bed.api.requests().is_empty());
+    let kc_env = kc.to_string_lossy().into_owned();
+    let helm = w.bed.run_with(
+        Program::Helm,
+        &["list", "-n", "default"],
+        &[("KUBECONFIG", &kc_env)],
+        &[],
+    );
+    assert_ne!(helm.code, 0, "{label}: helm is the control");
+
     // A token no HTTP header can carry is refused before any request.
     let kc = w.with_ca_data("bad-token", "token: \"tok-CANARY\\nsecond\"");
     let run = w.upgrade("bad-token", &kc, &[]);
