@@ -116,7 +116,7 @@ pub enum ClusterError {
     #[error("{0}")]
     Exec(#[from] ExecError),
     /// The HTTP client could not be built (e.g. TLS material unusable).
-    #[error("cannot build a Kubernetes client for {server}: {}", crate::storage::error_chain(.source))]
+    #[error("cannot build a Kubernetes client for {server}: {}", error_chain(.source))]
     Client {
         /// The server URL.
         server: String,
@@ -124,6 +124,21 @@ pub enum ClusterError {
         #[source]
         source: kube::Error,
     },
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
 }
 
 fn path_note(path: &Option<String>) -> String {
