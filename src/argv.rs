@@ -122,6 +122,8 @@ pub struct HelmFlags {
     /// `--dry-run[=MODE]`: `Some("client")` for a bare `--dry-run` (helm's
     /// default), `Some(value)` for `--dry-run=value`, `None` when absent.
     pub dry_run: Option<String>,
+    /// `--debug` (helm's global flag; also turns on our debug output).
+    pub debug: bool,
 }
 
 impl HelmFlags {
@@ -790,6 +792,7 @@ fn record_helm_bool(
         "pass-credentials" => &mut helm.pass_credentials,
         "create-namespace" => &mut helm.create_namespace,
         "kube-insecure-skip-tls-verify" => &mut helm.kube_insecure_skip_tls_verify,
+        "debug" => &mut helm.debug,
         // Other booleans and unknown flags: helm validates them.
         _ => return Ok(()),
     };
@@ -915,6 +918,7 @@ mod tests {
             create_namespace: true,
             install: true,
             dry_run: Some("server".into()),
+            debug: false,
         };
         assert_eq!(s.helm, want);
         assert!(s.helm.is_dry_run());

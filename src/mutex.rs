@@ -556,13 +556,12 @@ fn poll_interval() -> Duration {
 
 fn classify(e: StoreError, lease: &str, namespace: &str) -> MutexError {
     match &e {
-        StoreError::Api {
-            code: 403, message, ..
-        } => MutexError::Forbidden {
+        // A 403 arrives classified (cluster::classify); its cause is the API's message.
+        StoreError::Connection(f) if f.code() == Some(403) => MutexError::Forbidden {
             lease: lease.to_string(),
             namespace: namespace.to_string(),
             verb: "get/create/update",
-            message: message.clone(),
+            message: f.cause.clone(),
         },
         StoreError::Api {
             code: 404, message, ..

@@ -177,9 +177,7 @@ pub(crate) fn plan(command: Command, env: HelmEnv, now: i64) -> Result<Plan, Err
         Command::Upgrade { args } => PlanKind::Guard(Box::new(
             guard(&args, Mode::Upgrade, env).map_err(Error::before_helm)?,
         )),
-        Command::Check { args } => PlanKind::Guard(Box::new(
-            guard(&args, Mode::Check, env)?,
-        )),
+        Command::Check { args } => PlanKind::Guard(Box::new(guard(&args, Mode::Check, env)?)),
         Command::Lock(args) => PlanKind::Lock(lock_plan(args, env, now)?),
         Command::Unlock(UnlockArgs {
             release,

@@ -88,6 +88,10 @@ pub enum StoreError {
     /// The server could not be reached or the connection broke.
     #[error("cannot reach the API server: {0}")]
     Transport(String),
+    /// A classified connection or identity failure naming the server and context
+    /// (DNS, refused, TLS, 401, 403, timeout; see `cluster::classify`).
+    #[error("{0}")]
+    Connection(crate::cluster::ConnectionFailure),
     /// A record that does not look like one helm wrote.
     #[error("{0}")]
     Invalid(#[from] InvalidRecord),
@@ -149,6 +153,7 @@ impl StoreError {
         match self {
             StoreError::Api { code, .. } => *code >= 500 || *code == 429,
             StoreError::Transport(_) => true,
+            StoreError::Connection(f) => f.is_transient(),
             StoreError::Invalid(_) | StoreError::Malformed(_) => false,
         }
     }
@@ -157,6 +162,7 @@ impl StoreError {
     pub fn code(&self) -> Option<u16> {
         match self {
             StoreError::Api { code, .. } => Some(*code),
+            StoreError::Connection(f) => f.code(),
             _ => None,
         }
     }
@@ -164,6 +170,9 @@ impl StoreError {
 
 impl From<kube::Error> for StoreError {
     fn from(e: kube::Error) -> StoreError {
+        if let Some(failure) = crate::cluster::classify(&e) {
+            return StoreError::Connection(failure);
+        }
         match e {
             kube::Error::Api(status) => StoreError::Api {
                 code: status.code,

@@ -12,7 +12,11 @@ mod selector;
 mod server;
 mod store;
 pub mod testbed;
+mod tls;
 mod util;
+
+pub mod proxy;
+pub use tls::{unrelated_ca_pem, ClientCert, KeyKind};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -46,6 +50,15 @@ pub struct RequestRecord {
     pub namespace: Option<String>,
     /// Object name from the path, if any.
     pub name: Option<String>,
+    /// The authenticated user (bearer token or client certificate), None when anonymous.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `Impersonate-*` request headers as `Name: value`, in order.
+    #[serde(default)]
+    pub impersonate: Vec<String>,
+    /// User-Agent request header.
+    #[serde(default)]
+    pub user_agent: Option<String>,
 }
 
 impl RequestRecord {
@@ -102,11 +115,45 @@ pub struct Options {
     pub kubeconfig: Option<PathBuf>,
     /// Extra namespaces to create besides default, kube-system and kube-public.
     pub namespaces: Vec<String>,
+    /// Serve HTTPS instead of plain HTTP.
+    pub tls: Option<TlsOptions>,
+    /// Which credentials a request must carry (default: none).
+    pub auth: Auth,
+    /// Bearer tokens accepted, each with the user it authenticates as. The kubeconfig's
+    /// `standin-dummy-token` (user `standin`) is always accepted.
+    pub tokens: Vec<(String, String)>,
 }
+
+/// How the HTTPS front is set up.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// DNS names or IPs for the serving certificate besides `localhost` and `127.0.0.1`.
+    pub extra_sans: Vec<String>,
+    /// Serve a certificate that expired in 2001 (for negative tests).
+    pub expired: bool,
+}
+
+/// What a request must present to be served (control endpoints are never checked).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Auth {
+    /// Anything goes (a presented token or certificate is still logged as the user).
+    #[default]
+    None,
+    /// A known bearer token.
+    Token,
+    /// A client certificate issued by [`StandIn::client_cert`] (HTTPS only).
+    ClientCert,
+    /// Either of the two.
+    TokenOrCert,
+}
+
+/// The token the generated kubeconfig carries; it authenticates as user `standin`.
+pub const DEFAULT_TOKEN: &str = "standin-dummy-token";
 
 /// A running stand-in API server. Stops when dropped.
 pub struct StandIn {
     shared: Arc<Shared>,
+    pki: Option<Arc<tls::Pki>>,
     url: String,
     kubeconfig: PathBuf,
     shutdown: watch::Sender<bool>,
@@ -131,7 +178,9 @@ impl StandIn {
         let std_listener = std::net::TcpListener::bind(("127.0.0.1", opts.port))?;
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
-        let url = format!("http://127.0.0.1:{port}");
+        let pki = opts.tls.as_ref().map(|_| Arc::new(tls::Pki::new()));
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let dir = tempfile::Builder::new().prefix("kube-standin-").tempdir()?;
         let kubeconfig = opts
             .kubeconfig
@@ -140,15 +189,31 @@ impl StandIn {
         if let Some(parent) = kubeconfig.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&kubeconfig, kubeconfig_yaml(&url))?;
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_yaml(&url, pki.as_ref().map(|p| p.ca_pem())),
+        )?;
+        let mut tokens: std::collections::HashMap<String, String> =
+            opts.tokens.iter().cloned().collect();
+        tokens.insert(DEFAULT_TOKEN.to_string(), "standin".to_string());
         let (events, _) = broadcast::channel(4096);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(events)),
             shutdown: shutdown_rx.clone(),
+            auth: opts.auth,
+            tokens,
         });
+        let tls_config = match (&pki, &opts.tls) {
+            (Some(pki), Some(t)) => {
+                let (chain, key) = pki.server_cert(&t.extra_sans, t.expired);
+                Some(pki.server_config(chain, key))
+            }
+            _ => None,
+        };
         let mut standin = StandIn {
             shared: shared.clone(),
+            pki: pki.clone(),
             url,
             kubeconfig,
             shutdown,
@@ -166,14 +231,37 @@ impl StandIn {
             let _guard = runtime.enter();
             tokio::net::TcpListener::from_std(std_listener)?
         };
-        runtime.spawn(accept_loop(listener, shared, shutdown_rx));
+        runtime.spawn(accept_loop(listener, shared, shutdown_rx, tls_config, pki));
         standin.runtime = Some(runtime);
         Ok(standin)
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` with [`Options::tls`].
     pub fn url(&self) -> String {
         self.url.clone()
+    }
+
+    /// The port the stand-in listens on.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The CA certificate (PEM) that signed the serving certificate, with [`Options::tls`].
+    pub fn ca_pem(&self) -> Option<String> {
+        self.pki.as_ref().map(|p| p.ca_pem().to_string())
+    }
+
+    /// Issues a client certificate for `user` (CN) and `groups` (O) that this stand-in
+    /// accepts. Panics without [`Options::tls`] (a test-setup mistake).
+    pub fn client_cert(&self, user: &str, groups: &[&str], kind: KeyKind) -> ClientCert {
+        self.pki
+            .as_ref()
+            .expect("client certificates need Options::tls")
+            .client_cert(user, groups, kind)
     }
 
     /// The kubeconfig file: context `standin`, server = [`StandIn::url`], dummy token user.
@@ -262,22 +350,33 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    pki: Option<Arc<tls::Pki>>,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
-                let mut conn_shutdown = shutdown.clone();
+                let conn_shutdown = shutdown.clone();
+                let acceptor = acceptor.clone();
+                let pki = pki.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| server::handle(shared.clone(), req));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = conn_shutdown.changed() => {}
+                    match acceptor {
+                        None => serve(stream, shared, None, conn_shutdown).await,
+                        Some(acceptor) => {
+                            // A client that rejects our certificate ends here.
+                            let Ok(tls) = acceptor.accept(stream).await else { return };
+                            let user = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|leaf| pki.as_ref()?.user_of(leaf));
+                            serve(tls, shared, user, conn_shutdown).await
+                        }
                     }
                 });
             }
@@ -286,8 +385,36 @@ async fn accept_loop(
     }
 }
 
-fn kubeconfig_yaml(url: &str) -> String {
+/// Serves HTTP/1.1 on one connection; `cert_user` is who its client certificate names.
+async fn serve<S>(
+    stream: S,
+    shared: Arc<Shared>,
+    cert_user: Option<String>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        server::handle(shared.clone(), req, cert_user.clone())
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+fn kubeconfig_yaml(url: &str, ca_pem: Option<&str>) -> String {
+    use base64::Engine;
+    let ca = ca_pem
+        .map(|pem| {
+            let data = base64::engine::general_purpose::STANDARD.encode(pem);
+            format!("\n    certificate-authority-data: {data}")
+        })
+        .unwrap_or_default();
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {url}\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: standin\ncurrent-context: standin\nusers:\n- name: standin\n  user:\n    token: standin-dummy-token\npreferences: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {url}{ca}\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: standin\ncurrent-context: standin\nusers:\n- name: standin\n  user:\n    token: {DEFAULT_TOKEN}\npreferences: {{}}\n"
     )
 }

@@ -1,10 +1,12 @@
-//! `kube-standin serve [--kubeconfig PATH] [--port N] [--namespace NS ...]`: runs the
-//! Kubernetes API stand-in until SIGINT/SIGTERM.
+//! `kube-standin serve [--kubeconfig PATH] [--port N] [--namespace NS ...] [--tls]`: runs
+//! the Kubernetes API stand-in until SIGINT/SIGTERM (`--tls`: HTTPS with a generated CA,
+//! carried by the kubeconfig).
 
 use kube_standin::{Options, StandIn};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: kube-standin serve [--kubeconfig PATH] [--port N] [--namespace NS ...]";
+const USAGE: &str =
+    "usage: kube-standin serve [--kubeconfig PATH] [--port N] [--namespace NS ...] [--tls]";
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut opts = Options::default();
@@ -33,6 +35,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .map_err(|_| "--port needs a number".to_string())?
             }
             "--namespace" | "-n" => opts.namespaces.push(value()?),
+            "--tls" => opts.tls = Some(kube_standin::TlsOptions::default()),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown flag {other:?}")),
         }

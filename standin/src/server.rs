@@ -25,6 +25,10 @@ pub type RespBody = BoxBody<Bytes, Infallible>;
 pub struct Shared {
     pub state: Mutex<State>,
     pub shutdown: watch::Receiver<bool>,
+    /// What a request must present.
+    pub auth: crate::Auth,
+    /// Accepted bearer tokens -> user.
+    pub tokens: std::collections::HashMap<String, String>,
 }
 
 impl Shared {
@@ -232,8 +236,18 @@ fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
 pub async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
+    cert_user: Option<String>,
 ) -> Result<Response<RespBody>, Dropped> {
     let method = req.method().as_str().to_string();
+    let token_user = header(&req, "authorization")
+        .and_then(|h| h.strip_prefix("Bearer ").map(str::to_string))
+        .and_then(|t| shared.tokens.get(t.trim()).cloned());
+    let impersonate: Vec<String> = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("impersonate-"))
+        .map(|(k, v)| format!("{}: {}", k.as_str(), v.to_str().unwrap_or("?")))
+        .collect();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let content_type = header(&req, "content-type");
@@ -261,7 +275,26 @@ pub async fn handle(
         resource: None,
         namespace: None,
         name: None,
+        user: None,
+        impersonate,
+        user_agent: Some(user_agent.clone()).filter(|u| !u.is_empty()),
     };
+    // Kubernetes tries every authenticator; the first that succeeds names the user.
+    let (user, allowed) = match shared.auth {
+        crate::Auth::None => (cert_user.clone().or(token_user.clone()), true),
+        crate::Auth::Token => (token_user.clone(), token_user.is_some()),
+        crate::Auth::ClientCert => (cert_user.clone(), cert_user.is_some()),
+        crate::Auth::TokenOrCert => {
+            let u = cert_user.clone().or(token_user.clone());
+            (u.clone(), u.is_some())
+        }
+    };
+    record.user = user;
+    if !allowed {
+        record.status = 401;
+        shared.lock().log.push(record);
+        return Ok(error_response(&ApiError::for_code(401)));
+    }
     if let Route::Resource {
         rt,
         namespace,
@@ -301,8 +334,12 @@ pub async fn handle(
         }
         Some(FaultAction::Status(code)) => {
             record.status = code;
+            let error = match (&r, code) {
+                (Route::Resource { rt, .. }, 403) => forbidden(&record, rt.group),
+                _ => ApiError::for_code(code),
+            };
             shared.lock().log.push(record);
-            return Ok(error_response(&ApiError::for_code(code)));
+            return Ok(error_response(&error));
         }
         Some(FaultAction::StatusRetryAfter(code, secs)) => {
             record.status = code;
@@ -360,6 +397,32 @@ pub async fn handle(
     record.status = resp.status().as_u16();
     shared.lock().log.push(record);
     Ok(resp)
+}
+
+/// A 403 worded as the real API's RBAC denial, naming user, verb, resource and namespace.
+fn forbidden(rec: &RequestRecord, group: &str) -> ApiError {
+    let resource = rec.resource.clone().unwrap_or_default();
+    let user = rec.user.as_deref().unwrap_or("system:anonymous");
+    let scope = match &rec.namespace {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".to_string(),
+    };
+    let subject = match &rec.name {
+        Some(name) => format!("{resource} \"{name}\""),
+        None => resource.clone(),
+    };
+    ApiError::new(
+        403,
+        "Forbidden",
+        format!(
+            "{subject} is forbidden: User \"{user}\" cannot {} resource \"{resource}\" in API group \"{group}\"{scope}",
+            rec.verb
+        ),
+    )
+    .with_details(match &rec.name {
+        Some(name) => json!({"name": name, "group": group, "kind": resource}),
+        None => json!({"group": group, "kind": resource}),
+    })
 }
 
 fn take_fault(faults: &mut Vec<Fault>, rec: &RequestRecord) -> Option<FaultAction> {

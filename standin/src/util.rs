@@ -6,29 +6,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// RFC3339 UTC timestamp with second precision (`2024-01-02T03:04:05Z`), like `metav1.Time`.
 pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    format_rfc3339(secs)
+    format_timestamp(jiff::Timestamp::now())
 }
 
-/// Formats unix seconds as RFC3339 `Z` (civil-from-days, Howard Hinnant's algorithm).
+/// Formats unix seconds as RFC3339 `Z` (out-of-range values clamp to the epoch).
 pub fn format_rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if mo <= 2 { y + 1 } else { y };
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+    format_timestamp(jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+}
+
+fn format_timestamp(t: jiff::Timestamp) -> String {
+    // Second precision, `Z` suffix: what metav1.Time serialises to.
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 static UID_COUNTER: AtomicU64 = AtomicU64::new(1);

@@ -377,3 +377,50 @@ pub fn serve_dir(dir: PathBuf) -> String {
     });
     format!("http://{addr}")
 }
+
+/// A bed whose stand-in is started with `opts` (HTTPS, authentication, ...).
+pub fn bed_with(label: &str, opts: kube_standin::Options) -> Bed {
+    let (label, bin) = testbed::helms()
+        .into_iter()
+        .find(|(l, _)| *l == label)
+        .unwrap_or_else(|| panic!("no helm {label}"));
+    Bed {
+        api: StandIn::start_with(opts).expect("start the API stand-in"),
+        label,
+        helm_bin: bin,
+        home: tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+/// Which program [`Bed::run_with`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// Real helm.
+    Helm,
+    /// guarded-upgrade.
+    Guard,
+}
+
+impl Bed {
+    /// Runs helm or guarded-upgrade with extra environment, after removing the variables
+    /// in `remove` (e.g. `KUBECONFIG` for a flag-only connection).
+    pub fn run_with(
+        &self,
+        program: Program,
+        args: &[&str],
+        extra: &[(&str, &str)],
+        remove: &[&str],
+    ) -> Run {
+        let bin: &Path = match program {
+            Program::Helm => &self.helm_bin,
+            Program::Guard => Path::new(env!("CARGO_BIN_EXE_guarded-upgrade")),
+        };
+        let mut cmd = Command::new(bin);
+        self.env(&mut cmd);
+        for key in remove {
+            cmd.env_remove(key);
+        }
+        cmd.args(args).envs(extra.iter().copied());
+        Run::from(cmd.output().expect("run"))
+    }
+}

@@ -3,6 +3,8 @@
 
 mod common;
 
+mod connect;
+
 mod argv;
 mod guard;
 mod lock;

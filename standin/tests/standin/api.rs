@@ -1,9 +1,7 @@
 //! API-level tests of the stand-in: selectors, conflicts, patches, SSA, metadata-only
 //! responses, Status shapes, faults and the request log.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use kube_standin::{Fault, FaultAction, StandIn};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

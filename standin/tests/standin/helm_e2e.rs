@@ -1,8 +1,6 @@
 //! End-to-end: the real helm v3.17.3 and v4.1.4 binaries against the stand-in.
 //! Each helm version runs as its own #[test] (in parallel), each with its own stand-in.
 
-mod common;
-
 use kube_standin::testbed::{self, chart, Helm, HelmOutput};
 use kube_standin::StandIn;
 use serde_json::{json, Value};
@@ -430,7 +428,7 @@ fn helm4_server_side_takes_over_helm3_release() {
     );
     assert_eq!(cm["data"]["chartVersion"], "1.1.0");
     // Someone else takes data.message.
-    let r = common::patch(&standin.url(), "/api/v1/namespaces/default/configmaps/mix-config?fieldManager=intruder&force=true", "application/apply-patch+yaml",
+    let r = crate::common::patch(&standin.url(), "/api/v1/namespaces/default/configmaps/mix-config?fieldManager=intruder&force=true", "application/apply-patch+yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: mix-config\ndata:\n  message: hijacked\n");
     assert_eq!(r.status, 200);
     let out = h4.run(&[

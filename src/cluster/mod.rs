@@ -1,0 +1,755 @@
+//! Choosing the cluster, namespace and storage driver the way helm does, and reaching it.
+//!
+//! Helm's precedence: `--kubeconfig` over `KUBECONFIG` (a list; missing and empty entries
+//! are skipped, the first file to set a value wins) over `~/.kube/config` (in-cluster
+//! config when none exists), `--kube-context` over `HELM_KUBECONTEXT` over the current
+//! context, `-n/--namespace` over `HELM_NAMESPACE` over the context's namespace over
+//! `default`. `--kube-apiserver`, `--kube-token`, `--kube-ca-file`,
+//! `--kube-insecure-skip-tls-verify`, `--kube-tls-server-name`, `--kube-as-user` and
+//! `--kube-as-group` (and their `HELM_KUBE*` twins) override the kubeconfig, or stand
+//! alone without one. See `docs/connecting.md`.
+//!
+//! Submodules: [`proxy`] (which proxy, as Go decides), [`exec`] (credential plugins),
+//! [`failure`] (classifying request errors), [`debug`] (`--debug` output).
+
+mod debug;
+mod exec;
+mod failure;
+mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kube::config::{AuthInfo, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::argv::HelmFlags;
+
+pub use exec::ExecError;
+pub use failure::{classify, ConnectionFailure, Endpoint};
+
+/// How long one request may wait for an answer. A hung server fails after this (requests
+/// that time out are not retried), inside the 35 s the issue allows.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long TCP connect plus TLS handshake may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The User-Agent of every request, so audit logs can tell this tool from helm.
+pub const USER_AGENT: &str = concat!("guarded-upgrade/", env!("CARGO_PKG_VERSION"));
+
+/// Where helm keeps release records, from `HELM_DRIVER`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverKind {
+    /// `secret`, `secrets` or unset: one Secret per revision (helm's default).
+    Secret,
+    /// `configmap`, `configmaps`: one ConfigMap per revision.
+    ConfigMap,
+}
+
+impl DriverKind {
+    /// Maps a `HELM_DRIVER` value to a supported driver, or explains why it is not.
+    pub fn from_helm_driver(value: Option<&str>) -> Result<DriverKind, ClusterError> {
+        match value.map(str::trim).unwrap_or("") {
+            "" | "secret" | "secrets" => Ok(DriverKind::Secret),
+            "configmap" | "configmaps" => Ok(DriverKind::ConfigMap),
+            other @ ("sql" | "memory") => Err(ClusterError::UnsupportedDriver(other.to_string())),
+            other => Err(ClusterError::UnknownDriver(other.to_string())),
+        }
+    }
+}
+
+/// Failures while choosing or connecting to the cluster. All are detected before any
+/// request; every message says what to check and never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// `HELM_DRIVER=sql|memory`.
+    #[error(
+        "HELM_DRIVER={0} is not supported yet: guarded-upgrade reads releases from Secrets \
+         (default) or ConfigMaps (HELM_DRIVER=configmap)"
+    )]
+    UnsupportedDriver(String),
+    /// A `HELM_DRIVER` value helm itself does not know.
+    #[error(
+        "HELM_DRIVER={0:?} is not a helm storage driver (use secret, configmap, sql or memory)"
+    )]
+    UnknownDriver(String),
+    /// The kubeconfig could not be read or used.
+    #[error("cannot load the kubeconfig{}: {source}", path_note(.path))]
+    Kubeconfig {
+        /// The file involved, if one.
+        path: Option<String>,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Neither a kubeconfig, nor `--kube-apiserver`, nor an in-cluster service account.
+    #[error(
+        "no cluster to talk to: no kubeconfig ({looked}), no --kube-apiserver/HELM_KUBEAPISERVER, \
+         and not running in a pod; set KUBECONFIG or pass --kubeconfig"
+    )]
+    NoConfig {
+        /// Where we looked.
+        looked: String,
+    },
+    /// A server override was malformed.
+    #[error("invalid --kube-apiserver/HELM_KUBEAPISERVER value {0:?}")]
+    BadApiServer(String),
+    /// The kubeconfig's server URL is malformed or missing.
+    #[error("context {context:?}: cluster {cluster:?} has {problem}")]
+    BadCluster {
+        /// The context.
+        context: String,
+        /// The cluster entry.
+        cluster: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// An exec credential plugin failed (never with its output or env).
+    #[error("{0}")]
+    Exec(#[from] ExecError),
+    /// The HTTP client could not be built (e.g. TLS material unusable).
+    #[error("cannot build a Kubernetes client for {server}: {}", error_chain(.source))]
+    Client {
+        /// The server URL.
+        server: String,
+        /// kube's error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn path_note(path: &Option<String>) -> String {
+    path.as_ref().map(|p| format!(" {p:?}")).unwrap_or_default()
+}
+
+fn kubeconfig_error(path: Option<&str>, message: impl Into<String>) -> ClusterError {
+    ClusterError::Kubeconfig {
+        path: path.map(str::to_string),
+        source: message.into().into(),
+    }
+}
+
+/// Environment values helm reads, captured once so resolution is testable.
+#[derive(Clone, Debug, Default)]
+pub struct HelmEnv {
+    /// `HELM_NAMESPACE`.
+    pub namespace: Option<String>,
+    /// `HELM_KUBECONTEXT`.
+    pub kube_context: Option<String>,
+    /// `HELM_KUBEAPISERVER`.
+    pub kube_apiserver: Option<String>,
+    /// `HELM_KUBETOKEN`.
+    pub kube_token: Option<String>,
+    /// `HELM_DRIVER`.
+    pub driver: Option<String>,
+    /// `HELM_KUBEASUSER`.
+    pub kube_as_user: Option<String>,
+    /// `HELM_KUBEASGROUPS` (comma-separated).
+    pub kube_as_groups: Vec<String>,
+    /// `HELM_KUBECAFILE`.
+    pub kube_ca_file: Option<String>,
+    /// `HELM_KUBETLS_SERVER_NAME`.
+    pub kube_tls_server_name: Option<String>,
+    /// `HELM_KUBEINSECURE_SKIP_TLS_VERIFY`.
+    pub kube_insecure_skip_tls_verify: bool,
+    /// `HELM_DEBUG` (what helm passes to plugins for `--debug`).
+    pub debug: bool,
+}
+
+impl HelmEnv {
+    /// Reads the variables from the process environment; empty values count as unset.
+    pub fn from_process() -> HelmEnv {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let truthy = |name: &str| var(name).is_some_and(|v| v == "true" || v == "1");
+        HelmEnv {
+            namespace: var("HELM_NAMESPACE"),
+            kube_context: var("HELM_KUBECONTEXT"),
+            kube_apiserver: var("HELM_KUBEAPISERVER"),
+            kube_token: var("HELM_KUBETOKEN"),
+            driver: var("HELM_DRIVER"),
+            kube_as_user: var("HELM_KUBEASUSER"),
+            kube_as_groups: var("HELM_KUBEASGROUPS")
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            kube_ca_file: var("HELM_KUBECAFILE"),
+            kube_tls_server_name: var("HELM_KUBETLS_SERVER_NAME"),
+            kube_insecure_skip_tls_verify: truthy("HELM_KUBEINSECURE_SKIP_TLS_VERIFY"),
+            debug: truthy("HELM_DEBUG"),
+        }
+    }
+}
+
+/// The cluster connection and namespace a command works in.
+pub struct ClusterTarget {
+    /// A ready client.
+    pub client: Client,
+    /// The release namespace, resolved as helm resolves it.
+    pub namespace: String,
+    /// The kubeconfig user of the chosen context, used as the default "who" of a lock.
+    pub user: Option<String>,
+}
+
+/// Flags that select the cluster, with helm's names and environment defaults. Parsed by
+/// clap for the lock commands; taken from helm's argv (`From<&HelmFlags>`) for
+/// `upgrade`/`check`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ClusterFlags {
+    /// Namespace of the release (default: $HELM_NAMESPACE, the context's namespace, `default`)
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Kubeconfig context (default: $HELM_KUBECONTEXT, the current context)
+    #[arg(long)]
+    pub kube_context: Option<String>,
+    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config)
+    #[arg(long)]
+    pub kubeconfig: Option<String>,
+    /// API server address (default: $HELM_KUBEAPISERVER)
+    #[arg(long)]
+    pub kube_apiserver: Option<String>,
+    /// Bearer token (default: $HELM_KUBETOKEN)
+    #[arg(long)]
+    pub kube_token: Option<String>,
+    /// Skip TLS verification of the API server
+    #[arg(long)]
+    pub kube_insecure_skip_tls_verify: bool,
+    /// Impersonate this user (default: $HELM_KUBEASUSER)
+    #[arg(long)]
+    pub kube_as_user: Option<String>,
+    /// Impersonate this group; repeatable (default: $HELM_KUBEASGROUPS)
+    #[arg(long)]
+    pub kube_as_group: Vec<String>,
+    /// CA bundle (PEM) of the API server (default: $HELM_KUBECAFILE)
+    #[arg(long)]
+    pub kube_ca_file: Option<String>,
+    /// Server name for TLS verification (default: $HELM_KUBETLS_SERVER_NAME)
+    #[arg(long)]
+    pub kube_tls_server_name: Option<String>,
+    /// Print what the tool does (kubeconfig, context, server, each request) on stderr,
+    /// secrets redacted (default: $HELM_DEBUG)
+    #[arg(long)]
+    pub debug: bool,
+}
+
+impl From<&HelmFlags> for ClusterFlags {
+    fn from(flags: &HelmFlags) -> ClusterFlags {
+        ClusterFlags {
+            namespace: flags.namespace.clone(),
+            kube_context: flags.kube_context.clone(),
+            kubeconfig: flags.kubeconfig.clone(),
+            kube_apiserver: flags.kube_apiserver.clone(),
+            kube_token: flags.kube_token.clone(),
+            kube_insecure_skip_tls_verify: flags.kube_insecure_skip_tls_verify,
+            kube_as_user: flags.kube_as_user.clone(),
+            kube_as_group: flags.kube_as_group.clone(),
+            kube_ca_file: flags.kube_ca_file.clone(),
+            kube_tls_server_name: flags.kube_tls_server_name.clone(),
+            debug: flags.debug,
+        }
+    }
+}
+
+/// The kubeconfig files in effect and their merge.
+struct Loaded {
+    config: Kubeconfig,
+    files: Vec<String>,
+}
+
+/// Finds and merges the kubeconfig as client-go does. None when there is none at all.
+fn load_kubeconfig(flags: &ClusterFlags) -> Result<(Option<Loaded>, String), ClusterError> {
+    let read = |path: &str| {
+        Kubeconfig::read_from(path).map_err(|e| ClusterError::Kubeconfig {
+            path: Some(path.to_string()),
+            source: Box::new(e),
+        })
+    };
+    if let Some(path) = &flags.kubeconfig {
+        // An explicit file must exist (client-go: ExplicitPath).
+        let config = read(path)?;
+        tracing::debug!("kubeconfig: {path} (--kubeconfig)");
+        return Ok((
+            Some(Loaded {
+                config,
+                files: vec![path.clone()],
+            }),
+            String::new(),
+        ));
+    }
+    if let Some(list) = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        let mut merged: Option<Kubeconfig> = None;
+        let mut files = Vec::new();
+        for path in std::env::split_paths(&list) {
+            if path.as_os_str().is_empty() {
+                continue;
+            }
+            let shown = path.display().to_string();
+            if !path.exists() {
+                tracing::debug!("kubeconfig: {shown} (from KUBECONFIG) does not exist, skipped");
+                continue;
+            }
+            let next = read(&shown)?;
+            tracing::debug!("kubeconfig: {shown} (from KUBECONFIG)");
+            files.push(shown.clone());
+            merged = Some(match merged {
+                None => next,
+                // The first file to set a value wins.
+                Some(first) => first.merge(next).map_err(|e| ClusterError::Kubeconfig {
+                    path: Some(shown),
+                    source: Box::new(e),
+                })?,
+            });
+        }
+        let looked = format!("KUBECONFIG={} has no existing file", list.to_string_lossy());
+        return Ok((merged.map(|config| Loaded { config, files }), looked));
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let default = home.map(|h| h.join(".kube").join("config"));
+    match default {
+        Some(path) if path.exists() => {
+            let shown = path.display().to_string();
+            let config = read(&shown)?;
+            tracing::debug!("kubeconfig: {shown} (default)");
+            Ok((
+                Some(Loaded {
+                    config,
+                    files: vec![shown],
+                }),
+                String::new(),
+            ))
+        }
+        Some(path) => Ok((None, format!("{} does not exist", path.display()))),
+        None => Ok((None, "HOME is not set".into())),
+    }
+}
+
+/// A kube `Config` from the chosen context of a kubeconfig, with its context and user names.
+fn config_from_kubeconfig(
+    loaded: &Loaded,
+    context_override: Option<&str>,
+) -> Result<(Config, String, Option<String>, AuthInfo), ClusterError> {
+    let kc = &loaded.config;
+    let file = loaded.files.first().map(String::as_str);
+    let context_name = context_override
+        .map(str::to_string)
+        .or_else(|| kc.current_context.clone().filter(|c| !c.is_empty()))
+        .ok_or_else(|| {
+            kubeconfig_error(
+                file,
+                "no current-context is set; pass --kube-context or set HELM_KUBECONTEXT",
+            )
+        })?;
+    let context = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.clone())
+        .ok_or_else(|| {
+            let known: Vec<&str> = kc.contexts.iter().map(|c| c.name.as_str()).collect();
+            kubeconfig_error(
+                file,
+                format!(
+                    "context {context_name:?} not found (contexts: {})",
+                    known.join(", ")
+                ),
+            )
+        })?;
+    let cluster_name = context.cluster.clone();
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster_name)
+        .and_then(|c| c.cluster.clone())
+        .ok_or_else(|| {
+            kubeconfig_error(
+                file,
+                format!(
+                    "context {context_name:?} names cluster {cluster_name:?}, which is not defined"
+                ),
+            )
+        })?;
+    let user_name = context.user.clone();
+    let auth_info = match &user_name {
+        Some(user) => kc
+            .auth_infos
+            .iter()
+            .find(|a| &a.name == user)
+            .and_then(|a| a.auth_info.clone())
+            .ok_or_else(|| {
+                kubeconfig_error(
+                    file,
+                    format!("context {context_name:?} names user {user:?}, which is not defined"),
+                )
+            })?,
+        None => AuthInfo::default(),
+    };
+    let bad_cluster = |problem: String| ClusterError::BadCluster {
+        context: context_name.clone(),
+        cluster: cluster_name.clone(),
+        problem,
+    };
+    let server = cluster.server.clone().unwrap_or_default();
+    if server.is_empty() {
+        return Err(bad_cluster("no server".into()));
+    }
+    let url: http::Uri = server
+        .parse()
+        .map_err(|_| bad_cluster(format!("an invalid server URL {server:?}")))?;
+    let mut config = Config::new(url);
+    if let Some(data) = &cluster.certificate_authority_data {
+        use base64::Engine;
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|_| bad_cluster("certificate-authority-data that is not base64".into()))?;
+        let certs = pem_certificates(&String::from_utf8_lossy(&pem))
+            .map_err(|e| bad_cluster(format!("unusable certificate-authority-data: {e}")))?;
+        config.root_cert = Some(certs);
+    } else if let Some(path) = &cluster.certificate_authority {
+        config.root_cert = Some(read_pem_certificates(path, "certificate-authority")?);
+    }
+    config.accept_invalid_certs = cluster.insecure_skip_tls_verify.unwrap_or(false);
+    config.tls_server_name = cluster.tls_server_name.clone();
+    config.proxy_url = match cluster.proxy_url.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => Some(
+            p.parse()
+                .map_err(|_| bad_cluster(format!("an invalid proxy-url {p:?}")))?,
+        ),
+        None => None,
+    };
+    if let Some(ns) = context.namespace.clone().filter(|n| !n.is_empty()) {
+        config.default_namespace = ns;
+    }
+    Ok((config, context_name, user_name, auth_info))
+}
+
+/// Builds the client and resolves the namespace exactly as helm would for these flags.
+/// Reads files and may run an exec plugin, but sends no request.
+pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarget, ClusterError> {
+    if flags.debug || env.debug {
+        debug::init();
+    }
+    let context_override = flags.kube_context.clone().or(env.kube_context.clone());
+    let apiserver = flags.kube_apiserver.clone().or(env.kube_apiserver.clone());
+    let (loaded, looked) = load_kubeconfig(flags)?;
+    // A kubeconfig without any context adds nothing to --kube-apiserver (client-go merges
+    // an empty config with the overrides).
+    let loaded = loaded.filter(|l| {
+        let contextless = l.config.contexts.is_empty() && context_override.is_none();
+        !(contextless && apiserver.is_some())
+    });
+    let (mut config, context, user, mut auth_info) = match &loaded {
+        Some(loaded) => {
+            let (config, context, user, auth) =
+                config_from_kubeconfig(loaded, context_override.as_deref())?;
+            tracing::debug!(
+                "context: {context} (user {})",
+                user.as_deref().unwrap_or("none")
+            );
+            (config, Some(context), user, auth)
+        }
+        // helm's flag-only connection: --kube-apiserver and friends, no kubeconfig.
+        None if apiserver.is_some() => {
+            tracing::debug!("no kubeconfig ({looked}); using --kube-apiserver");
+            let url = parse_apiserver(apiserver.as_deref().unwrap_or_default())?;
+            (Config::new(url), None, None, AuthInfo::default())
+        }
+        // No kubeconfig anywhere: helm (client-go) falls back to in-cluster config.
+        None => match Config::incluster() {
+            Ok(config) => {
+                tracing::debug!("no kubeconfig ({looked}); using the in-cluster service account");
+                let auth = config.auth_info.clone();
+                (config, None, None, auth)
+            }
+            Err(_) => return Err(ClusterError::NoConfig { looked }),
+        },
+    };
+    if let Some(server) = &apiserver {
+        config.cluster_url = parse_apiserver(server)?;
+    }
+    let server = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    tracing::debug!("server: {server}");
+    if let Some(token) = flags.kube_token.clone().or(env.kube_token.clone()) {
+        // An explicit token replaces every other way the user would authenticate.
+        auth_info.token = Some(token.into());
+        auth_info.token_file = None;
+        auth_info.exec = None;
+    }
+    let user_label = user.clone().unwrap_or_else(|| "(flags)".into());
+    resolve_credentials(&mut auth_info, &user_label, &server).await?;
+    if let Some(token) = &auth_info.token {
+        use secrecy::ExposeSecret;
+        if http::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).is_err() {
+            return Err(kubeconfig_error(
+                loaded.as_ref().and_then(|l| l.files.first().map(String::as_str)),
+                format!(
+                    "the bearer token of user {user_label:?} contains characters an HTTP header cannot carry (a line break?)"
+                ),
+            ));
+        }
+    }
+    config.auth_info = auth_info;
+    // Read with the identity helm will act as, so RBAC answers are the same for both.
+    if let Some(user) = flags.kube_as_user.clone().or(env.kube_as_user.clone()) {
+        config.auth_info.impersonate = Some(user);
+    }
+    let groups = if flags.kube_as_group.is_empty() {
+        env.kube_as_groups.clone()
+    } else {
+        flags.kube_as_group.clone()
+    };
+    if !groups.is_empty() {
+        config.auth_info.impersonate_groups = Some(groups);
+    }
+    if let Some(path) = flags.kube_ca_file.clone().or(env.kube_ca_file.clone()) {
+        config.root_cert = Some(read_pem_certificates(&path, "--kube-ca-file")?);
+    }
+    if flags.kube_insecure_skip_tls_verify || env.kube_insecure_skip_tls_verify {
+        // helm drops the CA when told to skip verification.
+        config.accept_invalid_certs = true;
+        config.root_cert = None;
+    } else if config.accept_invalid_certs && config.root_cert.is_some() {
+        // client-go refuses the combination; so does helm.
+        return Err(kubeconfig_error(
+            loaded
+                .as_ref()
+                .and_then(|l| l.files.first().map(String::as_str)),
+            "insecure-skip-tls-verify is set together with a certificate authority \
+             (certificate-authority, certificate-authority-data or --kube-ca-file), which helm \
+             refuses too; remove one",
+        ));
+    }
+    if let Some(name) = flags
+        .kube_tls_server_name
+        .clone()
+        .or(env.kube_tls_server_name.clone())
+    {
+        config.tls_server_name = Some(name);
+    }
+    // Proxies as Go decides them; a kubeconfig proxy-url wins and ignores NO_PROXY.
+    if config.proxy_url.is_none() {
+        let proxy_env = proxy::ProxyEnv::from_process();
+        if let Some(p) = proxy::proxy_for(&config.cluster_url, &proxy_env) {
+            config.proxy_url = Some(p.parse().map_err(|_| {
+                kubeconfig_error(
+                    None,
+                    format!("HTTPS_PROXY/HTTP_PROXY value {p:?} is not a URL"),
+                )
+            })?);
+        }
+    }
+    match &config.proxy_url {
+        Some(p) => tracing::debug!("proxy: {}", redact_userinfo(&p.to_string())),
+        None => tracing::debug!("proxy: none (direct connection)"),
+    }
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = Some(REQUEST_TIMEOUT);
+    config.write_timeout = Some(REQUEST_TIMEOUT);
+    // One retry policy (the storage layer's, transient failures only), not two.
+    config.default_retry = false;
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
+    let namespace = flags
+        .namespace
+        .clone()
+        .or(env.namespace.clone())
+        .unwrap_or_else(|| config.default_namespace.clone());
+    tracing::debug!("namespace: {namespace}");
+    failure::register(Endpoint {
+        server: server.clone(),
+        context: context.clone(),
+        timeout: REQUEST_TIMEOUT,
+    });
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|source| ClusterError::Client {
+            server: server.clone(),
+            source,
+        })?
+        .with_layer(&debug::RequestLog)
+        .build();
+    Ok(ClusterTarget {
+        client,
+        namespace,
+        user,
+    })
+}
+
+/// Turns `tokenFile` and `exec` into the token or client certificate they yield, once.
+async fn resolve_credentials(
+    auth: &mut AuthInfo,
+    user: &str,
+    server: &str,
+) -> Result<(), ClusterError> {
+    if let Some(path) = auth.token_file.take() {
+        // helm trims the file: `echo $TOKEN > file` leaves a newline.
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            kubeconfig_error(Some(&path), format!("tokenFile of user {user:?}: {e}"))
+        })?;
+        let token = text.trim();
+        if auth.token.is_none() {
+            auth.token = Some(token.to_string().into());
+        }
+        tracing::debug!("credentials: token from tokenFile {path} (redacted)");
+    }
+    if let Some(exec_config) = auth.exec.take() {
+        let command = exec_config.command.clone().unwrap_or_default();
+        tracing::debug!("credentials: running exec plugin {command:?}");
+        let credential = exec::credential(&exec_config, user, server).await?;
+        tracing::debug!(
+            "credentials: exec plugin gave a {} (redacted){}",
+            if credential.token.is_some() {
+                "token"
+            } else {
+                "client certificate"
+            },
+            credential
+                .expires
+                .as_deref()
+                .map(|t| format!(", expires {t}"))
+                .unwrap_or_default()
+        );
+        if let Some(token) = credential.token {
+            auth.token = Some(token.into());
+        }
+        if let Some((cert, key)) = credential.client_cert {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            auth.client_certificate = None;
+            auth.client_key = None;
+            auth.client_certificate_data = Some(b64.encode(cert));
+            auth.client_key_data = Some(b64.encode(key).into());
+        }
+    } else if auth.token.is_some() {
+        tracing::debug!("credentials: bearer token (redacted)");
+    }
+    if auth.client_certificate.is_some() || auth.client_certificate_data.is_some() {
+        tracing::debug!("credentials: client certificate (key redacted)");
+    }
+    Ok(())
+}
+
+/// `--kube-apiserver`: a URL, or `host:port` meaning https as in client-go.
+fn parse_apiserver(value: &str) -> Result<http::Uri, ClusterError> {
+    let text = if value.contains("://") {
+        value.to_string()
+    } else {
+        format!("https://{value}")
+    };
+    text.parse::<http::Uri>()
+        .ok()
+        .filter(|u| u.host().is_some())
+        .ok_or_else(|| ClusterError::BadApiServer(value.to_string()))
+}
+
+/// A proxy URL without its password, for debug output.
+fn redact_userinfo(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://REDACTED@{}", &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// DER certificates from a PEM bundle file (`--kube-ca-file`, `certificate-authority`).
+fn read_pem_certificates(path: &str, what: &str) -> Result<Vec<Vec<u8>>, ClusterError> {
+    let text = std::fs::read_to_string(Path::new(path))
+        .map_err(|e| kubeconfig_error(Some(path), format!("{what}: {e}")))?;
+    pem_certificates(&text).map_err(|e| kubeconfig_error(Some(path), format!("{what}: {e}")))
+}
+
+/// DER certificates from PEM text.
+fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
+    use base64::Engine;
+    let mut certs = Vec::new();
+    let mut body: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if line == "-----BEGIN CERTIFICATE-----" {
+            body = Some(String::new());
+        } else if line == "-----END CERTIFICATE-----" {
+            let b64 = body.take().unwrap_or_default();
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| format!("bad PEM certificate: {e}"))?;
+            certs.push(der);
+        } else if let Some(b) = body.as_mut() {
+            b.push_str(line);
+        }
+    }
+    if certs.is_empty() {
+        return Err("no PEM certificate found".into());
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_bundles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(
+            &path,
+            "junk\n-----BEGIN CERTIFICATE-----\nAAEC\nAw==\n-----END CERTIFICATE-----\n\
+             -----BEGIN CERTIFICATE-----\nBAU=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let certs = read_pem_certificates(path.to_str().unwrap(), "--kube-ca-file").unwrap();
+        assert_eq!(certs, vec![vec![0, 1, 2, 3], vec![4, 5]]);
+        std::fs::write(&path, "no certificate here").unwrap();
+        let err = read_pem_certificates(path.to_str().unwrap(), "--kube-ca-file").unwrap_err();
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn helm_driver_values() {
+        assert_eq!(
+            DriverKind::from_helm_driver(None).unwrap(),
+            DriverKind::Secret
+        );
+        for v in ["", "secret", "secrets"] {
+            assert_eq!(
+                DriverKind::from_helm_driver(Some(v)).unwrap(),
+                DriverKind::Secret
+            );
+        }
+        for v in ["configmap", "configmaps"] {
+            assert_eq!(
+                DriverKind::from_helm_driver(Some(v)).unwrap(),
+                DriverKind::ConfigMap
+            );
+        }
+        let sql = DriverKind::from_helm_driver(Some("sql")).unwrap_err();
+        assert!(sql.to_string().contains("not supported yet"), "{sql}");
+        let mem = DriverKind::from_helm_driver(Some("memory")).unwrap_err();
+        assert!(mem.to_string().contains("HELM_DRIVER=memory"), "{mem}");
+        assert!(matches!(
+            DriverKind::from_helm_driver(Some("etcd")),
+            Err(ClusterError::UnknownDriver(_))
+        ));
+    }
+}
