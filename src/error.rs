@@ -59,8 +59,14 @@ pub enum Error {
     #[error(transparent)]
     Helm(#[from] HelmError),
     /// The cluster could not be chosen or connected to.
-    #[error("{0}")]
-    Connect(#[source] Box<ClusterError>),
+    #[error("{}{source}", deciding_for(.release))]
+    Connect {
+        /// The release a guarded command was deciding for.
+        release: Option<String>,
+        /// Why.
+        #[source]
+        source: Box<ClusterError>,
+    },
     /// The deployed release could not be read or trusted.
     #[error(
         "release {release:?} in namespace {namespace:?}: reading the deployed release: {source}"
@@ -210,8 +216,19 @@ pub struct PartialWrite {
 
 impl From<ClusterError> for Error {
     fn from(e: ClusterError) -> Error {
-        Error::Connect(Box::new(e))
+        Error::Connect {
+            release: None,
+            source: Box::new(e),
+        }
     }
+}
+
+/// `cannot decide for release "db": ` when a guarded command was deciding for it.
+fn deciding_for(release: &Option<String>) -> String {
+    release
+        .as_ref()
+        .map(|r| format!("cannot decide for release {r:?}: "))
+        .unwrap_or_default()
 }
 
 impl Error {

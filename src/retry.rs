@@ -114,6 +114,8 @@ impl Retryable for StoreError {
                 server_hint: *retry_after,
             },
             StoreError::Transport(_) => Verdict::Retry { server_hint: None },
+            // Refused or broken connections; TLS, DNS, 401/403 and timeouts are final.
+            StoreError::Connection(f) if f.is_transient() => Verdict::Retry { server_hint: None },
             _ => Verdict::Final,
         }
     }

@@ -230,7 +230,16 @@ pub fn classify_for(err: &kube::Error, endpoint: &Endpoint) -> Option<Connection
             }
         }
     }
-    let text = chain.join(": ");
+    // Each layer's text once: wrappers often repeat their source's message.
+    let text = chain.iter().fold(String::new(), |mut text, part| {
+        if !text.contains(part.as_str()) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(part);
+        }
+        text
+    });
     if text.contains("dns error") || text.contains("failed to lookup address") {
         let host = endpoint
             .server

@@ -13,7 +13,7 @@ use super::records::{Interrupts, Scope};
 
 /// Runs `lock`.
 pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
-    let session = super::connect(&plan.cluster).await?;
+    let session = super::connect(&plan.cluster, None).await?;
     let mut spec = plan.spec;
     if spec.by.is_none() {
         spec.by = lock::default_by(session.user.as_deref());

@@ -12,7 +12,7 @@ use crate::time::now_unix;
 
 /// Runs `locks`.
 pub(super) async fn run(plan: LocksPlan) -> Result<Exit, Error> {
-    let session = super::connect(&plan.cluster).await?;
+    let session = super::connect(&plan.cluster, None).await?;
     let scope = if plan.all_namespaces {
         "all namespaces".to_string()
     } else {

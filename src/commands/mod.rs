@@ -40,9 +40,18 @@ pub(crate) struct Session {
     pub user: Option<String>,
 }
 
-/// Connects as helm would for these flags and opens the release store.
-pub(crate) async fn connect(plan: &ClusterPlan) -> Result<Session, Error> {
-    let target = cluster::connect(&plan.flags, &plan.env).await?;
+/// Connects as helm would for these flags and opens the release store. `deciding_for`
+/// names the release in errors of `upgrade` and `check`.
+pub(crate) async fn connect(
+    plan: &ClusterPlan,
+    deciding_for: Option<&str>,
+) -> Result<Session, Error> {
+    let target = cluster::connect(&plan.flags, &plan.env)
+        .await
+        .map_err(|source| Error::Connect {
+            release: deciding_for.map(str::to_string),
+            source: Box::new(source),
+        })?;
     Ok(Session {
         store: Store::open(plan.driver, target.client.clone(), &target.namespace),
         client: target.client,

@@ -12,7 +12,7 @@ use crate::time::now_unix;
 
 /// Runs `status`.
 pub(super) async fn run(plan: StatusPlan) -> Result<Exit, Error> {
-    let session = super::connect(&plan.cluster).await?;
+    let session = super::connect(&plan.cluster, None).await?;
     let now = now_unix();
     let mut report = status_report(&session.store, &plan.release, now).await?;
     // Informational: a status without Lease RBAC still shows the release.

@@ -15,7 +15,7 @@ use super::records::{Interrupts, Scope};
 
 /// Runs `unlock`.
 pub(super) async fn run(plan: UnlockPlan) -> Result<Exit, Error> {
-    let session = super::connect(&plan.cluster).await?;
+    let session = super::connect(&plan.cluster, None).await?;
     let had_lock = unlock_release(
         &session.store,
         &plan.release,

@@ -20,7 +20,7 @@ use super::guard::{self, Pass};
 pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     // A missing helm is reported before anything else.
     let helm = guard::locate_helm(&plan)?;
-    let session = super::connect(&plan.cluster).await?;
+    let session = super::connect(&plan.cluster, Some(&plan.release)).await?;
     let store = &session.store;
     let namespace = session.namespace.as_str();
     let release = plan.release.as_str();

@@ -107,6 +107,36 @@ impl Run {
     pub fn assert_error(&self, message: &str) -> &Run {
         self.assert_stderr(&[&format!("guarded-upgrade: error: {message}")])
     }
+
+    /// Panics unless stderr is `retries` retry notices about `what` (`guarded-upgrade:
+    /// retrying {what} in …`, then one `giving up {what} after {retries + 1} attempts …`),
+    /// then exactly the error line `guarded-upgrade: error: {message}`.
+    #[track_caller]
+    pub fn assert_error_after_retries(&self, what: &str, retries: usize, message: &str) -> &Run {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        let shown = numbered(&self.stderr);
+        assert_eq!(lines.len(), retries + 2, "stderr:\n{shown}");
+        for line in &lines[..retries] {
+            assert!(
+                line.starts_with(&format!("guarded-upgrade: retrying {what} in ")),
+                "not a retry notice about {what}: {line:?}\nstderr:\n{shown}"
+            );
+        }
+        let give_up = format!(
+            "guarded-upgrade: giving up {what} after {} attempts in ",
+            retries + 1
+        );
+        assert!(
+            lines[retries].starts_with(&give_up),
+            "wanted {give_up:?}…\nstderr:\n{shown}"
+        );
+        assert_eq!(
+            lines[retries + 1],
+            format!("guarded-upgrade: error: {message}"),
+            "stderr:\n{shown}"
+        );
+        self
+    }
 }
 
 /// Each line of `text`, numbered and quoted so trailing or doubled spaces show.

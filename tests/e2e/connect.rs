@@ -798,11 +798,14 @@ fn a_refused_connection_is_retried_then_named() {
         &["KUBECONFIG"],
     );
     run.expect_code(3, "refused");
-    assert_eq!(
-        run.stderr,
-        format!(
-            "guarded-upgrade: error: release \"refused\" in namespace \"default\": reading the deployed release: listing Secret records: API server {url}: connection refused; check that the API server is up and the address and port are right; helm was not run\n"
-        )
+    run.assert_error_after_retries(
+        "listing Secrets (name=refused,owner=helm) in namespace \"default\"",
+        3,
+        &format!(
+            "release \"refused\" in namespace \"default\": reading the deployed release: listing \
+             Secret records: API server {url}: connection refused; check that the API server is \
+             up and the address and port are right; helm was not run"
+        ),
     );
     assert_no_secret(&run);
     // Retried (about 1.4 s of backoff), not forever.

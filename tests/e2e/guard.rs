@@ -245,10 +245,17 @@ fn api_down_fails_closed(label: &str) {
     });
     let run = b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS]);
     run.expect_code(3, "api down");
-    run.assert_error(
-        "release \"db\" in namespace \"shared\": reading the deployed release: listing Secret \
-         records: cannot reach the API server: ServiceError: client error (SendRequest): \
-         connection closed before message completed; helm was not run",
+    run.assert_error_after_retries(
+        "listing Secrets (name=db,owner=helm) in namespace \"shared\"",
+        3,
+        &format!(
+            "release \"db\" in namespace \"shared\": reading the deployed release: listing \
+             Secret records: API server {} (context \"standin\"): the connection broke \
+             (ServiceError: client error (SendRequest): connection closed before message \
+             completed); retry; if this persists, check the network path to the server; helm \
+             was not run",
+            b.api.url()
+        ),
     );
     b.api.clear_faults();
     assert!(b
@@ -291,11 +298,14 @@ fn forbidden_fails_closed(label: &str) {
     });
     let run = b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS]);
     run.expect_code(3, "forbidden");
-    run.assert_error(
+    run.assert_error(&format!(
         "release \"db\" in namespace \"shared\": reading the deployed release: listing Secret \
-         records: the API server answered 403 Forbidden: forbidden: injected fault; helm was \
-         not run",
-    );
+         records: API server {} (context \"standin\"): 403 Forbidden: secrets is forbidden: \
+         User \"standin\" cannot list resource \"secrets\" in API group \"\" in the \
+         namespace \"shared\"; grant this identity the permission (RBAC), or use a \
+         context/--kube-as-user that has it; helm was not run",
+        b.api.url()
+    ));
     b.api.clear_faults();
     assert!(b
         .api
@@ -524,10 +534,12 @@ fn kube_selection(label: &str) {
         &[],
     );
     run.expect_code(3, "broken context");
-    run.assert_error(
+    run.assert_error_after_retries(
+        "listing Secrets (name=db,owner=helm) in namespace \"default\"",
+        3,
         "release \"db\" in namespace \"default\": reading the deployed release: listing Secret \
-         records: cannot reach the API server: ServiceError: client error (Connect): tcp connect \
-         error: Connection refused (os error 111)",
+         records: API server http://127.0.0.1:9 (context \"broken\"): connection refused; check \
+         that the API server is up and the address and port are right",
     );
 }
 

@@ -19,11 +19,17 @@ enum Expect {
 const CASES: &[(&[&str], Expect)] = &[
     (
         &["upgrade", "db", "./no-chart", "--lock-timeout", "bogus"],
-        Expect::Ours("--lock-timeout \"bogus\" is not a duration (examples: 90s, 5m, 2h, 1d)"),
+        Expect::Ours(
+            "invalid value \"bogus\" for --lock-timeout: expected a duration such as 90s, 5m, \
+             2h or 1d",
+        ),
     ),
     (
         &["check", "db", "./no-chart", "--lease-duration=5x"],
-        Expect::Ours("--lease-duration \"5x\" is not a duration (examples: 90s, 5m, 2h, 1d)"),
+        Expect::Ours(
+            "invalid value \"5x\" for --lease-duration: expected a duration such as 90s, 5m, \
+             2h or 1d",
+        ),
     ),
     (
         &[
@@ -34,7 +40,8 @@ const CASES: &[(&[&str], Expect)] = &[
             "soon",
         ],
         Expect::Ours(
-            "--recover-pending-after \"soon\" is not a duration (examples: 90s, 5m, 2h, 1d)",
+            "invalid value \"soon\" for --recover-pending-after: expected a duration such as \
+             90s, 5m, 2h or 1d",
         ),
     ),
     (
@@ -106,8 +113,54 @@ const CASES: &[(&[&str], Expect)] = &[
     (
         &["upgrade", "db", "./no-chart", "extra"],
         Expect::Ours(
-            "too many arguments: expected RELEASE CHART, got extra \"extra\"; quote values that \
-             contain spaces and check for a flag missing its `--`",
+            "too many arguments: expected RELEASE CHART, got 1 more at position 3 (counting \
+             from 1 after the subcommand; values not shown); quote values that contain spaces \
+             and check for a misspelt flag or one missing its `--`",
+        ),
+    ),
+    (
+        &["upgrade", "db", "./no-chart", "--no-serialise"],
+        Expect::Ours(
+            "unknown flag --no-serialise: neither `helm upgrade` (helm 3 or 4) nor \
+             guarded-upgrade has it; did you mean --no-serialize?",
+        ),
+    ),
+    (
+        // A misspelt flag's value is never echoed.
+        &["upgrade", "db", "./no-chart", "--pasword", "s3cr3t"],
+        Expect::Ours(
+            "unknown flag --pasword: neither `helm upgrade` (helm 3 or 4) nor guarded-upgrade \
+             has it; did you mean --password?",
+        ),
+    ),
+    (
+        &[
+            "upgrade",
+            "db",
+            "./no-chart",
+            "--no-serialize",
+            "--lock-timeout",
+            "5s",
+        ],
+        Expect::Ours(
+            "--no-serialize cannot be combined with --lock-timeout: without the mutex there is \
+             nothing to wait for",
+        ),
+    ),
+    (
+        &["upgrade", "DB_1", "./no-chart"],
+        Expect::Ours(
+            "release name \"DB_1\" contains 'D' at position 1; helm allows lowercase letters, \
+             digits, '-' and '.', starting and ending each '.'-separated part with a letter or \
+             digit, at most 53 characters",
+        ),
+    ),
+    (
+        &["lock", "db", "-n", "a/b?x"],
+        Expect::Ours(
+            "namespace \"a/b?x\" contains '/' at position 2; a namespace is a DNS-1123 label: \
+             lowercase letters, digits and '-', starting and ending with a letter or digit, at \
+             most 63 characters",
         ),
     ),
     (
