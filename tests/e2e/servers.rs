@@ -1,0 +1,366 @@
+//! Real servers for the end-to-end tests: a distribution (OCI) registry and PostgreSQL.
+//!
+//! Each server is started at most once per test process (on first use) on a loopback port
+//! and shared by the tests; it runs as a child of a dedicated thread that lives as long as
+//! the process, with a parent-death signal, so it stops when the test process ends. A
+//! missing binary fails the test with the command that installs it (never a skip).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// What installs every server binary these tests need (also run by `.ci/run`).
+pub const INSTALL_HINT: &str = "run `./scripts/install-test-servers.sh` (apt-get install -y \
+                                docker-registry postgresql-15 apache2-utils)";
+
+/// Longest wait for a server to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Registry user and password of the authenticated registry.
+pub const REGISTRY_USER: &str = "pusher";
+/// Password of [`REGISTRY_USER`].
+pub const REGISTRY_PASSWORD: &str = "s3cret-pass";
+
+/// A running distribution registry.
+pub struct Registry {
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+    /// Whether it requires htpasswd (bcrypt) basic auth.
+    pub auth: bool,
+    _dir: tempfile::TempDir,
+}
+
+/// A running PostgreSQL server with trust auth on loopback.
+pub struct Postgres {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    /// A libpq-style connection string for database `db` (created by [`Postgres::create_db`]).
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Creates a fresh database, so each test has its own helm tables.
+    pub fn create_db(&self, db: &str) {
+        let psql = pg_binary("psql");
+        let out = Command::new(psql)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+            .arg(format!("CREATE DATABASE \"{db}\""))
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "CREATE DATABASE {db}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs one SQL statement in `db` and returns psql's unaligned output.
+    pub fn query(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(pg_binary("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-At", "-d", db, "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// The shared anonymous registry.
+pub fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(|| start_registry(false))
+}
+
+/// The shared registry requiring [`REGISTRY_USER`]/[`REGISTRY_PASSWORD`].
+pub fn auth_registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(|| start_registry(true))
+}
+
+/// The shared PostgreSQL server.
+pub fn postgres() -> &'static Postgres {
+    static P: OnceLock<Postgres> = OnceLock::new();
+    P.get_or_init(start_postgres)
+}
+
+/// A loopback address where nothing listens (a port that was free a moment ago).
+pub fn dead_address() -> String {
+    let port = free_port();
+    format!("127.0.0.1:{port}")
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Finds a server binary on PATH or in `extra` directories, else fails with the hint.
+fn require_binary(name: &str, extra: &[PathBuf]) -> PathBuf {
+    if let Ok(p) = which::which(name) {
+        return p;
+    }
+    extra
+        .iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("`{name}` is not installed; {INSTALL_HINT}"))
+}
+
+/// PostgreSQL binaries: Debian keeps them in /usr/lib/postgresql/<major>/bin, off PATH.
+fn pg_binary(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.reverse();
+    require_binary(name, &dirs)
+}
+
+/// Spawns every server from one thread that never exits: the parent-death signal fires
+/// when the spawning *thread* ends, and test threads end after each test.
+fn spawn_long_lived(mut cmd: Command, user: Option<(u32, u32)>) -> Child {
+    type Job = (
+        Command,
+        Option<(u32, u32)>,
+        mpsc::Sender<std::io::Result<Child>>,
+    );
+    static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            for (mut cmd, user, reply) in rx {
+                let _ = reply.send(spawn_with_deathsig(&mut cmd, user));
+            }
+            // The channel's sender lives in a static: this loop never ends.
+        });
+        std::sync::Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    cmd.stdin(Stdio::null());
+    sender
+        .lock()
+        .expect("spawner")
+        .send((cmd, user, tx))
+        .expect("spawner thread alive");
+    rx.recv().expect("spawner reply").expect("spawn server")
+}
+
+fn spawn_with_deathsig(cmd: &mut Command, user: Option<(u32, u32)>) -> std::io::Result<Child> {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some((uid, gid)) = user {
+                // Drop root first: a credential change clears the parent-death signal.
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Waits until `ready()` holds, the child is still running and the time is not up.
+fn wait_ready(what: &str, child: &mut Child, log: &Path, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited ({status}) before accepting connections:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if start.elapsed() > START_TIMEOUT {
+            panic!(
+                "{what} did not accept connections within {START_TIMEOUT:?}:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET /v2/` status code, or None when nothing answers.
+fn http_status(host: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&host.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+fn start_registry(auth: bool) -> Registry {
+    let bin = require_binary("docker-registry", &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = format!("127.0.0.1:{}", free_port());
+    let mut config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+         http:\n  addr: {host}\n",
+        dir.path().join("data").display()
+    );
+    if auth {
+        let htpasswd = require_binary("htpasswd", &[]);
+        let out = Command::new(htpasswd)
+            .args(["-Bbn", REGISTRY_USER, REGISTRY_PASSWORD])
+            .output()
+            .expect("run htpasswd");
+        assert!(out.status.success(), "htpasswd failed");
+        let file = dir.path().join("htpasswd");
+        std::fs::write(&file, &out.stdout).expect("write htpasswd");
+        config.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: guarded-upgrade-tests\n    path: {}\n",
+            file.display()
+        ));
+    }
+    let config_path = dir.path().join("config.yml");
+    std::fs::write(&config_path, config).expect("write registry config");
+    let log_path = dir.path().join("registry.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg(&config_path)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    let mut child = spawn_long_lived(cmd, None);
+    let want = if auth { 401 } else { 200 };
+    wait_ready("docker-registry", &mut child, &log_path, || {
+        http_status(&host, "/v2/") == Some(want)
+    });
+    Registry {
+        host,
+        auth,
+        _dir: dir,
+    }
+}
+
+/// The unprivileged user PostgreSQL runs as when the tests run as root.
+fn server_user() -> Option<(u32, u32)> {
+    // SAFETY: plain libc calls reading process and passwd data.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return None;
+        }
+        for name in [c"postgres", c"nobody"] {
+            let pw = libc::getpwnam(name.as_ptr());
+            if !pw.is_null() {
+                return Some(((*pw).pw_uid, (*pw).pw_gid));
+            }
+        }
+    }
+    panic!("running as root and neither a `postgres` nor a `nobody` user exists");
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("chown");
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).expect("read_dir").flatten() {
+            chown_tree(&entry.path(), uid, gid);
+        }
+    }
+}
+
+fn start_postgres() -> Postgres {
+    let initdb = pg_binary("initdb");
+    let postgres = pg_binary("postgres");
+    pg_binary("psql");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let user = server_user();
+    let data = dir.path().join("data");
+    let socket = dir.path().join("socket");
+    std::fs::create_dir(&socket).expect("mkdir socket");
+    if let Some((uid, gid)) = user {
+        chown_tree(dir.path(), uid, gid);
+    }
+    let log_path = dir.path().join("postgres.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    if let Some((uid, gid)) = user {
+        chown_tree(&log_path, uid, gid);
+    }
+    let mut init = Command::new(initdb);
+    init.args([
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+        "-D",
+    ])
+    .arg(&data)
+    .stdout(log.try_clone().expect("log"))
+    .stderr(log.try_clone().expect("log"));
+    let status = spawn_with_deathsig(&mut init, user)
+        .expect("start initdb")
+        .wait()
+        .expect("wait initdb");
+    assert!(
+        status.success(),
+        "initdb failed ({status}):\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    let port = free_port();
+    let mut cmd = Command::new(postgres);
+    cmd.arg("-D")
+        .arg(&data)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
+        .arg(&socket)
+        .args(["-c", "fsync=off", "-c", "max_connections=200"])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    let mut child = spawn_long_lived(cmd, user);
+    wait_ready("postgres", &mut child, &log_path, || {
+        Command::new(pg_binary("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    });
+    Postgres { port, _dir: dir }
+}
