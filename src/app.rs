@@ -23,6 +23,7 @@ use crate::time::{now_unix, parse_duration};
 /// subcommand name. Returns the process exit code.
 pub async fn run(raw: &[String], mode: Mode) -> Result<i32, Failure> {
     let split = argv::split(raw, mode).map_err(|e| Failure::usage(e.to_string()))?;
+    target::check_usage(&split.chart, &split.helm).map_err(Failure::usage)?;
     let env = HelmEnv::from_process();
     let helm_bin_env = std::env::var("HELM_BIN").ok();
 

@@ -2,9 +2,11 @@
 //! stand-in. One test binary, one module per area (fd's `tests/testenv` model).
 
 mod common;
+mod servers;
 
 mod guard;
 mod lock;
 mod mutex;
+mod oci;
 mod records;
 mod repo;
