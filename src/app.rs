@@ -61,6 +61,17 @@ pub async fn run(raw: &[String], mode: Mode) -> Result<i32, Failure> {
             let store = KubeStore::<ConfigMap>::new(cluster.client.clone(), &cluster.namespace);
             guarded(ctx, &store).await
         }
+        DriverKind::Sql => {
+            let store = crate::storage_sql::SqlStore::connect_from_env(&cluster.namespace)
+                .await
+                .map_err(|e| {
+                    Failure::refused(format!(
+                        "cannot decide for release {:?}: {e}; helm was not run",
+                        split.release
+                    ))
+                })?;
+            guarded(ctx, &store).await
+        }
     }
 }
 
@@ -339,6 +350,7 @@ fn driver_name(driver: DriverKind) -> &'static str {
     match driver {
         DriverKind::Secret => "secret",
         DriverKind::ConfigMap => "configmap",
+        DriverKind::Sql => "sql",
     }
 }
 

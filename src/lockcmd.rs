@@ -51,6 +51,12 @@ async fn with_store<T>(cluster_args: &ClusterFlags, f: impl AsyncStoreFn<T>) -> 
             )
             .await
         }
+        DriverKind::Sql => {
+            let store = crate::storage_sql::SqlStore::connect_from_env(&cluster.namespace)
+                .await
+                .map_err(|e| Failure::refused(e.to_string()))?;
+            f.call(&store, &ctx).await
+        }
     }
 }
 

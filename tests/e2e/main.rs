@@ -10,3 +10,4 @@ mod mutex;
 mod oci;
 mod records;
 mod repo;
+mod sql;
