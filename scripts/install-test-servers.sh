@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the real servers the end-to-end tests start (tests/e2e/servers.rs): Debian's
-# docker-registry (the distribution registry), PostgreSQL 15, and apache2-utils (htpasswd).
+# docker-registry (the distribution registry), PostgreSQL 15, apache2-utils (htpasswd) and
+# openssl (the test CA for PostgreSQL's TLS).
 # Idempotent and non-interactive; a no-op when everything is there.
 set -euo pipefail
-PACKAGES=(docker-registry postgresql-15 apache2-utils)
+PACKAGES=(docker-registry postgresql-15 apache2-utils openssl)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// What installs every server binary these tests need (also run by `.ci/run`).
 pub const INSTALL_HINT: &str = "run `./scripts/install-test-servers.sh` (apt-get install -y \
-                                docker-registry postgresql-15 apache2-utils)";
+                                docker-registry postgresql-15 apache2-utils openssl)";
 
 /// Longest wait for a server to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,10 +35,13 @@ pub struct Registry {
     _dir: tempfile::TempDir,
 }
 
-/// A running PostgreSQL server with trust auth on loopback.
+/// A running PostgreSQL server with trust auth on loopback. It also accepts TLS, with a
+/// server certificate for `localhost` (not for `127.0.0.1`) issued by a test CA.
 pub struct Postgres {
     /// Port on 127.0.0.1.
     pub port: u16,
+    /// PEM file of the CA that issued the server certificate.
+    pub ca_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -49,6 +52,12 @@ impl Postgres {
             "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
             self.port
         )
+    }
+
+    /// A URL connection string for `db` on `host` (`localhost` or `127.0.0.1`) with extra
+    /// query parameters, e.g. `sslmode=verify-full&sslrootcert=…`.
+    pub fn url_with(&self, host: &str, db: &str, params: &str) -> String {
+        format!("postgres://postgres@{host}:{}/{db}?{params}", self.port)
     }
 
     /// Creates a fresh database, so each test has its own helm tables.
@@ -95,6 +104,81 @@ impl Postgres {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+}
+
+/// Makes a test CA and a `localhost` server certificate (EC P-256) in `dir` with the openssl
+/// CLI; returns (CA cert, server cert, server key).
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = require_binary("openssl", &[]);
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl)
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=guarded-upgrade test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").expect("write ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod key");
+    (dir.join("ca.crt"), dir.join("server.crt"), key)
 }
 
 /// The shared anonymous registry.
@@ -315,6 +399,9 @@ fn start_postgres() -> Postgres {
     let data = dir.path().join("data");
     let socket = dir.path().join("socket");
     std::fs::create_dir(&socket).expect("mkdir socket");
+    let tls = dir.path().join("tls");
+    std::fs::create_dir(&tls).expect("mkdir tls");
+    let (ca_file, cert, key) = make_certificates(&tls);
     if let Some((uid, gid)) = user {
         chown_tree(dir.path(), uid, gid);
     }
@@ -351,7 +438,18 @@ fn start_postgres() -> Postgres {
         .arg(&data)
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
         .arg(&socket)
-        .args(["-c", "fsync=off", "-c", "max_connections=200"])
+        .args([
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "ssl=on",
+        ])
+        .arg("-c")
+        .arg(format!("ssl_cert_file={}", cert.display()))
+        .arg("-c")
+        .arg(format!("ssl_key_file={}", key.display()))
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
     let mut child = spawn_long_lived(cmd, user);
@@ -362,5 +460,9 @@ fn start_postgres() -> Postgres {
             .map(|s| s.success())
             .unwrap_or(false)
     });
-    Postgres { port, _dir: dir }
+    Postgres {
+        port,
+        ca_file,
+        _dir: dir,
+    }
 }

@@ -262,4 +262,95 @@ fn sql_locks(label: &str) {
     assert_eq!(s.deployed(), ("1.2.0".into(), 5));
 }
 
-crate::common::per_helm!(sql_decisions, sql_locks);
+/// TLS modes as helm's lib/pq applies them, against PostgreSQL serving a `localhost`
+/// certificate from a test CA: helm and guarded-upgrade accept and refuse the same ones.
+fn sql_tls(label: &str) {
+    let s = SqlBed::new(label, "tls");
+    let pg = postgres();
+    let ca = pg.ca_file.display().to_string();
+    let with = |host: &str, params: &str| pg.url_with(host, &s.db, params);
+    let full = with(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let env = |url: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("HELM_DRIVER", "sql".to_string()),
+            ("HELM_DRIVER_SQL_CONNECTION_STRING", url.to_string()),
+        ]
+    };
+    let run_with = |url: &str, args: &[&str], helm: bool| {
+        let e = env(url);
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if helm {
+            s.b.helm_env(args, &e)
+        } else {
+            s.b.guard_env(args, &e)
+        }
+    };
+    let c100 = chart("demo-1.0.0");
+    run_with(
+        &full,
+        &["upgrade", "--install", "db", &c100, "-n", NS],
+        false,
+    )
+    .expect_code(0, "install over verify-full");
+    // Modes that succeed for helm succeed for us: the same version is skipped through each.
+    let keyword = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={} sslmode=verify-ca sslrootcert='{ca}'",
+        pg.port, s.db
+    );
+    for url in [
+        full.clone(),
+        with("127.0.0.1", "sslmode=require"),
+        with("127.0.0.1", ""),
+        with("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}")),
+        keyword,
+    ] {
+        run_with(&url, &["history", "db", "-n", NS], true).expect_code(0, &url);
+        let run = run_with(&url, &["upgrade", "db", &c100, "-n", NS], false);
+        run.expect_code(0, &url);
+        assert!(
+            first_line(&run).starts_with("skip: "),
+            "{url}: {}",
+            run.stderr
+        );
+    }
+    // The certificate is for localhost, not 127.0.0.1: verify-full refuses, helm too.
+    let wrong_name = with(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let helm = run_with(&wrong_name, &["history", "db", "-n", NS], true);
+    assert_ne!(helm.code, 0, "helm accepted a wrong host name");
+    let run = run_with(&wrong_name, &["upgrade", "db", &c100, "-n", NS], false);
+    run.expect_code(3, "verify-full, wrong name");
+    let line = run.stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with(&format!(
+            "guarded-upgrade: error: cannot decide for release \"db\": cannot connect to \
+             PostgreSQL at 127.0.0.1:{}/{}: ",
+            pg.port, s.db
+        )) && line.contains("certificate")
+            && line.ends_with("; helm was not run"),
+        "{}",
+        run.stderr
+    );
+    // A mode lib/pq does not know is refused, as helm refuses it.
+    let prefer = with("127.0.0.1", "sslmode=prefer");
+    assert_ne!(
+        run_with(&prefer, &["history", "db", "-n", NS], true).code,
+        0
+    );
+    let run = run_with(&prefer, &["upgrade", "db", &c100, "-n", NS], false);
+    run.expect_code(3, "prefer");
+    assert_eq!(
+        run.stderr.lines().last().unwrap_or_default(),
+        "guarded-upgrade: error: cannot decide for release \"db\": \
+         HELM_DRIVER_SQL_CONNECTION_STRING is not usable: unsupported sslmode \"prefer\"; only \
+         \"require\" (default), \"verify-full\", \"verify-ca\", and \"disable\" are supported \
+         (as by helm's SQL driver); helm was not run"
+    );
+}
+
+crate::common::per_helm!(sql_decisions, sql_locks, sql_tls);
