@@ -96,7 +96,7 @@ impl SqlStore {
             .map_err(SqlConnectError::BadConnectionString)?;
         let mut config: tokio_postgres::Config = rest
             .parse()
-            .map_err(|e| SqlConnectError::BadConnectionString(format!("{e}")))?;
+            .map_err(|e| SqlConnectError::BadConnectionString(crate::storage::error_chain(&e)))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -559,6 +559,28 @@ mod tests {
                 ("owner".to_string(), Some("helm".to_string())),
                 ("guarded-upgrade.io/lock".to_string(), None)
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn unusable_connection_strings_fail_before_connecting() {
+        let err = |text: &str| {
+            let text = text.to_string();
+            async move {
+                match SqlStore::connect(&text, "ns").await {
+                    Err(e) => e.to_string(),
+                    Ok(_) => panic!("connected with {text}"),
+                }
+            }
+        };
+        let unknown = err("postgres://u:hunter2@h/db?search_path=x&sslmode=disable").await;
+        assert!(unknown.contains("search_path"), "{unknown}");
+        assert!(!unknown.contains("hunter2"), "{unknown}");
+        assert_eq!(
+            err("host=h sslmode=allow").await,
+            "HELM_DRIVER_SQL_CONNECTION_STRING is not usable: unsupported sslmode \"allow\"; \
+             only \"require\" (default), \"verify-full\", \"verify-ca\", and \"disable\" are \
+             supported (as by helm's SQL driver)"
         );
     }
 
