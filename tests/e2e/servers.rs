@@ -232,6 +232,46 @@ fn pg_binary(name: &str) -> PathBuf {
     require_binary(name, &dirs)
 }
 
+/// Servers to stop at process exit: pid, the signal that shuts it down quickly, and the
+/// directory to remove afterwards.
+static STOP_AT_EXIT: std::sync::Mutex<Vec<(u32, i32, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers `pid` to be stopped (with `signal`, then waited for up to 5 s) and `dir` to be
+/// removed when the test process exits. Statics are never dropped, so an `atexit` hook does
+/// it; the parent-death signal is the fallback if the process is killed.
+fn stop_at_exit(pid: u32, signal: i32, dir: &Path) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    extern "C" fn stop_all() {
+        let servers = std::mem::take(&mut *STOP_AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
+        for (pid, signal, _) in &servers {
+            // SAFETY: signalling a child this process started.
+            unsafe { libc::kill(*pid as libc::pid_t, *signal) };
+        }
+        for (pid, _, dir) in &servers {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let mut status = 0;
+                // SAFETY: reaping our own child without blocking.
+                let done =
+                    unsafe { libc::waitpid(*pid as libc::pid_t, &mut status, libc::WNOHANG) };
+                if done != 0 || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    HOOK.call_once(|| {
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(stop_all) };
+    });
+    STOP_AT_EXIT
+        .lock()
+        .expect("stop list")
+        .push((pid, signal, dir.to_path_buf()));
+}
+
 /// Spawns every server from one thread that never exits: the parent-death signal fires
 /// when the spawning *thread* ends, and test threads end after each test.
 fn spawn_long_lived(mut cmd: Command, user: Option<(u32, u32)>) -> Child {
@@ -353,6 +393,7 @@ fn start_registry(auth: bool) -> Registry {
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
     let mut child = spawn_long_lived(cmd, None);
+    stop_at_exit(child.id(), libc::SIGTERM, dir.path());
     let want = if auth { 401 } else { 200 };
     wait_ready("docker-registry", &mut child, &log_path, || {
         http_status(&host, "/v2/") == Some(want)
@@ -453,6 +494,8 @@ fn start_postgres() -> Postgres {
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
     let mut child = spawn_long_lived(cmd, user);
+    // SIGINT: PostgreSQL's fast shutdown (no waiting for clients).
+    stop_at_exit(child.id(), libc::SIGINT, dir.path());
     wait_ready("postgres", &mut child, &log_path, || {
         Command::new(pg_binary("pg_isready"))
             .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
