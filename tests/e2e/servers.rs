@@ -184,19 +184,19 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// The shared anonymous registry.
 pub fn registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| start_registry(false))
+    R.get_or_init(|| start_with_retries("docker-registry", || start_registry(false)))
 }
 
 /// The shared registry requiring [`REGISTRY_USER`]/[`REGISTRY_PASSWORD`].
 pub fn auth_registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| start_registry(true))
+    R.get_or_init(|| start_with_retries("docker-registry (htpasswd)", || start_registry(true)))
 }
 
 /// The shared PostgreSQL server.
 pub fn postgres() -> &'static Postgres {
     static P: OnceLock<Postgres> = OnceLock::new();
-    P.get_or_init(start_postgres)
+    P.get_or_init(|| start_with_retries("postgres", start_postgres))
 }
 
 /// A loopback address where nothing listens (a port that was free a moment ago).
@@ -324,19 +324,25 @@ fn spawn_with_deathsig(cmd: &mut Command, user: Option<(u32, u32)>) -> std::io::
 }
 
 /// Waits until `ready()` holds, the child is still running and the time is not up.
-fn wait_ready(what: &str, child: &mut Child, log: &Path, mut ready: impl FnMut() -> bool) {
+fn wait_ready(
+    what: &str,
+    child: &mut Child,
+    log: &Path,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), String> {
     let start = Instant::now();
     loop {
         if ready() {
-            return;
+            return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!(
+            return Err(format!(
                 "{what} exited ({status}) before accepting connections:\n{}",
                 std::fs::read_to_string(log).unwrap_or_default()
-            );
+            ));
         }
         if start.elapsed() > START_TIMEOUT {
+            // Hung, not lost a port race: no retry.
             panic!(
                 "{what} did not accept connections within {START_TIMEOUT:?}:\n{}",
                 std::fs::read_to_string(log).unwrap_or_default()
@@ -360,7 +366,20 @@ fn http_status(host: &str, path: &str) -> Option<u16> {
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
-fn start_registry(auth: bool) -> Registry {
+/// Starts a server on a free port, again (at most 3 times) when it exits early: another
+/// process may take the port between choosing it and the server binding it.
+fn start_with_retries<T>(what: &str, start: impl Fn() -> Result<T, String>) -> T {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match start() {
+            Ok(server) => return server,
+            Err(e) => last = e,
+        }
+    }
+    panic!("{what} did not start in 3 attempts; last: {last}")
+}
+
+fn start_registry(auth: bool) -> Result<Registry, String> {
     let bin = require_binary("docker-registry", &[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let host = format!("127.0.0.1:{}", free_port());
@@ -397,12 +416,12 @@ fn start_registry(auth: bool) -> Registry {
     let want = if auth { 401 } else { 200 };
     wait_ready("docker-registry", &mut child, &log_path, || {
         http_status(&host, "/v2/") == Some(want)
-    });
-    Registry {
+    })?;
+    Ok(Registry {
         host,
         auth,
         _dir: dir,
-    }
+    })
 }
 
 /// The unprivileged user PostgreSQL runs as when the tests run as root.
@@ -431,7 +450,7 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) {
     }
 }
 
-fn start_postgres() -> Postgres {
+fn start_postgres() -> Result<Postgres, String> {
     let initdb = pg_binary("initdb");
     let postgres = pg_binary("postgres");
     pg_binary("psql");
@@ -502,10 +521,10 @@ fn start_postgres() -> Postgres {
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
-    });
-    Postgres {
+    })?;
+    Ok(Postgres {
         port,
         ca_file,
         _dir: dir,
-    }
+    })
 }
