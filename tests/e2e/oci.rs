@@ -4,15 +4,22 @@
 
 use crate::common::{bed, chart, Bed, Run};
 use crate::servers::{
-    auth_registry, dead_address, registry, Registry, REGISTRY_PASSWORD, REGISTRY_USER,
+    auth_registry, dead_address, registry, tls_registry, Registry, REGISTRY_PASSWORD, REGISTRY_USER,
 };
 
 const NS: &str = "shared";
 
 /// Packages the demo fixtures and a pre-release, and pushes them to
 /// `oci://<registry>/<repo>`; returns the chart reference `oci://<registry>/<repo>/demo`
-/// and the digest helm reported for 1.1.0. `login` is the registry config to push with.
-fn push_demo(b: &Bed, reg: &Registry, repo: &str, login: &[(&str, &str)]) -> (String, String) {
+/// and the digest helm reported for 1.1.0. `login` is the registry config to push with,
+/// `how` the transport flags (`--plain-http`, `--ca-file F`).
+fn push_demo(
+    b: &Bed,
+    reg: &Registry,
+    repo: &str,
+    login: &[(&str, &str)],
+    how: &[&str],
+) -> (String, String) {
     let dir = b.home().join("packages");
     let mut charts: Vec<String> = ["0.9.0", "1.0.0", "1.1.0", "1.2.0"]
         .iter()
@@ -31,7 +38,9 @@ fn push_demo(b: &Bed, reg: &Registry, repo: &str, login: &[(&str, &str)]) -> (St
             .unwrap_or_default()
             .to_string();
         let target = format!("oci://{}/{repo}", reg.host);
-        let run = b.helm_env(&["push", &tgz, &target, "--plain-http"], login);
+        let mut args = vec!["push", tgz.as_str(), target.as_str()];
+        args.extend_from_slice(how);
+        let run = b.helm_env(&args, login);
         run.expect_code(0, "helm push");
         let pushed = format!("{}{}", run.stdout, run.stderr);
         if tgz.ends_with("demo-1.1.0.tgz") {
@@ -79,7 +88,7 @@ fn oci_anonymous(label: &str) {
     let b = bed(label);
     b.api.create_namespace(NS);
     let reg = registry();
-    let (demo, digest) = push_demo(&b, reg, &format!("anon-{label}"), &[]);
+    let (demo, digest) = push_demo(&b, reg, &format!("anon-{label}"), &[], &["--plain-http"]);
 
     let run = b.guard(&[
         "upgrade",
@@ -235,7 +244,7 @@ fn oci_authenticated(label: &str) {
     }
     let run = helm_stdin(&b, &args, &login, REGISTRY_PASSWORD);
     run.expect_code(0, "helm registry login");
-    let (demo, _) = push_demo(&b, reg, &format!("auth-{label}"), &login);
+    let (demo, _) = push_demo(&b, reg, &format!("auth-{label}"), &login, &["--plain-http"]);
 
     // No credentials: the registry answers 401; exit 3 naming it, helm not run.
     let run = b.guard(&[
@@ -348,6 +357,85 @@ fn oci_registry_down(label: &str) {
     }
 }
 
+/// A registry serving HTTPS with a certificate from a private CA: resolved with --ca-file
+/// or --insecure-skip-tls-verify, as helm does; without either, exit 3 naming the registry.
+/// Helm 4 only (see `helm4_only`).
+fn oci_tls(label: &str) {
+    let b = bed(label);
+    b.api.create_namespace(NS);
+    let reg = tls_registry();
+    let ca = reg
+        .ca_file
+        .as_ref()
+        .expect("TLS registry CA")
+        .display()
+        .to_string();
+    let (demo, _) = push_demo(&b, reg, &format!("tls-{label}"), &[], &["--ca-file", &ca]);
+
+    let run = b.guard(&[
+        "check",
+        "db",
+        &demo,
+        "--version",
+        "^1",
+        "--ca-file",
+        &ca,
+        "-n",
+        NS,
+        "-o",
+        "json",
+    ]);
+    run.expect_code(0, "check with --ca-file");
+    assert_eq!(target_version(&run), "1.2.0");
+    b.guard(&[
+        "upgrade",
+        "--install",
+        "db",
+        &demo,
+        "--version",
+        "1.0.0",
+        "--ca-file",
+        &ca,
+        "-n",
+        NS,
+    ])
+    .expect_code(0, "install with --ca-file");
+    assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 1));
+
+    // Without the CA the certificate is unknown: exit 3 naming the registry, helm not run.
+    let run = b.guard(&["upgrade", "db", &demo, "--version", "~1.1", "-n", NS]);
+    run.expect_code(3, "unknown CA");
+    let line = last_line(&run);
+    assert!(
+        line.starts_with(&format!(
+            "guarded-upgrade: error: release \"db\" in namespace \"shared\": resolving the \
+             target chart version: OCI registry {} cannot be reached (`helm show chart {demo}` \
+             exit 1: ",
+            reg.host
+        )) && line.contains("x509")
+            && line.ends_with(
+                "--ca-file / --insecure-skip-tls-verify for how it serves; helm was not run"
+            ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 1));
+
+    // --insecure-skip-tls-verify: helm skips verification, so resolution and upgrade work.
+    b.guard(&[
+        "upgrade",
+        "db",
+        &demo,
+        "--version",
+        "~1.1",
+        "--insecure-skip-tls-verify",
+        "-n",
+        NS,
+    ])
+    .expect_code(0, "upgrade with --insecure-skip-tls-verify");
+    assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
+}
+
 /// Runs helm with `input` on stdin.
 fn helm_stdin(b: &Bed, args: &[&str], env: &[(&str, &str)], input: &str) -> Run {
     use std::io::Write;
@@ -377,3 +465,12 @@ fn helm_stdin(b: &Bed, args: &[&str], env: &[(&str, &str)], input: &str) -> Run 
 }
 
 crate::common::per_helm!(oci_anonymous, oci_authenticated, oci_registry_down);
+
+/// Helm 3.17 (oras-go v1 on containerd's resolver) always speaks plain HTTP to a registry
+/// on a loopback address, so a TLS registry on loopback can only be used with helm 4.
+mod helm4_only {
+    #[test]
+    fn oci_tls() {
+        super::oci_tls("helm4");
+    }
+}

@@ -32,6 +32,8 @@ pub struct Registry {
     pub host: String,
     /// Whether it requires htpasswd (bcrypt) basic auth.
     pub auth: bool,
+    /// With TLS: the PEM file of the CA that issued its certificate (for 127.0.0.1).
+    pub ca_file: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -106,9 +108,9 @@ impl Postgres {
     }
 }
 
-/// Makes a test CA and a `localhost` server certificate (EC P-256) in `dir` with the openssl
+/// Makes a test CA and a server certificate for `san` (e.g. `DNS:localhost`) (EC P-256) in `dir` with the openssl
 /// CLI; returns (CA cert, server cert, server key).
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+fn make_certificates(dir: &Path, san: &str) -> (PathBuf, PathBuf, PathBuf) {
     let openssl = require_binary("openssl", &[]);
     let run = |args: &[&str]| {
         let out = Command::new(&openssl)
@@ -157,7 +159,7 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         ],
     ]
     .concat());
-    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").expect("write ext");
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName={san}\n")).expect("write ext");
     run(&[
         "x509",
         "-req",
@@ -184,13 +186,21 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// The shared anonymous registry.
 pub fn registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| start_with_retries("docker-registry", || start_registry(false)))
+    R.get_or_init(|| start_with_retries("docker-registry", || start_registry(false, false)))
 }
 
 /// The shared registry requiring [`REGISTRY_USER`]/[`REGISTRY_PASSWORD`].
 pub fn auth_registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| start_with_retries("docker-registry (htpasswd)", || start_registry(true)))
+    R.get_or_init(|| {
+        start_with_retries("docker-registry (htpasswd)", || start_registry(true, false))
+    })
+}
+
+/// The shared anonymous registry serving HTTPS with a certificate from a test CA.
+pub fn tls_registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(|| start_with_retries("docker-registry (TLS)", || start_registry(false, true)))
 }
 
 /// The shared PostgreSQL server.
@@ -379,7 +389,7 @@ fn start_with_retries<T>(what: &str, start: impl Fn() -> Result<T, String>) -> T
     panic!("{what} did not start in 3 attempts; last: {last}")
 }
 
-fn start_registry(auth: bool) -> Result<Registry, String> {
+fn start_registry(auth: bool, tls: bool) -> Result<Registry, String> {
     let bin = require_binary("docker-registry", &[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let host = format!("127.0.0.1:{}", free_port());
@@ -388,6 +398,19 @@ fn start_registry(auth: bool) -> Result<Registry, String> {
          http:\n  addr: {host}\n",
         dir.path().join("data").display()
     );
+    let ca_file = if tls {
+        let tls_dir = dir.path().join("tls");
+        std::fs::create_dir(&tls_dir).expect("mkdir tls");
+        let (ca, cert, key) = make_certificates(&tls_dir, "IP:127.0.0.1");
+        config.push_str(&format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        ));
+        Some(ca)
+    } else {
+        None
+    };
     if auth {
         let htpasswd = require_binary("htpasswd", &[]);
         let out = Command::new(htpasswd)
@@ -413,13 +436,20 @@ fn start_registry(auth: bool) -> Result<Registry, String> {
         .stderr(log);
     let mut child = spawn_long_lived(cmd, None);
     stop_at_exit(child.id(), libc::SIGTERM, dir.path());
-    let want = if auth { 401 } else { 200 };
+    // Plain HTTP to a TLS port: Go answers 400 ("client sent an HTTP request to an HTTPS
+    // server"), which is enough to know it listens.
+    let want = match (tls, auth) {
+        (true, _) => 400,
+        (false, true) => 401,
+        (false, false) => 200,
+    };
     wait_ready("docker-registry", &mut child, &log_path, || {
         http_status(&host, "/v2/") == Some(want)
     })?;
     Ok(Registry {
         host,
         auth,
+        ca_file,
         _dir: dir,
     })
 }
@@ -461,7 +491,7 @@ fn start_postgres() -> Result<Postgres, String> {
     std::fs::create_dir(&socket).expect("mkdir socket");
     let tls = dir.path().join("tls");
     std::fs::create_dir(&tls).expect("mkdir tls");
-    let (ca_file, cert, key) = make_certificates(&tls);
+    let (ca_file, cert, key) = make_certificates(&tls, "DNS:localhost");
     if let Some((uid, gid)) = user {
         chown_tree(dir.path(), uid, gid);
     }
