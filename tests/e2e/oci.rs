@@ -282,6 +282,24 @@ fn oci_authenticated(label: &str) {
         history.stdout
     );
 
+    // --username/--password reach helm show chart; the password is never printed.
+    let run = check(
+        &b,
+        &demo,
+        &[
+            "--version",
+            "^1",
+            "--username",
+            REGISTRY_USER,
+            "--password",
+            REGISTRY_PASSWORD,
+        ],
+        &[],
+    );
+    run.expect_code(0, "check with --username/--password");
+    assert_eq!(target_version(&run), "1.2.0");
+    assert!(!run.stdout.contains(REGISTRY_PASSWORD) && !run.stderr.contains(REGISTRY_PASSWORD));
+
     // HELM_REGISTRY_CONFIG from `helm registry login`: exact install, then a constraint.
     let run = b.guard_env(
         &[

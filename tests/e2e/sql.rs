@@ -204,11 +204,17 @@ fn sql_locks(label: &str) {
     let json: serde_json::Value = serde_json::from_str(check.stdout.trim()).unwrap();
     assert_eq!(json["reason"], "locked", "{json}");
     assert_eq!(json["lock"]["by"], "alice", "{json}");
-    let run = s.guard(&["locks", "-n", NS, "-o", "json"]);
-    run.expect_code(0, "locks");
-    let rows: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
-    assert_eq!(rows[0]["release"], "db", "{rows}");
-    assert_eq!(rows[0]["kind"], "soft", "{rows}");
+    for scope in [&["-n", NS][..], &["-A"][..]] {
+        let mut args = vec!["locks", "-o", "json"];
+        args.extend_from_slice(scope);
+        let run = s.guard(&args);
+        run.expect_code(0, "locks");
+        let rows: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+        assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+        assert_eq!(rows[0]["release"], "db", "{rows}");
+        assert_eq!(rows[0]["namespace"], NS, "{rows}");
+        assert_eq!(rows[0]["kind"], "soft", "{rows}");
+    }
 
     let run = s.guard(&["unlock", "db", "-n", NS]);
     run.expect_code(0, "unlock");
