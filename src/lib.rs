@@ -18,7 +18,7 @@ pub mod mutex;
 pub mod recovery;
 pub mod release;
 pub mod report;
-pub mod sql_conn;
+pub(crate) mod sql_conn;
 pub mod state;
 pub mod storage;
 pub mod storage_sql;
