@@ -67,6 +67,15 @@ pub enum Error {
         #[source]
         source: Box<ClusterError>,
     },
+    /// The release storage could not be opened (the SQL driver's database).
+    #[error("{}{source}", deciding_for(.release))]
+    OpenStore {
+        /// The release a guarded command was deciding for.
+        release: Option<String>,
+        /// Why.
+        #[source]
+        source: Box<crate::storage::sql::SqlConnectError>,
+    },
     /// The deployed release could not be read or trusted.
     #[error(
         "release {release:?} in namespace {namespace:?}: reading the deployed release: {source}"
@@ -279,7 +288,7 @@ mod tests {
         assert_eq!(e.exit(), Exit::Refused);
         // No inner error says it by hand: every fail-closed message ends with it once.
         let inner = [
-            Error::from(ClusterError::UnsupportedDriver("sql".into())),
+            Error::from(ClusterError::UnsupportedDriver("memory".into())),
             mutex_error(MutexError::Interrupted),
             mutex_error(MutexError::Timeout {
                 lease: "helm-lock-db".into(),

@@ -17,6 +17,7 @@ use crate::error::{Error, UsageError};
 use crate::lock::{self, LockSpec};
 use crate::mutex;
 use crate::names;
+use crate::target;
 use crate::time::format_rfc3339;
 
 /// Where and how to reach the release storage.
@@ -237,6 +238,7 @@ fn guard(args: &[String], mode: Mode, env: HelmEnv) -> Result<GuardPlan, Error> 
         chart,
         helm,
     } = argv::split(args, mode).map_err(|e| usage(e.to_string()))?;
+    target::check_usage(&chart, &helm).map_err(usage)?;
     let serialize = (!guard.no_serialize).then(|| Serialize {
         lock_timeout: guard.lock_timeout.unwrap_or(mutex::DEFAULT_LOCK_TIMEOUT),
         lease_duration: guard

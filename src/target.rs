@@ -3,8 +3,12 @@
 //! Follows helm's `LocateChart`: with `--repo` the chart is remote; otherwise a path that
 //! exists locally is a chart directory or a packaged archive; otherwise it is a repo,
 //! OCI or URL reference. Local charts are read directly (an archive without unpacking it to
-//! disk); for remote charts an exact `--version` is taken as is and anything else is asked
-//! of helm (`helm show chart`), which applies the repo index, constraints and `--devel`.
+//! disk); for repository charts an exact `--version` is taken as is and anything else is
+//! asked of helm (`helm show chart`), which applies the repo index, constraints and
+//! `--devel`. `oci://` charts are always asked of helm, even for an exact version: that is
+//! what checks the registry is reachable and accepts the credentials before helm upgrades,
+//! and what resolves tags and digests in the reference (`oci://host/repo/chart:1.2.3`,
+//! `…@sha256:…`) exactly as helm will.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,6 +23,9 @@ use crate::version::is_exact_version;
 /// `Chart.yaml` is far below).
 const MAX_CHART_YAML_BYTES: u64 = 1024 * 1024;
 
+/// The scheme of OCI chart references.
+const OCI_PREFIX: &str = "oci://";
+
 /// Where a chart comes from, as helm would see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChartSource {
@@ -26,8 +33,10 @@ pub enum ChartSource {
     Directory(PathBuf),
     /// A packaged chart (`.tgz`) on disk.
     Archive(PathBuf),
-    /// `repo/name`, `oci://…`, an URL or a name with `--repo`.
+    /// `repo/name`, an URL or a name with `--repo`.
     Remote(String),
+    /// `oci://registry/repository/chart[:tag][@digest]`.
+    Oci(String),
 }
 
 impl ChartSource {
@@ -41,6 +50,9 @@ impl ChartSource {
             if path.is_file() {
                 return ChartSource::Archive(path.to_path_buf());
             }
+            if chart.starts_with(OCI_PREFIX) {
+                return ChartSource::Oci(chart.to_string());
+            }
         }
         ChartSource::Remote(chart.to_string())
     }
@@ -51,6 +63,7 @@ impl ChartSource {
             ChartSource::Directory(_) => "directory",
             ChartSource::Archive(_) => "archive",
             ChartSource::Remote(_) => "remote",
+            ChartSource::Oci(_) => "oci",
         }
     }
 }
@@ -89,6 +102,16 @@ pub enum TargetError {
         /// Helm's error output, trimmed.
         stderr: String,
     },
+    /// `helm show chart` could not reach an OCI registry or was refused by it.
+    #[error("OCI registry {registry} {} ({detail}); {}", problem.what(), problem.hint(registry))]
+    Registry {
+        /// `host[:port]` of the registry.
+        registry: String,
+        /// Unreachable or refused.
+        problem: RegistryProblem,
+        /// The helm call, its exit code and its error output.
+        detail: String,
+    },
     /// `helm show chart` answered something that is not a Chart.yaml.
     #[error("`helm show chart {chart}` printed no chart version: {message}")]
     ShowChartOutput {
@@ -97,6 +120,37 @@ pub enum TargetError {
         /// What was wrong.
         message: String,
     },
+}
+
+/// Why an OCI registry could not answer `helm show chart`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistryProblem {
+    /// Connection refused, DNS, TLS: nothing usable answered.
+    Unreachable,
+    /// 401/403: no or wrong credentials.
+    Denied,
+}
+
+impl RegistryProblem {
+    fn what(self) -> &'static str {
+        match self {
+            RegistryProblem::Unreachable => "cannot be reached",
+            RegistryProblem::Denied => "refused access",
+        }
+    }
+
+    fn hint(self, registry: &str) -> String {
+        match self {
+            RegistryProblem::Unreachable => "check the address, that the registry is up, and \
+                                             --plain-http / --ca-file / \
+                                             --insecure-skip-tls-verify for how it serves"
+                .to_string(),
+            RegistryProblem::Denied => format!(
+                "log in with `helm registry login {registry}` (helm's registry config: \
+                 --registry-config or HELM_REGISTRY_CONFIG), or pass --username/--password"
+            ),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -162,6 +216,79 @@ pub fn remote_chart_name(reference: &str, flags: &HelmFlags) -> Option<String> {
     // `oci://host/charts/db:1.2.3` carries a tag after the name.
     let name = last.split(['@', ':']).next().unwrap_or(last);
     (!name.is_empty()).then(|| name.to_string())
+}
+
+/// `host[:port]` of an `oci://` reference.
+pub fn oci_registry(reference: &str) -> Option<&str> {
+    let rest = reference.strip_prefix(OCI_PREFIX)?;
+    let host = rest.split('/').next().unwrap_or(rest);
+    (!host.is_empty()).then_some(host)
+}
+
+/// Rejects chart arguments helm cannot use, before any I/O (a usage error, exit 2): a
+/// digest belongs in an `oci://` reference, never in `--version` (helm reads `--version`
+/// as a semver constraint and fails with "improper constraint").
+pub(crate) fn check_usage(chart: &str, flags: &HelmFlags) -> Result<(), String> {
+    let Some(version) = flags.version.as_deref() else {
+        return Ok(());
+    };
+    let Some(at) = version.find("sha256:") else {
+        return Ok(());
+    };
+    let digest = &version[at..];
+    let suggestion = if chart.starts_with(OCI_PREFIX) {
+        let base = chart.split('@').next().unwrap_or(chart);
+        format!("{base}@{digest}")
+    } else {
+        format!("oci://REGISTRY/REPOSITORY/CHART@{digest}")
+    };
+    Err(format!(
+        "--version {version:?} contains a digest; helm accepts only a version or a version \
+         constraint there: put the digest in the chart reference instead ({suggestion})"
+    ))
+}
+
+/// Classifies a failed `helm show chart` on an OCI reference: an unreachable registry or
+/// refused credentials become [`TargetError::Registry`] naming the registry; anything else
+/// (e.g. no such version) stays a plain `ShowChart` failure.
+fn oci_failure(reference: &str, code: String, stderr: String) -> TargetError {
+    let registry = oci_registry(reference).unwrap_or(reference).to_string();
+    let lower = stderr.to_ascii_lowercase();
+    let unreachable = [
+        "connection refused",
+        "no such host",
+        "i/o timeout",
+        "network is unreachable",
+        "connection reset",
+        "tls: ",
+        "x509: ",
+        "server gave http response to https client",
+    ];
+    // Helm 3 says "pull access denied … authorization failed: no basic auth credentials",
+    // helm 4 "basic credential not found" or the registry's "401 Unauthorized".
+    let unauthorized = [
+        "unauthorized",
+        "forbidden",
+        "authorization failed",
+        "access denied",
+        "credential",
+    ];
+    let problem = if unreachable.iter().any(|n| lower.contains(n)) {
+        RegistryProblem::Unreachable
+    } else if unauthorized.iter().any(|n| lower.contains(n)) {
+        RegistryProblem::Denied
+    } else {
+        return TargetError::ShowChart {
+            chart: reference.to_string(),
+            code,
+            stderr,
+        };
+    };
+    TargetError::Registry {
+        registry,
+        problem,
+        detail: format!("`helm show chart {reference}` exit {code}: {stderr}"),
+    }
 }
 
 /// The `helm show chart` call that tells which version helm would pick.
@@ -234,8 +361,10 @@ pub fn resolve(
             local(std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display())))
         }
         ChartSource::Archive(path) => local(read_archive_chart_yaml(path)),
-        ChartSource::Remote(reference) => {
-            if let Some(version) = flags.version.as_deref().filter(|v| is_exact_version(v)) {
+        ChartSource::Remote(reference) | ChartSource::Oci(reference) => {
+            let oci = matches!(source, ChartSource::Oci(_));
+            let exact = flags.version.as_deref().filter(|v| is_exact_version(v));
+            if let (Some(version), false) = (exact, oci) {
                 return Ok(ResolvedTarget {
                     chart_name: remote_chart_name(reference, flags),
                     version: version.trim().to_string(),
@@ -261,13 +390,19 @@ pub fn resolve(
                     stderr: e.to_string(),
                 })?;
             if !output.status.success() {
-                return Err(TargetError::ShowChart {
-                    chart: reference.clone(),
-                    code: output
-                        .status
-                        .code()
-                        .map_or_else(|| "signal".into(), |c| c.to_string()),
-                    stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                let code = output
+                    .status
+                    .code()
+                    .map_or_else(|| "signal".into(), |c| c.to_string());
+                let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+                return Err(if oci {
+                    oci_failure(reference, code, stderr)
+                } else {
+                    TargetError::ShowChart {
+                        chart: reference.clone(),
+                        code,
+                        stderr,
+                    }
                 });
             }
             let text = String::from_utf8_lossy(&output.stdout);
@@ -403,6 +538,76 @@ mod tests {
         std::fs::write(&bogus, b"not an archive").unwrap();
         let err = resolve(bogus.to_str().unwrap(), &flags(), None).unwrap_err();
         assert!(err.to_string().contains("cannot read chart"), "{err}");
+    }
+
+    #[test]
+    fn oci_references() {
+        let f = flags();
+        let oci = "oci://127.0.0.1:5000/charts/db";
+        assert_eq!(ChartSource::classify(oci, &f), ChartSource::Oci(oci.into()));
+        assert_eq!(ChartSource::classify(oci, &f).describe(), "oci");
+        assert_eq!(oci_registry(oci), Some("127.0.0.1:5000"));
+        assert_eq!(oci_registry("oci://ghcr.io"), Some("ghcr.io"));
+        assert_eq!(oci_registry("repo/db"), None);
+        // An exact version is still asked of helm: without one, resolution fails.
+        let exact = HelmFlags {
+            version: Some("1.0.0".into()),
+            ..flags()
+        };
+        assert!(matches!(
+            resolve(oci, &exact, None),
+            Err(TargetError::ShowChart { .. })
+        ));
+    }
+
+    #[test]
+    fn digest_in_version_is_a_usage_error() {
+        let with = |v: &str| HelmFlags {
+            version: Some(v.into()),
+            ..flags()
+        };
+        assert_eq!(check_usage("oci://r/c/db", &with("^1")), Ok(()));
+        assert_eq!(check_usage("oci://r/c/db", &flags()), Ok(()));
+        assert_eq!(
+            check_usage("oci://r/c/db:1.0.0", &with("sha256:ab12")).unwrap_err(),
+            "--version \"sha256:ab12\" contains a digest; helm accepts only a version or a \
+             version constraint there: put the digest in the chart reference instead \
+             (oci://r/c/db:1.0.0@sha256:ab12)"
+        );
+        assert!(check_usage("repo/db", &with("1.0.0@sha256:ab"))
+            .unwrap_err()
+            .ends_with("(oci://REGISTRY/REPOSITORY/CHART@sha256:ab)"));
+    }
+
+    #[test]
+    fn oci_failures_name_the_registry() {
+        let r = "oci://127.0.0.1:5999/charts/db";
+        let down = oci_failure(
+            r,
+            "1".into(),
+            "Error: Get \"http://127.0.0.1:5999/v2/charts/db/tags/list\": dial tcp \
+             127.0.0.1:5999: connect: connection refused"
+                .into(),
+        );
+        assert!(
+            matches!(&down, TargetError::Registry { problem: RegistryProblem::Unreachable, registry, .. } if registry == "127.0.0.1:5999")
+        );
+        let denied = oci_failure(r, "1".into(), "Error: pull access denied, repository does not exist or may require authorization: authorization failed: no basic auth credentials".into());
+        assert!(
+            denied
+                .to_string()
+                .starts_with("OCI registry 127.0.0.1:5999 refused access"),
+            "{denied}"
+        );
+        assert!(denied
+            .to_string()
+            .ends_with("log in with `helm registry login 127.0.0.1:5999` (helm's registry config: --registry-config or HELM_REGISTRY_CONFIG), or pass --username/--password"));
+        let missing = oci_failure(
+            r,
+            "1".into(),
+            "Error: 127.0.0.1:5999/charts/db:9.0.0: not found".into(),
+        );
+        assert!(matches!(missing, TargetError::ShowChart { .. }));
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum DriverKind {
     Secret,
     /// `configmap`, `configmaps`: one ConfigMap per revision.
     ConfigMap,
+    /// `sql`: rows in helm's PostgreSQL tables (`HELM_DRIVER_SQL_CONNECTION_STRING`).
+    Sql,
 }
 
 impl DriverKind {
@@ -52,7 +54,8 @@ impl DriverKind {
         match value.map(str::trim).unwrap_or("") {
             "" | "secret" | "secrets" => Ok(DriverKind::Secret),
             "configmap" | "configmaps" => Ok(DriverKind::ConfigMap),
-            other @ ("sql" | "memory") => Err(ClusterError::UnsupportedDriver(other.to_string())),
+            "sql" => Ok(DriverKind::Sql),
+            other @ "memory" => Err(ClusterError::UnsupportedDriver(other.to_string())),
             other => Err(ClusterError::UnknownDriver(other.to_string())),
         }
     }
@@ -64,8 +67,9 @@ impl DriverKind {
 pub enum ClusterError {
     /// `HELM_DRIVER=sql|memory`.
     #[error(
-        "HELM_DRIVER={0} is not supported yet: guarded-upgrade reads releases from Secrets \
-         (default) or ConfigMaps (HELM_DRIVER=configmap)"
+        "HELM_DRIVER={0} is not supported: helm keeps such releases only inside its own \
+         process; guarded-upgrade reads releases from Secrets (default), ConfigMaps \
+         (HELM_DRIVER=configmap) or PostgreSQL (HELM_DRIVER=sql)"
     )]
     UnsupportedDriver(String),
     /// A `HELM_DRIVER` value helm itself does not know.
@@ -743,8 +747,10 @@ mod tests {
                 DriverKind::ConfigMap
             );
         }
-        let sql = DriverKind::from_helm_driver(Some("sql")).unwrap_err();
-        assert!(sql.to_string().contains("not supported yet"), "{sql}");
+        assert_eq!(
+            DriverKind::from_helm_driver(Some("sql")).unwrap(),
+            DriverKind::Sql
+        );
         let mem = DriverKind::from_helm_driver(Some("memory")).unwrap_err();
         assert!(mem.to_string().contains("HELM_DRIVER=memory"), "{mem}");
         assert!(matches!(

@@ -52,8 +52,14 @@ pub(crate) async fn connect(
             release: deciding_for.map(str::to_string),
             source: Box::new(source),
         })?;
+    let store = Store::open(plan.driver, target.client.clone(), &target.namespace)
+        .await
+        .map_err(|source| Error::OpenStore {
+            release: deciding_for.map(str::to_string),
+            source: Box::new(source),
+        })?;
     Ok(Session {
-        store: Store::open(plan.driver, target.client.clone(), &target.namespace),
+        store,
         client: target.client,
         namespace: target.namespace,
         user: target.user,

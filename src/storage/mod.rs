@@ -13,6 +13,8 @@
 pub(crate) mod kube_store;
 #[cfg(test)]
 pub(crate) mod memory;
+pub(crate) mod sql;
+mod sql_conn;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -257,6 +259,8 @@ pub(crate) enum Store {
     Secrets(KubeStore<Secret>),
     /// `HELM_DRIVER=configmap`.
     ConfigMaps(KubeStore<ConfigMap>),
+    /// `HELM_DRIVER=sql`: helm's PostgreSQL tables.
+    Sql(sql::SqlStore),
     /// Records in memory, for command tests without a server.
     #[cfg(test)]
     Memory(memory::MemoryStore),
@@ -268,6 +272,7 @@ macro_rules! each_driver {
         match $self {
             Store::Secrets($store) => $body,
             Store::ConfigMaps($store) => $body,
+            Store::Sql($store) => $body,
             #[cfg(test)]
             Store::Memory($store) => $body,
         }
@@ -275,12 +280,18 @@ macro_rules! each_driver {
 }
 
 impl Store {
-    /// The store helm would use for `driver` in `namespace`.
-    pub(crate) fn open(driver: DriverKind, client: Client, namespace: &str) -> Store {
-        match driver {
+    /// The store helm would use for `driver` in `namespace` (the SQL driver connects to
+    /// PostgreSQL here, as helm does).
+    pub(crate) async fn open(
+        driver: DriverKind,
+        client: Client,
+        namespace: &str,
+    ) -> Result<Store, sql::SqlConnectError> {
+        Ok(match driver {
             DriverKind::Secret => Store::Secrets(KubeStore::new(client, namespace)),
             DriverKind::ConfigMap => Store::ConfigMaps(KubeStore::new(client, namespace)),
-        }
+            DriverKind::Sql => Store::Sql(sql::SqlStore::connect_from_env(namespace).await?),
+        })
     }
 
     /// `secret` or `configmap`, as `HELM_DRIVER` spells it.
@@ -288,6 +299,7 @@ impl Store {
         match self {
             Store::Secrets(_) => "secret",
             Store::ConfigMaps(_) => "configmap",
+            Store::Sql(_) => "sql",
             #[cfg(test)]
             Store::Memory(_) => "memory",
         }

@@ -398,24 +398,23 @@ fn helm_environment(label: &str) {
     )
     .expect_code(0, "HELM_NAMESPACE");
     assert_eq!(b.deployed("db", NS).0, "1.0.0");
-    for driver in ["sql", "memory"] {
+    let memory = "HELM_DRIVER=memory is not supported: helm keeps such releases only inside \
+                  its own process; guarded-upgrade reads releases from Secrets (default), \
+                  ConfigMaps (HELM_DRIVER=configmap) or PostgreSQL (HELM_DRIVER=sql)";
+    let sql = "cannot decide for release \"db\": HELM_DRIVER=sql needs \
+               HELM_DRIVER_SQL_CONNECTION_STRING (the PostgreSQL connection string helm uses)";
+    for (driver, message) in [("sql", sql), ("memory", memory)] {
         let run = b.guard_env(
             &["upgrade", "db", &chart("demo-1.1.0"), "-n", NS],
             &[("HELM_DRIVER", driver)],
         );
         run.expect_code(3, driver);
-        run.assert_error(&format!(
-            "HELM_DRIVER={driver} is not supported yet: guarded-upgrade reads releases from \
-             Secrets (default) or ConfigMaps (HELM_DRIVER=configmap); helm was not run"
-        ));
+        run.assert_error(&format!("{message}; helm was not run"));
     }
     // `lock` never runs helm, so its error does not say it did not.
-    let run = b.guard_env(&["lock", "db", "-n", NS], &[("HELM_DRIVER", "sql")]);
-    run.expect_code(3, "lock with HELM_DRIVER=sql");
-    run.assert_error(
-        "HELM_DRIVER=sql is not supported yet: guarded-upgrade reads releases from Secrets \
-         (default) or ConfigMaps (HELM_DRIVER=configmap)",
-    );
+    let run = b.guard_env(&["lock", "db", "-n", NS], &[("HELM_DRIVER", "memory")]);
+    run.expect_code(3, "lock with HELM_DRIVER=memory");
+    run.assert_error(memory);
     assert_eq!(b.deployed("db", NS).0, "1.0.0");
 }
 

@@ -2,6 +2,7 @@
 //! stand-in. One test binary, one module per area (fd's `tests/testenv` model).
 
 mod common;
+mod servers;
 
 mod connect;
 
@@ -9,7 +10,9 @@ mod argv;
 mod guard;
 mod lock;
 mod mutex;
+mod oci;
 mod records;
 mod repo;
 mod retry;
+mod sql;
 mod usage;

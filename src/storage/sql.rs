@@ -1,0 +1,631 @@
+//! Helm's SQL storage driver (`HELM_DRIVER=sql`): release records in PostgreSQL.
+//!
+//! Schema, as helm's `pkg/storage/driver/sql.go` (3.17 and 4.1 alike) creates it, with
+//! unquoted (so lower-cased) column names:
+//! - `releases_v1(key, type, body, name, namespace, version, status, owner, createdAt,
+//!   modifiedAt)`, primary key `(key, namespace)`; `key` is the record name
+//!   `sh.helm.release.v1.<release>.v<revision>`, `body` the same `base64(gzip(json))` text a
+//!   Secret holds, `status` a column helm rewrites on every update.
+//! - `custom_labels_v1(releaseKey, releaseNamespace, key, value)`: the release's custom
+//!   labels. Helm reads them back as the release's labels on every Get, merges them into
+//!   the next revision on upgrade and copies the target's on rollback, exactly as with
+//!   Secret labels. So the lock labels live here and survive plain helm upgrades and
+//!   rollbacks. Helm never rewrites this table on Update.
+//!
+//! Metadata first, as for Secrets: headers come from the metadata columns and the labels
+//! table only; `body` is read for one record at a time ([`ReleaseStore::get`]).
+//!
+//! Optimistic concurrency: the record's `resourceVersion` is PostgreSQL's `xmin` of its
+//! `releases_v1` row (it changes whenever helm rewrites the row). Every write runs in one
+//! transaction that locks the row, compares `xmin` (409 on a mismatch, 404 when the row is
+//! gone), changes labels/body/status, and touches the row so its `xmin` moves on too.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
+
+use super::sql_conn::{self, TlsMode};
+use crate::release::ReleaseStatus;
+use crate::storage::{
+    with_retry, InvalidRecord, RecordHeader, ReleaseStore, StoreError, StoredRecord, LABEL_NAME,
+    LABEL_OWNER, LABEL_STATUS, LABEL_VERSION,
+};
+use crate::time::format_rfc3339;
+
+/// The environment variable helm reads the connection string from.
+pub const CONNECTION_ENV: &str = "HELM_DRIVER_SQL_CONNECTION_STRING";
+
+/// Longest wait for connecting and for any one statement.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Labels helm keeps in columns, never in `custom_labels_v1`.
+const SYSTEM_LABELS: [&str; 6] = [
+    "name",
+    "owner",
+    "status",
+    "version",
+    "createdAt",
+    "modifiedAt",
+];
+
+/// Failures before the store is usable. Messages never contain the connection string
+/// (it usually carries a password).
+#[derive(Debug, thiserror::Error)]
+pub enum SqlConnectError {
+    /// `HELM_DRIVER=sql` without a connection string.
+    #[error("HELM_DRIVER=sql needs {CONNECTION_ENV} (the PostgreSQL connection string helm uses)")]
+    MissingConnectionString,
+    /// The connection string could not be parsed or its TLS files not used.
+    #[error("{CONNECTION_ENV} is not usable: {0}")]
+    BadConnectionString(String),
+    /// The server could not be reached or refused the login.
+    #[error("cannot connect to PostgreSQL at {server}: {message}")]
+    Connect {
+        /// `host:port/dbname`, without credentials.
+        server: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Release records in helm's PostgreSQL tables, for one namespace.
+pub(crate) struct SqlStore {
+    client: Mutex<tokio_postgres::Client>,
+    namespace: String,
+    server: String,
+}
+
+impl SqlStore {
+    /// Connects with `HELM_DRIVER_SQL_CONNECTION_STRING`, reading `namespace`.
+    pub(crate) async fn connect_from_env(namespace: &str) -> Result<SqlStore, SqlConnectError> {
+        let text = std::env::var(CONNECTION_ENV)
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or(SqlConnectError::MissingConnectionString)?;
+        SqlStore::connect(&text, namespace).await
+    }
+
+    /// Connects with a libpq/lib/pq connection string (URL or `key=value`).
+    pub(crate) async fn connect(
+        connection: &str,
+        namespace: &str,
+    ) -> Result<SqlStore, SqlConnectError> {
+        let (rest, ssl) = sql_conn::split_connection_string(connection)
+            .map_err(SqlConnectError::BadConnectionString)?;
+        let mut config: tokio_postgres::Config = rest
+            .parse()
+            .map_err(|e| SqlConnectError::BadConnectionString(crate::storage::error_chain(&e)))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let server = describe_server(&config);
+        let fail = |message: String| SqlConnectError::Connect {
+            server: server.clone(),
+            message,
+        };
+        let mode = ssl
+            .tls_mode()
+            .map_err(SqlConnectError::BadConnectionString)?;
+        let client = if mode == TlsMode::Disable {
+            let connecting = config.connect(tokio_postgres::NoTls);
+            let (client, connection) = bounded_connect(connecting).await.map_err(fail)?;
+            tokio::spawn(connection);
+            client
+        } else {
+            let tls = sql_conn::client_config(mode, &ssl)
+                .map_err(SqlConnectError::BadConnectionString)?;
+            let connecting = config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls));
+            let (client, connection) = bounded_connect(connecting).await.map_err(fail)?;
+            tokio::spawn(connection);
+            client
+        };
+        Ok(SqlStore {
+            client: Mutex::new(client),
+            namespace: namespace.to_string(),
+            server,
+        })
+    }
+
+    /// Headers for rows matching `filter` (SQL after WHERE, `$1..` bound to `params`).
+    async fn headers_where(
+        &self,
+        filter: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<RecordHeader>, StoreError> {
+        let client = self.client.lock().await;
+        let sql = format!(
+            "SELECT key, namespace, name, version, status, owner, createdAt, modifiedAt, \
+             xmin::text FROM releases_v1 WHERE {filter}"
+        );
+        let rows = match bounded(
+            &self.server,
+            "listing releases_v1",
+            client.query(&sql, params),
+        )
+        .await?
+        {
+            Ok(rows) => rows,
+            // No table yet: helm creates it on first use, so there are no releases.
+            Err(e) if is_undefined_table(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(store_error(&self.server, e)),
+        };
+        let mut headers = rows
+            .iter()
+            .map(header_from_row)
+            .collect::<Result<Vec<RecordHeader>, InvalidRecord>>()?;
+        let keys: Vec<String> = headers.iter().map(|h| h.name.clone()).collect();
+        if !keys.is_empty() {
+            let labels = bounded(
+                &self.server,
+                "reading custom_labels_v1",
+                client.query(
+                    "SELECT releaseKey, releaseNamespace, key, value FROM custom_labels_v1 \
+                     WHERE releaseKey = ANY($1)",
+                    &[&keys],
+                ),
+            )
+            .await?;
+            let labels = match labels {
+                Ok(rows) => rows,
+                Err(e) if is_undefined_table(&e) => Vec::new(),
+                Err(e) => return Err(store_error(&self.server, e)),
+            };
+            for row in &labels {
+                let (key, ns): (String, String) = (row.get(0), row.get(1));
+                let (k, v): (Option<String>, Option<String>) = (row.get(2), row.get(3));
+                let (Some(k), Some(v)) = (k, v) else { continue };
+                if SYSTEM_LABELS.contains(&k.as_str()) {
+                    continue;
+                }
+                if let Some(h) = headers
+                    .iter_mut()
+                    .find(|h| h.name == key && h.namespace == ns)
+                {
+                    h.labels.insert(k, v);
+                }
+            }
+        }
+        headers.sort_by(|a, b| (&a.namespace, a.revision).cmp(&(&b.namespace, b.revision)));
+        Ok(headers)
+    }
+
+    /// One write transaction on record `name`: lock the row, check `resource_version`, run
+    /// `body`, touch the row; returns the new `xmin`.
+    async fn write(
+        &self,
+        name: &str,
+        resource_version: &str,
+        payload: Option<&str>,
+        labels: &BTreeMap<String, Option<String>>,
+    ) -> Result<Option<String>, StoreError> {
+        let mut client = self.client.lock().await;
+        let server = self.server.clone();
+        let err = |e: tokio_postgres::Error| store_error(&server, e);
+        let tx = bounded(&self.server, "starting a transaction", client.transaction())
+            .await?
+            .map_err(err)?;
+        let current = bounded(
+            &self.server,
+            "locking the release row",
+            tx.query_opt(
+                "SELECT xmin::text FROM releases_v1 WHERE key = $1 AND namespace = $2 FOR UPDATE",
+                &[&name, &self.namespace],
+            ),
+        )
+        .await?;
+        let current = match current {
+            Ok(row) => row,
+            Err(e) if is_undefined_table(&e) => None,
+            Err(e) => return Err(err(e)),
+        };
+        let Some(current) = current else {
+            return Err(StoreError::Api {
+                code: 404,
+                reason: "NotFound".into(),
+                message: format!(
+                    "no row {name} in releases_v1 for namespace {} at {server}",
+                    self.namespace
+                ),
+                retry_after: None,
+            });
+        };
+        let xmin: String = current.get(0);
+        if xmin != resource_version {
+            return Err(StoreError::Api {
+                code: 409,
+                reason: "Conflict".into(),
+                message: format!("row {name} in releases_v1 changed since it was read"),
+                retry_after: None,
+            });
+        }
+        let mut status: Option<String> = None;
+        for (key, value) in labels {
+            if key == LABEL_STATUS {
+                status = value.clone();
+                continue;
+            }
+            if SYSTEM_LABELS.contains(&key.as_str()) {
+                return Err(StoreError::Api {
+                    code: 422,
+                    reason: "Invalid".into(),
+                    message: format!("label {key} is a column of releases_v1, not a label"),
+                    retry_after: None,
+                });
+            }
+            bounded(
+                &self.server,
+                "removing a custom label",
+                tx.execute(
+                    "DELETE FROM custom_labels_v1 WHERE releaseKey = $1 AND \
+                     releaseNamespace = $2 AND key = $3",
+                    &[&name, &self.namespace, key],
+                ),
+            )
+            .await?
+            .map_err(err)?;
+            if let Some(value) = value {
+                bounded(
+                    &self.server,
+                    "writing a custom label",
+                    tx.execute(
+                        "INSERT INTO custom_labels_v1 (releaseKey, releaseNamespace, key, value) \
+                         VALUES ($1, $2, $3, $4)",
+                        &[&name, &self.namespace, key, value],
+                    ),
+                )
+                .await?
+                .map_err(err)?;
+            }
+        }
+        // Every write touches the row, so its xmin (our resourceVersion) moves on even when
+        // only labels changed.
+        let row = bounded(
+            &self.server,
+            "updating the release row",
+            tx.query_one(
+                "UPDATE releases_v1 SET body = COALESCE($3, body), status = COALESCE($4, status) \
+                 WHERE key = $1 AND namespace = $2 RETURNING xmin::text",
+                &[&name, &self.namespace, &payload, &status],
+            ),
+        )
+        .await?
+        .map_err(err)?;
+        let new_xmin: String = row.get(0);
+        bounded(&self.server, "committing", tx.commit())
+            .await?
+            .map_err(err)?;
+        Ok(Some(new_xmin))
+    }
+}
+
+fn describe_server(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
+    format!("{host}:{port}/{db}")
+}
+
+async fn bounded_connect<F, T>(connecting: F) -> Result<T, String>
+where
+    F: Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(2), connecting).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(crate::storage::error_chain(&e)),
+        Err(_) => Err(format!(
+            "no answer within {}s while connecting",
+            CONNECT_TIMEOUT.as_secs() + 2
+        )),
+    }
+}
+
+/// Bounds one statement: the outer error is the timeout, naming what was waited for.
+async fn bounded<F, T>(
+    server: &str,
+    what: &str,
+    fut: F,
+) -> Result<Result<T, tokio_postgres::Error>, StoreError>
+where
+    F: Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    tokio::time::timeout(STATEMENT_TIMEOUT, fut)
+        .await
+        .map_err(|_| {
+            StoreError::Transport(format!(
+                "PostgreSQL at {server} did not answer within {}s while {what}",
+                STATEMENT_TIMEOUT.as_secs()
+            ))
+        })
+}
+
+fn is_undefined_table(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNDEFINED_TABLE)
+}
+
+fn store_error(server: &str, e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        Some(db) => {
+            let state = db.code();
+            let code = if *state == SqlState::INSUFFICIENT_PRIVILEGE {
+                403
+            } else if *state == SqlState::T_R_SERIALIZATION_FAILURE
+                || *state == SqlState::T_R_DEADLOCK_DETECTED
+                || state.code().starts_with("53")
+                || state.code().starts_with("08")
+            {
+                503
+            } else {
+                400
+            };
+            StoreError::Api {
+                code,
+                reason: format!("SQLSTATE {}", state.code()),
+                message: format!("PostgreSQL at {server}: {}", db.message()),
+                retry_after: None,
+            }
+        }
+        None => StoreError::Transport(format!(
+            "PostgreSQL at {server}: {}",
+            crate::storage::error_chain(&e)
+        )),
+    }
+}
+
+/// A row's header, refusing what helm would not have written (as for Secrets).
+fn header_from_row(row: &Row) -> Result<RecordHeader, InvalidRecord> {
+    let key: String = row.get(0);
+    let namespace: String = row.get(1);
+    let name: String = row.get(2);
+    let version: i32 = row.get(3);
+    let status: String = row.get(4);
+    let owner: String = row.get(5);
+    let created: i32 = row.get(6);
+    let modified: i32 = row.get(7);
+    let xmin: String = row.get(8);
+    let invalid = |field: &str, problem: &str| InvalidRecord::new("SQL row", &key, field, problem);
+    if name.is_empty() {
+        return Err(invalid("column name", "is empty"));
+    }
+    if owner != "helm" {
+        return Err(invalid("column owner", "is not helm"));
+    }
+    let revision = u64::try_from(version)
+        .ok()
+        .filter(|&v| v > 0)
+        .ok_or_else(|| invalid("column version", "is not a revision number"))?;
+    let parsed_status = ReleaseStatus::parse(&status);
+    if matches!(parsed_status, ReleaseStatus::Other(_)) {
+        return Err(invalid("column status", "is not a helm release status"));
+    }
+    let mut labels = BTreeMap::from([
+        (LABEL_NAME.to_string(), name.clone()),
+        (LABEL_OWNER.to_string(), owner),
+        (LABEL_STATUS.to_string(), status.clone()),
+        (LABEL_VERSION.to_string(), version.to_string()),
+        ("createdAt".to_string(), created.to_string()),
+    ]);
+    // helm leaves modifiedAt at 0 until the first update.
+    if modified > 0 {
+        labels.insert("modifiedAt".to_string(), modified.to_string());
+    }
+    Ok(RecordHeader {
+        name: key,
+        namespace,
+        release: name,
+        revision,
+        status: parsed_status,
+        labels,
+        resource_version: Some(xmin),
+        created: (created > 0).then(|| format_rfc3339(i64::from(created))),
+    })
+}
+
+/// Equality terms of a label selector (`name=db,owner=helm`); a bare key requires the
+/// label to exist. Only what the commands use.
+fn parse_selector(selector: &str) -> Vec<(String, Option<String>)> {
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| match t.split_once('=') {
+            Some((k, v)) => (
+                k.trim_end_matches('=').trim().to_string(),
+                Some(v.trim_start_matches('=').trim().to_string()),
+            ),
+            None => (t.to_string(), None),
+        })
+        .collect()
+}
+
+impl ReleaseStore for SqlStore {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn kind(&self) -> &'static str {
+        "releases_v1"
+    }
+
+    async fn list_headers(&self, release: &str) -> Result<Vec<RecordHeader>, StoreError> {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&release, &self.namespace];
+        with_retry(
+            &format!("listing SQL records of release {release:?}"),
+            || self.headers_where("name = $1 AND owner = 'helm' AND namespace = $2", &params),
+        )
+        .await
+    }
+
+    async fn list_headers_matching(
+        &self,
+        selector: &str,
+        all_namespaces: bool,
+    ) -> Result<Vec<RecordHeader>, StoreError> {
+        let terms = parse_selector(selector);
+        // Columns narrow the query; every term is also checked against the labels below.
+        let mut filter = vec!["TRUE".to_string()];
+        let mut values: Vec<String> = Vec::new();
+        for (k, v) in &terms {
+            if let (Some(column), Some(v)) =
+                (["name", "owner", "status"].iter().find(|c| **c == k), v)
+            {
+                values.push(v.clone());
+                filter.push(format!("{column} = ${}", values.len()));
+            }
+        }
+        if !all_namespaces {
+            values.push(self.namespace.clone());
+            filter.push(format!("namespace = ${}", values.len()));
+        }
+        let filter = filter.join(" AND ");
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+            .iter()
+            .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let headers = with_retry("listing SQL records", || {
+            self.headers_where(&filter, &params)
+        })
+        .await?;
+        Ok(headers
+            .into_iter()
+            .filter(|h| {
+                terms.iter().all(|(k, v)| match v {
+                    Some(v) => h.labels.get(k) == Some(v),
+                    None => h.labels.contains_key(k),
+                })
+            })
+            .collect())
+    }
+
+    async fn get(&self, name: &str) -> Result<StoredRecord, StoreError> {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&name, &self.namespace];
+        let headers = with_retry(&format!("reading SQL record {name:?}"), || {
+            self.headers_where("key = $1 AND namespace = $2", &params)
+        })
+        .await?;
+        let not_found = || StoreError::Api {
+            code: 404,
+            reason: "NotFound".into(),
+            message: format!(
+                "no row {name} in releases_v1 for namespace {} at {}",
+                self.namespace, self.server
+            ),
+            retry_after: None,
+        };
+        let header = headers.into_iter().next().ok_or_else(not_found)?;
+        let body = with_retry(&format!("reading SQL record {name:?}"), || async {
+            let client = self.client.lock().await;
+            let row = bounded(
+                &self.server,
+                "reading a release body",
+                client.query_opt(
+                    "SELECT body FROM releases_v1 WHERE key = $1 AND namespace = $2",
+                    &[&name, &self.namespace],
+                ),
+            )
+            .await?
+            .map_err(|e| store_error(&self.server, e))?;
+            Ok(row.map(|r| r.get::<_, String>(0)))
+        })
+        .await?
+        .ok_or_else(not_found)?;
+        Ok(StoredRecord {
+            header,
+            payload: body.into_bytes(),
+        })
+    }
+
+    async fn patch_labels(
+        &self,
+        name: &str,
+        resource_version: &str,
+        labels: &BTreeMap<String, Option<String>>,
+    ) -> Result<Option<String>, StoreError> {
+        with_retry(&format!("labelling SQL record {name:?}"), || {
+            self.write(name, resource_version, None, labels)
+        })
+        .await
+    }
+
+    async fn rewrite(
+        &self,
+        name: &str,
+        resource_version: &str,
+        payload: &str,
+        labels: &BTreeMap<String, Option<String>>,
+    ) -> Result<Option<String>, StoreError> {
+        with_retry(&format!("rewriting SQL record {name:?}"), || {
+            self.write(name, resource_version, Some(payload), labels)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors() {
+        assert_eq!(
+            parse_selector("name=db,owner=helm"),
+            vec![
+                ("name".to_string(), Some("db".to_string())),
+                ("owner".to_string(), Some("helm".to_string()))
+            ]
+        );
+        assert_eq!(
+            parse_selector("owner==helm, guarded-upgrade.io/lock"),
+            vec![
+                ("owner".to_string(), Some("helm".to_string())),
+                ("guarded-upgrade.io/lock".to_string(), None)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn unusable_connection_strings_fail_before_connecting() {
+        let err = |text: &str| {
+            let text = text.to_string();
+            async move {
+                match SqlStore::connect(&text, "ns").await {
+                    Err(e) => e.to_string(),
+                    Ok(_) => panic!("connected with {text}"),
+                }
+            }
+        };
+        let unknown = err("postgres://u:hunter2@h/db?search_path=x&sslmode=disable").await;
+        assert!(unknown.contains("search_path"), "{unknown}");
+        assert!(!unknown.contains("hunter2"), "{unknown}");
+        assert_eq!(
+            err("host=h sslmode=allow").await,
+            "HELM_DRIVER_SQL_CONNECTION_STRING is not usable: unsupported sslmode \"allow\"; \
+             only \"require\" (default), \"verify-full\", \"verify-ca\", and \"disable\" are \
+             supported (as by helm's SQL driver)"
+        );
+    }
+
+    #[test]
+    fn servers_are_named_without_credentials() {
+        let config: tokio_postgres::Config = "postgres://helm:hunter2@db.example:5433/releases"
+            .parse()
+            .unwrap();
+        assert_eq!(describe_server(&config), "db.example:5433/releases");
+        let config: tokio_postgres::Config = "host=10.1.2.3 user=helm".parse().unwrap();
+        assert_eq!(describe_server(&config), "10.1.2.3:5432/helm");
+    }
+}

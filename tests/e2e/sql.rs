@@ -1,0 +1,362 @@
+//! Helm's SQL storage driver against a real PostgreSQL: helm 3.17 and 4.1 write their
+//! release records into it (`HELM_DRIVER=sql`), guarded-upgrade reads and locks them there,
+//! and helm reads back what guarded-upgrade wrote. The mutex Lease stays in the stand-in.
+
+use crate::common::{bed, chart, Bed, Run};
+use crate::servers::postgres;
+
+const NS: &str = "shared";
+const LOCK_KEY: &str = "guarded-upgrade.io/lock";
+
+/// A bed plus a fresh database; every command gets the SQL driver environment.
+struct SqlBed {
+    b: Bed,
+    db: String,
+    url: String,
+}
+
+impl SqlBed {
+    fn new(label: &str, test: &str) -> SqlBed {
+        let b = bed(label);
+        b.api.create_namespace(NS);
+        let pg = postgres();
+        let db = format!("gu_{test}_{label}");
+        pg.create_db(&db);
+        let url = pg.url(&db);
+        SqlBed { b, db, url }
+    }
+
+    fn env(&self) -> [(&str, &str); 2] {
+        [
+            ("HELM_DRIVER", "sql"),
+            ("HELM_DRIVER_SQL_CONNECTION_STRING", self.url.as_str()),
+        ]
+    }
+
+    fn guard(&self, args: &[&str]) -> Run {
+        self.b.guard_env(args, &self.env())
+    }
+
+    fn helm(&self, args: &[&str]) -> Run {
+        self.b.helm_env(args, &self.env())
+    }
+
+    fn query(&self, sql: &str) -> String {
+        postgres().query(&self.db, sql)
+    }
+
+    /// (chart version, revision) per `helm get metadata` through the SQL driver.
+    fn deployed(&self) -> (String, u64) {
+        let run = self.helm(&["get", "metadata", "db", "-n", NS, "-o", "json"]);
+        run.expect_code(0, "helm get metadata");
+        let m: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+        (
+            m["version"].as_str().unwrap_or_default().to_string(),
+            m["revision"].as_u64().unwrap_or_default(),
+        )
+    }
+
+    /// `status` column of every revision, in order.
+    fn statuses(&self) -> String {
+        self.query(&format!(
+            "SELECT string_agg(version || '=' || status, ',' ORDER BY version) FROM releases_v1 \
+             WHERE name = 'db' AND namespace = '{NS}'"
+        ))
+    }
+
+    /// Value of a custom label on revision `rev`, empty when absent.
+    fn label(&self, rev: u64, key: &str) -> String {
+        self.query(&format!(
+            "SELECT coalesce(max(value), '') FROM custom_labels_v1 WHERE releasekey = \
+             'sh.helm.release.v1.db.v{rev}' AND releasenamespace = '{NS}' AND key = '{key}'"
+        ))
+    }
+
+    /// Every row version of the release rows: changes whenever anything writes them.
+    fn row_versions(&self) -> String {
+        self.query("SELECT string_agg(key || ':' || xmin::text, ',' ORDER BY key) FROM releases_v1")
+    }
+}
+
+fn first_line(run: &Run) -> &str {
+    run.stderr.lines().next().unwrap_or_default()
+}
+
+/// install -> same version skipped (nothing written) -> downgrade refused -> upgrade.
+fn sql_decisions(label: &str) {
+    let s = SqlBed::new(label, "decisions");
+    let run = s.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS]);
+    run.expect_code(0, "install");
+    assert!(
+        run.stderr.contains(r#"install: "db" in "shared" 1.0.0"#),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s.deployed(), ("1.0.0".into(), 1));
+    assert_eq!(s.statuses(), "1=deployed");
+    // The release lives in PostgreSQL only: no Secret was written to the cluster.
+    assert!(
+        s.b.api
+            .list("secrets", Some(NS))
+            .iter()
+            .all(|o| o["metadata"]["labels"]["owner"] != "helm"),
+        "helm wrote a Secret"
+    );
+
+    let before = s.row_versions();
+    let run = s.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS]);
+    run.expect_code(0, "same version");
+    assert_eq!(
+        first_line(&run),
+        "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1); target 1.0.0 is not newer \
+         (policy newer; use --min-version-policy newer-or-equal to re-apply)",
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s.row_versions(), before, "a skip must not write");
+
+    let run = s.guard(&["upgrade", "db", &chart("demo-0.9.0"), "-n", NS]);
+    run.expect_code(0, "downgrade");
+    assert!(first_line(&run).starts_with("skip: "), "{}", run.stderr);
+    assert!(first_line(&run).contains("downgrade"), "{}", run.stderr);
+    assert_eq!(
+        s.row_versions(),
+        before,
+        "a refused downgrade must not write"
+    );
+
+    let run = s.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    run.expect_code(0, "upgrade");
+    assert!(
+        run.stderr
+            .contains(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.0"#),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s.deployed(), ("1.1.0".into(), 2));
+    assert_eq!(s.statuses(), "1=superseded,2=deployed");
+    let check = s.guard(&["check", "db", &chart("demo-1.2.0"), "-n", NS, "-o", "json"]);
+    check.expect_code(0, "check");
+    let json: serde_json::Value = serde_json::from_str(check.stdout.trim()).unwrap();
+    assert_eq!(json["driver"], "sql", "{json}");
+    assert_eq!(json["deployed"]["version"], "1.1.0", "{json}");
+
+    // A server that is not there: exit 3 naming it (without the credentials), helm not run.
+    let dead = format!(
+        "postgres://postgres:hunter2@{}/x?sslmode=disable",
+        crate::servers::dead_address()
+    );
+    let run = s.b.guard_env(
+        &["upgrade", "db", &chart("demo-1.2.0"), "-n", NS],
+        &[
+            ("HELM_DRIVER", "sql"),
+            ("HELM_DRIVER_SQL_CONNECTION_STRING", dead.as_str()),
+        ],
+    );
+    run.expect_code(3, "database down");
+    let line = run.stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with(
+            "guarded-upgrade: error: cannot decide for release \"db\": cannot connect to \
+             PostgreSQL at 127.0.0.1:"
+        ) && line.ends_with("; helm was not run"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("hunter2"), "{}", run.stderr);
+    assert_eq!(s.deployed(), ("1.1.0".into(), 2));
+}
+
+/// Soft lock survives a plain helm upgrade and rollback (custom_labels_v1); a hard lock
+/// stops plain helm; unlock restores everything.
+fn sql_locks(label: &str) {
+    let s = SqlBed::new(label, "locks");
+    s.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    let run = s.guard(&[
+        "lock", "db", "-n", NS, "--reason", "freeze", "--by", "alice",
+    ]);
+    run.expect_code(0, "lock");
+    assert_eq!(
+        run.stderr.trim_end(),
+        r#"locked: release "db" in "shared" (soft): freeze"#
+    );
+    assert_eq!(s.label(1, LOCK_KEY), "soft");
+
+    // Plain helm upgrade: the new revision carries the lock (helm merges custom labels).
+    s.helm(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "plain helm upgrade");
+    assert_eq!(s.deployed(), ("1.1.0".into(), 2));
+    assert_eq!(s.label(2, LOCK_KEY), "soft");
+    let before = s.row_versions();
+    let run = s.guard(&["upgrade", "db", &chart("demo-1.2.0"), "-n", NS]);
+    run.expect_code(0, "locked after plain upgrade");
+    assert!(first_line(&run).starts_with("skip: "), "{}", run.stderr);
+    assert!(run.stderr.contains("freeze"), "{}", run.stderr);
+    assert_eq!(s.row_versions(), before, "a locked skip must not write");
+
+    // Plain helm rollback: revision 3 gets revision 1's labels, lock included.
+    s.helm(&["rollback", "db", "1", "-n", NS])
+        .expect_code(0, "plain helm rollback");
+    assert_eq!(s.deployed(), ("1.0.0".into(), 3));
+    assert_eq!(s.label(3, LOCK_KEY), "soft");
+    let check = s.guard(&["check", "db", &chart("demo-1.2.0"), "-n", NS, "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_str(check.stdout.trim()).unwrap();
+    assert_eq!(json["reason"], "locked", "{json}");
+    assert_eq!(json["lock"]["by"], "alice", "{json}");
+    for scope in [&["-n", NS][..], &["-A"][..]] {
+        let mut args = vec!["locks", "-o", "json"];
+        args.extend_from_slice(scope);
+        let run = s.guard(&args);
+        run.expect_code(0, "locks");
+        let rows: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+        assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+        assert_eq!(rows[0]["release"], "db", "{rows}");
+        assert_eq!(rows[0]["namespace"], NS, "{rows}");
+        assert_eq!(rows[0]["kind"], "soft", "{rows}");
+    }
+
+    let run = s.guard(&["unlock", "db", "-n", NS]);
+    run.expect_code(0, "unlock");
+    for rev in 1..=3 {
+        assert_eq!(s.label(rev, LOCK_KEY), "", "revision {rev} still locked");
+    }
+    s.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "upgrade after unlock");
+    assert_eq!(s.deployed(), ("1.1.0".into(), 4));
+
+    // Hard lock: the latest row becomes pending-upgrade (column and body); plain helm stops.
+    s.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
+        .expect_code(0, "lock --hard");
+    assert_eq!(
+        s.statuses(),
+        "1=superseded,2=superseded,3=superseded,4=pending-upgrade"
+    );
+    assert_eq!(
+        s.label(4, "guarded-upgrade.io/hard-original-status"),
+        "deployed"
+    );
+    let run = s.helm(&["upgrade", "db", &chart("demo-1.2.0"), "-n", NS]);
+    assert_ne!(run.code, 0, "plain helm must be stopped: {}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("another operation (install/upgrade/rollback) is in progress"),
+        "{}",
+        run.stderr
+    );
+    let run = s.guard(&["upgrade", "db", &chart("demo-1.2.0"), "-n", NS]);
+    run.expect_code(0, "guarded upgrade of a hard-locked release");
+    assert!(first_line(&run).starts_with("skip: "), "{}", run.stderr);
+    let status = s.guard(&["status", "db", "-n", NS, "-o", "json"]);
+    status.expect_code(0, "status");
+    let json: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(json["lock"]["kind"], "hard", "{json}");
+
+    // Unlock restores the status in the column and in the body helm reads.
+    s.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock hard");
+    assert_eq!(
+        s.statuses(),
+        "1=superseded,2=superseded,3=superseded,4=deployed"
+    );
+    let run = s.helm(&["status", "db", "-n", NS, "-o", "json"]);
+    run.expect_code(0, "helm status");
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["info"]["status"], "deployed", "{json}");
+    s.helm(&["upgrade", "db", &chart("demo-1.2.0"), "-n", NS])
+        .expect_code(0, "plain helm after unlock");
+    assert_eq!(s.deployed(), ("1.2.0".into(), 5));
+}
+
+/// TLS modes as helm's lib/pq applies them, against PostgreSQL serving a `localhost`
+/// certificate from a test CA: helm and guarded-upgrade accept and refuse the same ones.
+fn sql_tls(label: &str) {
+    let s = SqlBed::new(label, "tls");
+    let pg = postgres();
+    let ca = pg.ca_file.display().to_string();
+    let with = |host: &str, params: &str| pg.url_with(host, &s.db, params);
+    let full = with(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let env = |url: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("HELM_DRIVER", "sql".to_string()),
+            ("HELM_DRIVER_SQL_CONNECTION_STRING", url.to_string()),
+        ]
+    };
+    let run_with = |url: &str, args: &[&str], helm: bool| {
+        let e = env(url);
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if helm {
+            s.b.helm_env(args, &e)
+        } else {
+            s.b.guard_env(args, &e)
+        }
+    };
+    let c100 = chart("demo-1.0.0");
+    run_with(
+        &full,
+        &["upgrade", "--install", "db", &c100, "-n", NS],
+        false,
+    )
+    .expect_code(0, "install over verify-full");
+    // Modes that succeed for helm succeed for us: the same version is skipped through each.
+    let keyword = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={} sslmode=verify-ca sslrootcert='{ca}'",
+        pg.port, s.db
+    );
+    for url in [
+        full.clone(),
+        with("127.0.0.1", "sslmode=require"),
+        with("127.0.0.1", ""),
+        with("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}")),
+        keyword,
+    ] {
+        run_with(&url, &["history", "db", "-n", NS], true).expect_code(0, &url);
+        let run = run_with(&url, &["upgrade", "db", &c100, "-n", NS], false);
+        run.expect_code(0, &url);
+        assert!(
+            first_line(&run).starts_with("skip: "),
+            "{url}: {}",
+            run.stderr
+        );
+    }
+    // The certificate is for localhost, not 127.0.0.1: verify-full refuses, helm too.
+    let wrong_name = with(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let helm = run_with(&wrong_name, &["history", "db", "-n", NS], true);
+    assert_ne!(helm.code, 0, "helm accepted a wrong host name");
+    let run = run_with(&wrong_name, &["upgrade", "db", &c100, "-n", NS], false);
+    run.expect_code(3, "verify-full, wrong name");
+    let line = run.stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.starts_with(&format!(
+            "guarded-upgrade: error: cannot decide for release \"db\": cannot connect to \
+             PostgreSQL at 127.0.0.1:{}/{}: ",
+            pg.port, s.db
+        )) && line.contains("certificate")
+            && line.ends_with("; helm was not run"),
+        "{}",
+        run.stderr
+    );
+    // A mode lib/pq does not know is refused, as helm refuses it.
+    let prefer = with("127.0.0.1", "sslmode=prefer");
+    assert_ne!(
+        run_with(&prefer, &["history", "db", "-n", NS], true).code,
+        0
+    );
+    let run = run_with(&prefer, &["upgrade", "db", &c100, "-n", NS], false);
+    run.expect_code(3, "prefer");
+    assert_eq!(
+        run.stderr.lines().last().unwrap_or_default(),
+        "guarded-upgrade: error: cannot decide for release \"db\": \
+         HELM_DRIVER_SQL_CONNECTION_STRING is not usable: unsupported sslmode \"prefer\"; only \
+         \"require\" (default), \"verify-full\", \"verify-ca\", and \"disable\" are supported \
+         (as by helm's SQL driver); helm was not run"
+    );
+}
+
+crate::common::per_helm!(sql_decisions, sql_locks, sql_tls);
