@@ -45,6 +45,8 @@ pub struct GuardOptions {
     pub recover_pending_after: Option<String>,
     /// `--lease-duration D`: duration of the mutex Lease.
     pub lease_duration: Option<String>,
+    /// `--no-annotations`: no CI annotations, step summary or log sections.
+    pub no_annotations: bool,
 }
 
 /// The helm flags our decision needs; everything stays in `helm_args` too.
@@ -270,7 +272,9 @@ fn guard_flag(name: &str, mode: Mode) -> Option<Arity> {
         | "lock-timeout"
         | "recover-pending-after"
         | "lease-duration" => Some(Arity::Value),
-        "allow-chart-change" | "detailed-exitcode" | "no-serialize" => Some(Arity::Bool),
+        "allow-chart-change" | "detailed-exitcode" | "no-serialize" | "no-annotations" => {
+            Some(Arity::Bool)
+        }
         "output" if mode == Mode::Check => Some(Arity::Value),
         _ => None,
     }
@@ -502,6 +506,7 @@ fn apply_guard(
         "allow-chart-change" => guard.allow_chart_change = bool_value(value)?,
         "detailed-exitcode" => guard.detailed_exitcode = bool_value(value)?,
         "no-serialize" => guard.no_serialize = bool_value(value)?,
+        "no-annotations" => guard.no_annotations = bool_value(value)?,
         _ => {}
     }
     Ok(())
@@ -734,6 +739,7 @@ mod tests {
                 lock_timeout: Some("30s".into()),
                 recover_pending_after: Some("2h".into()),
                 lease_duration: Some("20s".into()),
+                no_annotations: false,
             }
         );
         assert_eq!(s.helm_args, argv("db c"));

@@ -25,6 +25,7 @@ mod mutex;
 mod output;
 mod plan;
 mod recovery;
+mod shim;
 mod state;
 mod storage;
 mod target;

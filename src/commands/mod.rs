@@ -3,9 +3,12 @@
 //! process ends.
 
 mod check;
+mod completions;
 mod guard;
+mod helm;
 mod lock;
 mod locks;
+mod man;
 mod records;
 mod status;
 mod unlock;
@@ -25,6 +28,9 @@ pub(crate) async fn run(plan: PlanKind) -> Result<Exit, Error> {
         PlanKind::Unlock(p) => unlock::run(p).await,
         PlanKind::Status(p) => status::run(p).await,
         PlanKind::Locks(p) => locks::run(p).await,
+        PlanKind::Passthrough(p) => helm::run(p),
+        PlanKind::Completions(shell) => completions::run(shell),
+        PlanKind::Man => man::run(),
     }
 }
 

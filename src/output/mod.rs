@@ -5,6 +5,7 @@
 //! everything else (decision lines, notes, waits, warnings) goes to stderr, because under
 //! `upgrade` stdout belongs to helm.
 
+pub(crate) mod ci;
 pub(crate) mod report;
 
 use std::io::Write;
@@ -198,6 +199,19 @@ pub(crate) fn locks(rows: &[LockRow], scope: &str, format: OutputFormat) {
             r.lock.reason.as_deref().unwrap_or("")
         );
     }
+}
+
+/// `completions SHELL`: the script, generated from the clap definitions.
+pub(crate) fn completions(shell: clap_complete::Shell) {
+    let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "guarded-upgrade", &mut std::io::stdout());
+}
+
+/// `man`: the roff page, generated from the clap definitions.
+pub(crate) fn man() {
+    let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+    // A closed stdout (`| head`) is not worth an error.
+    let _ = clap_mangen::Man::new(cmd).render(&mut std::io::stdout());
 }
 
 /// The one error line a failed command prints.
