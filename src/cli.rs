@@ -8,6 +8,21 @@ use crate::cluster::ClusterFlags;
 use crate::time::parse_duration;
 use crate::version::{ChartVersion, Constraint};
 
+/// The guard's own long flags of `upgrade`/`check` (the rest of their argv is helm's).
+pub const GUARD_LONG_FLAGS: &[&str] = &[
+    "min-version-policy",
+    "allow-chart-change",
+    "helm",
+    "decision-file",
+    "decision-output",
+    "detailed-exitcode",
+    "no-serialize",
+    "lock-timeout",
+    "recover-pending-after",
+    "lease-duration",
+    "no-annotations",
+];
+
 /// Flags that ask for help in a pass-through command.
 pub(crate) const HELP_FLAGS: [&str; 2] = ["-h", "--help"];
 
@@ -133,11 +148,12 @@ pub enum Command {
         )]
         args: Vec<std::ffi::OsString>,
     },
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), or the helm
+    /// plugin's completion.yaml (helm-plugin)
     Completions {
         /// The shell
         #[arg(value_enum)]
-        shell: clap_complete::Shell,
+        shell: CompletionTarget,
     },
     /// Print the man page (roff) on stdout
     Man,
@@ -181,6 +197,23 @@ impl Command {
             .any(|a| HELP_FLAGS.contains(&a.as_str()))
             .then_some(name)
     }
+}
+
+/// What `completions` generates for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionTarget {
+    /// bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
+    /// elvish.
+    Elvish,
+    /// PowerShell.
+    Powershell,
+    /// helm's static plugin completion file (`completion.yaml`).
+    HelmPlugin,
 }
 
 /// How a command prints its result.
@@ -347,20 +380,11 @@ mod tests {
             .unwrap()
             .render_long_help()
             .to_string();
-        for flag in [
-            "--min-version-policy",
-            "--allow-chart-change",
-            "--helm",
-            "--decision-file",
-            "--decision-output",
-            "--detailed-exitcode",
-            "--no-serialize",
-            "--lock-timeout",
-            "--recover-pending-after",
-            "--lease-duration",
-            "--no-annotations",
-        ] {
-            assert!(help.contains(flag), "{flag} missing from upgrade --help");
+        for flag in GUARD_LONG_FLAGS {
+            assert!(
+                help.contains(&format!("--{flag} ")),
+                "--{flag} missing from upgrade --help"
+            );
         }
         for code in ["  0 ", "  2 ", "  3 ", "10 = skipped", "11 = helm ran"] {
             assert!(help.contains(code), "{code:?} missing from upgrade --help");

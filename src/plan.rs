@@ -215,7 +215,7 @@ pub(crate) enum PlanKind {
     /// The shim, for any helm command but `upgrade`.
     Passthrough(PassthroughPlan),
     /// `completions SHELL`.
-    Completions(clap_complete::Shell),
+    Completions(crate::cli::CompletionTarget),
     /// `man`.
     Man,
 }

@@ -3,7 +3,7 @@
 use crate::error::{Error, Exit};
 
 /// Prints the script for `shell`.
-pub(super) fn run(shell: clap_complete::Shell) -> Result<Exit, Error> {
+pub(super) fn run(shell: crate::cli::CompletionTarget) -> Result<Exit, Error> {
     crate::output::completions(shell);
     Ok(Exit::Success)
 }

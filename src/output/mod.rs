@@ -202,7 +202,20 @@ pub(crate) fn locks(rows: &[LockRow], scope: &str, format: OutputFormat) {
 }
 
 /// `completions SHELL`: the script, generated from the clap definitions.
-pub(crate) fn completions(shell: clap_complete::Shell) {
+pub(crate) fn completions(target: crate::cli::CompletionTarget) {
+    use crate::cli::CompletionTarget as T;
+    use clap_complete::Shell;
+    let shell = match target {
+        T::Bash => Shell::Bash,
+        T::Zsh => Shell::Zsh,
+        T::Fish => Shell::Fish,
+        T::Elvish => Shell::Elvish,
+        T::Powershell => Shell::PowerShell,
+        T::HelmPlugin => {
+            print!("{}", helm_plugin_completion());
+            return;
+        }
+    };
     let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
     clap_complete::generate(shell, &mut cmd, "guarded-upgrade", &mut std::io::stdout());
 }
@@ -214,7 +227,73 @@ pub(crate) fn man() {
     let _ = clap_mangen::Man::new(cmd).render(&mut std::io::stdout());
 }
 
+/// The helm plugin's `completion.yaml` (helm's static plugin completion), generated from
+/// the clap definitions: subcommands, their long flags, and positional values. `upgrade`
+/// and `check` list the guard flags; helm's own flags there are helm's to complete.
+pub(crate) fn helm_plugin_completion() -> String {
+    use std::fmt::Write as _;
+    let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+    let mut out = String::from(
+        "# Generated from the clap definitions by `guarded-upgrade completions helm-plugin`;\n\
+         # a unit test keeps it current.\nname: guard\ncommands:\n",
+    );
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let _ = writeln!(out, "- name: {}", sub.get_name());
+        let mut flags: Vec<String> = sub
+            .get_arguments()
+            .filter(|a| !a.is_hide_set() && !a.is_positional())
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .filter(|l| l != "help")
+            .collect();
+        if matches!(sub.get_name(), "upgrade" | "check") {
+            flags.extend(crate::cli::GUARD_LONG_FLAGS.iter().map(|f| f.to_string()));
+            if sub.get_name() == "check" {
+                flags.push("output".to_string());
+            }
+        }
+        if !flags.is_empty() {
+            let _ = writeln!(out, "  flags: [{}]", flags.join(", "));
+        }
+        let values: Vec<String> = sub
+            .get_positionals()
+            .flat_map(|a| a.get_possible_values())
+            .filter(|v| !v.is_hide_set())
+            .map(|v| v.get_name().to_string())
+            .collect();
+        if !values.is_empty() {
+            let _ = writeln!(out, "  validArgs: [{}]", values.join(", "));
+        }
+    }
+    out
+}
+
 /// The one error line a failed command prints.
 pub fn error(e: &Error) {
     line(&format!("guarded-upgrade: error: {e}"));
+}
+
+#[cfg(test)]
+mod completion_tests {
+    /// The committed `completion.yaml` is what the clap definitions generate.
+    #[test]
+    fn helm_plugin_completion_file_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/completion.yaml");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert_eq!(
+            committed,
+            super::helm_plugin_completion(),
+            "completion.yaml is stale: run `cargo run -- completions helm-plugin > completion.yaml`"
+        );
+    }
+
+    /// The plugin manifest's version is the crate's.
+    #[test]
+    fn plugin_manifest_version_is_the_crate_version() {
+        let manifest = include_str!("../../plugin.yaml");
+        let want = format!("version: {}", env!("CARGO_PKG_VERSION"));
+        assert!(
+            manifest.lines().any(|l| l == want),
+            "plugin.yaml must carry `{want}`"
+        );
+    }
 }
