@@ -6,5 +6,6 @@ mod common;
 mod guard;
 mod lock;
 mod mutex;
+mod plugin;
 mod records;
 mod repo;
