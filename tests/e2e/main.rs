@@ -9,3 +9,4 @@ mod mutex;
 mod plugin;
 mod records;
 mod repo;
+mod shim;
