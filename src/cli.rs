@@ -155,8 +155,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: CompletionTarget,
     },
-    /// Print the man page (roff) on stdout
-    Man,
+    /// Print the man page (roff) on stdout, or write one page per command into --dir
+    Man {
+        /// Write guarded-upgrade.1 and guarded-upgrade-COMMAND.1 pages into this directory
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 const SHIM_HELP: &str = "\

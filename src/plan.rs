@@ -216,8 +216,8 @@ pub(crate) enum PlanKind {
     Passthrough(PassthroughPlan),
     /// `completions SHELL`.
     Completions(crate::cli::CompletionTarget),
-    /// `man`.
-    Man,
+    /// `man [--dir DIR]`.
+    Man(Option<PathBuf>),
 }
 
 /// A validated command line: build it with [`Plan::new`], run it with [`Plan::run`].
@@ -285,7 +285,7 @@ pub(crate) fn plan(command: Command, env: Env, now: i64) -> Result<Plan, Error> 
             }
         }
         Command::Completions { shell } => PlanKind::Completions(shell),
-        Command::Man => PlanKind::Man,
+        Command::Man { dir } => PlanKind::Man(dir),
         Command::Lock(args) => PlanKind::Lock(lock_plan(args, env, now)?),
         Command::Unlock(UnlockArgs {
             release,

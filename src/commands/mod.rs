@@ -30,7 +30,7 @@ pub(crate) async fn run(plan: PlanKind) -> Result<Exit, Error> {
         PlanKind::Locks(p) => locks::run(p).await,
         PlanKind::Passthrough(p) => helm::run(p),
         PlanKind::Completions(shell) => completions::run(shell),
-        PlanKind::Man => man::run(),
+        PlanKind::Man(dir) => man::run(dir),
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod common;
 
+mod completions;
+
 mod guard;
 mod lock;
 mod mutex;
