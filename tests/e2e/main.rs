@@ -3,6 +3,8 @@
 
 mod common;
 
+mod ci;
+
 mod completions;
 
 mod guard;
