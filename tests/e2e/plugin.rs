@@ -265,4 +265,49 @@ fn plugin_install_needs_cargo_or_binary(label: &str) {
     );
 }
 
-crate::common::per_helm!(plugin_install_and_run, plugin_install_needs_cargo_or_binary);
+/// From a git URL (a `file://` repository here): helm 4 refuses unverifiable sources
+/// unless told `--verify=false`, as docs/plugin.md says; helm 3 does not verify.
+fn plugin_install_from_git(label: &str) {
+    let b = bed(label);
+    let src = plugin_source(&b);
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+            .arg(&src)
+            .args(args)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "plugin"]);
+    let url = format!("file://{}", src.display());
+    let binary = [("GUARDED_UPGRADE_BINARY", guard_bin().to_str().unwrap())];
+    if label == "helm4" {
+        let refused = helm(&b, &["plugin", "install", &url], &binary);
+        refused.expect_code(1, "unverifiable source");
+        assert_eq!(
+            lines(&refused.stderr),
+            [
+                "Error: plugin source does not support verification. Use --verify=false to skip \
+              verification"
+            ]
+        );
+    }
+    let mut args = vec!["plugin", "install"];
+    if label == "helm4" {
+        args.push("--verify=false");
+    }
+    args.push(&url);
+    let run = helm(&b, &args, &binary);
+    run.expect_code(0, "install from git");
+    assert_eq!(lines(&run.stdout).last(), Some(&"Installed plugin: guard"));
+    helm(&b, &["guard", "--version"], &[]).expect_code(0, "helm guard --version");
+}
+
+crate::common::per_helm!(
+    plugin_install_and_run,
+    plugin_install_needs_cargo_or_binary,
+    plugin_install_from_git
+);
