@@ -87,6 +87,8 @@ pub(crate) struct Env {
     pub shim: ShimEnv,
     /// CI detection.
     pub ci: CiPlan,
+    /// `HELM_DEBUG` is true (helm sets it for plugins from its `--debug`).
+    pub debug: bool,
 }
 
 impl Env {
@@ -95,6 +97,8 @@ impl Env {
             helm: HelmEnv::from_process(),
             shim: ShimEnv::from_process(),
             ci: CiPlan::from_process(),
+            debug: std::env::var("HELM_DEBUG")
+                .is_ok_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True")),
         }
     }
 }
@@ -151,6 +155,9 @@ pub(crate) struct GuardPlan {
     pub shim: Option<ShimHelm>,
     /// CI annotations.
     pub ci: CiPlan,
+    /// `HELM_DEBUG`, or helm's `--debug` in the argv (which still reaches helm): `debug:`
+    /// lines about what the guard read and runs (never argv values).
+    pub debug: bool,
 }
 
 /// `lock`.
@@ -261,13 +268,14 @@ pub(crate) fn plan(command: Command, env: Env, now: i64) -> Result<Plan, Error> 
         helm: env,
         shim,
         ci,
+        debug,
     } = env;
     let kind = match command {
         Command::Upgrade { args } => {
-            PlanKind::Guard(Box::new(guard(&args, Mode::Upgrade, env, None, ci)?))
+            PlanKind::Guard(Box::new(guard(&args, Mode::Upgrade, env, None, ci, debug)?))
         }
         Command::Check { args } => {
-            PlanKind::Guard(Box::new(guard(&args, Mode::Check, env, None, ci)?))
+            PlanKind::Guard(Box::new(guard(&args, Mode::Check, env, None, ci, debug)?))
         }
         Command::Helm { args } => {
             let helm = ShimHelm {
@@ -281,6 +289,7 @@ pub(crate) fn plan(command: Command, env: Env, now: i64) -> Result<Plan, Error> 
                     env,
                     Some((&shim, helm)),
                     ci,
+                    debug,
                 )?)),
             }
         }
@@ -347,6 +356,7 @@ fn guard(
     env: HelmEnv,
     shim_mode: Option<(&ShimEnv, ShimHelm)>,
     ci: CiPlan,
+    debug: bool,
 ) -> Result<GuardPlan, Error> {
     let SplitArgv {
         guard,
@@ -405,6 +415,7 @@ fn guard(
         _ => DecisionFile::Path(PathBuf::from(path)),
     });
     let cluster = cluster_plan(ClusterFlags::from(&helm), env)?;
+    let debug = debug || debug_flag(&helm_args);
     Ok(GuardPlan {
         mode,
         release,
@@ -427,6 +438,7 @@ fn guard(
         detailed_exitcode: guard.detailed_exitcode,
         serialize,
         recover_pending_after,
+        debug,
         shim: shim_helm,
         ci: if guard.no_annotations {
             CiPlan::default()
@@ -434,6 +446,18 @@ fn guard(
             ci
         },
     })
+}
+
+/// helm's `--debug` (pflag boolean forms) before `--`.
+fn debug_flag(helm_args: &[String]) -> bool {
+    helm_args
+        .iter()
+        .take_while(|a| a.as_str() != "--")
+        .fold(false, |on, a| match a.as_str() {
+            "--debug" | "--debug=true" | "--debug=1" | "--debug=t" | "--debug=True" => true,
+            "--debug=false" | "--debug=0" | "--debug=f" | "--debug=False" => false,
+            _ => on,
+        })
 }
 
 fn lock_plan(args: LockArgs, env: HelmEnv, now: i64) -> Result<LockPlan, Error> {

@@ -20,7 +20,17 @@ use super::guard::{self, Pass};
 pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     // A missing helm is reported before anything else.
     let helm = guard::locate_helm(&plan)?;
+    output::debug(plan.debug, &format!("helm {}", helm.display()));
     let session = super::connect(&plan.cluster).await?;
+    output::debug(
+        plan.debug,
+        &format!(
+            "release {:?} in namespace {:?}, {} records",
+            plan.release,
+            session.namespace,
+            session.store.driver_name()
+        ),
+    );
     let store = &session.store;
     let namespace = session.namespace.as_str();
     let release = plan.release.as_str();
@@ -200,6 +210,14 @@ async fn run_helm(
         output::decision(decision, None);
         output::ci::decision(&plan.ci, report);
     }
+    output::debug(
+        plan.debug,
+        &format!(
+            "running {} upgrade with {} arguments",
+            helm.display(),
+            plan.helm_args.len()
+        ),
+    );
     let command = HelmCommand::upgrade(
         helm,
         &plan.helm_args,

@@ -31,6 +31,13 @@ pub(crate) fn warning(text: &str) {
     line(&format!("warning: {text}"));
 }
 
+/// `debug: …` on stderr, only when asked for (`HELM_DEBUG`, helm's `--debug`).
+pub(crate) fn debug(enabled: bool, text: &str) {
+    if enabled {
+        line(&format!("debug: {text}"));
+    }
+}
+
 /// `waiting: …` on stderr: what a wait is for.
 pub(crate) fn waiting(text: &str) {
     line(&format!("waiting: {text}"));

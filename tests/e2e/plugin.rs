@@ -203,6 +203,20 @@ fn plugin_install_and_run(label: &str) {
         "level=DEBUG"
     };
     assert!(debug.stderr.contains(marker), "{}", debug.stderr);
+    // The guard's own debug lines (helm took --debug out and set HELM_DEBUG=true).
+    let helm_path = b.helm_bin.display().to_string();
+    for line in [
+        format!("debug: helm {helm_path}"),
+        "debug: release \"db\" in namespace \"shared\", secret records".to_string(),
+        format!("debug: running {helm_path} upgrade with 2 arguments"),
+    ] {
+        assert!(
+            lines(&debug.stderr).contains(&line.as_str()),
+            "{line}\n{}",
+            debug.stderr
+        );
+    }
+    assert!(!lines(&first.stderr).iter().any(|l| l.starts_with("debug:")));
     assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
 
     // HELM_DRIVER: the plugin reads and the helm it runs write ConfigMap records.

@@ -150,9 +150,16 @@ fn helmfile_sequence(label: &str) {
     };
     let install = upgrade("1.1.0");
     install.expect_code(0, "shim upgrade --install");
+    // Under --debug the guard's debug lines come first, then the decision line.
     assert_eq!(
-        lines(&install.stderr)[0],
-        "install: \"app\" in \"shared\" 1.1.0 (not installed yet)"
+        lines(&install.stderr)[2..4],
+        [
+            "install: \"app\" in \"shared\" 1.1.0 (not installed yet)",
+            &format!(
+                "debug: running {} upgrade with 13 arguments",
+                b.helm_bin.display()
+            ),
+        ]
     );
     let marker = if label == "helm3" {
         "[debug]"
@@ -160,6 +167,19 @@ fn helmfile_sequence(label: &str) {
         "level=DEBUG"
     };
     assert!(install.stderr.contains(marker), "{}", install.stderr);
+    // helm's --debug also turns on the guard's debug lines, and still reaches helm.
+    let helm_path = b.helm_bin.display().to_string();
+    for line in [
+        format!("debug: helm {helm_path}"),
+        "debug: release \"app\" in namespace \"shared\", secret records".to_string(),
+        format!("debug: running {helm_path} upgrade with 13 arguments"),
+    ] {
+        assert!(
+            lines(&install.stderr).contains(&line.as_str()),
+            "{line}\n{}",
+            install.stderr
+        );
+    }
     assert_eq!(b.deployed("app", NS), ("1.1.0".into(), 1));
 
     s.same(
@@ -171,18 +191,24 @@ fn helmfile_sequence(label: &str) {
         s.same(&["status", "app", "-n", NS], &["status", "app", "-n", NS])
             .expect_code(0, "helm status");
     } else {
-        // helm 4 lists the resource kinds of `status` in map order, run to run: compare
-        // the lines, not their order.
+        // helm 4 lists the release's resources in map order, with ages, and sizes the
+        // table to whichever kind comes first: compare everything before the resources
+        // exactly, and the resource kinds as a set.
         let (x, y) = (
             s.shim(&["status", "app", "-n", NS]),
             s.direct(&["status", "app", "-n", NS]),
         );
-        let sorted = |r: &Run| {
-            let mut l: Vec<String> = r.stdout.lines().map(str::to_string).collect();
-            l.sort();
-            (r.code, l, r.stderr.clone())
+        let parts = |r: &Run| {
+            let (head, tail) = r.stdout.split_once("RESOURCES:\n").expect("RESOURCES:");
+            let mut kinds: Vec<String> = tail
+                .lines()
+                .filter(|l| l.starts_with("==> "))
+                .map(str::to_string)
+                .collect();
+            kinds.sort();
+            (r.code, head.to_string(), kinds, r.stderr.clone())
         };
-        assert_eq!(sorted(&x), sorted(&y), "helm status");
+        assert_eq!(parts(&x), parts(&y), "helm status");
         x.expect_code(0, "helm status");
     }
     s.same(&["status", "nope", "-n", NS], &["status", "nope", "-n", NS])
@@ -193,8 +219,13 @@ fn helmfile_sequence(label: &str) {
     down.expect_code(0, "shim downgrade");
     assert_eq!(
         lines(&down.stderr),
-        ["skip: release \"app\" in \"shared\" is at 1.1.0 (revision 1); target 1.0.0 would be a \
-          downgrade"]
+        [
+            format!("debug: helm {}", b.helm_bin.display()),
+            "debug: release \"app\" in namespace \"shared\", secret records".to_string(),
+            "skip: release \"app\" in \"shared\" is at 1.1.0 (revision 1); target 1.0.0 would be \
+             a downgrade"
+                .to_string(),
+        ]
     );
     assert_eq!(down.stdout, "");
     assert_eq!(b.deployed("app", NS), ("1.1.0".into(), 1));
