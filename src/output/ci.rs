@@ -40,6 +40,27 @@ pub(crate) fn annotation(report: &DecisionReport) -> Option<String> {
     ))
 }
 
+/// The annotation for an upgrade that failed closed (exit 3: the deployed state could not
+/// be known safely, helm was not run). Usage errors and helm's own failures get none.
+pub(crate) fn failure_annotation(release: &str, error: &crate::error::Error) -> Option<String> {
+    (error.exit() == crate::error::Exit::Refused).then(|| {
+        format!(
+            "::error title={}::{}",
+            escape_property(&format!("guarded-upgrade refused {release}")),
+            escape_data(&error.to_string())
+        )
+    })
+}
+
+/// Says a fail-closed error the CI's way (GitHub: an error annotation).
+pub(crate) fn failure(ci: &CiPlan, release: &str, error: &crate::error::Error) {
+    if ci.github.is_some() {
+        if let Some(line) = failure_annotation(release, error) {
+            eprintln!("{line}");
+        }
+    }
+}
+
 /// The step summary's table header.
 pub(crate) const SUMMARY_HEADER: &str =
     "| release | namespace | deployed | target | action | reason |\n|---|---|---|---|---|---|\n";

@@ -196,6 +196,31 @@ fn github_recipe(label: &str) {
     );
     assert!(!table.contains("s3cr3t"));
 
+    // Failing closed (the cluster cannot be read) is an error annotation too; the summary
+    // gets no row, as there was no decision.
+    let closed = job.bash(
+        &script,
+        &[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_STEP_SUMMARY", summary_s),
+            ("KUBECONFIG", "/nonexistent/kubeconfig"),
+        ],
+    );
+    closed.expect_code(3, "fail closed");
+    let err = lines(&closed.stderr);
+    assert_eq!(err.len(), 2, "{}", closed.stderr);
+    let message = err[1]
+        .strip_prefix("guarded-upgrade: error: ")
+        .unwrap_or_else(|| panic!("{}", closed.stderr));
+    assert!(message.ends_with("; helm was not run"), "{message}");
+    assert_eq!(
+        err[0],
+        format!(
+            "::error title=guarded-upgrade refused db::{}",
+            message.replace('%', "%25")
+        )
+    );
+
     // --no-annotations: no workflow commands, no summary rows.
     let quiet = job.bash(&format!("{script} --no-annotations"), &env);
     quiet.expect_code(3, "refused, quietly");
