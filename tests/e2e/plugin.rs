@@ -279,6 +279,62 @@ fn plugin_install_needs_cargo_or_binary(label: &str) {
     );
 }
 
+/// Without GUARDED_UPGRADE_BINARY but with cargo on PATH, the hook builds the checkout.
+/// A recording `cargo` stands in for the (minutes-long) release build: it checks the hook's
+/// cargo command line and where the hook takes the binary from.
+fn plugin_install_builds_with_cargo(label: &str) {
+    let b = bed(label);
+    let src = plugin_source(&b);
+    let tools = b.home().join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    let record = b.home().join("cargo-args");
+    let fake = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{record}'\nwhile [ \"$1\" != --target-dir ]; do shift; \
+         done\nmkdir -p \"$2/release\"\ncp '{bin}' \"$2/release/guarded-upgrade\"\n",
+        record = record.display(),
+        bin = guard_bin().display()
+    );
+    std::fs::write(tools.join("cargo"), fake).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tools.join("cargo"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = helm(
+        &b,
+        &["plugin", "install", src.to_str().unwrap()],
+        &[("PATH", &format!("{}:/usr/bin:/bin", tools.display()))],
+    );
+    run.expect_code(0, "install with cargo");
+    let dir = plugins_dir(&b).join("guarded-upgrade");
+    let target = dir.join("target");
+    assert_eq!(
+        lines(&run.stderr),
+        [
+            format!(
+                "guarded-upgrade plugin: building with cargo (release) in {}; set \
+                 GUARDED_UPGRADE_BINARY to skip",
+                target.display()
+            ),
+            format!("guarded-upgrade plugin: installed {}", version_line()),
+        ]
+    );
+    let args = std::fs::read_to_string(&record).unwrap();
+    let manifest = dir.join("Cargo.toml");
+    assert_eq!(
+        lines(&args),
+        [
+            "build",
+            "--release",
+            "--locked",
+            "--bin",
+            "guarded-upgrade",
+            "--manifest-path",
+            manifest.to_str().unwrap(),
+            "--target-dir",
+            target.to_str().unwrap(),
+        ]
+    );
+    helm(&b, &["guard", "--version"], &[]).expect_code(0, "helm guard --version");
+}
+
 /// From a git URL (a `file://` repository here): helm 4 refuses unverifiable sources
 /// unless told `--verify=false`, as docs/plugin.md says; helm 3 does not verify.
 fn plugin_install_from_git(label: &str) {
@@ -323,5 +379,6 @@ fn plugin_install_from_git(label: &str) {
 crate::common::per_helm!(
     plugin_install_and_run,
     plugin_install_needs_cargo_or_binary,
-    plugin_install_from_git
+    plugin_install_from_git,
+    plugin_install_builds_with_cargo
 );
