@@ -196,6 +196,21 @@ fn github_recipe(label: &str) {
     );
     assert!(!table.contains("s3cr3t"));
 
+    // A step summary that cannot be written is a warning, not a failure.
+    let unwritable = job.bash(
+        &script,
+        &[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_STEP_SUMMARY", "/nonexistent/summary.md"),
+        ],
+    );
+    unwritable.expect_code(3, "refused, summary unwritable");
+    assert_eq!(
+        lines(&unwritable.stderr)[2],
+        "warning: cannot append the decision to GITHUB_STEP_SUMMARY /nonexistent/summary.md: \
+         No such file or directory (os error 2)"
+    );
+
     // Failing closed (the cluster cannot be read) is an error annotation too; the summary
     // gets no row, as there was no decision.
     let closed = job.bash(

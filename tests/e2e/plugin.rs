@@ -267,6 +267,21 @@ fn plugin_install_needs_cargo_or_binary(label: &str) {
         &[("PATH", "/usr/bin:/bin")],
     );
     assert_ne!(run.code, 0, "{}", run.stdout);
+    let b2 = bed(label);
+    let bad = helm(
+        &b2,
+        &["plugin", "install", plugin_source(&b2).to_str().unwrap()],
+        &[("GUARDED_UPGRADE_BINARY", "/nonexistent/guarded-upgrade")],
+    );
+    assert_ne!(bad.code, 0, "{}", bad.stdout);
+    assert!(
+        lines(&bad.stderr).contains(
+            &"guarded-upgrade plugin: GUARDED_UPGRADE_BINARY=/nonexistent/guarded-upgrade is \
+              not an executable file"
+        ),
+        "{}",
+        bad.stderr
+    );
     assert!(
         lines(&run.stderr).contains(
             &"guarded-upgrade plugin: cargo is not on PATH and GUARDED_UPGRADE_BINARY is not \
