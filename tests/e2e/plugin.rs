@@ -176,6 +176,27 @@ fn plugin_install_and_run(label: &str) {
     );
     context.expect_code(3, "unknown context");
     assert!(context.stderr.contains("nope"), "{}", context.stderr);
+    // --kube-apiserver reaches us as HELM_KUBEAPISERVER: a dead server fails closed.
+    let server = helm(
+        &b,
+        &[
+            "guard",
+            "status",
+            "db",
+            "--kube-apiserver",
+            "https://127.0.0.1:9",
+            "-n",
+            NS,
+        ],
+        &[],
+    );
+    server.expect_code(3, "dead API server");
+    // (The connect error does not name the server yet: a storage-layer message.)
+    assert!(
+        server.stderr.contains("cannot reach the API server"),
+        "{}",
+        server.stderr
+    );
     let status = helm(&b, &["guard", "status", "db", "-n", NS, "-o", "json"], &[]);
     status.expect_code(0, "plugin status");
     let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
