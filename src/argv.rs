@@ -59,6 +59,8 @@ pub struct GuardOptions {
     pub recover_pending_after: Option<Duration>,
     /// `--lease-duration D`: duration of the mutex Lease.
     pub lease_duration: Option<Duration>,
+    /// `--no-annotations`: no CI annotations, step summary or log sections.
+    pub no_annotations: bool,
 }
 
 /// The helm flags our decision needs; everything stays in `helm_args` too.
@@ -368,7 +370,9 @@ fn guard_flag(name: &str, mode: Mode) -> Option<Arity> {
         | "lock-timeout"
         | "recover-pending-after"
         | "lease-duration" => Some(Arity::Value),
-        "allow-chart-change" | "detailed-exitcode" | "no-serialize" => Some(Arity::Bool),
+        "allow-chart-change" | "detailed-exitcode" | "no-serialize" | "no-annotations" => {
+            Some(Arity::Bool)
+        }
         "output" if mode == Mode::Check => Some(Arity::Value),
         _ => None,
     }
@@ -608,14 +612,35 @@ fn check_guard(guard: &GuardOptions) -> Result<(), ArgvError> {
 /// in that time even on a loaded API server.
 const MIN_LEASE_DURATION: Duration = Duration::from_secs(3);
 
-/// A guard duration (`90s`, `5m`, `2h`, `1d`).
-fn duration(flag: &str, value: Option<String>) -> Result<Duration, ArgvError> {
-    let value = value.unwrap_or_default();
-    crate::time::parse_duration(&value).ok_or_else(|| ArgvError::InvalidValue {
+/// Which guard duration a value is for: the mutex Lease has a lower bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DurationKind {
+    /// `--lock-timeout`, `--recover-pending-after`.
+    Wait,
+    /// `--lease-duration`: at least [`MIN_LEASE_DURATION`].
+    Lease,
+}
+
+/// A guard duration (`90s`, `5m`, `2h`, `1d`) given to `flag` (a flag, or the shim's
+/// variable).
+pub(crate) fn guard_duration(
+    flag: &str,
+    value: &str,
+    kind: DurationKind,
+) -> Result<Duration, ArgvError> {
+    let invalid = |expected| ArgvError::InvalidValue {
         flag: flag.to_string(),
-        value,
-        expected: "a duration such as 90s, 5m, 2h or 1d",
-    })
+        value: value.to_string(),
+        expected,
+    };
+    let d = crate::time::parse_duration(value)
+        .ok_or_else(|| invalid("a duration such as 90s, 5m, 2h or 1d"))?;
+    if kind == DurationKind::Lease && d < MIN_LEASE_DURATION {
+        return Err(invalid(
+            "a duration of at least 3s (the Lease is renewed every third of it)",
+        ));
+    }
+    Ok(d)
 }
 
 /// Value of a value flag: inline `=value`, else the next argument whatever
@@ -727,22 +752,23 @@ fn apply_guard(
             guard.output = Some(v);
         }
         "decision-file" => guard.decision_file = value,
-        "lock-timeout" => guard.lock_timeout = Some(duration(flag, value)?),
-        "recover-pending-after" => guard.recover_pending_after = Some(duration(flag, value)?),
-        "lease-duration" => {
-            let d = duration(flag, value.clone())?;
-            if d < MIN_LEASE_DURATION {
-                return Err(ArgvError::InvalidValue {
-                    flag: flag.to_string(),
-                    value: value.unwrap_or_default(),
-                    expected: "a duration of at least 3s (the Lease is renewed every third of it)",
-                });
+        "lock-timeout" | "recover-pending-after" | "lease-duration" => {
+            let text = value.as_deref().unwrap_or_default();
+            match name {
+                "lock-timeout" => {
+                    guard.lock_timeout = Some(guard_duration(flag, text, DurationKind::Wait)?)
+                }
+                "recover-pending-after" => {
+                    guard.recover_pending_after =
+                        Some(guard_duration(flag, text, DurationKind::Wait)?)
+                }
+                _ => guard.lease_duration = Some(guard_duration(flag, text, DurationKind::Lease)?),
             }
-            guard.lease_duration = Some(d);
         }
         "allow-chart-change" => guard.allow_chart_change = bool_value(value)?,
         "detailed-exitcode" => guard.detailed_exitcode = bool_value(value)?,
         "no-serialize" => guard.no_serialize = bool_value(value)?,
+        "no-annotations" => guard.no_annotations = bool_value(value)?,
         _ => {}
     }
     Ok(())
@@ -978,6 +1004,7 @@ mod tests {
                 lock_timeout: Some(Duration::from_secs(30)),
                 recover_pending_after: Some(Duration::from_secs(7200)),
                 lease_duration: Some(Duration::from_secs(20)),
+                no_annotations: false,
             }
         );
         assert_eq!(s.helm_args, argv("db c"));

@@ -8,6 +8,21 @@ use crate::cluster::ClusterFlags;
 use crate::time::parse_duration;
 use crate::version::{ChartVersion, Constraint};
 
+/// The guard's own long flags of `upgrade`/`check` (the rest of their argv is helm's).
+pub const GUARD_LONG_FLAGS: &[&str] = &[
+    "min-version-policy",
+    "allow-chart-change",
+    "helm",
+    "decision-file",
+    "decision-output",
+    "detailed-exitcode",
+    "no-serialize",
+    "lock-timeout",
+    "recover-pending-after",
+    "lease-duration",
+    "no-annotations",
+];
+
 /// Flags that ask for help in a pass-through command.
 pub(crate) const HELP_FLAGS: [&str; 2] = ["-h", "--help"];
 
@@ -47,6 +62,8 @@ Guard flags:
                                    holds the mutex and the record is older than D
       --lease-duration D           duration of the mutex Lease, renewed every third of it
                                    (default 15s; a crashed holder is taken over after it)
+      --no-annotations             no GitHub Actions annotations or step summary, no GitLab
+                                   log sections (see docs/ci.md)
   -h, --help                       this help
 ";
 
@@ -58,9 +75,17 @@ writes to the cluster. Takes the same flags as `upgrade`, plus:
   -o, --output text|json           json: print the decision as one JSON object on stdout
 ";
 
+/// `--version`: the crate version and the git commit it was built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GU_GIT_COMMIT"),
+    ")"
+);
+
 /// A drop-in `helm upgrade --install` that never downgrades a release and honours locks.
 #[derive(Debug, Parser)]
-#[command(name = "guarded-upgrade", version, after_long_help = EXIT_CODES)]
+#[command(name = "guarded-upgrade", version = VERSION, after_long_help = EXIT_CODES)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -105,7 +130,58 @@ pub enum Command {
     /// List locked releases in the namespace, or everywhere with -A
     #[command(after_long_help = EXIT_CODES)]
     Locks(LocksArgs),
+    /// Act as helm: guard `helm upgrade`, hand every other command to the real helm
+    /// unchanged (also what the binary does when started under the name `helm`)
+    #[command(
+        disable_help_flag = true,
+        override_usage = "guarded-upgrade helm -- HELM_ARGS...",
+        after_long_help = SHIM_HELP
+    )]
+    Helm {
+        /// helm's own command line
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            num_args = 0..,
+            value_name = "HELM_ARGS",
+            value_parser = clap::value_parser!(std::ffi::OsString)
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), or the helm
+    /// plugin's completion.yaml (helm-plugin)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: CompletionTarget,
+    },
+    /// Print the man page (roff) on stdout, or write one page per command into --dir
+    Man {
+        /// Write guarded-upgrade.1 and guarded-upgrade-COMMAND.1 pages into this directory
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
+
+const SHIM_HELP: &str = "\
+The argv is helm's: `--install` is not added, guard flags are not read. `helm upgrade` is
+guarded (skips print a `skip:` line and exit 0); every other command runs the real helm
+with stdin, stdout, stderr and exit code untouched. The real helm is $GUARDED_UPGRADE_HELM,
+else the next `helm` on PATH that is not this binary.
+
+Guard settings (environment):
+  GUARDED_UPGRADE_POLICY                 newer (default), newer-or-equal, off
+  GUARDED_UPGRADE_ALLOW_CHART_CHANGE     true/false
+  GUARDED_UPGRADE_DECISION_FILE          path, or - for stderr
+  GUARDED_UPGRADE_DECISION_OUTPUT        text (default) or json (on stderr)
+  GUARDED_UPGRADE_DETAILED_EXITCODE      true/false
+  GUARDED_UPGRADE_NO_SERIALIZE           true/false
+  GUARDED_UPGRADE_LOCK_TIMEOUT           duration (default 5m)
+  GUARDED_UPGRADE_LEASE_DURATION         duration (default 15s)
+  GUARDED_UPGRADE_RECOVER_PENDING_AFTER  duration
+  GUARDED_UPGRADE_NO_ANNOTATIONS         true/false
+  GUARDED_UPGRADE_HELM                   the real helm binary
+Any other GUARDED_UPGRADE_* variable is a usage error (exit 2).";
 
 impl Command {
     /// The raw argv of `upgrade`/`check`, with the subcommand name.
@@ -125,6 +201,23 @@ impl Command {
             .any(|a| HELP_FLAGS.contains(&a.as_str()))
             .then_some(name)
     }
+}
+
+/// What `completions` generates for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionTarget {
+    /// bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
+    /// elvish.
+    Elvish,
+    /// PowerShell.
+    Powershell,
+    /// helm's static plugin completion file (`completion.yaml`).
+    HelmPlugin,
 }
 
 /// How a command prints its result.
@@ -291,19 +384,11 @@ mod tests {
             .unwrap()
             .render_long_help()
             .to_string();
-        for flag in [
-            "--min-version-policy",
-            "--allow-chart-change",
-            "--helm",
-            "--decision-file",
-            "--decision-output",
-            "--detailed-exitcode",
-            "--no-serialize",
-            "--lock-timeout",
-            "--recover-pending-after",
-            "--lease-duration",
-        ] {
-            assert!(help.contains(flag), "{flag} missing from upgrade --help");
+        for flag in GUARD_LONG_FLAGS {
+            assert!(
+                help.contains(&format!("--{flag} ")),
+                "--{flag} missing from upgrade --help"
+            );
         }
         for code in ["  0 ", "  2 ", "  3 ", "10 = skipped", "11 = helm ran"] {
             assert!(help.contains(code), "{code:?} missing from upgrade --help");

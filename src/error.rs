@@ -194,6 +194,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `man --dir` could not write the pages.
+    #[error("cannot write man pages to {dir:?}: {source}; check that the directory exists and is writable")]
+    WriteManPages {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A guarded command failed before helm ran.
     #[error("{0}; helm was not run")]
     HelmNotRun(#[source] Box<Error>),

@@ -48,6 +48,12 @@ pub enum HelmError {
         "helm not found: {0}; install helm, put it on PATH, or pass --helm PATH (or set HELM_BIN)"
     )]
     NotFound(String),
+    /// The shim found no real helm to hand commands to.
+    #[error(
+        "real helm not found: {0}; set GUARDED_UPGRADE_HELM to the real helm binary, or put it \
+         on PATH after the shim"
+    )]
+    ShimNotFound(String),
     /// helm could not be started.
     #[error("cannot start helm {program:?}: {source}")]
     Spawn {
@@ -66,6 +72,17 @@ pub(crate) fn locate(requested: Option<&str>) -> Result<PathBuf, HelmError> {
             which::which(given).map_err(|e| HelmError::NotFound(format!("{given:?} ({e})")))
         }
         None => which::which("helm").map_err(|_| HelmError::NotFound("no `helm` on PATH".into())),
+    }
+}
+
+/// Replaces this process with helm (the shim's pass-through): stdin, stdout, stderr, the
+/// environment and the exit code are helm's own. Returns only when helm cannot be started.
+pub(crate) fn exec(program: &Path, args: &[std::ffi::OsString]) -> HelmError {
+    use std::os::unix::process::CommandExt;
+    let source = std::process::Command::new(program).args(args).exec();
+    HelmError::Spawn {
+        program: program.to_path_buf(),
+        source,
     }
 }
 

@@ -5,7 +5,8 @@
 //! to validated plans, every usage error before any I/O) → `commands` (one file per verb)
 //! → the pure [`decision`] core, with thin adapters around it: `storage` for Helm's
 //! release records, `mutex` for the per-release Lease, `helm` for the helm process,
-//! `cluster` for the connection, and `output`, the only module that prints.
+//! `cluster` for the connection, `shim` for the helm shim's routing and `GUARDED_UPGRADE_*`
+//! settings, and `output`, the only module that prints (CI annotations included).
 //!
 //! The library API is deliberately small: the decision core, the release codec and the
 //! version rules, plus what the binary needs to run a command line.
@@ -29,6 +30,7 @@ mod plan;
 mod proptests;
 mod recovery;
 mod retry;
+mod shim;
 mod state;
 mod storage;
 mod target;

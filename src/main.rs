@@ -8,7 +8,12 @@ use guarded_upgrade::cli::Cli;
 use guarded_upgrade::{Error, Exit, Plan};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Started as `helm` (the shim): the whole argv is helm's, clap never sees it.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Plan::shim_command(&argv) {
+        Some(command) => Cli { command },
+        None => Cli::parse_from(argv),
+    };
     // `upgrade`/`check` take helm's argv verbatim, so they answer their own help flag.
     if let Some(name) = cli.command.help_requested() {
         let mut cmd = Cli::command();

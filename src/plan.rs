@@ -17,6 +17,7 @@ use crate::error::{Error, UsageError};
 use crate::lock::{self, LockSpec};
 use crate::mutex;
 use crate::names;
+use crate::shim::{self, Route, ShimEnv};
 use crate::target;
 use crate::time::format_rfc3339;
 
@@ -47,6 +48,77 @@ pub(crate) struct Serialize {
     pub lock_timeout: Duration,
     /// `--lease-duration`.
     pub lease_duration: Duration,
+}
+
+/// CI integration for a guarded command (docs/ci.md); all off with `--no-annotations`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CiPlan {
+    /// GitHub Actions (`GITHUB_ACTIONS=true`): annotations, and the step summary file
+    /// (`GITHUB_STEP_SUMMARY`) when set.
+    pub github: Option<GithubCi>,
+    /// GitLab CI (`GITLAB_CI=true`): a collapsible log section around the helm run.
+    pub gitlab: bool,
+}
+
+/// GitHub Actions settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct GithubCi {
+    /// `GITHUB_STEP_SUMMARY`: one markdown row per decision is appended there.
+    pub step_summary: Option<PathBuf>,
+}
+
+impl CiPlan {
+    /// Reads the CI variables of the process.
+    fn from_process() -> CiPlan {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        CiPlan {
+            github: (var("GITHUB_ACTIONS").as_deref() == Some("true".as_ref())).then(|| GithubCi {
+                step_summary: var("GITHUB_STEP_SUMMARY").map(PathBuf::from),
+            }),
+            gitlab: var("GITLAB_CI").as_deref() == Some("true".as_ref()),
+        }
+    }
+}
+
+/// Everything a plan reads from the process environment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Env {
+    /// helm's variables.
+    pub helm: HelmEnv,
+    /// The shim's `GUARDED_UPGRADE_*` settings.
+    pub shim: ShimEnv,
+    /// CI detection.
+    pub ci: CiPlan,
+    /// `HELM_DEBUG` is true (helm sets it for plugins from its `--debug`).
+    pub debug: bool,
+}
+
+impl Env {
+    fn from_process() -> Env {
+        Env {
+            helm: HelmEnv::from_process(),
+            shim: ShimEnv::from_process(),
+            ci: CiPlan::from_process(),
+            debug: std::env::var("HELM_DEBUG")
+                .is_ok_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True")),
+        }
+    }
+}
+
+/// The shim's real helm, located at run time (never this binary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ShimHelm {
+    /// `GUARDED_UPGRADE_HELM`.
+    pub explicit: Option<String>,
+}
+
+/// A helm command the shim hands to the real helm unchanged.
+#[derive(Debug, Clone)]
+pub(crate) struct PassthroughPlan {
+    /// Which helm.
+    pub helm: ShimHelm,
+    /// helm's argv, as given.
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// `upgrade` or `check`.
@@ -80,6 +152,14 @@ pub(crate) struct GuardPlan {
     pub serialize: Option<Serialize>,
     /// `--recover-pending-after`.
     pub recover_pending_after: Option<Duration>,
+    /// Shim mode: helm's argv as is (no `--install` added), the real helm found at run
+    /// time.
+    pub shim: Option<ShimHelm>,
+    /// CI annotations.
+    pub ci: CiPlan,
+    /// `HELM_DEBUG`, or helm's `--debug` in the argv (which still reaches helm): `debug:`
+    /// lines about what the guard read and runs (never argv values).
+    pub debug: bool,
 }
 
 /// `lock`.
@@ -141,6 +221,12 @@ pub(crate) enum PlanKind {
     Status(StatusPlan),
     /// `locks`.
     Locks(LocksPlan),
+    /// The shim, for any helm command but `upgrade`.
+    Passthrough(PassthroughPlan),
+    /// `completions SHELL`.
+    Completions(crate::cli::CompletionTarget),
+    /// `man [--dir DIR]`.
+    Man(Option<PathBuf>),
 }
 
 /// A validated command line: build it with [`Plan::new`], run it with [`Plan::run`].
@@ -155,7 +241,16 @@ impl Plan {
     /// Validates a parsed command line against the process environment; `now` is the
     /// current Unix time (for lock expiries).
     pub fn new(command: Command, now: i64) -> Result<Plan, Error> {
-        plan(command, HelmEnv::from_process(), now)
+        plan(command, Env::from_process(), now)
+    }
+
+    /// The command a process started under the name `helm` runs (the shim), or `None`
+    /// when argv[0] is any other name.
+    pub fn shim_command(argv: &[std::ffi::OsString]) -> Option<Command> {
+        let (argv0, rest) = argv.split_first()?;
+        shim::invoked_as_helm(argv0).then(|| Command::Helm {
+            args: rest.to_vec(),
+        })
     }
 
     /// Runs the plan on a fresh async runtime and says how the process should end.
@@ -166,19 +261,59 @@ impl Plan {
             .build()
             .map_err(Error::Runtime)?;
         crate::retry::set_observer(crate::output::retry);
+        if self.0.debug() {
+            crate::cluster::init_debug();
+        }
         runtime.block_on(crate::commands::run(self.0))
     }
 }
 
+impl PlanKind {
+    /// Whether debug output was asked for (`--debug`, `HELM_DEBUG=true`).
+    fn debug(&self) -> bool {
+        let cluster = |c: &ClusterPlan| c.flags.debug || c.env.debug;
+        match self {
+            PlanKind::Guard(p) => p.debug || cluster(&p.cluster),
+            PlanKind::Lock(p) => cluster(&p.cluster),
+            PlanKind::Unlock(p) => cluster(&p.cluster),
+            PlanKind::Status(p) => cluster(&p.cluster),
+            PlanKind::Locks(p) => cluster(&p.cluster),
+            PlanKind::Passthrough(_) | PlanKind::Completions(_) | PlanKind::Man(_) => false,
+        }
+    }
+}
+
 /// [`Plan::new`] with the environment given.
-pub(crate) fn plan(command: Command, env: HelmEnv, now: i64) -> Result<Plan, Error> {
+pub(crate) fn plan(command: Command, env: Env, now: i64) -> Result<Plan, Error> {
+    let Env {
+        helm: env,
+        shim,
+        ci,
+        debug,
+    } = env;
     let kind = match command {
         // Non-usage failures of a guarded command (an unsupported HELM_DRIVER) are
         // fail-closed like those of `commands::run`: "helm was not run" is added once.
         Command::Upgrade { args } => PlanKind::Guard(Box::new(
-            guard(&args, Mode::Upgrade, env).map_err(Error::before_helm)?,
+            guard(&args, Mode::Upgrade, env, None, ci, debug).map_err(Error::before_helm)?,
         )),
-        Command::Check { args } => PlanKind::Guard(Box::new(guard(&args, Mode::Check, env)?)),
+        Command::Check { args } => {
+            PlanKind::Guard(Box::new(guard(&args, Mode::Check, env, None, ci, debug)?))
+        }
+        Command::Helm { args } => {
+            let helm = ShimHelm {
+                explicit: shim.helm(),
+            };
+            match shim::route(&args).map_err(usage)? {
+                Route::Passthrough => PlanKind::Passthrough(PassthroughPlan { helm, args }),
+                Route::Upgrade(args) => PlanKind::Guard(Box::new(
+                    guard(&args, Mode::Upgrade, env, Some((&shim, helm)), ci, debug)
+                        .map_err(Error::before_helm)?,
+                )),
+            }
+        }
+        Command::Completions { shell } => PlanKind::Completions(shell),
+        Command::Man { dir } => PlanKind::Man(dir),
         Command::Lock(args) => PlanKind::Lock(lock_plan(args, env, now)?),
         Command::Unlock(UnlockArgs {
             release,
@@ -230,7 +365,14 @@ fn cluster_plan(mut flags: ClusterFlags, env: HelmEnv) -> Result<ClusterPlan, Er
     Ok(ClusterPlan { flags, env, driver })
 }
 
-fn guard(args: &[String], mode: Mode, env: HelmEnv) -> Result<GuardPlan, Error> {
+fn guard(
+    args: &[String],
+    mode: Mode,
+    env: HelmEnv,
+    shim_mode: Option<(&ShimEnv, ShimHelm)>,
+    ci: CiPlan,
+    debug: bool,
+) -> Result<GuardPlan, Error> {
     let SplitArgv {
         guard,
         helm_args,
@@ -239,6 +381,22 @@ fn guard(args: &[String], mode: Mode, env: HelmEnv) -> Result<GuardPlan, Error> 
         helm,
     } = argv::split(args, mode).map_err(|e| usage(e.to_string()))?;
     target::check_usage(&chart, &helm).map_err(usage)?;
+    let (guard, shim_helm) = match shim_mode {
+        None => (guard, None),
+        Some((shim_env, shim_helm)) => {
+            // helm's argv carries no guard flags: helm would reject them, and silently
+            // taking them would change what the caller's helm command means.
+            let removed = shim::removed_words(args, &helm_args);
+            if let Some(first) = removed.first() {
+                return Err(usage(format!(
+                    "{first:?} is a guarded-upgrade flag, not a helm upgrade flag; in shim mode \
+                     set guard options through GUARDED_UPGRADE_* variables (see docs/shim.md)"
+                )));
+            }
+            (shim_env.guard_options().map_err(usage)?, Some(shim_helm))
+        }
+    };
+    let in_shim = shim_helm.is_some();
     let serialize = (!guard.no_serialize).then(|| Serialize {
         lock_timeout: guard.lock_timeout.unwrap_or(mutex::DEFAULT_LOCK_TIMEOUT),
         lease_duration: guard
@@ -254,15 +412,20 @@ fn guard(args: &[String], mode: Mode, env: HelmEnv) -> Result<GuardPlan, Error> 
         _ => DecisionFile::Path(PathBuf::from(path)),
     });
     let cluster = cluster_plan(ClusterFlags::from(&helm), env)?;
+    let debug = debug || helm.debug;
     Ok(GuardPlan {
         mode,
         release: release_name(release)?,
         chart,
         helm_args,
-        helm_bin: guard
-            .helm
-            .or_else(|| std::env::var("HELM_BIN").ok())
-            .filter(|s| !s.is_empty()),
+        // The shim never reads HELM_BIN: under a helm plugin it may name the shim itself.
+        helm_bin: match in_shim {
+            true => None,
+            false => guard
+                .helm
+                .or_else(|| std::env::var("HELM_BIN").ok())
+                .filter(|s| !s.is_empty()),
+        },
         helm,
         cluster,
         policy: guard.policy,
@@ -272,6 +435,13 @@ fn guard(args: &[String], mode: Mode, env: HelmEnv) -> Result<GuardPlan, Error> 
         detailed_exitcode: guard.detailed_exitcode,
         serialize,
         recover_pending_after: guard.recover_pending_after,
+        debug,
+        shim: shim_helm,
+        ci: if guard.no_annotations {
+            CiPlan::default()
+        } else {
+            ci
+        },
     })
 }
 
@@ -334,7 +504,7 @@ mod tests {
             std::iter::once("guarded-upgrade").chain(argv.iter().copied()),
         )
         .map_err(|e| usage(e.to_string()))?;
-        plan(cli.command, HelmEnv::default(), NOW)
+        plan(cli.command, Env::default(), NOW)
     }
 
     fn usage_error(argv: &[&str]) -> String {
@@ -387,6 +557,118 @@ mod tests {
             usage_error(&["lock", "db", "--reason", &long]),
             "--reason is 1000 bytes long; at most 256 are kept with the release"
         );
+    }
+
+    fn shim_plan(argv: &[&str], vars: &[(&str, &str)]) -> Result<Plan, Error> {
+        let env = Env {
+            shim: ShimEnv::from_pairs(vars.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
+            ..Env::default()
+        };
+        let command = Plan::shim_command(
+            &std::iter::once("/usr/local/bin/helm")
+                .chain(argv.iter().copied())
+                .map(std::ffi::OsString::from)
+                .collect::<Vec<_>>(),
+        )
+        .expect("argv[0] helm is the shim");
+        plan(command, env, NOW)
+    }
+
+    #[test]
+    fn shim_keeps_helms_argv_and_reads_settings_from_the_environment() {
+        let Plan(PlanKind::Guard(p)) = shim_plan(
+            &[
+                "-n",
+                "x",
+                "upgrade",
+                "db",
+                "./c",
+                "--debug",
+                "--history-max",
+                "10",
+            ],
+            &[
+                ("GUARDED_UPGRADE_POLICY", "newer-or-equal"),
+                ("GUARDED_UPGRADE_LOCK_TIMEOUT", "10s"),
+                ("GUARDED_UPGRADE_HELM", "/opt/helm"),
+            ],
+        )
+        .unwrap() else {
+            panic!("not a guard plan")
+        };
+        assert_eq!(
+            p.helm_args,
+            ["-n", "x", "db", "./c", "--debug", "--history-max", "10"]
+        );
+        assert!(!p.helm.install, "no --install added in shim mode");
+        assert_eq!(p.policy, Policy::NewerOrEqual);
+        assert_eq!(p.serialize.unwrap().lock_timeout, Duration::from_secs(10));
+        assert_eq!(
+            p.shim,
+            Some(ShimHelm {
+                explicit: Some("/opt/helm".into())
+            })
+        );
+        let Plan(PlanKind::Passthrough(p)) = shim_plan(&["list", "-o", "json"], &[]).unwrap()
+        else {
+            panic!("not a pass-through")
+        };
+        assert_eq!(p.args, ["list", "-o", "json"]);
+    }
+
+    #[test]
+    fn shim_usage_errors_come_before_io() {
+        for (argv, vars, line) in [
+            (
+                &["upgrade", "db", "./c", "--no-serialize"][..],
+                &[][..],
+                "\"--no-serialize\" is a guarded-upgrade flag, not a helm upgrade flag; in shim \
+                 mode set guard options through GUARDED_UPGRADE_* variables (see docs/shim.md)",
+            ),
+            (
+                &["upgrade", "db", "./c"][..],
+                &[("GUARDED_UPGRADE_LOCK_TIMEOUT", "soon")][..],
+                "invalid value \"soon\" for GUARDED_UPGRADE_LOCK_TIMEOUT: expected a duration such \
+                 as 90s, 5m, 2h or 1d",
+            ),
+            (
+                &["upgrade", "db"][..],
+                &[][..],
+                "missing CHART: usage is `upgrade [flags] RELEASE CHART`",
+            ),
+        ] {
+            match shim_plan(argv, vars) {
+                Err(Error::Usage(e)) => assert_eq!(e.to_string(), line),
+                other => panic!("{argv:?}: {other:?}"),
+            }
+        }
+        // Other helm commands are helm's to judge, even with bad guard settings.
+        assert!(shim_plan(&["version"], &[("GUARDED_UPGRADE_POLICY", "x")]).is_ok());
+    }
+
+    #[test]
+    fn no_annotations_turns_ci_off() {
+        let ci = CiPlan {
+            github: Some(GithubCi::default()),
+            gitlab: true,
+        };
+        let env = Env {
+            ci: ci.clone(),
+            ..Env::default()
+        };
+        let cli = crate::cli::Cli::try_parse_from(["g", "upgrade", "db", "./c"]).unwrap();
+        let Plan(PlanKind::Guard(p)) = plan(cli.command, env.clone(), NOW).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.ci, ci);
+        let cli =
+            crate::cli::Cli::try_parse_from(["g", "upgrade", "db", "./c", "--no-annotations"])
+                .unwrap();
+        let Plan(PlanKind::Guard(p)) = plan(cli.command, env, NOW).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.ci, CiPlan::default());
+        assert_eq!(p.helm_args, ["db", "./c"]);
     }
 
     #[test]

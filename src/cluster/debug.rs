@@ -8,19 +8,40 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-/// Turns on debug output for this process (idempotent).
+use tracing_subscriber::fmt::FormatFields;
+
+/// Turns on debug output for this process (idempotent): `debug: <message>` lines on stderr.
 pub(crate) fn init() {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::filter::Targets::new()
         .with_target("guarded_upgrade", tracing::Level::DEBUG);
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false)
         .with_ansi(false)
-        .without_time();
+        .event_format(DebugLine);
     let _ = tracing_subscriber::registry()
         .with(layer.with_filter(filter))
         .try_init();
+}
+
+/// `debug: ` and the event's fields: the one line format of debug output.
+struct DebugLine;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for DebugLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "debug: ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// A tower layer logging every API request the client sends.

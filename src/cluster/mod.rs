@@ -445,12 +445,14 @@ fn config_from_kubeconfig(
     Ok((config, context_name, user_name, auth_info))
 }
 
+/// Turns on debug output (`--debug`, `HELM_DEBUG=true`) for this process.
+pub(crate) fn init_debug() {
+    debug::init();
+}
+
 /// Builds the client and resolves the namespace exactly as helm would for these flags.
 /// Reads files and may run an exec plugin, but sends no request.
 pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarget, ClusterError> {
-    if flags.debug || env.debug {
-        debug::init();
-    }
     let context_override = flags.kube_context.clone().or(env.kube_context.clone());
     let apiserver = flags.kube_apiserver.clone().or(env.kube_apiserver.clone());
     let (loaded, looked) = load_kubeconfig(flags)?;

@@ -24,9 +24,13 @@ pub(super) struct Pass {
     pub now: i64,
 }
 
-/// The helm binary: `--helm`, `HELM_BIN`, else `helm` on PATH.
+/// The helm binary: `--helm`, `HELM_BIN`, else `helm` on PATH; in shim mode the real helm
+/// (never the shim itself).
 pub(super) fn locate_helm(plan: &GuardPlan) -> Result<PathBuf, Error> {
-    Ok(helm::locate(plan.helm_bin.as_deref())?)
+    match &plan.shim {
+        Some(shim) => Ok(crate::shim::real_helm(shim.explicit.as_deref())?),
+        None => Ok(helm::locate(plan.helm_bin.as_deref())?),
+    }
 }
 
 /// The chart version helm would install.

@@ -3,9 +3,12 @@
 //! process ends.
 
 mod check;
+mod completions;
 mod guard;
+mod helm;
 mod lock;
 mod locks;
+mod man;
 mod records;
 mod status;
 mod unlock;
@@ -20,11 +23,21 @@ use crate::storage::Store;
 pub(crate) async fn run(plan: PlanKind) -> Result<Exit, Error> {
     match plan {
         PlanKind::Guard(p) if p.mode == crate::argv::Mode::Check => check::run(*p).await,
-        PlanKind::Guard(p) => upgrade::run(*p).await.map_err(Error::before_helm),
+        PlanKind::Guard(p) => {
+            let (ci, release) = (p.ci.clone(), p.release.clone());
+            let result = upgrade::run(*p).await.map_err(Error::before_helm);
+            if let Err(error) = &result {
+                crate::output::ci::failure(&ci, &release, error);
+            }
+            result
+        }
         PlanKind::Lock(p) => lock::run(p).await,
         PlanKind::Unlock(p) => unlock::run(p).await,
         PlanKind::Status(p) => status::run(p).await,
         PlanKind::Locks(p) => locks::run(p).await,
+        PlanKind::Passthrough(p) => helm::run(p),
+        PlanKind::Completions(shell) => completions::run(shell),
+        PlanKind::Man(dir) => man::run(dir),
     }
 }
 

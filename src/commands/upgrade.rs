@@ -20,7 +20,14 @@ use super::guard::{self, Pass};
 pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     // A missing helm is reported before anything else.
     let helm = guard::locate_helm(&plan)?;
+    output::debug(&format!("helm {}", helm.display()));
     let session = super::connect(&plan.cluster, Some(&plan.release)).await?;
+    output::debug(&format!(
+        "release {:?} in namespace {:?}, {} records",
+        plan.release,
+        session.namespace,
+        session.store.driver_name()
+    ));
     let store = &session.store;
     let namespace = session.namespace.as_str();
     let release = plan.release.as_str();
@@ -180,6 +187,7 @@ fn finish_without_helm(
         plan.decision_file.as_ref(),
     )?;
     output::decision(decision, None);
+    output::ci::decision(&plan.ci, report);
     Ok(guard::exit_without_helm(plan, decision))
 }
 
@@ -196,9 +204,31 @@ async fn run_helm(
         JsonTo::Stderr,
         plan.decision_file.as_ref(),
     )?;
-    output::decision(decision, None);
-    let command = HelmCommand::upgrade(helm, &plan.helm_args, plan.helm.install);
-    let code = helm::run_inherited(&command).await?;
+    // The shim keeps helm's argv as is: `helm upgrade` without --install stays that.
+    let shim_without_install = plan.shim.is_some() && !plan.helm.install;
+    if !(shim_without_install && decision.action == Action::Install) {
+        output::decision(decision, None);
+        output::ci::decision(&plan.ci, report);
+    }
+    output::debug(&format!(
+        "running {} upgrade with {} arguments",
+        helm.display(),
+        plan.helm_args.len()
+    ));
+    let command = HelmCommand::upgrade(
+        helm,
+        &plan.helm_args,
+        plan.helm.install || plan.shim.is_some(),
+    );
+    output::ci::helm_started(
+        &plan.ci,
+        &plan.release,
+        &report.namespace,
+        crate::time::now_unix(),
+    );
+    let code = helm::run_inherited(&command).await;
+    output::ci::helm_finished(&plan.ci, crate::time::now_unix());
+    let code = code?;
     Ok(match code {
         0 if plan.detailed_exitcode => Exit::DetailedChange,
         0 => Exit::Success,

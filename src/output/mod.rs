@@ -5,6 +5,7 @@
 //! everything else (decision lines, notes, waits, warnings) goes to stderr, because under
 //! `upgrade` stdout belongs to helm.
 
+pub(crate) mod ci;
 pub(crate) mod report;
 
 use std::io::Write;
@@ -28,6 +29,12 @@ pub(crate) fn note(text: &str) {
 /// `warning: …` on stderr.
 pub(crate) fn warning(text: &str) {
     line(&format!("warning: {text}"));
+}
+
+/// `debug: …` on stderr when debug output is on (`--debug`, `HELM_DEBUG`): one event of
+/// the same `tracing` output the cluster adapter writes its request log to.
+pub(crate) fn debug(text: &str) {
+    tracing::debug!("{text}");
 }
 
 /// `waiting: …` on stderr: what a wait is for.
@@ -207,7 +214,118 @@ pub(crate) fn locks(rows: &[LockRow], scope: &str, format: OutputFormat) {
     }
 }
 
+/// `completions SHELL`: the script, generated from the clap definitions.
+pub(crate) fn completions(target: crate::cli::CompletionTarget) {
+    use crate::cli::CompletionTarget as T;
+    use clap_complete::Shell;
+    let shell = match target {
+        T::Bash => Shell::Bash,
+        T::Zsh => Shell::Zsh,
+        T::Fish => Shell::Fish,
+        T::Elvish => Shell::Elvish,
+        T::Powershell => Shell::PowerShell,
+        T::HelmPlugin => {
+            print!("{}", helm_plugin_completion());
+            return;
+        }
+    };
+    let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "guarded-upgrade", &mut script);
+    let mut script = String::from_utf8_lossy(&script).into_owned();
+    if shell == Shell::Bash {
+        // clap_complete spells the subcommand states of a hyphenated binary two ways, so
+        // nothing after the subcommand completes (clap-rs/clap#6421, #6529); align the case
+        // arms with the loop. A no-op once clap_complete is fixed; e2e-tested.
+        script = script.replace("guarded__subcmd__upgrade", "guarded__upgrade");
+    }
+    print!("{script}");
+}
+
+/// `man`: the roff page, generated from the clap definitions, on stdout; with `dir`, one
+/// page per command written there.
+pub(crate) fn man(dir: Option<&std::path::Path>) -> Result<(), Error> {
+    let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+    let Some(dir) = dir else {
+        // A closed stdout (`| head`) is not worth an error.
+        let _ = clap_mangen::Man::new(cmd).render(&mut std::io::stdout());
+        return Ok(());
+    };
+    clap_mangen::generate_to(cmd, dir).map_err(|source| Error::WriteManPages {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    line(&format!("wrote man pages to {}", dir.display()));
+    Ok(())
+}
+
+/// The helm plugin's `completion.yaml` (helm's static plugin completion), generated from
+/// the clap definitions: subcommands, their long flags, and positional values. `upgrade`
+/// and `check` list the guard flags; helm's own flags there are helm's to complete.
+pub(crate) fn helm_plugin_completion() -> String {
+    use std::fmt::Write as _;
+    let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+    let mut out = String::from(
+        "# Generated from the clap definitions by `guarded-upgrade completions helm-plugin`;\n\
+         # a unit test keeps it current.\nname: guard\ncommands:\n",
+    );
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let _ = writeln!(out, "- name: {}", sub.get_name());
+        let mut flags: Vec<String> = sub
+            .get_arguments()
+            .filter(|a| !a.is_hide_set() && !a.is_positional())
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .filter(|l| l != "help")
+            .collect();
+        if matches!(sub.get_name(), "upgrade" | "check") {
+            flags.extend(crate::cli::GUARD_LONG_FLAGS.iter().map(|f| f.to_string()));
+            if sub.get_name() == "check" {
+                flags.push("output".to_string());
+            }
+        }
+        if !flags.is_empty() {
+            let _ = writeln!(out, "  flags: [{}]", flags.join(", "));
+        }
+        let values: Vec<String> = sub
+            .get_positionals()
+            .flat_map(|a| a.get_possible_values())
+            .filter(|v| !v.is_hide_set())
+            .map(|v| v.get_name().to_string())
+            .collect();
+        if !values.is_empty() {
+            let _ = writeln!(out, "  validArgs: [{}]", values.join(", "));
+        }
+    }
+    out
+}
+
 /// The one error line a failed command prints.
 pub fn error(e: &Error) {
     line(&format!("guarded-upgrade: error: {e}"));
+}
+
+#[cfg(test)]
+mod completion_tests {
+    /// The committed `completion.yaml` is what the clap definitions generate.
+    #[test]
+    fn helm_plugin_completion_file_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/completion.yaml");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert_eq!(
+            committed,
+            super::helm_plugin_completion(),
+            "completion.yaml is stale: run `cargo run -- completions helm-plugin > completion.yaml`"
+        );
+    }
+
+    /// The plugin manifest's version is the crate's.
+    #[test]
+    fn plugin_manifest_version_is_the_crate_version() {
+        let manifest = include_str!("../../plugin.yaml");
+        let want = format!("version: {}", env!("CARGO_PKG_VERSION"));
+        assert!(
+            manifest.lines().any(|l| l == want),
+            "plugin.yaml must carry `{want}`"
+        );
+    }
 }

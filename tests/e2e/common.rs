@@ -454,3 +454,27 @@ impl Bed {
         Run::from(cmd.output().expect("run"))
     }
 }
+
+impl Bed {
+    /// Any program with the bed's isolated environment (the caller adds args, env, cwd).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        self.env(&mut cmd);
+        cmd
+    }
+}
+
+/// Runs a prepared command to completion.
+pub fn run(cmd: &mut Command) -> Run {
+    Run::from(cmd.output().expect("run command"))
+}
+
+/// The guarded-upgrade binary under test.
+pub fn guard_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_guarded-upgrade"))
+}
+
+/// The lines of `text` (for whole-line assertions).
+pub fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}

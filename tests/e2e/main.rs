@@ -7,12 +7,16 @@ mod servers;
 mod connect;
 
 mod argv;
+mod ci;
+mod completions;
 mod guard;
 mod lock;
 mod mutex;
 mod oci;
+mod plugin;
 mod records;
 mod repo;
 mod retry;
+mod shim;
 mod sql;
 mod usage;
