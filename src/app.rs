@@ -99,7 +99,7 @@ async fn decide_once<S: ReleaseStore>(
         version: target.version.clone(),
         note: target.note.clone(),
     };
-    let decision = decision::decide(&DecisionInput {
+    let input = DecisionInput {
         release,
         namespace: store.namespace(),
         state: &view.state,
@@ -107,7 +107,29 @@ async fn decide_once<S: ReleaseStore>(
         policy: ctx.split.guard.policy,
         allow_chart_change: ctx.split.guard.allow_chart_change,
         now_unix: now,
-    });
+        compare: &ctx.split.guard.compare,
+        facts: None,
+    };
+    let mut decision = decision::decide(&input);
+    // Issue 11: a decision that needs the would-be release (dry run) asks for it.
+    if decision.needs_facts {
+        let helm = ctx.helm_path.as_deref();
+        let lock = view.state.lock.as_ref();
+        let facts = crate::change::gather(store, release, helm, ctx.split, &decision, lock)
+            .await
+            .map_err(|e| {
+                step_failure(
+                    release,
+                    store.namespace(),
+                    "examining the release helm would write",
+                    &e,
+                )
+            })?;
+        decision = decision::decide(&DecisionInput {
+            facts: Some(&facts),
+            ..input
+        });
+    }
     Ok(Pass {
         view,
         decision,

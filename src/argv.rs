@@ -45,6 +45,8 @@ pub struct GuardOptions {
     pub recover_pending_after: Option<String>,
     /// `--lease-duration D`: duration of the mutex Lease.
     pub lease_duration: Option<String>,
+    /// `--compare chart-version|app-version|value:PATH`.
+    pub compare: crate::decision::CompareKey,
 }
 
 /// The helm flags our decision needs; everything stays in `helm_args` too.
@@ -269,7 +271,8 @@ fn guard_flag(name: &str, mode: Mode) -> Option<Arity> {
         | "decision-file"
         | "lock-timeout"
         | "recover-pending-after"
-        | "lease-duration" => Some(Arity::Value),
+        | "lease-duration"
+        | "compare" => Some(Arity::Value),
         "allow-chart-change" | "detailed-exitcode" | "no-serialize" => Some(Arity::Bool),
         "output" if mode == Mode::Check => Some(Arity::Value),
         _ => None,
@@ -499,6 +502,15 @@ fn apply_guard(
         "lock-timeout" => guard.lock_timeout = value,
         "recover-pending-after" => guard.recover_pending_after = value,
         "lease-duration" => guard.lease_duration = value,
+        "compare" => {
+            let text = value.unwrap_or_default();
+            guard.compare =
+                crate::decision::CompareKey::parse(&text).map_err(|_| ArgvError::InvalidValue {
+                    flag: flag.to_string(),
+                    value: text,
+                    expected: "chart-version, app-version or value:PATH (e.g. value:image.tag)",
+                })?;
+        }
         "allow-chart-change" => guard.allow_chart_change = bool_value(value)?,
         "detailed-exitcode" => guard.detailed_exitcode = bool_value(value)?,
         "no-serialize" => guard.no_serialize = bool_value(value)?,
@@ -718,7 +730,7 @@ mod tests {
         let s = ok(
             "--min-version-policy=off db --allow-chart-change c --helm=/h --decision-output text \
              --decision-file f --detailed-exitcode --no-serialize=true --lock-timeout 30s \
-             --recover-pending-after 2h --lease-duration=20s",
+             --recover-pending-after 2h --lease-duration=20s --compare value:image.tag",
             Mode::Upgrade,
         );
         assert_eq!(
@@ -734,7 +746,16 @@ mod tests {
                 lock_timeout: Some("30s".into()),
                 recover_pending_after: Some("2h".into()),
                 lease_duration: Some("20s".into()),
+                compare: crate::decision::CompareKey::Value("image.tag".into()),
             }
+        );
+        assert_eq!(
+            split(&argv("db c --compare=value:"), Mode::Upgrade),
+            Err(ArgvError::InvalidValue {
+                flag: "--compare".into(),
+                value: "value:".into(),
+                expected: "chart-version, app-version or value:PATH (e.g. value:image.tag)",
+            })
         );
         assert_eq!(s.helm_args, argv("db c"));
         let s = ok("db c --detailed-exitcode=false", Mode::Upgrade);

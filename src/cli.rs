@@ -128,6 +128,9 @@ pub struct LockArgs {
     /// Only allow versions matching this version or constraint (e.g. 1.4.x, ">=1.4 <2")
     #[arg(long, value_name = "VERSION|CONSTRAINT")]
     pub pin: Option<String>,
+    /// The key the pin constrains: chart-version (default), app-version or value:PATH
+    #[arg(long, value_name = "KEY", requires = "pin")]
+    pub compare: Option<String>,
     /// Lock expiry: a duration (90s, 30m, 4h, 7d) or an RFC 3339 timestamp
     #[arg(long, value_name = "DURATION|TIMESTAMP")]
     pub expires: Option<String>,

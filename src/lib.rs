@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod argv;
+pub mod change;
 pub mod cli;
 pub mod cluster;
 pub mod decision;

@@ -84,6 +84,8 @@ fn lock_spec(args: &LockArgs, by: Option<String>, now: i64) -> Result<LockSpec, 
             )));
         }
     }
+    // The key a pin constrains (issue 11); chart-version is stored as no key.
+    let pin_key = crate::change::pin_key(args.compare.as_deref()).map_err(Failure::usage)?;
     let expires_at = match &args.expires {
         None => None,
         Some(text) => {
@@ -135,6 +137,7 @@ fn lock_spec(args: &LockArgs, by: Option<String>, now: i64) -> Result<LockSpec, 
         since: now,
         expires_at,
         pin: args.pin.clone(),
+        pin_key,
     })
 }
 
@@ -164,6 +167,9 @@ pub async fn lock(args: LockArgs) -> Result<i32, Failure> {
             );
             if let Some(pin) = &spec.pin {
                 line.push_str(&format!(", pinned to {pin}"));
+                if let Some(key) = &spec.pin_key {
+                    line.push_str(&format!(" on {key}"));
+                }
             }
             if let Some(t) = spec.expires_at {
                 line.push_str(&format!(", expires {}", format_rfc3339(t)));
@@ -190,6 +196,7 @@ fn to_state(spec: &LockSpec, hard_original: Option<String>) -> crate::decision::
         since: Some(format_rfc3339(spec.since)),
         expires_at: spec.expires_at,
         pin: spec.pin.clone(),
+        pin_key: spec.pin_key.clone(),
         hard_original_status: hard_original,
     }
 }
@@ -783,6 +790,7 @@ mod tests {
             release: "db".into(),
             reason: Some("incident".into()),
             pin: pin.map(str::to_string),
+            compare: None,
             expires: expires.map(str::to_string),
             hard,
             by: None,

@@ -38,6 +38,17 @@ pub struct DecisionReport {
     pub lock: Option<LockReport>,
     /// Extra remarks (ignored expired lock, later failed revision, …).
     pub notes: Vec<String>,
+    /// The `--compare` key.
+    pub compare: crate::decision::CompareKey,
+    /// The compared key's deployed value (keys other than chart-version only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployed_key: Option<String>,
+    /// The compared key's target value (keys other than chart-version only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_key: Option<String>,
+    /// Parts that differ under `newer-or-changed` with equal versions (names only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differences: Option<Vec<crate::change::Part>>,
     /// Storage driver (`secret` or `configmap`).
     pub driver: &'static str,
     /// Whether the final decision was made under the per-release mutex (`upgrade` only;
@@ -113,6 +124,9 @@ pub struct LockReport {
     pub expired: bool,
     /// Version pin, if any.
     pub pin: Option<String>,
+    /// The key the pin constrains, when not the chart version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_key: Option<String>,
 }
 
 impl LockReport {
@@ -126,6 +140,7 @@ impl LockReport {
             expires: lock.expires_at.map(crate::time::format_rfc3339),
             expired: lock.expires_at.is_some_and(|t| t <= now_unix),
             pin: lock.pin.clone(),
+            pin_key: lock.pin_key.clone(),
         }
     }
 }
@@ -163,6 +178,10 @@ impl DecisionReport {
             },
             lock: state.lock.as_ref().map(|l| LockReport::new(l, now_unix)),
             notes: decision.notes.clone(),
+            compare: decision.compare.clone(),
+            deployed_key: decision.deployed_key.clone(),
+            target_key: decision.target_key.clone(),
+            differences: decision.differences.clone(),
             driver,
             serialized: None,
             mutex: None,
