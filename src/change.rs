@@ -51,6 +51,9 @@ impl Part {
 #[derive(Clone, PartialEq, Eq)]
 pub struct PartDigests {
     parts: [(Part, [u8; 32]); 4],
+    /// The chart with its default values replaced by the coalesced values (defaults +
+    /// config): what `--reuse-values` makes helm store as the chart's values.
+    chart_reused: [u8; 32],
 }
 
 impl std::fmt::Debug for PartDigests {
@@ -78,22 +81,34 @@ impl PartDigests {
             ),
             _ => Value::Array(Vec::new()),
         };
+        let chart = chart_content(release.get("chart"));
+        let mut reused = chart.clone();
+        if let Value::Object(map) = &mut reused {
+            map.insert("values".into(), effective_values(release));
+        }
         PartDigests {
             parts: [
                 (Part::Values, digest(config)),
                 (Part::Manifest, digest(&manifest)),
                 (Part::Hooks, digest(&hooks)),
-                (Part::Chart, digest(&chart_content(release.get("chart")))),
+                (Part::Chart, digest(&chart)),
             ],
+            chart_reused: digest(&reused),
         }
     }
 
-    /// The parts whose digests differ, in the order values, manifest, hooks, chart.
-    pub fn differences(&self, other: &PartDigests) -> Vec<Part> {
+    /// The parts of `self` (the would-be release) that differ from `deployed`, in the
+    /// order values, manifest, hooks, chart.
+    ///
+    /// `--reuse-values` makes helm store the chart with the deployed release's coalesced
+    /// values as its defaults (helm's `reuseValues` sets `chart.Values` to them), which
+    /// changes nothing it renders: a chart equal to the deployed one with that
+    /// replacement is not a change.
+    pub fn differences(&self, deployed: &PartDigests) -> Vec<Part> {
         self.parts
             .iter()
-            .zip(other.parts.iter())
-            .filter(|(a, b)| a.1 != b.1)
+            .zip(deployed.parts.iter())
+            .filter(|(a, b)| a.1 != b.1 && !(a.0 == Part::Chart && a.1 == deployed.chart_reused))
             .map(|(a, _)| a.0)
             .collect()
     }
@@ -550,6 +565,20 @@ mod tests {
             edit(&mut r);
             assert_eq!(PartDigests::of(&r).differences(&base), want, "case {i}");
         }
+        // --reuse-values: helm stores the deployed coalesced values as chart defaults.
+        let deployed = release();
+        let mut reused = release();
+        reused["chart"]["values"] = effective_values(&deployed);
+        assert_eq!(
+            PartDigests::of(&reused).differences(&base),
+            Vec::<Part>::new()
+        );
+        // ... but only that exact replacement, and only in that direction.
+        reused["chart"]["values"]["replicas"] = json!(3);
+        assert_eq!(
+            PartDigests::of(&reused).differences(&base),
+            vec![Part::Chart]
+        );
         // Absent and null config are the same as empty.
         let mut a = release();
         a["config"] = json!({});

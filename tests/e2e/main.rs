@@ -8,3 +8,4 @@ mod lock;
 mod mutex;
 mod records;
 mod repo;
+mod unchanged;
