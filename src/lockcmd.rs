@@ -600,8 +600,9 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
                 Some(l) if !expired && l.kind == LockKind::Pin => (
                     "upgrade-if-newer",
                     format!(
-                        "upgrades only to newer versions matching {}",
-                        l.pin.clone().unwrap_or_default()
+                        "upgrades only to newer versions matching {}{}",
+                        l.pin.clone().unwrap_or_default(),
+                        l.pin_key.as_deref().map(|k| format!(" on {k}")).unwrap_or_default()
                     ),
                 ),
                 _ => (
@@ -668,6 +669,7 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
                         ("since", &l.since),
                         ("expires", &l.expires),
                         ("pin", &l.pin),
+                        ("pin-key", &l.pin_key),
                     ] {
                         if let Some(v) = value {
                             println!("  {name:<8} {v}");

@@ -441,6 +441,19 @@ fn pin_on_value(label: &str) {
         run.stderr
     );
     assert_eq!(revision(&b), 1);
+    let status = b.guard(&["status", "rel", "-n", NS]);
+    status.expect_code(0, "status");
+    for line in [
+        "  pin      ~1.1",
+        "  pin-key  value:image.tag",
+        "upgrade:   upgrades only to newer versions matching ~1.1 on value:image.tag",
+    ] {
+        assert!(
+            status.stdout.lines().any(|l| l == line),
+            "no line {line:?} in status:\n{}",
+            status.stdout
+        );
+    }
     let json = check(&b, &c, &["--set", "image.tag=1.2.0"]);
     assert_eq!(json["reason"], "pinned");
     assert_eq!(json["lock"]["pin_key"], "value:image.tag");
