@@ -496,6 +496,25 @@ mod tests {
     }
 
     #[test]
+    fn pin_keys_are_stored_only_when_not_the_chart_version() {
+        assert_eq!(pin_key(None), Ok(None));
+        assert_eq!(pin_key(Some("chart-version")), Ok(None));
+        assert_eq!(pin_key(Some("app-version")), Ok(Some("app-version".into())));
+        assert_eq!(
+            pin_key(Some("value:image.tag")),
+            Ok(Some("value:image.tag".into()))
+        );
+        assert_eq!(
+            pin_key(Some("value:")),
+            Err(
+                "--compare: unknown compare key \"value:\": use chart-version, app-version \
+                 or value:PATH (e.g. value:image.tag)"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
     fn identical_releases_have_no_differences() {
         let a = PartDigests::of(&release());
         assert_eq!(

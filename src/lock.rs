@@ -292,6 +292,14 @@ mod tests {
             spec(Some(&long), Some("alice@example.com"), Some(">=1.4 <2")),
             spec(Some("b32.looks-encoded"), Some("-dash"), Some("^1")),
             spec(Some(""), Some(""), None),
+            LockSpec {
+                pin_key: Some("value:image.tag".into()),
+                ..spec(None, Some("ops"), Some("~1.1"))
+            },
+            LockSpec {
+                pin_key: Some("app-version".into()),
+                ..spec(None, None, Some("2.x"))
+            },
         ] {
             let labels = s.labels();
             for (k, v) in &labels {

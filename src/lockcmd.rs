@@ -602,7 +602,10 @@ pub async fn status(args: StatusArgs) -> Result<i32, Failure> {
                     format!(
                         "upgrades only to newer versions matching {}{}",
                         l.pin.clone().unwrap_or_default(),
-                        l.pin_key.as_deref().map(|k| format!(" on {k}")).unwrap_or_default()
+                        l.pin_key
+                            .as_deref()
+                            .map(|k| format!(" on {k}"))
+                            .unwrap_or_default()
                     ),
                 ),
                 _ => (
