@@ -407,9 +407,15 @@ pub async fn would_be_release(
     };
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
+        // One line: helm may log warnings before its error.
+        let stderr: Vec<&str> = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         return Err(ChangeError::Failed {
             code: output.status.code().unwrap_or(-1),
-            stderr: stderr.trim().to_string(),
+            stderr: stderr.join("; "),
         });
     }
     let value: Value = serde_json::from_slice(&output.stdout).map_err(|e| {
@@ -671,13 +677,16 @@ mod tests {
             err,
             "the helm dry run printed no release JSON (truncated JSON at line 2 column 0)"
         );
-        let err = would_be_release(&sh("echo 'Error: boom' >&2; exit 1"), limit)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = would_be_release(
+            &sh("printf 'WARN x\\n\\nError: boom\\n' >&2; exit 1"),
+            limit,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             err,
-            "the helm dry run (helm upgrade --dry-run=server) failed (exit 1): Error: boom"
+            "the helm dry run (helm upgrade --dry-run=server) failed (exit 1): WARN x; Error: boom"
         );
         let err = would_be_release(&sh("sleep 5"), Duration::from_millis(200))
             .await

@@ -517,7 +517,26 @@ fn canary_never_printed(label: &str) {
     }
 }
 
+/// A dry run helm refuses fails closed: exit 3, helm's reason, nothing written.
+fn dry_run_failure_fails_closed(label: &str) {
+    let b = setup(label);
+    let c = chart("tagged-0.1.0");
+    up(&b, &c, &[]).expect_code(0, "install");
+    b.api.clear_requests();
+    let run = up(&b, &c, &["--set-json", "extra={bad"]);
+    run.expect_code(3, "bad --set-json");
+    has_line(
+        &run,
+        "guarded-upgrade: error: release \"rel\" in namespace \"apps\": examining the release \
+         helm would write: the helm dry run (helm upgrade --dry-run=server) failed (exit 1): \
+         Error: failed parsing --set-json data extra={bad; helm was not run",
+    );
+    assert_eq!(b.writes(), Vec::<String>::new());
+    assert_eq!(revision(&b), 1);
+}
+
 per_helm!(
+    dry_run_failure_fails_closed,
     rerun_skips_and_value_change_upgrades,
     value_flags,
     chart_edits,
