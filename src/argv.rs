@@ -61,6 +61,8 @@ pub struct GuardOptions {
     pub lease_duration: Option<Duration>,
     /// `--no-annotations`: no CI annotations, step summary or log sections.
     pub no_annotations: bool,
+    /// `--compare chart-version|app-version|value:PATH`.
+    pub compare: crate::decision::CompareKey,
 }
 
 /// The helm flags our decision needs; everything stays in `helm_args` too.
@@ -369,7 +371,8 @@ fn guard_flag(name: &str, mode: Mode) -> Option<Arity> {
         | "decision-file"
         | "lock-timeout"
         | "recover-pending-after"
-        | "lease-duration" => Some(Arity::Value),
+        | "lease-duration"
+        | "compare" => Some(Arity::Value),
         "allow-chart-change" | "detailed-exitcode" | "no-serialize" | "no-annotations" => {
             Some(Arity::Bool)
         }
@@ -765,6 +768,15 @@ fn apply_guard(
                 _ => guard.lease_duration = Some(guard_duration(flag, text, DurationKind::Lease)?),
             }
         }
+        "compare" => {
+            let text = value.unwrap_or_default();
+            guard.compare =
+                crate::decision::CompareKey::parse(&text).map_err(|_| ArgvError::InvalidValue {
+                    flag: flag.to_string(),
+                    value: text,
+                    expected: "chart-version, app-version or value:PATH (e.g. value:image.tag)",
+                })?;
+        }
         "allow-chart-change" => guard.allow_chart_change = bool_value(value)?,
         "detailed-exitcode" => guard.detailed_exitcode = bool_value(value)?,
         "no-serialize" => guard.no_serialize = bool_value(value)?,
@@ -988,7 +1000,7 @@ mod tests {
         let s = ok(
             "--min-version-policy=off db --allow-chart-change c --helm=/h --decision-output text \
              --decision-file f --detailed-exitcode --no-serialize=false --lock-timeout 30s \
-             --recover-pending-after 2h --lease-duration=20s",
+             --recover-pending-after 2h --lease-duration=20s --compare value:image.tag",
             Mode::Upgrade,
         );
         assert_eq!(
@@ -1005,7 +1017,16 @@ mod tests {
                 recover_pending_after: Some(Duration::from_secs(7200)),
                 lease_duration: Some(Duration::from_secs(20)),
                 no_annotations: false,
+                compare: crate::decision::CompareKey::Value("image.tag".into()),
             }
+        );
+        assert_eq!(
+            split(&argv("db c --compare=value:"), Mode::Upgrade),
+            Err(ArgvError::InvalidValue {
+                flag: "--compare".into(),
+                value: "value:".into(),
+                expected: "chart-version, app-version or value:PATH (e.g. value:image.tag)",
+            })
         );
         assert_eq!(s.helm_args, argv("db c"));
         assert!(ok("db c --no-serialize", Mode::Upgrade).guard.no_serialize);

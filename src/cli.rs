@@ -5,6 +5,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::cluster::ClusterFlags;
+use crate::decision::CompareKey;
 use crate::time::parse_duration;
 use crate::version::{ChartVersion, Constraint};
 
@@ -170,7 +171,7 @@ with stdin, stdout, stderr and exit code untouched. The real helm is $GUARDED_UP
 else the next `helm` on PATH that is not this binary.
 
 Guard settings (environment):
-  GUARDED_UPGRADE_POLICY                 newer (default), newer-or-equal, off
+  GUARDED_UPGRADE_POLICY                 newer (default), newer-or-equal, newer-or-changed, off
   GUARDED_UPGRADE_ALLOW_CHART_CHANGE     true/false
   GUARDED_UPGRADE_DECISION_FILE          path, or - for stderr
   GUARDED_UPGRADE_DECISION_OUTPUT        text (default) or json (on stderr)
@@ -180,6 +181,7 @@ Guard settings (environment):
   GUARDED_UPGRADE_LEASE_DURATION         duration (default 15s)
   GUARDED_UPGRADE_RECOVER_PENDING_AFTER  duration
   GUARDED_UPGRADE_NO_ANNOTATIONS         true/false
+  GUARDED_UPGRADE_COMPARE                chart-version (default), app-version, value:PATH
   GUARDED_UPGRADE_HELM                   the real helm binary
 Any other GUARDED_UPGRADE_* variable is a usage error (exit 2).";
 
@@ -277,6 +279,9 @@ pub struct LockArgs {
     /// Only allow versions matching this version or constraint (e.g. 1.4.x, ">=1.4 <2")
     #[arg(long, value_name = "VERSION|CONSTRAINT", value_parser = parse_pin)]
     pub pin: Option<String>,
+    /// The key the pin constrains: chart-version (default), app-version or value:PATH
+    #[arg(long, value_name = "KEY", requires = "pin", value_parser = CompareKey::parse)]
+    pub compare: Option<CompareKey>,
     /// Lock expiry: a duration (90s, 30m, 4h, 7d) or an RFC 3339 timestamp
     #[arg(long, value_name = "DURATION|TIMESTAMP", value_parser = parse_expiry)]
     pub expires: Option<Expiry>,

@@ -24,6 +24,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::change::Part;
 use crate::release::{ReleaseStatus, ReleaseSummary};
 use crate::version::{ChartVersion, Constraint};
 
@@ -36,21 +37,25 @@ pub enum Policy {
     Newer,
     /// Newer or equal versions are applied (equal re-applies values).
     NewerOrEqual,
+    /// Newer versions are applied; an equal one only when the release helm would write
+    /// differs from the deployed one (values, manifest, hooks or chart content).
+    NewerOrChanged,
     /// No version comparison; locks and pins still apply.
     Off,
 }
 
 /// An unknown `--min-version-policy` value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown version policy {0:?}: use one of newer, newer-or-equal, off")]
+#[error("unknown version policy {0:?}: use one of newer, newer-or-equal, newer-or-changed, off")]
 pub struct PolicyError(pub String);
 
 impl Policy {
-    /// Parses `newer`, `newer-or-equal` or `off`.
+    /// Parses `newer`, `newer-or-equal`, `newer-or-changed` or `off`.
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         match text {
             "newer" => Ok(Policy::Newer),
             "newer-or-equal" => Ok(Policy::NewerOrEqual),
+            "newer-or-changed" => Ok(Policy::NewerOrChanged),
             "off" => Ok(Policy::Off),
             other => Err(PolicyError(other.to_string())),
         }
@@ -61,6 +66,7 @@ impl Policy {
         match self {
             Policy::Newer => "newer",
             Policy::NewerOrEqual => "newer-or-equal",
+            Policy::NewerOrChanged => "newer-or-changed",
             Policy::Off => "off",
         }
     }
@@ -77,6 +83,109 @@ impl std::str::FromStr for Policy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Policy::parse(s)
     }
+}
+
+/// The key whose version order guards against downgrades (`--compare`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum CompareKey {
+    /// The chart's `version` (default).
+    #[default]
+    ChartVersion,
+    /// The chart's `appVersion`.
+    AppVersion,
+    /// A value at a dotted path of the release's values, e.g. `image.tag`.
+    Value(String),
+}
+
+/// An unusable `--compare` (or pin key) text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown compare key {0:?}: use chart-version, app-version or value:PATH (e.g. value:image.tag)")]
+pub struct CompareKeyError(pub String);
+
+impl CompareKey {
+    /// Parses `chart-version`, `app-version` or `value:PATH` (dot-separated, no empty
+    /// segment).
+    pub fn parse(text: &str) -> Result<CompareKey, CompareKeyError> {
+        match text {
+            "chart-version" => Ok(CompareKey::ChartVersion),
+            "app-version" => Ok(CompareKey::AppVersion),
+            _ => match text.strip_prefix("value:") {
+                Some(path) if !path.is_empty() && path.split('.').all(|s| !s.is_empty()) => {
+                    Ok(CompareKey::Value(path.to_string()))
+                }
+                _ => Err(CompareKeyError(text.to_string())),
+            },
+        }
+    }
+}
+
+impl fmt::Display for CompareKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompareKey::ChartVersion => f.write_str("chart-version"),
+            CompareKey::AppVersion => f.write_str("app-version"),
+            CompareKey::Value(path) => write!(f, "value:{path}"),
+        }
+    }
+}
+
+impl Serialize for CompareKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The text of a compare key in one release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyText {
+    /// Not set (or null).
+    Missing,
+    /// A string, number or boolean, as text.
+    Scalar(String),
+    /// A map or list: never a version (what it is, not its content).
+    NotScalar(&'static str),
+}
+
+/// Compare-key texts of one side (deployed baseline or would-be release).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySide {
+    /// Key -> its text; keys not gathered read as missing.
+    pub keys: std::collections::BTreeMap<CompareKey, KeyText>,
+}
+
+impl KeySide {
+    /// The text of `key`, [`KeyText::Missing`] when absent.
+    pub fn get(&self, key: &CompareKey) -> KeyText {
+        self.keys.get(key).cloned().unwrap_or(KeyText::Missing)
+    }
+}
+
+/// What only helm's dry run and the fully decoded baseline record tell (see
+/// [`crate::change`]). Gathered only when a decision asks for it
+/// ([`Decision::needs_facts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeFacts {
+    /// Keys of the deployed baseline record (empty when nothing is deployed).
+    pub deployed: KeySide,
+    /// Keys of the would-be release.
+    pub target: KeySide,
+    /// Parts that differ between would-be and baseline; `None` when there is no baseline.
+    pub differences: Option<Vec<Part>>,
+}
+
+/// The compare keys whose values a decision may need: the `--compare` key and the key a
+/// pin lock constrains (chart-version when the pin names none or an unusable one).
+pub fn keys_needed(compare: &CompareKey, lock: Option<&LockState>) -> Vec<CompareKey> {
+    let mut keys = vec![compare.clone()];
+    if let Some(key) = lock
+        .and_then(|l| l.pin_key.as_deref())
+        .and_then(|k| CompareKey::parse(k).ok())
+    {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
 }
 
 /// Revision and status of a record, read from its labels.
@@ -152,6 +261,8 @@ pub struct LockState {
     pub expires_at: Option<i64>,
     /// Constraint text target versions must match (pin locks).
     pub pin: Option<String>,
+    /// The compare key the pin constrains (`value:image.tag`...); `None` = chart version.
+    pub pin_key: Option<String>,
     /// For hard locks: the latest record's status before locking.
     pub hard_original_status: Option<String>,
 }
@@ -185,6 +296,10 @@ pub struct DecisionInput<'a> {
     pub allow_chart_change: bool,
     /// Current time, unix seconds (for lock expiry).
     pub now_unix: i64,
+    /// `--compare`: the key whose version order is guarded.
+    pub compare: &'a CompareKey,
+    /// Dry-run facts, once gathered for a decision that asked for them.
+    pub facts: Option<&'a ChangeFacts>,
 }
 
 /// What to do.
@@ -224,6 +339,12 @@ pub enum Reason {
     PolicyOff,
     /// Target equals the deployed version under `newer`.
     NotNewer,
+    /// Target equals the deployed version under `newer-or-changed` and the release helm
+    /// would write equals the deployed one.
+    Unchanged,
+    /// Target equals the deployed version under `newer-or-changed` and the release helm
+    /// would write differs (see `differences`).
+    Changed,
     /// Target is older than the deployed version.
     Downgrade,
     /// A soft or hard lock is in force (or an expired hard lock blocks helm).
@@ -261,6 +382,22 @@ pub struct Decision {
     pub deployed_revision: Option<u64>,
     /// The target version text.
     pub target_version: String,
+    /// The `--compare` key.
+    pub compare: CompareKey,
+    /// The compared key's deployed value (only for keys other than chart-version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployed_key: Option<String>,
+    /// The compared key's target value (only for keys other than chart-version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_key: Option<String>,
+    /// Parts of the release that differ (`newer-or-changed` with equal versions): names
+    /// only, never content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differences: Option<Vec<Part>>,
+    /// True when this decision could not be made without [`ChangeFacts`]: gather them
+    /// (dry run, full baseline record) and decide again. Never final.
+    #[serde(skip)]
+    pub needs_facts: bool,
 }
 
 /// Decides whether to install, upgrade, skip or refuse. Pure: see the
@@ -345,6 +482,12 @@ struct Decider<'i, 'a> {
     baseline: Option<&'i ReleaseSummary>,
     /// An unexpired pin lock.
     pin_lock: Option<&'i LockState>,
+    /// Compared key values (keys other than chart-version), for the decision.
+    deployed_key: Option<String>,
+    target_key: Option<String>,
+    differences: Option<Vec<Part>>,
+    /// Set when the outcome waits for [`ChangeFacts`].
+    needs_facts: bool,
 }
 
 impl<'i, 'a> Decider<'i, 'a> {
@@ -358,6 +501,10 @@ impl<'i, 'a> Decider<'i, 'a> {
             notes,
             baseline: None,
             pin_lock: None,
+            deployed_key: None,
+            target_key: None,
+            differences: None,
+            needs_facts: false,
         }
     }
 
@@ -370,6 +517,11 @@ impl<'i, 'a> Decider<'i, 'a> {
             deployed_version: self.baseline.and_then(|b| b.chart_version.clone()),
             deployed_revision: self.baseline.map(|b| b.revision),
             target_version: self.target_version().to_string(),
+            compare: self.input.compare.clone(),
+            deployed_key: self.deployed_key.clone(),
+            target_key: self.target_key.clone(),
+            differences: self.differences.clone(),
+            needs_facts: self.needs_facts,
         }
     }
 
@@ -551,57 +703,197 @@ impl<'i, 'a> Decider<'i, 'a> {
                 format!("{deployed_text} -> {target_text} (version policy off)"),
             );
         }
-        let deployed = match ChartVersion::parse_stored(deployed_text) {
-            Ok(v) => v,
-            Err(e) => {
-                let what = if deployed_text.is_empty() {
-                    "has no chart version".to_string()
-                } else {
-                    format!("has chart version {deployed_text:?}, which is not valid ({e})")
+        let (ordering, deployed_text, target_text, key_label) =
+            if *self.input.compare == CompareKey::ChartVersion {
+                let deployed = match ChartVersion::parse_stored(deployed_text) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let what = if deployed_text.is_empty() {
+                            "has no chart version".to_string()
+                        } else {
+                            format!("has chart version {deployed_text:?}, which is not valid ({e})")
+                        };
+                        return self.refuse(
+                            Reason::InvalidVersion,
+                            format!(
+                                "{} revision {} {what}, so versions cannot be compared; use \
+                                 --min-version-policy off to upgrade without comparing",
+                                self.subject(),
+                                baseline.revision
+                            ),
+                        );
+                    }
                 };
-                return self.refuse(
-                    Reason::InvalidVersion,
-                    format!(
-                        "{} revision {} {what}, so versions cannot be compared; use \
-                         --min-version-policy off to upgrade without comparing",
-                        self.subject(),
-                        baseline.revision
-                    ),
-                );
-            }
-        };
-        let target = match ChartVersion::parse(target_text) {
-            Ok(v) => v,
-            Err(e) => return self.refuse_invalid_target(e),
-        };
-        match target.cmp(&deployed) {
-            std::cmp::Ordering::Greater => {
-                self.proceed(Reason::Newer, format!("{deployed_text} -> {target_text}"))
-            }
+                let target = match ChartVersion::parse(target_text) {
+                    Ok(v) => v,
+                    Err(e) => return self.refuse_invalid_target(e),
+                };
+                (
+                    target.cmp(&deployed),
+                    deployed_text.to_string(),
+                    target_text.to_string(),
+                    String::new(),
+                )
+            } else {
+                match self.compare_key(baseline) {
+                    Ok((ordering, d, t)) => (ordering, d, t, format!("{} ", self.input.compare)),
+                    Err(outcome) => return outcome,
+                }
+            };
+        let (deployed_text, target_text) = (deployed_text.as_str(), target_text.as_str());
+        match ordering {
+            std::cmp::Ordering::Greater => self.proceed(
+                Reason::Newer,
+                format!("{key_label}{deployed_text} -> {target_text}"),
+            ),
             std::cmp::Ordering::Equal if failed_baseline => self.proceed(
                 Reason::NoDeployedRevision,
                 format!(
-                    "{deployed_text} -> {target_text} (retry: revision {} failed and nothing \
-                     is deployed)",
+                    "{key_label}{deployed_text} -> {target_text} (retry: revision {} failed and \
+                     nothing is deployed)",
                     baseline.revision
                 ),
             ),
             std::cmp::Ordering::Equal if self.input.policy == Policy::NewerOrEqual => self.proceed(
                 Reason::EqualReapply,
-                format!("{deployed_text} -> {target_text} (re-apply, policy newer-or-equal)"),
+                format!(
+                    "{key_label}{deployed_text} -> {target_text} (re-apply, policy newer-or-equal)"
+                ),
             ),
+            std::cmp::Ordering::Equal if self.input.policy == Policy::NewerOrChanged => {
+                self.equal_under_newer_or_changed(baseline, &key_label, target_text)
+            }
             std::cmp::Ordering::Equal => self.skip(
                 Reason::NotNewer,
                 format!(
-                    "target {target_text} is not newer (policy newer; use \
+                    "target {key_label}{target_text} is not newer (policy newer; use \
                      --min-version-policy newer-or-equal to re-apply)"
                 ),
             ),
             std::cmp::Ordering::Less => self.skip(
                 Reason::Downgrade,
-                format!("target {target_text} would be a downgrade"),
+                format!("target {key_label}{target_text} would be a downgrade"),
             ),
         }
+    }
+
+    /// Placeholder outcome of a decision that waits for [`ChangeFacts`].
+    fn need_facts(&mut self) -> Outcome {
+        self.needs_facts = true;
+        self.refuse(
+            Reason::UnknownState,
+            format!(
+                "{}: the release helm would write was not examined",
+                self.subject()
+            ),
+        )
+    }
+
+    /// Equal versions under `newer-or-changed`: upgrade only when a part differs.
+    fn equal_under_newer_or_changed(
+        &mut self,
+        baseline: &ReleaseSummary,
+        key_label: &str,
+        target_text: &str,
+    ) -> Outcome {
+        let Some(facts) = self.input.facts else {
+            return self.need_facts();
+        };
+        let Some(parts) = facts.differences.clone() else {
+            return self.need_facts();
+        };
+        self.differences = Some(parts.clone());
+        if parts.is_empty() {
+            return self.skip(
+                Reason::Unchanged,
+                format!(
+                    "target {key_label}{target_text} is unchanged: the release helm would write \
+                     equals revision {} (policy newer-or-changed)",
+                    baseline.revision
+                ),
+            );
+        }
+        let names: Vec<&str> = parts.iter().map(|p| p.as_str()).collect();
+        self.proceed(
+            Reason::Changed,
+            format!(
+                "{key_label}{target_text} (same version, changed: {}; policy newer-or-changed)",
+                names.join(", ")
+            ),
+        )
+    }
+
+    /// Orders the deployed and target values of a key other than chart-version. Equal
+    /// texts are equal even when they are not versions; other non-versions are refused,
+    /// naming the key and the value.
+    fn compare_key(
+        &mut self,
+        baseline: &ReleaseSummary,
+    ) -> Result<(std::cmp::Ordering, String, String), Outcome> {
+        let key = self.input.compare;
+        let Some(facts) = self.input.facts else {
+            return Err(self.need_facts());
+        };
+        let deployed = match key {
+            // The summary carries appVersion: no need for the full record.
+            CompareKey::AppVersion => match baseline.app_version.as_deref() {
+                Some(v) if !v.is_empty() => KeyText::Scalar(v.to_string()),
+                _ => KeyText::Missing,
+            },
+            _ => facts.deployed.get(key),
+        };
+        let target = facts.target.get(key);
+        let deployed_what = format!("revision {}", baseline.revision);
+        let d = self.key_scalar(key, &deployed, &deployed_what)?;
+        let t = self.key_scalar(key, &target, "the target")?;
+        self.deployed_key = Some(d.clone());
+        self.target_key = Some(t.clone());
+        if d == t {
+            return Ok((std::cmp::Ordering::Equal, d, t));
+        }
+        let dv = self.key_version(key, &d, &deployed_what)?;
+        let tv = self.key_version(key, &t, "the target")?;
+        Ok((tv.cmp(&dv), d, t))
+    }
+
+    fn key_scalar(&self, key: &CompareKey, text: &KeyText, whose: &str) -> Result<String, Outcome> {
+        match text {
+            KeyText::Scalar(s) => Ok(s.clone()),
+            KeyText::Missing => Err(self.refuse(
+                Reason::InvalidVersion,
+                format!(
+                    "{}: {whose} has no {key}, so versions cannot be compared; set it, or use \
+                     --min-version-policy off to upgrade without comparing",
+                    self.subject()
+                ),
+            )),
+            KeyText::NotScalar(what) => Err(self.refuse(
+                Reason::InvalidVersion,
+                format!(
+                    "{}: {key} of {whose} is {what}, not a version; compare a key that holds \
+                     a version",
+                    self.subject()
+                ),
+            )),
+        }
+    }
+
+    fn key_version(
+        &self,
+        key: &CompareKey,
+        text: &str,
+        whose: &str,
+    ) -> Result<ChartVersion, Outcome> {
+        ChartVersion::parse(text).map_err(|e| {
+            self.refuse(
+                Reason::InvalidVersion,
+                format!(
+                    "{}: {key} {text:?} of {whose} is not a version ({e}), so versions cannot be \
+                     compared; use --min-version-policy off to upgrade without comparing",
+                    self.subject()
+                ),
+            )
+        })
     }
 
     /// `release "db" in "shared"`
@@ -753,7 +1045,7 @@ impl<'i, 'a> Decider<'i, 'a> {
     }
 
     /// Skips or refuses when a pin lock rejects the target.
-    fn check_pin(&self) -> Option<Outcome> {
+    fn check_pin(&mut self) -> Option<Outcome> {
         let lock = self.pin_lock?;
         let pin_text = lock.pin.as_deref()?;
         let pin = match Constraint::parse(pin_text) {
@@ -771,18 +1063,52 @@ impl<'i, 'a> Decider<'i, 'a> {
                 ))
             }
         };
-        let target = match ChartVersion::parse(self.target_version()) {
-            Ok(v) => v,
-            Err(e) => return Some(self.refuse_invalid_target(e)),
+        let key = match lock.pin_key.as_deref().map(CompareKey::parse) {
+            None => CompareKey::ChartVersion,
+            Some(Ok(key)) => key,
+            Some(Err(e)) => {
+                return Some(self.refuse(
+                    Reason::InvalidVersion,
+                    format!(
+                        "{} is pinned with an unusable key ({e}); fix or remove the pin with \
+                         \"guarded-upgrade unlock {} -n {}\"",
+                        self.subject(),
+                        self.input.release,
+                        self.input.namespace
+                    ),
+                ))
+            }
         };
-        if pin.matches(&target) {
-            return None;
-        }
+        let (target_text, label) = if key == CompareKey::ChartVersion {
+            let target = match ChartVersion::parse(self.target_version()) {
+                Ok(v) => v,
+                Err(e) => return Some(self.refuse_invalid_target(e)),
+            };
+            if pin.matches(&target) {
+                return None;
+            }
+            (self.target_version().to_string(), String::new())
+        } else {
+            let Some(facts) = self.input.facts else {
+                return Some(self.need_facts());
+            };
+            let text = match self.key_scalar(&key, &facts.target.get(&key), "the target") {
+                Ok(t) => t,
+                Err(outcome) => return Some(outcome),
+            };
+            let target = match self.key_version(&key, &text, "the target") {
+                Ok(v) => v,
+                Err(outcome) => return Some(outcome),
+            };
+            if pin.matches(&target) {
+                return None;
+            }
+            (text, format!("{key} "))
+        };
         Some(self.skip(
             Reason::Pinned,
             format!(
-                "target {} does not match the pin {pin_text:?} ({})",
-                self.target_version(),
+                "target {label}{target_text} does not match the pin {pin_text:?} ({})",
                 Self::lock_description(lock)
             ),
         ))
@@ -867,6 +1193,7 @@ mod tests {
             since: Some("2023-11-14T00:00:00Z".into()),
             expires_at,
             pin: pin.map(str::to_string),
+            pin_key: None,
             hard_original_status: Some("deployed".into()),
         }
     }
@@ -888,6 +1215,8 @@ mod tests {
             policy,
             allow_chart_change: false,
             now_unix: NOW,
+            compare: &CompareKey::ChartVersion,
+            facts: None,
         })
     }
 
@@ -1514,6 +1843,7 @@ mod tests {
             since: None,
             expires_at: None,
             pin: None,
+            pin_key: None,
             hard_original_status: None,
         });
         let d = run(&state, &target("2.0.0"), Policy::Newer);
@@ -1546,6 +1876,8 @@ mod tests {
             policy: Policy::Newer,
             allow_chart_change: true,
             now_unix: NOW,
+            compare: &CompareKey::ChartVersion,
+            facts: None,
         });
         check(&allowed, Action::Upgrade, Reason::Newer);
         assert!(allowed.notes[0].contains("\"postgresql\" to \"mysql\""));
@@ -1559,6 +1891,8 @@ mod tests {
             policy: Policy::Newer,
             allow_chart_change: true,
             now_unix: NOW,
+            compare: &CompareKey::ChartVersion,
+            facts: None,
         });
         check(&allowed, Action::Skip, Reason::Downgrade);
         // Unknown target chart name: not checked.
@@ -1608,7 +1942,12 @@ mod tests {
 
     #[test]
     fn policy_parse() {
-        for p in [Policy::Newer, Policy::NewerOrEqual, Policy::Off] {
+        for p in [
+            Policy::Newer,
+            Policy::NewerOrEqual,
+            Policy::NewerOrChanged,
+            Policy::Off,
+        ] {
             assert_eq!(Policy::parse(p.as_str()), Ok(p));
             assert_eq!(p.to_string(), p.as_str());
         }
@@ -1630,5 +1969,751 @@ mod tests {
         for (secs, want) in cases {
             assert_eq!(crate::time::format_rfc3339(secs), want);
         }
+    }
+
+    // ---- issue 11: newer-or-changed, --compare keys, pins on keys ----
+
+    fn side(pairs: &[(&CompareKey, KeyText)]) -> KeySide {
+        KeySide {
+            keys: pairs
+                .iter()
+                .map(|(k, t)| ((*k).clone(), t.clone()))
+                .collect(),
+        }
+    }
+
+    fn scalar(text: &str) -> KeyText {
+        KeyText::Scalar(text.into())
+    }
+
+    fn run_with(
+        state: &DeployedState,
+        target: &Target,
+        policy: Policy,
+        compare: &CompareKey,
+        facts: Option<&ChangeFacts>,
+    ) -> Decision {
+        decide(&DecisionInput {
+            release: "db",
+            namespace: "shared",
+            state,
+            target: Some(target),
+            policy,
+            allow_chart_change: false,
+            now_unix: NOW,
+            compare,
+            facts,
+        })
+    }
+
+    fn changed(parts: &[Part]) -> ChangeFacts {
+        ChangeFacts {
+            differences: Some(parts.to_vec()),
+            ..ChangeFacts::default()
+        }
+    }
+
+    #[test]
+    fn newer_or_changed() {
+        use ReleaseStatus as S;
+        let failed = DeployedState {
+            latest: meta(8, S::Failed),
+            last_deployed: None,
+            latest_summary: Some(summary(8, S::Failed, "postgresql", "1.4.0")),
+            lock: None,
+        };
+        let mut soft = deployed("1.4.0");
+        soft.lock = Some(lock(LockKind::Soft, None, None));
+        let none = changed(&[]);
+        let vals = changed(&[Part::Values, Part::Chart]);
+        let unknown = ChangeFacts::default();
+        // (state, target, facts, action, reason, needs facts, differences)
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            DeployedState,
+            &str,
+            Option<&ChangeFacts>,
+            Action,
+            Reason,
+            bool,
+            Option<Vec<Part>>,
+        )> = vec![
+            // Versions differ: decided without facts (no dry run).
+            (
+                deployed("1.4.0"),
+                "1.5.0",
+                None,
+                Action::Upgrade,
+                Reason::Newer,
+                false,
+                None,
+            ),
+            (
+                deployed("1.4.0"),
+                "1.3.0",
+                None,
+                Action::Skip,
+                Reason::Downgrade,
+                false,
+                None,
+            ),
+            // Equal: facts needed, then unchanged or changed.
+            (
+                deployed("1.4.0"),
+                "1.4.0",
+                None,
+                Action::Refuse,
+                Reason::UnknownState,
+                true,
+                None,
+            ),
+            (
+                deployed("1.4.0"),
+                "1.4.0",
+                Some(&unknown),
+                Action::Refuse,
+                Reason::UnknownState,
+                true,
+                None,
+            ),
+            (
+                deployed("1.4.0"),
+                "1.4.0",
+                Some(&none),
+                Action::Skip,
+                Reason::Unchanged,
+                false,
+                Some(vec![]),
+            ),
+            (
+                deployed("1.4.0"),
+                "1.4.0",
+                Some(&vals),
+                Action::Upgrade,
+                Reason::Changed,
+                false,
+                Some(vec![Part::Values, Part::Chart]),
+            ),
+            // Equal with build metadata is equal.
+            (
+                deployed("1.4.0+a"),
+                "1.4.0+b",
+                Some(&none),
+                Action::Skip,
+                Reason::Unchanged,
+                false,
+                Some(vec![]),
+            ),
+            // Retrying a failed version stays allowed without facts.
+            (
+                failed,
+                "1.4.0",
+                None,
+                Action::Upgrade,
+                Reason::NoDeployedRevision,
+                false,
+                None,
+            ),
+            // Locks come first.
+            (
+                soft,
+                "1.4.0",
+                None,
+                Action::Skip,
+                Reason::Locked,
+                false,
+                None,
+            ),
+            // Install needs no facts.
+            (
+                DeployedState::default(),
+                "1.4.0",
+                None,
+                Action::Install,
+                Reason::NotInstalled,
+                false,
+                None,
+            ),
+        ];
+        for (i, (state, want, facts, action, reason, needs, diffs)) in cases.into_iter().enumerate()
+        {
+            let d = run_with(
+                &state,
+                &target(want),
+                Policy::NewerOrChanged,
+                &CompareKey::ChartVersion,
+                facts,
+            );
+            assert_eq!(
+                (d.action, d.reason, d.needs_facts),
+                (action, reason, needs),
+                "case {i}: {d:#?}"
+            );
+            assert_eq!(d.differences, diffs, "case {i}");
+            if !needs {
+                check(&d, action, reason);
+            }
+        }
+        // Other policies never ask for facts.
+        for policy in [Policy::Newer, Policy::NewerOrEqual, Policy::Off] {
+            let d = run_with(
+                &deployed("1.4.0"),
+                &target("1.4.0"),
+                policy,
+                &CompareKey::ChartVersion,
+                None,
+            );
+            assert!(
+                !d.needs_facts && d.differences.is_none(),
+                "{policy}: {d:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn newer_or_changed_messages() {
+        let d = run_with(
+            &deployed("1.4.0"),
+            &target("1.4.0"),
+            Policy::NewerOrChanged,
+            &CompareKey::ChartVersion,
+            Some(&changed(&[])),
+        );
+        assert_eq!(
+            d.message,
+            "skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target 1.4.0 is \
+             unchanged: the release helm would write equals revision 7 (policy newer-or-changed)"
+        );
+        let d = run_with(
+            &deployed("1.4.0"),
+            &target("1.4.0"),
+            Policy::NewerOrChanged,
+            &CompareKey::ChartVersion,
+            Some(&changed(&[Part::Manifest, Part::Hooks])),
+        );
+        assert_eq!(
+            d.message,
+            "upgrade: \"db\" in \"shared\" 1.4.0 (same version, changed: manifest, hooks; policy \
+             newer-or-changed)"
+        );
+    }
+
+    #[test]
+    fn compare_keys() {
+        let tag = CompareKey::Value("image.tag".into());
+        let app = CompareKey::AppVersion;
+        let facts = |d: KeyText, t: KeyText, diffs: Option<Vec<Part>>| ChangeFacts {
+            deployed: side(&[(&tag, d)]),
+            target: side(&[(&tag, t.clone()), (&app, t)]),
+            differences: diffs,
+        };
+        let mut app_state = deployed("1.4.0");
+        if let Some(s) = app_state.last_deployed.as_mut() {
+            s.app_version = Some("2.0.0".into());
+        }
+        // (key, state, facts, policy, action, reason, needs, deployed_key, target_key)
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            &CompareKey,
+            DeployedState,
+            Option<ChangeFacts>,
+            Policy,
+            Action,
+            Reason,
+            bool,
+            Option<&str>,
+            Option<&str>,
+        )> = vec![
+            (
+                &tag,
+                deployed("1.4.0"),
+                None,
+                Policy::Newer,
+                Action::Refuse,
+                Reason::UnknownState,
+                true,
+                None,
+                None,
+            ),
+            (
+                &tag,
+                deployed("1.4.0"),
+                Some(facts(scalar("1.0.0"), scalar("1.1.0"), None)),
+                Policy::Newer,
+                Action::Upgrade,
+                Reason::Newer,
+                false,
+                Some("1.0.0"),
+                Some("1.1.0"),
+            ),
+            (
+                &tag,
+                deployed("1.4.0"),
+                Some(facts(scalar("1.1.0"), scalar("1.0.0"), None)),
+                Policy::Newer,
+                Action::Skip,
+                Reason::Downgrade,
+                false,
+                Some("1.1.0"),
+                Some("1.0.0"),
+            ),
+            // chart version ignored: only the key counts
+            (
+                &tag,
+                deployed("9.0.0"),
+                Some(facts(scalar("1.0.0"), scalar("1.1.0"), None)),
+                Policy::Newer,
+                Action::Upgrade,
+                Reason::Newer,
+                false,
+                Some("1.0.0"),
+                Some("1.1.0"),
+            ),
+            (
+                &tag,
+                deployed("1.4.0"),
+                Some(facts(scalar("1.0.0"), scalar("1.0.0"), None)),
+                Policy::Newer,
+                Action::Skip,
+                Reason::NotNewer,
+                false,
+                Some("1.0.0"),
+                Some("1.0.0"),
+            ),
+            // equal non-version strings are equal
+            (
+                &tag,
+                deployed("1.4.0"),
+                Some(facts(scalar("latest"), scalar("latest"), Some(vec![]))),
+                Policy::NewerOrChanged,
+                Action::Skip,
+                Reason::Unchanged,
+                false,
+                Some("latest"),
+                Some("latest"),
+            ),
+            (
+                &tag,
+                deployed("1.4.0"),
+                Some(facts(
+                    scalar("latest"),
+                    scalar("latest"),
+                    Some(vec![Part::Values]),
+                )),
+                Policy::NewerOrChanged,
+                Action::Upgrade,
+                Reason::Changed,
+                false,
+                Some("latest"),
+                Some("latest"),
+            ),
+            (
+                &tag,
+                deployed("1.4.0"),
+                Some(facts(scalar("latest"), scalar("latest"), None)),
+                Policy::NewerOrChanged,
+                Action::Refuse,
+                Reason::UnknownState,
+                true,
+                Some("latest"),
+                Some("latest"),
+            ),
+            // different non-versions, missing or non-scalar values: refused
+            (
+                &tag,
+                deployed("1.4.0"),
+                Some(facts(scalar("latest"), scalar("1.0.0"), None)),
+                Policy::Newer,
+                Action::Refuse,
+                Reason::InvalidVersion,
+                false,
+                Some("latest"),
+                Some("1.0.0"),
+            ),
+            (
+                &tag,
+                deployed("1.4.0"),
+                Some(facts(scalar("1.0.0"), scalar("sha-abc"), None)),
+                Policy::Newer,
+                Action::Refuse,
+                Reason::InvalidVersion,
+                false,
+                Some("1.0.0"),
+                Some("sha-abc"),
+            ),
+            (
+                &tag,
+                deployed("1.4.0"),
+                Some(facts(KeyText::Missing, scalar("1.0.0"), None)),
+                Policy::Newer,
+                Action::Refuse,
+                Reason::InvalidVersion,
+                false,
+                None,
+                None,
+            ),
+            (
+                &tag,
+                deployed("1.4.0"),
+                Some(facts(scalar("1.0.0"), KeyText::NotScalar("a map"), None)),
+                Policy::Newer,
+                Action::Refuse,
+                Reason::InvalidVersion,
+                false,
+                None,
+                None,
+            ),
+            // policy off: no comparison, no facts
+            (
+                &tag,
+                deployed("1.4.0"),
+                None,
+                Policy::Off,
+                Action::Upgrade,
+                Reason::PolicyOff,
+                false,
+                None,
+                None,
+            ),
+            // app-version: deployed side from the summary
+            (
+                &app,
+                app_state.clone(),
+                None,
+                Policy::Newer,
+                Action::Refuse,
+                Reason::UnknownState,
+                true,
+                None,
+                None,
+            ),
+            (
+                &app,
+                app_state.clone(),
+                Some(facts(KeyText::Missing, scalar("2.1.0"), None)),
+                Policy::Newer,
+                Action::Upgrade,
+                Reason::Newer,
+                false,
+                Some("2.0.0"),
+                Some("2.1.0"),
+            ),
+            (
+                &app,
+                app_state.clone(),
+                Some(facts(KeyText::Missing, scalar("1.9.0"), None)),
+                Policy::Newer,
+                Action::Skip,
+                Reason::Downgrade,
+                false,
+                Some("2.0.0"),
+                Some("1.9.0"),
+            ),
+            (
+                &app,
+                deployed("1.4.0"),
+                Some(facts(KeyText::Missing, scalar("1.9.0"), None)),
+                Policy::Newer,
+                Action::Refuse,
+                Reason::InvalidVersion,
+                false,
+                None,
+                None,
+            ),
+        ];
+        for (i, (key, state, facts, policy, action, reason, needs, dk, tk)) in
+            cases.into_iter().enumerate()
+        {
+            let d = run_with(&state, &target("1.4.0"), policy, key, facts.as_ref());
+            assert_eq!(
+                (d.action, d.reason, d.needs_facts),
+                (action, reason, needs),
+                "case {i}: {d:#?}"
+            );
+            assert_eq!(
+                (d.deployed_key.as_deref(), d.target_key.as_deref()),
+                (dk, tk),
+                "case {i}"
+            );
+            if !needs {
+                check(&d, action, reason);
+            }
+        }
+    }
+
+    #[test]
+    fn compare_key_messages_name_only_the_key_value() {
+        let tag = CompareKey::Value("image.tag".into());
+        let run_tag = |d: KeyText, t: KeyText| {
+            let facts = ChangeFacts {
+                deployed: side(&[(&tag, d)]),
+                target: side(&[(&tag, t)]),
+                differences: None,
+            };
+            run_with(
+                &deployed("1.4.0"),
+                &target("1.4.0"),
+                Policy::Newer,
+                &tag,
+                Some(&facts),
+            )
+            .message
+        };
+        assert_eq!(
+            run_tag(scalar("1.0.0"), scalar("1.1.0")),
+            "upgrade: \"db\" in \"shared\" value:image.tag 1.0.0 -> 1.1.0"
+        );
+        assert_eq!(
+            run_tag(scalar("1.1.0"), scalar("1.0.0")),
+            "skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target value:image.tag \
+             1.0.0 would be a downgrade"
+        );
+        assert_eq!(
+            run_tag(scalar("1.0.0"), scalar("sha-abc")),
+            "refused: release \"db\" in \"shared\": value:image.tag \"sha-abc\" of the target is \
+             not a version (invalid chart version \"sha-abc\": expected a number for a version \
+             part; expected MAJOR[.MINOR[.PATCH]][-PRERELEASE][+BUILD], for example 1.2.3, v1.2 \
+             or 1.2.3-rc.1), so versions cannot be compared; use --min-version-policy off to upgrade without comparing"
+        );
+        assert_eq!(
+            run_tag(KeyText::Missing, scalar("1.0.0")),
+            "refused: release \"db\" in \"shared\": revision 7 has no value:image.tag, so \
+             versions cannot be compared; set it, or use --min-version-policy off to upgrade \
+             without comparing"
+        );
+        assert_eq!(
+            run_tag(scalar("1.0.0"), KeyText::NotScalar("a map")),
+            "refused: release \"db\" in \"shared\": value:image.tag of the target is a map, not \
+             a version; compare a key that holds a version"
+        );
+    }
+
+    #[test]
+    fn pins_on_keys() {
+        let tag = CompareKey::Value("image.tag".into());
+        let pin = |key: Option<&str>| LockState {
+            pin_key: key.map(str::to_string),
+            ..lock(LockKind::Pin, None, Some("~1.4"))
+        };
+        let target_tag = |t: &str| ChangeFacts {
+            deployed: side(&[(&tag, scalar("1.4.0"))]),
+            target: side(&[(&tag, scalar(t))]),
+            differences: Some(vec![]),
+        };
+        // (state, pin key, --compare, facts, action, reason, needs)
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            DeployedState,
+            Option<&str>,
+            &CompareKey,
+            Option<ChangeFacts>,
+            Action,
+            Reason,
+            bool,
+        )> = vec![
+            // The pin constrains its own key even when --compare is the chart version.
+            (
+                deployed("1.0.0"),
+                Some("value:image.tag"),
+                &CompareKey::ChartVersion,
+                None,
+                Action::Refuse,
+                Reason::UnknownState,
+                true,
+            ),
+            (
+                deployed("1.0.0"),
+                Some("value:image.tag"),
+                &CompareKey::ChartVersion,
+                Some(target_tag("1.4.7")),
+                Action::Upgrade,
+                Reason::Newer,
+                false,
+            ),
+            (
+                deployed("1.0.0"),
+                Some("value:image.tag"),
+                &CompareKey::ChartVersion,
+                Some(target_tag("1.5.0")),
+                Action::Skip,
+                Reason::Pinned,
+                false,
+            ),
+            (
+                deployed("1.0.0"),
+                Some("value:image.tag"),
+                &tag,
+                Some(target_tag("1.4.7")),
+                Action::Upgrade,
+                Reason::Newer,
+                false,
+            ),
+            (
+                deployed("1.0.0"),
+                Some("value:image.tag"),
+                &tag,
+                Some(target_tag("1.5.0")),
+                Action::Skip,
+                Reason::Pinned,
+                false,
+            ),
+            (
+                deployed("1.0.0"),
+                Some("value:image.tag"),
+                &tag,
+                Some(target_tag("latest")),
+                Action::Refuse,
+                Reason::InvalidVersion,
+                false,
+            ),
+            // Install: the pin still applies to its key.
+            (
+                DeployedState::default(),
+                Some("value:image.tag"),
+                &CompareKey::ChartVersion,
+                Some(target_tag("2.0.0")),
+                Action::Skip,
+                Reason::Pinned,
+                false,
+            ),
+            (
+                DeployedState::default(),
+                Some("value:image.tag"),
+                &CompareKey::ChartVersion,
+                Some(target_tag("1.4.1")),
+                Action::Install,
+                Reason::NotInstalled,
+                false,
+            ),
+            // A pin without key is on the chart version (target 1.4.0 matches ~1.4).
+            (
+                deployed("1.0.0"),
+                None,
+                &tag,
+                Some(target_tag("1.5.0")),
+                Action::Upgrade,
+                Reason::Newer,
+                false,
+            ),
+            (
+                deployed("1.0.0"),
+                Some("chart-version"),
+                &tag,
+                Some(target_tag("1.5.0")),
+                Action::Upgrade,
+                Reason::Newer,
+                false,
+            ),
+            (
+                deployed("1.0.0"),
+                Some("bogus"),
+                &CompareKey::ChartVersion,
+                None,
+                Action::Refuse,
+                Reason::InvalidVersion,
+                false,
+            ),
+        ];
+        for (i, (mut state, key, compare, facts, action, reason, needs)) in
+            cases.into_iter().enumerate()
+        {
+            state.lock = Some(pin(key));
+            let d = run_with(
+                &state,
+                &target("1.4.0"),
+                Policy::Newer,
+                compare,
+                facts.as_ref(),
+            );
+            assert_eq!(
+                (d.action, d.reason, d.needs_facts),
+                (action, reason, needs),
+                "case {i}: {d:#?}"
+            );
+        }
+        let mut state = deployed("1.0.0");
+        state.lock = Some(pin(Some("value:image.tag")));
+        let d = run_with(
+            &state,
+            &target("1.4.0"),
+            Policy::Newer,
+            &tag,
+            Some(&target_tag("1.5.0")),
+        );
+        assert!(
+            d.message.ends_with(
+                "target value:image.tag 1.5.0 does not match the pin \"~1.4\" (pin lock by alice \
+                 since 2023-11-14T00:00:00Z: \"db migration\\nrunning\")"
+            ),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn compare_key_parse_and_needed_keys() {
+        let ok = [
+            ("chart-version", CompareKey::ChartVersion),
+            ("app-version", CompareKey::AppVersion),
+            ("value:image.tag", CompareKey::Value("image.tag".into())),
+            ("value:v", CompareKey::Value("v".into())),
+        ];
+        for (text, key) in ok {
+            assert_eq!(CompareKey::parse(text), Ok(key.clone()));
+            assert_eq!(key.to_string(), text);
+            assert_eq!(serde_json::to_value(&key).unwrap(), text);
+        }
+        for bad in [
+            "",
+            "value:",
+            "value:a..b",
+            "value:.a",
+            "chart",
+            "Value:a",
+            "app_version",
+        ] {
+            let err = CompareKey::parse(bad).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "unknown compare key {bad:?}: use chart-version, app-version or value:PATH \
+                     (e.g. value:image.tag)"
+                )
+            );
+        }
+        let tag = CompareKey::Value("image.tag".into());
+        let pinned = LockState {
+            pin_key: Some("app-version".into()),
+            ..lock(LockKind::Pin, None, Some("1.x"))
+        };
+        assert_eq!(keys_needed(&tag, None), vec![tag.clone()]);
+        assert_eq!(
+            keys_needed(&tag, Some(&pinned)),
+            vec![tag.clone(), CompareKey::AppVersion]
+        );
+        assert_eq!(
+            keys_needed(&CompareKey::AppVersion, Some(&pinned)),
+            vec![CompareKey::AppVersion]
+        );
+        assert_eq!(
+            Policy::parse("newer-or-changed"),
+            Ok(Policy::NewerOrChanged)
+        );
+        assert_eq!(
+            serde_json::to_value(Reason::Unchanged).unwrap(),
+            "unchanged"
+        );
+        assert_eq!(serde_json::to_value(Reason::Changed).unwrap(), "changed");
+        let d = run_with(
+            &deployed("1.4.0"),
+            &target("1.4.0"),
+            Policy::NewerOrChanged,
+            &CompareKey::ChartVersion,
+            Some(&changed(&[Part::Values])),
+        );
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["differences"], serde_json::json!(["values"]));
+        assert_eq!(json["compare"], "chart-version");
+        assert!(json.get("needs_facts").is_none() && json.get("target_key").is_none());
     }
 }

@@ -100,6 +100,17 @@ pub enum Error {
         #[source]
         source: Box<TargetError>,
     },
+    /// The release helm would write (its dry run) could not be examined.
+    #[error("release {release:?} in namespace {namespace:?}: examining the release helm would write: {source}")]
+    ExamineRelease {
+        /// Release name.
+        release: String,
+        /// Namespace.
+        namespace: String,
+        /// Why.
+        #[source]
+        source: Box<crate::change::ChangeError>,
+    },
     /// A call to the API (other than reading the release) failed.
     #[error("release {release:?} in namespace {namespace:?}: {step}: {source}")]
     Api {

@@ -11,6 +11,7 @@
 //! The library API is deliberately small: the decision core, the release codec and the
 //! version rules, plus what the binary needs to run a command line.
 
+mod change;
 pub mod cli;
 pub mod decision;
 pub mod release;

@@ -19,6 +19,9 @@ pub const KEY_LOCK: &str = "guarded-upgrade.io/lock";
 const KEY_BY: &str = "guarded-upgrade.io/by";
 const KEY_REASON: &str = "guarded-upgrade.io/reason";
 const KEY_PIN: &str = "guarded-upgrade.io/pin";
+/// The compare key a pin constrains (`app-version`, `value:image.tag`); absent = chart
+/// version, as for pins written before keys existed.
+const KEY_PIN_KEY: &str = "guarded-upgrade.io/pin-key";
 const KEY_SINCE: &str = "guarded-upgrade.io/since";
 const KEY_EXPIRES: &str = "guarded-upgrade.io/expires";
 /// On the record a hard lock turned `pending-upgrade`: the status it had before.
@@ -50,6 +53,8 @@ pub struct LockSpec {
     pub expires_at: Option<i64>,
     /// Version pin text.
     pub pin: Option<String>,
+    /// The compare key the pin constrains; `None` = chart version.
+    pub pin_key: Option<String>,
 }
 
 /// True when `value` is a valid Kubernetes label value.
@@ -151,6 +156,7 @@ impl LockSpec {
             (KEY_BY, &self.by),
             (KEY_REASON, &self.reason),
             (KEY_PIN, &self.pin),
+            (KEY_PIN_KEY, &self.pin_key),
         ] {
             if let Some(text) = text {
                 out.extend(text_labels(key, text));
@@ -201,6 +207,7 @@ pub fn spec_from_labels(labels: &BTreeMap<String, String>) -> Option<LockSpec> {
             .unwrap_or(0),
         expires_at: labels.get(KEY_EXPIRES).and_then(|s| s.parse().ok()),
         pin: read_text(labels, KEY_PIN),
+        pin_key: read_text(labels, KEY_PIN_KEY),
     })
 }
 
@@ -214,6 +221,7 @@ pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<LockState> {
         since: (spec.since > 0).then(|| crate::time::format_rfc3339(spec.since)),
         expires_at: spec.expires_at,
         pin: spec.pin,
+        pin_key: spec.pin_key,
         hard_original_status: labels.get(KEY_HARD_STATUS).cloned(),
     })
 }
@@ -254,6 +262,7 @@ mod tests {
             since: 1_700_000_000,
             expires_at: Some(1_800_000_000),
             pin: pin.map(str::to_string),
+            pin_key: None,
         }
     }
 
@@ -283,6 +292,14 @@ mod tests {
             spec(Some(&long), Some("alice@example.com"), Some(">=1.4 <2")),
             spec(Some("b32.looks-encoded"), Some("-dash"), Some("^1")),
             spec(Some(""), Some(""), None),
+            LockSpec {
+                pin_key: Some("value:image.tag".into()),
+                ..spec(None, Some("ops"), Some("~1.1"))
+            },
+            LockSpec {
+                pin_key: Some("app-version".into()),
+                ..spec(None, None, Some("2.x"))
+            },
         ] {
             let labels = s.labels();
             for (k, v) in &labels {

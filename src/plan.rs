@@ -12,7 +12,7 @@ use crate::argv::HelmFlags;
 use crate::argv::{self, Mode, SplitArgv};
 use crate::cli::{Command, Expiry, LockArgs, LocksArgs, OutputFormat, StatusArgs, UnlockArgs};
 use crate::cluster::{ClusterFlags, DriverKind, HelmEnv};
-use crate::decision::{LockKind, Policy};
+use crate::decision::{CompareKey, LockKind, Policy};
 use crate::error::{Error, UsageError};
 use crate::lock::{self, LockSpec};
 use crate::mutex;
@@ -142,6 +142,8 @@ pub(crate) struct GuardPlan {
     pub policy: Policy,
     /// `--allow-chart-change`.
     pub allow_chart_change: bool,
+    /// `--compare`: the key whose order guards against downgrades.
+    pub compare: CompareKey,
     /// `--decision-output` / `check -o`.
     pub format: OutputFormat,
     /// `--decision-file`.
@@ -160,6 +162,14 @@ pub(crate) struct GuardPlan {
     /// `HELM_DEBUG`, or helm's `--debug` in the argv (which still reaches helm): `debug:`
     /// lines about what the guard read and runs (never argv values).
     pub debug: bool,
+}
+
+impl GuardPlan {
+    /// Whether helm's argv already says `--install` or must not get it: the user gave it,
+    /// or the shim runs helm's own argv (where a missing `--install` is the caller's).
+    pub(crate) fn has_install(&self) -> bool {
+        self.helm.install || self.shim.is_some()
+    }
 }
 
 /// `lock`.
@@ -430,6 +440,7 @@ fn guard(
         cluster,
         policy: guard.policy,
         allow_chart_change: guard.allow_chart_change,
+        compare: guard.compare,
         format,
         decision_file,
         detailed_exitcode: guard.detailed_exitcode,
@@ -486,6 +497,11 @@ fn lock_plan(args: LockArgs, env: HelmEnv, now: i64) -> Result<LockPlan, Error> 
             since: now,
             expires_at,
             pin: args.pin,
+            // The chart version is the default key: a pin on it stores no key.
+            pin_key: args
+                .compare
+                .filter(|key| *key != CompareKey::ChartVersion)
+                .map(|key| key.to_string()),
         },
         format: args.output,
         cluster: cluster_plan(args.cluster, env)?,
@@ -669,6 +685,28 @@ mod tests {
         };
         assert_eq!(p.ci, CiPlan::default());
         assert_eq!(p.helm_args, ["db", "./c"]);
+    }
+
+    #[test]
+    fn pins_store_their_key_unless_it_is_the_chart_version() {
+        for (compare, key) in [
+            (None, None),
+            (Some("chart-version"), None),
+            (Some("app-version"), Some("app-version")),
+            (Some("value:image.tag"), Some("value:image.tag")),
+        ] {
+            let mut argv = vec!["lock", "db", "--pin", "1.x"];
+            argv.extend(compare.iter().flat_map(|c| ["--compare", c]));
+            let Plan(PlanKind::Lock(p)) = plan_of(&argv).unwrap() else {
+                panic!("not a lock plan")
+            };
+            assert_eq!(p.spec.pin_key.as_deref(), key, "{compare:?}");
+        }
+        assert!(
+            usage_error(&["lock", "db", "--pin", "1.x", "--compare", "value:"])
+                .starts_with("error: invalid value 'value:' for '--compare <KEY>'")
+        );
+        assert!(usage_error(&["lock", "db", "--compare", "app-version"]).contains("--pin"));
     }
 
     #[test]

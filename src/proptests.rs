@@ -144,16 +144,20 @@ fn lock_spec() -> impl Strategy<Value = LockSpec> {
         proptest::option::of(text.clone()),
         0i64..4_000_000_000,
         proptest::option::of(0i64..4_000_000_000),
+        proptest::option::of(text.clone()),
         proptest::option::of(text),
     )
-        .prop_map(|(kind, reason, by, since, expires_at, pin)| LockSpec {
-            kind,
-            reason,
-            by,
-            since,
-            expires_at,
-            pin,
-        })
+        .prop_map(
+            |(kind, reason, by, since, expires_at, pin, pin_key)| LockSpec {
+                kind,
+                reason,
+                by,
+                since,
+                expires_at,
+                pin,
+                pin_key,
+            },
+        )
 }
 
 proptest! {

@@ -9,7 +9,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use crate::argv::{DurationKind, GuardOptions};
-use crate::decision::Policy;
+use crate::decision::{CompareKey, Policy};
 use crate::helm::HelmError;
 
 /// Prefix of every shim setting.
@@ -37,6 +37,8 @@ pub(crate) const LEASE_DURATION_VAR: &str = "GUARDED_UPGRADE_LEASE_DURATION";
 pub(crate) const RECOVER_PENDING_AFTER_VAR: &str = "GUARDED_UPGRADE_RECOVER_PENDING_AFTER";
 /// `--no-annotations`.
 pub(crate) const NO_ANNOTATIONS_VAR: &str = "GUARDED_UPGRADE_NO_ANNOTATIONS";
+/// `--compare`.
+pub(crate) const COMPARE_VAR: &str = "GUARDED_UPGRADE_COMPARE";
 
 /// Every setting the shim reads. Other `GUARDED_UPGRADE_*` names are usage errors, so a
 /// typo cannot silently drop a guard setting. `GUARDED_UPGRADE_BINARY` belongs to the helm
@@ -53,6 +55,7 @@ const KNOWN: &[&str] = &[
     LEASE_DURATION_VAR,
     RECOVER_PENDING_AFTER_VAR,
     NO_ANNOTATIONS_VAR,
+    COMPARE_VAR,
     "GUARDED_UPGRADE_BINARY",
 ];
 
@@ -169,6 +172,10 @@ impl ShimEnv {
             recover_pending_after: self.duration(RECOVER_PENDING_AFTER_VAR, DurationKind::Wait)?,
             lease_duration: self.duration(LEASE_DURATION_VAR, DurationKind::Lease)?,
             no_annotations: flag(NO_ANNOTATIONS_VAR)?,
+            compare: match self.get(COMPARE_VAR) {
+                None => CompareKey::default(),
+                Some(text) => CompareKey::parse(text).map_err(|e| format!("{COMPARE_VAR}: {e}"))?,
+            },
         })
     }
 }
@@ -387,6 +394,7 @@ mod tests {
             (LEASE_DURATION_VAR, "20s"),
             (RECOVER_PENDING_AFTER_VAR, "1h"),
             (NO_ANNOTATIONS_VAR, "True"),
+            (COMPARE_VAR, "value:image.tag"),
             (HELM_VAR, "/usr/bin/helm"),
             ("GUARDED_UPGRADE_BINARY", "/x"),
             ("OTHER", "ignored"),
@@ -407,6 +415,7 @@ mod tests {
                 recover_pending_after: Some(Duration::from_secs(3600)),
                 lease_duration: Some(Duration::from_secs(20)),
                 no_annotations: true,
+                compare: CompareKey::Value("image.tag".into()),
             }
         );
         assert_eq!(env(&[]).guard_options().unwrap(), GuardOptions::default());
@@ -423,7 +432,7 @@ mod tests {
             (
                 &[(POLICY_VAR, "newest")][..],
                 "GUARDED_UPGRADE_POLICY: unknown version policy \"newest\": use one of newer, \
-                 newer-or-equal, off",
+                 newer-or-equal, newer-or-changed, off",
             ),
             (
                 &[(NO_SERIALIZE_VAR, "yes")][..],
@@ -440,7 +449,8 @@ mod tests {
                  GUARDED_UPGRADE_DECISION_FILE, GUARDED_UPGRADE_DECISION_OUTPUT, \
                  GUARDED_UPGRADE_DETAILED_EXITCODE, GUARDED_UPGRADE_NO_SERIALIZE, \
                  GUARDED_UPGRADE_LOCK_TIMEOUT, GUARDED_UPGRADE_LEASE_DURATION, \
-                 GUARDED_UPGRADE_RECOVER_PENDING_AFTER, GUARDED_UPGRADE_NO_ANNOTATIONS (see \
+                 GUARDED_UPGRADE_RECOVER_PENDING_AFTER, GUARDED_UPGRADE_NO_ANNOTATIONS, \
+                 GUARDED_UPGRADE_COMPARE (see \
                  docs/shim.md)",
             ),
         ] {

@@ -219,7 +219,7 @@ pub(crate) mod testkit {
 
     /// The helm release JSON of a revision of release `db` in `shared`.
     pub(crate) fn release_json(revision: u64, status: &ReleaseStatus, version: &str) -> String {
-        let mut metadata = serde_json::json!({ "name": "postgresql", "appVersion": "16" });
+        let mut metadata = serde_json::json!({ "name": "postgresql" });
         if !version.is_empty() {
             metadata["version"] = version.into();
         }

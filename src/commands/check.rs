@@ -15,7 +15,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     let helm = guard::locate_helm(&plan).ok();
     let session = super::connect(&plan.cluster, Some(&plan.release)).await?;
     let target = guard::resolve_target(&plan, helm.as_deref(), &session.namespace)?;
-    let pass = guard::decide_once(&plan, &session.store, &target).await?;
+    let pass = guard::decide_once(&plan, &session.store, &target, helm.as_deref()).await?;
     // Informational: a held mutex is shown, a Lease we may not read is not an error.
     let held = mutex::peek(&session.client, &session.namespace, &plan.release)
         .await

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::change;
 use crate::decision::{self, Action, Decision, DecisionInput, Target};
 use crate::error::{Error, Exit};
 use crate::helm;
@@ -51,6 +52,7 @@ pub(super) async fn decide_once(
     plan: &GuardPlan,
     store: &Store,
     target: &ResolvedTarget,
+    helm: Option<&Path>,
 ) -> Result<Pass, Error> {
     let view = state::read_release(store, &plan.release)
         .await
@@ -65,7 +67,7 @@ pub(super) async fn decide_once(
         version: target.version.clone(),
         note: target.note.clone(),
     };
-    let decision = decision::decide(&DecisionInput {
+    let input = DecisionInput {
         release: &plan.release,
         namespace: store.namespace(),
         state: &view.state,
@@ -73,7 +75,33 @@ pub(super) async fn decide_once(
         policy: plan.policy,
         allow_chart_change: plan.allow_chart_change,
         now_unix: now,
-    });
+        compare: &plan.compare,
+        facts: None,
+    };
+    let mut decision = decision::decide(&input);
+    // Some rules (newer-or-changed with equal versions, --compare keys, pins on keys) need
+    // the release helm would write: one dry run, then the same decision with its facts.
+    if decision.needs_facts {
+        let baseline = decision
+            .deployed_revision
+            .and_then(|rev| view.headers.iter().find(|h| h.revision == rev));
+        let dry_run = change::DryRun {
+            compare: &plan.compare,
+            helm_args: &plan.helm_args,
+            has_install: plan.has_install(),
+        };
+        let facts = change::gather(store, helm, &dry_run, baseline, view.state.lock.as_ref())
+            .await
+            .map_err(|source| Error::ExamineRelease {
+                release: plan.release.clone(),
+                namespace: store.namespace().to_string(),
+                source: Box::new(source),
+            })?;
+        decision = decision::decide(&DecisionInput {
+            facts: Some(&facts),
+            ..input
+        });
+    }
     Ok(Pass {
         view,
         decision,

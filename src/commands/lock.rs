@@ -34,6 +34,9 @@ fn locked_line(release: &str, namespace: &str, spec: &LockSpec) -> String {
     );
     if let Some(pin) = &spec.pin {
         line.push_str(&format!(", pinned to {pin}"));
+        if let Some(key) = &spec.pin_key {
+            line.push_str(&format!(" on {key}"));
+        }
     }
     if let Some(t) = spec.expires_at {
         line.push_str(&format!(", expires {}", format_rfc3339(t)));
@@ -53,6 +56,7 @@ fn state_of(spec: &LockSpec) -> LockState {
         since: Some(format_rfc3339(spec.since)),
         expires_at: spec.expires_at,
         pin: spec.pin.clone(),
+        pin_key: spec.pin_key.clone(),
         hard_original_status: None,
     }
 }
@@ -127,6 +131,7 @@ mod tests {
             since: 1_700_000_000,
             expires_at: None,
             pin: None,
+            pin_key: None,
         }
     }
 

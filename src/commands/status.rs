@@ -1,7 +1,7 @@
 //! `status`: the deployed release, its lock, the mutex, and what `upgrade` would do, from
 //! the same rules `upgrade` uses ([`decision::gate`]).
 
-use crate::decision::{self, Action, DecisionInput, Gate, Policy};
+use crate::decision::{self, Action, CompareKey, DecisionInput, Gate, Policy};
 use crate::error::{Error, Exit};
 use crate::mutex;
 use crate::output::{self, report::*};
@@ -85,7 +85,14 @@ fn upgrade_verdict(
         policy: Policy::default(),
         allow_chart_change: false,
         now_unix: now,
+        compare: &CompareKey::default(),
+        facts: None,
     });
+    // A pin names the key it constrains when that is not the chart version.
+    let pin_text = |pin: String| match view.state.lock.as_ref().and_then(|l| l.pin_key.as_ref()) {
+        Some(key) => format!("{pin} on {key}"),
+        None => pin,
+    };
     let with_notes = |line: String, notes: &[String]| {
         std::iter::once(line)
             .chain(notes.iter().map(|n| format!("note: {n}")))
@@ -103,7 +110,7 @@ fn upgrade_verdict(
         Gate::Install { pin, notes, .. } => (
             "install",
             with_notes(
-                match pin {
+                match pin.map(pin_text) {
                     Some(p) => format!("installs a target matching {p}"),
                     None => "installs any target".to_string(),
                 },
@@ -113,7 +120,7 @@ fn upgrade_verdict(
         Gate::Upgrade { pin, notes, .. } => (
             "upgrade-if-newer",
             with_notes(
-                match pin {
+                match pin.map(pin_text) {
                     Some(p) => format!("upgrades only to newer versions matching {p}"),
                     None => "upgrades when the target chart version is newer".to_string(),
                 },
@@ -147,6 +154,7 @@ mod tests {
             since: NOW - 60,
             expires_at,
             pin: pin.map(str::to_string),
+            pin_key: None,
         }
         .labels()
         .into_iter()
@@ -313,6 +321,8 @@ mod tests {
                 policy: Policy::Newer,
                 allow_chart_change: false,
                 now_unix: NOW,
+                compare: &CompareKey::default(),
+                facts: None,
             });
             assert_eq!(d.action, action, "{what}: check decides {}", d.message);
             if matches!(verdict, "blocked" | "refuse") {
@@ -325,6 +335,8 @@ mod tests {
                     policy: Policy::Newer,
                     allow_chart_change: false,
                     now_unix: NOW,
+                    compare: &CompareKey::default(),
+                    facts: None,
                 }) else {
                     panic!("{what}: gate not decided");
                 };

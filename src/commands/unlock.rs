@@ -98,6 +98,7 @@ mod tests {
             since: 1,
             expires_at: None,
             pin: None,
+            pin_key: None,
         };
         block_on(lock_release(&s, "db", &spec, Interrupts::default())).unwrap();
         let view = read(&s);

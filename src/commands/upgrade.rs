@@ -34,7 +34,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     let target = guard::resolve_target(&plan, Some(&helm), namespace)?;
 
     // 1. Read-only decision: skips end here and write nothing.
-    let first = guard::decide_once(&plan, store, &target).await?;
+    let first = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
     let pending = first.decision.reason == Reason::Pending;
     let ends_here = match first.decision.action {
         Action::Skip => true,
@@ -99,11 +99,11 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
 
     // 3. Decide again under the mutex; recover a stale pending record if asked to.
     let outcome = async {
-        let mut pass = guard::decide_once(&plan, store, &target).await?;
+        let mut pass = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
         if pass.decision.reason == Reason::Pending {
             if let Some(after) = plan.recover_pending_after {
                 if recover(&plan, store, &pass, after).await? {
-                    pass = guard::decide_once(&plan, store, &target).await?;
+                    pass = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
                 }
             }
         }
@@ -215,11 +215,7 @@ async fn run_helm(
         helm.display(),
         plan.helm_args.len()
     ));
-    let command = HelmCommand::upgrade(
-        helm,
-        &plan.helm_args,
-        plan.helm.install || plan.shim.is_some(),
-    );
+    let command = HelmCommand::upgrade(helm, &plan.helm_args, plan.has_install());
     output::ci::helm_started(
         &plan.ci,
         &plan.release,

@@ -159,6 +159,7 @@ pub(crate) fn status(
                 ("since", &l.since),
                 ("expires", &l.expires),
                 ("pin", &l.pin),
+                ("pin-key", &l.pin_key),
             ] {
                 if let Some(v) = value {
                     put(format!("  {name:<8} {v}"));

@@ -5,7 +5,8 @@
 
 use serde::Serialize;
 
-use crate::decision::{Action, Decision, DeployedState, LockState, Policy, Reason};
+use crate::change::Part;
+use crate::decision::{Action, CompareKey, Decision, DeployedState, LockState, Policy, Reason};
 use crate::mutex::MutexState;
 use crate::release::ReleaseSummary;
 use crate::target::ResolvedTarget;
@@ -40,7 +41,18 @@ pub(crate) struct DecisionReport {
     pub lock: Option<LockReport>,
     /// Extra remarks (ignored expired lock, later failed revision, …).
     pub notes: Vec<String>,
-    /// Storage driver (`secret`, `configmap`).
+    /// The `--compare` key.
+    pub compare: CompareKey,
+    /// The compared key's deployed value (keys other than chart-version only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployed_key: Option<String>,
+    /// The compared key's target value (keys other than chart-version only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_key: Option<String>,
+    /// Parts that differ under `newer-or-changed` with equal versions (names only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differences: Option<Vec<Part>>,
+    /// Storage driver (`secret`, `configmap`, `sql`).
     pub driver: &'static str,
     /// Whether the final decision was made under the per-release mutex (`upgrade` only;
     /// false with `--no-serialize`).
@@ -115,6 +127,9 @@ pub(crate) struct LockReport {
     pub expired: bool,
     /// Version pin, if any.
     pub pin: Option<String>,
+    /// The key the pin constrains, when not the chart version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_key: Option<String>,
 }
 
 impl LockReport {
@@ -128,6 +143,7 @@ impl LockReport {
             expires: lock.expires_at.map(crate::time::format_rfc3339),
             expired: lock.expires_at.is_some_and(|t| t <= now_unix),
             pin: lock.pin.clone(),
+            pin_key: lock.pin_key.clone(),
         }
     }
 }
@@ -165,6 +181,10 @@ impl DecisionReport {
             },
             lock: state.lock.as_ref().map(|l| LockReport::new(l, now_unix)),
             notes: decision.notes.clone(),
+            compare: decision.compare.clone(),
+            deployed_key: decision.deployed_key.clone(),
+            target_key: decision.target_key.clone(),
+            differences: decision.differences.clone(),
             driver,
             serialized: None,
             mutex: None,

@@ -434,7 +434,7 @@ fn usage_and_missing_helm(label: &str) {
     run.expect_code(2, "bad policy");
     run.assert_error(
         "--min-version-policy: unknown version policy \"older\": use one of newer, \
-         newer-or-equal, off",
+         newer-or-equal, newer-or-changed, off",
     );
     b.api.clear_requests();
     let run = b.guard(&[

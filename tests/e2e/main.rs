@@ -19,4 +19,5 @@ mod repo;
 mod retry;
 mod shim;
 mod sql;
+mod unchanged;
 mod usage;

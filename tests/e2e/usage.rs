@@ -54,7 +54,7 @@ const CASES: &[(&[&str], Expect)] = &[
         ],
         Expect::Ours(
             "--min-version-policy: unknown version policy \"older\": use one of newer, \
-             newer-or-equal, off",
+             newer-or-equal, newer-or-changed, off",
         ),
     ),
     (
