@@ -6,10 +6,10 @@ use crate::error::{Error, Exit};
 use crate::lock::{self, LockSpec};
 use crate::output::{self, report::LockReport};
 use crate::plan::LockPlan;
-use crate::storage::{ReleaseStore, Store};
+use crate::storage::{RecordHeader, ReleaseStore, Store};
 use crate::time::{format_rfc3339, now_unix};
 
-use super::records::{Interrupts, Scope};
+use super::records::{needs_labels, Interrupts, Scope};
 
 /// Runs `lock`.
 pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
@@ -18,7 +18,25 @@ pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
     if spec.by.is_none() {
         spec.by = lock::default_by(session.user.as_deref());
     }
-    lock_release(&session.store, &plan.release, &spec, Interrupts::listen()).await?;
+    // Already in place on every record: nothing to write, not even the mutex.
+    let scope = Scope {
+        store: &session.store,
+        release: &plan.release,
+        interrupts: Interrupts::default(),
+    };
+    let headers = scope.existing_release().await?;
+    if let Some(latest) = headers.last() {
+        refuse_pending(&scope, latest)?;
+    }
+    if !converged(&headers, &spec) {
+        let interrupts = Interrupts::listen();
+        super::serialized(
+            &session,
+            &plan.release,
+            lock_release(&session.store, &plan.release, &spec, interrupts),
+        )
+        .await?;
+    }
     if plan.format == OutputFormat::Json {
         output::lock_json(&LockReport::new(&state_of(&spec), now_unix()));
     }
@@ -61,6 +79,39 @@ fn state_of(spec: &LockSpec) -> LockState {
     }
 }
 
+/// A pending latest revision that is not our hard lock belongs to a running (or
+/// interrupted) helm operation: locking it would race with helm.
+fn refuse_pending(scope: &Scope, latest: &RecordHeader) -> Result<(), Error> {
+    if latest.status.is_pending() && !latest.labels.contains_key(lock::KEY_HARD_STATUS) {
+        return Err(scope.refused(format!(
+            "the latest revision {} is {} (an install/upgrade/rollback is in progress or was \
+             interrupted); nothing changed. Wait for it, or inspect with `helm history {} -n {}`",
+            latest.revision,
+            latest.status,
+            scope.release,
+            scope.store.namespace()
+        )));
+    }
+    Ok(())
+}
+
+/// True when every record already carries `spec` (up to the time it was set) and a hard
+/// lock is in force exactly when `spec` asks for one: locking again would write nothing.
+fn converged(headers: &[RecordHeader], spec: &LockSpec) -> bool {
+    let Some((latest, others)) = headers.split_last() else {
+        return false;
+    };
+    let hard_in_force = latest.labels.contains_key(lock::KEY_HARD_STATUS);
+    let Some(existing) = lock::spec_from_labels(&latest.labels).filter(|l| l.same_as(spec)) else {
+        return false;
+    };
+    if hard_in_force != (spec.kind == LockKind::Hard) {
+        return false;
+    }
+    let wanted = existing.labels();
+    others.iter().all(|h| !needs_labels(h, &wanted))
+}
+
 /// Writes `spec` onto every record of the release: the latest first, then the others.
 /// A re-run of an interrupted lock completes it (records already labelled are skipped).
 pub(super) async fn lock_release(
@@ -77,16 +128,7 @@ pub(super) async fn lock_release(
     let headers = scope.existing_release().await?;
     let (latest, others) = headers.split_last().expect("existing_release has records");
     let current_hard = latest.labels.contains_key(lock::KEY_HARD_STATUS);
-    if latest.status.is_pending() && !current_hard {
-        return Err(scope.refused(format!(
-            "the latest revision {} is {} (an install/upgrade/rollback is in progress or was \
-             interrupted); nothing changed. Wait for it, or inspect with `helm history \
-             {release} -n {}`",
-            latest.revision,
-            latest.status,
-            store.namespace()
-        )));
-    }
+    refuse_pending(&scope, latest)?;
     // Switching a hard lock off restores the record before the soft labels go on.
     if current_hard && spec.kind != LockKind::Hard {
         scope.release_hard_lock(latest, false, false).await?;

@@ -16,6 +16,8 @@ mod upgrade;
 
 use crate::cluster;
 use crate::error::{Error, Exit};
+use crate::mutex::{self, MutexError};
+use crate::output;
 use crate::plan::{ClusterPlan, PlanKind};
 use crate::storage::Store;
 
@@ -77,4 +79,78 @@ pub(crate) async fn connect(
         namespace: target.namespace,
         user: target.user,
     })
+}
+
+/// Takes the release's mutex, saying what it waits for and whom it took over from.
+pub(crate) async fn acquire_mutex(
+    session: &Session,
+    release: &str,
+    options: &mutex::AcquireOptions,
+) -> Result<mutex::Held, MutexError> {
+    let namespace = session.namespace.as_str();
+    let lease = mutex::lease_name(release);
+    let held = mutex::acquire(&session.client, namespace, release, options, |wait| {
+        output::waiting(&format!(
+            "mutex {lease} for release {release:?} in {namespace:?} {wait}"
+        ));
+    })
+    .await?;
+    if let Some(previous) = &held.took_over_from {
+        output::note(&format!(
+            "took over the mutex from {previous}, which stopped renewing it"
+        ));
+    }
+    Ok(held)
+}
+
+/// Gives the mutex back, warning when it was lost while held or could not be released.
+pub(crate) async fn release_mutex(held: mutex::Held, release: &str, namespace: &str) {
+    let lease = mutex::lease_name(release);
+    let hold = held.release().await;
+    if let Some(unreleased) = &hold.unreleased {
+        output::warning(&unreleased.to_string());
+    }
+    if let Some(how) = hold.lost {
+        output::warning(&format!(
+            "lost the mutex {lease} for release {release:?} in {namespace:?} while holding it \
+             ({how}); another run may have overlapped with this one, check `helm history \
+             {release} -n {namespace}`"
+        ));
+    }
+}
+
+/// Runs a record rewrite (`lock`, `unlock`) under the release's mutex, so concurrent
+/// lock, unlock and upgrade runs never interleave their writes. Where the mutex cannot be
+/// used (Leases forbidden, no namespace) the rewrite runs unserialized, with a warning:
+/// its writes still carry resourceVersion preconditions.
+pub(crate) async fn serialized<T>(
+    session: &Session,
+    release: &str,
+    body: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let options = mutex::AcquireOptions {
+        timeout: mutex::DEFAULT_LOCK_TIMEOUT,
+        lease_duration: mutex::DEFAULT_LEASE_DURATION,
+    };
+    let held = match acquire_mutex(session, release, &options).await {
+        Ok(held) => held,
+        Err(MutexError::NamespaceMissing(_)) => return body.await,
+        Err(e @ MutexError::Forbidden { .. }) => {
+            output::warning(&format!(
+                "running without the release mutex ({e}); a concurrent lock, unlock or upgrade \
+                 may interleave with this one"
+            ));
+            return body.await;
+        }
+        Err(source) => {
+            return Err(Error::Mutex {
+                release: release.to_string(),
+                namespace: session.namespace.clone(),
+                source: Box::new(source),
+            })
+        }
+    };
+    let outcome = body.await;
+    release_mutex(held, release, &session.namespace).await;
+    outcome
 }

@@ -402,6 +402,14 @@ impl Scope<'_> {
     }
 }
 
+/// True when writing `wanted` lock labels onto this record would change it (hard-lock
+/// bookkeeping kept as it is).
+pub(super) fn needs_labels(header: &RecordHeader, wanted: &BTreeMap<String, String>) -> bool {
+    let mut want = wanted.clone();
+    keep_hard_labels(&header.labels, &mut want);
+    !lock::label_changes(&header.labels, &want).is_empty()
+}
+
 /// True when `labels` carry exactly the guarded-upgrade labels of `wanted` (and its other
 /// labels, such as a restored status).
 fn has_labels(labels: &BTreeMap<String, String>, wanted: &BTreeMap<String, String>) -> bool {

@@ -16,13 +16,28 @@ use super::records::{Interrupts, Scope};
 /// Runs `unlock`.
 pub(super) async fn run(plan: UnlockPlan) -> Result<Exit, Error> {
     let session = super::connect(&plan.cluster, None).await?;
-    let had_lock = unlock_release(
-        &session.store,
-        &plan.release,
-        plan.force,
-        Interrupts::listen(),
-    )
-    .await?;
+    // No guarded-upgrade label anywhere: nothing to write, not even the mutex.
+    let scope = Scope {
+        store: &session.store,
+        release: &plan.release,
+        interrupts: Interrupts::default(),
+    };
+    let had_lock = if scope
+        .existing_release()
+        .await?
+        .iter()
+        .any(|h| h.labels.keys().any(|k| k.starts_with(lock::PREFIX)))
+    {
+        let interrupts = Interrupts::listen();
+        super::serialized(
+            &session,
+            &plan.release,
+            unlock_release(&session.store, &plan.release, plan.force, interrupts),
+        )
+        .await?
+    } else {
+        false
+    };
     let release = &plan.release;
     let namespace = &session.namespace;
     output::progress(&if had_lock {

@@ -69,14 +69,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
         timeout: serialize.lock_timeout,
         lease_duration: serialize.lease_duration,
     };
-    let lease = mutex::lease_name(release);
-    let held = match mutex::acquire(&session.client, namespace, release, &options, |wait| {
-        output::waiting(&format!(
-            "mutex {lease} for release {release:?} in {namespace:?} {wait}"
-        ));
-    })
-    .await
-    {
+    let held = match super::acquire_mutex(&session, release, &options).await {
         Ok(held) => held,
         Err(MutexError::NamespaceMissing(_)) => {
             // Nothing to race on in a namespace that does not exist: let helm report it.
@@ -91,11 +84,6 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
             })
         }
     };
-    if let Some(previous) = &held.took_over_from {
-        output::note(&format!(
-            "took over the mutex from {previous}, which stopped renewing it"
-        ));
-    }
 
     // 3. Decide again under the mutex; recover a stale pending record if asked to.
     let outcome = async {
@@ -115,17 +103,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
         }
     }
     .await;
-    let hold = held.release().await;
-    if let Some(unreleased) = &hold.unreleased {
-        output::warning(&unreleased.to_string());
-    }
-    if let Some(how) = hold.lost {
-        output::warning(&format!(
-            "lost the mutex {lease} for release {release:?} in {namespace:?} while holding it \
-             ({how}); another run may have overlapped with this one, check `helm history \
-             {release} -n {namespace}`"
-        ));
-    }
+    super::release_mutex(held, release, namespace).await;
     outcome
 }
 

@@ -898,6 +898,46 @@ fn pending_release_is_not_locked(label: &str) {
     assert!(b.writes().is_empty(), "{:?}", b.writes());
 }
 
+/// Eight concurrent `lock --reason` runs on one release serialize on the release mutex:
+/// every run succeeds, and the release ends with exactly one lock on every record (the
+/// last run's), never a mix.
+fn concurrent_locks_serialize(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &chart("demo-1.0.0"), NS);
+    install(&b, "db", &chart("demo-1.1.0"), NS);
+    install(&b, "db", &chart("demo-1.2.0"), NS);
+    let reasons: Vec<String> = (1..=8).map(|i| format!("reason-{i}")).collect();
+    let children: Vec<_> = reasons
+        .iter()
+        .map(|r| b.guard_spawn(&["lock", "db", "-n", NS, "--reason", r, "--by", "ci"]))
+        .collect();
+    for (child, reason) in children.into_iter().zip(&reasons) {
+        let run = crate::common::finish(child);
+        run.expect_code(0, reason);
+        run.assert_stderr_line(&format!(
+            "locked: release \"db\" in \"shared\" (soft): {reason}"
+        ));
+    }
+    let labels = all_labels(&b, "secrets", NS, "db");
+    assert_eq!(labels.len(), 3, "{labels:?}");
+    let reasons_seen: std::collections::BTreeSet<&str> = labels
+        .values()
+        .map(|l| l.get(&format!("{PREFIX}reason")).map_or("", String::as_str))
+        .collect();
+    assert_eq!(reasons_seen.len(), 1, "mixed locks: {labels:#?}");
+    let reason = reasons_seen.into_iter().next().unwrap();
+    assert!(reasons.iter().any(|r| r == reason), "{reason:?}");
+    assert!(b
+        .api
+        .get("leases", Some(NS), "helm-lock-db")
+        .is_some_and(|l| {
+            l["spec"]["holderIdentity"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        }));
+}
+
 crate::common::per_helm!(
     soft_lock_skips_without_writes,
     pin_allows_only_matching,
@@ -912,4 +952,5 @@ crate::common::per_helm!(
     hard_lock_then_rollback,
     hard_lock_expiry_and_tampering,
     pending_release_is_not_locked,
+    concurrent_locks_serialize,
 );
