@@ -24,6 +24,7 @@ use kube::config::{AuthInfo, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::argv::HelmFlags;
+use crate::storage::error_chain;
 
 pub use exec::ExecError;
 pub use failure::{classify, ConnectionFailure, Endpoint};
@@ -120,21 +121,6 @@ pub enum ClusterError {
         #[source]
         source: kube::Error,
     },
-}
-
-/// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 fn path_note(path: &Option<String>) -> String {

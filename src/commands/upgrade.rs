@@ -158,6 +158,13 @@ fn finish_without_helm(
     decision: &Decision,
     report: &DecisionReport,
 ) -> Result<Exit, Error> {
+    announce(plan, decision, report)?;
+    Ok(guard::exit_without_helm(plan, decision))
+}
+
+/// Says the decision: the JSON where it was asked for, the line for people, the CI
+/// annotation.
+fn announce(plan: &GuardPlan, decision: &Decision, report: &DecisionReport) -> Result<(), Error> {
     output::decision_json(
         report,
         plan.format,
@@ -166,7 +173,7 @@ fn finish_without_helm(
     )?;
     output::decision(decision, None);
     output::ci::decision(&plan.ci, report);
-    Ok(guard::exit_without_helm(plan, decision))
+    Ok(())
 }
 
 /// Prints the decision and runs helm with the user's argv.
@@ -176,17 +183,19 @@ async fn run_helm(
     decision: &Decision,
     report: &DecisionReport,
 ) -> Result<Exit, Error> {
-    output::decision_json(
-        report,
-        plan.format,
-        JsonTo::Stderr,
-        plan.decision_file.as_ref(),
-    )?;
-    // The shim keeps helm's argv as is: `helm upgrade` without --install stays that.
-    let shim_without_install = plan.shim.is_some() && !plan.helm.install;
-    if !(shim_without_install && decision.action == Action::Install) {
-        output::decision(decision, None);
-        output::ci::decision(&plan.ci, report);
+    // The shim keeps helm's argv as is: a `helm upgrade` of a missing release without
+    // --install fails in helm, exactly as without the shim, so no install line is said.
+    let helm_reports_it =
+        plan.shim.is_some() && !plan.helm.install && decision.action == Action::Install;
+    if helm_reports_it {
+        output::decision_json(
+            report,
+            plan.format,
+            JsonTo::Stderr,
+            plan.decision_file.as_ref(),
+        )?;
+    } else {
+        announce(plan, decision, report)?;
     }
     output::debug(&format!(
         "running {} upgrade with {} arguments",

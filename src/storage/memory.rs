@@ -121,14 +121,13 @@ fn not_found(name: &str) -> StoreError {
     }
 }
 
-/// `k=v,k2=v2` selectors, the only kind commands use.
+/// Whether `labels` satisfy every term of an equality selector.
 fn matches(selector: &str, labels: &BTreeMap<String, String>) -> bool {
-    selector
-        .split(',')
-        .filter(|term| !term.is_empty())
-        .all(|term| match term.split_once('=') {
-            Some((k, v)) => labels.get(k).map(String::as_str) == Some(v),
-            None => labels.contains_key(term),
+    super::parse_selector(selector)
+        .iter()
+        .all(|(k, v)| match v {
+            Some(v) => labels.get(k) == Some(v),
+            None => labels.contains_key(k),
         })
 }
 

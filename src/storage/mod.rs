@@ -207,6 +207,23 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Equality terms of a label selector (`name=db,owner=helm`); a bare key requires the
+/// label to exist. Only what the commands use.
+pub(crate) fn parse_selector(selector: &str) -> Vec<(String, Option<String>)> {
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| match t.split_once('=') {
+            Some((k, v)) => (
+                k.trim_end_matches('=').trim().to_string(),
+                Some(v.trim_start_matches('=').trim().to_string()),
+            ),
+            None => (t.to_string(), None),
+        })
+        .collect()
+}
+
 /// Retries `op` on transient errors under [`crate::retry::RetryPolicy::API`]; `what` names
 /// the request in the retry notices.
 pub(crate) async fn with_retry<T, F, Fut>(what: &str, op: F) -> Result<T, StoreError>

@@ -435,23 +435,6 @@ fn header_from_row(row: &Row) -> Result<RecordHeader, InvalidRecord> {
     })
 }
 
-/// Equality terms of a label selector (`name=db,owner=helm`); a bare key requires the
-/// label to exist. Only what the commands use.
-fn parse_selector(selector: &str) -> Vec<(String, Option<String>)> {
-    selector
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| match t.split_once('=') {
-            Some((k, v)) => (
-                k.trim_end_matches('=').trim().to_string(),
-                Some(v.trim_start_matches('=').trim().to_string()),
-            ),
-            None => (t.to_string(), None),
-        })
-        .collect()
-}
-
 impl ReleaseStore for SqlStore {
     fn namespace(&self) -> &str {
         &self.namespace
@@ -475,7 +458,7 @@ impl ReleaseStore for SqlStore {
         selector: &str,
         all_namespaces: bool,
     ) -> Result<Vec<RecordHeader>, StoreError> {
-        let terms = parse_selector(selector);
+        let terms = super::parse_selector(selector);
         // Columns narrow the query; every term is also checked against the labels below.
         let mut filter = vec!["TRUE".to_string()];
         let mut values: Vec<String> = Vec::new();
@@ -582,14 +565,14 @@ mod tests {
     #[test]
     fn selectors() {
         assert_eq!(
-            parse_selector("name=db,owner=helm"),
+            super::super::parse_selector("name=db,owner=helm"),
             vec![
                 ("name".to_string(), Some("db".to_string())),
                 ("owner".to_string(), Some("helm".to_string()))
             ]
         );
         assert_eq!(
-            parse_selector("owner==helm, guarded-upgrade.io/lock"),
+            super::super::parse_selector("owner==helm, guarded-upgrade.io/lock"),
             vec![
                 ("owner".to_string(), Some("helm".to_string())),
                 ("guarded-upgrade.io/lock".to_string(), None)
