@@ -45,12 +45,16 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
         let report = guard::report(&plan, store, &first, &target, None, None);
         return finish_without_helm(&plan, &first.decision, &report);
     }
-    let Some(serialize) = plan.serialize else {
+    // A dry run writes nothing, so it neither needs nor holds up the mutex.
+    let dry_run = plan.helm.is_dry_run();
+    let Some(serialize) = plan.serialize.filter(|_| !dry_run) else {
         let report = guard::report(&plan, store, &first, &target, Some(false), None);
         if first.decision.action == Action::Refuse {
             return finish_without_helm(&plan, &first.decision, &report);
         }
-        output::note("running unserialized (--no-serialize): concurrent runs may race");
+        if !dry_run {
+            output::note("running unserialized (--no-serialize): concurrent runs may race");
+        }
         return run_helm(&plan, &helm, &first.decision, &report).await;
     };
 

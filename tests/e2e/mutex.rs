@@ -735,7 +735,35 @@ fn unreleasable_lease_is_reported(label: &str) {
     assert_ne!(lease["spec"]["holderIdentity"], "", "{lease}");
 }
 
+/// `--dry-run` writes nothing, so it neither waits for nor takes the mutex: it runs at
+/// once while another run holds it, and leaves the Lease and the records as they were.
+fn dry_run_needs_no_mutex(label: &str) {
+    let b = setup(label);
+    foreign_lease(&b, "db", "pipeline-42", 3600);
+    b.api.clear_requests();
+    let run = b.guard(&[
+        "upgrade",
+        "--install",
+        "db",
+        &chart("demo-1.0.0"),
+        "-n",
+        NS,
+        "--dry-run",
+        "--lock-timeout",
+        "2s",
+    ]);
+    run.expect_code(0, "dry run under a held mutex");
+    run.assert_stderr_line(r#"install: "db" in "shared" 1.0.0 (not installed yet)"#);
+    assert!(waiting_lines(&run.stderr).is_empty(), "{}", run.stderr);
+    assert_eq!(b.writes(), Vec::<String>::new());
+    assert!(b
+        .api
+        .get("secrets", Some(NS), "sh.helm.release.v1.db.v1")
+        .is_none());
+}
+
 crate::common::per_helm!(
+    dry_run_needs_no_mutex,
     concurrent_pipelines,
     killed_holder,
     renew_faults_are_retried,
