@@ -122,6 +122,9 @@ pub struct ArmedFault {
     pub skip: u32,
     /// The fault that fires once `skip` matching requests have passed.
     pub fault: Fault,
+    /// Only requests whose User-Agent starts with this match (None: any).
+    #[serde(default)]
+    pub user_agent: Option<String>,
 }
 
 /// Options for [`StandIn::start_with`].
@@ -309,7 +312,18 @@ impl StandIn {
     /// whatever it is. Armed faults are checked before the ones added with [`Self::inject`];
     /// each request counts down every armed fault it matches.
     pub fn inject_after(&self, skip: u32, fault: Fault) {
-        self.shared.lock().armed.push(ArmedFault { skip, fault });
+        self.arm(ArmedFault {
+            skip,
+            fault,
+            user_agent: None,
+        });
+    }
+
+    /// Adds an armed fault (see [`Self::inject_after`]); with `user_agent` set, only
+    /// requests whose User-Agent starts with it are counted and hit, e.g. the requests of
+    /// one program while another (helm) talks to the same server.
+    pub fn arm(&self, armed: ArmedFault) {
+        self.shared.lock().armed.push(armed);
     }
 
     /// Removes every fault, armed ones included.
@@ -360,6 +374,18 @@ impl StandIn {
             Ok(v) => v,
             Err(e) => panic!("put_object({resource}): {}", e.message),
         }
+    }
+
+    /// Deletes an object directly from the store (test setup and reset between runs),
+    /// emitting a watch event; true when it existed. Owned objects are deleted with it.
+    pub fn delete_object(&self, resource: &str, namespace: Option<&str>, name: &str) -> bool {
+        let Some(rt) = discovery::find_plural(resource) else {
+            return false;
+        };
+        self.shared
+            .lock()
+            .delete(rt, namespace.unwrap_or(""), name)
+            .is_ok()
     }
 
     /// Stops the server (same as dropping it).

@@ -485,7 +485,12 @@ fn reshape(mut v: Value) -> Option<Value> {
 fn take_armed(armed: &mut Vec<crate::ArmedFault>, rec: &RequestRecord) -> Option<FaultAction> {
     let mut fired = None;
     for (i, a) in armed.iter_mut().enumerate() {
-        if !fault_matches(&a.fault, rec) {
+        let agent_ok = a.user_agent.as_deref().is_none_or(|prefix| {
+            rec.user_agent
+                .as_deref()
+                .is_some_and(|ua| ua.starts_with(prefix))
+        });
+        if !agent_ok || !fault_matches(&a.fault, rec) {
             continue;
         }
         if a.skip > 0 {
@@ -554,12 +559,22 @@ fn take_fault(faults: &mut Vec<Fault>, rec: &RequestRecord) -> Option<FaultActio
     Some(action)
 }
 
-/// A posted fault: the `Fault` JSON, with an optional `"skip": N` that arms it
-/// (`StandIn::inject_after`).
-fn parse_fault(body: &[u8]) -> Result<(Option<u32>, Fault), serde_json::Error> {
+/// A posted fault: the `Fault` JSON, with an optional `"skip": N` (and `"user_agent"`)
+/// that arms it (`StandIn::arm`).
+type Posted = (Option<(u32, Option<String>)>, Fault);
+fn parse_fault(body: &[u8]) -> Result<Posted, serde_json::Error> {
     let mut v: Value = serde_json::from_slice(body)?;
-    let skip = match v.as_object_mut().and_then(|o| o.remove("skip")) {
-        Some(s) => Some(serde_json::from_value::<u32>(s)?),
+    let obj = v.as_object_mut();
+    let (skip, agent) = match obj {
+        Some(o) => (o.remove("skip"), o.remove("user_agent")),
+        None => (None, None),
+    };
+    let agent: Option<String> = match agent {
+        Some(a) => serde_json::from_value(a)?,
+        None => None,
+    };
+    let skip = match skip {
+        Some(s) => Some((serde_json::from_value::<u32>(s)?, agent)),
         None => None,
     };
     Ok((skip, serde_json::from_value(v)?))
@@ -576,8 +591,12 @@ fn control(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Response<R
             json_response(200, &json!({}))
         }
         ("POST", "faults") => match parse_fault(body) {
-            Ok((Some(skip), fault)) => {
-                shared.lock().armed.push(crate::ArmedFault { skip, fault });
+            Ok((Some((skip, user_agent)), fault)) => {
+                shared.lock().armed.push(crate::ArmedFault {
+                    skip,
+                    fault,
+                    user_agent,
+                });
                 json_response(201, &json!({}))
             }
             Ok((None, f)) => {

@@ -2,7 +2,7 @@
 //! (`Truncate`, `WrongShape`).
 
 use crate::common::*;
-use kube_standin::{Fault, FaultAction, StandIn};
+use kube_standin::{ArmedFault, Fault, FaultAction, StandIn};
 use serde_json::{json, Value};
 
 const CM: &str = "/api/v1/namespaces/default/configmaps";
@@ -127,4 +127,35 @@ fn wrong_shape_breaks_lists_and_names_but_not_errors() {
     // The store itself is untouched.
     assert_eq!(get(&u, &format!("{CM}/w")).json()["metadata"]["name"], "w");
     assert_eq!(get(&u, CM).json()["items"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn armed_faults_can_select_one_client_by_user_agent() {
+    let s = StandIn::start().unwrap();
+    let u = s.url();
+    assert_eq!(send_json(&u, "POST", CM, &cm("a")).status, 201);
+    s.arm(ArmedFault {
+        skip: 0,
+        fault: any(FaultAction::Status(500), None),
+        user_agent: Some("someone-else/".into()),
+    });
+    assert_eq!(get(&u, &format!("{CM}/a")).status, 200);
+    s.clear_faults();
+    // The test client is `standin-test/1.0`: its second request is hit.
+    let f = json!({"verb": null, "resource": null, "name": null, "action": {"Status": 403}, "times": 1, "skip": 1, "user_agent": "standin-test/"});
+    assert_eq!(send_json(&u, "POST", "/_standin/faults", &f).status, 201);
+    assert_eq!(get(&u, &format!("{CM}/a")).status, 200);
+    assert_eq!(get(&u, &format!("{CM}/a")).status, 403);
+    assert_eq!(get(&u, &format!("{CM}/a")).status, 200);
+}
+
+#[test]
+fn delete_object_removes_directly() {
+    let s = StandIn::start().unwrap();
+    let u = s.url();
+    assert_eq!(send_json(&u, "POST", CM, &cm("d")).status, 201);
+    assert!(s.delete_object("configmaps", Some("default"), "d"));
+    assert!(!s.delete_object("configmaps", Some("default"), "d"));
+    assert_eq!(get(&u, &format!("{CM}/d")).status, 404);
+    assert!(s.requests().iter().all(|r| r.verb != "delete"));
 }
