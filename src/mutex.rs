@@ -193,20 +193,54 @@ pub enum MutexError {
     Interrupted,
 }
 
-/// Reads the mutex without taking it (for `check` and `status`).
-pub async fn peek(
-    client: &Client,
-    namespace: &str,
-    release: &str,
-) -> Result<Option<MutexState>, StoreError> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+/// What a one-shot reader (`check`, `status`) knows of the mutex.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// No Lease, or nobody holds it now.
+    Free,
+    /// Held by another run.
+    Held(MutexState),
+    /// The Lease could not be read (after retries) or the answer was another object: the
+    /// text says why. Never reported as free.
+    Unknown(String),
+}
+
+/// The text after `mutex ` when the Lease could not be read:
+/// `unknown: the Lease "helm-lock-db" could not be read (403 …)`.
+pub fn unknown_note(release: &str, error: &str) -> String {
+    format!(
+        "unknown: the Lease {:?} could not be read ({error})",
+        lease_name(release)
+    )
+}
+
+/// Reads the release's mutex for a one-shot report, judged at `now_unix`.
+pub async fn observe(client: &Client, namespace: &str, release: &str, now_unix: i64) -> Observed {
     let name = lease_name(release);
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let what = format!("reading the mutex Lease {name:?} in namespace {namespace:?}");
-    let lease = crate::retry::run(&what, || async {
+    let read = crate::retry::run(&what, || async {
         api.get_opt(&name).await.map_err(StoreError::from)
     })
-    .await?;
-    Ok(lease.as_ref().map(MutexState::from_lease))
+    .await;
+    match read {
+        Err(e) => Observed::Unknown(crate::storage::error_chain(&e)),
+        Ok(Some(lease)) if lease.metadata.name.as_deref() != Some(name.as_str()) => {
+            Observed::Unknown(format!(
+                "the answer is the Lease {:?}, another object",
+                lease.metadata.name.as_deref().unwrap_or("")
+            ))
+        }
+        Ok(Some(lease)) => {
+            let state = MutexState::from_lease(&lease);
+            if state.is_held_at(now_unix) {
+                Observed::Held(state)
+            } else {
+                Observed::Free
+            }
+        }
+        Ok(None) => Observed::Free,
+    }
 }
 
 fn micro_now() -> MicroTime {

@@ -93,6 +93,21 @@ impl Scope<'_> {
         }
     }
 
+    /// An error's text without the leading `release "db" in namespace "shared": `, for
+    /// use inside a message that already names them (each layer's text once).
+    fn unscoped(&self, e: &Error) -> String {
+        let text = e.to_string();
+        let scope = format!(
+            "release {:?} in namespace {:?}: ",
+            self.release,
+            self.namespace()
+        );
+        match text.strip_prefix(&scope) {
+            Some(rest) => rest.to_string(),
+            None => text,
+        }
+    }
+
     /// A refusal with its explanation.
     pub(super) fn refused(&self, message: String) -> Error {
         Error::Refused {
@@ -225,7 +240,7 @@ impl Scope<'_> {
             }
             self.label_record(header, wanted)
                 .await
-                .map_err(|e| partial(done, e.to_string()))?;
+                .map_err(|e| partial(done, self.unscoped(&e)))?;
         }
         Ok(())
     }
