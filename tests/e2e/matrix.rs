@@ -589,3 +589,58 @@ fn status() {
     let m = Matrix::new(b, &["status", REL, "-n", NS], Goal::ReadOnly);
     m.run_all();
 }
+
+/// What the matrix found: a Lease that cannot be read (403 here) was shown as `mutex:
+/// free` by `status` and left out of `check`. Now both say it is unknown, in whole lines.
+#[test]
+fn unreadable_lease_is_unknown_not_free() {
+    let b = installed();
+    held_lease(&b);
+    b.api.inject(Fault {
+        verb: Some("get".into()),
+        resource: Some("leases".into()),
+        name: None,
+        action: FaultAction::Status(403),
+        times: None,
+    });
+    let cause = format!(
+        "API server {} (context \"standin\"): 403 Forbidden: leases \"{LEASE}\" is forbidden: \
+         User \"standin\" cannot get resource \"leases\" in API group \"coordination.k8s.io\" \
+         in the namespace \"{NS}\"; grant this identity the permission (RBAC), or use a \
+         context/--kube-as-user that has it",
+        b.api.url()
+    );
+    let run = b.guard(&["status", REL, "-n", NS]);
+    run.expect_code(0, "status");
+    assert_eq!(
+        run.stdout.lines().last(),
+        Some(
+            format!("mutex:     unknown: the Lease \"{LEASE}\" could not be read ({cause})")
+                .as_str()
+        ),
+        "{}",
+        run.stdout
+    );
+    let run = b.guard(&["status", REL, "-n", NS, "-o", "json"]);
+    run.expect_code(0, "status json");
+    let json: Value = serde_json::from_str(run.stdout.trim()).expect("status json");
+    assert_eq!(json["mutex"], Value::Null);
+    assert_eq!(json["mutex_error"], cause.as_str());
+    let run = b.guard(&["check", REL, &chart("demo-1.1.0"), "-n", NS]);
+    run.expect_code(0, "check");
+    run.assert_stderr(&[
+        "upgrade: \"db\" in \"shared\" 1.0.0 -> 1.1.0",
+        &format!("  note: mutex unknown: the Lease \"{LEASE}\" could not be read ({cause})"),
+    ]);
+    let run = b.guard(&["check", REL, &chart("demo-1.1.0"), "-n", NS, "-o", "json"]);
+    run.expect_code(0, "check json");
+    let json: Value = serde_json::from_str(run.stdout.trim()).expect("check json");
+    assert_eq!(json["mutex_error"], cause.as_str());
+    assert!(json.get("mutex").is_none(), "{json}");
+    // Readable again: the holder, and no error field.
+    b.api.clear_faults();
+    let run = b.guard(&["status", REL, "-n", NS, "-o", "json"]);
+    let json: Value = serde_json::from_str(run.stdout.trim()).expect("status json");
+    assert_eq!(json["mutex"]["holder"], "other-pipeline");
+    assert!(json.get("mutex_error").is_none(), "{json}");
+}
