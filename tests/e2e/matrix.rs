@@ -3,7 +3,8 @@
 //!
 //! For each command (`upgrade --install` of 1.1.0 over an installed 1.0.0, `check`, `lock`,
 //! `lock --hard`, `unlock` of a hard lock, `status`) one stand-in is set up once with real
-//! helm 4, its release records (and the absence of a mutex Lease) are snapshotted, and the
+//! helm 4, its release records and its mutex Lease (none; for `check`/`status` one held by
+//! another pipeline for a day) are snapshotted, and the
 //! command is run once with the request log on: its N requests (those with the
 //! guarded-upgrade User-Agent; helm's own requests are helm's business) are the indices of
 //! the matrix. Then, for every index k < N and every fault of [`FAULTS`] (500, 503, 409,
@@ -12,21 +13,23 @@
 //! the k-th guarded-upgrade request only, the command runs, and the invariants are checked:
 //!
 //! 1. bounded: every run ends within [`RUN_BOUND`];
-//! 2. fail closed: helm ran (any request with helm's User-Agent) only if the command
-//!    printed the same decision as the fault-free run (the state it acted on was fully
-//!    known); read-only commands (`check`, `status`) write nothing, and when they succeed
-//!    print exactly the fault-free output;
+//! 2. fail closed: exit 3 means helm did not run (no request without the guarded-upgrade
+//!    User-Agent), and helm ran only if the command printed the same decision as the
+//!    fault-free run (the state it acted on was fully known); read-only commands (`check`,
+//!    `status`) write nothing, and when they succeed print the fault-free output (relative
+//!    times aside), except that a Lease that could not be read is shown as unknown;
 //! 3. no record lost: every snapshot record still exists;
 //! 4. the mutex Lease is free after the run, or a `warning:` line names it;
-//! 5. every `error:` line names the release and the namespace;
+//! 5. every `error:` line names the release and the namespace, once;
 //! 6. convergence: for the writing commands, a plain re-run without faults exits 0 and
 //!    leaves the state of the fault-free run (all records carry the same lock, or none; the
 //!    new version deployed).
 //!
-//! Cases: 7 faults × the request count of each command (printed by each test;
-//! about 7 × (upgrade 12 + check 6 + lock 5 + lock --hard 6 + unlock 8 + status 6) ≈ 300
-//! runs plus the re-runs), each command a separate test so two run in parallel; about a
-//! minute on 2 cores.
+//! Cases: 7 faults × the guarded-upgrade requests of each command (each test prints its
+//! count): upgrade 8 → 56, check 3 → 21, lock 3 → 21, lock --hard 4 → 28, unlock 5 → 35,
+//! status 3 → 21; 182 cases, plus a fault-free re-run for each of the 140 cases of the
+//! writing commands. Each command is its own test (they run in parallel): about 45 s in all
+//! on 2 cores, the longest (upgrade, one real helm 4 run per case) about 40 s.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -236,21 +239,16 @@ fn latest_status(b: &Bed) -> String {
         .unwrap_or_default()
 }
 
-/// Decision lines: what the command said it would do (stderr lines that are not retries,
-/// waits, warnings or errors).
+/// The decision lines: what the command said it would do (`upgrade: …`, `install: …`,
+/// `skip: …`, `refuse: …`).
 fn decisions(run: &Run) -> Vec<String> {
     run.stderr
         .lines()
         .filter(|l| {
-            !(l.starts_with("guarded-upgrade: retrying ")
-                || l.starts_with("guarded-upgrade: giving up ")
-                || l.starts_with("guarded-upgrade: error: ")
-                || l.starts_with("waiting: ")
-                || l.starts_with("warning: ")
-                || l.contains("is unavailable: ")
-                || l.contains("was written by someone else"))
+            ["upgrade:", "install:", "skip:", "refuse:"]
+                .iter()
+                .any(|p| l.starts_with(p))
         })
-        .filter(|l| l.starts_with("upgrade:") || l.starts_with("install:"))
         .map(str::to_string)
         .collect()
 }
