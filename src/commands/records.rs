@@ -365,9 +365,13 @@ impl Scope<'_> {
         let still_pending = record.header.status == ReleaseStatus::PendingUpgrade
             && summary.as_ref().map(|s| &s.status) == Some(&ReleaseStatus::PendingUpgrade);
         let rv = record.header.resource_version.clone().unwrap_or_default();
+        // Only the hard lock's bookkeeping goes: the lock labels stay on the latest record
+        // until the older records are cleared (the caller clears it last), so an
+        // interrupted unlock leaves the lock in force, as its message says, and a re-run
+        // finishes it.
         let mut unlabel: BTreeMap<String, String> = labels
             .iter()
-            .filter(|(k, _)| !k.starts_with(lock::PREFIX))
+            .filter(|(k, _)| !is_hard_bookkeeping(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if !(digest_ok
@@ -430,6 +434,16 @@ fn signal_name(signal: i32) -> String {
         libc::SIGTERM => "SIGTERM".to_string(),
         other => format!("signal {other}"),
     }
+}
+
+/// A hard lock's own labels (original status, digest, revision), as opposed to the lock.
+fn is_hard_bookkeeping(key: &str) -> bool {
+    [
+        lock::KEY_HARD_STATUS,
+        lock::KEY_HARD_DIGEST,
+        lock::KEY_HARD_REVISION,
+    ]
+    .contains(&key)
 }
 
 /// Keeps a hard lock's bookkeeping labels through label rewrites.

@@ -113,4 +113,54 @@ mod tests {
             .all(|h| !h.labels.keys().any(|k| k.starts_with(lock::PREFIX))));
         assert!(!block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap());
     }
+
+    /// Found by the fault matrix: a hard unlock that failed on an older record said "the
+    /// latest revision still carries the lock" after it had already stripped the lock from
+    /// the latest record, leaving the older ones locked (a rollback to them re-locked).
+    #[test]
+    fn an_interrupted_hard_unlock_leaves_the_lock_in_force_and_a_rerun_ends_it() {
+        let s = store(&[
+            rev(1, S::Superseded, "1.0.0"),
+            rev(2, S::Superseded, "1.1.0"),
+            rev(3, S::Deployed, "1.2.0"),
+        ]);
+        let spec = LockSpec {
+            kind: LockKind::Hard,
+            reason: Some("freeze".into()),
+            by: None,
+            since: 1,
+            expires_at: None,
+            pin: None,
+        };
+        block_on(lock_release(&s, "db", &spec, Interrupts::default())).unwrap();
+        let Store::Memory(m) = &s else { unreachable!() };
+        m.forbid_writes("sh.helm.release.v1.db.v2");
+        let err = block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "release \"db\" in namespace \"shared\": unlock stopped after 1 of 2 older records \
+             (updating sh.helm.release.v1.db.v2: the API server answered 403 Forbidden: writing \
+             \"sh.helm.release.v1.db.v2\" is forbidden); the latest revision 3 still carries the \
+             lock, so it is still in force. Run the same command again to complete it"
+        );
+        // As said: the status is restored, the lock still on the latest record.
+        let view = read(&s);
+        assert_eq!(view.state.latest.as_ref().unwrap().status, S::Deployed);
+        assert!(view.state.lock.is_some());
+        let latest = &view.headers[2];
+        assert_eq!(
+            latest.labels.get(lock::KEY_LOCK).map(String::as_str),
+            Some("hard")
+        );
+        assert!(!latest.labels.contains_key(lock::KEY_HARD_STATUS));
+        m.allow_writes();
+        assert!(block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap());
+        let view = read(&s);
+        assert_eq!(view.state.latest.unwrap().status, S::Deployed);
+        assert!(view.state.lock.is_none());
+        assert!(view
+            .headers
+            .iter()
+            .all(|h| !h.labels.keys().any(|k| k.starts_with(lock::PREFIX))));
+    }
 }

@@ -28,6 +28,11 @@ impl MemoryStore {
         }
     }
 
+    /// Writes succeed again (undoes [`Self::forbid_writes`]).
+    pub(crate) fn allow_writes(&self) {
+        self.forbidden.lock().expect("memory store").clear();
+    }
+
     /// From now on, writes to the record `name` fail with 403 Forbidden.
     pub(crate) fn forbid_writes(&self, name: &str) {
         self.forbidden

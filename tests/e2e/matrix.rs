@@ -220,6 +220,19 @@ fn locks(b: &Bed) -> BTreeMap<String, BTreeMap<String, String>> {
         .collect()
 }
 
+/// Whether the record with the highest revision carries a lock.
+fn latest_locked(b: &Bed) -> bool {
+    records(b)
+        .iter()
+        .max_by_key(|o| {
+            o["metadata"]["labels"]["version"]
+                .as_str()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .is_some_and(|o| o["metadata"]["labels"][format!("{PREFIX}lock")].is_string())
+}
+
 /// Status label of the record with the highest revision.
 fn latest_status(b: &Bed) -> String {
     records(b)
@@ -454,6 +467,19 @@ impl Matrix {
                 Ok(())
             }
             _ => {
+                // What a failed lock/unlock says it left must be so.
+                let claims_lock = run
+                    .stderr
+                    .contains("still carries the lock, so it is still in force")
+                    || run
+                        .stderr
+                        .contains("the lock is in force on the latest revision");
+                if run.code != 0 && claims_lock && !latest_locked(b) {
+                    return Err(format!(
+                        "the error says the lock is in force on the latest record, which carries none: {:#?}\n{shown}",
+                        locks(b)
+                    ));
+                }
                 if run.code == 0 {
                     self.goal_reached()
                         .map_err(|e| format!("exit 0 but {e}\n{shown}"))?;
