@@ -95,7 +95,7 @@ impl Scope<'_> {
 
     /// An error's text without the leading `release "db" in namespace "shared": `, for
     /// use inside a message that already names them (each layer's text once).
-    fn unscoped(&self, e: &Error) -> String {
+    pub(super) fn unscoped(&self, e: &Error) -> String {
         let text = e.to_string();
         let scope = format!(
             "release {:?} in namespace {:?}: ",
@@ -245,8 +245,9 @@ impl Scope<'_> {
         Ok(())
     }
 
-    /// Puts `wanted` on one record that is not the latest.
-    async fn label_record(
+    /// Puts `wanted` on one record, re-reading it and trying again when it moved on (409),
+    /// and taking a record deleted meanwhile (404) as done.
+    pub(super) async fn label_record(
         &self,
         header: &RecordHeader,
         wanted: &BTreeMap<String, String>,

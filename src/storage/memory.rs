@@ -33,6 +33,15 @@ impl MemoryStore {
         self.forbidden.lock().expect("memory store").clear();
     }
 
+    /// From the first write after the next payload rewrite of `name` on, writes to it fail
+    /// with 403 Forbidden (the rewrite itself succeeds).
+    pub(crate) fn forbid_after_rewrite(&self, name: &str) {
+        self.forbidden
+            .lock()
+            .expect("memory store")
+            .push(format!("after-rewrite:{name}"));
+    }
+
     /// From now on, writes to the record `name` fail with 403 Forbidden.
     pub(crate) fn forbid_writes(&self, name: &str) {
         self.forbidden
@@ -113,6 +122,13 @@ impl MemoryStore {
                 message: format!("writing {name:?} is forbidden"),
                 retry_after: None,
             });
+        }
+        if payload.is_some() {
+            let mut forbidden = self.forbidden.lock().expect("memory store");
+            let armed = format!("after-rewrite:{name}");
+            if let Some(i) = forbidden.iter().position(|n| *n == armed) {
+                forbidden[i] = name.to_string();
+            }
         }
         let version = self.bump();
         let mut records = self.records.lock().expect("memory store");

@@ -480,6 +480,43 @@ impl Matrix {
                         locks(b)
                     ));
                 }
+                // "nothing was changed on it": the record named is as it was.
+                for line in run
+                    .stderr
+                    .lines()
+                    .filter(|l| l.contains("nothing was changed on it"))
+                {
+                    let named = line
+                        .split("record ")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .unwrap_or("");
+                    let before = self.snapshot.iter().find(|o| name_of(o) == named);
+                    let now = b.api.get("secrets", Some(NS), named);
+                    let same = match (before, &now) {
+                        (Some(a), Some(n)) => {
+                            a["metadata"]["labels"] == n["metadata"]["labels"]
+                                && a["data"] == n["data"]
+                        }
+                        _ => false,
+                    };
+                    if !same {
+                        return Err(format!(
+                            "says nothing was changed on {named:?}, which changed\n{shown}"
+                        ));
+                    }
+                }
+                // A lock/unlock that succeeds says what the fault-free one said.
+                if run.code == 0
+                    && self.goal != Goal::Upgraded
+                    && without_numbers(&decision_text(&run))
+                        != without_numbers(&decision_text(&self.baseline))
+                {
+                    return Err(format!(
+                        "succeeded with other lines than the fault-free run's:\n{}\n{shown}",
+                        self.baseline.stderr
+                    ));
+                }
                 if run.code == 0 {
                     self.goal_reached()
                         .map_err(|e| format!("exit 0 but {e}\n{shown}"))?;
