@@ -312,6 +312,25 @@ impl Matrix {
         baseline.expect_code(0, "fault-free run");
         let requests = guard_requests(&b);
         assert!(requests > 0);
+        // Shown with --nocapture: the indices of the matrix.
+        for (i, r) in b
+            .api
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.user_agent
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with(AGENT))
+            })
+            .enumerate()
+        {
+            eprintln!(
+                "  request {i}: {} {} {}",
+                r.verb,
+                r.resource.as_deref().unwrap_or(""),
+                r.name.as_deref().unwrap_or("")
+            );
+        }
         let m = Matrix {
             b,
             args,
