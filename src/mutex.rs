@@ -188,9 +188,39 @@ pub enum MutexError {
         #[source]
         source: StoreError,
     },
+    /// The API answered a Lease read with something else (another Lease): the mutex
+    /// state is not known. The text names the Lease and the field.
+    #[error("cannot take the per-release mutex: {0}")]
+    WrongAnswer(crate::storage::InvalidRecord),
     /// Interrupted while waiting.
     #[error("interrupted while waiting for the mutex")]
     Interrupted,
+}
+
+/// The Lease named `name`, or None. An answer that is another object (the wrong name) is
+/// an error, as for release records: acting on it would write the wrong Lease or judge
+/// the mutex by someone else's.
+async fn get_lease(api: &Api<Lease>, name: &str) -> Result<Option<Lease>, StoreError> {
+    let lease = api.get_opt(name).await?;
+    check_lease_name(lease, name)
+}
+
+/// `lease` if it is the one asked for (see [`get_lease`]).
+fn check_lease_name(lease: Option<Lease>, name: &str) -> Result<Option<Lease>, StoreError> {
+    match lease {
+        Some(l) if l.metadata.name.as_deref() != Some(name) => {
+            Err(StoreError::Invalid(crate::storage::InvalidRecord::new(
+                "Lease",
+                name,
+                "metadata.name",
+                &format!(
+                    "the answer is {:?}, another object",
+                    l.metadata.name.as_deref().unwrap_or("")
+                ),
+            )))
+        }
+        other => Ok(other),
+    }
 }
 
 /// What a one-shot reader (`check`, `status`) knows of the mutex.
@@ -222,15 +252,10 @@ pub async fn observe(client: &Client, namespace: &str, release: &str, now_unix: 
     let read = crate::retry::run(&what, || async {
         api.get_opt(&name).await.map_err(StoreError::from)
     })
-    .await;
+    .await
+    .and_then(|l| check_lease_name(l, &name));
     match read {
         Err(e) => Observed::Unknown(crate::storage::error_chain(&e)),
-        Ok(Some(lease)) if lease.metadata.name.as_deref() != Some(name.as_str()) => {
-            Observed::Unknown(format!(
-                "the answer is the Lease {:?}, another object",
-                lease.metadata.name.as_deref().unwrap_or("")
-            ))
-        }
         Ok(Some(lease)) => {
             let state = MutexState::from_lease(&lease);
             if state.is_held_at(now_unix) {
@@ -489,7 +514,8 @@ async fn acquire_step(
     let current = api
         .get_opt(name)
         .await
-        .map_err(|e| step_error("reading the Lease", e))?;
+        .map_err(|e| step_error("reading the Lease", e))
+        .and_then(|l| check_lease_name(l, name).map_err(StepError::Final))?;
     let duration_secs = options.lease_duration.as_secs().clamp(1, i32::MAX as u64) as i32;
     let Some(lease) = current else {
         let lease = Lease {
@@ -600,6 +626,7 @@ fn classify(e: StoreError, lease: &str, namespace: &str) -> MutexError {
         StoreError::Api {
             code: 404, message, ..
         } if message.contains("namespaces") => MutexError::NamespaceMissing(namespace.to_string()),
+        StoreError::Invalid(invalid) => MutexError::WrongAnswer(invalid.clone()),
         _ => MutexError::Api {
             lease: lease.to_string(),
             source: e,
@@ -647,7 +674,7 @@ fn start_renewing(
                         let e = StoreError::from(e);
                         if e.code() == Some(409) {
                             // Someone wrote the Lease: still ours? Then renew from it.
-                            match api.get_opt(&name).await {
+                            match get_lease(&api, &name).await {
                                 Ok(Some(l))
                                     if l.spec
                                         .as_ref()
@@ -745,7 +772,7 @@ impl Held {
 
 /// One read and, if the Lease is still ours, one write clearing the holder.
 async fn release_once(api: &Api<Lease>, name: &str, identity: &str) -> Result<(), StoreError> {
-    let Some(mut lease) = api.get_opt(name).await? else {
+    let Some(mut lease) = get_lease(api, name).await? else {
         return Ok(());
     };
     let ours = lease
@@ -797,6 +824,34 @@ impl std::fmt::Display for Unreleased {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fault matrix: a Lease read answered with another Lease was acted on
+    /// (the takeover then failed with a confusing 400 from the API server).
+    #[test]
+    fn a_lease_answer_naming_another_lease_is_refused() {
+        let lease = |name: &str| Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let err = check_lease_name(Some(lease("helm-lock-db-other")), "helm-lock-db").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Lease \"helm-lock-db\": metadata.name the answer is \"helm-lock-db-other\", \
+             another object"
+        );
+        assert!(matches!(err.verdict(), crate::retry::Verdict::Final));
+        assert_eq!(
+            classify(err, "helm-lock-db", "shared").to_string(),
+            "cannot take the per-release mutex: Lease \"helm-lock-db\": metadata.name the \
+             answer is \"helm-lock-db-other\", another object"
+        );
+        let ok = check_lease_name(Some(lease("helm-lock-db")), "helm-lock-db").unwrap();
+        assert_eq!(ok.unwrap().metadata.name.as_deref(), Some("helm-lock-db"));
+        assert!(check_lease_name(None, "helm-lock-db").unwrap().is_none());
+    }
 
     fn lease(holder: &str, renew: i64, duration: i32) -> Lease {
         Lease {

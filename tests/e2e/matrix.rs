@@ -160,6 +160,24 @@ fn held_lease(b: &Bed) {
     );
 }
 
+/// The Lease as a run leaves it after releasing it: no holder, expired.
+fn released_lease(b: &Bed) {
+    b.api.put_object(
+        "leases",
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": LEASE, "namespace": NS},
+            "spec": {
+                "leaseDurationSeconds": 15,
+                "acquireTime": "2026-01-01T00:00:00.000000Z",
+                "renewTime": "2026-01-01T00:00:00.000000Z",
+                "leaseTransitions": 1
+            }
+        }),
+    );
+}
+
 /// Output with relative times (`expires in 12s`, `1d`) and every number replaced by `N`.
 fn without_numbers(text: &str) -> String {
     let text: String = text
@@ -430,10 +448,14 @@ impl Matrix {
             }
         }
         // The Lease free or reported (or, for check/status, the other pipeline's).
+        let other_holder = self
+            .lease
+            .as_ref()
+            .is_some_and(|l| l["spec"]["holderIdentity"].is_string());
         if let Some(lease) = b
             .api
             .get("leases", Some(NS), LEASE)
-            .filter(|_| self.lease.is_none())
+            .filter(|_| !other_holder)
         {
             let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or("");
             let reported = run.stderr.lines().any(|l| {
@@ -619,6 +641,40 @@ fn upgrade() {
         Goal::Upgraded,
     );
     m.run_all();
+}
+
+/// The same over the Lease an earlier run released (the usual case after the first
+/// upgrade): the takeover `update` instead of `create`, and a Lease read that returns an
+/// object (which wrong-shape then renames).
+#[test]
+fn upgrade_over_a_released_lease() {
+    let b = installed();
+    released_lease(&b);
+    let c = chart("demo-1.1.0");
+    let m = Matrix::new(
+        b,
+        &["upgrade", "--install", REL, &c, "-n", NS],
+        Goal::Upgraded,
+    );
+    m.run_all();
+    // What the matrix found here: a Lease read answered with another Lease was acted on
+    // (a takeover of the wrong name, refused by the API with a 400). Now, whole:
+    reset(&m.b, &m.snapshot, m.lease.as_ref());
+    m.b.api.inject(Fault {
+        verb: Some("get".into()),
+        resource: Some("leases".into()),
+        name: None,
+        action: FaultAction::WrongShape,
+        times: Some(1),
+    });
+    let run = m.b.guard(&m.argv());
+    m.b.api.clear_faults();
+    run.expect_code(3, "wrong Lease answered");
+    run.assert_error(&format!(
+        "release \"{REL}\" in namespace \"{NS}\": cannot take the per-release mutex: Lease \
+         \"{LEASE}\": metadata.name the answer is \"{LEASE}-other\", another object; helm was \
+         not run"
+    ));
 }
 
 #[test]
