@@ -514,8 +514,11 @@ async fn acquire_step(
     let current = api
         .get_opt(name)
         .await
-        .map_err(|e| step_error("reading the Lease", e))
-        .and_then(|l| check_lease_name(l, name).map_err(StepError::Final))?;
+        .map_err(|e| step_error("reading the Lease", e))?;
+    let current = match check_lease_name(current, name) {
+        Ok(current) => current,
+        Err(e) => return Err(StepError::Final(e)),
+    };
     let duration_secs = options.lease_duration.as_secs().clamp(1, i32::MAX as u64) as i32;
     let Some(lease) = current else {
         let lease = Lease {
