@@ -26,11 +26,11 @@
 //!    new version deployed).
 //!
 //! Cases: 7 faults × the guarded-upgrade requests of each command (each test prints them
-//! with --nocapture): upgrade 8 → 56, check 3 → 21, lock 3 → 21, lock --hard 4 → 28,
-//! unlock 6 → 42, status 3 → 21; **189 cases**, plus a fault-free re-run for each of the
-//! 147 cases of the writing commands. Each command is its own test (they run in
-//! parallel): under a minute for the module on 2 cores (measured 48 s), the longest
-//! (upgrade, one real helm 4 run per case) about 30–40 s.
+//! with --nocapture): upgrade 8 → 56 (twice: without a Lease, and over a released one),
+//! check 3 → 21, lock 3 → 21, lock --hard 4 → 28, unlock 6 → 42, status 3 → 21; **245
+//! cases**, plus a fault-free re-run for each of the 203 cases of the writing commands.
+//! Each command is its own test (they run in parallel): about a minute for the module on
+//! 2 cores, the longest (upgrade, one real helm 4 run per case) 30–40 s each.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
