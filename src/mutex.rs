@@ -188,25 +188,84 @@ pub enum MutexError {
         #[source]
         source: StoreError,
     },
+    /// The API answered a Lease read with something else (another Lease): the mutex
+    /// state is not known. The text names the Lease and the field.
+    #[error("cannot take the per-release mutex: {0}")]
+    WrongAnswer(crate::storage::InvalidRecord),
     /// Interrupted while waiting.
     #[error("interrupted while waiting for the mutex")]
     Interrupted,
 }
 
-/// Reads the mutex without taking it (for `check` and `status`).
-pub async fn peek(
-    client: &Client,
-    namespace: &str,
-    release: &str,
-) -> Result<Option<MutexState>, StoreError> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+/// The Lease named `name`, or None. An answer that is another object (the wrong name) is
+/// an error, as for release records: acting on it would write the wrong Lease or judge
+/// the mutex by someone else's.
+async fn get_lease(api: &Api<Lease>, name: &str) -> Result<Option<Lease>, StoreError> {
+    let lease = api.get_opt(name).await?;
+    check_lease_name(lease, name)
+}
+
+/// `lease` if it is the one asked for (see [`get_lease`]).
+fn check_lease_name(lease: Option<Lease>, name: &str) -> Result<Option<Lease>, StoreError> {
+    match lease {
+        Some(l) if l.metadata.name.as_deref() != Some(name) => {
+            Err(StoreError::Invalid(crate::storage::InvalidRecord::new(
+                "Lease",
+                name,
+                "metadata.name",
+                &format!(
+                    "the answer is {:?}, another object",
+                    l.metadata.name.as_deref().unwrap_or("")
+                ),
+            )))
+        }
+        other => Ok(other),
+    }
+}
+
+/// What a one-shot reader (`check`, `status`) knows of the mutex.
+#[derive(Debug, Clone)]
+pub enum Observed {
+    /// No Lease, or nobody holds it now.
+    Free,
+    /// Held by another run.
+    Held(MutexState),
+    /// The Lease could not be read (after retries) or the answer was another object: the
+    /// text says why. Never reported as free.
+    Unknown(String),
+}
+
+/// The text after `mutex ` when the Lease could not be read:
+/// `unknown: the Lease "helm-lock-db" could not be read (403 …)`.
+pub fn unknown_note(release: &str, error: &str) -> String {
+    format!(
+        "unknown: the Lease {:?} could not be read ({error})",
+        lease_name(release)
+    )
+}
+
+/// Reads the release's mutex for a one-shot report, judged at `now_unix`.
+pub async fn observe(client: &Client, namespace: &str, release: &str, now_unix: i64) -> Observed {
     let name = lease_name(release);
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let what = format!("reading the mutex Lease {name:?} in namespace {namespace:?}");
-    let lease = crate::retry::run(&what, || async {
+    let read = crate::retry::run(&what, || async {
         api.get_opt(&name).await.map_err(StoreError::from)
     })
-    .await?;
-    Ok(lease.as_ref().map(MutexState::from_lease))
+    .await
+    .and_then(|l| check_lease_name(l, &name));
+    match read {
+        Err(e) => Observed::Unknown(crate::storage::error_chain(&e)),
+        Ok(Some(lease)) => {
+            let state = MutexState::from_lease(&lease);
+            if state.is_held_at(now_unix) {
+                Observed::Held(state)
+            } else {
+                Observed::Free
+            }
+        }
+        Ok(None) => Observed::Free,
+    }
 }
 
 fn micro_now() -> MicroTime {
@@ -456,6 +515,10 @@ async fn acquire_step(
         .get_opt(name)
         .await
         .map_err(|e| step_error("reading the Lease", e))?;
+    let current = match check_lease_name(current, name) {
+        Ok(current) => current,
+        Err(e) => return Err(StepError::Final(e)),
+    };
     let duration_secs = options.lease_duration.as_secs().clamp(1, i32::MAX as u64) as i32;
     let Some(lease) = current else {
         let lease = Lease {
@@ -566,6 +629,7 @@ fn classify(e: StoreError, lease: &str, namespace: &str) -> MutexError {
         StoreError::Api {
             code: 404, message, ..
         } if message.contains("namespaces") => MutexError::NamespaceMissing(namespace.to_string()),
+        StoreError::Invalid(invalid) => MutexError::WrongAnswer(invalid.clone()),
         _ => MutexError::Api {
             lease: lease.to_string(),
             source: e,
@@ -613,7 +677,7 @@ fn start_renewing(
                         let e = StoreError::from(e);
                         if e.code() == Some(409) {
                             // Someone wrote the Lease: still ours? Then renew from it.
-                            match api.get_opt(&name).await {
+                            match get_lease(&api, &name).await {
                                 Ok(Some(l))
                                     if l.spec
                                         .as_ref()
@@ -711,7 +775,7 @@ impl Held {
 
 /// One read and, if the Lease is still ours, one write clearing the holder.
 async fn release_once(api: &Api<Lease>, name: &str, identity: &str) -> Result<(), StoreError> {
-    let Some(mut lease) = api.get_opt(name).await? else {
+    let Some(mut lease) = get_lease(api, name).await? else {
         return Ok(());
     };
     let ours = lease
@@ -763,6 +827,34 @@ impl std::fmt::Display for Unreleased {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fault matrix: a Lease read answered with another Lease was acted on
+    /// (the takeover then failed with a confusing 400 from the API server).
+    #[test]
+    fn a_lease_answer_naming_another_lease_is_refused() {
+        let lease = |name: &str| Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let err = check_lease_name(Some(lease("helm-lock-db-other")), "helm-lock-db").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Lease \"helm-lock-db\": metadata.name the answer is \"helm-lock-db-other\", \
+             another object"
+        );
+        assert!(matches!(err.verdict(), crate::retry::Verdict::Final));
+        assert_eq!(
+            classify(err, "helm-lock-db", "shared").to_string(),
+            "cannot take the per-release mutex: Lease \"helm-lock-db\": metadata.name the \
+             answer is \"helm-lock-db-other\", another object"
+        );
+        let ok = check_lease_name(Some(lease("helm-lock-db")), "helm-lock-db").unwrap();
+        assert_eq!(ok.unwrap().metadata.name.as_deref(), Some("helm-lock-db"));
+        assert!(check_lease_name(None, "helm-lock-db").unwrap().is_none());
+    }
 
     fn lease(holder: &str, renew: i64, duration: i32) -> Lease {
         Lease {

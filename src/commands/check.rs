@@ -16,14 +16,22 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     let session = super::connect(&plan.cluster, Some(&plan.release)).await?;
     let target = guard::resolve_target(&plan, helm.as_deref(), &session.namespace)?;
     let pass = guard::decide_once(&plan, &session.store, &target, helm.as_deref()).await?;
-    // Informational: a held mutex is shown, a Lease we may not read is not an error.
-    let held = mutex::peek(&session.client, &session.namespace, &plan.release)
-        .await
-        .ok()
-        .flatten()
-        .filter(|m| m.is_held_at(pass.now));
-    let mutex_note = held.as_ref().map(|m| m.describe(pass.now));
-    let report = guard::report(&plan, &session.store, &pass, &target, None, held);
+    // Informational: a held mutex is shown; a Lease we may not read is not an error, but
+    // is said to be unknown rather than passed off as free.
+    let observed =
+        mutex::observe(&session.client, &session.namespace, &plan.release, pass.now).await;
+    let (held, mutex_error) = match observed {
+        mutex::Observed::Free => (None, None),
+        mutex::Observed::Held(m) => (Some(m), None),
+        mutex::Observed::Unknown(e) => (None, Some(e)),
+    };
+    let mutex_note = match (&held, &mutex_error) {
+        (Some(m), _) => Some(m.describe(pass.now)),
+        (None, Some(e)) => Some(mutex::unknown_note(&plan.release, e)),
+        (None, None) => None,
+    };
+    let mut report = guard::report(&plan, &session.store, &pass, &target, None, held);
+    report.mutex_error = mutex_error;
     output::decision_json(
         &report,
         plan.format,

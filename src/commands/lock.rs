@@ -227,6 +227,32 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_older_record_names_release_and_namespace_once() {
+        let s = store(&[
+            rev(1, S::Superseded, "1.0.0"),
+            rev(2, S::Superseded, "1.1.0"),
+            rev(3, S::Deployed, "1.2.0"),
+        ]);
+        let Store::Memory(m) = &s else { unreachable!() };
+        m.forbid_writes("sh.helm.release.v1.db.v1");
+        let err = block_on(lock_release(
+            &s,
+            "db",
+            &spec(LockKind::Soft, "freeze"),
+            Interrupts::default(),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "release \"db\" in namespace \"shared\": lock stopped after 0 of 2 older records \
+             (updating sh.helm.release.v1.db.v1: the API server answered 403 Forbidden: writing \
+             \"sh.helm.release.v1.db.v1\" is forbidden); the lock is in force on the latest \
+             revision 3, but until every older record carries it a rollback to one of them drops \
+             it. Run the same command again to complete it"
+        );
+    }
+
+    #[test]
     fn locked_line_is_whole() {
         let mut s = spec(LockKind::Pin, "freeze");
         s.pin = Some("1.4.x".into());

@@ -135,9 +135,15 @@ pub(crate) async fn serialized<T>(
     let held = match acquire_mutex(session, release, &options).await {
         Ok(held) => held,
         Err(MutexError::NamespaceMissing(_)) => return body.await,
-        Err(e @ MutexError::Forbidden { .. }) => {
+        Err(MutexError::Forbidden {
+            lease,
+            namespace,
+            verb,
+            message,
+        }) => {
             output::warning(&format!(
-                "running without the release mutex ({e}); a concurrent lock, unlock or upgrade \
+                "running without the release mutex: the API forbids {verb} on Lease {lease:?} \
+                 in namespace {namespace:?} ({message}); a concurrent lock, unlock or upgrade \
                  may interleave with this one"
             ));
             return body.await;

@@ -93,6 +93,21 @@ impl Scope<'_> {
         }
     }
 
+    /// An error's text without the leading `release "db" in namespace "shared": `, for
+    /// use inside a message that already names them (each layer's text once).
+    pub(super) fn unscoped(&self, e: &Error) -> String {
+        let text = e.to_string();
+        let scope = format!(
+            "release {:?} in namespace {:?}: ",
+            self.release,
+            self.namespace()
+        );
+        match text.strip_prefix(&scope) {
+            Some(rest) => rest.to_string(),
+            None => text,
+        }
+    }
+
     /// A refusal with its explanation.
     pub(super) fn refused(&self, message: String) -> Error {
         Error::Refused {
@@ -225,13 +240,14 @@ impl Scope<'_> {
             }
             self.label_record(header, wanted)
                 .await
-                .map_err(|e| partial(done, e.to_string()))?;
+                .map_err(|e| partial(done, self.unscoped(&e)))?;
         }
         Ok(())
     }
 
-    /// Puts `wanted` on one record that is not the latest.
-    async fn label_record(
+    /// Puts `wanted` on one record, re-reading it and trying again when it moved on (409),
+    /// and taking a record deleted meanwhile (404) as done.
+    pub(super) async fn label_record(
         &self,
         header: &RecordHeader,
         wanted: &BTreeMap<String, String>,
@@ -350,9 +366,13 @@ impl Scope<'_> {
         let still_pending = record.header.status == ReleaseStatus::PendingUpgrade
             && summary.as_ref().map(|s| &s.status) == Some(&ReleaseStatus::PendingUpgrade);
         let rv = record.header.resource_version.clone().unwrap_or_default();
+        // Only the hard lock's bookkeeping goes: the lock labels stay on the latest record
+        // until the older records are cleared (the caller clears it last), so an
+        // interrupted unlock leaves the lock in force, as its message says, and a re-run
+        // finishes it.
         let mut unlabel: BTreeMap<String, String> = labels
             .iter()
-            .filter(|(k, _)| !k.starts_with(lock::PREFIX))
+            .filter(|(k, _)| !is_hard_bookkeeping(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if !(digest_ok
@@ -423,6 +443,16 @@ fn signal_name(signal: i32) -> String {
         libc::SIGTERM => "SIGTERM".to_string(),
         other => format!("signal {other}"),
     }
+}
+
+/// A hard lock's own labels (original status, digest, revision), as opposed to the lock.
+fn is_hard_bookkeeping(key: &str) -> bool {
+    [
+        lock::KEY_HARD_STATUS,
+        lock::KEY_HARD_DIGEST,
+        lock::KEY_HARD_REVISION,
+    ]
+    .contains(&key)
 }
 
 /// Keeps a hard lock's bookkeeping labels through label rewrites.

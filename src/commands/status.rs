@@ -15,12 +15,13 @@ pub(super) async fn run(plan: StatusPlan) -> Result<Exit, Error> {
     let session = super::connect(&plan.cluster, None).await?;
     let now = now_unix();
     let mut report = status_report(&session.store, &plan.release, now).await?;
-    // Informational: a status without Lease RBAC still shows the release.
-    report.mutex = mutex::peek(&session.client, &session.namespace, &plan.release)
-        .await
-        .ok()
-        .flatten()
-        .filter(|m| m.is_held_at(now));
+    // Informational: a status without Lease RBAC still shows the release, and says the
+    // mutex is unknown rather than free.
+    match mutex::observe(&session.client, &session.namespace, &plan.release, now).await {
+        mutex::Observed::Free => {}
+        mutex::Observed::Held(m) => report.mutex = Some(m),
+        mutex::Observed::Unknown(e) => report.mutex_error = Some(e),
+    }
     output::status(
         &report,
         session.store.kind(),
@@ -66,6 +67,7 @@ pub(super) async fn status_report(
         upgrade,
         upgrade_message,
         mutex: None,
+        mutex_error: None,
     })
 }
 

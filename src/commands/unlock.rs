@@ -63,9 +63,11 @@ pub(super) async fn unlock_release(
     let headers = scope.existing_release().await?;
     // Restore every record a hard lock marked (normally only the latest one).
     let mut had_lock = false;
+    let mut restored = false;
     for (i, header) in headers.iter().enumerate().rev() {
         if header.labels.contains_key(lock::KEY_HARD_STATUS) {
             had_lock = true;
+            restored = true;
             let superseded_since = headers[i + 1..].iter().any(|h| {
                 let status = h
                     .labels
@@ -90,7 +92,23 @@ pub(super) async fn unlock_release(
         latest.revision
     );
     scope.label_records("unlock", others, &none, &left).await?;
-    scope.set_labels(latest, &none).await?;
+    // The latest record last; a conflict there is re-read and retried like the others.
+    if let Err(e) = scope.label_record(latest, &none).await {
+        if !restored
+            || e.to_string()
+                .contains("whether the change was made is not known")
+        {
+            return Err(e);
+        }
+        // The run already changed the record (status restored): say so, not only why
+        // the last write failed.
+        return Err(scope.refused(format!(
+            "unlock stopped at the latest revision {} ({}) after restoring its status and \
+             unlocking the older records; {left}. Run the same command again to complete it",
+            latest.revision,
+            scope.unscoped(&e)
+        )));
+    }
     Ok(had_lock)
 }
 
@@ -128,5 +146,92 @@ mod tests {
             .iter()
             .all(|h| !h.labels.keys().any(|k| k.starts_with(lock::PREFIX))));
         assert!(!block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap());
+    }
+
+    /// Found by the fault matrix: when the last write of a hard unlock (clearing the lock
+    /// from the latest record) failed, the error said only "nothing was changed on it",
+    /// although the run had restored that record's status; a conflict there was not
+    /// re-read either.
+    #[test]
+    fn a_hard_unlock_failing_on_the_latest_record_says_what_it_did() {
+        let s = store(&[rev(1, S::Superseded, "1.0.0"), rev(2, S::Deployed, "1.1.0")]);
+        let spec = LockSpec {
+            kind: LockKind::Hard,
+            reason: None,
+            by: None,
+            since: 1,
+            expires_at: None,
+            pin: None,
+            pin_key: None,
+        };
+        block_on(lock_release(&s, "db", &spec, Interrupts::default())).unwrap();
+        let Store::Memory(m) = &s else { unreachable!() };
+        m.forbid_after_rewrite("sh.helm.release.v1.db.v2");
+        let err = block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "release \"db\" in namespace \"shared\": unlock stopped at the latest revision 2 \
+             (updating sh.helm.release.v1.db.v2: the API server answered 403 Forbidden: writing \
+             \"sh.helm.release.v1.db.v2\" is forbidden) after restoring its status and \
+             unlocking the older records; the latest revision 2 still carries the lock, so it is \
+             still in force. Run the same command again to complete it"
+        );
+        let view = read(&s);
+        assert_eq!(view.state.latest.as_ref().unwrap().status, S::Deployed);
+        assert!(view.state.lock.is_some());
+        m.allow_writes();
+        assert!(block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap());
+        assert!(read(&s).state.lock.is_none());
+    }
+
+    /// Found by the fault matrix: a hard unlock that failed on an older record said "the
+    /// latest revision still carries the lock" after it had already stripped the lock from
+    /// the latest record, leaving the older ones locked (a rollback to them re-locked).
+    #[test]
+    fn an_interrupted_hard_unlock_leaves_the_lock_in_force_and_a_rerun_ends_it() {
+        let s = store(&[
+            rev(1, S::Superseded, "1.0.0"),
+            rev(2, S::Superseded, "1.1.0"),
+            rev(3, S::Deployed, "1.2.0"),
+        ]);
+        let spec = LockSpec {
+            kind: LockKind::Hard,
+            reason: Some("freeze".into()),
+            by: None,
+            since: 1,
+            expires_at: None,
+            pin: None,
+            pin_key: None,
+        };
+        block_on(lock_release(&s, "db", &spec, Interrupts::default())).unwrap();
+        let Store::Memory(m) = &s else { unreachable!() };
+        m.forbid_writes("sh.helm.release.v1.db.v2");
+        let err = block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "release \"db\" in namespace \"shared\": unlock stopped after 1 of 2 older records \
+             (updating sh.helm.release.v1.db.v2: the API server answered 403 Forbidden: writing \
+             \"sh.helm.release.v1.db.v2\" is forbidden); the latest revision 3 still carries the \
+             lock, so it is still in force. Run the same command again to complete it"
+        );
+        // As said: the status is restored, the lock still on the latest record.
+        let view = read(&s);
+        assert_eq!(view.state.latest.as_ref().unwrap().status, S::Deployed);
+        assert!(view.state.lock.is_some());
+        let latest = &view.headers[2];
+        assert_eq!(
+            latest.labels.get(lock::KEY_LOCK).map(String::as_str),
+            Some("hard")
+        );
+        assert!(!latest.labels.contains_key(lock::KEY_HARD_STATUS));
+        m.allow_writes();
+        assert!(block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap());
+        let view = read(&s);
+        assert_eq!(view.state.latest.unwrap().status, S::Deployed);
+        assert!(view.state.lock.is_none());
+        assert!(view
+            .headers
+            .iter()
+            .all(|h| !h.labels.keys().any(|k| k.starts_with(lock::PREFIX))));
     }
 }

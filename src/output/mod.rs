@@ -173,7 +173,13 @@ pub(crate) fn status(
             "mutex:     {mutex_lease} held by {}",
             m.describe(now)
         )),
-        None => put("mutex:     free".to_string()),
+        None => match &report.mutex_error {
+            Some(e) => put(format!(
+                "mutex:     {}",
+                crate::mutex::unknown_note(&report.release, e)
+            )),
+            None => put("mutex:     free".to_string()),
+        },
     }
 }
 

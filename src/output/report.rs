@@ -61,6 +61,9 @@ pub(crate) struct DecisionReport {
     /// A mutex held by another run (`check` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mutex: Option<MutexState>,
+    /// Why the mutex state is not known (`check` only: the Lease could not be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mutex_error: Option<String>,
 }
 
 /// The deployed revision's chart metadata.
@@ -188,6 +191,7 @@ impl DecisionReport {
             driver,
             serialized: None,
             mutex: None,
+            mutex_error: None,
         }
     }
 }
@@ -214,6 +218,9 @@ pub(crate) struct StatusReport {
     pub upgrade_message: String,
     /// The per-release mutex when a run holds it (null otherwise).
     pub mutex: Option<MutexState>,
+    /// Why the mutex state is not known (the Lease could not be read); absent when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mutex_error: Option<String>,
 }
 
 /// One row of `locks -o json`.

@@ -13,6 +13,8 @@ pub(crate) struct MemoryStore {
     namespace: String,
     records: Mutex<BTreeMap<String, StoredRecord>>,
     next_version: Mutex<u64>,
+    /// Records whose writes are answered 403 (tests of failures part-way).
+    forbidden: Mutex<Vec<String>>,
 }
 
 impl MemoryStore {
@@ -22,7 +24,30 @@ impl MemoryStore {
             namespace: namespace.to_string(),
             records: Mutex::new(BTreeMap::new()),
             next_version: Mutex::new(1),
+            forbidden: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Writes succeed again (undoes [`Self::forbid_writes`]).
+    pub(crate) fn allow_writes(&self) {
+        self.forbidden.lock().expect("memory store").clear();
+    }
+
+    /// From the first write after the next payload rewrite of `name` on, writes to it fail
+    /// with 403 Forbidden (the rewrite itself succeeds).
+    pub(crate) fn forbid_after_rewrite(&self, name: &str) {
+        self.forbidden
+            .lock()
+            .expect("memory store")
+            .push(format!("after-rewrite:{name}"));
+    }
+
+    /// From now on, writes to the record `name` fail with 403 Forbidden.
+    pub(crate) fn forbid_writes(&self, name: &str) {
+        self.forbidden
+            .lock()
+            .expect("memory store")
+            .push(name.to_string());
     }
 
     fn bump(&self) -> String {
@@ -84,6 +109,27 @@ impl MemoryStore {
         payload: Option<&str>,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
+        if self
+            .forbidden
+            .lock()
+            .expect("memory store")
+            .iter()
+            .any(|n| n == name)
+        {
+            return Err(StoreError::Api {
+                code: 403,
+                reason: "Forbidden".into(),
+                message: format!("writing {name:?} is forbidden"),
+                retry_after: None,
+            });
+        }
+        if payload.is_some() {
+            let mut forbidden = self.forbidden.lock().expect("memory store");
+            let armed = format!("after-rewrite:{name}");
+            if let Some(i) = forbidden.iter().position(|n| *n == armed) {
+                forbidden[i] = name.to_string();
+            }
+        }
         let version = self.bump();
         let mut records = self.records.lock().expect("memory store");
         let record = records.get_mut(name).ok_or_else(|| not_found(name))?;

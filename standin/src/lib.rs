@@ -104,6 +104,27 @@ pub enum FaultAction {
     Delay(Duration),
     /// Close the connection without answering.
     Drop,
+    /// Serve the request normally (any write happens), then send the status line, the
+    /// headers with the full `Content-Length` and only the first half of the body, and
+    /// close the connection: the client sees an answer cut short mid-body.
+    Truncate,
+    /// Serve the request normally (any write happens), then answer a successful JSON
+    /// body of the wrong shape: a list gets `"items": null`; an object gets another name
+    /// (`metadata.name` + `-other`). Error answers and watches are sent unchanged.
+    WrongShape,
+}
+
+/// A fault that lets the first `skip` matching requests through and then acts like
+/// `fault` (see [`StandIn::inject_after`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ArmedFault {
+    /// Matching requests still to let through before the fault fires.
+    pub skip: u32,
+    /// The fault that fires once `skip` matching requests have passed.
+    pub fault: Fault,
+    /// Only requests whose User-Agent starts with this match (None: any).
+    #[serde(default)]
+    pub user_agent: Option<String>,
 }
 
 /// Options for [`StandIn::start_with`].
@@ -284,9 +305,32 @@ impl StandIn {
         self.shared.lock().faults.push(fault);
     }
 
-    /// Removes every fault.
+    /// Adds a fault that lets the first `skip` requests matching it pass untouched and
+    /// then fires on the following ones (`times` of them, or until cleared). With `verb`,
+    /// `resource` and `name` all `None` it selects by position in the request log: with
+    /// `times: Some(1)` it hits exactly the request `skip` requests from now (0-based),
+    /// whatever it is. Armed faults are checked before the ones added with [`Self::inject`];
+    /// each request counts down every armed fault it matches.
+    pub fn inject_after(&self, skip: u32, fault: Fault) {
+        self.arm(ArmedFault {
+            skip,
+            fault,
+            user_agent: None,
+        });
+    }
+
+    /// Adds an armed fault (see [`Self::inject_after`]); with `user_agent` set, only
+    /// requests whose User-Agent starts with it are counted and hit, e.g. the requests of
+    /// one program while another (helm) talks to the same server.
+    pub fn arm(&self, armed: ArmedFault) {
+        self.shared.lock().armed.push(armed);
+    }
+
+    /// Removes every fault, armed ones included.
     pub fn clear_faults(&self) {
-        self.shared.lock().faults.clear();
+        let mut st = self.shared.lock();
+        st.faults.clear();
+        st.armed.clear();
     }
 
     /// Creates a namespace if it does not exist.
@@ -330,6 +374,18 @@ impl StandIn {
             Ok(v) => v,
             Err(e) => panic!("put_object({resource}): {}", e.message),
         }
+    }
+
+    /// Deletes an object directly from the store (test setup and reset between runs),
+    /// emitting a watch event; true when it existed. Owned objects are deleted with it.
+    pub fn delete_object(&self, resource: &str, namespace: Option<&str>, name: &str) -> bool {
+        let Some(rt) = discovery::find_plural(resource) else {
+            return false;
+        };
+        self.shared
+            .lock()
+            .delete(rt, namespace.unwrap_or(""), name)
+            .is_ok()
     }
 
     /// Stops the server (same as dropping it).

@@ -12,6 +12,7 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -325,7 +326,7 @@ pub async fn handle(
     }
     let action = {
         let mut st = shared.lock();
-        take_fault(&mut st.faults, &record)
+        take_armed(&mut st.armed, &record).or_else(|| take_fault(&mut st.faults, &record))
     };
     match action {
         Some(FaultAction::Drop) => {
@@ -351,7 +352,7 @@ pub async fn handle(
             return Ok(r);
         }
         Some(FaultAction::Delay(d)) => tokio::time::sleep(d).await,
-        None => {}
+        Some(FaultAction::Truncate) | Some(FaultAction::WrongShape) | None => {}
     }
     let resp = match r {
         Route::Json(v) => {
@@ -395,8 +396,128 @@ pub async fn handle(
         }
     };
     record.status = resp.status().as_u16();
+    let watch = record.verb == "watch";
     shared.lock().log.push(record);
-    Ok(resp)
+    match action {
+        Some(FaultAction::Truncate) if !watch => Ok(truncate(resp).await),
+        Some(FaultAction::WrongShape) if !watch => Ok(wrong_shape(resp).await),
+        _ => Ok(resp),
+    }
+}
+
+/// A body that sends its bytes, pauses (so hyper flushes the head and those bytes to the
+/// socket), then ends without a size hint: hyper trusts the `Content-Length` header and
+/// closes the connection because the body ended short of it.
+struct ShortBody(Option<Bytes>, Pin<Box<tokio::time::Sleep>>);
+impl Body for ShortBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(b) = self.0.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        self.1.as_mut().poll(cx).map(|()| None)
+    }
+}
+
+/// Fault `Truncate`: the full status line and headers (with the full `Content-Length`),
+/// half of the body, then the connection is closed.
+async fn truncate(resp: Response<RespBody>) -> Response<RespBody> {
+    let (mut parts, body) = resp.into_parts();
+    let full = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    parts.headers.insert(
+        hyper::header::CONTENT_LENGTH,
+        hyper::header::HeaderValue::from(full.len()),
+    );
+    let half = full.slice(..full.len() / 2);
+    let pause = Box::pin(tokio::time::sleep(Duration::from_millis(20)));
+    Response::from_parts(parts, ShortBody(Some(half), pause).boxed())
+}
+
+/// Fault `WrongShape`: a successful JSON list gets `items: null`, a successful object
+/// another name; anything else is sent unchanged.
+async fn wrong_shape(resp: Response<RespBody>) -> Response<RespBody> {
+    let (parts, body) = resp.into_parts();
+    let full = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let code = parts.status.as_u16();
+    let reshaped = match serde_json::from_slice::<Value>(&full) {
+        Ok(v) if parts.status.is_success() => reshape(v),
+        _ => None,
+    };
+    match reshaped {
+        Some(v) => {
+            let mut r = json_response(code, &v);
+            for (k, val) in parts.headers.iter() {
+                if k != hyper::header::CONTENT_LENGTH {
+                    r.headers_mut().insert(k.clone(), val.clone());
+                }
+            }
+            r
+        }
+        None => Response::from_parts(parts, Full::new(full).boxed()),
+    }
+}
+
+/// The wrong-shaped version of a successful answer, if it has a shape to break.
+fn reshape(mut v: Value) -> Option<Value> {
+    if v.get("items").is_some_and(Value::is_array) {
+        v["items"] = Value::Null;
+        return Some(v);
+    }
+    let name = v.pointer("/metadata/name")?.as_str()?.to_string();
+    v["metadata"]["name"] = Value::String(format!("{name}-other"));
+    Some(v)
+}
+
+/// The first armed fault that is due for this request; every matching armed fault that
+/// is not yet due counts this request as one of those it lets through.
+fn take_armed(armed: &mut Vec<crate::ArmedFault>, rec: &RequestRecord) -> Option<FaultAction> {
+    let mut fired = None;
+    for (i, a) in armed.iter_mut().enumerate() {
+        let agent_ok = a.user_agent.as_deref().is_none_or(|prefix| {
+            rec.user_agent
+                .as_deref()
+                .is_some_and(|ua| ua.starts_with(prefix))
+        });
+        if !agent_ok || !fault_matches(&a.fault, rec) {
+            continue;
+        }
+        if a.skip > 0 {
+            a.skip -= 1;
+        } else if fired.is_none() {
+            fired = Some(i);
+        }
+    }
+    let idx = fired?;
+    let f = &mut armed[idx].fault;
+    let action = f.action.clone();
+    if let Some(t) = f.times.as_mut() {
+        *t -= 1;
+        if *t == 0 {
+            armed.remove(idx);
+        }
+    }
+    Some(action)
+}
+
+fn fault_matches(f: &Fault, rec: &RequestRecord) -> bool {
+    f.verb.as_ref().is_none_or(|v| *v == rec.verb)
+        && f.resource
+            .as_ref()
+            .is_none_or(|r| Some(r) == rec.resource.as_ref())
+        && f.name.as_ref().is_none_or(|n| Some(n) == rec.name.as_ref())
+        && f.times != Some(0)
 }
 
 /// A 403 worded as the real API's RBAC denial, naming user, verb, resource and namespace.
@@ -426,14 +547,7 @@ fn forbidden(rec: &RequestRecord, group: &str) -> ApiError {
 }
 
 fn take_fault(faults: &mut Vec<Fault>, rec: &RequestRecord) -> Option<FaultAction> {
-    let idx = faults.iter().position(|f| {
-        f.verb.as_ref().is_none_or(|v| *v == rec.verb)
-            && f.resource
-                .as_ref()
-                .is_none_or(|r| Some(r) == rec.resource.as_ref())
-            && f.name.as_ref().is_none_or(|n| Some(n) == rec.name.as_ref())
-            && f.times != Some(0)
-    })?;
+    let idx = faults.iter().position(|f| fault_matches(f, rec))?;
     let f = &mut faults[idx];
     let action = f.action.clone();
     if let Some(t) = f.times.as_mut() {
@@ -443,6 +557,27 @@ fn take_fault(faults: &mut Vec<Fault>, rec: &RequestRecord) -> Option<FaultActio
         }
     }
     Some(action)
+}
+
+/// A posted fault: the `Fault` JSON, with an optional `"skip": N` (and `"user_agent"`)
+/// that arms it (`StandIn::arm`).
+type Posted = (Option<(u32, Option<String>)>, Fault);
+fn parse_fault(body: &[u8]) -> Result<Posted, serde_json::Error> {
+    let mut v: Value = serde_json::from_slice(body)?;
+    let obj = v.as_object_mut();
+    let (skip, agent) = match obj {
+        Some(o) => (o.remove("skip"), o.remove("user_agent")),
+        None => (None, None),
+    };
+    let agent: Option<String> = match agent {
+        Some(a) => serde_json::from_value(a)?,
+        None => None,
+    };
+    let skip = match skip {
+        Some(s) => Some((serde_json::from_value::<u32>(s)?, agent)),
+        None => None,
+    };
+    Ok((skip, serde_json::from_value(v)?))
 }
 
 fn control(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Response<RespBody> {
@@ -455,8 +590,16 @@ fn control(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Response<R
             shared.lock().log.clear();
             json_response(200, &json!({}))
         }
-        ("POST", "faults") => match serde_json::from_slice::<Fault>(body) {
-            Ok(f) => {
+        ("POST", "faults") => match parse_fault(body) {
+            Ok((Some((skip, user_agent)), fault)) => {
+                shared.lock().armed.push(crate::ArmedFault {
+                    skip,
+                    fault,
+                    user_agent,
+                });
+                json_response(201, &json!({}))
+            }
+            Ok((None, f)) => {
                 shared.lock().faults.push(f);
                 json_response(201, &json!({}))
             }
@@ -467,7 +610,9 @@ fn control(shared: &Shared, method: &str, rest: &str, body: &[u8]) -> Response<R
             &serde_json::to_value(&shared.lock().faults).unwrap_or_default(),
         ),
         ("DELETE", "faults") => {
-            shared.lock().faults.clear();
+            let mut st = shared.lock();
+            st.faults.clear();
+            st.armed.clear();
             json_response(200, &json!({}))
         }
         _ => error_response(&ApiError::new(

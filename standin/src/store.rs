@@ -8,7 +8,7 @@ use crate::selector::{FieldSelector, LabelSelector};
 use crate::util::{
     is_dns_label, is_dns_subdomain, new_uid, now_rfc3339, random_suffix, short_hash, ApiError,
 };
-use crate::{Fault, RequestRecord};
+use crate::{ArmedFault, Fault, RequestRecord};
 use base64::Engine;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, VecDeque};
@@ -46,6 +46,8 @@ pub struct State {
     pub log: Vec<RequestRecord>,
     /// Active faults.
     pub faults: Vec<Fault>,
+    /// Faults waiting for their turn (`StandIn::inject_after`).
+    pub armed: Vec<ArmedFault>,
     next_ip: u32,
 }
 
@@ -68,6 +70,7 @@ impl State {
             events,
             log: Vec::new(),
             faults: Vec::new(),
+            armed: Vec::new(),
             next_ip: 10,
         }
     }

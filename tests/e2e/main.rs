@@ -11,6 +11,7 @@ mod ci;
 mod completions;
 mod guard;
 mod lock;
+mod matrix;
 mod mutex;
 mod oci;
 mod plugin;

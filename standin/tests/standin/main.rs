@@ -5,5 +5,6 @@ mod common;
 
 mod api;
 mod capture;
+mod faults;
 mod helm_e2e;
 mod tls;
