@@ -252,33 +252,31 @@ impl Scope<'_> {
         header: &RecordHeader,
         wanted: &BTreeMap<String, String>,
     ) -> Result<(), Error> {
-        {
-            let mut header = header.clone();
-            for attempt in 0..=CONFLICT_RETRIES {
-                let mut want = wanted.clone();
-                keep_hard_labels(&header.labels, &mut want);
-                let changes = lock::label_changes(&header.labels, &want);
-                if changes.is_empty() {
-                    break;
+        let mut header = header.clone();
+        for attempt in 0..=CONFLICT_RETRIES {
+            let mut want = wanted.clone();
+            keep_hard_labels(&header.labels, &mut want);
+            let changes = lock::label_changes(&header.labels, &want);
+            if changes.is_empty() {
+                break;
+            }
+            let rv = header.resource_version.clone().unwrap_or_default();
+            match self.store.patch_labels(&header.name, &rv, &changes).await {
+                Ok(_) => break,
+                Err(e) if e.code() == Some(409) && attempt < CONFLICT_RETRIES => {
+                    header = self
+                        .store
+                        .get(&header.name)
+                        .await
+                        .map_err(|e| self.record_error("re-reading", &header.name, e))?
+                        .header;
                 }
-                let rv = header.resource_version.clone().unwrap_or_default();
-                match self.store.patch_labels(&header.name, &rv, &changes).await {
-                    Ok(_) => break,
-                    Err(e) if e.code() == Some(409) && attempt < CONFLICT_RETRIES => {
-                        header = self
-                            .store
-                            .get(&header.name)
-                            .await
-                            .map_err(|e| self.record_error("re-reading", &header.name, e))?
-                            .header;
-                    }
-                    // Pruned by helm meanwhile: nothing to label.
-                    Err(e) if e.code() == Some(404) => break,
-                    Err(e) => {
-                        return self
-                            .write_failed(e, &header.name, |r| has_labels(&r.header.labels, &want))
-                            .await
-                    }
+                // Pruned by helm meanwhile: nothing to label.
+                Err(e) if e.code() == Some(404) => break,
+                Err(e) => {
+                    return self
+                        .write_failed(e, &header.name, |r| has_labels(&r.header.labels, &want))
+                        .await
                 }
             }
         }

@@ -121,9 +121,8 @@ mod tests {
     use crate::release::ReleaseStatus as S;
     use crate::state::testkit::{block_on, read, rev, store};
 
-    #[test]
-    fn hard_lock_round_trip_restores_the_record() {
-        let s = store(&[rev(1, S::Superseded, "1.0.0"), rev(2, S::Deployed, "1.1.0")]);
+    /// Hard-locks release `db` the way `lock --hard` does.
+    fn hard_lock(s: &Store) {
         let spec = LockSpec {
             kind: LockKind::Hard,
             reason: None,
@@ -133,7 +132,13 @@ mod tests {
             pin: None,
             pin_key: None,
         };
-        block_on(lock_release(&s, "db", &spec, Interrupts::default())).unwrap();
+        block_on(lock_release(s, "db", &spec, Interrupts::default())).unwrap();
+    }
+
+    #[test]
+    fn hard_lock_round_trip_restores_the_record() {
+        let s = store(&[rev(1, S::Superseded, "1.0.0"), rev(2, S::Deployed, "1.1.0")]);
+        hard_lock(&s);
         let view = read(&s);
         assert_eq!(view.state.latest.unwrap().status, S::PendingUpgrade);
         assert_eq!(view.state.last_deployed.unwrap().revision, 2);
@@ -155,16 +160,7 @@ mod tests {
     #[test]
     fn a_hard_unlock_failing_on_the_latest_record_says_what_it_did() {
         let s = store(&[rev(1, S::Superseded, "1.0.0"), rev(2, S::Deployed, "1.1.0")]);
-        let spec = LockSpec {
-            kind: LockKind::Hard,
-            reason: None,
-            by: None,
-            since: 1,
-            expires_at: None,
-            pin: None,
-            pin_key: None,
-        };
-        block_on(lock_release(&s, "db", &spec, Interrupts::default())).unwrap();
+        hard_lock(&s);
         let Store::Memory(m) = &s else { unreachable!() };
         m.forbid_after_rewrite("sh.helm.release.v1.db.v2");
         let err = block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap_err();
