@@ -113,24 +113,29 @@ fn name_of(o: &Value) -> String {
         .to_string()
 }
 
+/// An object as it can be created again: without the metadata the server assigns.
+fn without_server_fields(mut o: Value) -> Value {
+    if let Some(m) = o["metadata"].as_object_mut() {
+        for k in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "managedFields",
+        ] {
+            m.remove(k);
+        }
+    }
+    o
+}
+
 /// Puts the records back as they were in `snapshot`, and the mutex Lease as in `lease`.
 fn reset(b: &Bed, snapshot: &[Value], lease: Option<&Value>) {
     for o in records(b) {
         b.api.delete_object("secrets", Some(NS), &name_of(&o));
     }
     for o in snapshot {
-        let mut o = o.clone();
-        if let Some(m) = o["metadata"].as_object_mut() {
-            for k in [
-                "resourceVersion",
-                "uid",
-                "creationTimestamp",
-                "managedFields",
-            ] {
-                m.remove(k);
-            }
-        }
-        b.api.put_object("secrets", o);
+        b.api
+            .put_object("secrets", without_server_fields(o.clone()));
     }
     b.api.delete_object("leases", Some(NS), LEASE);
     if let Some(l) = lease {
@@ -317,19 +322,10 @@ impl Matrix {
     fn new(b: Bed, args: &[&str], goal: Goal) -> Matrix {
         let snapshot = records(&b);
         assert!(snapshot.len() >= 2, "{snapshot:?}");
-        let lease = b.api.get("leases", Some(NS), LEASE).map(|mut l| {
-            if let Some(m) = l["metadata"].as_object_mut() {
-                for k in [
-                    "resourceVersion",
-                    "uid",
-                    "creationTimestamp",
-                    "managedFields",
-                ] {
-                    m.remove(k);
-                }
-            }
-            l
-        });
+        let lease = b
+            .api
+            .get("leases", Some(NS), LEASE)
+            .map(without_server_fields);
         b.api.clear_requests();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
