@@ -27,16 +27,15 @@ else
     echo "kube $k8s_version, etcd $etcd_version: building from Go modules (minutes on a cold cache)" >&2
     work="$(mktemp -d "$CACHE.build.XXXXXX" 2>/dev/null || { mkdir -p "$CACHE"; mktemp -d "$CACHE/.build.XXXXXX"; })"
     trap 'rm -rf "$work"' EXIT
-    # -trimpath keeps the build independent of the clone's path; version stamps the binaries
-    # the way upstream's build does, so --version reports the pinned release.
+    # Version stamps, as upstream's build sets them, so --version reports the pinned release.
     ldflags="-s -w"
     for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
         ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=$(echo "$k8s_version" | sed -E 's/^v([0-9]+)\..*/\1/')"
         ldflags+=" -X $pkg.gitMinor=$(echo "$k8s_version" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/') -X $pkg.gitTreeState=clean"
     done
-    CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "$ldflags" -o "$work/" \
+    CGO_ENABLED=0 go build -mod=readonly -ldflags "$ldflags" -o "$work/" \
         go.etcd.io/etcd/server/v3 k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
-    mv "$work/v3" "$work/etcd"
+    mv "$work/server" "$work/etcd"  # go names it after go.etcd.io/etcd/server/v3
     mkdir -p "$dest"
     for bin in etcd kube-apiserver kubectl; do mv -f "$work/$bin" "$dest/$bin"; done
     up_to_date || { echo "install-kube.sh: the built binaries do not report $k8s_version / $etcd_version" >&2; exit 1; }

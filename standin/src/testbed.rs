@@ -51,7 +51,17 @@ pub fn helm4() -> PathBuf {
     helm_at("GU_HELM4", "v4.1.4")
 }
 
-/// Both helm binaries, labelled `helm3` and `helm4`.
+/// helm v3.21.4 (built from the Go module): `$GU_HELM3_NEWEST`, else `<cache>/v3.21.4/helm`.
+pub fn helm_newest3() -> PathBuf {
+    helm_at("GU_HELM3_NEWEST", "v3.21.4")
+}
+
+/// helm v4.3.2 (built from the Go module): `$GU_HELM4_NEWEST`, else `<cache>/v4.3.2/helm`.
+pub fn helm_newest4() -> PathBuf {
+    helm_at("GU_HELM4_NEWEST", "v4.3.2")
+}
+
+/// The oldest supported helm 3 and helm 4 (3.17.3, 4.1.4), labelled `helm3` and `helm4`.
 pub fn helms() -> Vec<(&'static str, PathBuf)> {
     vec![("helm3", helm3()), ("helm4", helm4())]
 }

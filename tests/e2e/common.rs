@@ -7,10 +7,11 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use kube_standin::{testbed, StandIn};
+use kube_standin::{RequestRecord, StandIn};
 
-/// Runs each scenario `fn name(label: &str)` once per helm version, as separate #[test]s
-/// (`helm3::name`, `helm4::name`) so they run in parallel and fail separately.
+/// Runs each scenario `fn name(label: &str)` against the real API server (see [`Api`]) with
+/// the newest helm 3 and helm 4 the project supports, as separate #[test]s (`helm3::name`,
+/// `helm4::name`) so they run in parallel and fail separately.
 #[allow(unused_macros)]
 macro_rules! per_helm {
     ($($name:ident),* $(,)?) => {
@@ -21,11 +22,240 @@ macro_rules! per_helm {
 #[allow(unused_imports)]
 pub(crate) use per_helm;
 
-/// One test's world: a stand-in, a helm version, private helm home directories.
+/// Like [`per_helm`], plus the oldest supported helm 3 and helm 4 (`helm3_17::name`,
+/// `helm4_1::name`): the compatibility subset that proves both ends of the range.
+#[allow(unused_macros)]
+macro_rules! per_helm_compat {
+    ($($name:ident),* $(,)?) => {
+        mod helm3 { $( #[test] fn $name() { super::$name("helm3"); } )* }
+        mod helm4 { $( #[test] fn $name() { super::$name("helm4"); } )* }
+        mod helm3_17 { $( #[test] fn $name() { super::$name("helm3.17"); } )* }
+        mod helm4_1 { $( #[test] fn $name() { super::$name("helm4.1"); } )* }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use per_helm_compat;
+
+/// Runs each scenario against the API stand-in (helm 3.17.3 and 4.1.4): for what only the
+/// stand-in can do, injecting faults by request position (`standin_helm3::name`, ...).
+#[allow(unused_macros)]
+macro_rules! per_helm_standin {
+    ($($name:ident),* $(,)?) => {
+        mod standin_helm3 { $( #[test] fn $name() { super::$name("standin-helm3"); } )* }
+        mod standin_helm4 { $( #[test] fn $name() { super::$name("standin-helm4"); } )* }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use per_helm_standin;
+
+/// The helm major version a label names (`helm3`, `helm3.17`, `standin-helm3` → 3).
+pub fn helm_major(label: &str) -> u8 {
+    if label.contains("helm4") {
+        4
+    } else {
+        assert!(label.contains("helm3"), "unknown helm label {label:?}");
+        3
+    }
+}
+
+/// Whether a label runs against the API stand-in rather than the real API server.
+pub fn on_standin(label: &str) -> bool {
+    label.starts_with("standin-")
+}
+
+/// The helm binary a label names, and the label as a `&'static str`.
+fn helm_for(label: &str) -> (&'static str, PathBuf) {
+    use kube_standin::testbed as tb;
+    match label {
+        "helm3" => ("helm3", tb::helm_newest3()),
+        "helm4" => ("helm4", tb::helm_newest4()),
+        "helm3.17" => ("helm3.17", tb::helm3()),
+        "helm4.1" => ("helm4.1", tb::helm4()),
+        "standin-helm3" => ("standin-helm3", tb::helm3()),
+        "standin-helm4" => ("standin-helm4", tb::helm4()),
+        other => panic!("unknown helm label {other:?}"),
+    }
+}
+
+/// The API server a bed talks to: the real kube-apiserver (a server of the process's control
+/// plane, leased for the test and empty when leased), or the in-repo stand-in (faults by
+/// request position). Both answer the same questions tests ask of "the cluster".
+pub enum Api {
+    /// A real kube-apiserver with etcd (`kube-testbed`).
+    Real(kube_testbed::Cluster),
+    /// The API stand-in (`kube-standin`).
+    StandIn(StandIn),
+}
+
+impl Api {
+    /// The stand-in, for fault injection. Panics on the real server: a test that injects
+    /// faults must run with a `standin-` label.
+    pub fn standin(&self) -> &StandIn {
+        match self {
+            Api::StandIn(s) => s,
+            Api::Real(_) => {
+                panic!("this test injects faults: run it on the stand-in (per_helm_standin!)")
+            }
+        }
+    }
+
+    /// The real server. Panics on the stand-in.
+    pub fn real(&self) -> &kube_testbed::Cluster {
+        match self {
+            Api::Real(c) => c,
+            Api::StandIn(_) => panic!("this test needs the real API server"),
+        }
+    }
+
+    /// Whether this is the real API server.
+    pub fn is_real(&self) -> bool {
+        matches!(self, Api::Real(_))
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> String {
+        match self {
+            Api::Real(c) => c.url(),
+            Api::StandIn(s) => s.url(),
+        }
+    }
+
+    /// The server port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Api::Real(c) => c.port(),
+            Api::StandIn(s) => s.port(),
+        }
+    }
+
+    /// The admin kubeconfig of the server.
+    pub fn kubeconfig(&self) -> &Path {
+        match self {
+            Api::Real(c) => c.kubeconfig(),
+            Api::StandIn(s) => s.kubeconfig(),
+        }
+    }
+
+    /// The name of the kubeconfig's context (and cluster).
+    pub fn context(&self) -> &'static str {
+        match self {
+            Api::Real(_) => "testbed",
+            Api::StandIn(_) => "standin",
+        }
+    }
+
+    /// Creates a namespace unless it exists.
+    pub fn create_namespace(&self, name: &str) {
+        match self {
+            Api::Real(c) => c.create_namespace(name),
+            Api::StandIn(s) => s.create_namespace(name),
+        }
+    }
+
+    /// One object by resource plural, None when absent.
+    pub fn get(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<serde_json::Value> {
+        match self {
+            Api::Real(c) => c.get(resource, namespace, name),
+            Api::StandIn(s) => s.get(resource, namespace, name),
+        }
+    }
+
+    /// Every object of a resource in a namespace (all namespaces with None).
+    pub fn list(&self, resource: &str, namespace: Option<&str>) -> Vec<serde_json::Value> {
+        match self {
+            Api::Real(c) => c.list(resource, namespace),
+            Api::StandIn(s) => s.list(resource, namespace),
+        }
+    }
+
+    /// Creates or replaces an object (test setup), unconditionally.
+    pub fn put_object(&self, resource: &str, obj: serde_json::Value) -> serde_json::Value {
+        match self {
+            Api::Real(c) => c.put_object(resource, obj),
+            Api::StandIn(s) => s.put_object(resource, obj),
+        }
+    }
+
+    /// Deletes an object (test setup); true when it existed.
+    pub fn delete_object(&self, resource: &str, namespace: Option<&str>, name: &str) -> bool {
+        match self {
+            Api::Real(c) => c.delete_object(resource, namespace, name),
+            Api::StandIn(s) => s.delete_object(resource, namespace, name),
+        }
+    }
+
+    /// The requests the tests' programs made since the bed started or the last
+    /// [`Api::clear_requests`]: the stand-in's request log, or the real server's audit log
+    /// (the test bed's own housekeeping left out). Content types are unknown on the real
+    /// server.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        match self {
+            Api::StandIn(s) => s.requests(),
+            Api::Real(c) => c
+                .requests()
+                .into_iter()
+                .map(|e| RequestRecord {
+                    method: e.method().to_string(),
+                    path: e.path().to_string(),
+                    query: e.query().to_string(),
+                    content_type: None,
+                    accept: None,
+                    status: e.code,
+                    verb: e.verb.clone(),
+                    resource: e.resource.clone(),
+                    namespace: e.namespace.clone(),
+                    name: e.name.clone(),
+                    user: Some(e.user.clone()),
+                    impersonate: e
+                        .impersonated_user
+                        .iter()
+                        .map(|u| format!("Impersonate-User: {u}"))
+                        .collect(),
+                    user_agent: Some(e.user_agent.clone()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Forgets the requests seen so far.
+    pub fn clear_requests(&self) {
+        match self {
+            Api::Real(c) => c.clear_requests(),
+            Api::StandIn(s) => s.clear_requests(),
+        }
+    }
+
+    /// Stand-in only: adds a fault.
+    pub fn inject(&self, fault: kube_standin::Fault) {
+        self.standin().inject(fault)
+    }
+
+    /// Stand-in only: adds a fault that fires after `skip` matching requests.
+    pub fn inject_after(&self, skip: u32, fault: kube_standin::Fault) {
+        self.standin().inject_after(skip, fault)
+    }
+
+    /// Stand-in only: adds an armed fault.
+    pub fn arm(&self, armed: kube_standin::ArmedFault) {
+        self.standin().arm(armed)
+    }
+
+    /// Stand-in only: removes every fault.
+    pub fn clear_faults(&self) {
+        self.standin().clear_faults()
+    }
+}
+
+/// One test's world: an API server, a helm version, private helm home directories.
 pub struct Bed {
-    /// The API stand-in.
-    pub api: StandIn,
-    /// `helm3` or `helm4`.
+    /// The API server (real or stand-in).
+    pub api: Api,
+    /// The helm label (`helm3`, `helm4`, `helm3.17`, `helm4.1`, `standin-helm3`, ...).
     pub label: &'static str,
     /// The helm binary.
     pub helm_bin: PathBuf,
@@ -177,33 +407,29 @@ fn assert_exact(stream: &str, text: &str, expected: &[&str]) {
     }
 }
 
-/// Every helm version under test, each with a fresh bed.
-pub fn beds() -> Vec<Bed> {
-    testbed::helms()
-        .into_iter()
-        .map(|(label, bin)| Bed::new(label, bin))
-        .collect()
-}
-
-/// A bed for one helm version (`helm3` or `helm4`).
+/// A bed for one helm label (see [`helm_for`]): the real API server unless the label
+/// starts with `standin-`.
 pub fn bed(label: &str) -> Bed {
-    let (label, bin) = testbed::helms()
-        .into_iter()
-        .find(|(l, _)| *l == label)
-        .unwrap_or_else(|| panic!("no helm {label}"));
+    let (label, bin) = helm_for(label);
     Bed::new(label, bin)
 }
 
 /// Path of a fixture chart directory, e.g. `chart("demo-1.0.0")`.
 pub fn chart(name: &str) -> String {
-    let path = testbed::fixtures_dir().join("charts").join(name);
+    let path = kube_standin::testbed::fixtures_dir()
+        .join("charts")
+        .join(name);
     assert!(path.is_dir(), "missing fixture chart {}", path.display());
     path.to_string_lossy().into_owned()
 }
 
 impl Bed {
     fn new(label: &'static str, helm_bin: PathBuf) -> Bed {
-        let api = StandIn::start().expect("start the API stand-in");
+        let api = if on_standin(label) {
+            Api::StandIn(StandIn::start().expect("start the API stand-in"))
+        } else {
+            Api::Real(kube_testbed::cluster())
+        };
         Bed {
             api,
             label,
@@ -408,14 +634,12 @@ pub fn serve_dir(dir: PathBuf) -> String {
     format!("http://{addr}")
 }
 
-/// A bed whose stand-in is started with `opts` (HTTPS, authentication, ...).
+/// A bed whose stand-in is started with `opts` (HTTPS, authentication, ...), with the helm
+/// of `label` (its `standin-` prefix optional).
 pub fn bed_with(label: &str, opts: kube_standin::Options) -> Bed {
-    let (label, bin) = testbed::helms()
-        .into_iter()
-        .find(|(l, _)| *l == label)
-        .unwrap_or_else(|| panic!("no helm {label}"));
+    let (label, bin) = helm_for(&format!("standin-{}", label.trim_start_matches("standin-")));
     Bed {
-        api: StandIn::start_with(opts).expect("start the API stand-in"),
+        api: Api::StandIn(StandIn::start_with(opts).expect("start the API stand-in")),
         label,
         helm_bin: bin,
         home: tempfile::tempdir().expect("tempdir"),

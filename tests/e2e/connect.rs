@@ -61,7 +61,7 @@ fn indent(block: &str, by: usize) -> String {
 
 impl World {
     fn ca_pem(&self) -> String {
-        self.bed.api.ca_pem().expect("HTTPS stand-in")
+        self.bed.api.standin().ca_pem().expect("HTTPS stand-in")
     }
 
     fn ca_data(&self) -> String {
@@ -232,7 +232,11 @@ fn ca_and_tokens(label: &str) {
 /// Client certificates: RSA (PKCS#1) as files relative to the kubeconfig, EC (PKCS#8) as data.
 fn client_certificates(label: &str) {
     let w = world(label);
-    let rsa = w.bed.api.client_cert("rsa-user", &["devs"], KeyKind::Rsa);
+    let rsa = w
+        .bed
+        .api
+        .standin()
+        .client_cert("rsa-user", &["devs"], KeyKind::Rsa);
     w.file("rsa", "client.crt", &rsa.cert_pem);
     w.file("rsa", "client.key", &rsa.key_pem);
     let kc = w.with_ca_data(
@@ -241,7 +245,7 @@ fn client_certificates(label: &str) {
     );
     w.assert_installed_as(&w.upgrade("rsa", &kc, &[]), "rsa", "rsa-user");
 
-    let ec = w.bed.api.client_cert("ec-user", &[], KeyKind::Ec);
+    let ec = w.bed.api.standin().client_cert("ec-user", &[], KeyKind::Ec);
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let kc = w.with_ca_data(
         "ec",

@@ -1,0 +1,882 @@
+//! A real Kubernetes control plane for the end-to-end tests: etcd and kube-apiserver built
+//! from Go modules by `scripts/install-kube.sh`, started once per test process on loopback.
+//!
+//! - TLS with a generated CA, static token authentication (an admin plus restricted users),
+//!   client-certificate authentication, `--authorization-mode=RBAC`, the default admission
+//!   plugins (ValidatingAdmissionPolicy included) and an audit log tests read back.
+//! - Several API servers share one etcd, each under its own key prefix: a test leases one
+//!   server exclusively ([`cluster`]), finds it empty (every namespace but the system ones
+//!   removed, the cluster-scoped test objects deleted) and hands it back when the lease drops.
+//!   So tests keep their fixed namespace names and still run in parallel.
+//! - The processes die with the test process (`PR_SET_PDEATHSIG` from a thread that lives as
+//!   long as the process), even when it is killed.
+//!
+//! No controllers run (no kube-controller-manager, no kubelet): Deployments never become
+//! ready, so tests never use `helm --wait` here.
+
+mod admin;
+mod audit;
+mod pki;
+
+pub use audit::AuditEvent;
+pub use pki::ClientCert;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use admin::Admin;
+
+/// Restricted users with a static token each and no rights until a test grants them some.
+pub const RESTRICTED_USERS: &[&str] = &["alice", "bob", "carol", "dave"];
+
+/// The admin user of the kubeconfig tests and helm use (group `system:masters`).
+pub const ADMIN_USER: &str = "admin";
+
+/// Namespaces that belong to the server and are never emptied.
+const SYSTEM_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
+
+/// How long startup may take before the test bed gives up (a cold start on a busy 2-core
+/// machine takes seconds; minutes mean something is broken).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The directory holding `etcd`, `kube-apiserver` and `kubectl`: `$GU_KUBE_BIN`, else the
+/// cache `scripts/install-kube.sh` builds into. Panics, naming the script, when missing.
+pub fn bin_dir() -> PathBuf {
+    let dir = match std::env::var_os("GU_KUBE_BIN").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => cache_dir().join(kubernetes_version()),
+    };
+    for bin in ["etcd", "kube-apiserver", "kubectl"] {
+        if !dir.join(bin).is_file() {
+            panic!(
+                "{bin} not found in {}; run scripts/install-kube.sh (it builds the control plane \
+                 from testbed/kube/go.mod)",
+                dir.display()
+            );
+        }
+    }
+    dir
+}
+
+/// The built kubectl.
+pub fn kubectl() -> PathBuf {
+    bin_dir().join("kubectl")
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("GU_KUBE_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+        });
+    base.join("guarded-upgrade").join("kube")
+}
+
+/// The Kubernetes release pinned in `testbed/kube/go.mod` (one source of truth for it).
+pub fn kubernetes_version() -> String {
+    let go_mod = Path::new(env!("CARGO_MANIFEST_DIR")).join("kube/go.mod");
+    let text = std::fs::read_to_string(&go_mod)
+        .unwrap_or_else(|e| panic!("read {}: {e}", go_mod.display()));
+    text.lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("k8s.io/kubernetes "))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("{} does not require k8s.io/kubernetes", go_mod.display()))
+}
+
+/// Runs closures on one thread that lives as long as the process, so children started there
+/// with `PR_SET_PDEATHSIG` die with the process and not with the test thread that asked.
+struct Keeper {
+    jobs: Mutex<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Keeper {
+    fn new() -> Keeper {
+        let (tx, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("kube-testbed-keeper".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("spawn the keeper thread");
+        Keeper {
+            jobs: Mutex::new(tx),
+        }
+    }
+
+    /// Spawns `cmd` on the keeper thread, its stdout and stderr appended to `log`.
+    fn spawn(&self, mut cmd: Command, log: &Path) -> std::io::Result<Child> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork
+        // and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Box::new(move || {
+                let _ = tx.send(cmd.spawn());
+            }))
+            .expect("keeper thread alive");
+        rx.recv().expect("keeper thread answers")
+    }
+}
+
+/// A running process of the control plane and what it takes to start it again.
+struct Proc {
+    name: String,
+    cmd: fn(&Plane, usize) -> Command,
+    index: usize,
+    child: Option<Child>,
+}
+
+/// The control plane of this test process.
+pub struct Plane {
+    dir: tempfile::TempDir,
+    pki: pki::Pki,
+    keeper: Keeper,
+    etcd_client_port: u16,
+    etcd_peer_port: u16,
+    servers: Vec<ServerInfo>,
+    procs: Mutex<Vec<Proc>>,
+    free: Mutex<Vec<usize>>,
+    freed: Condvar,
+    admin_token: String,
+    testbed_token: String,
+    user_tokens: Vec<(String, String)>,
+}
+
+struct ServerInfo {
+    port: u16,
+    audit_log: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+static PLANE: OnceLock<Result<Plane, String>> = OnceLock::new();
+
+/// The control plane, started on first use (once per process). Panics with the failing
+/// binary and its last log lines when it cannot start.
+pub fn plane() -> &'static Plane {
+    match PLANE.get_or_init(Plane::start) {
+        Ok(p) => p,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Leases one API server of the process's control plane for a test: waits for a free one,
+/// empties it, and gives it back when the returned [`Cluster`] is dropped.
+pub fn cluster() -> Cluster {
+    plane().lease()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    let f = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    f.expect("read /dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn server_count() -> usize {
+    std::env::var("GU_KUBE_SERVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(3)
+}
+
+impl Plane {
+    fn start() -> Result<Plane, String> {
+        bin_dir(); // fail early, naming the install script
+        let dir = tempfile::Builder::new()
+            .prefix("kube-testbed-")
+            .tempdir()
+            .map_err(|e| format!("kube-testbed: tempdir: {e}"))?;
+        let pki = pki::Pki::new();
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text)
+                .map_err(|e| format!("kube-testbed: write {name}: {e}"))
+        };
+        write("ca.crt", &pki.ca_pem)?;
+        let (cert, key) = pki.serving_cert();
+        write("serving.crt", &cert)?;
+        write("serving.key", &key)?;
+        let (sa_key, sa_pub) = pki::signing_key_pem();
+        write("sa.key", &sa_key)?;
+        write("sa.pub", &sa_pub)?;
+        write("audit-policy.yaml", audit::POLICY)?;
+        let admin_token = random_token();
+        let testbed_token = random_token();
+        let user_tokens: Vec<(String, String)> = RESTRICTED_USERS
+            .iter()
+            .map(|u| (u.to_string(), random_token()))
+            .collect();
+        let mut tokens = format!(
+            "{testbed_token},kube-testbed,kube-testbed,\"system:masters\"\n\
+             {admin_token},{ADMIN_USER},{ADMIN_USER},\"system:masters\"\n"
+        );
+        for (user, token) in &user_tokens {
+            tokens.push_str(&format!("{token},{user},{user},\"testers\"\n"));
+        }
+        write("tokens.csv", &tokens)?;
+
+        let n = server_count();
+        let servers: Vec<ServerInfo> = (0..n)
+            .map(|i| ServerInfo {
+                port: free_port(),
+                audit_log: dir.path().join(format!("audit-{i}.log")),
+                kubeconfig: dir.path().join(format!("kubeconfig-{i}")),
+            })
+            .collect();
+        let plane = Plane {
+            keeper: Keeper::new(),
+            etcd_client_port: free_port(),
+            etcd_peer_port: free_port(),
+            servers,
+            procs: Mutex::new(Vec::new()),
+            free: Mutex::new((0..n).rev().collect()),
+            freed: Condvar::new(),
+            admin_token,
+            testbed_token,
+            user_tokens,
+            pki,
+            dir,
+        };
+        for (i, s) in plane.servers.iter().enumerate() {
+            let kc = plane.kubeconfig_text(i, ADMIN_USER, &plane.admin_token, None);
+            std::fs::write(&s.kubeconfig, kc).map_err(|e| format!("kube-testbed: {e}"))?;
+        }
+        plane.launch("etcd", etcd_command, 0)?;
+        plane.wait_etcd()?;
+        for i in 0..n {
+            plane.launch("kube-apiserver", apiserver_command, i)?;
+        }
+        for i in 0..n {
+            plane.wait_apiserver(i)?;
+        }
+        Ok(plane)
+    }
+
+    fn launch(
+        &self,
+        name: &str,
+        cmd: fn(&Plane, usize) -> Command,
+        index: usize,
+    ) -> Result<(), String> {
+        let log = self.dir.path().join(format!("{name}-{index}.log"));
+        let child = self
+            .keeper
+            .spawn(cmd(self, index), &log)
+            .map_err(|e| format!("kube-testbed: start {name}: {e}"))?;
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        procs.retain(|p| !(p.name == name && p.index == index));
+        procs.push(Proc {
+            name: name.to_string(),
+            cmd,
+            index,
+            child: Some(child),
+        });
+        Ok(())
+    }
+
+    fn log_tail(&self, name: &str, index: usize) -> String {
+        let log = self.dir.path().join(format!("{name}-{index}.log"));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
+    }
+
+    /// Fails with the binary's name and last log lines when it exited or never got ready.
+    fn startup_failure(&self, name: &str, index: usize, what: &str) -> String {
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        let status = procs
+            .iter_mut()
+            .find(|p| p.name == name && p.index == index)
+            .and_then(|p| p.child.as_mut())
+            .and_then(|c| c.try_wait().ok().flatten())
+            .map(|s| format!("exited ({s})"))
+            .unwrap_or_else(|| "still running".to_string());
+        format!(
+            "kube-testbed: {name} {what} ({status}); its last log lines:\n{}",
+            self.log_tail(name, index)
+        )
+    }
+
+    fn exited(&self, name: &str, index: usize) -> bool {
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        procs
+            .iter_mut()
+            .find(|p| p.name == name && p.index == index)
+            .and_then(|p| p.child.as_mut())
+            .map(|c| matches!(c.try_wait(), Ok(Some(_))))
+            .unwrap_or(true)
+    }
+
+    fn wait_etcd(&self) -> Result<(), String> {
+        let url = format!("http://127.0.0.1:{}/health", self.etcd_client_port);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(mut r) = agent.get(&url).call() {
+                if r.status() == 200
+                    && r.body_mut()
+                        .read_to_string()
+                        .is_ok_and(|b| b.contains("\"true\""))
+                {
+                    return Ok(());
+                }
+            }
+            if self.exited("etcd", 0) {
+                return Err(self.startup_failure("etcd", 0, "exited before it was healthy"));
+            }
+            if Instant::now() > deadline {
+                return Err(self.startup_failure(
+                    "etcd",
+                    0,
+                    &format!("was not healthy at {url} within {START_TIMEOUT:?}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_apiserver(&self, i: usize) -> Result<(), String> {
+        let admin = self.testbed_admin(i);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok((200, _)) = admin.try_send("GET", "/readyz", None) {
+                return Ok(());
+            }
+            if self.exited("kube-apiserver", i) {
+                return Err(self.startup_failure(
+                    "kube-apiserver",
+                    i,
+                    "exited before /readyz answered 200",
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(self.startup_failure(
+                    "kube-apiserver",
+                    i,
+                    &format!("did not answer /readyz with 200 within {START_TIMEOUT:?}"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("https://127.0.0.1:{}", self.servers[i].port)
+    }
+
+    fn testbed_admin(&self, i: usize) -> Admin {
+        Admin::new(&self.url(i), &self.pki.ca_pem, &self.testbed_token)
+    }
+
+    fn kubeconfig_text(
+        &self,
+        i: usize,
+        user: &str,
+        token: &str,
+        namespace: Option<&str>,
+    ) -> String {
+        use base64::Engine;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.pki.ca_pem);
+        let ns = namespace
+            .map(|n| format!("\n    namespace: {n}"))
+            .unwrap_or_default();
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {}\n    \
+             certificate-authority-data: {ca}\ncontexts:\n- name: testbed\n  context:\n    cluster: testbed\n    \
+             user: {user}{ns}\ncurrent-context: testbed\nusers:\n- name: {user}\n  user:\n    token: {token}\n\
+             preferences: {{}}\n",
+            self.url(i)
+        )
+    }
+
+    fn lease(&'static self) -> Cluster {
+        let index = {
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(i) = free.pop() {
+                    break i;
+                }
+                free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let cluster = Cluster {
+            plane: self,
+            index,
+            admin: self.testbed_admin(index),
+            audit_mark: Mutex::new(0),
+            dir: tempfile::Builder::new()
+                .prefix("kube-testbed-lease-")
+                .tempdir()
+                .expect("tempdir"),
+        };
+        cluster.reset();
+        cluster.clear_requests();
+        cluster
+    }
+}
+
+fn etcd_command(plane: &Plane, _: usize) -> Command {
+    let data = plane.dir.path().join("etcd-data");
+    let client = format!("http://127.0.0.1:{}", plane.etcd_client_port);
+    let peer = format!("http://127.0.0.1:{}", plane.etcd_peer_port);
+    let mut cmd = Command::new(bin_dir().join("etcd"));
+    cmd.arg("--data-dir")
+        .arg(&data)
+        .args(["--name", "default"])
+        .args(["--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("default={peer}")])
+        .args(["--log-level", "warn"]);
+    // Benchmarks keep etcd's fsync (GU_KUBE_FSYNC=1): realistic write costs.
+    if std::env::var("GU_KUBE_FSYNC").as_deref() != Ok("1") {
+        cmd.arg("--unsafe-no-fsync");
+    }
+    cmd
+}
+
+fn apiserver_command(plane: &Plane, i: usize) -> Command {
+    let d = plane.dir.path();
+    let s = &plane.servers[i];
+    let url = plane.url(i);
+    let mut cmd = Command::new(bin_dir().join("kube-apiserver"));
+    cmd.arg(format!(
+        "--etcd-servers=http://127.0.0.1:{}",
+        plane.etcd_client_port
+    ))
+    .arg(format!("--etcd-prefix=/registry-{i}"))
+    .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+    .arg(format!("--secure-port={}", s.port))
+    .arg(format!(
+        "--cert-dir={}",
+        d.join(format!("certs-{i}")).display()
+    ))
+    .arg(format!(
+        "--tls-cert-file={}",
+        d.join("serving.crt").display()
+    ))
+    .arg(format!(
+        "--tls-private-key-file={}",
+        d.join("serving.key").display()
+    ))
+    .arg(format!("--client-ca-file={}", d.join("ca.crt").display()))
+    .arg(format!(
+        "--token-auth-file={}",
+        d.join("tokens.csv").display()
+    ))
+    .arg("--authorization-mode=RBAC")
+    .arg("--service-cluster-ip-range=10.0.0.0/24")
+    .arg(format!("--service-account-issuer={url}"))
+    .arg(format!(
+        "--service-account-key-file={}",
+        d.join("sa.pub").display()
+    ))
+    .arg(format!(
+        "--service-account-signing-key-file={}",
+        d.join("sa.key").display()
+    ))
+    .arg("--endpoint-reconciler-type=none")
+    .arg(format!("--audit-log-path={}", s.audit_log.display()))
+    .arg(format!(
+        "--audit-policy-file={}",
+        d.join("audit-policy.yaml").display()
+    ))
+    // Blocking: an event is in the file before the response is sent, so a test reads
+    // everything a finished command did.
+    .arg("--audit-log-mode=blocking")
+    .arg("--profiling=false")
+    .arg("--v=1");
+    cmd
+}
+
+/// One API server leased by one test: empty when leased, handed back when dropped.
+pub struct Cluster {
+    plane: &'static Plane,
+    index: usize,
+    admin: Admin,
+    audit_mark: Mutex<u64>,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let mut free = self.plane.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.push(self.index);
+        self.plane.freed.notify_one();
+    }
+}
+
+impl Cluster {
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.plane.url(self.index)
+    }
+
+    /// The port the API server listens on.
+    pub fn port(&self) -> u16 {
+        self.plane.servers[self.index].port
+    }
+
+    /// The CA certificate (PEM) that signed the serving certificate and client certificates.
+    pub fn ca_pem(&self) -> &str {
+        &self.plane.pki.ca_pem
+    }
+
+    /// A file holding [`Cluster::ca_pem`].
+    pub fn ca_file(&self) -> PathBuf {
+        self.plane.dir.path().join("ca.crt")
+    }
+
+    /// The admin kubeconfig: context and cluster `testbed`, user `admin` (system:masters).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.plane.servers[self.index].kubeconfig
+    }
+
+    /// The admin's bearer token.
+    pub fn admin_token(&self) -> &str {
+        &self.plane.admin_token
+    }
+
+    /// The bearer token of one of [`RESTRICTED_USERS`].
+    pub fn token(&self, user: &str) -> &str {
+        self.plane
+            .user_tokens
+            .iter()
+            .find(|(u, _)| u == user)
+            .map(|(_, t)| t.as_str())
+            .unwrap_or_else(|| panic!("no restricted user {user:?} in {RESTRICTED_USERS:?}"))
+    }
+
+    /// A kubeconfig (in the lease's own directory) for a restricted user's token, with an
+    /// optional default namespace.
+    pub fn kubeconfig_for(&self, user: &str, namespace: Option<&str>) -> PathBuf {
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{user}-{}", namespace.unwrap_or("none")));
+        let text = self
+            .plane
+            .kubeconfig_text(self.index, user, self.token(user), namespace);
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+
+    /// A client certificate this server authenticates as `user` in `groups`.
+    pub fn client_cert(&self, user: &str, groups: &[&str]) -> ClientCert {
+        self.plane.pki.client_cert(user, groups)
+    }
+
+    /// Creates a namespace unless it exists.
+    pub fn create_namespace(&self, name: &str) {
+        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        match self.admin.send("POST", "/api/v1/namespaces", Some(&body)) {
+            (201 | 409, _) => {}
+            (code, v) => panic!("kube-testbed: create namespace {name}: {code} {v}"),
+        }
+    }
+
+    /// One object by resource plural (`secrets`, `leases`, `namespaces`, ...), None if absent.
+    pub fn get(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        self.admin
+            .get(&admin::path(resource, namespace, Some(name)))
+    }
+
+    /// Every object of a resource in one namespace (all namespaces with None).
+    pub fn list(&self, resource: &str, namespace: Option<&str>) -> Vec<Value> {
+        let path = match namespace {
+            Some(_) => admin::path(resource, namespace, None),
+            None => {
+                let k = admin::kind_of(resource);
+                format!("{}/{}", k.prefix, k.plural)
+            }
+        };
+        self.admin
+            .get(&path)
+            .and_then(|v| v.get("items").and_then(Value::as_array).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Creates `obj`, or replaces it when it exists (the stored resourceVersion is used, so
+    /// the write is unconditional). Returns the stored object. Panics when refused.
+    pub fn put_object(&self, resource: &str, mut obj: Value) -> Value {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .expect("object has metadata.name")
+            .to_string();
+        let namespaced = admin::kind_of(resource).namespaced;
+        let ns = namespaced.then(|| {
+            obj["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string()
+        });
+        if let Some(ns) = &ns {
+            obj["metadata"]["namespace"] = json!(ns);
+        }
+        let one = admin::path(resource, ns.as_deref(), Some(&name));
+        let (code, v) = match self.admin.get(&one) {
+            Some(current) => {
+                obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+                self.admin.send("PUT", &one, Some(&obj))
+            }
+            None => {
+                if let Some(m) = obj["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                self.admin.send(
+                    "POST",
+                    &admin::path(resource, ns.as_deref(), None),
+                    Some(&obj),
+                )
+            }
+        };
+        if !(200..300).contains(&code) {
+            panic!("kube-testbed: put {resource} {name}: {code} {v}");
+        }
+        v
+    }
+
+    /// Deletes one object; true when it existed.
+    pub fn delete_object(&self, resource: &str, namespace: Option<&str>, name: &str) -> bool {
+        let path = admin::path(resource, namespace, Some(name));
+        match self.admin.send("DELETE", &path, None) {
+            (200 | 202, _) => true,
+            (404, _) => false,
+            (code, v) => panic!("kube-testbed: DELETE {path}: {code} {v}"),
+        }
+    }
+
+    /// Sends any request as the test bed's admin (left out of the audit log).
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.admin.send(method, path, body)
+    }
+
+    /// What the server audited since the lease began or [`Cluster::clear_requests`]: every
+    /// request of the tests' users (admin, restricted users, certificates), in order.
+    pub fn requests(&self) -> Vec<AuditEvent> {
+        let mark = *self.audit_mark.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = std::fs::File::open(&self.plane.servers[self.index].audit_log)
+            .expect("open the audit log");
+        f.seek(SeekFrom::Start(mark)).expect("seek the audit log");
+        let mut text = String::new();
+        f.read_to_string(&mut text).expect("read the audit log");
+        // A line being written as we read is cut short: keep whole lines only.
+        let whole = text.rfind('\n').map(|i| &text[..=i]).unwrap_or("");
+        audit::parse(whole)
+    }
+
+    /// Forgets the requests audited so far.
+    pub fn clear_requests(&self) {
+        let len = std::fs::metadata(&self.plane.servers[self.index].audit_log)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        *self.audit_mark.lock().unwrap_or_else(|p| p.into_inner()) = len;
+    }
+
+    /// Empties the server: every namespace except the system ones is removed with all it
+    /// holds, `default` is emptied (its `kubernetes` Service kept), and the cluster-scoped
+    /// objects tests create (admission policies and their bindings, ClusterRoles and
+    /// bindings that are not the server's own) are deleted.
+    pub fn reset(&self) {
+        let namespaces: Vec<String> = self
+            .list("namespaces", None)
+            .iter()
+            .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
+            .filter(|n| !SYSTEM_NAMESPACES.contains(&n.as_str()))
+            .collect();
+        for ns in &namespaces {
+            self.empty_namespace(ns);
+            if ns != "default" {
+                self.remove_namespace(ns);
+            }
+        }
+        for plural in [
+            "validatingadmissionpolicybindings",
+            "validatingadmissionpolicies",
+        ] {
+            let k = admin::kind_of(plural);
+            self.admin
+                .send("DELETE", &format!("{}/{}", k.prefix, k.plural), None);
+        }
+        for plural in ["clusterrolebindings", "clusterroles"] {
+            for obj in self.list(plural, None) {
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                let bootstrapped = obj["metadata"]["labels"]["kubernetes.io/bootstrapping"]
+                    .as_str()
+                    .is_some();
+                if !bootstrapped && !name.starts_with("system:") {
+                    self.delete_object(plural, None, name);
+                }
+            }
+        }
+    }
+
+    fn empty_namespace(&self, ns: &str) {
+        for k in admin::KINDS.iter().filter(|k| k.namespaced) {
+            for obj in self.list(k.plural, Some(ns)) {
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                if ns == "default" && k.plural == "services" && name == "kubernetes" {
+                    continue;
+                }
+                // Finalizers would keep an object after the delete; nothing here runs
+                // them, so drop them first.
+                if obj["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty())
+                {
+                    let p = admin::path(k.plural, Some(ns), Some(name));
+                    self.admin.send(
+                        "PATCH",
+                        &p,
+                        Some(&json!({"metadata": {"finalizers": null}})),
+                    );
+                }
+                self.delete_object(k.plural, Some(ns), name);
+            }
+        }
+    }
+
+    /// Deletes a namespace for good: with no namespace controller running, the `kubernetes`
+    /// finalizer is removed by hand (the namespace was emptied first).
+    fn remove_namespace(&self, ns: &str) {
+        let one = format!("/api/v1/namespaces/{ns}");
+        self.admin.send("DELETE", &one, None);
+        if let Some(mut obj) = self.admin.get(&one) {
+            obj["spec"]["finalizers"] = json!([]);
+            let (code, v) = self
+                .admin
+                .send("PUT", &format!("{one}/finalize"), Some(&obj));
+            if code != 200 && code != 404 {
+                panic!("kube-testbed: finalize namespace {ns}: {code} {v}");
+            }
+            self.admin.send("DELETE", &one, None);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.admin.get(&one).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "kube-testbed: namespace {ns} is still there 10 s after it was deleted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_lines_parse_into_events() {
+        let line = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"x","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/ns1/secrets?labelSelector=owner%3Dhelm","verb":"list","user":{"username":"admin","groups":["system:masters"]},"sourceIPs":["127.0.0.1"],"userAgent":"guarded-upgrade/0.1.0","objectRef":{"resource":"secrets","namespace":"ns1","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200}}"#;
+        let started = line.replace("ResponseComplete", "ResponseStarted");
+        let events = audit::parse(&format!("{line}\n{started}\n"));
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(e.verb, "list");
+        assert_eq!(e.path(), "/api/v1/namespaces/ns1/secrets");
+        assert_eq!(e.query(), "labelSelector=owner%3Dhelm");
+        assert_eq!(e.user, "admin");
+        assert_eq!(e.code, 200);
+        assert_eq!(e.resource.as_deref(), Some("secrets"));
+        assert_eq!(e.namespace.as_deref(), Some("ns1"));
+        assert!(!e.is_write());
+        assert_eq!(e.method(), "GET");
+    }
+
+    #[test]
+    fn paths_follow_the_resource_table() {
+        assert_eq!(
+            admin::path("leases", Some("ns1"), Some("helm-lock-db")),
+            "/apis/coordination.k8s.io/v1/namespaces/ns1/leases/helm-lock-db"
+        );
+        assert_eq!(
+            admin::path("namespaces", None, Some("x")),
+            "/api/v1/namespaces/x"
+        );
+        assert_eq!(
+            admin::path("secrets", None, None),
+            "/api/v1/namespaces/default/secrets"
+        );
+    }
+}
+
+impl Plane {
+    /// Kills a process of the control plane with SIGKILL (`etcd` index 0, or
+    /// `kube-apiserver` index i) and reaps it. For fault tests holding every server.
+    pub fn kill(&self, name: &str, index: usize) {
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(child) = procs
+            .iter_mut()
+            .find(|p| p.name == name && p.index == index)
+            .and_then(|p| p.child.as_mut())
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed process again with the same flags and data, and waits until it
+    /// serves (etcd healthy, the API server ready).
+    pub fn restart(&self, name: &str, index: usize) {
+        self.kill(name, index);
+        let cmd = {
+            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            procs
+                .iter()
+                .find(|p| p.name == name && p.index == index)
+                .map(|p| p.cmd)
+                .unwrap_or_else(|| panic!("kube-testbed: no process {name} {index}"))
+        };
+        self.launch(name, cmd, index)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ready = if name == "etcd" {
+            self.wait_etcd()
+        } else {
+            self.wait_apiserver(index)
+        };
+        ready.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
