@@ -16,9 +16,11 @@ dest="$CACHE/$k8s_version"
 
 up_to_date() {
     [ -x "$dest/etcd" ] && [ -x "$dest/kube-apiserver" ] && [ -x "$dest/kubectl" ] || return 1
-    "$dest/kube-apiserver" --version 2>/dev/null | grep -qx "Kubernetes $k8s_version" || return 1
-    "$dest/etcd" --version 2>/dev/null | grep -qx "etcd Version: ${etcd_version#v}" || return 1
-    "$dest/kubectl" version --client 2>/dev/null | grep -qx "Client Version: $k8s_version" || return 1
+    # Outputs are captured first: `grep -q` closing the pipe early would fail under pipefail.
+    local out
+    out="$("$dest/kube-apiserver" --version 2>/dev/null)" && grep -qx "Kubernetes $k8s_version" <<<"$out" || return 1
+    out="$("$dest/etcd" --version 2>/dev/null)" && grep -qx "etcd Version: ${etcd_version#v}" <<<"$out" || return 1
+    out="$("$dest/kubectl" version --client 2>/dev/null)" && grep -qx "Client Version: $k8s_version" <<<"$out" || return 1
 }
 
 if up_to_date; then

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite: installs real helm 3 and 4 if missing, then runs every test
-# (unit, stand-in API tests, and end-to-end tests with real helm against the stand-in).
+# The whole test suite, on a fresh machine too: installs what the tests need when it is
+# missing (Debian's servers and tools, real helm 3.17.3/3.21.4/4.1.4/4.3.2, and etcd,
+# kube-apiserver and kubectl built from Go modules), then runs every test: unit tests,
+# the stand-in's API tests, the test bed's own tests, and the end-to-end tests with real
+# helm against the real API server (and the stand-in for fault injection).
+# Every installer is idempotent and caches outside the clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/install-test-servers.sh
 ./scripts/install-helm.sh
+./scripts/install-kube.sh >/dev/null
 cargo test --workspace --locked "$@"

@@ -195,17 +195,28 @@ pub(crate) fn parse_revision(text: &str) -> Option<u64> {
     text.parse().ok().filter(|&n| n > 0)
 }
 
-/// The items of a metadata list answer, refusing answers of the wrong shape (no `items`
-/// array, an item without `metadata`): an empty-looking list must really be empty.
+/// The items of a metadata list answer, refusing answers of the wrong shape (another kind
+/// of list, no `items`, an item without `metadata`): an empty-looking list must really be
+/// empty. kube-apiserver encodes an empty `PartialObjectMetadataList` as `"items": null` (a
+/// nil Go slice); that, and only that, is an empty list.
 fn list_items(
     kind: &'static str,
     answer: serde_json::Value,
 ) -> Result<Vec<ObjectMeta>, StoreError> {
     let malformed = |what: &str| StoreError::Malformed(format!("the {kind} list answer {what}"));
-    let items = answer
-        .get("items")
-        .and_then(|i| i.as_array())
-        .ok_or_else(|| malformed("has no items array"))?;
+    let list_kind = answer.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    let metadata_list = list_kind == "PartialObjectMetadataList";
+    if !metadata_list && list_kind != format!("{kind}List") {
+        return Err(malformed(&format!(
+            "is of kind {list_kind:?}, not a PartialObjectMetadataList"
+        )));
+    }
+    let items = match answer.get("items") {
+        Some(serde_json::Value::Array(items)) => items.as_slice(),
+        Some(serde_json::Value::Null) if metadata_list => &[],
+        Some(_) => return Err(malformed("has an items field that is not a list")),
+        None => return Err(malformed("has no items")),
+    };
     items
         .iter()
         .map(|item| {
@@ -450,20 +461,37 @@ mod tests {
 
     #[test]
     fn list_answers_of_the_wrong_shape_are_refused() {
+        let meta = |items: serde_json::Value| serde_json::json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "items": items});
         for answer in [
-            serde_json::json!({"items": null}),
+            serde_json::json!({"kind": "PartialObjectMetadataList"}),
             serde_json::json!({}),
-            serde_json::json!({"items": [{"kind": "x"}]}),
-            serde_json::json!({"items": [{"metadata": null}]}),
+            serde_json::json!({"kind": "SecretList", "items": null}),
+            serde_json::json!({"kind": "ConfigMapList", "items": []}),
+            meta(serde_json::json!({})),
+            meta(serde_json::json!([{"kind": "x"}])),
+            meta(serde_json::json!([{"metadata": null}])),
         ] {
             assert!(
-                matches!(list_items("Secret", answer), Err(StoreError::Malformed(_))),
-                "accepted"
+                matches!(
+                    list_items("Secret", answer.clone()),
+                    Err(StoreError::Malformed(_))
+                ),
+                "accepted {answer}"
             );
         }
-        assert!(list_items("Secret", serde_json::json!({"items": []}))
+        // Empty, as kube-apiserver and as a full list answer it.
+        assert!(list_items("Secret", meta(serde_json::Value::Null))
             .unwrap()
             .is_empty());
+        assert!(list_items("Secret", meta(serde_json::json!([])))
+            .unwrap()
+            .is_empty());
+        assert!(list_items(
+            "Secret",
+            serde_json::json!({"kind": "SecretList", "items": []})
+        )
+        .unwrap()
+        .is_empty());
     }
 
     #[test]

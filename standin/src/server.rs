@@ -441,7 +441,7 @@ async fn truncate(resp: Response<RespBody>) -> Response<RespBody> {
     Response::from_parts(parts, ShortBody(Some(half), pause).boxed())
 }
 
-/// Fault `WrongShape`: a successful JSON list gets `items: null`, a successful object
+/// Fault `WrongShape`: a successful JSON list loses its `items`, a successful object
 /// another name; anything else is sent unchanged.
 async fn wrong_shape(resp: Response<RespBody>) -> Response<RespBody> {
     let (parts, body) = resp.into_parts();
@@ -471,8 +471,8 @@ async fn wrong_shape(resp: Response<RespBody>) -> Response<RespBody> {
 
 /// The wrong-shaped version of a successful answer, if it has a shape to break.
 fn reshape(mut v: Value) -> Option<Value> {
-    if v.get("items").is_some_and(Value::is_array) {
-        v["items"] = Value::Null;
+    if let Some(list) = v.as_object_mut().filter(|o| o.contains_key("items")) {
+        list.remove("items");
         return Some(v);
     }
     let name = v.pointer("/metadata/name")?.as_str()?.to_string();
@@ -722,6 +722,12 @@ fn resource(ctx: Ctx<'_>, verb: &str) -> Result<Response<RespBody>, ApiError> {
             let (kind, av) = match fmt {
                 Format::Full => (format!("{}List", rt.kind), rt.api_version()),
                 Format::Metadata => ("PartialObjectMetadataList".into(), "meta.k8s.io/v1".into()),
+            };
+            // As kube-apiserver: an empty metadata list is `"items": null` (a nil Go slice),
+            // a full list always has an array.
+            let items = match fmt {
+                Format::Metadata if items.is_empty() => Value::Null,
+                _ => Value::Array(items),
             };
             Ok(json_response(
                 200,

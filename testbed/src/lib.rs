@@ -180,6 +180,15 @@ struct ServerInfo {
 
 static PLANE: OnceLock<Result<Plane, String>> = OnceLock::new();
 
+/// The plane's directory, removed at process exit (the plane itself is never dropped).
+static PLANE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_plane_dir() {
+    if let Some(dir) = PLANE_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// The control plane, started on first use (once per process). Panics with the failing
 /// binary and its last log lines when it cannot start.
 pub fn plane() -> &'static Plane {
@@ -224,6 +233,10 @@ impl Plane {
             .prefix("kube-testbed-")
             .tempdir()
             .map_err(|e| format!("kube-testbed: tempdir: {e}"))?;
+        if PLANE_DIR.set(dir.path().to_path_buf()).is_ok() {
+            // SAFETY: registers a plain extern "C" function once.
+            unsafe { libc::atexit(remove_plane_dir) };
+        }
         let pki = pki::Pki::new();
         let write = |name: &str, text: &str| {
             std::fs::write(dir.path().join(name), text)
@@ -705,6 +718,11 @@ impl Cluster {
         // A line being written as we read is cut short: keep whole lines only.
         let whole = text.rfind('\n').map(|i| &text[..=i]).unwrap_or("");
         audit::parse(whole)
+    }
+
+    /// The audit log file of this server (JSON lines).
+    pub fn audit_log(&self) -> &Path {
+        &self.plane.servers[self.index].audit_log
     }
 
     /// Forgets the requests audited so far.

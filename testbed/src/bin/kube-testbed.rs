@@ -1,0 +1,26 @@
+//! Starts the real control plane (etcd + kube-apiserver) for people and benchmarks, prints
+//! the admin kubeconfig's path, and runs until interrupted.
+//!
+//! `cargo run -p kube-testbed` (after `scripts/install-kube.sh`); `GU_KUBE_SERVERS=1` by
+//! default here, `GU_KUBE_FSYNC=1` for etcd with fsync.
+
+fn main() {
+    if std::env::var_os("GU_KUBE_SERVERS").is_none() {
+        std::env::set_var("GU_KUBE_SERVERS", "1");
+    }
+    let cluster = kube_testbed::cluster();
+    println!("kube-apiserver at {}", cluster.url());
+    println!("export KUBECONFIG={}", cluster.kubeconfig().display());
+    println!(
+        "restricted users' kubeconfigs: {}",
+        kube_testbed::RESTRICTED_USERS.join(", ")
+    );
+    for user in kube_testbed::RESTRICTED_USERS {
+        println!("  {user}: {}", cluster.kubeconfig_for(user, None).display());
+    }
+    println!("audit log: {}", cluster.audit_log().display());
+    println!("(Ctrl-C stops it)");
+    loop {
+        std::thread::park();
+    }
+}
