@@ -50,6 +50,10 @@ pub enum Policy {
 pub struct PolicyError(pub String);
 
 impl Policy {
+    /// Every policy's flag text, in help order; [`Policy::parse`] accepts exactly these.
+    pub const NAMES: &'static [&'static str] =
+        &["newer", "newer-or-equal", "newer-or-changed", "off"];
+
     /// Parses `newer`, `newer-or-equal`, `newer-or-changed` or `off`.
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         match text {
@@ -1951,6 +1955,23 @@ mod tests {
             assert_eq!(Policy::parse(p.as_str()), Ok(p));
             assert_eq!(p.to_string(), p.as_str());
         }
+        let names: Vec<&str> = [
+            Policy::Newer,
+            Policy::NewerOrEqual,
+            Policy::NewerOrChanged,
+            Policy::Off,
+        ]
+        .iter()
+        .map(Policy::as_str)
+        .collect();
+        assert_eq!(Policy::NAMES, names, "NAMES feeds help and completions");
+        assert_eq!(
+            PolicyError("x".into()).to_string(),
+            format!(
+                "unknown version policy \"x\": use one of {}",
+                Policy::NAMES.join(", ")
+            )
+        );
         assert_eq!(Policy::default(), Policy::Newer);
         let err = Policy::parse("Newer").unwrap_err().to_string();
         assert!(err.contains("newer-or-equal"), "{err}");
