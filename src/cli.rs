@@ -479,4 +479,142 @@ mod tests {
             "{help}"
         );
     }
+
+    /// The guard flags of `mode` as a sorted set of long names: what each surface must offer.
+    fn table(mode: Mode) -> std::collections::BTreeSet<String> {
+        guard_flags(mode).map(|f| f.long.to_string()).collect()
+    }
+
+    /// Long names after `--` in `text` (`--min-version-policy=[` gives `min-version-policy`).
+    fn longs_in(text: &str) -> std::collections::BTreeSet<String> {
+        text.split("--")
+            .skip(1)
+            .map(|rest| {
+                rest.chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                    .collect::<String>()
+            })
+            .filter(|long| !long.is_empty() && long != "help")
+            .collect()
+    }
+
+    #[test]
+    fn shell_completions_offer_exactly_the_guard_flags() {
+        use crate::output::completion_script;
+        let bash = completion_script(CompletionTarget::Bash);
+        let zsh = completion_script(CompletionTarget::Zsh);
+        let fish = completion_script(CompletionTarget::Fish);
+        for mode in [Mode::Upgrade, Mode::Check] {
+            let verb = mode.verb();
+            let state = format!("guarded__upgrade__subcmd__{verb})");
+            let opts = bash
+                .split(&state)
+                .nth(1)
+                .and_then(|rest| rest.lines().find(|l| l.trim_start().starts_with("opts=")))
+                .unwrap_or_else(|| panic!("bash: no {state}"));
+            assert_eq!(longs_in(opts), table(mode), "bash {verb}");
+            // zsh: the first `(verb)` block is the command's own (later ones: `help verb`).
+            let block = zsh
+                .split(&format!("({verb})\n"))
+                .nth(1)
+                .and_then(|rest| rest.split(";;").next())
+                .unwrap_or_else(|| panic!("zsh: no ({verb})"));
+            assert_eq!(longs_in(block), table(mode), "zsh {verb}");
+            let condition = format!("__fish_guarded_upgrade_using_subcommand {verb}\"");
+            let fish_longs: std::collections::BTreeSet<String> = fish
+                .lines()
+                .filter(|l| l.contains(&condition))
+                .filter_map(|l| l.split(" -l ").nth(1)?.split(' ').next())
+                .filter(|long| *long != "help")
+                .map(str::to_string)
+                .collect();
+            assert_eq!(fish_longs, table(mode), "fish {verb}");
+        }
+    }
+
+    #[test]
+    fn man_pages_document_every_guard_flag_and_choice() {
+        for mode in [Mode::Upgrade, Mode::Check] {
+            let page = command().find_subcommand(mode.verb()).unwrap().clone();
+            let mut roff = Vec::new();
+            clap_mangen::Man::new(page).render(&mut roff).unwrap();
+            let roff = String::from_utf8(roff).unwrap().replace("\\-", "-");
+            assert_eq!(
+                longs_in(&roff).intersection(&table(Mode::Check)).count(),
+                table(mode).len()
+            );
+            for flag in guard_flags(mode) {
+                if let Takes::Value { choices, .. } = flag.takes {
+                    for choice in choices {
+                        assert!(roff.contains(choice), "man {}: {choice}", mode.verb());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The README's guard flag table names exactly the flags of `upgrade`, and every
+    /// choice of a flag with a closed set of values.
+    #[test]
+    fn readme_guard_flag_table_matches_the_table() {
+        let readme = include_str!("../README.md");
+        let rows: Vec<&str> = readme
+            .split("Guard flags (removed before helm sees the argv")
+            .nth(1)
+            .expect("README: guard flag section")
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .collect();
+        let first_column = |row: &str| row.split(" | ").next().unwrap_or_default().to_string();
+        let named: std::collections::BTreeSet<String> = rows
+            .iter()
+            .flat_map(|r| longs_in(&first_column(r)))
+            .collect();
+        assert_eq!(named, table(Mode::Upgrade), "README guard flag table");
+        for flag in guard_flags(Mode::Upgrade) {
+            if let Takes::Value { choices, .. } = flag.takes {
+                let row = rows
+                    .iter()
+                    .map(|r| first_column(r))
+                    .find(|c| longs_in(c).contains(flag.long))
+                    .unwrap();
+                for choice in choices {
+                    assert!(
+                        row.contains(choice),
+                        "README --{}: {choice} missing",
+                        flag.long
+                    );
+                }
+            }
+        }
+    }
+
+    /// docs/shim.md's settings table pairs each variable with its flag as the table does.
+    #[test]
+    fn shim_doc_lists_every_setting_with_its_flag() {
+        let doc = include_str!("../docs/shim.md");
+        let rows: std::collections::BTreeSet<(String, String)> = doc
+            .lines()
+            .filter(|l| l.starts_with("| `GUARDED_UPGRADE_"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split(" | ").collect();
+                (
+                    cells[0]
+                        .trim_start_matches("| ")
+                        .trim_matches('`')
+                        .to_string(),
+                    cells[1]
+                        .trim_matches('`')
+                        .trim_start_matches("--")
+                        .to_string(),
+                )
+            })
+            .collect();
+        let want: std::collections::BTreeSet<(String, String)> = crate::shim::settings()
+            .map(|(var, flag)| (var.to_string(), flag.long.to_string()))
+            .collect();
+        assert_eq!(rows, want, "docs/shim.md settings table");
+    }
 }

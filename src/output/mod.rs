@@ -223,6 +223,11 @@ pub(crate) fn locks(rows: &[LockRow], scope: &str, format: OutputFormat) {
 
 /// `completions SHELL`: the script, generated from the clap definitions.
 pub(crate) fn completions(target: crate::cli::CompletionTarget) {
+    print!("{}", completion_script(target));
+}
+
+/// The completion script (or `completion.yaml`) for `target`.
+pub(crate) fn completion_script(target: crate::cli::CompletionTarget) -> String {
     use crate::cli::CompletionTarget as T;
     use clap_complete::Shell;
     let shell = match target {
@@ -231,10 +236,7 @@ pub(crate) fn completions(target: crate::cli::CompletionTarget) {
         T::Fish => Shell::Fish,
         T::Elvish => Shell::Elvish,
         T::Powershell => Shell::PowerShell,
-        T::HelmPlugin => {
-            print!("{}", helm_plugin_completion());
-            return;
-        }
+        T::HelmPlugin => return helm_plugin_completion(),
     };
     let mut cmd = crate::cli::command();
     let mut script = Vec::new();
@@ -246,7 +248,7 @@ pub(crate) fn completions(target: crate::cli::CompletionTarget) {
         // arms with the loop. A no-op once clap_complete is fixed; e2e-tested.
         script = script.replace("guarded__subcmd__upgrade", "guarded__upgrade");
     }
-    print!("{script}");
+    script
 }
 
 /// `man`: the roff page, generated from the clap definitions, on stdout; with `dir`, one
