@@ -12,58 +12,13 @@
 //! error before any I/O, with a "did you mean" suggestion, so a misspelt guard
 //! flag never reaches helm after the mutex is taken.
 
-use std::time::Duration;
+use crate::decision::PolicyError;
+use crate::flags::{
+    self, guard_flag, guard_flags, helm_flag, helm_short, Arity, BadValue, GuardFlag, Takes,
+    HELM_FLAGS,
+};
 
-use crate::decision::{Policy, PolicyError};
-
-/// Which subcommand the arguments belong to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `guarded-upgrade upgrade`: `-o/--output` belong to helm.
-    Upgrade,
-    /// `guarded-upgrade check`: `-o/--output` select our decision format.
-    Check,
-}
-
-impl Mode {
-    /// The subcommand's name.
-    fn verb(self) -> &'static str {
-        match self {
-            Mode::Upgrade => "upgrade",
-            Mode::Check => "check",
-        }
-    }
-}
-
-/// Our own flags, removed from the helm command line.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GuardOptions {
-    /// `--min-version-policy newer|newer-or-equal|off`.
-    pub policy: Policy,
-    /// `--allow-chart-change`.
-    pub allow_chart_change: bool,
-    /// `--helm PATH`: the helm binary to run.
-    pub helm: Option<String>,
-    /// Decision format `text` or `json`: `--decision-output` (both modes) or
-    /// `-o/--output` (check mode only).
-    pub output: Option<String>,
-    /// `--decision-file PATH`: also write the decision there.
-    pub decision_file: Option<String>,
-    /// `--detailed-exitcode`: distinct exit codes for skip outcomes.
-    pub detailed_exitcode: bool,
-    /// `--no-serialize`: do not take the per-release lease.
-    pub no_serialize: bool,
-    /// `--lock-timeout DURATION`.
-    pub lock_timeout: Option<Duration>,
-    /// `--recover-pending-after DURATION`.
-    pub recover_pending_after: Option<Duration>,
-    /// `--lease-duration D`: duration of the mutex Lease.
-    pub lease_duration: Option<Duration>,
-    /// `--no-annotations`: no CI annotations, step summary or log sections.
-    pub no_annotations: bool,
-    /// `--compare chart-version|app-version|value:PATH`.
-    pub compare: crate::decision::CompareKey,
-}
+pub use crate::flags::{GuardOptions, Mode};
 
 /// The helm flags our decision needs; everything stays in `helm_args` too.
 /// Repeated flags: the last one wins, as in pflag.
@@ -175,9 +130,14 @@ pub enum ArgvError {
         /// What is allowed.
         expected: &'static str,
     },
-    /// `--min-version-policy` has an unknown value.
-    #[error("--min-version-policy: {0}")]
-    Policy(#[from] PolicyError),
+    /// An unknown version policy.
+    #[error("{flag}: {source}")]
+    Policy {
+        /// The flag (or shim variable) as written.
+        flag: String,
+        /// The refused policy.
+        source: PolicyError,
+    },
     /// RELEASE and/or CHART missing.
     #[error("missing {missing}: usage is `{verb} [flags] RELEASE CHART`")]
     MissingPositional {
@@ -215,13 +175,15 @@ pub enum ArgvError {
     /// A short flag neither helm upgrade nor the guard knows.
     #[error(
         "unknown shorthand flag -{shorthand} in argument {position} (counting from 1 after the \
-         subcommand); known shorthands: -f, -h, -i, -l, -n, -o, -v"
+         subcommand); known shorthands: {known}"
     )]
     UnknownShorthand {
         /// The unknown letter.
         shorthand: char,
         /// 1-based position of the argument.
         position: usize,
+        /// The shorthands the command line takes, `-f, -h, …`.
+        known: String,
     },
     /// Two guard flags that contradict each other.
     #[error("{flag} cannot be combined with {other}: {why}")]
@@ -241,188 +203,18 @@ pub enum ArgvError {
     },
 }
 
-/// What kind of value a flag takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Arity {
-    /// Next argument or `=value`.
-    Value,
-    /// Boolean; `=true|false` optional.
-    Bool,
-    /// Value only with `=`.
-    Optional,
-}
-
-/// helm upgrade (3 and 4) and global flags that take a value.
-const HELM_VALUE_FLAGS: &[&str] = &[
-    "burst-limit",
-    "ca-file",
-    "cert-file",
-    "color",
-    "colour",
-    "content-cache",
-    "description",
-    "history-max",
-    "key-file",
-    "keyring",
-    "kube-apiserver",
-    "kube-as-group",
-    "kube-as-user",
-    "kube-ca-file",
-    "kube-context",
-    "kube-tls-server-name",
-    "kube-token",
-    "kubeconfig",
-    "labels",
-    "namespace",
-    "output",
-    "password",
-    "post-renderer",
-    "post-renderer-args",
-    "qps",
-    "registry-config",
-    "repo",
-    "repository-cache",
-    "repository-config",
-    "server-side",
-    "set",
-    "set-file",
-    "set-json",
-    "set-literal",
-    "set-string",
-    "timeout",
-    "username",
-    "values",
-    "version",
-    // hidden klog flags helm registers
-    "log-backtrace-at",
-    "log-dir",
-    "log-file",
-    "log-file-max-size",
-    "stderrthreshold",
-    "v",
-    "vmodule",
-];
-
-/// helm upgrade (3 and 4) and global boolean flags, hidden ones included (helm 3's
-/// deprecated `--recreate-pods`, the klog flags).
-const HELM_BOOL_FLAGS: &[&str] = &[
-    "atomic",
-    "cleanup-on-fail",
-    "create-namespace",
-    "debug",
-    "dependency-update",
-    "devel",
-    "disable-openapi-validation",
-    "enable-dns",
-    "force",
-    "force-conflicts",
-    "force-replace",
-    "help",
-    "hide-notes",
-    "hide-secret",
-    "insecure-skip-tls-verify",
-    "install",
-    "kube-insecure-skip-tls-verify",
-    "no-hooks",
-    "pass-credentials",
-    "plain-http",
-    "recreate-pods",
-    "render-subchart-notes",
-    "reset-then-reuse-values",
-    "reset-values",
-    "reuse-values",
-    "rollback-on-failure",
-    "skip-crds",
-    "skip-schema-validation",
-    "take-ownership",
-    "verify",
-    "wait-for-jobs",
-    // hidden klog flags helm registers
-    "add-dir-header",
-    "alsologtostderr",
-    "logtostderr",
-    "one-output",
-    "skip-headers",
-    "skip-log-headers",
-];
-
-/// Flags whose value is optional and only given with `=`.
-const HELM_OPTIONAL_FLAGS: &[&str] = &["dry-run", "wait"];
-
-/// Short flags taking a value, with their long names.
-const HELM_VALUE_SHORTS: &[(char, &str)] = &[
-    ('f', "values"),
-    ('l', "labels"),
-    ('n', "namespace"),
-    ('o', "output"),
-    // klog's `v`, registered by helm as a Go flag, hence also `-v`.
-    ('v', "v"),
-];
-
-/// Short boolean flags, with their long names.
-const HELM_BOOL_SHORTS: &[(char, &str)] = &[('i', "install"), ('h', "help")];
-
-/// Our long flags, by mode.
-fn guard_flag(name: &str, mode: Mode) -> Option<Arity> {
-    match name {
-        "min-version-policy"
-        | "helm"
-        | "decision-output"
-        | "decision-file"
-        | "lock-timeout"
-        | "recover-pending-after"
-        | "lease-duration"
-        | "compare" => Some(Arity::Value),
-        "allow-chart-change" | "detailed-exitcode" | "no-serialize" | "no-annotations" => {
-            Some(Arity::Bool)
-        }
-        "output" if mode == Mode::Check => Some(Arity::Value),
-        _ => None,
-    }
-}
-
-/// Our long flags, for suggestions.
-const GUARD_FLAGS: &[&str] = &[
-    "min-version-policy",
-    "helm",
-    "decision-output",
-    "decision-file",
-    "lock-timeout",
-    "recover-pending-after",
-    "lease-duration",
-    "allow-chart-change",
-    "detailed-exitcode",
-    "no-serialize",
-];
-
-fn helm_flag(name: &str) -> Option<Arity> {
-    if HELM_VALUE_FLAGS.contains(&name) {
-        Some(Arity::Value)
-    } else if HELM_OPTIONAL_FLAGS.contains(&name) {
-        Some(Arity::Optional)
-    } else if HELM_BOOL_FLAGS.contains(&name) {
-        Some(Arity::Bool)
-    } else {
-        None
-    }
-}
-
 /// Every long flag (without `--`) passed through to helm: the union of helm 3.17.3's and
 /// 4.1.4's `helm upgrade` flags, global and hidden ones included. Public so tests can
 /// compare it with what the real helm binaries accept.
 pub fn helm_long_flags() -> impl Iterator<Item = &'static str> {
-    HELM_VALUE_FLAGS
-        .iter()
-        .chain(HELM_OPTIONAL_FLAGS)
-        .chain(HELM_BOOL_FLAGS)
-        .copied()
+    HELM_FLAGS.iter().map(|f| f.long)
 }
 
-/// The known long flag closest to `name`, when it is close enough to be a typo.
-fn suggest(name: &str) -> Option<String> {
+/// The known long flag of `mode` closest to `name`, when it is close enough to be a typo.
+fn suggest(name: &str, mode: Mode) -> Option<String> {
     let limit = if name.chars().count() >= 8 { 3 } else { 2 };
     helm_long_flags()
-        .chain(GUARD_FLAGS.iter().copied())
+        .chain(guard_flags(mode).map(|f| f.long))
         .map(|known| (edit_distance(name, known), known))
         .filter(|(d, _)| *d <= limit)
         .min()
@@ -457,16 +249,23 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     d[a.len()][b.len()]
 }
 
-/// pflag's `strconv.ParseBool`.
+/// A switch's `=value` given to helm's `flag`, read as pflag reads it.
 fn parse_bool(flag: &str, value: &str) -> Result<bool, ArgvError> {
-    match value {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        _ => Err(ArgvError::InvalidValue {
+    flags::parse_bool(value).map_err(|bad| invalid_value(flag, value, bad))
+}
+
+/// The usage error for `value` refused by the guard flag, helm flag or shim variable `flag`.
+pub(crate) fn invalid_value(flag: &str, value: &str, bad: BadValue) -> ArgvError {
+    match bad {
+        BadValue::Expected(expected) => ArgvError::InvalidValue {
             flag: flag.to_string(),
             value: value.to_string(),
-            expected: "true or false",
-        }),
+            expected,
+        },
+        BadValue::Policy(source) => ArgvError::Policy {
+            flag: flag.to_string(),
+            source,
+        },
     }
 }
 
@@ -496,17 +295,17 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
                 None => (body, None),
             };
             let flag = format!("--{name}");
-            if let Some(arity) = guard_flag(name, mode) {
-                let value = match arity {
-                    Arity::Value => Some(take_value(&flag, inline, args, &mut i)?),
-                    _ => inline.map(str::to_string),
+            if let Some(guard_flag) = guard_flag(name, mode) {
+                let value = match guard_flag.takes {
+                    Takes::Value { .. } => Some(take_value(&flag, inline, args, &mut i)?),
+                    Takes::Switch => inline.map(str::to_string),
                 };
-                apply_guard(&mut guard, name, &flag, value)?;
+                apply_guard(&mut guard, guard_flag, &flag, value)?;
                 continue;
             }
-            let Some(arity) = helm_flag(name) else {
+            let Some(arity) = helm_flag(name).map(|f| f.arity) else {
                 return Err(ArgvError::UnknownFlag {
-                    suggestion: suggest(name),
+                    suggestion: suggest(name, mode),
                     flag,
                 });
             };
@@ -611,41 +410,6 @@ fn check_guard(guard: &GuardOptions) -> Result<(), ArgvError> {
     Ok(())
 }
 
-/// The shortest Lease: it is renewed every third of its duration, and a renewal must fit
-/// in that time even on a loaded API server.
-const MIN_LEASE_DURATION: Duration = Duration::from_secs(3);
-
-/// Which guard duration a value is for: the mutex Lease has a lower bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DurationKind {
-    /// `--lock-timeout`, `--recover-pending-after`.
-    Wait,
-    /// `--lease-duration`: at least [`MIN_LEASE_DURATION`].
-    Lease,
-}
-
-/// A guard duration (`90s`, `5m`, `2h`, `1d`) given to `flag` (a flag, or the shim's
-/// variable).
-pub(crate) fn guard_duration(
-    flag: &str,
-    value: &str,
-    kind: DurationKind,
-) -> Result<Duration, ArgvError> {
-    let invalid = |expected| ArgvError::InvalidValue {
-        flag: flag.to_string(),
-        value: value.to_string(),
-        expected,
-    };
-    let d = crate::time::parse_duration(value)
-        .ok_or_else(|| invalid("a duration such as 90s, 5m, 2h or 1d"))?;
-    if kind == DurationKind::Lease && d < MIN_LEASE_DURATION {
-        return Err(invalid(
-            "a duration of at least 3s (the Lease is renewed every third of it)",
-        ));
-    }
-    Ok(d)
-}
-
 /// Value of a value flag: inline `=value`, else the next argument whatever
 /// it looks like (pflag takes `--set -x` as the value `-x`).
 fn take_value(
@@ -691,99 +455,76 @@ fn split_shorts(
     helm_args: &mut Vec<String>,
 ) -> Result<(), ArgvError> {
     let shorts = &arg[1..];
-    if mode == Mode::Check && shorts.starts_with('o') {
-        // Our `-o json`, `-ojson` or `-o=json`.
-        let rest = &shorts[1..];
-        let value = take_value("-o", short_inline(rest), args, i)?;
-        return apply_guard(guard, "output", "-o", Some(value));
+    let guard_short = |c: char| guard_flags(mode).find(|f| f.short == Some(c));
+    if let Some(flag) = shorts.chars().next().and_then(guard_short) {
+        // Ours, written alone: `-o json`, `-ojson` or `-o=json`.
+        let written = format!("-{}", &shorts[..1]);
+        let value = match flag.takes {
+            Takes::Value { .. } => Some(take_value(&written, short_inline(&shorts[1..]), args, i)?),
+            Takes::Switch => None,
+        };
+        return apply_guard(guard, flag, &written, value);
     }
     helm_args.push(arg.to_string());
     for (pos, c) in shorts.char_indices() {
         let rest = &shorts[pos + c.len_utf8()..];
-        if let Some((_, long)) = HELM_VALUE_SHORTS.iter().find(|(s, _)| *s == c) {
-            if mode == Mode::Check && c == 'o' {
-                return Err(ArgvError::CombinedShortGuard {
-                    arg: arg.to_string(),
-                });
-            }
-            let inline = short_inline(rest);
-            let value = take_value(&format!("-{c}"), inline, args, i)?;
-            if inline.is_none() {
-                helm_args.push(value.clone());
-            }
-            record_helm_value(helm, long, value);
-            return Ok(());
+        if guard_short(c).is_some() {
+            return Err(ArgvError::CombinedShortGuard {
+                arg: arg.to_string(),
+            });
         }
-        if let Some((_, long)) = HELM_BOOL_SHORTS.iter().find(|(s, _)| *s == c) {
-            // `-i=false` sets the value; `-ih` is two booleans.
-            if let Some(v) = rest.strip_prefix('=') {
-                return record_helm_bool(helm, long, &format!("-{c}"), Some(v));
+        let Some(helm_flag) = helm_short(c) else {
+            return Err(ArgvError::UnknownShorthand {
+                shorthand: c,
+                position,
+                known: known_shorthands(mode),
+            });
+        };
+        let written = format!("-{c}");
+        match helm_flag.arity {
+            Arity::Value | Arity::Optional => {
+                let inline = short_inline(rest);
+                let value = take_value(&written, inline, args, i)?;
+                if inline.is_none() {
+                    helm_args.push(value.clone());
+                }
+                record_helm_value(helm, helm_flag.long, value);
+                return Ok(());
             }
-            record_helm_bool(helm, long, &format!("-{c}"), None)?;
-            continue;
+            Arity::Bool => {
+                // `-i=false` sets the value; `-ih` is two booleans.
+                if let Some(v) = rest.strip_prefix('=') {
+                    return record_helm_bool(helm, helm_flag.long, &written, Some(v));
+                }
+                record_helm_bool(helm, helm_flag.long, &written, None)?;
+            }
         }
-        return Err(ArgvError::UnknownShorthand {
-            shorthand: c,
-            position,
-        });
     }
     Ok(())
 }
 
+/// `-f, -h, -i, …`: every one-letter flag of `mode`'s command line, helm's and ours.
+fn known_shorthands(mode: Mode) -> String {
+    let mut shorts: Vec<char> = HELM_FLAGS
+        .iter()
+        .filter_map(|f| f.short)
+        .chain(guard_flags(mode).filter_map(|f| f.short))
+        .collect();
+    shorts.sort_unstable();
+    shorts.dedup();
+    let shorts: Vec<String> = shorts.iter().map(|c| format!("-{c}")).collect();
+    shorts.join(", ")
+}
+
+/// Stores a guard flag's value; a switch given without `=value` has none.
 fn apply_guard(
     guard: &mut GuardOptions,
-    name: &str,
-    flag: &str,
+    flag: &GuardFlag,
+    written: &str,
     value: Option<String>,
 ) -> Result<(), ArgvError> {
-    let bool_value = |v: Option<String>| match v {
-        None => Ok(true),
-        Some(v) => parse_bool(flag, &v),
-    };
-    match name {
-        "min-version-policy" => guard.policy = Policy::parse(value.as_deref().unwrap_or(""))?,
-        "helm" => guard.helm = value,
-        "decision-output" | "output" => {
-            let v = value.unwrap_or_default();
-            if v != "text" && v != "json" {
-                return Err(ArgvError::InvalidValue {
-                    flag: flag.to_string(),
-                    value: v,
-                    expected: "text or json",
-                });
-            }
-            guard.output = Some(v);
-        }
-        "decision-file" => guard.decision_file = value,
-        "lock-timeout" | "recover-pending-after" | "lease-duration" => {
-            let text = value.as_deref().unwrap_or_default();
-            match name {
-                "lock-timeout" => {
-                    guard.lock_timeout = Some(guard_duration(flag, text, DurationKind::Wait)?)
-                }
-                "recover-pending-after" => {
-                    guard.recover_pending_after =
-                        Some(guard_duration(flag, text, DurationKind::Wait)?)
-                }
-                _ => guard.lease_duration = Some(guard_duration(flag, text, DurationKind::Lease)?),
-            }
-        }
-        "compare" => {
-            let text = value.unwrap_or_default();
-            guard.compare =
-                crate::decision::CompareKey::parse(&text).map_err(|_| ArgvError::InvalidValue {
-                    flag: flag.to_string(),
-                    value: text,
-                    expected: "chart-version, app-version or value:PATH (e.g. value:image.tag)",
-                })?;
-        }
-        "allow-chart-change" => guard.allow_chart_change = bool_value(value)?,
-        "detailed-exitcode" => guard.detailed_exitcode = bool_value(value)?,
-        "no-serialize" => guard.no_serialize = bool_value(value)?,
-        "no-annotations" => guard.no_annotations = bool_value(value)?,
-        _ => {}
-    }
-    Ok(())
+    (flag.apply)(guard, value.as_deref())
+        .map_err(|bad| invalid_value(written, value.as_deref().unwrap_or_default(), bad))
 }
 
 fn record_helm_value(helm: &mut HelmFlags, name: &str, value: String) {
@@ -844,6 +585,8 @@ fn record_helm_bool(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::Policy;
+    use std::time::Duration;
 
     fn argv(line: &str) -> Vec<String> {
         line.split_whitespace().map(str::to_string).collect()
@@ -1131,7 +874,10 @@ mod tests {
             (
                 "db chart --min-version-policy newest",
                 Mode::Upgrade,
-                ArgvError::Policy(PolicyError("newest".into())),
+                ArgvError::Policy {
+                    flag: "--min-version-policy".into(),
+                    source: PolicyError("newest".into()),
+                },
             ),
             (
                 "db chart --decision-output yaml",

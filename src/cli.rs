@@ -2,27 +2,14 @@
 //! verbatim (split later by the plan step); the lock commands are ordinary clap commands
 //! whose values are typed here.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::PossibleValuesParser;
+use clap::{Arg, ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::cluster::ClusterFlags;
 use crate::decision::CompareKey;
+use crate::flags::{guard_flags, Mode, Takes};
 use crate::time::parse_duration;
 use crate::version::{ChartVersion, Constraint};
-
-/// The guard's own long flags of `upgrade`/`check` (the rest of their argv is helm's).
-pub const GUARD_LONG_FLAGS: &[&str] = &[
-    "min-version-policy",
-    "allow-chart-change",
-    "helm",
-    "decision-file",
-    "decision-output",
-    "detailed-exitcode",
-    "no-serialize",
-    "lock-timeout",
-    "recover-pending-after",
-    "lease-duration",
-    "no-annotations",
-];
 
 /// Flags that ask for help in a pass-through command.
 pub(crate) const HELP_FLAGS: [&str; 2] = ["-h", "--help"];
@@ -37,43 +24,21 @@ Exit codes:
 With --detailed-exitcode: 10 = skipped (nothing changed), 11 = helm ran and succeeded
 (`check`: would install or upgrade); 2, 3 and helm's codes are unchanged.";
 
-const GUARD_FLAGS: &str = "\
-Usage: guarded-upgrade upgrade [--install|-i] RELEASE CHART [helm upgrade flags...] [guard flags...]
-
+/// What `upgrade --help` says besides its flags (which come from the guard flag table).
+const UPGRADE_HELP: &str = "\
 Every helm flag is passed to `helm upgrade --install` unchanged and in order (see
-`helm upgrade --help`); only the guard flags below are removed. The target version comes
+`helm upgrade --help`); only the guard flags above are removed. The target version comes
 from the local chart (directory or .tgz), an exact --version, or what helm would pick
 (`helm show chart` with your repo/--version/--devel flags). Cluster, namespace and storage
 follow helm: -n/--namespace, --kube-context, --kubeconfig, HELM_NAMESPACE,
-HELM_KUBECONTEXT, KUBECONFIG, HELM_DRIVER (secret or configmap).
-
-Guard flags:
-      --min-version-policy POLICY  newer (default): target must be greater than the deployed
-                                   chart version; newer-or-equal: also re-apply the same
-                                   version; off: no version guard (locks still apply)
-      --allow-chart-change         permit a different chart name than the deployed one
-      --helm PATH                  helm binary (default: $HELM_BIN, else `helm` on PATH)
-      --decision-file PATH         write the decision as one JSON object to PATH (`-`: stderr)
-      --decision-output text|json  json: also print the decision JSON on stderr (helm owns
-                                   stdout); `check` prints it on stdout
-      --detailed-exitcode          distinct exit codes for skipped (10) and changed (11)
-      --no-serialize               do not take the per-release cluster mutex
-      --lock-timeout DURATION      how long to wait for another run's mutex (default 5m)
-      --recover-pending-after D    mark a stale pending-* record failed when no live run
-                                   holds the mutex and the record is older than D
-      --lease-duration D           duration of the mutex Lease, renewed every third of it
-                                   (default 15s; a crashed holder is taken over after it)
-      --no-annotations             no GitHub Actions annotations or step summary, no GitLab
-                                   log sections (see docs/ci.md)
-  -h, --help                       this help
+HELM_KUBECONTEXT, KUBECONFIG, HELM_DRIVER (secret, configmap, or sql with
+HELM_DRIVER_SQL_CONNECTION_STRING).
 ";
 
-const CHECK_FLAGS: &str = "\
-Usage: guarded-upgrade check RELEASE CHART [helm upgrade flags...] [guard flags...]
-
+/// What `check --help` adds.
+const CHECK_HELP: &str = "\
 Makes exactly the decision `upgrade` would, prints it, and never runs `helm upgrade` nor
-writes to the cluster. Takes the same flags as `upgrade`, plus:
-  -o, --output text|json           json: print the decision as one JSON object on stdout
+writes to the cluster. Takes the same flags as `upgrade`, plus -o/--output.
 ";
 
 /// `--version`: the crate version and the git commit it was built from (`build.rs`).
@@ -101,7 +66,7 @@ pub enum Command {
     #[command(
         disable_help_flag = true,
         override_usage = "guarded-upgrade upgrade [--install|-i] RELEASE CHART [helm flags...] [guard flags...]",
-        after_long_help = format!("{GUARD_FLAGS}\n{EXIT_CODES}")
+        after_long_help = format!("{UPGRADE_HELP}\n{EXIT_CODES}")
     )]
     Upgrade {
         /// RELEASE CHART and helm/guard flags, passed through
@@ -112,7 +77,7 @@ pub enum Command {
     #[command(
         disable_help_flag = true,
         override_usage = "guarded-upgrade check RELEASE CHART [helm flags...] [guard flags...] [-o json]",
-        after_long_help = format!("{CHECK_FLAGS}\n{GUARD_FLAGS}\n{EXIT_CODES}")
+        after_long_help = format!("{CHECK_HELP}\n{UPGRADE_HELP}\n{EXIT_CODES}")
     )]
     Check {
         /// RELEASE CHART and helm/guard flags
@@ -136,7 +101,7 @@ pub enum Command {
     #[command(
         disable_help_flag = true,
         override_usage = "guarded-upgrade helm -- HELM_ARGS...",
-        after_long_help = SHIM_HELP
+        after_long_help = shim_help()
     )]
     Helm {
         /// helm's own command line
@@ -164,26 +129,71 @@ pub enum Command {
     },
 }
 
-const SHIM_HELP: &str = "\
+/// `helm --help`: the routing, and the settings from the guard flag table.
+fn shim_help() -> String {
+    use std::fmt::Write as _;
+    let mut help = String::from(
+        "\
 The argv is helm's: `--install` is not added, guard flags are not read. `helm upgrade` is
 guarded (skips print a `skip:` line and exit 0); every other command runs the real helm
-with stdin, stdout, stderr and exit code untouched. The real helm is $GUARDED_UPGRADE_HELM,
-else the next `helm` on PATH that is not this binary.
+with stdin, stdout, stderr and exit code untouched.
 
-Guard settings (environment):
-  GUARDED_UPGRADE_POLICY                 newer (default), newer-or-equal, newer-or-changed, off
-  GUARDED_UPGRADE_ALLOW_CHART_CHANGE     true/false
-  GUARDED_UPGRADE_DECISION_FILE          path, or - for stderr
-  GUARDED_UPGRADE_DECISION_OUTPUT        text (default) or json (on stderr)
-  GUARDED_UPGRADE_DETAILED_EXITCODE      true/false
-  GUARDED_UPGRADE_NO_SERIALIZE           true/false
-  GUARDED_UPGRADE_LOCK_TIMEOUT           duration (default 5m)
-  GUARDED_UPGRADE_LEASE_DURATION         duration (default 15s)
-  GUARDED_UPGRADE_RECOVER_PENDING_AFTER  duration
-  GUARDED_UPGRADE_NO_ANNOTATIONS         true/false
-  GUARDED_UPGRADE_COMPARE                chart-version (default), app-version, value:PATH
-  GUARDED_UPGRADE_HELM                   the real helm binary
-Any other GUARDED_UPGRADE_* variable is a usage error (exit 2).";
+Guard settings (environment), one per guard flag of `upgrade`:
+",
+    );
+    let settings: Vec<_> = crate::shim::settings().collect();
+    let width = settings.iter().map(|(var, _)| var.len()).max().unwrap_or(0);
+    for (var, flag) in settings {
+        let value = match flag.takes {
+            Takes::Switch => "true/false".to_string(),
+            Takes::Value { name, choices: [] } => name.to_string(),
+            Takes::Value { choices, .. } => choices.join("|"),
+        };
+        let _ = writeln!(help, "  {var:<width$}  {value}: as --{}", flag.long);
+    }
+    help.push_str("Any other GUARDED_UPGRADE_* variable is a usage error (exit 2).");
+    help
+}
+
+/// The whole command line for help, man pages and completions: the clap definitions, with
+/// the guard flags of `upgrade` and `check` added from their table. Parsing uses
+/// [`Cli`] alone, because those two take helm's argv verbatim and split it by pflag's rules
+/// (`argv::split`), which clap cannot do.
+pub fn command() -> clap::Command {
+    // `mut_subcommands` keeps the subcommands in place (`mut_subcommand` moves them last).
+    <Cli as clap::CommandFactory>::command().mut_subcommands(|c| match c.get_name() {
+        "upgrade" => with_guard_flags(c, Mode::Upgrade),
+        "check" => with_guard_flags(c, Mode::Check),
+        _ => c,
+    })
+}
+
+fn with_guard_flags(command: clap::Command, mode: Mode) -> clap::Command {
+    let flags = guard_flags(mode).map(|flag| {
+        let arg = Arg::new(flag.long).long(flag.long).help(flag.help);
+        let arg = match flag.short {
+            Some(c) => arg.short(c),
+            None => arg,
+        };
+        match flag.takes {
+            Takes::Switch => arg.action(ArgAction::SetTrue),
+            Takes::Value { name, choices } => {
+                let arg = arg.value_name(name).action(ArgAction::Set);
+                match choices {
+                    [] => arg,
+                    _ => arg.value_parser(PossibleValuesParser::new(choices)),
+                }
+            }
+        }
+    });
+    command.args(flags).arg(
+        Arg::new("help")
+            .short('h')
+            .long("help")
+            .help("Print help")
+            .action(ArgAction::Help),
+    )
+}
 
 impl Command {
     /// The raw argv of `upgrade`/`check`, with the subcommand name.
@@ -382,21 +392,229 @@ mod tests {
         );
     }
 
-    #[test]
-    fn help_documents_every_guard_flag_and_exit_code() {
-        let help = Cli::command()
-            .find_subcommand_mut("upgrade")
+    fn long_help(verb: &str) -> String {
+        command()
+            .find_subcommand_mut(verb)
             .unwrap()
             .render_long_help()
-            .to_string();
-        for flag in GUARD_LONG_FLAGS {
-            assert!(
-                help.contains(&format!("--{flag} ")),
-                "--{flag} missing from upgrade --help"
+            .to_string()
+    }
+
+    #[test]
+    fn documented_command_is_well_formed() {
+        command().debug_assert();
+    }
+
+    /// `upgrade --help` and `check --help` name every guard flag of the table with its
+    /// value and every choice, every storage driver, and the exit codes; `Usage:` once.
+    #[test]
+    fn help_documents_every_guard_flag_policy_driver_and_exit_code() {
+        for mode in [Mode::Upgrade, Mode::Check] {
+            let verb = mode.verb();
+            let help = long_help(verb);
+            let lines: Vec<&str> = help.lines().map(str::trim).collect();
+            for flag in guard_flags(mode) {
+                let mut want = match flag.short {
+                    Some(c) => format!("-{c}, --{}", flag.long),
+                    None => format!("--{}", flag.long),
+                };
+                if let Takes::Value { name, choices } = flag.takes {
+                    want.push_str(&format!(" <{name}>"));
+                    let listed = format!("[possible values: {}]", choices.join(", "));
+                    assert!(
+                        choices.is_empty() || lines.contains(&listed.as_str()),
+                        "{verb} --help: {listed} missing"
+                    );
+                }
+                assert!(
+                    lines.contains(&want.as_str()),
+                    "{verb} --help: {want:?} missing"
+                );
+                assert!(
+                    lines.contains(&flag.help),
+                    "{verb} --help: help of --{}",
+                    flag.long
+                );
+            }
+            for driver in [
+                "secret",
+                "configmap",
+                "sql",
+                "HELM_DRIVER_SQL_CONNECTION_STRING",
+            ] {
+                assert!(help.contains(driver), "{verb} --help: {driver} missing");
+            }
+            for code in [
+                "0   done",
+                "2   usage error",
+                "3   refused",
+                "10 = skipped",
+                "11 = helm ran",
+            ] {
+                assert!(help.contains(code), "{code:?} missing from {verb} --help");
+            }
+            assert_eq!(help.matches("Usage:").count(), 1, "{verb} --help:\n{help}");
+        }
+        assert!(
+            !long_help("upgrade").contains("--output"),
+            "-o is helm's in upgrade"
+        );
+    }
+
+    /// `helm --help` (the shim) lists exactly the table's variables, each once.
+    #[test]
+    fn shim_help_lists_every_setting() {
+        let help = long_help("helm");
+        for flag in guard_flags(Mode::Upgrade) {
+            let var = flag.env.expect("every upgrade flag has a shim variable");
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{var} ")))
+                .unwrap_or_else(|| panic!("{var} missing from helm --help"));
+            assert!(line.ends_with(&format!(": as --{}", flag.long)), "{line}");
+        }
+        assert_eq!(
+            help.matches("GUARDED_UPGRADE_").count(),
+            guard_flags(Mode::Upgrade).count() + 1,
+            "{help}"
+        );
+    }
+
+    /// The guard flags of `mode` as a sorted set of long names: what each surface must offer.
+    fn table(mode: Mode) -> std::collections::BTreeSet<String> {
+        guard_flags(mode).map(|f| f.long.to_string()).collect()
+    }
+
+    /// Long names after `--` in `text` (`--min-version-policy=[` gives `min-version-policy`).
+    fn longs_in(text: &str) -> std::collections::BTreeSet<String> {
+        text.split("--")
+            .skip(1)
+            .map(|rest| {
+                rest.chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                    .collect::<String>()
+            })
+            .filter(|long| !long.is_empty() && long != "help")
+            .collect()
+    }
+
+    #[test]
+    fn shell_completions_offer_exactly_the_guard_flags() {
+        use crate::output::completion_script;
+        let bash = completion_script(CompletionTarget::Bash);
+        let zsh = completion_script(CompletionTarget::Zsh);
+        let fish = completion_script(CompletionTarget::Fish);
+        for mode in [Mode::Upgrade, Mode::Check] {
+            let verb = mode.verb();
+            let state = format!("guarded__upgrade__subcmd__{verb})");
+            let opts = bash
+                .split(&state)
+                .nth(1)
+                .and_then(|rest| rest.lines().find(|l| l.trim_start().starts_with("opts=")))
+                .unwrap_or_else(|| panic!("bash: no {state}"));
+            assert_eq!(longs_in(opts), table(mode), "bash {verb}");
+            // zsh: the first `(verb)` block is the command's own (later ones: `help verb`).
+            let block = zsh
+                .split(&format!("({verb})\n"))
+                .nth(1)
+                .and_then(|rest| rest.split(";;").next())
+                .unwrap_or_else(|| panic!("zsh: no ({verb})"));
+            assert_eq!(longs_in(block), table(mode), "zsh {verb}");
+            let condition = format!("__fish_guarded_upgrade_using_subcommand {verb}\"");
+            let fish_longs: std::collections::BTreeSet<String> = fish
+                .lines()
+                .filter(|l| l.contains(&condition))
+                .filter_map(|l| l.split(" -l ").nth(1)?.split(' ').next())
+                .filter(|long| *long != "help")
+                .map(str::to_string)
+                .collect();
+            assert_eq!(fish_longs, table(mode), "fish {verb}");
+        }
+    }
+
+    #[test]
+    fn man_pages_document_every_guard_flag_and_choice() {
+        for mode in [Mode::Upgrade, Mode::Check] {
+            let page = command().find_subcommand(mode.verb()).unwrap().clone();
+            let mut roff = Vec::new();
+            clap_mangen::Man::new(page).render(&mut roff).unwrap();
+            let roff = String::from_utf8(roff).unwrap().replace("\\-", "-");
+            assert_eq!(
+                longs_in(&roff).intersection(&table(Mode::Check)).count(),
+                table(mode).len()
             );
+            for flag in guard_flags(mode) {
+                if let Takes::Value { choices, .. } = flag.takes {
+                    for choice in choices {
+                        assert!(roff.contains(choice), "man {}: {choice}", mode.verb());
+                    }
+                }
+            }
         }
-        for code in ["  0 ", "  2 ", "  3 ", "10 = skipped", "11 = helm ran"] {
-            assert!(help.contains(code), "{code:?} missing from upgrade --help");
+    }
+
+    /// The README's guard flag table names exactly the flags of `upgrade`, and every
+    /// choice of a flag with a closed set of values.
+    #[test]
+    fn readme_guard_flag_table_matches_the_table() {
+        let readme = include_str!("../README.md");
+        let rows: Vec<&str> = readme
+            .split("Guard flags (removed before helm sees the argv")
+            .nth(1)
+            .expect("README: guard flag section")
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .collect();
+        let first_column = |row: &str| row.split(" | ").next().unwrap_or_default().to_string();
+        let named: std::collections::BTreeSet<String> = rows
+            .iter()
+            .flat_map(|r| longs_in(&first_column(r)))
+            .collect();
+        assert_eq!(named, table(Mode::Upgrade), "README guard flag table");
+        for flag in guard_flags(Mode::Upgrade) {
+            if let Takes::Value { choices, .. } = flag.takes {
+                let row = rows
+                    .iter()
+                    .map(|r| first_column(r))
+                    .find(|c| longs_in(c).contains(flag.long))
+                    .unwrap();
+                for choice in choices {
+                    assert!(
+                        row.contains(choice),
+                        "README --{}: {choice} missing",
+                        flag.long
+                    );
+                }
+            }
         }
+    }
+
+    /// docs/shim.md's settings table pairs each variable with its flag as the table does.
+    #[test]
+    fn shim_doc_lists_every_setting_with_its_flag() {
+        let doc = include_str!("../docs/shim.md");
+        let rows: std::collections::BTreeSet<(String, String)> = doc
+            .lines()
+            .filter(|l| l.starts_with("| `GUARDED_UPGRADE_"))
+            .map(|l| {
+                let cells: Vec<&str> = l.split(" | ").collect();
+                (
+                    cells[0]
+                        .trim_start_matches("| ")
+                        .trim_matches('`')
+                        .to_string(),
+                    cells[1]
+                        .trim_matches('`')
+                        .trim_start_matches("--")
+                        .to_string(),
+                )
+            })
+            .collect();
+        let want: std::collections::BTreeSet<(String, String)> = crate::shim::settings()
+            .map(|(var, flag)| (var.to_string(), flag.long.to_string()))
+            .collect();
+        assert_eq!(rows, want, "docs/shim.md settings table");
     }
 }

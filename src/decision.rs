@@ -50,6 +50,10 @@ pub enum Policy {
 pub struct PolicyError(pub String);
 
 impl Policy {
+    /// Every policy's flag text, in help order; [`Policy::parse`] accepts exactly these.
+    pub const NAMES: &'static [&'static str] =
+        &["newer", "newer-or-equal", "newer-or-changed", "off"];
+
     /// Parses `newer`, `newer-or-equal`, `newer-or-changed` or `off`.
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         match text {
@@ -485,6 +489,10 @@ struct Decider<'i, 'a> {
     /// Compared key values (keys other than chart-version), for the decision.
     deployed_key: Option<String>,
     target_key: Option<String>,
+    /// `value:image.tag 1.2.0`: the deployed value of the key a message compares, when it
+    /// is not the chart version; skip lines then say the release is at that, not at its
+    /// chart version.
+    deployed_at: Option<String>,
     differences: Option<Vec<Part>>,
     /// Set when the outcome waits for [`ChangeFacts`].
     needs_facts: bool,
@@ -503,6 +511,7 @@ impl<'i, 'a> Decider<'i, 'a> {
             pin_lock: None,
             deployed_key: None,
             target_key: None,
+            deployed_at: None,
             differences: None,
             needs_facts: false,
         }
@@ -834,18 +843,12 @@ impl<'i, 'a> Decider<'i, 'a> {
         let Some(facts) = self.input.facts else {
             return Err(self.need_facts());
         };
-        let deployed = match key {
-            // The summary carries appVersion: no need for the full record.
-            CompareKey::AppVersion => match baseline.app_version.as_deref() {
-                Some(v) if !v.is_empty() => KeyText::Scalar(v.to_string()),
-                _ => KeyText::Missing,
-            },
-            _ => facts.deployed.get(key),
-        };
+        let deployed = Self::deployed_key_text(key, baseline, facts);
         let target = facts.target.get(key);
         let deployed_what = format!("revision {}", baseline.revision);
         let d = self.key_scalar(key, &deployed, &deployed_what)?;
         let t = self.key_scalar(key, &target, "the target")?;
+        self.deployed_at = Some(format!("{key} {d}"));
         self.deployed_key = Some(d.clone());
         self.target_key = Some(t.clone());
         if d == t {
@@ -854,6 +857,22 @@ impl<'i, 'a> Decider<'i, 'a> {
         let dv = self.key_version(key, &d, &deployed_what)?;
         let tv = self.key_version(key, &t, "the target")?;
         Ok((tv.cmp(&dv), d, t))
+    }
+
+    /// The baseline's value of `key` (not the chart version).
+    fn deployed_key_text(
+        key: &CompareKey,
+        baseline: &ReleaseSummary,
+        facts: &ChangeFacts,
+    ) -> KeyText {
+        match key {
+            // The summary carries appVersion: no need for the full record.
+            CompareKey::AppVersion => match baseline.app_version.as_deref() {
+                Some(v) if !v.is_empty() => KeyText::Scalar(v.to_string()),
+                _ => KeyText::Missing,
+            },
+            _ => facts.deployed.get(key),
+        }
     }
 
     fn key_scalar(&self, key: &CompareKey, text: &KeyText, whose: &str) -> Result<String, Outcome> {
@@ -911,13 +930,15 @@ impl<'i, 'a> Decider<'i, 'a> {
         )
     }
 
-    /// `is at 1.4.0 (revision 7)` or a description of what is there instead.
+    /// `is at 1.4.0 (revision 7)`, `is at value:image.tag 1.2.0 (revision 7)` when a key
+    /// was compared, or a description of what is there instead.
     fn at(&self) -> String {
         if let Some(b) = self.baseline {
-            let version = b
-                .chart_version
-                .as_deref()
-                .unwrap_or("an unknown chart version");
+            let version = self.deployed_at.as_deref().unwrap_or_else(|| {
+                b.chart_version
+                    .as_deref()
+                    .unwrap_or("an unknown chart version")
+            });
             let status = if b.status == ReleaseStatus::Deployed {
                 String::new()
             } else {
@@ -1102,6 +1123,13 @@ impl<'i, 'a> Decider<'i, 'a> {
             };
             if pin.matches(&target) {
                 return None;
+            }
+            // The skip line names the deployed value of the pinned key, as it names the
+            // target's (the chart version says nothing about it).
+            if let Some(baseline) = self.baseline {
+                if let KeyText::Scalar(d) = Self::deployed_key_text(&key, baseline, facts) {
+                    self.deployed_at = Some(format!("{key} {d}"));
+                }
             }
             (text, format!("{key} "))
         };
@@ -1951,6 +1979,23 @@ mod tests {
             assert_eq!(Policy::parse(p.as_str()), Ok(p));
             assert_eq!(p.to_string(), p.as_str());
         }
+        let names: Vec<&str> = [
+            Policy::Newer,
+            Policy::NewerOrEqual,
+            Policy::NewerOrChanged,
+            Policy::Off,
+        ]
+        .iter()
+        .map(Policy::as_str)
+        .collect();
+        assert_eq!(Policy::NAMES, names, "NAMES feeds help and completions");
+        assert_eq!(
+            PolicyError("x".into()).to_string(),
+            format!(
+                "unknown version policy \"x\": use one of {}",
+                Policy::NAMES.join(", ")
+            )
+        );
         assert_eq!(Policy::default(), Policy::Newer);
         let err = Policy::parse("Newer").unwrap_err().to_string();
         assert!(err.contains("newer-or-equal"), "{err}");
@@ -2463,10 +2508,57 @@ mod tests {
             run_tag(scalar("1.0.0"), scalar("1.1.0")),
             "upgrade: \"db\" in \"shared\" value:image.tag 1.0.0 -> 1.1.0"
         );
+        // Skip lines name the compared key's deployed value, not the chart version (1.4.0).
         assert_eq!(
             run_tag(scalar("1.1.0"), scalar("1.0.0")),
-            "skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target value:image.tag \
-             1.0.0 would be a downgrade"
+            "skip: release \"db\" in \"shared\" is at value:image.tag 1.1.0 (revision 7); target \
+             value:image.tag 1.0.0 would be a downgrade"
+        );
+        assert_eq!(
+            run_tag(scalar("1.1.0"), scalar("1.1.0")),
+            "skip: release \"db\" in \"shared\" is at value:image.tag 1.1.0 (revision 7); target \
+             value:image.tag 1.1.0 is not newer (policy newer; use --min-version-policy \
+             newer-or-equal to re-apply)"
+        );
+        let unchanged = ChangeFacts {
+            deployed: side(&[(&tag, scalar("1.1.0"))]),
+            target: side(&[(&tag, scalar("1.1.0"))]),
+            differences: Some(vec![]),
+        };
+        assert_eq!(
+            run_with(
+                &deployed("1.4.0"),
+                &target("1.4.0"),
+                Policy::NewerOrChanged,
+                &tag,
+                Some(&unchanged),
+            )
+            .message,
+            "skip: release \"db\" in \"shared\" is at value:image.tag 1.1.0 (revision 7); target \
+             value:image.tag 1.1.0 is unchanged: the release helm would write equals revision 7 \
+             (policy newer-or-changed)"
+        );
+        let app = CompareKey::AppVersion;
+        let mut app_state = deployed("1.4.0");
+        if let Some(d) = app_state.last_deployed.as_mut() {
+            d.app_version = Some("2.0.0".into());
+        }
+        let app_facts = ChangeFacts {
+            deployed: KeySide::default(),
+            target: side(&[(&app, scalar("1.9.0"))]),
+            differences: None,
+        };
+        assert_eq!(
+            run_with(
+                &app_state,
+                &target("1.5.0"),
+                Policy::Newer,
+                &app,
+                Some(&app_facts)
+            )
+            .message,
+            "skip: release \"db\" in \"shared\" is at app-version 2.0.0 (revision 7); target \
+             app-version 1.9.0 would be a downgrade"
         );
         assert_eq!(
             run_tag(scalar("1.0.0"), scalar("sha-abc")),
@@ -2640,10 +2732,25 @@ mod tests {
             &tag,
             Some(&target_tag("1.5.0")),
         );
+        assert_eq!(
+            d.message,
+            "skip: release \"db\" in \"shared\" is at value:image.tag 1.4.0 (revision 7); target \
+             value:image.tag 1.5.0 does not match the pin \"~1.4\" (pin lock by alice since \
+             2023-11-14T00:00:00Z: \"db migration\\nrunning\")"
+        );
+        // A pin on a key with --compare chart-version: the line names the pinned key on both
+        // sides too.
+        let d = run_with(
+            &state,
+            &target("1.4.0"),
+            Policy::Newer,
+            &CompareKey::ChartVersion,
+            Some(&target_tag("1.5.0")),
+        );
         assert!(
-            d.message.ends_with(
-                "target value:image.tag 1.5.0 does not match the pin \"~1.4\" (pin lock by alice \
-                 since 2023-11-14T00:00:00Z: \"db migration\\nrunning\")"
+            d.message.starts_with(
+                "skip: release \"db\" in \"shared\" is at value:image.tag 1.4.0 (revision 7); \
+                 target value:image.tag 1.5.0 does not match the pin"
             ),
             "{}",
             d.message

@@ -21,6 +21,7 @@ mod argv;
 mod cluster;
 mod commands;
 mod error;
+mod flags;
 mod helm;
 mod lock;
 mod mutex;

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
-use guarded_upgrade::cli::Cli;
+use guarded_upgrade::cli::{self, Cli};
 use guarded_upgrade::{Error, Exit, Plan};
 
 fn main() -> ExitCode {
@@ -12,11 +12,21 @@ fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cli = match Plan::shim_command(&argv) {
         Some(command) => Cli { command },
-        None => Cli::parse_from(argv),
+        None => match Cli::try_parse_from(&argv) {
+            Ok(cli) => cli,
+            // Help (`--help`, `help upgrade`) is rendered from the full command line, the
+            // guard flags of `upgrade` and `check` included.
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => cli::command()
+                .try_get_matches_from(&argv)
+                .err()
+                .unwrap_or(e)
+                .exit(),
+            Err(e) => e.exit(),
+        },
     };
     // `upgrade`/`check` take helm's argv verbatim, so they answer their own help flag.
     if let Some(name) = cli.command.help_requested() {
-        let mut cmd = Cli::command();
+        let mut cmd = cli::command();
         if let Some(sub) = cmd.find_subcommand_mut(name) {
             let _ = sub.print_long_help();
         }

@@ -371,7 +371,15 @@ fn cluster_plan(mut flags: ClusterFlags, env: HelmEnv) -> Result<ClusterPlan, Er
     if let Some(ns) = flags.namespace.as_deref().or(env.namespace.as_deref()) {
         names::validate_namespace(ns).map_err(|e| usage(e.to_string()))?;
     }
-    let driver = DriverKind::from_helm_driver(env.driver.as_deref())?;
+    // The environment is configuration like argv: a bad HELM_DRIVER or connection string is
+    // a usage error found here, before any I/O.
+    let driver =
+        DriverKind::from_helm_driver(env.driver.as_deref()).map_err(|e| usage(e.to_string()))?;
+    if driver == DriverKind::Sql {
+        let connection = std::env::var(crate::storage::sql::CONNECTION_ENV).ok();
+        crate::storage::sql::check_connection_string(connection.as_deref())
+            .map_err(|e| usage(e.to_string()))?;
+    }
     Ok(ClusterPlan { flags, env, driver })
 }
 
@@ -551,6 +559,45 @@ mod tests {
             ),
         ] {
             assert_eq!(usage_error(argv), line);
+        }
+    }
+
+    /// `HELM_DRIVER` is configuration like a flag: a value we cannot use is a usage error
+    /// for every command that reads releases.
+    #[test]
+    fn helm_driver_is_validated_before_io() {
+        let with_driver = |argv: &[&str], driver: &str| {
+            let cli = crate::cli::Cli::try_parse_from(
+                std::iter::once("guarded-upgrade").chain(argv.iter().copied()),
+            )
+            .unwrap();
+            let mut env = Env::default();
+            env.helm.driver = Some(driver.to_string());
+            match plan(cli.command, env, NOW) {
+                Err(Error::Usage(e)) => e.to_string(),
+                Err(other) => panic!("{argv:?} {driver}: not a usage error: {other}"),
+                Ok(p) => panic!("{argv:?} {driver}: accepted: {p:?}"),
+            }
+        };
+        for argv in [
+            &["upgrade", "db", "./c"][..],
+            &["check", "db", "./c"],
+            &["lock", "db"],
+            &["unlock", "db"],
+            &["status", "db"],
+            &["locks"],
+        ] {
+            assert_eq!(
+                with_driver(argv, "bogus"),
+                "HELM_DRIVER=\"bogus\" is not a helm storage driver (use secret, configmap, sql \
+                 or memory)"
+            );
+            assert_eq!(
+                with_driver(argv, "memory"),
+                "HELM_DRIVER=memory is not supported: helm keeps such releases only inside its \
+                 own process; guarded-upgrade reads releases from Secrets (default), ConfigMaps \
+                 (HELM_DRIVER=configmap) or PostgreSQL (HELM_DRIVER=sql)"
+            );
         }
     }
 

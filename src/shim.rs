@@ -8,77 +8,26 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
-use crate::argv::{DurationKind, GuardOptions};
-use crate::decision::{CompareKey, Policy};
+use crate::argv::invalid_value;
+use crate::flags::{guard_flags, helm_flag, helm_short, Arity, GuardFlag, GuardOptions, Mode};
 use crate::helm::HelmError;
 
 /// Prefix of every shim setting.
 pub(crate) const PREFIX: &str = "GUARDED_UPGRADE_";
 
-/// The real helm binary (otherwise: the next `helm` on PATH that is not this binary).
+/// The real helm binary (otherwise: the next `helm` on PATH that is not this binary): the
+/// `--helm` row of the guard flag table.
 pub(crate) const HELM_VAR: &str = "GUARDED_UPGRADE_HELM";
-/// `--min-version-policy`.
-pub(crate) const POLICY_VAR: &str = "GUARDED_UPGRADE_POLICY";
-/// `--allow-chart-change`.
-pub(crate) const ALLOW_CHART_CHANGE_VAR: &str = "GUARDED_UPGRADE_ALLOW_CHART_CHANGE";
-/// `--decision-file`.
-pub(crate) const DECISION_FILE_VAR: &str = "GUARDED_UPGRADE_DECISION_FILE";
-/// `--decision-output`.
-pub(crate) const DECISION_OUTPUT_VAR: &str = "GUARDED_UPGRADE_DECISION_OUTPUT";
-/// `--detailed-exitcode`.
-pub(crate) const DETAILED_EXITCODE_VAR: &str = "GUARDED_UPGRADE_DETAILED_EXITCODE";
-/// `--no-serialize`.
-pub(crate) const NO_SERIALIZE_VAR: &str = "GUARDED_UPGRADE_NO_SERIALIZE";
-/// `--lock-timeout`.
-pub(crate) const LOCK_TIMEOUT_VAR: &str = "GUARDED_UPGRADE_LOCK_TIMEOUT";
-/// `--lease-duration`.
-pub(crate) const LEASE_DURATION_VAR: &str = "GUARDED_UPGRADE_LEASE_DURATION";
-/// `--recover-pending-after`.
-pub(crate) const RECOVER_PENDING_AFTER_VAR: &str = "GUARDED_UPGRADE_RECOVER_PENDING_AFTER";
-/// `--no-annotations`.
-pub(crate) const NO_ANNOTATIONS_VAR: &str = "GUARDED_UPGRADE_NO_ANNOTATIONS";
-/// `--compare`.
-pub(crate) const COMPARE_VAR: &str = "GUARDED_UPGRADE_COMPARE";
 
-/// Every setting the shim reads. Other `GUARDED_UPGRADE_*` names are usage errors, so a
-/// typo cannot silently drop a guard setting. `GUARDED_UPGRADE_BINARY` belongs to the helm
-/// plugin's install hook and is allowed (and ignored) here.
-const KNOWN: &[&str] = &[
-    HELM_VAR,
-    POLICY_VAR,
-    ALLOW_CHART_CHANGE_VAR,
-    DECISION_FILE_VAR,
-    DECISION_OUTPUT_VAR,
-    DETAILED_EXITCODE_VAR,
-    NO_SERIALIZE_VAR,
-    LOCK_TIMEOUT_VAR,
-    LEASE_DURATION_VAR,
-    RECOVER_PENDING_AFTER_VAR,
-    NO_ANNOTATIONS_VAR,
-    COMPARE_VAR,
-    "GUARDED_UPGRADE_BINARY",
-];
+/// Belongs to the helm plugin's install hook; allowed (and ignored) here.
+const PLUGIN_BINARY_VAR: &str = "GUARDED_UPGRADE_BINARY";
 
-/// helm's global flags that take a value (helm 3 and 4), for finding the subcommand.
-const GLOBAL_VALUE_FLAGS: &[&str] = &[
-    "burst-limit",
-    "color",
-    "colour",
-    "content-cache",
-    "kube-apiserver",
-    "kube-as-group",
-    "kube-as-user",
-    "kube-ca-file",
-    "kube-context",
-    "kube-tls-server-name",
-    "kube-token",
-    "kubeconfig",
-    "namespace",
-    "qps",
-    "registry-config",
-    "repository-cache",
-    "repository-config",
-];
+/// Every setting the shim reads: the variables of the guard flag table, in its order.
+/// Other `GUARDED_UPGRADE_*` names are usage errors, so a typo cannot silently drop a
+/// guard setting.
+pub(crate) fn settings() -> impl Iterator<Item = (&'static str, &'static GuardFlag)> {
+    guard_flags(Mode::Upgrade).filter_map(|f| Some((f.env?, f)))
+}
 
 /// The `GUARDED_UPGRADE_*` variables of the process, non-empty ones only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,65 +67,26 @@ impl ShimEnv {
         self.get(HELM_VAR).map(str::to_string)
     }
 
-    /// The guard options the variables set. Durations stay text: the plan step parses them
-    /// and names the variable in its message.
-    /// A duration variable, checked as the matching guard flag is.
-    fn duration(
-        &self,
-        name: &str,
-        kind: DurationKind,
-    ) -> Result<Option<std::time::Duration>, String> {
-        self.get(name)
-            .map(|text| crate::argv::guard_duration(name, text, kind))
-            .transpose()
-            .map_err(|e| e.to_string())
-    }
-
+    /// The guard options the variables set, each parsed as its flag is and named in the
+    /// message when refused.
     pub(crate) fn guard_options(&self) -> Result<GuardOptions, String> {
-        if let Some((name, _)) = self.vars.iter().find(|(k, _)| !KNOWN.contains(&k.as_str())) {
+        let known =
+            |name: &str| name == PLUGIN_BINARY_VAR || settings().any(|(var, _)| var == name);
+        if let Some((name, _)) = self.vars.iter().find(|(k, _)| !known(k)) {
+            let names: Vec<&str> = settings().map(|(var, _)| var).collect();
             return Err(format!(
                 "unknown setting {name}; the shim reads {} (see docs/shim.md)",
-                KNOWN[..KNOWN.len() - 1].join(", ")
+                names.join(", ")
             ));
         }
-        let flag = |name: &str| -> Result<bool, String> {
-            match self.get(name) {
-                None => Ok(false),
-                Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
-                Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
-                Some(other) => Err(format!("{name}={other:?} is not true or false")),
+        let mut options = GuardOptions::default();
+        for (var, flag) in settings() {
+            if let Some(text) = self.get(var) {
+                (flag.apply)(&mut options, Some(text))
+                    .map_err(|bad| invalid_value(var, text, bad).to_string())?;
             }
-        };
-        let policy = match self.get(POLICY_VAR) {
-            None => Policy::default(),
-            Some(text) => Policy::parse(text).map_err(|e| format!("{POLICY_VAR}: {e}"))?,
-        };
-        let output = match self.get(DECISION_OUTPUT_VAR) {
-            None => None,
-            Some(v @ ("text" | "json")) => Some(v.to_string()),
-            Some(other) => {
-                return Err(format!(
-                    "{DECISION_OUTPUT_VAR}={other:?} is not text or json"
-                ))
-            }
-        };
-        Ok(GuardOptions {
-            policy,
-            allow_chart_change: flag(ALLOW_CHART_CHANGE_VAR)?,
-            helm: None,
-            output,
-            decision_file: self.get(DECISION_FILE_VAR).map(str::to_string),
-            detailed_exitcode: flag(DETAILED_EXITCODE_VAR)?,
-            no_serialize: flag(NO_SERIALIZE_VAR)?,
-            lock_timeout: self.duration(LOCK_TIMEOUT_VAR, DurationKind::Wait)?,
-            recover_pending_after: self.duration(RECOVER_PENDING_AFTER_VAR, DurationKind::Wait)?,
-            lease_duration: self.duration(LEASE_DURATION_VAR, DurationKind::Lease)?,
-            no_annotations: flag(NO_ANNOTATIONS_VAR)?,
-            compare: match self.get(COMPARE_VAR) {
-                None => CompareKey::default(),
-                Some(text) => CompareKey::parse(text).map_err(|e| format!("{COMPARE_VAR}: {e}"))?,
-            },
-        })
+        }
+        Ok(options)
     }
 }
 
@@ -212,10 +122,12 @@ pub(crate) fn route(args: &[OsString]) -> Result<Route, String> {
             break;
         }
         if let Some(body) = arg.strip_prefix("--") {
-            if !body.contains('=') && GLOBAL_VALUE_FLAGS.contains(&body) {
+            if !body.contains('=') && takes_separate_value(helm_flag(body)) {
                 i += 1;
             }
-        } else if arg == "-n" {
+        } else if arg.chars().count() == 2
+            && takes_separate_value(arg.chars().nth(1).and_then(helm_short))
+        {
             i += 1;
         } else if !arg.starts_with('-') || arg == "-" {
             sub = Some(i);
@@ -247,6 +159,12 @@ pub(crate) fn route(args: &[OsString]) -> Result<Route, String> {
         }
     }
     Ok(Route::Upgrade(rest))
+}
+
+/// A global helm flag whose value is the next word (`--namespace x`, `-n x`): the shim
+/// skips that word to find the subcommand, as cobra does.
+fn takes_separate_value(flag: Option<&crate::flags::HelmFlag>) -> bool {
+    flag.is_some_and(|f| f.global && f.arity == Arity::Value)
 }
 
 /// Words the guard flag parser removed from helm's argv (shim mode reads no guard flags).
@@ -307,6 +225,7 @@ pub(crate) fn real_helm(explicit: Option<&str>) -> Result<PathBuf, HelmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::{CompareKey, Policy};
     use std::time::Duration;
 
     fn os(line: &str) -> Vec<OsString> {
@@ -347,11 +266,28 @@ mod tests {
             ("upgrade db c -h", None),
             ("-- upgrade db c", None),
             ("upgrade db c -- -h", Some("db c -- -h")),
+            // Every global value flag of the helm table is skipped with its value, klog's
+            // hidden `--v`/`-v` included.
+            ("--v 5 upgrade db c", Some("--v 5 db c")),
+            ("-v 5 upgrade db c", Some("-v 5 db c")),
+            (
+                "--log-dir upgrade upgrade db c",
+                Some("--log-dir upgrade db c"),
+            ),
+            ("--burst-limit 5 upgrade db c", Some("--burst-limit 5 db c")),
         ] {
             let got = route(&os(line)).unwrap();
             let want = want.map_or(Route::Passthrough, |w| Route::Upgrade(words(w)));
             assert_eq!(got, want, "{line}");
         }
+    }
+
+    #[test]
+    fn the_real_helm_variable_is_the_helm_flags_row() {
+        assert_eq!(
+            crate::flags::guard_flag("helm", Mode::Upgrade).and_then(|f| f.env),
+            Some(HELM_VAR)
+        );
     }
 
     #[test]
@@ -384,17 +320,17 @@ mod tests {
     #[test]
     fn settings_come_from_the_environment() {
         let o = env(&[
-            (POLICY_VAR, "newer-or-equal"),
-            (ALLOW_CHART_CHANGE_VAR, "true"),
-            (DECISION_FILE_VAR, "/tmp/d.json"),
-            (DECISION_OUTPUT_VAR, "json"),
-            (DETAILED_EXITCODE_VAR, "1"),
-            (NO_SERIALIZE_VAR, "false"),
-            (LOCK_TIMEOUT_VAR, "30s"),
-            (LEASE_DURATION_VAR, "20s"),
-            (RECOVER_PENDING_AFTER_VAR, "1h"),
-            (NO_ANNOTATIONS_VAR, "True"),
-            (COMPARE_VAR, "value:image.tag"),
+            ("GUARDED_UPGRADE_POLICY", "newer-or-equal"),
+            ("GUARDED_UPGRADE_ALLOW_CHART_CHANGE", "true"),
+            ("GUARDED_UPGRADE_DECISION_FILE", "/tmp/d.json"),
+            ("GUARDED_UPGRADE_DECISION_OUTPUT", "json"),
+            ("GUARDED_UPGRADE_DETAILED_EXITCODE", "1"),
+            ("GUARDED_UPGRADE_NO_SERIALIZE", "false"),
+            ("GUARDED_UPGRADE_LOCK_TIMEOUT", "30s"),
+            ("GUARDED_UPGRADE_LEASE_DURATION", "20s"),
+            ("GUARDED_UPGRADE_RECOVER_PENDING_AFTER", "1h"),
+            ("GUARDED_UPGRADE_NO_ANNOTATIONS", "True"),
+            ("GUARDED_UPGRADE_COMPARE", "value:image.tag"),
             (HELM_VAR, "/usr/bin/helm"),
             ("GUARDED_UPGRADE_BINARY", "/x"),
             ("OTHER", "ignored"),
@@ -406,7 +342,7 @@ mod tests {
             GuardOptions {
                 policy: Policy::NewerOrEqual,
                 allow_chart_change: true,
-                helm: None,
+                helm: Some("/usr/bin/helm".into()),
                 output: Some("json".into()),
                 decision_file: Some("/tmp/d.json".into()),
                 detailed_exitcode: true,
@@ -420,7 +356,9 @@ mod tests {
         );
         assert_eq!(env(&[]).guard_options().unwrap(), GuardOptions::default());
         assert_eq!(
-            env(&[(POLICY_VAR, "")]).guard_options().unwrap(),
+            env(&[("GUARDED_UPGRADE_POLICY", "")])
+                .guard_options()
+                .unwrap(),
             GuardOptions::default(),
             "empty is unset"
         );
@@ -430,28 +368,27 @@ mod tests {
     fn bad_settings_are_named() {
         for (pairs, line) in [
             (
-                &[(POLICY_VAR, "newest")][..],
+                &[("GUARDED_UPGRADE_POLICY", "newest")][..],
                 "GUARDED_UPGRADE_POLICY: unknown version policy \"newest\": use one of newer, \
                  newer-or-equal, newer-or-changed, off",
             ),
             (
-                &[(NO_SERIALIZE_VAR, "yes")][..],
-                "GUARDED_UPGRADE_NO_SERIALIZE=\"yes\" is not true or false",
+                &[("GUARDED_UPGRADE_NO_SERIALIZE", "yes")][..],
+                "invalid value \"yes\" for GUARDED_UPGRADE_NO_SERIALIZE: expected true or false",
             ),
             (
-                &[(DECISION_OUTPUT_VAR, "yaml")][..],
-                "GUARDED_UPGRADE_DECISION_OUTPUT=\"yaml\" is not text or json",
+                &[("GUARDED_UPGRADE_DECISION_OUTPUT", "yaml")][..],
+                "invalid value \"yaml\" for GUARDED_UPGRADE_DECISION_OUTPUT: expected text or json",
             ),
             (
                 &[("GUARDED_UPGRADE_POLICIY", "off")][..],
-                "unknown setting GUARDED_UPGRADE_POLICIY; the shim reads GUARDED_UPGRADE_HELM, \
-                 GUARDED_UPGRADE_POLICY, GUARDED_UPGRADE_ALLOW_CHART_CHANGE, \
-                 GUARDED_UPGRADE_DECISION_FILE, GUARDED_UPGRADE_DECISION_OUTPUT, \
-                 GUARDED_UPGRADE_DETAILED_EXITCODE, GUARDED_UPGRADE_NO_SERIALIZE, \
-                 GUARDED_UPGRADE_LOCK_TIMEOUT, GUARDED_UPGRADE_LEASE_DURATION, \
-                 GUARDED_UPGRADE_RECOVER_PENDING_AFTER, GUARDED_UPGRADE_NO_ANNOTATIONS, \
-                 GUARDED_UPGRADE_COMPARE (see \
-                 docs/shim.md)",
+                "unknown setting GUARDED_UPGRADE_POLICIY; the shim reads GUARDED_UPGRADE_POLICY, \
+                 GUARDED_UPGRADE_COMPARE, GUARDED_UPGRADE_ALLOW_CHART_CHANGE, \
+                 GUARDED_UPGRADE_HELM, GUARDED_UPGRADE_DECISION_FILE, \
+                 GUARDED_UPGRADE_DECISION_OUTPUT, GUARDED_UPGRADE_DETAILED_EXITCODE, \
+                 GUARDED_UPGRADE_NO_SERIALIZE, GUARDED_UPGRADE_LOCK_TIMEOUT, \
+                 GUARDED_UPGRADE_LEASE_DURATION, GUARDED_UPGRADE_RECOVER_PENDING_AFTER, \
+                 GUARDED_UPGRADE_NO_ANNOTATIONS (see docs/shim.md)",
             ),
         ] {
             assert_eq!(env(pairs).guard_options().unwrap_err(), line);

@@ -223,6 +223,11 @@ pub(crate) fn locks(rows: &[LockRow], scope: &str, format: OutputFormat) {
 
 /// `completions SHELL`: the script, generated from the clap definitions.
 pub(crate) fn completions(target: crate::cli::CompletionTarget) {
+    print!("{}", completion_script(target));
+}
+
+/// The completion script (or `completion.yaml`) for `target`.
+pub(crate) fn completion_script(target: crate::cli::CompletionTarget) -> String {
     use crate::cli::CompletionTarget as T;
     use clap_complete::Shell;
     let shell = match target {
@@ -231,12 +236,9 @@ pub(crate) fn completions(target: crate::cli::CompletionTarget) {
         T::Fish => Shell::Fish,
         T::Elvish => Shell::Elvish,
         T::Powershell => Shell::PowerShell,
-        T::HelmPlugin => {
-            print!("{}", helm_plugin_completion());
-            return;
-        }
+        T::HelmPlugin => return helm_plugin_completion(),
     };
-    let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+    let mut cmd = crate::cli::command();
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, "guarded-upgrade", &mut script);
     let mut script = String::from_utf8_lossy(&script).into_owned();
@@ -246,13 +248,13 @@ pub(crate) fn completions(target: crate::cli::CompletionTarget) {
         // arms with the loop. A no-op once clap_complete is fixed; e2e-tested.
         script = script.replace("guarded__subcmd__upgrade", "guarded__upgrade");
     }
-    print!("{script}");
+    script
 }
 
 /// `man`: the roff page, generated from the clap definitions, on stdout; with `dir`, one
 /// page per command written there.
 pub(crate) fn man(dir: Option<&std::path::Path>) -> Result<(), Error> {
-    let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+    let cmd = crate::cli::command();
     let Some(dir) = dir else {
         // A closed stdout (`| head`) is not worth an error.
         let _ = clap_mangen::Man::new(cmd).render(&mut std::io::stdout());
@@ -268,28 +270,23 @@ pub(crate) fn man(dir: Option<&std::path::Path>) -> Result<(), Error> {
 
 /// The helm plugin's `completion.yaml` (helm's static plugin completion), generated from
 /// the clap definitions: subcommands, their long flags, and positional values. `upgrade`
-/// and `check` list the guard flags; helm's own flags there are helm's to complete.
+/// and `check` list the guard flags (from their table); helm's own flags there are helm's
+/// to complete.
 pub(crate) fn helm_plugin_completion() -> String {
     use std::fmt::Write as _;
-    let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+    let cmd = crate::cli::command();
     let mut out = String::from(
         "# Generated from the clap definitions by `guarded-upgrade completions helm-plugin`;\n\
          # a unit test keeps it current.\nname: guard\ncommands:\n",
     );
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let _ = writeln!(out, "- name: {}", sub.get_name());
-        let mut flags: Vec<String> = sub
+        let flags: Vec<String> = sub
             .get_arguments()
             .filter(|a| !a.is_hide_set() && !a.is_positional())
             .filter_map(|a| a.get_long().map(str::to_string))
             .filter(|l| l != "help")
             .collect();
-        if matches!(sub.get_name(), "upgrade" | "check") {
-            flags.extend(crate::cli::GUARD_LONG_FLAGS.iter().map(|f| f.to_string()));
-            if sub.get_name() == "check" {
-                flags.push("output".to_string());
-            }
-        }
         if !flags.is_empty() {
             let _ = writeln!(out, "  flags: [{}]", flags.join(", "));
         }
@@ -323,6 +320,30 @@ mod completion_tests {
             super::helm_plugin_completion(),
             "completion.yaml is stale: run `cargo run -- completions helm-plugin > completion.yaml`"
         );
+    }
+
+    /// `helm guard upgrade|check <TAB>` offers exactly the guard flags of the table.
+    #[test]
+    fn helm_plugin_completion_offers_every_guard_flag() {
+        use crate::flags::{guard_flags, Mode};
+        let yaml: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../completion.yaml")).unwrap();
+        for mode in [Mode::Upgrade, Mode::Check] {
+            let command = yaml["commands"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"].as_str() == Some(mode.verb()))
+                .unwrap();
+            let offered: Vec<&str> = command["flags"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect();
+            let table: Vec<&str> = guard_flags(mode).map(|f| f.long).collect();
+            assert_eq!(offered, table, "completion.yaml, {}", mode.verb());
+        }
     }
 
     /// The plugin manifest's version is the crate's.

@@ -73,6 +73,19 @@ pub enum SqlConnectError {
     },
 }
 
+/// Checks a connection string as [`SqlStore::connect`] reads it, without connecting: the
+/// plan step calls this so a missing or malformed string is a usage error before any I/O.
+pub(crate) fn check_connection_string(text: Option<&str>) -> Result<(), SqlConnectError> {
+    let text = text
+        .filter(|s| !s.trim().is_empty())
+        .ok_or(SqlConnectError::MissingConnectionString)?;
+    let (rest, _ssl) =
+        sql_conn::split_connection_string(text).map_err(SqlConnectError::BadConnectionString)?;
+    rest.parse::<tokio_postgres::Config>()
+        .map_err(|e| SqlConnectError::BadConnectionString(crate::storage::error_chain(&e)))?;
+    Ok(())
+}
+
 /// Release records in helm's PostgreSQL tables, for one namespace.
 pub(crate) struct SqlStore {
     client: Mutex<tokio_postgres::Client>,
@@ -560,6 +573,43 @@ impl ReleaseStore for SqlStore {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn connection_strings_are_checked_without_connecting() {
+        let check = |text: Option<&str>| check_connection_string(text).map_err(|e| e.to_string());
+        assert_eq!(
+            check(None),
+            Err(
+                "HELM_DRIVER=sql needs HELM_DRIVER_SQL_CONNECTION_STRING (the PostgreSQL \
+                 connection string helm uses)"
+                    .into()
+            )
+        );
+        assert_eq!(check(Some("  ")), check(None));
+        assert_eq!(
+            check(Some("postgres://u:s3cr3t@db:5432/helm?sslmode=prefer")),
+            Err(
+                "HELM_DRIVER_SQL_CONNECTION_STRING is not usable: unsupported sslmode \
+                 \"prefer\"; only \"require\" (default), \"verify-full\", \"verify-ca\", and \
+                 \"disable\" are supported (as by helm's SQL driver)"
+                    .into()
+            )
+        );
+        let malformed = check(Some("host=db port=notaport")).unwrap_err();
+        assert!(
+            malformed.starts_with("HELM_DRIVER_SQL_CONNECTION_STRING is not usable: "),
+            "{malformed}"
+        );
+        assert_eq!(
+            check(Some("postgres://u:p@db:5432/helm?sslmode=disable")),
+            Ok(())
+        );
+        assert_eq!(
+            check(Some("host=db user=u dbname=helm sslmode=disable")),
+            Ok(())
+        );
+    }
+
     use super::*;
 
     #[test]

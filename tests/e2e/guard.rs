@@ -401,20 +401,28 @@ fn helm_environment(label: &str) {
     let memory = "HELM_DRIVER=memory is not supported: helm keeps such releases only inside \
                   its own process; guarded-upgrade reads releases from Secrets (default), \
                   ConfigMaps (HELM_DRIVER=configmap) or PostgreSQL (HELM_DRIVER=sql)";
-    let sql = "cannot decide for release \"db\": HELM_DRIVER=sql needs \
-               HELM_DRIVER_SQL_CONNECTION_STRING (the PostgreSQL connection string helm uses)";
-    for (driver, message) in [("sql", sql), ("memory", memory)] {
+    let sql = "HELM_DRIVER=sql needs HELM_DRIVER_SQL_CONNECTION_STRING (the PostgreSQL \
+               connection string helm uses)";
+    let bogus = "HELM_DRIVER=\"bogus\" is not a helm storage driver (use secret, configmap, sql \
+                 or memory)";
+    // The environment is configuration: usage errors (exit 2) before any request.
+    let requests_before = b.api.requests().len();
+    for (driver, message) in [("sql", sql), ("memory", memory), ("bogus", bogus)] {
         let run = b.guard_env(
             &["upgrade", "db", &chart("demo-1.1.0"), "-n", NS],
             &[("HELM_DRIVER", driver)],
         );
-        run.expect_code(3, driver);
-        run.assert_error(&format!("{message}; helm was not run"));
+        run.expect_code(2, driver);
+        run.assert_error(message);
     }
-    // `lock` never runs helm, so its error does not say it did not.
     let run = b.guard_env(&["lock", "db", "-n", NS], &[("HELM_DRIVER", "memory")]);
-    run.expect_code(3, "lock with HELM_DRIVER=memory");
+    run.expect_code(2, "lock with HELM_DRIVER=memory");
     run.assert_error(memory);
+    assert_eq!(
+        b.api.requests().len(),
+        requests_before,
+        "no request was made"
+    );
     assert_eq!(b.deployed("db", NS).0, "1.0.0");
 }
 

@@ -348,14 +348,14 @@ fn sql_tls(label: &str) {
         run_with(&prefer, &["history", "db", "-n", NS], true).code,
         0
     );
+    // It is configuration, checked before any I/O: a usage error.
     let run = run_with(&prefer, &["upgrade", "db", &c100, "-n", NS], false);
-    run.expect_code(3, "prefer");
+    run.expect_code(2, "prefer");
     assert_eq!(
         run.stderr.lines().last().unwrap_or_default(),
-        "guarded-upgrade: error: cannot decide for release \"db\": \
-         HELM_DRIVER_SQL_CONNECTION_STRING is not usable: unsupported sslmode \"prefer\"; only \
-         \"require\" (default), \"verify-full\", \"verify-ca\", and \"disable\" are supported \
-         (as by helm's SQL driver); helm was not run"
+        "guarded-upgrade: error: HELM_DRIVER_SQL_CONNECTION_STRING is not usable: unsupported \
+         sslmode \"prefer\"; only \"require\" (default), \"verify-full\", \"verify-ca\", and \
+         \"disable\" are supported (as by helm's SQL driver)"
     );
 }
 

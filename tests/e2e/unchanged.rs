@@ -326,8 +326,8 @@ fn compare_keys(label: &str) {
     run.expect_code(0, "tag downgrade");
     has_line(
         &run,
-        "skip: release \"rel\" in \"apps\" is at 0.1.0 (revision 1); target value:image.tag \
-         1.0.5 would be a downgrade",
+        "skip: release \"rel\" in \"apps\" is at value:image.tag 1.1.0 (revision 1); target \
+         value:image.tag 1.0.5 would be a downgrade",
     );
     assert_eq!(revision(&b), 1);
     let json = check(&b, &c, &args(&tag, &["--set", "image.tag=1.0.5"]));
@@ -385,8 +385,8 @@ fn compare_keys(label: &str) {
     run.expect_code(0, "app downgrade");
     has_line(
         &run,
-        "skip: release \"rel\" in \"apps\" is at 0.1.0 (revision 3); target app-version 1.9.0 \
-         would be a downgrade",
+        "skip: release \"rel\" in \"apps\" is at app-version 2.0.0 (revision 3); target \
+         app-version 1.9.0 would be a downgrade",
     );
     edit(
         &chart_yaml,
@@ -434,8 +434,8 @@ fn pin_on_value(label: &str) {
     run.expect_code(0, "outside the pin");
     assert!(
         run.stderr.lines().any(|l| l.starts_with(
-            "skip: release \"rel\" in \"apps\" is at 0.1.0 (revision 1); target value:image.tag \
-             1.2.0 does not match the pin \"~1.1\" (pin lock by ops since "
+            "skip: release \"rel\" in \"apps\" is at value:image.tag 1.1.0 (revision 1); \
+             target value:image.tag 1.2.0 does not match the pin \"~1.1\" (pin lock by ops since "
         )),
         "{}",
         run.stderr

@@ -1,0 +1,160 @@
+//! The documentation names only files that exist: every repository path in `README.md`
+//! and `docs/*.md` (`src/storage/sql.rs`, `tests/e2e/guard.rs`, `docs/shim.md`, a bare
+//! `mutex.rs`, a brace list `commands/{lock,unlock}.rs`, a folder `src/cluster/`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The repository's top-level folders: a word starting with one of these is a path.
+const TOP_LEVEL: &[&str] = &[
+    "src/",
+    "tests/",
+    "docs/",
+    "scripts/",
+    "benches/",
+    "fixtures/",
+    "standin/",
+    "testbed/",
+    ".ci/",
+];
+
+/// Extensions of the files the docs name.
+const EXTENSIONS: &[&str] = &[".rs", ".md", ".sh", ".yaml", ".toml", ".json"];
+
+/// Files the docs name that are the user's, not the repository's.
+const USER_FILES: &[&str] = &["helmfile.yaml"];
+
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_./{},-".contains(c)
+}
+
+/// `commands/{lock,unlock}.rs` -> `commands/lock.rs`, `commands/unlock.rs`.
+fn expand_braces(word: &str) -> Vec<String> {
+    match (word.find('{'), word.find('}')) {
+        (Some(open), Some(close)) if open < close => word[open + 1..close]
+            .split(',')
+            .map(|part| format!("{}{part}{}", &word[..open], &word[close + 1..]))
+            .collect(),
+        _ => vec![word.to_string()],
+    }
+}
+
+/// The path-like words of `text`: rooted in a top-level folder, or ending in a known
+/// extension (`./scripts/test.sh` is `scripts/test.sh`). Absolute words and words right
+/// after `~`, `$` or `:` (home, variable, URL) are not repository paths.
+fn named_paths(text: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    let mut previous = ' ';
+    let mut word = String::new();
+    let mut word_follows = ' ';
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if is_path_char(c) {
+            if word.is_empty() {
+                word_follows = previous;
+            }
+            word.push(c);
+        } else if !word.is_empty() {
+            let trimmed = word.trim_end_matches(['.', ',']).trim_start_matches(',');
+            let trimmed = trimmed.strip_prefix("./").unwrap_or(trimmed);
+            let absolute = trimmed.starts_with('/');
+            let rooted = TOP_LEVEL.iter().any(|dir| trimmed.starts_with(dir));
+            // A stem before the extension: `<verb>.rs` is a pattern, not a file.
+            let named_file = EXTENSIONS.iter().any(|ext| {
+                trimmed.strip_suffix(ext).is_some_and(|stem| {
+                    stem.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == '}')
+                })
+            });
+            if !absolute && !"~$:".contains(word_follows) && (rooted || named_file) {
+                paths.extend(expand_braces(trimmed));
+            }
+            word.clear();
+        }
+        previous = c;
+    }
+    paths
+}
+
+/// Every file and folder of the repository, as paths relative to its root.
+fn repository_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name == ".git" || name == "target" {
+            continue;
+        }
+        found.push(path.strip_prefix(ROOT).unwrap().to_path_buf());
+        if path.is_dir() {
+            repository_files(&path, found);
+        }
+    }
+}
+
+fn exists(named: &str, files: &[PathBuf]) -> bool {
+    let named = named.trim_end_matches('/');
+    if named.contains('/') {
+        // Rooted, or relative to `src/` as the architecture doc writes module paths.
+        files
+            .iter()
+            .any(|f| f == Path::new(named) || f == &Path::new("src").join(named))
+    } else {
+        USER_FILES.contains(&named)
+            || files
+                .iter()
+                .any(|f| f.file_name().is_some_and(|n| n == named))
+    }
+}
+
+#[test]
+fn every_path_named_in_the_docs_exists() {
+    let mut files = Vec::new();
+    repository_files(Path::new(ROOT), &mut files);
+    let mut docs: Vec<PathBuf> = vec![PathBuf::from("README.md")];
+    docs.extend(
+        std::fs::read_dir(Path::new(ROOT).join("docs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "md"))
+            .map(|p| p.strip_prefix(ROOT).unwrap().to_path_buf()),
+    );
+    let mut missing = BTreeSet::new();
+    for doc in &docs {
+        let text = std::fs::read_to_string(Path::new(ROOT).join(doc)).unwrap();
+        for named in named_paths(&text) {
+            if !exists(&named, &files) {
+                missing.insert(format!("{}: {named}", doc.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the docs name files that do not exist:\n{}",
+        missing.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn path_words_are_found_and_urls_are_not() {
+    assert_eq!(
+        named_paths(
+            "see `src/storage/sql.rs`, `commands/{lock,unlock}.rs` and cluster.rs; \
+             https://example.com/x.md ~/.cache/a.sh $HOME/b.rs /etc/c.yaml <verb>.rs docs/."
+        ),
+        [
+            "src/storage/sql.rs",
+            "commands/lock.rs",
+            "commands/unlock.rs",
+            "cluster.rs",
+            "docs/"
+        ]
+    );
+    let files = [
+        PathBuf::from("src/cluster/mod.rs"),
+        PathBuf::from("src/cluster"),
+    ];
+    assert!(exists("cluster/mod.rs", &files));
+    assert!(exists("src/cluster/", &files));
+    assert!(!exists("cluster.rs", &files));
+    assert!(!exists("src/sql_conn.rs", &files));
+}
