@@ -91,7 +91,8 @@ pub fn kubernetes_version() -> String {
     text.lines()
         .map(str::trim)
         .find_map(|l| l.strip_prefix("k8s.io/kubernetes "))
-        .map(|v| v.trim().to_string())
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
         .unwrap_or_else(|| panic!("{} does not require k8s.io/kubernetes", go_mod.display()))
 }
 
@@ -842,6 +843,12 @@ mod tests {
         assert_eq!(e.namespace.as_deref(), Some("ns1"));
         assert!(!e.is_write());
         assert_eq!(e.method(), "GET");
+    }
+
+    #[test]
+    fn the_pinned_kubernetes_version_is_read_from_go_mod() {
+        let v = kubernetes_version();
+        assert!(v.starts_with("v1.") && !v.contains(' '), "{v:?}");
     }
 
     #[test]
