@@ -91,7 +91,9 @@ pub fn kubernetes_version() -> String {
     text.lines()
         .map(str::trim)
         .find_map(|l| l.strip_prefix("k8s.io/kubernetes "))
-        .map(|v| v.trim().to_string())
+        // `v1.37.2 // indirect`: the version is the first word.
+        .and_then(|v| v.split_whitespace().next())
+        .map(str::to_string)
         .unwrap_or_else(|| panic!("{} does not require k8s.io/kubernetes", go_mod.display()))
 }
 
@@ -619,6 +621,19 @@ impl Cluster {
     /// A client certificate this server authenticates as `user` in `groups`.
     pub fn client_cert(&self, user: &str, groups: &[&str]) -> ClientCert {
         self.plane.pki.client_cert(user, groups)
+    }
+
+    /// A client certificate for `user` in `groups` signed for a given private key
+    /// (PKCS#8 PEM; RSA works too); its `key_pem` is that key.
+    pub fn client_cert_with_key(
+        &self,
+        user: &str,
+        groups: &[&str],
+        key_pkcs8_pem: &str,
+    ) -> ClientCert {
+        self.plane
+            .pki
+            .client_cert_with_key(user, groups, key_pkcs8_pem)
     }
 
     /// Creates a namespace unless it exists.
