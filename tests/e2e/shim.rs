@@ -1,7 +1,7 @@
 //! The helm shim: this binary on PATH under the name `helm`, driven by a helmfile-style
 //! sequence, on the real API server with the newest and oldest helm 3 and 4 (the
-//! compatibility subset). Pass-through commands must match direct helm byte for byte (stdout, stderr,
-//! exit code); `helm upgrade` is guarded without adding `--install`.
+//! compatibility subset). Pass-through commands must match direct helm byte for byte
+//! (stdout, stderr, exit code); `helm upgrade` is guarded without adding `--install`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
