@@ -408,6 +408,7 @@ fn differential(real_label: &str, standin_label: &str) {
     }
     let mut all = Vec::new();
     let mut transcript = String::new();
+    let mut compared: BTreeSet<String> = BTreeSet::new();
     for (name, step) in steps() {
         let r = observe(&real, step);
         let s = observe(&standin, step);
@@ -418,7 +419,29 @@ fn differential(real_label: &str, standin_label: &str) {
             r.requests.join("\n"),
             s.requests.join("\n")
         ));
+        compared.extend(
+            r.shapes
+                .keys()
+                .filter(|k| s.shapes.contains_key(*k))
+                .cloned(),
+        );
         all.extend(compare(name, &r, &s));
+    }
+    // The comparison saw what the flows store, on both sides.
+    for key in [
+        "secrets/sh.helm.release.v1.db.v1",
+        "secrets/sh.helm.release.v1.db.v2",
+        "secrets/sh.helm.release.v1.app.v3",
+        "leases/helm-lock-db",
+        "namespaces/diff",
+        "configmaps/db-config",
+        "deployments/db-app",
+        "services/db-svc",
+    ] {
+        assert!(
+            compared.contains(key),
+            "{real_label}: {key} was never compared; compared: {compared:?}"
+        );
     }
     let covers = |k: &Known, d: &str| k.patterns.iter().any(|p| d.contains(p));
     let unknown: Vec<&String> = all
