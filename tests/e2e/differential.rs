@@ -97,7 +97,8 @@ const KNOWN: &[Known] = &[
     },
 ];
 
-/// One step of the flows: a program and its arguments (`{c}` is replaced by chart paths).
+/// One step of the flows: a program and its arguments (`demo-X.Y.Z` stands for the path
+/// of that fixture chart).
 #[derive(Clone, Copy)]
 enum Step {
     Guard(&'static [&'static str]),
@@ -325,7 +326,7 @@ fn shape(v: &Value, path: &str, out: &mut BTreeSet<String>) {
     }
 }
 
-/// Lines in `a` and not in `b` and vice versa, as `- real …` / `+ stand-in …`.
+/// Lines only one side has, as `WHAT: only the real server: …` / `WHAT: only the stand-in: …`.
 fn diff_sets<'a>(
     what: &str,
     real: impl IntoIterator<Item = &'a String>,
