@@ -91,7 +91,8 @@ pub fn kubernetes_version() -> String {
     text.lines()
         .map(str::trim)
         .find_map(|l| l.strip_prefix("k8s.io/kubernetes "))
-        .and_then(|rest| rest.split_whitespace().next())
+        // `v1.37.2 // indirect`: the version is the first word.
+        .and_then(|v| v.split_whitespace().next())
         .map(str::to_string)
         .unwrap_or_else(|| panic!("{} does not require k8s.io/kubernetes", go_mod.display()))
 }
@@ -622,6 +623,19 @@ impl Cluster {
         self.plane.pki.client_cert(user, groups)
     }
 
+    /// A client certificate for `user` in `groups` signed for a given private key
+    /// (PKCS#8 PEM; RSA works too); its `key_pem` is that key.
+    pub fn client_cert_with_key(
+        &self,
+        user: &str,
+        groups: &[&str],
+        key_pkcs8_pem: &str,
+    ) -> ClientCert {
+        self.plane
+            .pki
+            .client_cert_with_key(user, groups, key_pkcs8_pem)
+    }
+
     /// Creates a namespace unless it exists.
     pub fn create_namespace(&self, name: &str) {
         let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
@@ -823,6 +837,44 @@ impl Cluster {
     }
 }
 
+impl Plane {
+    /// Kills a process of the control plane with SIGKILL (`etcd` index 0, or
+    /// `kube-apiserver` index i) and reaps it. For fault tests holding every server.
+    pub fn kill(&self, name: &str, index: usize) {
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(child) = procs
+            .iter_mut()
+            .find(|p| p.name == name && p.index == index)
+            .and_then(|p| p.child.as_mut())
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed process again with the same flags and data, and waits until it
+    /// serves (etcd healthy, the API server ready).
+    pub fn restart(&self, name: &str, index: usize) {
+        self.kill(name, index);
+        let cmd = {
+            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            procs
+                .iter()
+                .find(|p| p.name == name && p.index == index)
+                .map(|p| p.cmd)
+                .unwrap_or_else(|| panic!("kube-testbed: no process {name} {index}"))
+        };
+        self.launch(name, cmd, index)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ready = if name == "etcd" {
+            self.wait_etcd()
+        } else {
+            self.wait_apiserver(index)
+        };
+        ready.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -865,43 +917,5 @@ mod tests {
             admin::path("secrets", None, None),
             "/api/v1/namespaces/default/secrets"
         );
-    }
-}
-
-impl Plane {
-    /// Kills a process of the control plane with SIGKILL (`etcd` index 0, or
-    /// `kube-apiserver` index i) and reaps it. For fault tests holding every server.
-    pub fn kill(&self, name: &str, index: usize) {
-        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(child) = procs
-            .iter_mut()
-            .find(|p| p.name == name && p.index == index)
-            .and_then(|p| p.child.as_mut())
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts a killed process again with the same flags and data, and waits until it
-    /// serves (etcd healthy, the API server ready).
-    pub fn restart(&self, name: &str, index: usize) {
-        self.kill(name, index);
-        let cmd = {
-            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-            procs
-                .iter()
-                .find(|p| p.name == name && p.index == index)
-                .map(|p| p.cmd)
-                .unwrap_or_else(|| panic!("kube-testbed: no process {name} {index}"))
-        };
-        self.launch(name, cmd, index)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let ready = if name == "etcd" {
-            self.wait_etcd()
-        } else {
-            self.wait_apiserver(index)
-        };
-        ready.unwrap_or_else(|e| panic!("{e}"));
     }
 }

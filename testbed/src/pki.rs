@@ -81,3 +81,30 @@ pub(crate) fn signing_key_pem() -> (String, String) {
     let key = KeyPair::generate().expect("generate signing key");
     (key.serialize_pem(), key.public_key_pem())
 }
+
+impl Pki {
+    /// Like [`Pki::client_cert`], for a given private key (PKCS#8 PEM, e.g. an RSA fixture
+    /// key: rcgen cannot generate RSA keys with the ring backend). The returned `key_pem`
+    /// is the key as given.
+    pub(crate) fn client_cert_with_key(
+        &self,
+        user: &str,
+        groups: &[&str],
+        key_pkcs8_pem: &str,
+    ) -> ClientCert {
+        let key = KeyPair::from_pem(key_pkcs8_pem).expect("client key (PKCS#8 PEM)");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, user);
+        for g in groups {
+            dn.push(DnType::OrganizationName, *g);
+        }
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).expect("sign client");
+        ClientCert {
+            cert_pem: cert.pem(),
+            key_pem: key_pkcs8_pem.to_string(),
+        }
+    }
+}

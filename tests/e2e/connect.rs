@@ -1,19 +1,26 @@
-//! Reaching the cluster the way helm does: guarded-upgrade and real helm through an HTTPS
-//! stand-in with real authentication, for every kubeconfig shape users bring (CA data and
-//! files, tokens, token files, client certificates, exec plugins, flag-only connections,
-//! KUBECONFIG lists, proxies, impersonation), and the refusals for broken ones: each names
-//! the failure class, runs no helm and prints no secret.
+//! Reaching the cluster the way helm does: guarded-upgrade and real helm against the real
+//! API server, authenticated by its own authenticator (static tokens, client certificates)
+//! and authorized by its RBAC, for every kubeconfig shape users bring (CA data and files,
+//! tokens, token files, client certificates, exec plugins, flag-only connections,
+//! KUBECONFIG lists, impersonation allowed and denied), and the refusals for broken ones:
+//! each names the failure class, runs no helm and prints no secret.
+//!
+//! Two things only the HTTPS stand-in can do stay there: a CONNECT proxy tunnelling to a
+//! name only the proxy resolves (the real serving certificate names only localhost and
+//! 127.0.0.1), and a server whose certificate has expired.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use kube_standin::proxy::ConnectProxy;
-use kube_standin::{Auth, KeyKind, Options, TlsOptions};
+use kube_standin::{Auth, Options, TlsOptions};
+use serde_json::json;
 
-use crate::common::{bed_with, chart, per_helm, Bed, Program, Run};
+use crate::common::{bed, bed_with, chart, per_helm, per_helm_standin, Bed, Program, Run};
 
-/// Every secret in these tests carries this marker; none may ever be printed.
+/// Every secret the tests invent carries this marker; none may ever be printed (nor may
+/// the real server's tokens, see [`World::secrets`]).
 const CANARY: &str = "CANARY";
 const TOKEN: &str = "tok-CANARY-kubeconfig";
 const FILE_TOKEN: &str = "tok-CANARY-file";
@@ -39,19 +46,6 @@ fn options() -> Options {
     }
 }
 
-/// One HTTPS stand-in per test, and a directory for kubeconfigs and credentials.
-struct World {
-    bed: Bed,
-    dir: tempfile::TempDir,
-}
-
-fn world(label: &str) -> World {
-    World {
-        bed: bed_with(label, options()),
-        dir: tempfile::tempdir().expect("tempdir"),
-    }
-}
-
 fn indent(block: &str, by: usize) -> String {
     block
         .lines()
@@ -59,9 +53,149 @@ fn indent(block: &str, by: usize) -> String {
         .collect()
 }
 
+/// A bearer token and the user the server authenticates it as.
+#[derive(Clone)]
+struct Ident {
+    token: String,
+    user: String,
+}
+
+/// The tokens each connection shape uses.
+struct Tokens {
+    /// `token:` in the kubeconfig.
+    kubeconfig: Ident,
+    /// `tokenFile:`.
+    file: Ident,
+    /// `--kube-token` / HELM_KUBETOKEN.
+    flag: Ident,
+    /// Printed by the exec plugin.
+    exec: Ident,
+}
+
+/// One server per test (the real one, or an HTTPS stand-in), and a directory for
+/// kubeconfigs and credentials.
+struct World {
+    bed: Bed,
+    dir: tempfile::TempDir,
+    tokens: Tokens,
+}
+
+/// Users the real server's kube-testbed tokens authenticate, and who has cluster-admin in
+/// these tests (granted by [`World::real`]): alice (kubeconfig token), bob (token file and
+/// exec plugin), carol (flags), and the client-certificate users. dave has no rights.
+const ADMINS: &[&str] = &["alice", "bob", "carol", "rsa-user", "ec-user"];
+
+fn subject(kind: &str, name: &str) -> serde_json::Value {
+    json!({"kind": kind, "apiGroup": "rbac.authorization.k8s.io", "name": name})
+}
+
+fn cluster_role_binding(
+    name: &str,
+    role: &str,
+    subjects: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": subjects,
+    })
+}
+
 impl World {
+    /// The real API server: its restricted users' tokens, cluster-admin granted to
+    /// [`ADMINS`] through a ClusterRoleBinding (connection tests are about
+    /// authentication; RBAC per command is proven by the lock and mutex suites).
+    fn real(label: &str) -> World {
+        let bed = bed(label);
+        let c = bed.api.real();
+        let ident = |user: &str| Ident {
+            token: c.token(user).to_string(),
+            user: user.to_string(),
+        };
+        let tokens = Tokens {
+            kubeconfig: ident("alice"),
+            file: ident("bob"),
+            flag: ident("carol"),
+            exec: ident("bob"),
+        };
+        bed.api.put_object(
+            "clusterrolebindings",
+            cluster_role_binding(
+                "connect-admins",
+                "cluster-admin",
+                ADMINS.iter().map(|u| subject("User", u)).collect(),
+            ),
+        );
+        World {
+            bed,
+            dir: tempfile::tempdir().expect("tempdir"),
+            tokens,
+        }
+    }
+
+    /// An HTTPS stand-in with token and certificate authentication.
+    fn standin(label: &str) -> World {
+        World::standin_with(label, options())
+    }
+
+    fn standin_with(label: &str, opts: Options) -> World {
+        let ident = |token: &str, user: &str| Ident {
+            token: token.to_string(),
+            user: user.to_string(),
+        };
+        World {
+            bed: bed_with(label, opts),
+            dir: tempfile::tempdir().expect("tempdir"),
+            tokens: Tokens {
+                kubeconfig: ident(TOKEN, "token-user"),
+                file: ident(FILE_TOKEN, "file-user"),
+                flag: ident(FLAG_TOKEN, "flag-user"),
+                exec: ident(EXEC_TOKEN, "exec-user"),
+            },
+        }
+    }
+
+    /// Everything that must never be printed: the tokens in play.
+    fn secrets(&self) -> Vec<String> {
+        let mut all = vec![CANARY.to_string()];
+        for i in [
+            &self.tokens.kubeconfig,
+            &self.tokens.file,
+            &self.tokens.flag,
+            &self.tokens.exec,
+        ] {
+            all.push(i.token.clone());
+        }
+        if let crate::common::Api::Real(c) = &self.bed.api {
+            all.push(c.admin_token().to_string());
+            for u in kube_testbed::RESTRICTED_USERS {
+                all.push(c.token(u).to_string());
+            }
+        }
+        all
+    }
+
+    #[track_caller]
+    fn assert_no_secret(&self, run: &Run) {
+        for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
+            for secret in self.secrets() {
+                assert!(!text.contains(&secret), "a secret reached {name}:\n{text}");
+            }
+        }
+    }
+
     fn ca_pem(&self) -> String {
-        self.bed.api.standin().ca_pem().expect("HTTPS stand-in")
+        match &self.bed.api {
+            crate::common::Api::Real(c) => c.ca_pem().to_string(),
+            crate::common::Api::StandIn(s) => s.ca_pem().expect("HTTPS stand-in"),
+        }
+    }
+
+    /// `token: …` user lines for an identity.
+    fn token_user(&self, ident: &Ident) -> String {
+        format!("token: {}", ident.token)
     }
 
     fn ca_data(&self) -> String {
@@ -153,7 +287,7 @@ impl World {
             "{}: helm's identity for {release}",
             self.bed.label
         );
-        assert_no_secret(run);
+        self.assert_no_secret(run);
         self.bed.api.clear_requests();
     }
 
@@ -173,25 +307,19 @@ impl World {
             .collect();
         assert!(helm_requests.is_empty(), "helm ran: {helm_requests:?}");
         assert!(self.bed.writes().is_empty(), "{:?}", self.bed.writes());
-        assert_no_secret(run);
+        self.assert_no_secret(run);
         self.bed.api.clear_requests();
     }
 }
 
-#[track_caller]
-fn assert_no_secret(run: &Run) {
-    for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
-        assert!(!text.contains(CANARY), "a secret reached {name}:\n{text}");
-    }
-}
-
 /// CA data, a CA file relative to the kubeconfig, a token, and a token file with a
-/// trailing newline (relative too).
+/// trailing newline (relative too): the real server's static tokens.
 fn ca_and_tokens(label: &str) {
-    let w = world(label);
-    let user = format!("token: {TOKEN}");
+    let w = World::real(label);
+    let kc_user = w.tokens.kubeconfig.clone();
+    let user = w.token_user(&kc_user);
     let kc = w.with_ca_data("ca-data", &user);
-    w.assert_installed_as(&w.upgrade("ca-data", &kc, &[]), "ca-data", "token-user");
+    w.assert_installed_as(&w.upgrade("ca-data", &kc, &[]), "ca-data", &kc_user.user);
 
     w.file("ca-file", "ca.crt", &w.ca_pem());
     let kc = w.kubeconfig(
@@ -200,14 +328,15 @@ fn ca_and_tokens(label: &str) {
         "certificate-authority: ca.crt",
         &user,
     );
-    w.assert_installed_as(&w.upgrade("ca-file", &kc, &[]), "ca-file", "token-user");
+    w.assert_installed_as(&w.upgrade("ca-file", &kc, &[]), "ca-file", &kc_user.user);
 
-    w.file("token-file", "token", &format!("{FILE_TOKEN}\n"));
+    let file_user = w.tokens.file.clone();
+    w.file("token-file", "token", &format!("{}\n", file_user.token));
     let kc = w.with_ca_data("token-file", "tokenFile: token");
     w.assert_installed_as(
         &w.upgrade("token-file", &kc, &[]),
         "token-file",
-        "file-user",
+        &file_user.user,
     );
 
     // The lock commands connect the same way.
@@ -222,30 +351,35 @@ fn ca_and_tokens(label: &str) {
             .bed
             .run_with(Program::Guard, &args, &[("KUBECONFIG", &kc_env)], &[]);
         run.expect_code(0, &args.join(" "));
-        assert_no_secret(&run);
+        w.assert_no_secret(&run);
     }
     let (tool, helm) = w.users();
-    assert_eq!(tool, BTreeSet::from(["file-user".to_string()]));
+    assert_eq!(tool, BTreeSet::from([file_user.user.clone()]));
     assert!(helm.is_empty(), "{helm:?}");
 }
 
-/// Client certificates: RSA (PKCS#1) as files relative to the kubeconfig, EC (PKCS#8) as data.
+/// Client certificates signed by the real server's client CA: RSA (the key as PKCS#1) as
+/// files relative to the kubeconfig, EC (PKCS#8) as data. The server takes the user from
+/// the CN.
 fn client_certificates(label: &str) {
-    let w = world(label);
+    let w = World::real(label);
+    let tls = kube_standin::testbed::fixtures_dir().join("tls");
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).expect("fixtures/tls");
     let rsa = w
         .bed
         .api
-        .standin()
-        .client_cert("rsa-user", &["devs"], KeyKind::Rsa);
+        .real()
+        .client_cert_with_key("rsa-user", &["devs"], &read("client-rsa.pk8"));
     w.file("rsa", "client.crt", &rsa.cert_pem);
-    w.file("rsa", "client.key", &rsa.key_pem);
+    // The same RSA key in its PKCS#1 form ("BEGIN RSA PRIVATE KEY").
+    w.file("rsa", "client.key", &read("client-rsa.key"));
     let kc = w.with_ca_data(
         "rsa",
         "client-certificate: client.crt\nclient-key: client.key",
     );
     w.assert_installed_as(&w.upgrade("rsa", &kc, &[]), "rsa", "rsa-user");
 
-    let ec = w.bed.api.standin().client_cert("ec-user", &[], KeyKind::Ec);
+    let ec = w.bed.api.real().client_cert("ec-user", &[]);
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let kc = w.with_ca_data(
         "ec",
@@ -259,15 +393,17 @@ fn client_certificates(label: &str) {
 }
 
 /// A plugin script that logs each run (with the `interactive` it was told and whether the
-/// kubeconfig env reached it), then prints a credential or fails.
-fn plugin(w: &World, name: &str, api_version: &str, fail: bool) -> (PathBuf, PathBuf) {
+/// kubeconfig env reached it), then prints a credential (`token`) or fails.
+fn plugin(w: &World, name: &str, api_version: &str, token: &str, fail: bool) -> (PathBuf, PathBuf) {
     let log = w.dir.path().join(name).join("runs.log");
     let body = if fail {
         // A real plugin might print its token before failing: it must not be shown.
-        format!("echo '{EXEC_TOKEN}'\necho 'login failed: no browser' >&2\necho 'second line' >&2\nexit 1\n")
+        format!(
+            "echo '{token}'\necho 'login failed: no browser' >&2\necho 'second line' >&2\nexit 1\n"
+        )
     } else {
         format!(
-            "printf '{{\"apiVersion\":\"{api_version}\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{EXEC_TOKEN}\"}}}}'\n"
+            "printf '{{\"apiVersion\":\"{api_version}\",\"kind\":\"ExecCredential\",\"status\":{{\"token\":\"{token}\"}}}}'\n"
         )
     };
     let script = format!(
@@ -301,13 +437,14 @@ fn runs(log: &Path) -> Vec<String> {
 const V1: &str = "client.authentication.k8s.io/v1";
 const V1BETA1: &str = "client.authentication.k8s.io/v1beta1";
 
-/// Exec plugins, v1beta1 and v1: run once by the tool, told it is not interactive (no
-/// terminal), their env reaches them; v1 without interactiveMode is refused before any
-/// request, as helm refuses it.
+/// Exec plugins, v1beta1 and v1, printing a real server token: run once by the tool, told
+/// it is not interactive (no terminal), their env reaches them; v1 without interactiveMode
+/// is refused before any request, as helm refuses it.
 fn exec_plugins(label: &str) {
-    let w = world(label);
+    let w = World::real(label);
+    let exec = w.tokens.exec.clone();
     for (name, version, mode) in [("exec-beta", V1BETA1, None), ("exec-v1", V1, Some("Never"))] {
-        let (script, log) = plugin(&w, name, version, false);
+        let (script, log) = plugin(&w, name, version, &exec.token, false);
         let kc = w.with_ca_data(name, &exec_user(&script, version, mode));
         let kc_env = kc.to_string_lossy().into_owned();
         // `check` runs no helm: every plugin run is the tool's.
@@ -319,17 +456,17 @@ fn exec_plugins(label: &str) {
             &[],
         );
         run.expect_code(0, name);
-        assert_no_secret(&run);
+        w.assert_no_secret(&run);
         assert_eq!(
             runs(&log),
             vec![format!("run interactive=false env=env-{CANARY}")],
             "{label} {name}: the tool runs the plugin exactly once"
         );
         w.bed.api.clear_requests();
-        w.assert_installed_as(&w.upgrade(name, &kc, &[]), name, "exec-user");
+        w.assert_installed_as(&w.upgrade(name, &kc, &[]), name, &exec.user);
     }
 
-    let (script, log) = plugin(&w, "exec-v1-bare", V1, false);
+    let (script, log) = plugin(&w, "exec-v1-bare", V1, &exec.token, false);
     let kc = w.with_ca_data("exec-v1-bare", &exec_user(&script, V1, None));
     let run = w.upgrade("exec-v1-bare", &kc, &[]);
     w.assert_refused(
@@ -360,7 +497,8 @@ fn exec_plugins(label: &str) {
 /// helm's flag-only connection (flags and HELM_KUBE* twins, no kubeconfig anywhere), and
 /// a KUBECONFIG list whose first entries are missing or empty.
 fn flag_only_and_lists(label: &str) {
-    let w = world(label);
+    let w = World::real(label);
+    let flag = w.tokens.flag.clone();
     let ca = w.file("flags", "ca.crt", &w.ca_pem());
     let ca = ca.to_string_lossy().into_owned();
     let url = w.bed.api.url();
@@ -371,31 +509,33 @@ fn flag_only_and_lists(label: &str) {
             "--kube-apiserver",
             &url,
             "--kube-token",
-            FLAG_TOKEN,
+            &flag.token,
             "--kube-ca-file",
             &ca,
         ],
         &["KUBECONFIG"],
     );
-    w.assert_installed_as(&run, "flags", "flag-user");
+    w.assert_installed_as(&run, "flags", &flag.user);
     let run = w.run_tool(
         "flag-env",
         &[
             ("HELM_KUBEAPISERVER", &url),
-            ("HELM_KUBETOKEN", FLAG_TOKEN),
+            ("HELM_KUBETOKEN", &flag.token),
             ("HELM_KUBECAFILE", &ca),
         ],
         &[],
         &["KUBECONFIG"],
     );
-    w.assert_installed_as(&run, "flag-env", "flag-user");
+    w.assert_installed_as(&run, "flag-env", &flag.user);
 
-    // Flags override the kubeconfig: a wrong tls-server-name, an untrusted CA.
+    // Flags override the kubeconfig: a wrong tls-server-name (the real serving certificate
+    // names localhost and 127.0.0.1), an untrusted CA.
+    let kc_user = w.tokens.kubeconfig.clone();
     let cluster = format!(
         "certificate-authority-data: {}\ntls-server-name: other.test",
         w.ca_data()
     );
-    let kc = w.kubeconfig("tls-name", &url, &cluster, &format!("token: {TOKEN}"));
+    let kc = w.kubeconfig("tls-name", &url, &cluster, &w.token_user(&kc_user));
     let kc_env = kc.to_string_lossy().into_owned();
     let run = w.run_tool(
         "tls-name",
@@ -403,11 +543,11 @@ fn flag_only_and_lists(label: &str) {
         &["--kube-tls-server-name", "localhost"],
         &[],
     );
-    w.assert_installed_as(&run, "tls-name", "token-user");
+    w.assert_installed_as(&run, "tls-name", &kc_user.user);
     let other_ca =
         base64::engine::general_purpose::STANDARD.encode(kube_standin::unrelated_ca_pem());
     let cluster = format!("certificate-authority-data: {other_ca}");
-    let kc = w.kubeconfig("insecure", &url, &cluster, &format!("token: {TOKEN}"));
+    let kc = w.kubeconfig("insecure", &url, &cluster, &w.token_user(&kc_user));
     let kc_env = kc.to_string_lossy().into_owned();
     let run = w.run_tool(
         "insecure",
@@ -415,47 +555,144 @@ fn flag_only_and_lists(label: &str) {
         &["--kube-insecure-skip-tls-verify"],
         &[],
     );
-    w.assert_installed_as(&run, "insecure", "token-user");
+    w.assert_installed_as(&run, "insecure", &kc_user.user);
 
-    let kc = w.with_ca_data("listed", &format!("token: {TOKEN}"));
+    let kc = w.with_ca_data("listed", &w.token_user(&kc_user));
     let missing = w.dir.path().join("missing").join("config");
     let list = format!("{}::{}", missing.display(), kc.display());
     let run = w.run_tool("listed", &[("KUBECONFIG", &list)], &[], &[]);
-    w.assert_installed_as(&run, "listed", "token-user");
+    w.assert_installed_as(&run, "listed", &kc_user.user);
 }
 
-/// `--kube-as-user`/`--kube-as-group` reach the server from the tool and from helm.
+/// `--kube-as-user`/`--kube-as-group` reach the real server from the tool and from helm,
+/// and its RBAC decides: dave (no rights of his own) may impersonate user erin and group
+/// ops only (a ClusterRole with `impersonate` on those names), and only group ops has
+/// rights. So erin+ops works for both programs; impersonating someone else is denied by
+/// the server (`cannot impersonate`), and erin without ops is denied for lack of rights,
+/// which proves the group header reached the server.
 fn impersonation(label: &str) {
-    let w = world(label);
-    let kc = w.with_ca_data("imp", &format!("token: {TOKEN}"));
+    let w = World::real(label);
+    w.bed.api.put_object(
+        "clusterroles",
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "impersonate-erin-ops"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"],
+                 "resourceNames": ["erin"]},
+                {"apiGroups": [""], "resources": ["groups"], "verbs": ["impersonate"],
+                 "resourceNames": ["ops"]},
+            ],
+        }),
+    );
+    w.bed.api.put_object(
+        "clusterrolebindings",
+        cluster_role_binding(
+            "dave-impersonates",
+            "impersonate-erin-ops",
+            vec![subject("User", "dave")],
+        ),
+    );
+    w.bed.api.put_object(
+        "clusterrolebindings",
+        cluster_role_binding("ops-admins", "cluster-admin", vec![subject("Group", "ops")]),
+    );
+    let dave = Ident {
+        token: w.bed.api.real().token("dave").to_string(),
+        user: "dave".into(),
+    };
+    let kc = w.with_ca_data("imp", &w.token_user(&dave));
+    w.bed.api.clear_requests();
     let run = w.upgrade(
         "imp",
         &kc,
-        &["--kube-as-user", "alice", "--kube-as-group", "ops"],
+        &["--kube-as-user", "erin", "--kube-as-group", "ops"],
     );
     run.expect_code(0, "impersonation");
-    // Per request, the distinct Impersonate-* headers (helm 3 repeats the group header).
+    w.assert_no_secret(&run);
+    // Per request: who authenticated, and as whom it acted (the audit log's user and
+    // impersonatedUser).
     let mut tool = BTreeSet::new();
     let mut helm = BTreeSet::new();
     for r in w.bed.api.requests() {
-        let seen: BTreeSet<String> = r.impersonate.iter().cloned().collect();
-        let seen: Vec<String> = seen.into_iter().collect();
+        let seen = format!(
+            "{} as [{}] -> {}",
+            r.user.clone().unwrap_or_default(),
+            r.impersonate.join(", "),
+            r.status
+        );
         if r.user_agent.as_deref() == Some(TOOL_AGENT) {
-            tool.insert(seen.join(", "));
+            tool.insert(seen);
         } else {
-            helm.insert(seen.join(", "));
+            helm.insert(seen);
         }
     }
-    let want = BTreeSet::from(["impersonate-group: ops, impersonate-user: alice".to_string()]);
-    assert_eq!(tool, want, "{label}: the tool");
-    assert_eq!(helm, want, "{label}: helm");
+    assert!(!helm.is_empty(), "{label}: helm made no request");
+    for (who, seen) in [("the tool", &tool), ("helm", &helm)] {
+        for s in seen.iter() {
+            assert!(
+                s.starts_with("dave as [Impersonate-User: erin] -> "),
+                "{label}: {who}: {seen:?}"
+            );
+        }
+    }
+    assert_eq!(b_deployed(&w, "imp"), "1.0.0");
+    w.bed.api.clear_requests();
+
+    let url = w.bed.api.url();
+    let prefix = |rel: &str| {
+        format!(
+            "guarded-upgrade: error: release \"{rel}\" in namespace \"default\": reading the deployed release: listing Secret records: API server {url} (context \"ctx-imp\"): 403 Forbidden: "
+        )
+    };
+    // Impersonating a user dave may not impersonate.
+    let run = w.upgrade(
+        "imp-frank",
+        &kc,
+        &["--kube-as-user", "frank", "--kube-as-group", "ops"],
+    );
+    w.assert_refused(
+        &run,
+        &format!(
+            "{}users \"frank\" is forbidden: User \"dave\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope; grant this identity the permission (RBAC), or use a context/--kube-as-user that has it; helm was not run",
+            prefix("imp-frank")
+        ),
+    );
+    // Impersonating a group dave may not impersonate.
+    let run = w.upgrade(
+        "imp-admins",
+        &kc,
+        &["--kube-as-user", "erin", "--kube-as-group", "admins"],
+    );
+    w.assert_refused(
+        &run,
+        &format!(
+            "{}groups \"admins\" is forbidden: User \"dave\" cannot impersonate resource \"groups\" in API group \"\" at the cluster scope; grant this identity the permission (RBAC), or use a context/--kube-as-user that has it; helm was not run",
+            prefix("imp-admins")
+        ),
+    );
+    // erin alone has no rights: the group is what grants them.
+    let run = w.upgrade("imp-nogroup", &kc, &["--kube-as-user", "erin"]);
+    w.assert_refused(
+        &run,
+        &format!(
+            "{}secrets is forbidden: User \"erin\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\"; grant this identity the permission (RBAC), or use a context/--kube-as-user that has it; helm was not run",
+            prefix("imp-nogroup")
+        ),
+    );
+}
+
+fn b_deployed(w: &World, release: &str) -> String {
+    w.bed.deployed(release, "default").0
 }
 
 /// HTTPS_PROXY tunnels to a name only the proxy resolves; NO_PROXY covering the server
 /// sends the tool (and helm) direct, where that name does not resolve; a kubeconfig
-/// proxy-url works without any environment.
+/// proxy-url works without any environment. Stand-in only: its serving certificate carries
+/// the proxy-only name; the real server's names localhost and 127.0.0.1 only.
 fn through_a_connect_proxy(label: &str) {
-    let w = world(label);
+    let w = World::standin(label);
     let proxy = ConnectProxy::start().expect("proxy");
     let server = format!("https://{PROXY_HOST}:{}", w.bed.api.port());
     let cluster = format!("certificate-authority-data: {}", w.ca_data());
@@ -512,10 +749,13 @@ fn through_a_connect_proxy(label: &str) {
     assert!(!proxy.requests().is_empty(), "proxy-url not used");
 }
 
-/// Broken credentials and trust: each refused with its class, naming server and context.
+/// Broken credentials and trust against the real server: each refused with its class,
+/// naming server and context. A rejected token is the server's 401, a missing right its
+/// RBAC 403 in its own words, a wrong CA or name its real serving certificate.
 fn refusals_name_the_failure(label: &str) {
-    let w = world(label);
+    let w = World::real(label);
     let url = w.bed.api.url();
+    let kc_user = w.tokens.kubeconfig.clone();
     let prefix = |rel: &str, ctx: &str| {
         format!(
             "guarded-upgrade: error: release \"{rel}\" in namespace \"default\": reading the deployed release: listing Secret records: API server {url} (context \"ctx-{ctx}\"): "
@@ -536,7 +776,7 @@ fn refusals_name_the_failure(label: &str) {
         "certificate-authority-data: {}\ninsecure-skip-tls-verify: true",
         w.ca_data()
     );
-    let kc = w.kubeconfig("both", &url, &cluster, &format!("token: {TOKEN}"));
+    let kc = w.kubeconfig("both", &url, &cluster, &w.token_user(&kc_user));
     let run = w.upgrade("both", &kc, &[]);
     w.assert_refused(
         &run,
@@ -567,24 +807,21 @@ fn refusals_name_the_failure(label: &str) {
     );
     assert!(w.bed.api.requests().is_empty());
 
-    // RBAC says no: the API's sentence names user, verb, resource and namespace.
-    w.bed.api.inject(kube_standin::Fault {
-        verb: Some("list".into()),
-        resource: Some("secrets".into()),
-        name: None,
-        action: kube_standin::FaultAction::Status(403),
-        times: None,
-    });
-    let kc = w.with_ca_data("forbidden", &format!("token: {TOKEN}"));
+    // RBAC says no: dave authenticates but has no rights; the server's sentence names
+    // user, verb, resource and namespace.
+    let dave = Ident {
+        token: w.bed.api.real().token("dave").to_string(),
+        user: "dave".into(),
+    };
+    let kc = w.with_ca_data("forbidden", &w.token_user(&dave));
     let run = w.upgrade("forbidden", &kc, &[]);
     w.assert_refused(
         &run,
         &format!(
-            "{}403 Forbidden: secrets is forbidden: User \"token-user\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\"; grant this identity the permission (RBAC), or use a context/--kube-as-user that has it; helm was not run",
+            "{}403 Forbidden: secrets is forbidden: User \"dave\" cannot list resource \"secrets\" in API group \"\" in the namespace \"default\"; grant this identity the permission (RBAC), or use a context/--kube-as-user that has it; helm was not run",
             prefix("forbidden", "forbidden")
         ),
     );
-    w.bed.api.clear_faults();
 
     let other_ca =
         base64::engine::general_purpose::STANDARD.encode(kube_standin::unrelated_ca_pem());
@@ -592,7 +829,7 @@ fn refusals_name_the_failure(label: &str) {
         "wrong-ca",
         &url,
         &format!("certificate-authority-data: {other_ca}"),
-        &format!("token: {TOKEN}"),
+        &w.token_user(&kc_user),
     );
     let run = w.upgrade("wrong-ca", &kc, &[]);
     w.assert_refused(
@@ -610,7 +847,7 @@ fn refusals_name_the_failure(label: &str) {
             "certificate-authority-data: {}\ntls-server-name: other.test",
             w.ca_data()
         ),
-        &format!("token: {TOKEN}"),
+        &w.token_user(&kc_user),
     );
     let run = w.upgrade("wrong-name", &kc, &[]);
     let first = run.stderr.lines().next().unwrap_or_default();
@@ -623,7 +860,8 @@ fn refusals_name_the_failure(label: &str) {
     );
     w.assert_refused(&run, first);
 
-    let (script, log) = plugin(&w, "exec-fail", V1BETA1, true);
+    let exec = w.tokens.exec.clone();
+    let (script, log) = plugin(&w, "exec-fail", V1BETA1, &exec.token, true);
     let kc = w.with_ca_data("exec-fail", &exec_user(&script, V1BETA1, None));
     let run = w.upgrade("exec-fail", &kc, &[]);
     w.assert_refused(
@@ -634,9 +872,12 @@ fn refusals_name_the_failure(label: &str) {
         ),
     );
     assert_eq!(runs(&log).len(), 1, "run once, not retried");
+}
 
-    // A server whose certificate expired.
-    let expired = bed_with(
+/// A server whose certificate expired. Stand-in only: the real server's certificate is
+/// valid, and a test cannot make it expire.
+fn an_expired_certificate_is_refused(label: &str) {
+    let ew = World::standin_with(
         label,
         Options {
             tls: Some(TlsOptions {
@@ -646,10 +887,6 @@ fn refusals_name_the_failure(label: &str) {
             ..Options::default()
         },
     );
-    let ew = World {
-        bed: expired,
-        dir: tempfile::tempdir().expect("tempdir"),
-    };
     let kc = ew.with_ca_data("expired", &format!("token: {TOKEN}"));
     let run = ew.upgrade("expired", &kc, &[]);
     let url = ew.bed.api.url();
@@ -677,16 +914,17 @@ per_helm!(
     exec_plugins,
     flag_only_and_lists,
     impersonation,
-    through_a_connect_proxy,
     refusals_name_the_failure,
 );
 
+per_helm_standin!(through_a_connect_proxy, an_expired_certificate_is_refused);
+
 /// `--debug` (and HELM_DEBUG=true) say which kubeconfig, context, server and requests,
-/// with no secret.
+/// with no secret (the real server).
 #[test]
 fn debug_output_names_the_path_and_hides_secrets() {
-    let w = world("helm4");
-    let kc = w.with_ca_data("dbg", &format!("token: {TOKEN}"));
+    let w = World::real("helm4");
+    let kc = w.with_ca_data("dbg", &w.token_user(&w.tokens.kubeconfig));
     let kc_env = kc.to_string_lossy().into_owned();
     let c = chart("demo-1.0.0");
     // `status` of a release that does not exist exits 3 after its requests.
@@ -707,7 +945,7 @@ fn debug_output_names_the_path_and_hides_secrets() {
         env.push(("KUBECONFIG", kc_env.as_str()));
         let run = w.bed.run_with(Program::Guard, &args, &env, &[]);
         run.expect_code(code, "debug run");
-        assert_no_secret(&run);
+        w.assert_no_secret(&run);
         let lines: Vec<&str> = run.stderr.lines().collect();
         let has = |want: &str| lines.iter().any(|l| l.ends_with(want));
         assert!(
@@ -747,7 +985,8 @@ fn debug_output_names_the_path_and_hides_secrets() {
     assert!(!run.stderr.contains("server: "), "{}", run.stderr);
 }
 
-/// A server that accepts connections and never answers fails within the bound, once.
+/// A server that accepts connections and never answers fails within the bound, once. (No
+/// request reaches the bed's server: an unleased stand-in bed only runs the tool.)
 #[test]
 fn a_hung_server_fails_in_bounded_time() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -758,7 +997,7 @@ fn a_hung_server_fails_in_bounded_time() {
             held.push(s);
         }
     });
-    let w = world("helm4");
+    let w = World::standin("helm4");
     let url = format!("https://{addr}");
     let started = std::time::Instant::now();
     let run = w.run_tool(
@@ -785,14 +1024,15 @@ fn a_hung_server_fails_in_bounded_time() {
 }
 
 /// Nothing listening: "connection refused" is transient, retried briefly, then reported
-/// naming the server (no context without a kubeconfig).
+/// naming the server (no context without a kubeconfig). (A real "API down": a port with
+/// nothing on it.)
 #[test]
 fn a_refused_connection_is_retried_then_named() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let w = world("helm4");
+    let w = World::standin("helm4");
     let url = format!("https://127.0.0.1:{port}");
     let started = std::time::Instant::now();
     let run = w.run_tool(
@@ -811,11 +1051,12 @@ fn a_refused_connection_is_retried_then_named() {
              up and the address and port are right; helm was not run"
         ),
     );
-    assert_no_secret(&run);
-    // Retried (about 1.4 s of backoff), not forever.
+    w.assert_no_secret(&run);
+    // Retried, not forever: three waits of "equal jitter" on 0.3, 0.6 and 1.2 s backoffs
+    // (each half fixed, half random) are 1.05 to 2.1 s in all.
     let took = started.elapsed();
     assert!(
-        took >= std::time::Duration::from_millis(1300) && took < std::time::Duration::from_secs(10),
+        took >= std::time::Duration::from_millis(1050) && took < std::time::Duration::from_secs(10),
         "took {took:?}"
     );
 }

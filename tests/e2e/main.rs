@@ -9,6 +9,7 @@ mod connect;
 mod argv;
 mod ci;
 mod completions;
+mod differential;
 mod guard;
 mod lock;
 mod matrix;

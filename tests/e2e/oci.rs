@@ -142,15 +142,15 @@ fn oci_anonymous(label: &str) {
     run.expect_code(0, "--devel");
     assert_eq!(target_version(&run), "1.3.0-rc.1");
 
-    // A pre-release range: the helm that runs decides. Helm 4.1 picks the pre-release
-    // 1.3.0-rc.1; helm 3.17 passes over pre-release tags on OCI and picks 1.2.0. Each is
-    // what that helm will install, so each is the target.
+    // A pre-release range: the helm that runs decides. Helm 4 and helm 3.21 pick the
+    // pre-release 1.3.0-rc.1; helm 3.17 passes over pre-release tags on OCI and picks
+    // 1.2.0. Each is what that helm will install, so each is the target.
     let run = check(&b, &demo, &["--version", ">=1.2.0-0 <2.0.0"], &[]);
     run.expect_code(0, "pre-release range");
-    let want = if label == "helm4" {
-        "1.3.0-rc.1"
-    } else {
+    let want = if matches!(label, "helm3.17" | "standin-helm3") {
         "1.2.0"
+    } else {
+        "1.3.0-rc.1"
     };
     assert_eq!(target_version(&run), want);
 

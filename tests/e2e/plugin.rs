@@ -191,11 +191,12 @@ fn plugin_install_and_run(label: &str) {
         &[],
     );
     server.expect_code(3, "dead API server");
-    server.assert_stderr_line(
+    server.assert_stderr_line(&format!(
         "guarded-upgrade: error: release \"db\" in namespace \"shared\": reading the deployed \
-         release: listing Secret records: API server https://127.0.0.1:9 (context \"standin\"): \
+         release: listing Secret records: API server https://127.0.0.1:9 (context \"{}\"): \
          connection refused; check that the API server is up and the address and port are right",
-    );
+        b.api.context()
+    ));
     let status = helm(&b, &["guard", "status", "db", "-n", NS, "-o", "json"], &[]);
     status.expect_code(0, "plugin status");
     let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();

@@ -1,11 +1,12 @@
 //! The helm shim: this binary on PATH under the name `helm`, driven by a helmfile-style
-//! sequence. Pass-through commands must match direct helm byte for byte (stdout, stderr,
-//! exit code); `helm upgrade` is guarded without adding `--install`.
+//! sequence, on the real API server with the newest and oldest helm 3 and 4 (the
+//! compatibility subset). Pass-through commands must match direct helm byte for byte
+//! (stdout, stderr, exit code); `helm upgrade` is guarded without adding `--install`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{bed, chart, guard_bin, lines, run, serve_dir, Bed, Run};
+use crate::common::{bed, chart, guard_bin, helm_major, lines, run, serve_dir, Bed, Run};
 
 const NS: &str = "shared";
 
@@ -165,7 +166,7 @@ fn helmfile_sequence(label: &str) {
             b.helm_bin.display()
         )
     );
-    let marker = if label == "helm3" {
+    let marker = if helm_major(label) == 3 {
         "[debug]"
     } else {
         "level=DEBUG"
@@ -191,7 +192,7 @@ fn helmfile_sequence(label: &str) {
         &["list", "-n", NS, "-o", "json"],
     )
     .expect_code(0, "helm list");
-    if label == "helm3" {
+    if helm_major(label) == 3 {
         s.same(&["status", "app", "-n", NS], &["status", "app", "-n", NS])
             .expect_code(0, "helm status");
     } else {
@@ -300,4 +301,4 @@ impl Shim {
     }
 }
 
-crate::common::per_helm!(helmfile_sequence, shim_without_real_helm);
+crate::common::per_helm_compat!(helmfile_sequence, shim_without_real_helm);

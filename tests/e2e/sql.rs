@@ -342,13 +342,25 @@ fn sql_tls(label: &str) {
         "{}",
         run.stderr
     );
-    // A mode lib/pq does not know is refused, as helm refuses it.
+    // sslmode=prefer: helm 3.17.3 and 4.1.4 (lib/pq 1.10) refuse it; the newest helms
+    // (lib/pq 1.12.3, which added prefer and allow) accept it. The tool still refuses it,
+    // failing closed before helm runs (a known gap, reported in issue 16's notes).
     let prefer = with("127.0.0.1", "sslmode=prefer");
-    assert_ne!(
-        run_with(&prefer, &["history", "db", "-n", NS], true).code,
-        0
-    );
-    // It is configuration, checked before any I/O: a usage error.
+    let helm_prefer = run_with(&prefer, &["history", "db", "-n", NS], true).code;
+    if matches!(
+        label,
+        "helm3.17" | "helm4.1" | "standin-helm3" | "standin-helm4"
+    ) {
+        assert_ne!(
+            helm_prefer, 0,
+            "{label}: old lib/pq accepted sslmode=prefer"
+        );
+    } else {
+        assert_eq!(
+            helm_prefer, 0,
+            "{label}: lib/pq 1.12 refused sslmode=prefer"
+        );
+    }
     let run = run_with(&prefer, &["upgrade", "db", &c100, "-n", NS], false);
     run.expect_code(2, "prefer");
     assert_eq!(
