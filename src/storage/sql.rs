@@ -124,18 +124,42 @@ impl SqlStore {
         let mode = ssl
             .tls_mode()
             .map_err(SqlConnectError::BadConnectionString)?;
-        let client = if mode == TlsMode::Disable {
-            let connecting = config.connect(tokio_postgres::NoTls);
-            let (client, connection) = bounded_connect(connecting).await.map_err(fail)?;
-            tokio::spawn(connection);
-            client
-        } else {
-            let tls = sql_conn::client_config(mode, &ssl)
-                .map_err(SqlConnectError::BadConnectionString)?;
-            let connecting = config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls));
-            let (client, connection) = bounded_connect(connecting).await.map_err(fail)?;
-            tokio::spawn(connection);
-            client
+        let tls = |mode| {
+            sql_conn::client_config(mode, &ssl)
+                .map(tokio_postgres_rustls::MakeRustlsConnect::new)
+                .map_err(SqlConnectError::BadConnectionString)
+        };
+        let client = match mode {
+            TlsMode::Disable => {
+                let connecting = config.connect(tokio_postgres::NoTls);
+                let (client, connection) = bounded_connect(connecting).await.map_err(fail)?;
+                tokio::spawn(connection);
+                client
+            }
+            TlsMode::Allow => {
+                let plain = bounded_connect(config.connect(tokio_postgres::NoTls)).await;
+                match plain {
+                    Ok((client, connection)) => {
+                        tokio::spawn(connection);
+                        client
+                    }
+                    // Refused in plain text (pg_hba `hostssl`): lib/pq then tries TLS once.
+                    Err(_) => {
+                        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                        let connecting = config.connect(tls(mode)?);
+                        let (client, connection) =
+                            bounded_connect(connecting).await.map_err(fail)?;
+                        tokio::spawn(connection);
+                        client
+                    }
+                }
+            }
+            _ => {
+                let connecting = config.connect(tls(mode)?);
+                let (client, connection) = bounded_connect(connecting).await.map_err(fail)?;
+                tokio::spawn(connection);
+                client
+            }
         };
         Ok(SqlStore {
             client: Mutex::new(client),
@@ -587,14 +611,16 @@ mod tests {
         );
         assert_eq!(check(Some("  ")), check(None));
         assert_eq!(
-            check(Some("postgres://u:s3cr3t@db:5432/helm?sslmode=prefer")),
+            check(Some("postgres://u:s3cr3t@db:5432/helm?sslmode=sometimes")),
             Err(
                 "HELM_DRIVER_SQL_CONNECTION_STRING is not usable: unsupported sslmode \
-                 \"prefer\"; only \"require\" (default), \"verify-full\", \"verify-ca\", and \
-                 \"disable\" are supported (as by helm's SQL driver)"
+                 \"sometimes\"; only \"require\" (default), \"verify-full\", \"verify-ca\", \
+                 \"prefer\", \"allow\", and \"disable\" are supported (as by helm's SQL driver)"
                     .into()
             )
         );
+        assert_eq!(check(Some("postgres://db/helm?sslmode=prefer")), Ok(()));
+        assert_eq!(check(Some("host=db dbname=helm sslmode=allow")), Ok(()));
         let malformed = check(Some("host=db port=notaport")).unwrap_err();
         assert!(
             malformed.starts_with("HELM_DRIVER_SQL_CONNECTION_STRING is not usable: "),
@@ -645,10 +671,10 @@ mod tests {
         assert!(unknown.contains("search_path"), "{unknown}");
         assert!(!unknown.contains("hunter2"), "{unknown}");
         assert_eq!(
-            err("host=h sslmode=allow").await,
-            "HELM_DRIVER_SQL_CONNECTION_STRING is not usable: unsupported sslmode \"allow\"; \
-             only \"require\" (default), \"verify-full\", \"verify-ca\", and \"disable\" are \
-             supported (as by helm's SQL driver)"
+            err("host=h sslmode=sometimes").await,
+            "HELM_DRIVER_SQL_CONNECTION_STRING is not usable: unsupported sslmode \"sometimes\"; \
+             only \"require\" (default), \"verify-full\", \"verify-ca\", \"prefer\", \"allow\", \
+             and \"disable\" are supported (as by helm's SQL driver)"
         );
     }
 

@@ -1,6 +1,6 @@
-//! Connecting to PostgreSQL the way Helm's SQL driver does (`lib/pq` v1.10.9, vendored by
-//! helm 3.17 and 4.1): the same connection string (`HELM_DRIVER_SQL_CONNECTION_STRING`, URL
-//! or `key=value` form) and the same TLS modes:
+//! Connecting to PostgreSQL the way Helm's SQL driver does (`lib/pq`: v1.10.9 in helm 3.17
+//! and 4.1, v1.12.3 in helm 3.21 and 4.3): the same connection string
+//! (`HELM_DRIVER_SQL_CONNECTION_STRING`, URL or `key=value` form) and the same TLS modes:
 //!
 //! | `sslmode` | TLS | verification |
 //! |---|---|---|
@@ -8,8 +8,11 @@
 //! | `verify-ca` | required | the chain against `sslrootcert` (else the system roots), any host name |
 //! | `verify-full` | required | the chain and the host name |
 //! | `disable` | never | — |
+//! | `prefer` | when the server offers it | none |
+//! | `allow` | only when the server refuses a plain connection | none |
 //!
-//! Anything else (`allow`, `prefer`) is refused, as lib/pq refuses it. Client certificates
+//! `prefer` and `allow` came with lib/pq 1.12 (the newest helms); helm 3.17 and 4.1 refuse
+//! them, and then fail on their own after the guard has decided. Anything else is refused. Client certificates
 //! come from `sslcert`/`sslkey` (default `~/.postgresql/postgresql.crt` and `.key`).
 //! tokio-postgres does not know the `ssl*` file options, so they are taken out of the string
 //! here and turned into a rustls configuration.
@@ -46,6 +49,10 @@ pub(crate) enum TlsMode {
     VerifyCa,
     /// TLS verifying chain and host name.
     VerifyFull,
+    /// `sslmode=prefer`: TLS without verification when the server offers it, else plain.
+    Prefer,
+    /// `sslmode=allow`: plain, and TLS without verification only when plain is refused.
+    Allow,
 }
 
 impl SslSettings {
@@ -67,16 +74,19 @@ impl SslSettings {
             "verify-ca" => Ok(TlsMode::VerifyCa),
             "verify-full" => Ok(TlsMode::VerifyFull),
             "disable" => Ok(TlsMode::Disable),
+            "prefer" => Ok(TlsMode::Prefer),
+            "allow" => Ok(TlsMode::Allow),
             other => Err(format!(
                 "unsupported sslmode {other:?}; only \"require\" (default), \"verify-full\", \
-                 \"verify-ca\", and \"disable\" are supported (as by helm's SQL driver)"
+                 \"verify-ca\", \"prefer\", \"allow\", and \"disable\" are supported (as by \
+                 helm's SQL driver)"
             )),
         }
     }
 }
 
 /// Splits a connection string into what tokio-postgres understands (with `sslmode` set to
-/// `disable` or `require`) and the TLS settings.
+/// `disable`, `prefer` or `require`; `allow` starts as `disable`) and the TLS settings.
 pub(crate) fn split_connection_string(text: &str) -> Result<(String, SslSettings), String> {
     let text = text.trim();
     let url = text.starts_with("postgres://") || text.starts_with("postgresql://");
@@ -102,10 +112,10 @@ pub(crate) fn split_connection_string(text: &str) -> Result<(String, SslSettings
         *slot = Some(v.clone()).filter(|v| !v.is_empty());
         false
     });
-    let tokio_mode = if ssl.tls_mode()? == TlsMode::Disable {
-        "disable"
-    } else {
-        "require"
+    let tokio_mode = match ssl.tls_mode()? {
+        TlsMode::Disable | TlsMode::Allow => "disable",
+        TlsMode::Prefer => "prefer",
+        TlsMode::NoVerify | TlsMode::VerifyCa | TlsMode::VerifyFull => "require",
     };
     pairs.push(("sslmode".into(), tokio_mode.into()));
     let rebuilt = if url {
@@ -231,7 +241,9 @@ pub(crate) fn client_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
-        TlsMode::Disable | TlsMode::NoVerify => Arc::new(NoVerification(provider)),
+        TlsMode::Disable | TlsMode::NoVerify | TlsMode::Prefer | TlsMode::Allow => {
+            Arc::new(NoVerification(provider))
+        }
         TlsMode::VerifyCa | TlsMode::VerifyFull => {
             let roots = Arc::new(root_store(ssl.root_cert.as_deref())?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
@@ -458,11 +470,19 @@ mod tests {
         );
         assert_eq!(mode("verify-ca", None), Ok(TlsMode::VerifyCa));
         assert_eq!(mode("disable", None), Ok(TlsMode::Disable));
+        assert_eq!(mode("prefer", None), Ok(TlsMode::Prefer));
+        assert_eq!(mode("allow", None), Ok(TlsMode::Allow));
         assert_eq!(
-            mode("prefer", None).unwrap_err(),
-            "unsupported sslmode \"prefer\"; only \"require\" (default), \"verify-full\", \
-             \"verify-ca\", and \"disable\" are supported (as by helm's SQL driver)"
+            mode("sometimes", None).unwrap_err(),
+            "unsupported sslmode \"sometimes\"; only \"require\" (default), \"verify-full\", \
+             \"verify-ca\", \"prefer\", \"allow\", and \"disable\" are supported (as by \
+             helm's SQL driver)"
         );
+        let (rest, _) = split_connection_string("postgres://h/db?sslmode=prefer").unwrap();
+        assert_eq!(rest, "postgres://h/db?sslmode=prefer");
+        // allow starts in plain text; TLS is the second try.
+        let (rest, _) = split_connection_string("postgres://h/db?sslmode=allow").unwrap();
+        assert_eq!(rest, "postgres://h/db?sslmode=disable");
         // Unset means require: tokio-postgres is told to require TLS.
         let (rest, _) = split_connection_string("postgres://h/db").unwrap();
         assert_eq!(rest, "postgres://h/db?sslmode=require");

@@ -342,32 +342,32 @@ fn sql_tls(label: &str) {
         "{}",
         run.stderr
     );
-    // sslmode=prefer: helm 3.17.3 and 4.1.4 (lib/pq 1.10) refuse it; the newest helms
-    // (lib/pq 1.12.3, which added prefer and allow) accept it. The tool still refuses it,
-    // failing closed before helm runs (a known gap, reported in issue 16's notes).
-    let prefer = with("127.0.0.1", "sslmode=prefer");
-    let helm_prefer = run_with(&prefer, &["history", "db", "-n", NS], true).code;
-    if matches!(
-        label,
-        "helm3.17" | "helm4.1" | "standin-helm3" | "standin-helm4"
-    ) {
-        assert_ne!(
-            helm_prefer, 0,
-            "{label}: old lib/pq accepted sslmode=prefer"
-        );
-    } else {
-        assert_eq!(
-            helm_prefer, 0,
-            "{label}: lib/pq 1.12 refused sslmode=prefer"
-        );
+    // sslmode=prefer and allow: helm 3.17.3 and 4.1.4 (lib/pq 1.10) refuse them; the
+    // newest helms (lib/pq 1.12.3) accept them, and so does the tool (TLS when offered /
+    // plain first), reading the same records as helm.
+    for mode in ["prefer", "allow"] {
+        let conn = with("127.0.0.1", &format!("sslmode={mode}"));
+        let helm_code = run_with(&conn, &["history", "db", "-n", NS], true).code;
+        if matches!(
+            label,
+            "helm3.17" | "helm4.1" | "standin-helm3" | "standin-helm4"
+        ) {
+            assert_ne!(helm_code, 0, "{label}: old lib/pq accepted sslmode={mode}");
+        } else {
+            assert_eq!(helm_code, 0, "{label}: lib/pq 1.12 refused sslmode={mode}");
+        }
+        run_with(&conn, &["check", "db", &c100, "-n", NS], false)
+            .expect_code(0, &format!("check with sslmode={mode}"));
     }
-    let run = run_with(&prefer, &["upgrade", "db", &c100, "-n", NS], false);
-    run.expect_code(2, "prefer");
+    // A mode lib/pq does not know is configuration, checked before any I/O: a usage error.
+    let bogus = with("127.0.0.1", "sslmode=sometimes");
+    let run = run_with(&bogus, &["upgrade", "db", &c100, "-n", NS], false);
+    run.expect_code(2, "sslmode=sometimes");
     assert_eq!(
         run.stderr.lines().last().unwrap_or_default(),
         "guarded-upgrade: error: HELM_DRIVER_SQL_CONNECTION_STRING is not usable: unsupported \
-         sslmode \"prefer\"; only \"require\" (default), \"verify-full\", \"verify-ca\", and \
-         \"disable\" are supported (as by helm's SQL driver)"
+         sslmode \"sometimes\"; only \"require\" (default), \"verify-full\", \"verify-ca\", \
+         \"prefer\", \"allow\", and \"disable\" are supported (as by helm's SQL driver)"
     );
 }
 
