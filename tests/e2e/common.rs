@@ -775,6 +775,7 @@ fn interpose_one(
     let method = parts.next().unwrap_or("GET").to_string();
     let target = parts.next().unwrap_or("/").to_string();
     let mut length = 0usize;
+    let mut chunked = false;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
@@ -784,13 +785,31 @@ fn interpose_one(
             if k.eq_ignore_ascii_case("content-length") {
                 length = v.trim().parse().unwrap_or(0);
             }
+            if k.eq_ignore_ascii_case("transfer-encoding") && v.trim() == "chunked" {
+                chunked = true;
+            }
         }
     }
     let mut body = vec![0; length];
     if reader.read_exact(&mut body).is_err() {
         return None;
     }
+    while chunked {
+        let mut size = String::new();
+        reader.read_line(&mut size).ok()?;
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).ok()?;
+        body.extend_from_slice(&chunk[..size]);
+        chunked = size > 0;
+    }
     let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    if json.is_none() && method != "GET" && method != "DELETE" {
+        eprintln!(
+            "interposer: {method} {target}: body {:?}",
+            String::from_utf8_lossy(&body)
+        );
+    }
     before(&method, &target);
     let (code, answer) = cluster.request(&method, &target, json.as_ref());
     let text = answer.to_string();

@@ -574,7 +574,7 @@ fn bad_inputs_change_nothing(label: &str) {
     assert_eq!(
         conflicts,
         [&format!(
-            "PATCH /api/v1/namespaces/{NS}/secrets/{} -> 409",
+            "PATCH /api/v1/namespaces/{NS}/secrets/{}? -> 409",
             record("db", 2)
         )],
         "the real server's 409: {seen:#?}"

@@ -91,7 +91,7 @@ fn command(name: &str) -> Vec<String> {
         "upgrade" => vec!["upgrade", "db", &c110, "-n", NS],
         "lock" => vec!["lock", "db", "-n", NS, "--reason", "freeze"],
         "lock --hard" => vec!["lock", "db", "-n", NS, "--hard"],
-        "unlock" => vec!["unlock", "db", "-n", NS],
+        "unlock" | "unlock (hard)" => vec!["unlock", "db", "-n", NS],
         "locks" => vec!["locks", "-n", NS],
         "locks -A" => vec!["locks", "-A"],
         other => panic!("no command {other}"),
@@ -179,10 +179,13 @@ fn each_rule_is_needed(label: &str) {
                 "upgrade (skip)",
                 "upgrade",
                 "lock --hard",
-                "unlock",
+                "unlock (hard)",
             ],
         ),
-        (("", "secrets", "patch"), &["lock", "lock --hard", "unlock"]),
+        (
+            ("", "secrets", "patch"),
+            &["lock", "lock --hard", "unlock", "unlock (hard)"],
+        ),
         (("coordination.k8s.io", "leases", "get"), &["upgrade"]),
         (("coordination.k8s.io", "leases", "create"), &["upgrade"]),
         (("coordination.k8s.io", "leases", "update"), &["upgrade"]),
@@ -195,6 +198,10 @@ fn each_rule_is_needed(label: &str) {
             if *name == "unlock" {
                 b.guard(&["lock", "db", "-n", NS, "--reason", "x"])
                     .expect_code(0, "admin locks");
+            }
+            if *name == "unlock (hard)" {
+                b.guard(&["lock", "db", "-n", NS, "--hard"])
+                    .expect_code(0, "admin locks hard");
             }
             if verb == "create" {
                 b.api.delete_object("leases", Some(NS), "helm-lock-db");
@@ -258,7 +265,7 @@ fn each_rule_is_needed(label: &str) {
                 .map(|s| s["metadata"]["labels"].clone())
                 .collect();
             assert_eq!(labels_after, labels_before, "{what}: records unchanged");
-            if *name == "unlock" {
+            if name.starts_with("unlock") {
                 b.guard(&["unlock", "db", "-n", NS])
                     .expect_code(0, "admin unlocks");
             }

@@ -138,7 +138,10 @@ fn record_near_the_size_limit(label: &str) {
         .expect_code(0, "unlock a big record")
         .assert_stderr(&[r#"unlocked: release "db" in "shared""#]);
     assert_eq!(b.history("db", NS)[0]["status"], "deployed");
-    assert_eq!(payload_size(&b, &record("db", 1)), size);
+    // Re-encoded by guarded-upgrade (gzip at best compression, like helm, but not
+    // byte-identical to Go's compressor): within 1 % of helm's own size.
+    let after = payload_size(&b, &record("db", 1));
+    assert!(after.abs_diff(size) * 100 < size, "{size} -> {after}");
 }
 
 /// `locks -A` over 1,050 release records in 50 namespaces reads them in pages
@@ -271,7 +274,9 @@ fn lease_times_round_trip(label: &str) {
 }
 
 /// Someone creates the Lease between the tool's read and its create: the real server
-/// answers 409, the tool says so, re-reads, finds it free and goes on.
+/// answers 409, the tool says so, re-reads, finds it free and goes on. (`lock` takes the
+/// mutex as `upgrade` does; helm, which speaks protobuf, is not run through the
+/// interposer.)
 fn lease_conflict_is_reread(label: &str) {
     let b = setup(label);
     b.api.delete_object("leases", Some(NS), "helm-lock-db");
@@ -298,12 +303,12 @@ fn lease_conflict_is_reread(label: &str) {
         },
         |kc| {
             b.guard_env(
-                &["upgrade", "db", &chart("demo-1.1.0"), "-n", NS],
+                &["lock", "db", "-n", NS, "--reason", "raced"],
                 &[("KUBECONFIG", kc.to_str().unwrap())],
             )
         },
     );
-    run.expect_code(0, "upgrade after a lost create race");
+    run.expect_code(0, "lock after a lost create race");
     assert!(
         seen.iter().any(|l| l
             .starts_with("POST /apis/coordination.k8s.io/v1/namespaces/shared/leases")
@@ -324,7 +329,9 @@ fn lease_conflict_is_reread(label: &str) {
         "{}",
         run.stderr
     );
-    assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
+    assert_eq!(status(&b)["lock"]["reason"], "raced");
+    let lease = b.api.get("leases", Some(NS), "helm-lock-db").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "", "released: {lease}");
 }
 
 crate::common::per_helm!(
