@@ -230,6 +230,62 @@ fn list_items(
         .collect()
 }
 
+/// Records asked for per list request: a cluster with thousands of releases is read in
+/// pages (`limit`/`continue`), each page turned into headers before the next is fetched,
+/// so no single answer holds every record's metadata.
+pub(crate) const LIST_PAGE_SIZE: u32 = 500;
+
+/// Pages through a list: `fetch(None)` is the first page, `fetch(Some(token))` the page
+/// after the one whose `metadata.continue` was `token`, until a page has no token. Every
+/// item's metadata is converted by `convert` as its page arrives. A continue token the
+/// server no longer knows (410 Expired: the list took longer than etcd keeps its
+/// snapshot) fails closed rather than returning a partial list.
+pub(crate) async fn list_pages<T, F, Fut>(
+    kind: &'static str,
+    what: &str,
+    mut fetch: F,
+    mut convert: impl FnMut(&ObjectMeta) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, StoreError>>,
+{
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    let mut pages = 0u32;
+    loop {
+        let answer = match fetch(token.clone()).await {
+            Err(StoreError::Api { code: 410, .. }) if token.is_some() => {
+                return Err(StoreError::Malformed(format!(
+                    "{what}: the list changed too much while it was read in pages of \
+                     {LIST_PAGE_SIZE} (the server expired the continue token after page \
+                     {pages}: 410 Expired); run the command again"
+                )));
+            }
+            other => other?,
+        };
+        let next = answer
+            .get("metadata")
+            .and_then(|m| m.get("continue"))
+            .and_then(|c| c.as_str())
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
+        for meta in list_items(kind, answer)? {
+            out.push(convert(&meta)?);
+        }
+        pages += 1;
+        match next {
+            Some(next) if Some(&next) == token.as_ref() => {
+                return Err(StoreError::Malformed(format!(
+                    "the {kind} list answer repeats the continue token of the page before"
+                )));
+            }
+            Some(next) => token = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
 fn label_patch(labels: &BTreeMap<String, Option<String>>) -> serde_json::Value {
     let map: serde_json::Map<String, serde_json::Value> = labels
         .iter()
@@ -276,26 +332,36 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         selector: &str,
         all_namespaces: bool,
     ) -> Result<Vec<RecordHeader>, StoreError> {
-        let params = ListParams::default().labels(selector);
         let scope = if all_namespaces {
             "all namespaces".to_string()
         } else {
             format!("namespace {:?}", self.namespace)
         };
         let what = format!("listing {}s ({selector}) in {scope}", K::KIND);
-        let answer: serde_json::Value = with_retry(&what, || async {
-            let request = self
-                .collection(all_namespaces)
-                .list_metadata(&params)
-                .map_err(|e| StoreError::Transport(e.to_string()))?;
-            Ok(self.client.request(request).await?)
-        })
-        .await?;
         let expected_ns = (!all_namespaces).then_some(self.namespace.as_str());
-        let mut headers = list_items(K::KIND, answer)?
-            .iter()
-            .map(|meta| header_from_meta(K::KIND, meta, expected_ns))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut headers = list_pages(
+            K::KIND,
+            &what,
+            |token| {
+                let mut params = ListParams::default().labels(selector).limit(LIST_PAGE_SIZE);
+                if let Some(token) = token {
+                    params = params.continue_token(&token);
+                }
+                let what = what.clone();
+                async move {
+                    with_retry(&what, || async {
+                        let request = self
+                            .collection(all_namespaces)
+                            .list_metadata(&params)
+                            .map_err(|e| StoreError::Transport(e.to_string()))?;
+                        Ok(self.client.request(request).await?)
+                    })
+                    .await
+                }
+            },
+            |meta| Ok(header_from_meta(K::KIND, meta, expected_ns)?),
+        )
+        .await?;
         headers.sort_by(|a, b| (&a.namespace, a.revision).cmp(&(&b.namespace, b.revision)));
         Ok(headers)
     }
@@ -503,5 +569,111 @@ mod tests {
             "sh.helm.release.v1.db.v3"
         );
         assert_eq!(path_segment(""), "");
+    }
+
+    fn page(names: &[&str], next: Option<&str>) -> serde_json::Value {
+        let items: Vec<serde_json::Value> = names
+            .iter()
+            .map(|n| serde_json::json!({"metadata": {"name": n}}))
+            .collect();
+        let mut meta = serde_json::json!({});
+        if let Some(next) = next {
+            meta["continue"] = next.into();
+        }
+        serde_json::json!({"kind": "PartialObjectMetadataList", "metadata": meta, "items": items})
+    }
+
+    fn name(meta: &ObjectMeta) -> Result<String, StoreError> {
+        Ok(meta.name.clone().unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn lists_follow_continue_tokens_page_by_page() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let got = list_pages(
+            "Secret",
+            "listing",
+            |token| {
+                asked.borrow_mut().push(token.clone());
+                let answer = match token.as_deref() {
+                    None => page(&["a", "b"], Some("t1")),
+                    Some("t1") => page(&["c"], Some("t2")),
+                    Some("t2") => page(&[], Some("")),
+                    Some(other) => panic!("unexpected token {other}"),
+                };
+                async move { Ok(answer) }
+            },
+            name,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, ["a", "b", "c"]);
+        assert_eq!(
+            *asked.borrow(),
+            [None, Some("t1".to_string()), Some("t2".to_string())]
+        );
+        assert_eq!(LIST_PAGE_SIZE, 500);
+    }
+
+    #[tokio::test]
+    async fn an_expired_continue_token_fails_closed() {
+        let err = list_pages(
+            "Secret",
+            "listing Secrets (owner=helm) in all namespaces",
+            |token| async move {
+                match token {
+                    None => Ok(page(&["a"], Some("t1"))),
+                    Some(_) => Err(StoreError::Api {
+                        code: 410,
+                        reason: "Expired".into(),
+                        message: "too old resource version".into(),
+                        retry_after: None,
+                    }),
+                }
+            },
+            name,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "listing Secrets (owner=helm) in all namespaces: the list changed too much while \
+             it was read in pages of 500 (the server expired the continue token after page 1: \
+             410 Expired); run the command again; refusing to read it as an empty or partial \
+             release"
+        );
+        // A 410 on the first page is the server's own answer, passed on as it is.
+        let err = list_pages(
+            "Secret",
+            "listing",
+            |_| async {
+                Err::<serde_json::Value, _>(StoreError::Api {
+                    code: 410,
+                    reason: "Gone".into(),
+                    message: "gone".into(),
+                    retry_after: None,
+                })
+            },
+            name,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Api { code: 410, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_repeated_continue_token_is_refused() {
+        let err = list_pages(
+            "Secret",
+            "listing",
+            |_| async { Ok(page(&["a"], Some("same"))) },
+            name,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("repeats the continue token"),
+            "{err}"
+        );
     }
 }

@@ -702,3 +702,176 @@ pub fn guard_bin() -> &'static Path {
 pub fn lines(text: &str) -> Vec<&str> {
     text.lines().collect()
 }
+
+// ---- h16b (lock, mutex, rbac, realonly): an interposer in front of the real server ----
+
+/// A plain-HTTP front for the real API server that forwards every request as the test
+/// bed's admin, and runs `before(method, path_and_query)` first: a test makes a real
+/// conflicting write there, at exactly the moment the tool is about to write, so the real
+/// server answers the tool's write with its own 409. Runs `body` with the path of a
+/// kubeconfig (context `testbed`) pointing at the front; stops when `body` returns.
+/// Returns what `body` returned and every forwarded request as `METHOD path?query -> code`
+/// (the test bed's admin is left out of the audit log, so these are not in
+/// `b.api.requests()`).
+pub fn with_interposer<R>(
+    b: &Bed,
+    before: impl Fn(&str, &str) + Sync,
+    body: impl FnOnce(&Path) -> R,
+) -> (R, Vec<String>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cluster = b.api.real();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let kubeconfig = b.home().join(format!("kubeconfig-interposer-{port}"));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: \
+             http://127.0.0.1:{port}\nusers:\n- name: admin\n  user:\n    token: interposed\n\
+             contexts:\n- name: testbed\n  context:\n    cluster: testbed\n    user: admin\n\
+             current-context: testbed\n"
+        ),
+    )
+    .expect("write kubeconfig");
+    let stop = AtomicBool::new(false);
+    let seen = std::sync::Mutex::new(Vec::new());
+    let out = std::thread::scope(|scope| {
+        let before = &before;
+        let stop_ref = &stop;
+        let seen = &seen;
+        scope.spawn(move || {
+            for stream in listener.incoming() {
+                if stop_ref.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                scope.spawn(move || {
+                    if let Some(line) = interpose_one(cluster, stream, before) {
+                        seen.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                    }
+                });
+            }
+        });
+        let out = body(&kubeconfig);
+        stop.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+        out
+    });
+    (out, seen.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+fn interpose_one(
+    cluster: &kube_testbed::Cluster,
+    stream: std::net::TcpStream,
+    before: &(impl Fn(&str, &str) + Sync),
+) -> Option<String> {
+    use std::io::Read;
+    let mut reader = BufReader::new(&stream);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("GET").to_string();
+    let target = parts.next().unwrap_or("/").to_string();
+    let mut length = 0usize;
+    let mut chunked = false;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if k.eq_ignore_ascii_case("transfer-encoding") && v.trim() == "chunked" {
+                chunked = true;
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).is_err() {
+        return None;
+    }
+    while chunked {
+        let mut size = String::new();
+        reader.read_line(&mut size).ok()?;
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).ok()?;
+        body.extend_from_slice(&chunk[..size]);
+        chunked = size > 0;
+    }
+    let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    if json.is_none() && method != "GET" && method != "DELETE" {
+        eprintln!(
+            "interposer: {method} {target}: body {:?}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    before(&method, &target);
+    let (code, answer) = cluster.request(&method, &target, json.as_ref());
+    let text = answer.to_string();
+    let mut stream = &stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{text}",
+        text.len()
+    );
+    Some(format!("{method} {target} -> {code}"))
+}
+
+/// Binds `rules` (RBAC PolicyRules) to `user` in `ns` through the Role `grant-<user>`
+/// (replacing an earlier grant to the same user there).
+pub fn grant(b: &Bed, ns: &str, user: &str, rules: &[serde_json::Value]) {
+    let name = format!("grant-{user}");
+    b.api.put_object(
+        "roles",
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": name, "namespace": ns},
+            "rules": rules,
+        }),
+    );
+    b.api.put_object(
+        "rolebindings",
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }),
+    );
+}
+
+/// What helm needs to install and upgrade the fixture charts (and their hook Jobs): every
+/// verb on the core, apps and batch groups. Nothing on Leases.
+pub fn helm_rules() -> Vec<serde_json::Value> {
+    vec![serde_json::json!({
+        "apiGroups": ["", "apps", "batch"],
+        "resources": ["*"],
+        "verbs": ["*"],
+    })]
+}
+
+/// A `demo` chart at `version` with a pre-upgrade/pre-install hook Job that never
+/// completes on the real server (no controllers): helm writes its pending record, then
+/// waits on the hook, which keeps it busy for as long as a test needs.
+pub fn hooked_chart(b: &Bed, version: &str) -> String {
+    let dir = b.home().join("charts").join(format!("hooked-{version}"));
+    copy_dir(Path::new(&b.versioned_chart(version)), &dir);
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::write(
+        Path::new(&dir).join("templates").join("hook.yaml"),
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {{ .Release.Name }}-hook\n  \
+         annotations:\n    helm.sh/hook: pre-upgrade,pre-install\nspec:\n  template:\n    \
+         spec:\n      restartPolicy: Never\n      containers:\n        - name: wait\n          \
+         image: registry.invalid/wait:1\n",
+    )
+    .expect("write the hook");
+    dir
+}

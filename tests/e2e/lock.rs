@@ -1,15 +1,24 @@
-//! End to end: release locks (`lock`, `unlock`, `status`, `locks`) with real helm 3.17.3 and
-//! 4.1.4 against the API stand-in. The lock lives in labels on Helm's own records, so every
-//! scenario also checks what helm itself does with those records.
+//! End to end: release locks (`lock`, `unlock`, `status`, `locks`) with real helm against
+//! the real API server (newest helm 3 and 4; the oldest too for lock and hard lock). The
+//! lock lives in labels on Helm's own records, so every scenario also checks what helm
+//! itself does with those records.
 
 use std::collections::BTreeMap;
 
-use crate::common::{bed, chart, Bed, Run};
-use kube_standin::{Fault, FaultAction};
+use crate::common::{bed, chart, with_interposer, Bed, Run};
 use serde_json::Value;
 
 const NS: &str = "shared";
 const PREFIX: &str = "guarded-upgrade.io/";
+
+/// The user the admin kubeconfig authenticates as: the default `--by` of a lock.
+fn who(b: &Bed) -> &'static str {
+    if b.api.is_real() {
+        "admin"
+    } else {
+        "standin"
+    }
+}
 
 fn setup(label: &str) -> Bed {
     let b = bed(label);
@@ -174,6 +183,7 @@ fn soft_lock_skips_without_writes(label: &str) {
 /// 2. Pin 1.4.x: 1.4.3 upgrades, 1.5.0 is skipped as `pinned`.
 fn pin_allows_only_matching(label: &str) {
     let b = setup(label);
+    let who = who(&b);
     install(&b, "db", &b.versioned_chart("1.4.0"), NS);
     b.guard(&["lock", "db", "--pin", "1.4.x", "-n", NS])
         .expect_code(0, "lock --pin")
@@ -203,7 +213,7 @@ fn pin_allows_only_matching(label: &str) {
     run.expect_code(0, "upgrade outside the pin");
     run.assert_stderr(&[&format!(
         "skip: release \"db\" in \"shared\" is at 1.4.3 (revision 2); target 1.5.0 does not \
-         match the pin \"1.4.x\" (pin lock by standin since {since})"
+         match the pin \"1.4.x\" (pin lock by {who} since {since})"
     )]);
     assert_eq!(
         b.writes(),
@@ -219,6 +229,7 @@ fn pin_allows_only_matching(label: &str) {
 /// 3. An expired lock is ignored with a note; `status` flags it as expired.
 fn expired_lock_is_ignored(label: &str) {
     let b = setup(label);
+    let who = who(&b);
     install(&b, "db", &chart("demo-1.0.0"), NS);
     b.guard(&[
         "lock",
@@ -246,7 +257,7 @@ fn expired_lock_is_ignored(label: &str) {
     run.expect_code(0, "upgrade past an expired lock");
     run.assert_stderr_line(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.0"#);
     run.assert_stderr_line(&format!(
-        "  note: ignored expired lock set by standin (soft lock, expired at {expires})"
+        "  note: ignored expired lock set by {who} (soft lock, expired at {expires})"
     ));
     assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
     // The (expired) lock followed helm's upgrade; it is still shown until unlocked.
@@ -261,6 +272,7 @@ fn expired_lock_is_ignored(label: &str) {
 /// 4. Hard lock: plain helm refuses, helm can still read the record, unlock restores it.
 fn hard_lock_blocks_plain_helm(label: &str) {
     let b = setup(label);
+    let who = who(&b);
     install(&b, "db", &chart("demo-1.0.0"), NS);
     let before = b.history("db", NS);
     b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
@@ -289,7 +301,7 @@ fn hard_lock_blocks_plain_helm(label: &str) {
     run.expect_code(0, "guarded upgrade of a hard-locked release");
     run.assert_stderr(&[&format!(
         "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1); target 1.1.0 not \
-         applied: hard lock by standin since {}: \"freeze\"",
+         applied: hard lock by {who} since {}: \"freeze\"",
         lock_field(&b, &[], "since")
     )]);
     assert_eq!(
@@ -527,45 +539,78 @@ fn bad_inputs_change_nothing(label: &str) {
     assert_eq!(all_labels(&b, "secrets", NS, "db"), before);
 
     b.api.clear_requests();
-    b.api.inject(Fault {
-        verb: Some("patch".into()),
-        resource: Some("secrets".into()),
-        name: None,
-        action: FaultAction::Status(409),
-        times: Some(1),
+    // A real conflicting write: someone changes the latest record just before our
+    // write reaches the server, which answers our stale resourceVersion with 409.
+    let touched = std::sync::atomic::AtomicUsize::new(0);
+    let (touched, api) = (&touched, &b.api);
+    let touch = |target: &'static str, rev: u64| {
+        let name = record("db", rev);
+        move |method: &str, path: &str| {
+            if method == "PATCH"
+                && path.starts_with(&format!("/api/v1/namespaces/{NS}/secrets/{name}"))
+                && touched.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0
+            {
+                let (code, v) = api.real().request(
+                    "PATCH",
+                    &format!("/api/v1/namespaces/{NS}/secrets/{name}"),
+                    Some(&serde_json::json!({"metadata": {"annotations": {"touched": target}}})),
+                );
+                assert_eq!(code, 200, "{v}");
+            }
+        }
+    };
+    let (run, seen) = with_interposer(&b, touch("latest", 2), |kc| {
+        b.guard_env(
+            &["lock", "db", "--reason", "conflict", "-n", NS],
+            &[("KUBECONFIG", kc.to_str().unwrap())],
+        )
     });
-    let run = b.guard(&["lock", "db", "--reason", "conflict", "-n", NS]);
     run.expect_code(3, "conflicting change");
     run.assert_error(
         "release \"db\" in namespace \"shared\": record sh.helm.release.v1.db.v2 was changed \
          by someone else while locking/unlocking (409 Conflict); nothing was changed on it. Run \
          the command again",
     );
-    b.api.clear_faults();
+    let conflicts: Vec<&String> = seen.iter().filter(|l| l.ends_with("-> 409")).collect();
+    assert_eq!(
+        conflicts,
+        [&format!(
+            "PATCH /api/v1/namespaces/{NS}/secrets/{}? -> 409",
+            record("db", 2)
+        )],
+        "the real server's 409: {seen:#?}"
+    );
     assert_eq!(all_labels(&b, "secrets", NS, "db"), before);
     for labels in all_labels(&b, "secrets", NS, "db").values() {
         assert!(!labels.keys().any(|k| k.starts_with(PREFIX)), "{labels:?}");
     }
 
     // A conflict on an older record is retried after re-reading it.
-    b.api.inject(Fault {
-        verb: Some("patch".into()),
-        resource: Some("secrets".into()),
-        name: Some(record("db", 1)),
-        action: FaultAction::Status(409),
-        times: Some(1),
-    });
-    b.guard(&["lock", "db", "--reason", "retried", "-n", NS])
-        .expect_code(0, "lock with a conflict on an older record");
-    b.api.clear_faults();
+    touched.store(0, std::sync::atomic::Ordering::SeqCst);
+    with_interposer(&b, touch("older", 1), |kc| {
+        b.guard_env(
+            &["lock", "db", "--reason", "retried", "-n", NS],
+            &[("KUBECONFIG", kc.to_str().unwrap())],
+        )
+    })
+    .0
+    .expect_code(0, "lock with a conflict on an older record");
+    assert_eq!(
+        touched.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "retried once"
+    );
     let v1 = lock_labels(&b, "secrets", NS, &record("db", 1));
     assert_eq!(v1, lock_labels(&b, "secrets", NS, &record("db", 2)));
     assert_eq!(v1["guarded-upgrade.io/reason"], "retried", "{v1:?}");
+    let v1 = b.api.get("secrets", Some(NS), &record("db", 1)).unwrap();
+    assert_eq!(v1["metadata"]["annotations"]["touched"], "older", "{v1}");
 }
 
 /// 8. `HELM_DRIVER=configmap`: the lock lives on the ConfigMap records.
 fn configmap_driver(label: &str) {
     let b = setup(label);
+    let who = who(&b);
     let env = [("HELM_DRIVER", "configmap")];
     let c110 = chart("demo-1.1.0");
     b.guard_env(
@@ -588,7 +633,7 @@ fn configmap_driver(label: &str) {
     assert_eq!(b.writes(), Vec::<String>::new());
     run.assert_stderr(&[&format!(
         "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1); target 1.1.0 not \
-         applied: soft lock by standin since {}: \"cm\"",
+         applied: soft lock by {who} since {}: \"cm\"",
         lock_field(&b, &env, "since")
     )]);
     assert_eq!(check_json(&b, "db", &c110, NS, &env)["driver"], "configmap");
@@ -674,6 +719,7 @@ fn lock_owner(label: &str) {
 /// 10. A long reason with spaces and symbols round-trips exactly through labels.
 fn long_reason_round_trips(label: &str) {
     let b = setup(label);
+    let who = who(&b);
     install(&b, "db", &chart("demo-1.0.0"), NS);
     let mut reason = String::from(
         "Freeze: \"quarterly close\" — DB schema v42 <-> v43; ask #team-db @alice & ops (50%)! ",
@@ -694,7 +740,7 @@ fn long_reason_round_trips(label: &str) {
     // The reason is shown quoted (escaped as a Rust/Go string), whole.
     run.assert_stderr(&[&format!(
         "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1); target 1.1.0 not \
-         applied: soft lock by standin since {}: {reason:?}",
+         applied: soft lock by {who} since {}: {reason:?}",
         lock_field(&b, &[], "since")
     )]);
     // Helm carries every part of it to a new revision.
@@ -736,6 +782,7 @@ fn statuses(b: &Bed, release: &str) -> Vec<String> {
 /// `unlock` leaves exactly one deployed revision.
 fn hard_lock_then_rollback(label: &str) {
     let b = setup(label);
+    let who = who(&b);
     install(&b, "db", &chart("demo-1.0.0"), NS);
     b.helm(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
         .expect_code(0, "revision 2");
@@ -758,7 +805,7 @@ fn hard_lock_then_rollback(label: &str) {
     run.assert_stderr(&[
         &format!(
             "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 3); target 1.2.0 not \
-             applied: hard lock by standin since {since}: \"freeze\""
+             applied: hard lock by {who} since {since}: \"freeze\""
         ),
         &format!("  note: {note}"),
     ]);
@@ -767,7 +814,7 @@ fn hard_lock_then_rollback(label: &str) {
         status["upgrade_message"],
         format!(
             "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 3); upgrades are not \
-             applied: hard lock by standin since {since}: \"freeze\"; note: {note}"
+             applied: hard lock by {who} since {since}: \"freeze\"; note: {note}"
         ),
         "{status}"
     );
@@ -808,6 +855,7 @@ fn hard_lock_then_rollback(label: &str) {
 /// pending); a record changed underneath makes `unlock` refuse until `--force`.
 fn hard_lock_expiry_and_tampering(label: &str) {
     let b = setup(label);
+    let who = who(&b);
     install(&b, "db", &chart("demo-1.0.0"), NS);
     b.guard(&["lock", "db", "--hard", "-n", NS])
         .expect_code(0, "lock --hard");
@@ -831,7 +879,7 @@ fn hard_lock_expiry_and_tampering(label: &str) {
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     run.expect_code(3, "expired hard lock");
     run.assert_stderr(&[&format!(
-        "refused: release \"db\" in \"shared\" has an expired hard lock by standin since {} \
+        "refused: release \"db\" in \"shared\" has an expired hard lock by {who} since {} \
          until {}; its revision 1 is still marked pending-upgrade by the lock, so helm would \
          refuse to upgrade. Run \"guarded-upgrade unlock db -n shared\" to restore the \
          revision's status, then retry",
@@ -938,19 +986,24 @@ fn concurrent_locks_serialize(label: &str) {
         }));
 }
 
-crate::common::per_helm!(
-    soft_lock_skips_without_writes,
-    pin_allows_only_matching,
-    expired_lock_is_ignored,
-    hard_lock_blocks_plain_helm,
-    lock_survives_plain_upgrade_and_rollback,
-    locks_lists_all_namespaces,
-    bad_inputs_change_nothing,
-    configmap_driver,
-    lock_owner,
-    long_reason_round_trips,
-    hard_lock_then_rollback,
-    hard_lock_expiry_and_tampering,
-    pending_release_is_not_locked,
-    concurrent_locks_serialize,
-);
+// The compatibility subset (lock, hard lock): also with the oldest helm 3 and 4.
+crate::common::per_helm_compat!(soft_lock_skips_without_writes, hard_lock_blocks_plain_helm);
+
+/// Every other behaviour case, on the real server with the newest helm 3 and 4.
+mod behaviour {
+    use super::*;
+    crate::common::per_helm!(
+        pin_allows_only_matching,
+        expired_lock_is_ignored,
+        lock_survives_plain_upgrade_and_rollback,
+        locks_lists_all_namespaces,
+        bad_inputs_change_nothing,
+        configmap_driver,
+        lock_owner,
+        long_reason_round_trips,
+        hard_lock_then_rollback,
+        hard_lock_expiry_and_tampering,
+        pending_release_is_not_locked,
+        concurrent_locks_serialize,
+    );
+}

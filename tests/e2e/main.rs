@@ -16,6 +16,8 @@ mod matrix;
 mod mutex;
 mod oci;
 mod plugin;
+mod rbac;
+mod realonly;
 mod records;
 mod repo;
 mod retry;

@@ -1,8 +1,9 @@
-//! End to end: the per-release mutex (issue 5) with real helm against the API stand-in.
+//! End to end: the per-release mutex (issue 5) with real helm against the real API server;
+//! faults by request position and delays on the API stand-in (`standin::`).
 
 use std::time::{Duration, Instant};
 
-use crate::common::{bed, chart, finish, Bed};
+use crate::common::{bed, chart, finish, grant, helm_rules, hooked_chart, Bed};
 use kube_standin::{Fault, FaultAction};
 
 const NS: &str = "shared";
@@ -38,7 +39,7 @@ fn foreign_lease(b: &Bed, release: &str, holder: &str, duration: i64) {
     let ts = |secs: i64| {
         jiff::Timestamp::from_second(secs)
             .unwrap()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .strftime("%Y-%m-%dT%H:%M:%S.000000Z")
             .to_string()
     };
     b.api.put_object(
@@ -123,22 +124,10 @@ fn killed_holder(label: &str) {
     let b = setup(label);
     b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS])
         .expect_code(0, "install");
-    // Keep helm busy once it has written its pending record.
-    b.api.inject(fault(
-        None,
-        "deployments",
-        FaultAction::Delay(Duration::from_secs(60)),
-        None,
-    ));
-    let child = b.guard_spawn(&[
-        "upgrade",
-        "db",
-        &chart("demo-1.1.0"),
-        "-n",
-        NS,
-        "--lease-duration",
-        "3s",
-    ]);
+    // Keep helm busy once it has written its pending record: a pre-upgrade hook Job that
+    // never completes (no controllers run on the real server).
+    let hooked = hooked_chart(&b, "1.1.0");
+    let child = b.guard_spawn(&["upgrade", "db", &hooked, "-n", NS, "--lease-duration", "3s"]);
     wait_until(
         "helm to write its pending record",
         Duration::from_secs(30),
@@ -150,7 +139,6 @@ fn killed_holder(label: &str) {
     }
     let killed = finish(child);
     assert_ne!(killed.code, 0);
-    b.api.clear_faults();
 
     let run = b.guard(&[
         "upgrade",
@@ -341,23 +329,39 @@ fn lock_timeout_names_holder(label: &str) {
 /// No Lease RBAC: fail closed naming the rule; --no-serialize runs unserialized.
 fn forbidden_leases(label: &str) {
     let b = setup(label);
-    b.api
-        .inject(fault(None, "leases", FaultAction::Status(403), None));
-    let run = b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS]);
+    // alice may do everything helm needs here, but nothing on Leases.
+    grant(&b, NS, "alice", &helm_rules());
+    let kc = b.api.real().kubeconfig_for("alice", Some(NS));
+    let env = [("KUBECONFIG", kc.to_str().unwrap())];
+    b.api.clear_requests();
+    let run = b.guard_env(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS], &env);
     run.expect_code(3, "forbidden");
     assert!(run.stderr.contains("coordination.k8s.io"), "{}", run.stderr);
     assert!(run.stderr.contains("--no-serialize"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(r#"User "alice" cannot get resource "leases""#)
+            || run
+                .stderr
+                .contains(r#"User "alice" cannot create resource "leases""#),
+        "the real server's denial: {}",
+        run.stderr
+    );
+    assert_eq!(b.writes(), Vec::<String>::new(), "helm was not run");
     let decision = b.home().join("decision.json");
-    let run = b.guard(&[
-        "upgrade",
-        "db",
-        &chart("demo-1.0.0"),
-        "-n",
-        NS,
-        "--no-serialize",
-        "--decision-file",
-        decision.to_str().unwrap(),
-    ]);
+    let run = b.guard_env(
+        &[
+            "upgrade",
+            "db",
+            &chart("demo-1.0.0"),
+            "-n",
+            NS,
+            "--no-serialize",
+            "--decision-file",
+            decision.to_str().unwrap(),
+        ],
+        &env,
+    );
     run.expect_code(0, "unserialized");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&decision).unwrap()).unwrap();
@@ -396,13 +400,8 @@ fn sigterm_is_forwarded(label: &str) {
     let b = setup(label);
     b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS])
         .expect_code(0, "install");
-    b.api.inject(fault(
-        None,
-        "deployments",
-        FaultAction::Delay(Duration::from_secs(30)),
-        None,
-    ));
-    let child = b.guard_spawn(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    let hooked = hooked_chart(&b, "1.1.0");
+    let child = b.guard_spawn(&["upgrade", "db", &hooked, "-n", NS]);
     let start = Instant::now();
     wait_until(
         "helm to write its pending record",
@@ -414,7 +413,6 @@ fn sigterm_is_forwarded(label: &str) {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let run = finish(child);
-    b.api.clear_faults();
     assert!(
         start.elapsed() < Duration::from_secs(25),
         "helm did not stop on SIGTERM"
@@ -476,7 +474,7 @@ const WAITING: &str = r#"waiting: mutex helm-lock-db for release "db" in "shared
 /// reported, backed-off attempts, then exit 3 well within --lock-timeout; helm not run.
 #[test]
 fn failing_lease_writes_give_up_after_a_few_attempts() {
-    let b = setup("helm4");
+    let b = setup("standin-helm4");
     let cases: [(&str, FaultAction, &str, &str); 2] = [
         (
             "create",
@@ -535,7 +533,7 @@ fn failing_lease_writes_give_up_after_a_few_attempts() {
 /// backoff, each race reported, and --lock-timeout ends it; helm not run.
 #[test]
 fn conflicts_on_the_lease_are_bounded_by_the_lock_timeout() {
-    let b = setup("helm4");
+    let b = setup("standin-helm4");
     b.api.inject(fault(
         Some("create"),
         "leases",
@@ -766,13 +764,20 @@ crate::common::per_helm!(
     dry_run_needs_no_mutex,
     concurrent_pipelines,
     killed_holder,
-    renew_faults_are_retried,
-    lost_lease_is_reported,
     lock_timeout_names_holder,
     forbidden_leases,
     namespaces,
     sigterm_is_forwarded,
-    one_failed_create_is_retried,
-    one_failed_release_is_retried,
-    unreleasable_lease_is_reported,
 );
+
+/// Faults by request position and delays only the stand-in can produce.
+mod standin {
+    use super::*;
+    crate::common::per_helm_standin!(
+        renew_faults_are_retried,
+        lost_lease_is_reported,
+        one_failed_create_is_retried,
+        one_failed_release_is_retried,
+        unreleasable_lease_is_reported,
+    );
+}
