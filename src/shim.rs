@@ -263,45 +263,10 @@ pub(crate) fn removed_words(input: &[String], kept: &[String]) -> Vec<String> {
     removed
 }
 
-/// Identity of a file: canonical path and (device, inode), so a symlink, a hard link or a
-/// copy reached through another directory is still recognised as this binary.
-fn identity(path: &Path) -> Option<(PathBuf, (u64, u64))> {
-    use std::os::unix::fs::MetadataExt;
-    let canonical = std::fs::canonicalize(path).ok()?;
-    let meta = std::fs::metadata(&canonical).ok()?;
-    Some((canonical, (meta.dev(), meta.ino())))
-}
-
-fn is_executable_file(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// The real helm: `GUARDED_UPGRADE_HELM` when set, else the first `helm` on PATH that is
 /// not this binary. Never this binary: that would recurse.
 pub(crate) fn real_helm(explicit: Option<&str>) -> Result<PathBuf, HelmError> {
-    let me = std::env::current_exe().ok().and_then(|p| identity(&p));
-    let is_me = |path: &Path| match (&me, identity(path)) {
-        (Some((my_path, my_id)), Some((path, id))) => *my_path == path || *my_id == id,
-        _ => false,
-    };
-    if let Some(given) = explicit {
-        let path = which::which(given)
-            .map_err(|e| HelmError::ShimNotFound(format!("{HELM_VAR}={given:?} ({e})")))?;
-        if is_me(&path) {
-            return Err(HelmError::ShimNotFound(format!(
-                "{HELM_VAR}={given:?} is this shim itself"
-            )));
-        }
-        return Ok(path);
-    }
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path_var)
-        .map(|dir| dir.join("helm"))
-        .find(|candidate| is_executable_file(candidate) && !is_me(candidate))
-        .ok_or_else(|| {
-            HelmError::ShimNotFound("no `helm` on PATH other than this shim".to_string())
-        })
+    crate::helm::find(explicit, HELM_VAR, HelmError::ShimNotFound)
 }
 
 #[cfg(test)]
