@@ -95,8 +95,7 @@ pub(crate) fn find(
 ) -> Result<PathBuf, HelmError> {
     let me = SelfIdentity::current();
     if let Some(given) = given.filter(|s| !s.is_empty()) {
-        let path =
-            which::which(given).map_err(|e| not_found(format!("{from}={given:?} ({e})")))?;
+        let path = which::which(given).map_err(|e| not_found(format!("{from}={given:?} ({e})")))?;
         if let Some(why) = me.as_ref().and_then(|me| me.matches(&path)) {
             return Err(HelmError::IsSelf { path, from, why });
         }
@@ -344,6 +343,58 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("helm not found"), "{text}");
         assert!(text.contains("--helm PATH"), "{text}");
+    }
+
+    /// A symlink, a hard link and a copy of this binary are each recognised, whichever
+    /// way they are named (issue 17); another program is not.
+    #[test]
+    fn links_and_copies_of_this_binary_are_refused() {
+        let me = std::env::current_exe().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (symlink, hard, copy, other) = (
+            dir.path().join("symlink"),
+            dir.path().join("hard"),
+            dir.path().join("copy"),
+            dir.path().join("other"),
+        );
+        std::os::unix::fs::symlink(&me, &symlink).unwrap();
+        // A hard link needs the same filesystem as the test binary; skipped when it is not.
+        let hard_made = std::fs::hard_link(&me, &hard).is_ok();
+        std::fs::copy(&me, &copy).unwrap();
+        std::fs::write(&other, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let identity = SelfIdentity::current().unwrap();
+        assert_eq!(
+            identity.matches(&symlink),
+            Some("is this guarded-upgrade binary (the same path)")
+        );
+        if hard_made {
+            assert_eq!(
+                identity.matches(&hard),
+                Some("is this guarded-upgrade binary (the same file)")
+            );
+        }
+        assert_eq!(
+            identity.matches(&copy),
+            Some("is a copy of this guarded-upgrade binary (the same content)")
+        );
+        assert_eq!(identity.matches(&other), None);
+        for path in [&symlink, &copy] {
+            let err = locate(Some(path.to_str().unwrap())).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    HelmError::IsSelf {
+                        from: "--helm/HELM_BIN",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.is_usage());
+        }
+        assert_eq!(locate(Some(other.to_str().unwrap())).unwrap(), other);
     }
 
     #[tokio::test]

@@ -123,9 +123,7 @@ pub enum ClusterError {
     },
     /// The namespace the configuration yields (kubeconfig context, in-cluster service
     /// account) is not a DNS-1123 label: it would be spliced into API paths.
-    #[error(
-        "the namespace from {from} is unusable: {source}; fix it there, or pass -n NAMESPACE"
-    )]
+    #[error("the namespace from {from} is unusable: {source}; fix it there, or pass -n NAMESPACE")]
     InvalidNamespace {
         /// Where the namespace came from.
         from: String,
