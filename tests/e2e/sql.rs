@@ -359,4 +359,69 @@ fn sql_tls(label: &str) {
     );
 }
 
-crate::common::per_helm!(sql_decisions, sql_locks, sql_tls);
+/// Issue 17: what the SQL store cannot read refuses (exit 3) naming the row and the field,
+/// never "no lock" and never a panic: an unknown lock kind, a NULL label, a mistyped
+/// column, a missing labels table.
+fn sql_unreadable_rows_refuse(label: &str) {
+    let s = SqlBed::new(label, "unreadable");
+    s.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    let upgrade = || s.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    let key = "sh.helm.release.v1.db.v1";
+    let cannot = "guarded-upgrade: error: release \"db\" in namespace \"shared\": reading the \
+                  deployed release: ";
+    s.query(&format!(
+        "INSERT INTO custom_labels_v1 (releaseKey, releaseNamespace, key, value) VALUES \
+         ('{key}', '{NS}', '{LOCK_KEY}', 'bogus'), ('{key}', '{NS}', \
+         'guarded-upgrade.io/since', '1700000000')"
+    ));
+    upgrade().expect_code(3, "unknown lock kind").assert_stderr(&[&format!(
+        "{cannot}inconsistent record: releases_v1 \"{key}\": label {LOCK_KEY} is not soft, hard or pin; fix the label, or remove \
+         the lock with `guarded-upgrade unlock db -n shared`; helm was not run"
+    )]);
+    s.query("DELETE FROM custom_labels_v1 WHERE key LIKE 'guarded-upgrade.io/%'");
+
+    s.query("ALTER TABLE custom_labels_v1 ALTER COLUMN value DROP NOT NULL");
+    s.query(&format!(
+        "INSERT INTO custom_labels_v1 (releaseKey, releaseNamespace, key, value) VALUES \
+         ('{key}', '{NS}', '{LOCK_KEY}', NULL)"
+    ));
+    upgrade().expect_code(3, "NULL label").assert_stderr(&[&format!(
+        "{cannot}listing releases_v1 records: SQL row \"{key}\": custom_labels_v1 column value \
+         is NULL; helm was not run"
+    )]);
+    s.query("DELETE FROM custom_labels_v1 WHERE value IS NULL");
+
+    s.query("ALTER TABLE releases_v1 ALTER COLUMN version TYPE bigint");
+    let run = upgrade();
+    run.expect_code(3, "mistyped column");
+    assert!(
+        run.stderr.starts_with(&format!(
+            "{cannot}listing releases_v1 records: SQL row \"{key}\": column version cannot be \
+             read ("
+        )),
+        "{}",
+        run.stderr
+    );
+    s.query("ALTER TABLE releases_v1 ALTER COLUMN version TYPE integer");
+
+    s.query("DROP TABLE custom_labels_v1");
+    let run = upgrade();
+    run.expect_code(3, "missing labels table");
+    assert!(
+        run.stderr.contains(
+            "releases_v1 has rows but table custom_labels_v1, where helm keeps release labels \
+             (and guarded-upgrade its locks), does not exist"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s.statuses(), "1=deployed", "helm must not have run");
+}
+
+crate::common::per_helm!(
+    sql_decisions,
+    sql_locks,
+    sql_tls,
+    sql_unreadable_rows_refuse
+);
