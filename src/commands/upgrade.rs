@@ -76,8 +76,17 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     let held = match super::acquire_mutex(&session, release, &options).await {
         Ok(held) => held,
         Err(MutexError::NamespaceMissing(_)) => {
-            // Nothing to race on in a namespace that does not exist: let helm report it.
+            // The Lease cannot live in a namespace that does not exist. The first decision
+            // stands, refusals included (with HELM_DRIVER=sql the records live elsewhere and
+            // may be pending or locked); helm runs unserialized only with a reason printed.
             let report = guard::report(&plan, store, &first, &target, Some(false), None);
+            if !first.decision.action.proceeds() {
+                return finish_without_helm(&plan, &first.decision, &report);
+            }
+            output::note(&format!(
+                "running unserialized: namespace {namespace:?} does not exist, so the mutex \
+                 (a Lease in it) cannot be taken"
+            ));
             return run_helm(&plan, &helm, &first.decision, &report).await;
         }
         Err(source) => {
