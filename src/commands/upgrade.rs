@@ -98,16 +98,32 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
         }
     };
 
-    // 3. Decide again under the mutex; recover a stale pending record if asked to.
+    // 3. Decide again under the mutex; recover a stale pending record if asked to. The
+    // signal handlers the mutex wait installed replace the default action, so SIGINT and
+    // SIGTERM are watched here until helm starts (then helm gets them).
     let outcome = async {
-        let mut pass = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
-        if pass.decision.reason == Reason::Pending {
-            if let Some(after) = plan.recover_pending_after {
-                if recover(&plan, store, &pass, after).await? {
-                    pass = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
+        let decided = async {
+            let mut pass = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
+            if pass.decision.reason == Reason::Pending {
+                if let Some(after) = plan.recover_pending_after {
+                    if recover(&plan, store, &pass, after).await? {
+                        pass = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
+                    }
                 }
             }
-        }
+            Ok::<Pass, Error>(pass)
+        };
+        let pass = tokio::select! {
+            pass = decided => pass?,
+            (name, number) = interrupted() => {
+                output::note(&format!(
+                    "interrupted by {name} before helm started: release {release:?} in \
+                     {namespace:?} was not upgraded; helm was not run"
+                ));
+                // The shell's code for death by this signal: 130 (SIGINT), 143 (SIGTERM).
+                return Ok(Exit::Helm(128 + number));
+            }
+        };
         let report = guard::report(&plan, store, &pass, &target, Some(true), None);
         if pass.decision.action.proceeds() {
             run_helm(&plan, &helm, &pass.decision, &report).await
@@ -118,6 +134,21 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     .await;
     super::release_mutex(held, release, namespace).await;
     outcome
+}
+
+/// The first SIGINT or SIGTERM: its name and number.
+async fn interrupted() -> (&'static str, i32) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => ("SIGINT", libc::SIGINT),
+        _ = term.recv() => ("SIGTERM", libc::SIGTERM),
+    }
 }
 
 /// Marks a stale pending record failed (under the mutex) and says what it did.
