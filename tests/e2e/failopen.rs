@@ -126,7 +126,13 @@ fn guard_never_runs_the_shim_as_helm(label: &str) {
         "--lock-timeout",
         "5s",
     ];
-    let installed = b.guard(&args);
+    let installed = bounded(
+        b.command(guard_bin())
+            .args(args)
+            .env("PATH", &path)
+            .env_remove("HELM_BIN"),
+        Duration::from_secs(60),
+    );
     installed.expect_code(0, "upgrade with the shim first on PATH");
     assert_eq!(b.deployed("db", "shared"), ("1.0.0".into(), 1));
 
@@ -146,18 +152,15 @@ fn guard_never_runs_the_shim_as_helm(label: &str) {
             _ => "is this guarded-upgrade binary (the same file)",
         };
         let p = path.to_str().unwrap();
-        let shown = if how == "path" {
-            guard_bin().canonicalize().unwrap()
-        } else {
-            path.to_path_buf()
-        };
+        let shown = path.to_path_buf();
         b.api.clear_requests();
         let r = b.guard(&["upgrade", "db", &c, "-n", "shared", "--helm", p]);
         r.expect_code(2, "--helm naming this binary")
             .assert_error(&format!(
                 "refusing to run {shown:?} (from --helm/HELM_BIN) as helm: it {why}; \
              guarded-upgrade never runs itself as helm. Put the real helm on PATH after the \
-             shim, or name it with GUARDED_UPGRADE_HELM (shim) or --helm/HELM_BIN"
+             shim, or name it with GUARDED_UPGRADE_HELM (shim) or --helm/HELM_BIN; helm was not \
+             run"
             ));
         let r = bounded(
             b.command(&symlink)
@@ -169,7 +172,8 @@ fn guard_never_runs_the_shim_as_helm(label: &str) {
             .assert_error(&format!(
                 "refusing to run {shown:?} (from GUARDED_UPGRADE_HELM) as helm: it {why}; \
                  guarded-upgrade never runs itself as helm. Put the real helm on PATH after \
-                 the shim, or name it with GUARDED_UPGRADE_HELM (shim) or --helm/HELM_BIN"
+                 the shim, or name it with GUARDED_UPGRADE_HELM (shim) or --helm/HELM_BIN; helm was not \
+             run"
             ));
         assert!(
             b.api.requests().is_empty(),
