@@ -95,7 +95,13 @@ pub(crate) fn find(
 ) -> Result<PathBuf, HelmError> {
     let me = SelfIdentity::current();
     if let Some(given) = given.filter(|s| !s.is_empty()) {
-        let path = which::which(given).map_err(|e| not_found(format!("{from}={given:?} ({e})")))?;
+        let path = which::which(given).map_err(|e| {
+            not_found(match from {
+                // That message already says "pass --helm PATH (or set HELM_BIN)".
+                "--helm/HELM_BIN" => format!("{given:?} ({e})"),
+                _ => format!("{from}={given:?} ({e})"),
+            })
+        })?;
         if let Some(why) = me.as_ref().and_then(|me| me.matches(&path)) {
             return Err(HelmError::IsSelf { path, from, why });
         }
