@@ -318,6 +318,14 @@ pub enum ChangeError {
     /// may contain values.
     #[error("the helm dry run printed no release JSON ({0})")]
     Output(String),
+    /// The dry run would read an input helm can read only once, or run a side-effecting
+    /// flag again: the decision cannot be made without changing what helm gets.
+    #[error(
+        "the decision needs a helm dry run (helm upgrade --dry-run=server) before the real \
+         run, and {0}; use --min-version-policy newer or newer-or-equal with --compare \
+         chart-version, or pass the input as a regular file"
+    )]
+    NotTwice(String),
     /// The deployed record could not be read in full.
     #[error("{0}")]
     Deployed(String),
@@ -337,6 +345,9 @@ pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
         program: "helm".into(),
         message: "no helm binary found (pass --helm PATH or set HELM_BIN)".into(),
     })?;
+    if let Some(why) = cannot_dry_run(dry_run.helm_args) {
+        return Err(ChangeError::NotTwice(why));
+    }
     let keys = crate::decision::keys_needed(dry_run.compare, lock);
     let keys: Vec<&CompareKey> = keys.iter().collect();
     let command = dry_run_command(helm, dry_run.helm_args, dry_run.has_install);
@@ -358,6 +369,88 @@ pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
             Some(PartDigests::of(&would_be).differences(&PartDigests::of(&deployed)));
     }
     Ok(facts)
+}
+
+/// Why the dry run cannot run with these helm arguments, if it cannot: an input that can be
+/// read only once (stdin `-`, a pipe such as `/dev/fd/N` from process substitution, a FIFO,
+/// a device) would be used up before helm's real run, and `--post-renderer` and
+/// `--dependency-update` would run more often than plain helm runs them.
+pub(crate) fn cannot_dry_run(helm_args: &[String]) -> Option<String> {
+    let mut i = 0;
+    while i < helm_args.len() {
+        let arg = helm_args[i].as_str();
+        if arg == "--" {
+            break;
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg, None),
+        };
+        let (flag, inline) = match (flag, inline) {
+            // pflag shorthand with the value attached: -fvalues.yaml
+            (f, None) if f.starts_with("-f") && f.len() > 2 && !f.starts_with("--") => {
+                ("-f", Some(f[2..].trim_start_matches('=').to_string()))
+            }
+            other => other,
+        };
+        let takes = matches!(flag, "-f" | "--values" | "--set-file");
+        let value = match (&inline, takes) {
+            (Some(v), _) => Some(v.clone()),
+            (None, true) => {
+                i += 1;
+                helm_args.get(i).cloned()
+            }
+            (None, false) => None,
+        };
+        match flag {
+            "--post-renderer" => {
+                return Some("--post-renderer would run once more for it than helm runs it".into())
+            }
+            "--dependency-update" if inline.as_deref() != Some("false") => {
+                return Some(
+                    "--dependency-update would update the chart's dependencies once more for it"
+                        .into(),
+                )
+            }
+            "-f" | "--values" | "--set-file" => {
+                for item in value.unwrap_or_default().split(',') {
+                    let path = match flag {
+                        "--set-file" => item.split_once('=').map_or("", |(_, p)| p),
+                        _ => item,
+                    };
+                    if let Some(kind) = read_once(path) {
+                        return Some(format!(
+                            "{flag} {path} is {kind}, which can be read only once"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// What kind of read-once input `path` is, if it is one.
+fn read_once(path: &str) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if path == "-" {
+        return Some("standard input");
+    }
+    if path.is_empty() || path.contains("://") {
+        return None;
+    }
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    if kind.is_fifo() {
+        Some("a pipe")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("a device")
+    } else {
+        None
+    }
 }
 
 /// What the dry run needs of the command line.
@@ -390,6 +483,14 @@ pub async fn would_be_release(
         .unchecked()
         .start()
         .map_err(spawn_err)?;
+    // Dropped before it finished (the run was interrupted): the dry run goes too.
+    struct KillOnDrop<'a>(&'a duct::Handle);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+        }
+    }
+    let _kill = KillOnDrop(&handle);
     let started = Instant::now();
     let output = loop {
         if let Some(out) = handle.try_wait().map_err(spawn_err)? {
@@ -455,6 +556,69 @@ mod tests {
                 "files": null
             }
         })
+    }
+
+    /// Issue 17: every read-once input and side-effecting flag stops the dry run before it
+    /// starts, however it is spelt; regular files and other flags do not.
+    #[test]
+    fn read_once_inputs_and_side_effects_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("values.fifo");
+        let fifo_c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo_c.as_ptr(), 0o600) }, 0);
+        let fifo = fifo.to_str().unwrap().to_string();
+        let file = dir.path().join("v.yaml");
+        std::fs::write(&file, "a: 1\n").unwrap();
+        let file = file.to_str().unwrap().to_string();
+        let list = format!("{file},-");
+        let cases: Vec<(Vec<&str>, Option<String>)> = vec![
+            (
+                vec!["db", "c", "-f", "-"],
+                Some("-f - is standard input, which can be read only once".into()),
+            ),
+            (
+                vec!["db", "c", "--values=-"],
+                Some("--values - is standard input, which can be read only once".into()),
+            ),
+            (
+                vec!["db", "c", "-f-"],
+                Some("-f - is standard input, which can be read only once".into()),
+            ),
+            (
+                vec!["db", "c", "-f", &list],
+                Some("-f - is standard input, which can be read only once".into()),
+            ),
+            (
+                vec!["db", "c", "--set-file", "k=-"],
+                Some("--set-file - is standard input, which can be read only once".into()),
+            ),
+            (
+                vec!["db", "c", "-f", &fifo],
+                Some(format!("-f {fifo} is a pipe, which can be read only once")),
+            ),
+            (
+                vec!["db", "c", "-f", "/dev/null"],
+                Some("-f /dev/null is a device, which can be read only once".into()),
+            ),
+            (
+                vec!["db", "c", "--post-renderer", "./kustomize"],
+                Some("--post-renderer would run once more for it than helm runs it".into()),
+            ),
+            (
+                vec!["db", "c", "--dependency-update"],
+                Some(
+                    "--dependency-update would update the chart's dependencies once more for it"
+                        .into(),
+                ),
+            ),
+            (vec!["db", "c", "--dependency-update=false"], None),
+            (vec!["db", "c", "-f", &file, "--set", "a=-"], None),
+            (vec!["db", "c", "--", "-f", "-"], None),
+        ];
+        for (args, want) in cases {
+            assert_eq!(cannot_dry_run(&strings(&args)), want, "{args:?}");
+        }
     }
 
     #[test]

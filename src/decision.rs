@@ -1569,7 +1569,7 @@ mod tests {
         let future = Some(NOW + 3600);
         // Revision 7 deployed at 1.4.0, then hard-locked (pending-upgrade), as read.
         let mut locked = crate::state::testkit::rev(7, S::PendingUpgrade, "1.4.0");
-        locked.labels = vec![(crate::lock::KEY_HARD_STATUS.into(), "deployed".into())];
+        locked.labels = crate::state::tests::hard_lock_labels();
         let hard_latest = crate::state::testkit::state(&[locked]);
         // (state, lock, target, policy, action, reason, note expected)
         #[allow(clippy::type_complexity)]

@@ -265,6 +265,13 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Usage(_) => Exit::Usage,
+            // Configuration that no retry can fix, found before any request.
+            Error::Connect { source, .. }
+                if matches!(**source, ClusterError::InvalidNamespace { .. }) =>
+            {
+                Exit::Usage
+            }
+            Error::Helm(e) if e.is_usage() => Exit::Usage,
             Error::HelmNotRun(inner) => inner.exit(),
             _ => Exit::Refused,
         }

@@ -36,7 +36,7 @@ impl HelmCommand {
 
     /// A duct expression for this command.
     pub(crate) fn to_expression(&self) -> duct::Expression {
-        duct::cmd(&self.program, &self.args)
+        duct::cmd(&self.program, &self.args).env(STARTED_AS_HELM_VAR, mark("spawn"))
     }
 }
 
@@ -54,6 +54,20 @@ pub enum HelmError {
          on PATH after the shim"
     )]
     ShimNotFound(String),
+    /// The binary named as helm is guarded-upgrade itself (a symlink, hard link or copy).
+    #[error(
+        "refusing to run {path:?} (from {from}) as helm: it {why}; guarded-upgrade never runs \
+         itself as helm. Put the real helm on PATH after the shim, or name it with \
+         GUARDED_UPGRADE_HELM (shim) or --helm/HELM_BIN"
+    )]
+    IsSelf {
+        /// The binary refused.
+        path: PathBuf,
+        /// Where its name came from.
+        from: &'static str,
+        /// How it was recognised.
+        why: &'static str,
+    },
     /// helm could not be started.
     #[error("cannot start helm {program:?}: {source}")]
     Spawn {
@@ -65,13 +79,160 @@ pub enum HelmError {
     },
 }
 
-/// Finds helm: the binary asked for (`--helm`, else `HELM_BIN`), else `helm` on PATH.
+/// Finds helm: the binary asked for (`--helm`, else `HELM_BIN`), else the first `helm` on
+/// PATH that is not this binary (the shim may be first on PATH, as the README installs it).
 pub(crate) fn locate(requested: Option<&str>) -> Result<PathBuf, HelmError> {
-    match requested.filter(|s| !s.is_empty()) {
-        Some(given) => {
-            which::which(given).map_err(|e| HelmError::NotFound(format!("{given:?} ({e})")))
+    find(requested, "--helm/HELM_BIN", HelmError::NotFound)
+}
+
+/// The helm binary `given` names (reported as coming from `from`), else the first `helm`
+/// on PATH that is not this binary. Never this binary, a hard link, a symlink or a copy of
+/// it: running ourselves as helm recurses (the shim) or waits on our own mutex.
+pub(crate) fn find(
+    given: Option<&str>,
+    from: &'static str,
+    not_found: fn(String) -> HelmError,
+) -> Result<PathBuf, HelmError> {
+    let me = SelfIdentity::current();
+    if let Some(given) = given.filter(|s| !s.is_empty()) {
+        let path = which::which(given).map_err(|e| {
+            not_found(match from {
+                // That message already says "pass --helm PATH (or set HELM_BIN)".
+                "--helm/HELM_BIN" => format!("{given:?} ({e})"),
+                _ => format!("{from}={given:?} ({e})"),
+            })
+        })?;
+        if let Some(why) = me.as_ref().and_then(|me| me.matches(&path)) {
+            return Err(HelmError::IsSelf { path, from, why });
         }
-        None => which::which("helm").map_err(|_| HelmError::NotFound("no `helm` on PATH".into())),
+        return Ok(path);
+    }
+    let mut refused = None;
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    for candidate in std::env::split_paths(&path_var).map(|dir| dir.join("helm")) {
+        if !is_executable_file(&candidate) {
+            continue;
+        }
+        match me.as_ref().and_then(|me| me.matches(&candidate)) {
+            Some(why) => {
+                refused.get_or_insert((candidate, why));
+            }
+            None => return Ok(candidate),
+        }
+    }
+    Err(match refused {
+        Some((path, why)) => HelmError::IsSelf {
+            path,
+            from: "PATH",
+            why,
+        },
+        None => not_found("no `helm` on PATH other than guarded-upgrade itself".into()),
+    })
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// How this binary recognises itself: by canonical path, by (device, inode) for hard
+/// links, and by content for copies (an old and a new install of the same build).
+pub(crate) struct SelfIdentity {
+    canonical: PathBuf,
+    file: (u64, u64),
+    len: u64,
+}
+
+impl SelfIdentity {
+    /// This process's executable, or None when it cannot be inspected.
+    pub(crate) fn current() -> Option<SelfIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self/exe stays readable even when the file was replaced since we started.
+        let meta = std::fs::metadata(SELF_EXE).ok()?;
+        let canonical = std::env::current_exe()
+            .and_then(std::fs::canonicalize)
+            .unwrap_or_else(|_| PathBuf::from(SELF_EXE));
+        Some(SelfIdentity {
+            canonical,
+            file: (meta.dev(), meta.ino()),
+            len: meta.len(),
+        })
+    }
+
+    /// Why `path` is this binary, or None when it is another program.
+    pub(crate) fn matches(&self, path: &Path) -> Option<&'static str> {
+        use std::os::unix::fs::MetadataExt;
+        let canonical = std::fs::canonicalize(path).ok()?;
+        if canonical == self.canonical {
+            return Some("is this guarded-upgrade binary (the same path)");
+        }
+        let meta = std::fs::metadata(&canonical).ok()?;
+        if (meta.dev(), meta.ino()) == self.file {
+            return Some("is this guarded-upgrade binary (the same file)");
+        }
+        if meta.len() == self.len && same_content(&canonical, Path::new(SELF_EXE)) {
+            return Some("is a copy of this guarded-upgrade binary (the same content)");
+        }
+        None
+    }
+}
+
+const SELF_EXE: &str = "/proc/self/exe";
+
+/// Byte-for-byte equality of two files of equal length; false when either cannot be read.
+fn same_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (Ok(mut a), Ok(mut b)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return false;
+    };
+    let (mut buf_a, mut buf_b) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = match a.read(&mut buf_a) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if n == 0 {
+            return matches!(b.read(&mut buf_b[..1]), Ok(0));
+        }
+        if b.read_exact(&mut buf_b[..n]).is_err() || buf_a[..n] != buf_b[..n] {
+            return false;
+        }
+    }
+}
+
+/// Set on every helm guarded-upgrade starts: `exec:PID` when the shim replaced itself with
+/// helm (same pid), `spawn:PID` when helm is a child of PID. A guarded-upgrade that finds
+/// itself so started was taken for helm: a different build (an old install) earlier on
+/// PATH or named as helm, which content comparison cannot recognise. Without the mark two
+/// shims hand `helm version` back and forth forever.
+pub(crate) const STARTED_AS_HELM_VAR: &str = "_GUARDED_UPGRADE_STARTED_AS_HELM";
+
+/// When this process was started as helm by a guarded-upgrade: the refusal, naming the
+/// binary that was taken for helm.
+pub fn started_as_helm() -> Option<HelmError> {
+    let mark = std::env::var(STARTED_AS_HELM_VAR).ok()?;
+    let (how, pid) = mark.split_once(':')?;
+    let pid: u32 = pid.parse().ok()?;
+    let started_by_it = match how {
+        "exec" => std::process::id() == pid,
+        "spawn" => std::os::unix::process::parent_id() == pid,
+        _ => false,
+    };
+    started_by_it.then(|| HelmError::IsSelf {
+        path: std::env::current_exe().unwrap_or_else(|_| PathBuf::from(SELF_EXE)),
+        from: "the guarded-upgrade that started it",
+        why: "is a guarded-upgrade binary, not helm",
+    })
+}
+
+fn mark(how: &str) -> String {
+    format!("{how}:{}", std::process::id())
+}
+
+impl HelmError {
+    /// A configuration error no retry fixes (exit 2).
+    pub(crate) fn is_usage(&self) -> bool {
+        matches!(self, HelmError::IsSelf { .. })
     }
 }
 
@@ -79,7 +240,10 @@ pub(crate) fn locate(requested: Option<&str>) -> Result<PathBuf, HelmError> {
 /// environment and the exit code are helm's own. Returns only when helm cannot be started.
 pub(crate) fn exec(program: &Path, args: &[std::ffi::OsString]) -> HelmError {
     use std::os::unix::process::CommandExt;
-    let source = std::process::Command::new(program).args(args).exec();
+    let source = std::process::Command::new(program)
+        .args(args)
+        .env(STARTED_AS_HELM_VAR, mark("exec"))
+        .exec();
     HelmError::Spawn {
         program: program.to_path_buf(),
         source,
@@ -185,6 +349,58 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("helm not found"), "{text}");
         assert!(text.contains("--helm PATH"), "{text}");
+    }
+
+    /// A symlink, a hard link and a copy of this binary are each recognised, whichever
+    /// way they are named (issue 17); another program is not.
+    #[test]
+    fn links_and_copies_of_this_binary_are_refused() {
+        let me = std::env::current_exe().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (symlink, hard, copy, other) = (
+            dir.path().join("symlink"),
+            dir.path().join("hard"),
+            dir.path().join("copy"),
+            dir.path().join("other"),
+        );
+        std::os::unix::fs::symlink(&me, &symlink).unwrap();
+        // A hard link needs the same filesystem as the test binary; skipped when it is not.
+        let hard_made = std::fs::hard_link(&me, &hard).is_ok();
+        std::fs::copy(&me, &copy).unwrap();
+        std::fs::write(&other, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let identity = SelfIdentity::current().unwrap();
+        assert_eq!(
+            identity.matches(&symlink),
+            Some("is this guarded-upgrade binary (the same path)")
+        );
+        if hard_made {
+            assert_eq!(
+                identity.matches(&hard),
+                Some("is this guarded-upgrade binary (the same file)")
+            );
+        }
+        assert_eq!(
+            identity.matches(&copy),
+            Some("is a copy of this guarded-upgrade binary (the same content)")
+        );
+        assert_eq!(identity.matches(&other), None);
+        for path in [&symlink, &copy] {
+            let err = locate(Some(path.to_str().unwrap())).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    HelmError::IsSelf {
+                        from: "--helm/HELM_BIN",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.is_usage());
+        }
+        assert_eq!(locate(Some(other.to_str().unwrap())).unwrap(), other);
     }
 
     #[tokio::test]

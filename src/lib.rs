@@ -42,3 +42,9 @@ pub use argv::helm_long_flags;
 pub use error::{Error, Exit};
 pub use output::error as print_error;
 pub use plan::Plan;
+
+/// When a guarded-upgrade started this process in place of helm: the refusal (exit 2).
+/// Checked first, before anything else runs, so two builds on PATH cannot loop.
+pub fn started_as_helm() -> Option<Error> {
+    helm::started_as_helm().map(Error::Helm)
+}

@@ -128,20 +128,57 @@ fn text_labels(key: &str, text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn read_text(labels: &BTreeMap<String, String>, key: &str) -> Option<String> {
-    let first = labels.get(key)?;
+/// The text under `key` (see [`text_labels`]), marking every label it used in `used`.
+fn read_text(
+    labels: &BTreeMap<String, String>,
+    key: &str,
+    used: &mut Vec<String>,
+) -> Result<Option<String>, UnreadableLock> {
+    let Some(first) = labels.get(key) else {
+        return Ok(None);
+    };
+    used.push(key.to_string());
     let Some(rest) = first.strip_prefix(B32_MARK) else {
-        return Some(first.clone());
+        return Ok(Some(first.clone()));
     };
     let mut encoded = rest.to_string();
     for i in 1.. {
-        match labels.get(&format!("{key}-{i}")) {
+        let part_key = format!("{key}-{i}");
+        match labels.get(&part_key) {
             Some(part) => encoded.push_str(part),
             None => break,
         }
+        used.push(part_key);
     }
-    base32_decode(&encoded).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    let bytes = base32_decode(&encoded)
+        .ok_or_else(|| UnreadableLock::new(key, "is not valid base32 text"))?;
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| UnreadableLock::new(key, "does not decode to UTF-8 text"))
 }
+
+/// A lock label that cannot be read: the label and why. A lock that cannot be read in
+/// full is never taken for "no lock" or a weaker one: the caller refuses (exit 3).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("label {label} {problem}")]
+pub struct UnreadableLock {
+    /// The label at fault.
+    pub label: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl UnreadableLock {
+    fn new(label: &str, problem: impl Into<String>) -> UnreadableLock {
+        UnreadableLock {
+            label: label.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The hard-lock bookkeeping labels (read by `unlock`, not part of the lock itself).
+const HARD_KEYS: [&str; 3] = [KEY_HARD_STATUS, KEY_HARD_DIGEST, KEY_HARD_REVISION];
 
 impl LockSpec {
     /// Every label of this lock (not the hard-lock bookkeeping labels).
@@ -194,27 +231,71 @@ pub fn label_changes(
     changes
 }
 
-/// Reads the lock from a record's labels; None when the release is not locked.
-pub fn spec_from_labels(labels: &BTreeMap<String, String>) -> Option<LockSpec> {
-    let kind = LockKind::parse(labels.get(KEY_LOCK)?)?;
-    Some(LockSpec {
+/// Reads the lock from a record's labels: None when no guarded-upgrade label is there, an
+/// error when any of them cannot be read in full (unknown kind, missing or undecodable pin,
+/// pin key or time, a label guarded-upgrade does not write).
+pub fn spec_from_labels(
+    labels: &BTreeMap<String, String>,
+) -> Result<Option<LockSpec>, UnreadableLock> {
+    let ours: Vec<&String> = labels.keys().filter(|k| k.starts_with(PREFIX)).collect();
+    if ours.is_empty() {
+        return Ok(None);
+    }
+    let Some(kind_text) = labels.get(KEY_LOCK) else {
+        return Err(UnreadableLock::new(
+            ours[0],
+            format!("is set but {KEY_LOCK} is missing"),
+        ));
+    };
+    let kind = LockKind::parse(kind_text)
+        .ok_or_else(|| UnreadableLock::new(KEY_LOCK, "is not soft, hard or pin"))?;
+    let time = |key: &str| -> Result<Option<i64>, UnreadableLock> {
+        labels
+            .get(key)
+            .map(|t| {
+                t.parse::<i64>()
+                    .map_err(|_| UnreadableLock::new(key, "is not a Unix time in seconds"))
+            })
+            .transpose()
+    };
+    let since = time(KEY_SINCE)?.ok_or_else(|| UnreadableLock::new(KEY_SINCE, "is missing"))?;
+    let expires_at = time(KEY_EXPIRES)?;
+    let mut used: Vec<String> = vec![KEY_LOCK.into(), KEY_SINCE.into(), KEY_EXPIRES.into()];
+    used.extend(HARD_KEYS.iter().map(|k| k.to_string()));
+    let reason = read_text(labels, KEY_REASON, &mut used)?;
+    let by = read_text(labels, KEY_BY, &mut used)?;
+    let pin = read_text(labels, KEY_PIN, &mut used)?;
+    let pin_key = read_text(labels, KEY_PIN_KEY, &mut used)?;
+    if let Some(unknown) = ours.iter().find(|k| !used.contains(k)) {
+        return Err(UnreadableLock::new(
+            unknown,
+            "is not a label guarded-upgrade writes (a newer version's, or edited by hand)",
+        ));
+    }
+    if kind == LockKind::Pin && pin.is_none() {
+        return Err(UnreadableLock::new(KEY_PIN, "is missing on a pin lock"));
+    }
+    if let Some(key) = &pin_key {
+        crate::decision::CompareKey::parse(key)
+            .map_err(|e| UnreadableLock::new(KEY_PIN_KEY, format!("is not a compare key ({e})")))?;
+    }
+    Ok(Some(LockSpec {
         kind,
-        reason: read_text(labels, KEY_REASON),
-        by: read_text(labels, KEY_BY),
-        since: labels
-            .get(KEY_SINCE)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
-        expires_at: labels.get(KEY_EXPIRES).and_then(|s| s.parse().ok()),
-        pin: read_text(labels, KEY_PIN),
-        pin_key: read_text(labels, KEY_PIN_KEY),
-    })
+        reason,
+        by,
+        since,
+        expires_at,
+        pin,
+        pin_key,
+    }))
 }
 
 /// The decision's view of the lock on a record.
-pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<LockState> {
-    let spec = spec_from_labels(labels)?;
-    Some(LockState {
+pub fn from_labels(labels: &BTreeMap<String, String>) -> Result<Option<LockState>, UnreadableLock> {
+    let Some(spec) = spec_from_labels(labels)? else {
+        return Ok(None);
+    };
+    Ok(Some(LockState {
         kind: spec.kind,
         reason: spec.reason,
         by: spec.by,
@@ -223,7 +304,7 @@ pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<LockState> {
         pin: spec.pin,
         pin_key: spec.pin_key,
         hard_original_status: labels.get(KEY_HARD_STATUS).cloned(),
-    })
+    }))
 }
 
 /// CRC-32 of a payload as lowercase hex: detects a hard-locked record rewritten by others.
@@ -306,7 +387,7 @@ mod tests {
                 assert!(is_label_value(v), "{k}={v:?} is not a label value");
                 assert!(k.len() - PREFIX.len() <= 63, "{k}");
             }
-            assert_eq!(spec_from_labels(&labels).unwrap(), s);
+            assert_eq!(spec_from_labels(&labels).unwrap().unwrap(), s);
         }
     }
 
@@ -343,6 +424,99 @@ mod tests {
     #[test]
     fn no_lock_label_means_unlocked() {
         let labels = BTreeMap::from([("name".to_string(), "db".to_string())]);
-        assert!(from_labels(&labels).is_none());
+        assert!(from_labels(&labels).unwrap().is_none());
+    }
+
+    /// Every way a lock label can be unreadable refuses, naming the label; none of them
+    /// reads as "no lock" or as a weaker lock (issue 17).
+    #[test]
+    fn unreadable_lock_labels_are_errors_naming_the_label() {
+        let base = || spec(Some("freeze"), Some("alice"), None).labels();
+        let pin = || {
+            LockSpec {
+                kind: LockKind::Pin,
+                pin: Some("~1.4".into()),
+                ..spec(None, None, None)
+            }
+            .labels()
+        };
+        let with = |mut labels: BTreeMap<String, String>, k: &str, v: Option<&str>| {
+            match v {
+                Some(v) => labels.insert(k.to_string(), v.to_string()),
+                None => labels.remove(k),
+            };
+            labels
+        };
+        let cases = [
+            (
+                with(base(), KEY_LOCK, Some("bogus")),
+                KEY_LOCK,
+                "is not soft, hard or pin",
+            ),
+            (
+                with(base(), KEY_LOCK, Some("")),
+                KEY_LOCK,
+                "is not soft, hard or pin",
+            ),
+            (
+                with(base(), KEY_LOCK, None),
+                KEY_BY,
+                "is set but guarded-upgrade.io/lock is missing",
+            ),
+            (
+                with(pin(), KEY_PIN, None),
+                KEY_PIN,
+                "is missing on a pin lock",
+            ),
+            (
+                with(pin(), KEY_PIN, Some("b32.!!")),
+                KEY_PIN,
+                "is not valid base32 text",
+            ),
+            (
+                with(pin(), KEY_PIN_KEY, Some("b32.1")),
+                KEY_PIN_KEY,
+                "is not valid base32 text",
+            ),
+            (
+                with(pin(), KEY_PIN, Some("b32.74")),
+                KEY_PIN,
+                "does not decode to UTF-8 text",
+            ),
+            (with(base(), KEY_SINCE, None), KEY_SINCE, "is missing"),
+            (
+                with(base(), KEY_SINCE, Some("yesterday")),
+                KEY_SINCE,
+                "is not a Unix time in seconds",
+            ),
+            (
+                with(base(), KEY_EXPIRES, Some("1e9")),
+                KEY_EXPIRES,
+                "is not a Unix time in seconds",
+            ),
+            (
+                with(base(), "guarded-upgrade.io/reason-1", Some("x")),
+                "guarded-upgrade.io/reason-1",
+                "is not a label guarded-upgrade writes (a newer version's, or edited by hand)",
+            ),
+            (
+                with(base(), "guarded-upgrade.io/owner", Some("x")),
+                "guarded-upgrade.io/owner",
+                "is not a label guarded-upgrade writes (a newer version's, or edited by hand)",
+            ),
+        ];
+        for (labels, label, problem) in cases {
+            let err = spec_from_labels(&labels).unwrap_err();
+            assert_eq!(
+                (err.label.as_str(), err.problem.as_str()),
+                (label, problem),
+                "{labels:?}"
+            );
+            assert!(from_labels(&labels).is_err());
+        }
+        let bad_key = with(pin(), KEY_PIN_KEY, Some("image.tag"));
+        let err = spec_from_labels(&bad_key).unwrap_err();
+        assert_eq!(err.label, KEY_PIN_KEY);
+        assert!(err.problem.starts_with("is not a compare key ("), "{err}");
     }
 }

@@ -8,6 +8,10 @@ use guarded_upgrade::cli::{self, Cli};
 use guarded_upgrade::{Error, Exit, Plan};
 
 fn main() -> ExitCode {
+    if let Some(error) = guarded_upgrade::started_as_helm() {
+        guarded_upgrade::print_error(&error);
+        return ExitCode::from(error.exit().code());
+    }
     // Started as `helm` (the shim): the whole argv is helm's, clap never sees it.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cli = match Plan::shim_command(&argv) {

@@ -452,6 +452,9 @@ pub async fn acquire(
                 (retry_in, Some(wait))
             }
             Err(StepError::Final(e)) => return Err(classify(e, &name, namespace)),
+            Err(StepError::NamespaceMissing) => {
+                return Err(MutexError::NamespaceMissing(namespace.to_string()))
+            }
         };
         if let Some(wait) = wait {
             let key = match &wait {
@@ -491,9 +494,23 @@ enum StepError {
     Transient(&'static str, StoreError),
     /// Retrying cannot help.
     Final(StoreError),
+    /// The namespace the Lease would live in does not exist.
+    NamespaceMissing,
 }
 
 fn step_error(action: &'static str, e: kube::Error) -> StepError {
+    // A 404 whose Status details name a namespace (the API's typed answer to a create in
+    // a namespace that does not exist), not a 404 of the Lease.
+    if let kube::Error::Api(status) = &e {
+        let namespace_missing = status.code == 404
+            && status
+                .details
+                .as_ref()
+                .is_some_and(|d| d.kind == "namespaces" && d.group.is_empty());
+        if namespace_missing {
+            return StepError::NamespaceMissing;
+        }
+    }
     let e = StoreError::from(e);
     match e.verdict() {
         _ if e.code() == Some(409) => StepError::Conflict(action),
@@ -626,9 +643,6 @@ fn classify(e: StoreError, lease: &str, namespace: &str) -> MutexError {
             verb: "get/create/update",
             message: f.cause.clone(),
         },
-        StoreError::Api {
-            code: 404, message, ..
-        } if message.contains("namespaces") => MutexError::NamespaceMissing(namespace.to_string()),
         StoreError::Invalid(invalid) => MutexError::WrongAnswer(invalid.clone()),
         _ => MutexError::Api {
             lease: lease.to_string(),

@@ -169,7 +169,20 @@ proptest! {
         for (key, value) in &labels {
             prop_assert!(is_label_value(value), "{key}={value:?} is not a label value");
         }
-        prop_assert_eq!(spec_from_labels(&labels), Some(spec));
+        // A pin lock without a pin, or with a pin key that is no compare key, is
+        // unreadable: it must fail, never read back as something else.
+        let valid = !(spec.kind == LockKind::Pin && spec.pin.is_none())
+            && spec
+                .pin_key
+                .as_deref()
+                .is_none_or(|k| crate::decision::CompareKey::parse(k).is_ok());
+        match spec_from_labels(&labels) {
+            Ok(read) => {
+                prop_assert!(valid, "an invalid lock read back: {:?}", read);
+                prop_assert_eq!(read, Some(spec));
+            }
+            Err(e) => prop_assert!(!valid, "a valid lock was refused: {}", e),
+        }
     }
 
     #[test]
@@ -191,6 +204,109 @@ proptest! {
         let labels: BTreeMap<String, String> = labels;
         let _ = spec_from_labels(&labels);
         let _ = crate::lock::from_labels(&labels);
+    }
+}
+
+// ---- the guard on arbitrary lock labels (issue 17) ---------------------------------------
+
+/// Label sets mixing every guarded-upgrade lock label (and continuations and unknown
+/// keys under our prefix, and custom labels of others) with values that are valid, nearly
+/// valid or junk.
+fn arbitrary_lock_labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+    let key = prop_oneof![
+        Just("guarded-upgrade.io/lock"),
+        Just("guarded-upgrade.io/since"),
+        Just("guarded-upgrade.io/expires"),
+        Just("guarded-upgrade.io/by"),
+        Just("guarded-upgrade.io/reason"),
+        Just("guarded-upgrade.io/reason-1"),
+        Just("guarded-upgrade.io/pin"),
+        Just("guarded-upgrade.io/pin-1"),
+        Just("guarded-upgrade.io/pin-key"),
+        Just("guarded-upgrade.io/hard-original-status"),
+        Just("guarded-upgrade.io/unknown"),
+        Just("team"),
+    ]
+    .prop_map(str::to_string);
+    let value = prop_oneof![
+        Just("soft".to_string()),
+        Just("hard".to_string()),
+        Just("pin".to_string()),
+        Just("1700000000".to_string()),
+        Just("4000000000".to_string()),
+        Just("~1.4".to_string()),
+        Just(">=9".to_string()),
+        Just("app-version".to_string()),
+        Just("value:image.tag".to_string()),
+        "b32\\.[a-z2-7]{0,12}",
+        "b32\\..{0,6}",
+        "[a-z0-9._-]{0,20}",
+        ".{0,20}",
+    ];
+    prop::collection::btree_map(key, value, 0..9)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// A valid deployed release whose latest record carries arbitrary labels, and a newer
+    /// target: the guard reads the labels in full or refuses (exit 3) naming the record and
+    /// the label; helm runs only when no lock is there or a fully read lock lets it.
+    #[test]
+    fn the_guard_never_runs_helm_on_lock_labels_it_cannot_read(labels in arbitrary_lock_labels()) {
+        use crate::decision::{decide, Action, CompareKey, DecisionInput, Policy, Target};
+        use crate::state::testkit::{block_on, rev, store};
+        let mut latest = rev(2, ReleaseStatus::Deployed, "1.4.0");
+        latest.labels = labels.clone().into_iter().collect();
+        let store = store(&[rev(1, ReleaseStatus::Superseded, "1.3.0"), latest]);
+        let ours = labels.keys().any(|k| k.starts_with("guarded-upgrade.io/"));
+        let lock_kind = labels.get("guarded-upgrade.io/lock").map(String::as_str);
+        let since_ok = labels
+            .get("guarded-upgrade.io/since")
+            .is_some_and(|t| t.parse::<i64>().is_ok());
+        // Independent of the reader: label sets that can never be read in full.
+        let surely_unreadable = ours
+            && (!matches!(lock_kind, Some("soft" | "hard" | "pin"))
+                || !since_ok
+                || labels.contains_key("guarded-upgrade.io/unknown")
+                || (lock_kind == Some("pin") && !labels.contains_key("guarded-upgrade.io/pin")));
+        let view = match block_on(crate::state::read_release(&store, "db")) {
+            Err(e) => {
+                let text = e.to_string();
+                prop_assert!(ours, "labels without a lock label failed the read: {}", text);
+                prop_assert!(
+                    text.starts_with("inconsistent record: Secret \"sh.helm.release.v1.db.v2\": label guarded-upgrade.io/"),
+                    "the error does not name the record and the label: {}", text
+                );
+                return Ok(());
+            }
+            Ok(view) => view,
+        };
+        prop_assert!(!surely_unreadable, "an unreadable label set was read: {:?}", labels);
+        prop_assert_eq!(view.state.lock.is_some(), ours);
+        let target = Target { chart_name: Some("postgresql".into()), version: "1.5.0".into(), note: None };
+        let compare = CompareKey::ChartVersion;
+        let decision = decide(&DecisionInput {
+            release: "db",
+            namespace: "shared",
+            state: &view.state,
+            target: Some(&target),
+            policy: Policy::Newer,
+            allow_chart_change: false,
+            now_unix: 1_800_000_000,
+            compare: &compare,
+            facts: None,
+        });
+        if matches!(decision.action, Action::Install | Action::Upgrade) {
+            let lock = view.state.lock.as_ref();
+            let lets_it = lock.is_none_or(|l| {
+                l.expires_at.is_some_and(|t| t <= 1_800_000_000)
+                    || (l.kind == LockKind::Pin && l.pin.as_deref().is_some_and(|p| {
+                        Constraint::parse(p).is_ok_and(|c| c.matches(&ChartVersion::parse("1.5.0").unwrap()))
+                    }))
+            });
+            prop_assert!(lets_it, "helm would run despite the lock {:?} from {:?}", lock, labels);
+        }
     }
 }
 

@@ -181,45 +181,10 @@ pub(crate) fn removed_words(input: &[String], kept: &[String]) -> Vec<String> {
     removed
 }
 
-/// Identity of a file: canonical path and (device, inode), so a symlink, a hard link or a
-/// copy reached through another directory is still recognised as this binary.
-fn identity(path: &Path) -> Option<(PathBuf, (u64, u64))> {
-    use std::os::unix::fs::MetadataExt;
-    let canonical = std::fs::canonicalize(path).ok()?;
-    let meta = std::fs::metadata(&canonical).ok()?;
-    Some((canonical, (meta.dev(), meta.ino())))
-}
-
-fn is_executable_file(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// The real helm: `GUARDED_UPGRADE_HELM` when set, else the first `helm` on PATH that is
 /// not this binary. Never this binary: that would recurse.
 pub(crate) fn real_helm(explicit: Option<&str>) -> Result<PathBuf, HelmError> {
-    let me = std::env::current_exe().ok().and_then(|p| identity(&p));
-    let is_me = |path: &Path| match (&me, identity(path)) {
-        (Some((my_path, my_id)), Some((path, id))) => *my_path == path || *my_id == id,
-        _ => false,
-    };
-    if let Some(given) = explicit {
-        let path = which::which(given)
-            .map_err(|e| HelmError::ShimNotFound(format!("{HELM_VAR}={given:?} ({e})")))?;
-        if is_me(&path) {
-            return Err(HelmError::ShimNotFound(format!(
-                "{HELM_VAR}={given:?} is this shim itself"
-            )));
-        }
-        return Ok(path);
-    }
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path_var)
-        .map(|dir| dir.join("helm"))
-        .find(|candidate| is_executable_file(candidate) && !is_me(candidate))
-        .ok_or_else(|| {
-            HelmError::ShimNotFound("no `helm` on PATH other than this shim".to_string())
-        })
+    crate::helm::find(explicit, HELM_VAR, HelmError::ShimNotFound)
 }
 
 #[cfg(test)]
@@ -414,25 +379,13 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "real helm not found: GUARDED_UPGRADE_HELM={:?} is this shim itself; set \
-                 GUARDED_UPGRADE_HELM to the real helm binary, or put it on PATH after the shim",
-                me.to_str().unwrap()
+                "refusing to run {:?} (from GUARDED_UPGRADE_HELM) as helm: it is this \
+                 guarded-upgrade binary (the same path); guarded-upgrade never runs itself as \
+                 helm. Put the real helm on PATH after the shim, or name it with \
+                 GUARDED_UPGRADE_HELM (shim) or --helm/HELM_BIN",
+                me.canonicalize().unwrap()
             )
         );
-        // A symlink named helm to this binary, alone on PATH: not a helm.
-        let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(&me, dir.path().join("helm")).unwrap();
-        let real = tempfile::tempdir().unwrap();
-        let real_helm_path = real.path().join("helm");
-        std::fs::write(&real_helm_path, "#!/bin/sh\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&real_helm_path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let is_me = identity(&dir.path().join("helm")).unwrap();
-        assert_eq!(
-            is_me,
-            identity(&me).unwrap(),
-            "symlink resolves to this binary"
-        );
-        assert_ne!(identity(&real_helm_path).unwrap().1, is_me.1);
+        assert!(err.is_usage());
     }
 }

@@ -102,7 +102,23 @@ pub(crate) async fn read_release<S: ReleaseStore>(
         }
         _ => None,
     };
-    let lock = headers.last().and_then(|h| lock::from_labels(&h.labels));
+    // A lock that cannot be read in full is never "no lock": the read fails, naming it.
+    let lock = match headers.last() {
+        Some(h) => lock::from_labels(&h.labels).map_err(|e| {
+            ReadError::Inconsistent(InvalidRecord::new(
+                store.kind(),
+                &h.name,
+                &format!("label {}", e.label),
+                &format!(
+                    "{}; fix the label, or remove the lock with `guarded-upgrade unlock {release} \
+                     -n {}`",
+                    e.problem,
+                    store.namespace()
+                ),
+            ))
+        })?,
+        None => None,
+    };
     Ok(ReleaseView {
         state: DeployedState {
             latest,
@@ -274,7 +290,7 @@ pub(crate) mod testkit {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::testkit::*;
     use super::*;
     use ReleaseStatus as S;
@@ -293,13 +309,26 @@ mod tests {
         assert!(view.state.latest_summary.is_none());
     }
 
+    /// The labels `lock --hard` leaves on the record it marked.
+    pub(crate) fn hard_lock_labels() -> Vec<(String, String)> {
+        let spec = lock::LockSpec {
+            kind: crate::decision::LockKind::Hard,
+            reason: None,
+            by: None,
+            since: 1_700_000_000,
+            expires_at: None,
+            pin: None,
+            pin_key: None,
+        };
+        let mut labels: Vec<(String, String)> = spec.labels().into_iter().collect();
+        labels.push((lock::KEY_HARD_STATUS.to_string(), "deployed".to_string()));
+        labels
+    }
+
     #[test]
     fn a_hard_locked_record_counts_as_deployed() {
         let mut locked = rev(2, S::PendingUpgrade, "1.1.0");
-        locked.labels = vec![
-            (lock::KEY_LOCK.to_string(), "hard".to_string()),
-            (lock::KEY_HARD_STATUS.to_string(), "deployed".to_string()),
-        ];
+        locked.labels = hard_lock_labels();
         let view = read(&store(&[rev(1, S::Superseded, "1.0.0"), locked]));
         let deployed = view.state.last_deployed.unwrap();
         assert_eq!((deployed.revision, deployed.status), (2, S::Deployed));

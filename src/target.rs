@@ -81,6 +81,9 @@ pub struct ResolvedTarget {
     pub note: Option<String>,
 }
 
+/// Longest wait for `helm show chart` (helm's own HTTP calls have no overall bound).
+pub(crate) const SHOW_CHART_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Failures resolving the target version.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -378,17 +381,34 @@ pub fn resolve(
                 stderr: "no helm binary to ask".into(),
             })?;
             let command = show_chart_command(helm, reference, flags);
-            let output = command
+            let failed = |stderr: String| TargetError::ShowChart {
+                chart: reference.clone(),
+                code: "-".into(),
+                stderr,
+            };
+            let handle = command
                 .to_expression()
                 .stdout_capture()
                 .stderr_capture()
                 .unchecked()
-                .run()
-                .map_err(|e| TargetError::ShowChart {
-                    chart: reference.clone(),
-                    code: "-".into(),
-                    stderr: e.to_string(),
-                })?;
+                .start()
+                .map_err(|e| failed(e.to_string()))?;
+            // Repository and registry lookups can hang: the wait is bounded and named.
+            let started = std::time::Instant::now();
+            let output = loop {
+                if let Some(out) = handle.try_wait().map_err(|e| failed(e.to_string()))? {
+                    break out.clone();
+                }
+                if started.elapsed() >= SHOW_CHART_TIMEOUT {
+                    let _ = handle.kill();
+                    return Err(failed(format!(
+                        "helm show chart did not finish within {}s (resolving the chart \
+                         version from its repository or registry); check that it is reachable",
+                        SHOW_CHART_TIMEOUT.as_secs()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
             if !output.status.success() {
                 let code = output
                     .status

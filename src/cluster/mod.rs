@@ -121,6 +121,16 @@ pub enum ClusterError {
         #[source]
         source: kube::Error,
     },
+    /// The namespace the configuration yields (kubeconfig context, in-cluster service
+    /// account) is not a DNS-1123 label: it would be spliced into API paths.
+    #[error("the namespace from {from} is unusable: {source}; fix it there, or pass -n NAMESPACE")]
+    InvalidNamespace {
+        /// Where the namespace came from.
+        from: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::names::NameError,
+    },
 }
 
 fn path_note(path: &Option<String>) -> String {
@@ -565,11 +575,25 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
         http::header::USER_AGENT,
         http::HeaderValue::from_static(USER_AGENT),
     ));
-    let namespace = flags
-        .namespace
-        .clone()
-        .or(env.namespace.clone())
-        .unwrap_or_else(|| config.default_namespace.clone());
+    let (namespace, from) = match flags.namespace.clone() {
+        Some(ns) => (ns, "-n/--namespace".to_string()),
+        None => match env.namespace.clone() {
+            Some(ns) => (ns, "HELM_NAMESPACE".to_string()),
+            None => (
+                config.default_namespace.clone(),
+                match (&context, &loaded) {
+                    (Some(context), _) => format!("kubeconfig context {context:?}"),
+                    (None, None) if apiserver.is_none() => {
+                        "the in-cluster service account".to_string()
+                    }
+                    _ => "the default".to_string(),
+                },
+            ),
+        },
+    };
+    // Every source, not only -n: the namespace is spliced into API and Lease paths.
+    crate::names::validate_namespace(&namespace)
+        .map_err(|source| ClusterError::InvalidNamespace { from, source })?;
     tracing::debug!("namespace: {namespace}");
     failure::register(Endpoint {
         server: server.clone(),

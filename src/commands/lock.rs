@@ -102,7 +102,11 @@ fn converged(headers: &[RecordHeader], spec: &LockSpec) -> bool {
         return false;
     };
     let hard_in_force = latest.labels.contains_key(lock::KEY_HARD_STATUS);
-    let Some(existing) = lock::spec_from_labels(&latest.labels).filter(|l| l.same_as(spec)) else {
+    let Some(existing) = lock::spec_from_labels(&latest.labels)
+        .ok()
+        .flatten()
+        .filter(|l| l.same_as(spec))
+    else {
         return false;
     };
     if hard_in_force != (spec.kind == LockKind::Hard) {
@@ -135,7 +139,10 @@ pub(super) async fn lock_release(
         return Box::pin(lock_release(store, release, spec, interrupts)).await;
     }
     let wanted = spec.labels();
-    let same_lock = lock::spec_from_labels(&latest.labels).is_some_and(|l| l.same_as(spec));
+    let same_lock = lock::spec_from_labels(&latest.labels)
+        .ok()
+        .flatten()
+        .is_some_and(|l| l.same_as(spec));
     // A hard lock is only in force on a record it marked pending-upgrade: after a `helm
     // rollback` the new revision carries the labels but not the status, and re-running
     // `lock --hard` (as docs/locks.md advises) must mark it again.
@@ -147,7 +154,11 @@ pub(super) async fn lock_release(
     // The same lock already on the latest record may be an interrupted run: the older
     // records are completed either way (only those that differ are written). An
     // unchanged since-time keeps the labels of a re-run identical to the first run's.
-    let wanted = match lock::spec_from_labels(&latest.labels).filter(|_| same_lock) {
+    let wanted = match lock::spec_from_labels(&latest.labels)
+        .ok()
+        .flatten()
+        .filter(|_| same_lock)
+    {
         Some(existing) => existing.labels(),
         None => wanted,
     };
@@ -186,7 +197,9 @@ mod tests {
             .map(|r| {
                 (
                     r.header.revision,
-                    lock::spec_from_labels(&r.header.labels).and_then(|s| s.reason),
+                    lock::spec_from_labels(&r.header.labels)
+                        .unwrap()
+                        .and_then(|s| s.reason),
                 )
             })
             .collect()

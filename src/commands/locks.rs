@@ -28,12 +28,23 @@ pub(super) async fn run(plan: LocksPlan) -> Result<Exit, Error> {
             scope: scope.clone(),
             source: Box::new(source),
         })?;
-    output::locks(&lock_rows(&headers, now_unix()), &scope, plan.format);
+    // A lock that cannot be read is not listed as "no lock": the command fails naming it.
+    let rows = lock_rows(&headers, now_unix(), session.store.kind()).map_err(|invalid| {
+        Error::ListRecords {
+            scope: scope.clone(),
+            source: Box::new(crate::storage::StoreError::Invalid(invalid)),
+        }
+    })?;
+    output::locks(&rows, &scope, plan.format);
     Ok(Exit::Success)
 }
 
 /// The locked releases among these records, by namespace and release.
-fn lock_rows(headers: &[RecordHeader], now: i64) -> Vec<LockRow> {
+fn lock_rows(
+    headers: &[RecordHeader],
+    now: i64,
+    kind: &'static str,
+) -> Result<Vec<LockRow>, crate::storage::InvalidRecord> {
     let mut latest: BTreeMap<(&str, &str), &RecordHeader> = BTreeMap::new();
     for h in headers {
         let key = (h.namespace.as_str(), h.release.as_str());
@@ -45,12 +56,20 @@ fn lock_rows(headers: &[RecordHeader], now: i64) -> Vec<LockRow> {
         .into_iter()
         .filter(|(_, h)| h.status != ReleaseStatus::Uninstalled)
         .filter_map(|((namespace, release), h)| {
-            let state = lock::from_labels(&h.labels)?;
-            Some(LockRow {
+            let state = match lock::from_labels(&h.labels) {
+                Ok(state) => state?,
+                Err(e) => {
+                    let field = format!("label {}", e.label);
+                    return Some(Err(crate::storage::InvalidRecord::new(
+                        kind, &h.name, &field, &e.problem,
+                    )));
+                }
+            };
+            Some(Ok(LockRow {
                 release: release.to_string(),
                 namespace: namespace.to_string(),
                 lock: LockReport::new(&state, now),
-            })
+            }))
         })
         .collect()
 }

@@ -76,8 +76,17 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     let held = match super::acquire_mutex(&session, release, &options).await {
         Ok(held) => held,
         Err(MutexError::NamespaceMissing(_)) => {
-            // Nothing to race on in a namespace that does not exist: let helm report it.
+            // The Lease cannot live in a namespace that does not exist. The first decision
+            // stands, refusals included (with HELM_DRIVER=sql the records live elsewhere and
+            // may be pending or locked); helm runs unserialized only with a reason printed.
             let report = guard::report(&plan, store, &first, &target, Some(false), None);
+            if !first.decision.action.proceeds() {
+                return finish_without_helm(&plan, &first.decision, &report);
+            }
+            output::note(&format!(
+                "running unserialized: namespace {namespace:?} does not exist, so the mutex \
+                 (a Lease in it) cannot be taken"
+            ));
             return run_helm(&plan, &helm, &first.decision, &report).await;
         }
         Err(source) => {
@@ -89,16 +98,32 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
         }
     };
 
-    // 3. Decide again under the mutex; recover a stale pending record if asked to.
+    // 3. Decide again under the mutex; recover a stale pending record if asked to. The
+    // signal handlers the mutex wait installed replace the default action, so SIGINT and
+    // SIGTERM are watched here until helm starts (then helm gets them).
     let outcome = async {
-        let mut pass = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
-        if pass.decision.reason == Reason::Pending {
-            if let Some(after) = plan.recover_pending_after {
-                if recover(&plan, store, &pass, after).await? {
-                    pass = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
+        let decided = async {
+            let mut pass = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
+            if pass.decision.reason == Reason::Pending {
+                if let Some(after) = plan.recover_pending_after {
+                    if recover(&plan, store, &pass, after).await? {
+                        pass = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
+                    }
                 }
             }
-        }
+            Ok::<Pass, Error>(pass)
+        };
+        let pass = tokio::select! {
+            pass = decided => pass?,
+            (name, number) = interrupted() => {
+                output::note(&format!(
+                    "interrupted by {name} before helm started: release {release:?} in \
+                     {namespace:?} was not upgraded; helm was not run"
+                ));
+                // The shell's code for death by this signal: 130 (SIGINT), 143 (SIGTERM).
+                return Ok(Exit::Helm(128 + number));
+            }
+        };
         let report = guard::report(&plan, store, &pass, &target, Some(true), None);
         if pass.decision.action.proceeds() {
             run_helm(&plan, &helm, &pass.decision, &report).await
@@ -109,6 +134,21 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     .await;
     super::release_mutex(held, release, namespace).await;
     outcome
+}
+
+/// The first SIGINT or SIGTERM: its name and number.
+async fn interrupted() -> (&'static str, i32) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => ("SIGINT", libc::SIGINT),
+        _ = term.recv() => ("SIGTERM", libc::SIGTERM),
+    }
 }
 
 /// Marks a stale pending record failed (under the mutex) and says what it did.

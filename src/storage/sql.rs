@@ -209,13 +209,24 @@ impl SqlStore {
             .await?;
             let labels = match labels {
                 Ok(rows) => rows,
-                Err(e) if is_undefined_table(&e) => Vec::new(),
+                // helm creates both tables in one migration: without the labels table the
+                // locks are unknown, not absent.
+                Err(e) if is_undefined_table(&e) => {
+                    return Err(StoreError::Malformed(format!(
+                        "PostgreSQL at {}: releases_v1 has rows but table custom_labels_v1, \
+                         where helm keeps release labels (and guarded-upgrade its locks), does \
+                         not exist",
+                        self.server
+                    )))
+                }
                 Err(e) => return Err(store_error(&self.server, e)),
             };
             for row in &labels {
-                let (key, ns): (String, String) = (row.get(0), row.get(1));
-                let (k, v): (Option<String>, Option<String>) = (row.get(2), row.get(3));
-                let (Some(k), Some(v)) = (k, v) else { continue };
+                let labels = "custom_labels_v1";
+                let key: String = column(row, 0, labels, "(unknown)")?;
+                let ns: String = column(row, 1, labels, &key)?;
+                let k: String = column(row, 2, labels, &key)?;
+                let v: String = column(row, 3, labels, &key)?;
                 if SYSTEM_LABELS.contains(&k.as_str()) {
                     continue;
                 }
@@ -271,7 +282,7 @@ impl SqlStore {
                 retry_after: None,
             });
         };
-        let xmin: String = current.get(0);
+        let xmin: String = column(&current, 0, "releases_v1", name)?;
         if xmin != resource_version {
             return Err(StoreError::Api {
                 code: 409,
@@ -332,7 +343,7 @@ impl SqlStore {
         )
         .await?
         .map_err(err)?;
-        let new_xmin: String = row.get(0);
+        let new_xmin: String = column(&row, 0, "releases_v1", name)?;
         bounded(&self.server, "committing", tx.commit())
             .await?
             .map_err(err)?;
@@ -423,17 +434,49 @@ fn store_error(server: &str, e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// Column `index` of a row of `table` (the record `key`), or the column named as invalid
+/// when it is NULL or of another type than helm's schema gives it (never a panic).
+fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    index: usize,
+    table: &str,
+    key: &str,
+) -> Result<T, InvalidRecord> {
+    row.try_get(index).map_err(|e| {
+        let name = row
+            .columns()
+            .get(index)
+            .map_or_else(|| index.to_string(), |c| c.name().to_string());
+        let was_null =
+            std::error::Error::source(&e).is_some_and(|s| s.is::<tokio_postgres::types::WasNull>());
+        let problem = if was_null {
+            "is NULL".to_string()
+        } else {
+            format!("cannot be read ({e})")
+        };
+        InvalidRecord {
+            kind: "SQL row",
+            name: key.to_string(),
+            field: match table {
+                "releases_v1" => format!("column {name}"),
+                _ => format!("{table} column {name}"),
+            },
+            problem,
+        }
+    })
+}
+
 /// A row's header, refusing what helm would not have written (as for Secrets).
 fn header_from_row(row: &Row) -> Result<RecordHeader, InvalidRecord> {
-    let key: String = row.get(0);
-    let namespace: String = row.get(1);
-    let name: String = row.get(2);
-    let version: i32 = row.get(3);
-    let status: String = row.get(4);
-    let owner: String = row.get(5);
-    let created: i32 = row.get(6);
-    let modified: i32 = row.get(7);
-    let xmin: String = row.get(8);
+    let key: String = column(row, 0, "releases_v1", "(unknown)")?;
+    let namespace: String = column(row, 1, "releases_v1", &key)?;
+    let name: String = column(row, 2, "releases_v1", &key)?;
+    let version: i32 = column(row, 3, "releases_v1", &key)?;
+    let status: String = column(row, 4, "releases_v1", &key)?;
+    let owner: String = column(row, 5, "releases_v1", &key)?;
+    let created: i32 = column(row, 6, "releases_v1", &key)?;
+    let modified: i32 = column(row, 7, "releases_v1", &key)?;
+    let xmin: String = column(row, 8, "releases_v1", &key)?;
     let invalid = |field: &str, problem: &str| InvalidRecord::new("SQL row", &key, field, problem);
     if name.is_empty() {
         return Err(invalid("column name", "is empty"));
@@ -559,7 +602,9 @@ impl ReleaseStore for SqlStore {
             )
             .await?
             .map_err(|e| store_error(&self.server, e))?;
-            Ok(row.map(|r| r.get::<_, String>(0)))
+            row.map(|r| column::<String>(&r, 0, "releases_v1", name))
+                .transpose()
+                .map_err(StoreError::from)
         })
         .await?
         .ok_or_else(not_found)?;

@@ -270,13 +270,17 @@ fn shim_without_real_helm(label: &str) {
         .with_path(s.b.command(s.shim_dir.join("helm")))
         .arg("version")
         .env("PATH", format!("{}:/usr/bin:/bin", s.shim_dir.display())));
-    run.expect_code(3, "no real helm");
+    // Exit 2 naming the refused path (issue 17): a configuration no retry fixes.
+    run.expect_code(2, "no real helm");
+    let shim = s.shim_dir.join("helm");
     assert_eq!(
         lines(&run.stderr),
-        [
-            "guarded-upgrade: error: real helm not found: no `helm` on PATH other than this shim; \
-          set GUARDED_UPGRADE_HELM to the real helm binary, or put it on PATH after the shim"
-        ]
+        [format!(
+            "guarded-upgrade: error: refusing to run {shim:?} (from PATH) as helm: it is this \
+             guarded-upgrade binary (the same path); guarded-upgrade never runs itself as helm. \
+             Put the real helm on PATH after the shim, or name it with GUARDED_UPGRADE_HELM \
+             (shim) or --helm/HELM_BIN"
+        )]
     );
     // Shim settings are checked before any I/O: a typo is a usage error.
     let typo = s.shim_env(

@@ -371,4 +371,131 @@ fn sql_tls(label: &str) {
     );
 }
 
-crate::common::per_helm!(sql_decisions, sql_locks, sql_tls);
+/// Issue 17: what the SQL store cannot read refuses (exit 3) naming the row and the field,
+/// never "no lock" and never a panic: an unknown lock kind, a NULL label, a mistyped
+/// column, a missing labels table.
+fn sql_unreadable_rows_refuse(label: &str) {
+    let s = SqlBed::new(label, "unreadable");
+    s.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    let upgrade = || s.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    let key = "sh.helm.release.v1.db.v1";
+    let cannot = "guarded-upgrade: error: release \"db\" in namespace \"shared\": reading the \
+                  deployed release: ";
+    s.query(&format!(
+        "INSERT INTO custom_labels_v1 (releaseKey, releaseNamespace, key, value) VALUES \
+         ('{key}', '{NS}', '{LOCK_KEY}', 'bogus'), ('{key}', '{NS}', \
+         'guarded-upgrade.io/since', '1700000000')"
+    ));
+    upgrade().expect_code(3, "unknown lock kind").assert_stderr(&[&format!(
+        "{cannot}inconsistent record: releases_v1 \"{key}\": label {LOCK_KEY} is not soft, hard or pin; fix the label, or remove \
+         the lock with `guarded-upgrade unlock db -n shared`; helm was not run"
+    )]);
+    s.query("DELETE FROM custom_labels_v1 WHERE key LIKE 'guarded-upgrade.io/%'");
+
+    s.query("ALTER TABLE custom_labels_v1 ALTER COLUMN value DROP NOT NULL");
+    s.query(&format!(
+        "INSERT INTO custom_labels_v1 (releaseKey, releaseNamespace, key, value) VALUES \
+         ('{key}', '{NS}', '{LOCK_KEY}', NULL)"
+    ));
+    upgrade()
+        .expect_code(3, "NULL label")
+        .assert_stderr(&[&format!(
+        "{cannot}listing releases_v1 records: SQL row \"{key}\": custom_labels_v1 column value \
+         is NULL; helm was not run"
+    )]);
+    s.query("DELETE FROM custom_labels_v1 WHERE value IS NULL");
+
+    s.query("ALTER TABLE releases_v1 ALTER COLUMN version TYPE bigint");
+    let run = upgrade();
+    run.expect_code(3, "mistyped column");
+    assert!(
+        run.stderr.starts_with(&format!(
+            "{cannot}listing releases_v1 records: SQL row \"{key}\": column version cannot be \
+             read ("
+        )),
+        "{}",
+        run.stderr
+    );
+    s.query("ALTER TABLE releases_v1 ALTER COLUMN version TYPE integer");
+
+    s.query("DROP TABLE custom_labels_v1");
+    let run = upgrade();
+    run.expect_code(3, "missing labels table");
+    assert!(
+        run.stderr.contains(
+            "releases_v1 has rows but table custom_labels_v1, where helm keeps release labels \
+             (and guarded-upgrade its locks), does not exist"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s.statuses(), "1=deployed", "helm must not have run");
+}
+
+/// Sets revision `rev` of `db` to `status` in both the status column and the encoded body,
+/// as an interrupted helm leaves it.
+fn set_status(s: &SqlBed, rev: u64, status: &str) {
+    use base64::Engine;
+    use std::io::{Read, Write};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = format!("sh.helm.release.v1.db.v{rev}");
+    let body = s.query(&format!("SELECT body FROM releases_v1 WHERE key = '{key}'"));
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(&b64.decode(body.trim()).expect("base64")[..])
+        .read_to_string(&mut json)
+        .expect("gzip");
+    let mut release: serde_json::Value = serde_json::from_str(&json).expect("json");
+    release["info"]["status"] = status.into();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(release.to_string().as_bytes()).expect("gzip");
+    let body = b64.encode(gz.finish().expect("gzip"));
+    s.query(&format!(
+        "UPDATE releases_v1 SET body = '{body}', status = '{status}' WHERE key = '{key}'"
+    ));
+}
+
+/// Issue 17: with the records in PostgreSQL, a missing namespace (no place for the mutex
+/// Lease) never lets a refusal reach helm; a decision that proceeds says why it runs
+/// without the mutex.
+fn sql_missing_namespace_keeps_refusals(label: &str) {
+    let s = SqlBed::new(label, "nonamespace");
+    s.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    set_status(&s, 1, "pending-upgrade");
+    assert!(
+        s.b.api.delete_object("namespaces", None, NS),
+        "delete the namespace"
+    );
+    let run = s.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    run.expect_code(3, "pending release in a missing namespace")
+        .assert_stderr(&[
+            "refused: release \"db\" in \"shared\": latest revision 1 is pending-upgrade, so \
+             another helm operation is in progress or was interrupted. Wait for it to finish and \
+             retry; if it was interrupted, check \"helm history db -n shared\" and recover with \
+             \"helm rollback db <REVISION> -n shared\" (rollback works while a revision is \
+             pending)",
+        ]);
+    assert_eq!(s.statuses(), "1=pending-upgrade", "helm must not have run");
+
+    let run = s.guard(&[
+        "upgrade",
+        "--install",
+        "other",
+        &chart("demo-1.0.0"),
+        "-n",
+        NS,
+    ]);
+    run.assert_stderr_line(
+        "note: running unserialized: namespace \"shared\" does not exist, so the mutex (a \
+         Lease in it) cannot be taken",
+    );
+}
+
+crate::common::per_helm!(
+    sql_missing_namespace_keeps_refusals,
+    sql_decisions,
+    sql_locks,
+    sql_tls,
+    sql_unreadable_rows_refuse
+);
