@@ -91,7 +91,9 @@ pub fn kubernetes_version() -> String {
     text.lines()
         .map(str::trim)
         .find_map(|l| l.strip_prefix("k8s.io/kubernetes "))
-        .map(|v| v.trim().to_string())
+        // `v1.37.2 // indirect`: the version is the first word.
+        .and_then(|v| v.split_whitespace().next())
+        .map(str::to_string)
         .unwrap_or_else(|| panic!("{} does not require k8s.io/kubernetes", go_mod.display()))
 }
 
