@@ -199,7 +199,10 @@ fn refused_connections_are_retried_within_seconds(label: &str) {
     let took = started.elapsed();
     run.expect_code(3, "API server down");
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    let refused = "connection refused";
+    let refused = format!(
+        "API server {dead} (context \"testbed\"): connection refused; check that the API \
+         server is up and the address and port are right"
+    );
     let lines = retry_lines(&run);
     assert_eq!(lines.len(), 4, "{}", run.stderr);
     for (i, line) in lines[..3].iter().enumerate() {
