@@ -824,6 +824,44 @@ impl Cluster {
     }
 }
 
+impl Plane {
+    /// Kills a process of the control plane with SIGKILL (`etcd` index 0, or
+    /// `kube-apiserver` index i) and reaps it. For fault tests holding every server.
+    pub fn kill(&self, name: &str, index: usize) {
+        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(child) = procs
+            .iter_mut()
+            .find(|p| p.name == name && p.index == index)
+            .and_then(|p| p.child.as_mut())
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed process again with the same flags and data, and waits until it
+    /// serves (etcd healthy, the API server ready).
+    pub fn restart(&self, name: &str, index: usize) {
+        self.kill(name, index);
+        let cmd = {
+            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            procs
+                .iter()
+                .find(|p| p.name == name && p.index == index)
+                .map(|p| p.cmd)
+                .unwrap_or_else(|| panic!("kube-testbed: no process {name} {index}"))
+        };
+        self.launch(name, cmd, index)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ready = if name == "etcd" {
+            self.wait_etcd()
+        } else {
+            self.wait_apiserver(index)
+        };
+        ready.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,43 +898,5 @@ mod tests {
             admin::path("secrets", None, None),
             "/api/v1/namespaces/default/secrets"
         );
-    }
-}
-
-impl Plane {
-    /// Kills a process of the control plane with SIGKILL (`etcd` index 0, or
-    /// `kube-apiserver` index i) and reaps it. For fault tests holding every server.
-    pub fn kill(&self, name: &str, index: usize) {
-        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(child) = procs
-            .iter_mut()
-            .find(|p| p.name == name && p.index == index)
-            .and_then(|p| p.child.as_mut())
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts a killed process again with the same flags and data, and waits until it
-    /// serves (etcd healthy, the API server ready).
-    pub fn restart(&self, name: &str, index: usize) {
-        self.kill(name, index);
-        let cmd = {
-            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-            procs
-                .iter()
-                .find(|p| p.name == name && p.index == index)
-                .map(|p| p.cmd)
-                .unwrap_or_else(|| panic!("kube-testbed: no process {name} {index}"))
-        };
-        self.launch(name, cmd, index)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let ready = if name == "etcd" {
-            self.wait_etcd()
-        } else {
-            self.wait_apiserver(index)
-        };
-        ready.unwrap_or_else(|e| panic!("{e}"));
     }
 }
