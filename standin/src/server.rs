@@ -528,9 +528,16 @@ fn forbidden(rec: &RequestRecord, group: &str) -> ApiError {
         Some(ns) => format!(" in the namespace \"{ns}\""),
         None => " at the cluster scope".to_string(),
     };
+    // The real server names the resource qualified by its group (`leases.coordination.k8s.io
+    // "x" is forbidden`), the core group's bare (`secrets "x" is forbidden`).
+    let qualified = if group.is_empty() {
+        resource.clone()
+    } else {
+        format!("{resource}.{group}")
+    };
     let subject = match &rec.name {
-        Some(name) => format!("{resource} \"{name}\""),
-        None => resource.clone(),
+        Some(name) => format!("{qualified} \"{name}\""),
+        None => qualified,
     };
     ApiError::new(
         403,
@@ -925,4 +932,46 @@ fn watch_stream(
         .header("Cache-Control", "no-cache, private")
         .body(ChannelBody(body_rx).boxed())
         .expect("valid response"))
+}
+
+#[cfg(test)]
+mod forbidden_wording {
+    use super::*;
+
+    fn record(resource: &str, name: Option<&str>) -> RequestRecord {
+        RequestRecord {
+            method: "GET".into(),
+            path: String::new(),
+            query: String::new(),
+            content_type: None,
+            accept: None,
+            status: 0,
+            verb: "get".into(),
+            resource: Some(resource.into()),
+            namespace: Some("ns1".into()),
+            name: name.map(String::from),
+            user: Some("alice".into()),
+            impersonate: Vec::new(),
+            user_agent: None,
+        }
+    }
+
+    /// Worded as kube-apiserver v1.37 words it (seen on the real server in the e2e tests).
+    #[test]
+    fn grouped_resources_are_qualified_by_their_group() {
+        assert_eq!(
+            forbidden(
+                &record("leases", Some("helm-lock-db")),
+                "coordination.k8s.io"
+            )
+            .message,
+            "leases.coordination.k8s.io \"helm-lock-db\" is forbidden: User \"alice\" cannot \
+             get resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"ns1\""
+        );
+        assert_eq!(
+            forbidden(&record("secrets", None), "").message,
+            "secrets is forbidden: User \"alice\" cannot get resource \"secrets\" in API group \
+             \"\" in the namespace \"ns1\""
+        );
+    }
 }

@@ -1,4 +1,6 @@
 //! The command line is checked against what real helm accepts, before any I/O (issue 10).
+//! Usage errors and the empty namespace are proven against the real API server (its audit
+//! log shows no request, or the requests' paths).
 
 use crate::common::{bed, chart};
 use guarded_upgrade::helm_long_flags;
@@ -112,9 +114,8 @@ fn unknown_flags_and_stray_arguments_fail_before_any_io() {
 }
 
 /// `-n ''` means the kubeconfig context's namespace, as in helm; never `/namespaces//`.
-#[test]
-fn empty_namespace_means_the_context_namespace() {
-    let b = bed("helm4");
+fn empty_namespace_means_the_context_namespace(label: &str) {
+    let b = bed(label);
     b.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", ""])
         .expect_code(0, "install with -n ''");
     let paths: Vec<String> = b.api.requests().into_iter().map(|r| r.path).collect();
@@ -130,3 +131,5 @@ fn empty_namespace_means_the_context_namespace() {
     );
     assert_eq!(b.deployed("db", "default"), ("1.0.0".into(), 1));
 }
+
+crate::common::per_helm!(empty_namespace_means_the_context_namespace);

@@ -875,3 +875,72 @@ pub fn hooked_chart(b: &Bed, version: &str) -> String {
     .expect("write the hook");
     dir
 }
+
+// ---- h16a (guard, unchanged, repo, usage, argv, retry, matrix on the real server) ----
+
+/// Grants `user` a Role `name` in `ns` holding exactly `rules` (RBAC PolicyRules), bound
+/// to the user by a RoleBinding of the same name.
+pub fn grant_role(b: &Bed, user: &str, ns: &str, name: &str, rules: serde_json::Value) {
+    b.api.put_object(
+        "roles",
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": ns},
+            "rules": rules,
+        }),
+    );
+    b.api.put_object(
+        "rolebindings",
+        serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }),
+    );
+}
+
+/// A loopback port nothing listens on (bound, then closed).
+pub fn dead_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A copy of the bed's admin kubeconfig (CA and credentials kept) in its home, its server
+/// replaced by `server`.
+pub fn kubeconfig_with_server(b: &Bed, server: &str) -> PathBuf {
+    let text = std::fs::read_to_string(b.api.kubeconfig()).expect("read kubeconfig");
+    let url = b.api.url();
+    assert!(text.contains(&url), "the kubeconfig names {url}");
+    let path = b.home().join("kubeconfig-elsewhere");
+    std::fs::write(&path, text.replace(&url, server)).expect("write kubeconfig");
+    path
+}
+
+/// Waits (bounded) until the real server's authorizer allows `user` to `verb` `resource`
+/// (`group/resource`, or a core resource) in `ns`: RBAC objects take effect through the
+/// server's caches, a moment after they are written.
+pub fn wait_allowed(b: &Bed, user: &str, ns: &str, verb: &str, resource: &str) {
+    let (group, resource) = resource.split_once('/').unwrap_or(("", resource));
+    let review = serde_json::json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "resourceAttributes": {
+            "namespace": ns, "verb": verb, "group": group, "resource": resource}},
+    });
+    let started = std::time::Instant::now();
+    loop {
+        let (code, answer) = b.api.real().request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            Some(&review),
+        );
+        if code == 201 && answer["status"]["allowed"] == true {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{user} is still not allowed to {verb} {resource} in {ns}: {code} {answer}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -1,6 +1,10 @@
-//! End to end: guarded-upgrade with real helm 3.17.3 and 4.1.4 against the API stand-in.
+//! End to end: guarded-upgrade with real helm against the real API server (helm 3.21.4 and
+//! 4.3.2; the main flow also with 3.17.3 and 4.1.4), and against the API stand-in where a
+//! fault is injected by request position (503, dropped connections).
 
-use crate::common::{bed, chart, Bed};
+use std::time::{Duration, Instant};
+
+use crate::common::{bed, chart, dead_port, grant_role, kubeconfig_with_server, wait_allowed, Bed};
 use kube_standin::{Fault, FaultAction};
 
 const NS: &str = "shared";
@@ -166,17 +170,18 @@ fn failed_upgrade_then_retry(label: &str) {
     let b = setup(label);
     b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS])
         .expect_code(0, "install");
-    // Make the chart's Deployment write fail so helm records a failed revision.
-    b.api.inject(Fault {
-        verb: None,
-        resource: Some("deployments".into()),
-        name: None,
-        action: FaultAction::Status(500),
-        times: None,
-    });
+    // Make the chart's Deployment update fail so helm records a failed revision: an
+    // admission policy of the real server refuses it.
+    freeze_deployments(&b, true);
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     assert_ne!(run.code, 0, "helm should fail: {}", run.stderr);
-    b.api.clear_faults();
+    assert!(
+        run.stderr
+            .contains("deployment updates are frozen by the test"),
+        "helm failed for another reason: {}",
+        run.stderr
+    );
+    freeze_deployments(&b, false);
     let history = b.history("db", NS);
     assert_eq!(history.last().unwrap()["status"], "failed", "{history:?}");
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
@@ -188,6 +193,70 @@ fn failed_upgrade_then_retry(label: &str) {
          deployed revision 1",
     );
     assert_eq!(b.deployed("db", NS).0, "1.1.0");
+}
+
+const FREEZE: &str = "freeze-deployments";
+
+/// Turns on or off a ValidatingAdmissionPolicy (bound to namespace `shared`) that denies
+/// every update of a Deployment, and waits until the server enforces (or no longer
+/// enforces) it: an admin dry-run update of `db-app` is refused (or accepted).
+fn freeze_deployments(b: &Bed, on: bool) {
+    if on {
+        b.api.put_object(
+            "validatingadmissionpolicies",
+            serde_json::json!({
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicy",
+                "metadata": {"name": FREEZE},
+                "spec": {
+                    "failurePolicy": "Fail",
+                    "matchConstraints": {"resourceRules": [{
+                        "apiGroups": ["apps"], "apiVersions": ["v1"],
+                        "operations": ["UPDATE"], "resources": ["deployments"]}]},
+                    "validations": [{"expression": "false",
+                                     "message": "deployment updates are frozen by the test"}],
+                },
+            }),
+        );
+        b.api.put_object(
+            "validatingadmissionpolicybindings",
+            serde_json::json!({
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingAdmissionPolicyBinding",
+                "metadata": {"name": FREEZE},
+                "spec": {
+                    "policyName": FREEZE,
+                    "validationActions": ["Deny"],
+                    "matchResources": {"namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": NS}}},
+                },
+            }),
+        );
+    } else {
+        b.api
+            .delete_object("validatingadmissionpolicybindings", None, FREEZE);
+        b.api
+            .delete_object("validatingadmissionpolicies", None, FREEZE);
+    }
+    let real = b.api.real();
+    let path = format!("/apis/apps/v1/namespaces/{NS}/deployments/db-app");
+    let started = Instant::now();
+    loop {
+        let current = b
+            .api
+            .get("deployments", Some(NS), "db-app")
+            .expect("the release's Deployment");
+        let (code, answer) = real.request("PUT", &format!("{path}?dryRun=All"), Some(&current));
+        if (code == 200) != on {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the freeze policy is not {} after 30 s: {code} {answer}",
+            if on { "enforced" } else { "gone" }
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The ConfigMap driver.
@@ -230,13 +299,37 @@ fn packaged_chart(label: &str) {
     assert_eq!(b.deployed("db", NS).0, "1.2.0");
 }
 
-/// API down: exit 3, helm not run, the message names release, namespace and step.
+/// API down (nothing listening where the kubeconfig points): exit 3 after bounded
+/// retries, helm not run, the message names release, namespace and step.
 fn api_down_fails_closed(label: &str) {
     let b = setup(label);
-    let kubeconfig_copy = b.home().join("kubeconfig");
-    std::fs::copy(b.api.kubeconfig(), &kubeconfig_copy).unwrap();
-    let Bed { api, .. } = &b;
-    api.inject(Fault {
+    let dead = format!("https://127.0.0.1:{}", dead_port());
+    let kubeconfig = kubeconfig_with_server(&b, &dead);
+    let run = b.guard_env(
+        &["upgrade", "db", &chart("demo-1.0.0"), "-n", NS],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    run.expect_code(3, "api down");
+    run.assert_error_after_retries(
+        "listing Secrets (name=db,owner=helm) in namespace \"shared\"",
+        3,
+        &format!(
+            "release \"db\" in namespace \"shared\": reading the deployed release: listing \
+             Secret records: API server {dead} (context \"{}\"): connection refused; check that \
+             the API server is up and the address and port are right; helm was not run",
+            b.api.context()
+        ),
+    );
+    assert!(b
+        .api
+        .get("secrets", Some(NS), "sh.helm.release.v1.db.v1")
+        .is_none());
+}
+
+/// A connection the server drops (stand-in: every request): the same, naming the break.
+fn api_drops_connections_fails_closed(label: &str) {
+    let b = setup(label);
+    b.api.inject(Fault {
         verb: None,
         resource: None,
         name: None,
@@ -286,31 +379,53 @@ fn transient_errors_are_retried(label: &str) {
     assert_eq!(b.deployed("db", NS).0, "1.0.0");
 }
 
-/// Forbidden reads fail closed with the step named; helm is not run.
+/// Forbidden reads fail closed with the step named; helm is not run. A restricted user has
+/// everything an upgrade needs before helm runs except `list` on Secrets: the real server
+/// refuses that list, in its own words.
 fn forbidden_fails_closed(label: &str) {
     let b = setup(label);
-    b.api.inject(Fault {
-        verb: Some("list".into()),
-        resource: Some("secrets".into()),
-        name: None,
-        action: FaultAction::Status(403),
-        times: None,
-    });
-    let run = b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS]);
+    grant_role(
+        &b,
+        "alice",
+        NS,
+        "upgrade-but-list",
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "verbs": ["get", "create", "update"]},
+        ]),
+    );
+    wait_allowed(&b, "alice", NS, "update", "coordination.k8s.io/leases");
+    let kubeconfig = b.api.real().kubeconfig_for("alice", Some(NS));
+    let run = b.guard_env(
+        &["upgrade", "db", &chart("demo-1.0.0"), "-n", NS],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
     run.expect_code(3, "forbidden");
     run.assert_error(&format!(
         "release \"db\" in namespace \"shared\": reading the deployed release: listing Secret \
-         records: API server {} (context \"standin\"): 403 Forbidden: secrets is forbidden: \
-         User \"standin\" cannot list resource \"secrets\" in API group \"\" in the \
+         records: API server {} (context \"testbed\"): 403 Forbidden: secrets is forbidden: \
+         User \"alice\" cannot list resource \"secrets\" in API group \"\" in the \
          namespace \"shared\"; grant this identity the permission (RBAC), or use a \
          context/--kube-as-user that has it; helm was not run",
         b.api.url()
     ));
-    b.api.clear_faults();
     assert!(b
         .api
         .get("secrets", Some(NS), "sh.helm.release.v1.db.v1")
         .is_none());
+    // Nothing was written, and the mutex is not left held.
+    assert_eq!(
+        b.writes().iter().filter(|w| !w.contains("/leases")).count(),
+        0
+    );
+    if let Some(lease) = b.api.get("leases", Some(NS), "helm-lock-db") {
+        let holder = &lease["spec"]["holderIdentity"];
+        assert!(
+            holder.is_null() || holder == "",
+            "the mutex is still held: {lease}"
+        );
+    }
 }
 
 fn synthetic_record(b: &Bed, revision: u64, status: &str, version: &str, payload: Option<&str>) {
@@ -369,23 +484,39 @@ fn reads_do_not_grow_with_history(label: &str) {
     assert_eq!(json["deployed"]["version"], "1.40.0");
     assert_eq!(json["deployed"]["revision"], 40);
     assert_eq!(json["reason"], "downgrade");
+    // Exactly two requests for the release records, whatever the history: the list (of
+    // metadata only, as the stand-in's log shows; the audit log has no Accept header) and
+    // the one GET of the latest deployed record. (The query starts with `&`: the kube
+    // client writes list queries so; both servers accept it.)
     let secret_requests: Vec<String> = b
         .api
         .requests()
         .iter()
         .filter(|r| r.resource.as_deref() == Some("secrets"))
-        .map(|r| format!("{} {} {:?}", r.verb, r.path, r.accept))
+        .map(|r| format!("{} {}?{} -> {}", r.verb, r.path, r.query, r.status))
         .collect();
-    assert_eq!(secret_requests.len(), 2, "{secret_requests:#?}");
-    assert!(
-        secret_requests[0].starts_with("list"),
-        "{secret_requests:#?}"
+    assert_eq!(
+        secret_requests,
+        [
+            format!("list /api/v1/namespaces/{NS}/secrets?&labelSelector=name%3Ddb%2Cowner%3Dhelm -> 200"),
+            format!("get /api/v1/namespaces/{NS}/secrets/sh.helm.release.v1.db.v40? -> 200"),
+        ],
     );
-    assert!(
-        secret_requests[0].contains("PartialObjectMetadataList"),
-        "the list must be metadata-only: {secret_requests:#?}"
-    );
-    assert!(secret_requests[1].starts_with("get") && secret_requests[1].contains(".v40"));
+    if !b.api.is_real() {
+        let accepts: Vec<Option<String>> = b
+            .api
+            .requests()
+            .into_iter()
+            .filter(|r| r.resource.as_deref() == Some("secrets"))
+            .map(|r| r.accept)
+            .collect();
+        assert!(
+            accepts[0]
+                .as_deref()
+                .is_some_and(|a| a.contains("PartialObjectMetadataList")),
+            "the list must be metadata-only: {accepts:#?}"
+        );
+    }
     assert!(!run.stdout.contains("hunter2") && !run.stderr.contains("hunter2"));
 }
 
@@ -488,17 +619,22 @@ fn usage_and_missing_helm(label: &str) {
 /// `--kubeconfig` and `--kube-context` choose the cluster as they do for helm, and reach
 /// helm unchanged; the context's namespace is the default namespace.
 fn kube_selection(label: &str) {
+    use base64::Engine;
     let b = setup(label);
     let url = b.api.url();
+    let real = b.api.real();
+    let ca = base64::engine::general_purpose::STANDARD.encode(real.ca_pem());
+    let token = real.admin_token();
     let kubeconfig = b.home().join("two-contexts.yaml");
     std::fs::write(
         &kubeconfig,
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: real\n  cluster:\n    server: {url}\n\
+             \x20   certificate-authority-data: {ca}\n\
              - name: dead\n  cluster:\n    server: http://127.0.0.1:9\ncontexts:\n\
              - name: good\n  context:\n    cluster: real\n    user: u\n    namespace: {NS}\n\
              - name: broken\n  context:\n    cluster: dead\n    user: u\n\
-             current-context: broken\nusers:\n- name: u\n  user:\n    token: t\n"
+             current-context: broken\nusers:\n- name: u\n  user:\n    token: {token}\n"
         ),
     )
     .unwrap();
@@ -550,15 +686,24 @@ fn kube_selection(label: &str) {
     );
 }
 
+mod compat {
+    use super::main_flow;
+    crate::common::per_helm_compat!(main_flow);
+}
+
+crate::common::per_helm_standin!(
+    api_drops_connections_fails_closed,
+    transient_errors_are_retried,
+    reads_do_not_grow_with_history,
+);
+
 crate::common::per_helm!(
-    main_flow,
     policies,
     check_is_read_only,
     failed_upgrade_then_retry,
     configmap_driver,
     packaged_chart,
     api_down_fails_closed,
-    transient_errors_are_retried,
     forbidden_fails_closed,
     corrupt_record_fails_closed,
     reads_do_not_grow_with_history,

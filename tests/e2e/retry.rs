@@ -1,13 +1,18 @@
-//! Transient API errors: bounded, reported retries that fail closed (issue 10).
+//! Transient API errors: bounded, reported retries that fail closed (issue 10). The
+//! server errors (503, 429, 504) are injected by the API stand-in; an API server that is
+//! not there at all is real (nothing listens where the kubeconfig points).
 
 use std::time::{Duration, Instant};
 
-use crate::common::{bed, chart, per_helm, Bed, Run};
+use crate::common::{
+    bed, chart, dead_port, kubeconfig_with_server, per_helm, per_helm_standin, Bed, Run,
+};
 use kube_standin::{Fault, FaultAction};
 
 const NS: &str = "shared";
 
-per_helm!(persistent_503_on_the_list_fails_closed_within_seconds);
+per_helm_standin!(persistent_503_on_the_list_fails_closed_within_seconds);
+per_helm!(refused_connections_are_retried_within_seconds);
 
 /// `db` installed at 1.0.0 by real helm; the test then tries to upgrade it to 1.1.0.
 fn installed(label: &str) -> Bed {
@@ -47,7 +52,9 @@ fn assert_untouched(b: &Bed) {
         .filter(|w| w.contains("/secrets"))
         .collect();
     assert!(secret_writes.is_empty(), "{secret_writes:?}");
-    b.api.clear_faults();
+    if !b.api.is_real() {
+        b.api.clear_faults();
+    }
     assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 1));
 }
 
@@ -103,7 +110,7 @@ fn persistent_503_on_the_list_fails_closed_within_seconds(label: &str) {
 /// one helm version suffices.
 #[test]
 fn too_many_requests_with_a_long_retry_after_is_bounded() {
-    let b = installed("helm4");
+    let b = installed("standin-helm4");
     fail_list(&b, FaultAction::StatusRetryAfter(429, 30));
     b.api.clear_requests();
     let started = Instant::now();
@@ -133,7 +140,7 @@ fn too_many_requests_with_a_long_retry_after_is_bounded() {
 /// wait naming the record, and the command fails within seconds.
 #[test]
 fn persistent_504_on_a_lock_write_is_bounded() {
-    let b = installed("helm3");
+    let b = installed("standin-helm3");
     b.api.inject(Fault {
         verb: Some("patch".into()),
         resource: Some("secrets".into()),
@@ -174,4 +181,50 @@ fn persistent_504_on_a_lock_write_is_bounded() {
         .filter(|r| r.verb == "patch")
         .count();
     assert_eq!(patches, 4);
+}
+
+/// The real API server with nothing listening where the kubeconfig points (an API server
+/// that is down): every attempt is refused at once, the retries are reported, bounded
+/// (4 attempts, within seconds), and the run fails closed with helm not run.
+fn refused_connections_are_retried_within_seconds(label: &str) {
+    let b = installed(label);
+    let dead = format!("https://127.0.0.1:{}", dead_port());
+    let kubeconfig = kubeconfig_with_server(&b, &dead);
+    b.api.clear_requests();
+    let started = Instant::now();
+    let run = b.guard_env(
+        &["upgrade", "--install", "db", &chart("demo-1.1.0"), "-n", NS],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let took = started.elapsed();
+    run.expect_code(3, "API server down");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let refused = format!(
+        "API server {dead} (context \"testbed\"): connection refused; check that the API \
+         server is up and the address and port are right"
+    );
+    let lines = retry_lines(&run);
+    assert_eq!(lines.len(), 4, "{}", run.stderr);
+    for (i, line) in lines[..3].iter().enumerate() {
+        let prefix = format!("guarded-upgrade: retrying {LIST} in ");
+        let suffix = format!(" (attempt {} of 4 failed: {refused})", i + 1);
+        assert!(
+            line.starts_with(&prefix) && line.ends_with(&suffix),
+            "line {i}: {line}"
+        );
+    }
+    let give_up = format!("guarded-upgrade: giving up {LIST} after 4 attempts in ");
+    assert!(
+        lines[3].starts_with(&give_up) && lines[3].ends_with(&format!("s: {refused}")),
+        "{}",
+        lines[3]
+    );
+    run.assert_stderr_line(&format!(
+        "guarded-upgrade: error: release \"db\" in namespace \"{NS}\": reading the deployed \
+         release: listing Secret records: API server {dead} (context \"testbed\"): connection \
+         refused; check that the API server is up and the address and port are right; helm \
+         was not run"
+    ));
+    assert!(b.api.requests().is_empty(), "{:?}", b.api.requests());
+    assert_untouched(&b);
 }

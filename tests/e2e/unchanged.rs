@@ -1,6 +1,7 @@
 //! End to end (issue 11): `--min-version-policy newer-or-changed` skips a re-run that would
 //! write the same release, and `--compare` guards app versions and values such as the image
-//! tag. Real helm 3 and 4 against the API stand-in.
+//! tag. Real helm 3.21.4 and 4.3.2 against the real API server; the main unchanged-skip
+//! case also with helm 3.17.3 and 4.1.4.
 
 use std::path::Path;
 
@@ -535,9 +536,13 @@ fn dry_run_failure_fails_closed(label: &str) {
     assert_eq!(revision(&b), 1);
 }
 
+mod compat {
+    use super::rerun_skips_and_value_change_upgrades;
+    crate::common::per_helm_compat!(rerun_skips_and_value_change_upgrades);
+}
+
 per_helm!(
     dry_run_failure_fails_closed,
-    rerun_skips_and_value_change_upgrades,
     value_flags,
     chart_edits,
     lookup_and_random,

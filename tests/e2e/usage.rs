@@ -1,10 +1,11 @@
 //! Usage errors: every malformed command line exits 2 with a line naming the flag and value,
 //! before any I/O. Each runs with no kubeconfig at all (no `KUBECONFIG`, an empty `HOME`)
-//! and `HELM_KUBEAPISERVER` pointing at the stand-in, whose request log must stay empty. A
-//! well-formed command in the same environment does reach the stand-in, so the empty log
-//! is not an accident of the environment.
+//! and `HELM_KUBEAPISERVER` pointing at the real API server (with `HELM_KUBECAFILE` and
+//! `HELM_KUBETOKEN`, so a request would be served), whose audit log must stay empty. A
+//! well-formed command in the same environment does reach the server, so the empty log is
+//! not an accident of the environment.
 
-use crate::common::{bed, Bed, Run};
+use crate::common::{bed, guard_bin, run, Bed, Run};
 
 /// How the expected error is checked.
 enum Expect {
@@ -182,9 +183,29 @@ fn logged(b: &Bed) -> Vec<String> {
         .collect()
 }
 
+/// guarded-upgrade with no kubeconfig anywhere (no `KUBECONFIG`, an empty `HOME`), only
+/// `HELM_KUBEAPISERVER` (plus, on the real server, its CA file and the admin's token).
+fn no_kubeconfig(b: &Bed, argv: &[&str]) -> Run {
+    if !b.api.is_real() {
+        return b.guard_no_kubeconfig(argv);
+    }
+    let real = b.api.real();
+    let home = tempfile::tempdir().expect("tempdir");
+    let ca = real.ca_file();
+    run(std::process::Command::new(guard_bin())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("HELM_KUBEAPISERVER", real.url())
+        .env("HELM_KUBECAFILE", &ca)
+        .env("HELM_KUBETOKEN", real.admin_token())
+        .env("HELM_BIN", &b.helm_bin)
+        .args(argv))
+}
+
 fn check_case(b: &Bed, argv: &[&str], expect: &Expect) -> Run {
     b.api.clear_requests();
-    let run = b.guard_no_kubeconfig(argv);
+    let run = no_kubeconfig(b, argv);
     run.expect_code(2, &format!("{argv:?}"));
     match expect {
         Expect::Ours(message) => run.assert_error(message),
@@ -221,12 +242,12 @@ fn malformed_command_lines(label: &str) {
     }
 }
 
-/// The same environment is enough to reach the stand-in: a well-formed `status` makes API
+/// The same environment is enough to reach the server: a well-formed `status` makes API
 /// requests (here: the release is not in the default namespace).
 fn well_formed_command_reaches_the_api(label: &str) {
     let b = bed(label);
     b.api.clear_requests();
-    let run = b.guard_no_kubeconfig(&["status", "db"]);
+    let run = no_kubeconfig(&b, &["status", "db"]);
     assert!(
         !b.api.requests().is_empty(),
         "status made no API request; stderr:\n{}",
