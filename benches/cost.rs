@@ -175,6 +175,8 @@ fn ok(_: &str) -> bool {
 fn measure(mut cmd: Command) -> (Duration, i64) {
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let start = Instant::now();
+    // Reaped below by wait4, which also reports its peak memory.
+    #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().expect("spawn");
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
@@ -470,8 +472,9 @@ fn many_releases(ctx: &Ctx, rows: &mut Vec<Row>) {
     let template = decode_release_json(&once).expect("decode");
     let mut memory = Vec::new();
     let mut created = 1;
-    for (step, upto) in [(0, namespaces / 10), (1, namespaces)] {
-        let from = if step == 0 { 0 } else { namespaces / 10 };
+    let first = (namespaces / 10).max(1);
+    for (step, upto) in [(0, first), (1, namespaces)] {
+        let from = if step == 0 { 0 } else { first };
         for n in from..upto {
             let ns = format!("many-{n}");
             ctx.server.create_namespace(&ns);
@@ -606,7 +609,7 @@ fn concurrency(
         // Each bar ends when its process was reaped; reaping is in launch order, so a bar
         // ends no earlier than the process did.
         bars.push((
-            format!("{target}"),
+            target.to_string(),
             (began - start).as_secs_f64(),
             end,
             outcome.to_string(),
