@@ -847,45 +847,6 @@ impl Cluster {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn audit_lines_parse_into_events() {
-        let line = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"x","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/ns1/secrets?labelSelector=owner%3Dhelm","verb":"list","user":{"username":"admin","groups":["system:masters"]},"sourceIPs":["127.0.0.1"],"userAgent":"guarded-upgrade/0.1.0","objectRef":{"resource":"secrets","namespace":"ns1","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200}}"#;
-        let started = line.replace("ResponseComplete", "ResponseStarted");
-        let events = audit::parse(&format!("{line}\n{started}\n"));
-        assert_eq!(events.len(), 1);
-        let e = &events[0];
-        assert_eq!(e.verb, "list");
-        assert_eq!(e.path(), "/api/v1/namespaces/ns1/secrets");
-        assert_eq!(e.query(), "labelSelector=owner%3Dhelm");
-        assert_eq!(e.user, "admin");
-        assert_eq!(e.code, 200);
-        assert_eq!(e.resource.as_deref(), Some("secrets"));
-        assert_eq!(e.namespace.as_deref(), Some("ns1"));
-        assert!(!e.is_write());
-        assert_eq!(e.method(), "GET");
-    }
-
-    #[test]
-    fn paths_follow_the_resource_table() {
-        assert_eq!(
-            admin::path("leases", Some("ns1"), Some("helm-lock-db")),
-            "/apis/coordination.k8s.io/v1/namespaces/ns1/leases/helm-lock-db"
-        );
-        assert_eq!(
-            admin::path("namespaces", None, Some("x")),
-            "/api/v1/namespaces/x"
-        );
-        assert_eq!(
-            admin::path("secrets", None, None),
-            "/api/v1/namespaces/default/secrets"
-        );
-    }
-}
-
 impl Plane {
     /// Kills a process of the control plane with SIGKILL (`etcd` index 0, or
     /// `kube-apiserver` index i) and reaps it. For fault tests holding every server.
@@ -946,5 +907,44 @@ impl Plane {
             self.wait_apiserver(index)
         };
         ready.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_lines_parse_into_events() {
+        let line = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"x","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/ns1/secrets?labelSelector=owner%3Dhelm","verb":"list","user":{"username":"admin","groups":["system:masters"]},"sourceIPs":["127.0.0.1"],"userAgent":"guarded-upgrade/0.1.0","objectRef":{"resource":"secrets","namespace":"ns1","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200}}"#;
+        let started = line.replace("ResponseComplete", "ResponseStarted");
+        let events = audit::parse(&format!("{line}\n{started}\n"));
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(e.verb, "list");
+        assert_eq!(e.path(), "/api/v1/namespaces/ns1/secrets");
+        assert_eq!(e.query(), "labelSelector=owner%3Dhelm");
+        assert_eq!(e.user, "admin");
+        assert_eq!(e.code, 200);
+        assert_eq!(e.resource.as_deref(), Some("secrets"));
+        assert_eq!(e.namespace.as_deref(), Some("ns1"));
+        assert!(!e.is_write());
+        assert_eq!(e.method(), "GET");
+    }
+
+    #[test]
+    fn paths_follow_the_resource_table() {
+        assert_eq!(
+            admin::path("leases", Some("ns1"), Some("helm-lock-db")),
+            "/apis/coordination.k8s.io/v1/namespaces/ns1/leases/helm-lock-db"
+        );
+        assert_eq!(
+            admin::path("namespaces", None, Some("x")),
+            "/api/v1/namespaces/x"
+        );
+        assert_eq!(
+            admin::path("secrets", None, None),
+            "/api/v1/namespaces/default/secrets"
+        );
     }
 }
