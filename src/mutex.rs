@@ -751,9 +751,10 @@ impl Held {
         } = self;
         let _ = stop.send(true);
         let mut report = renewer.await.unwrap_or_default();
-        if report.lost.is_some() {
-            return report;
-        }
+        // Even when renewals failed for a whole duration ("lost"), the Lease may still be
+        // ours (nobody took it over): release it then (release_once writes only a Lease
+        // that still names us), or others wait for its duration (found in issue 20).
+
         let policy = RetryPolicy::API;
         let started = Instant::now();
         let mut attempt = 0;
