@@ -254,6 +254,16 @@ pub async fn observe(client: &Client, namespace: &str, release: &str, now_unix: 
     })
     .await
     .and_then(|l| check_lease_name(l, &name));
+    // "No Lease" is a claim (`mutex: free`): a 404 is confirmed by a second read, so one
+    // wrong 404 (a proxy, an API server restarting) is not shown as a free mutex.
+    let read = match read {
+        Ok(None) => crate::retry::run(&what, || async {
+            api.get_opt(&name).await.map_err(StoreError::from)
+        })
+        .await
+        .and_then(|l| check_lease_name(l, &name)),
+        other => other,
+    };
     match read {
         Err(e) => Observed::Unknown(crate::storage::error_chain(&e)),
         Ok(Some(lease)) => {
@@ -755,9 +765,10 @@ impl Held {
         } = self;
         let _ = stop.send(true);
         let mut report = renewer.await.unwrap_or_default();
-        if report.lost.is_some() {
-            return report;
-        }
+        // Even when renewals failed for a whole duration ("lost"), the Lease may still be
+        // ours (nobody took it over): release it then (release_once writes only a Lease
+        // that still names us), or others wait for its duration (found in issue 20).
+
         let policy = RetryPolicy::API;
         let started = Instant::now();
         let mut attempt = 0;
@@ -789,7 +800,13 @@ impl Held {
 
 /// One read and, if the Lease is still ours, one write clearing the holder.
 async fn release_once(api: &Api<Lease>, name: &str, identity: &str) -> Result<(), StoreError> {
-    let Some(mut lease) = get_lease(api, name).await? else {
+    // A Lease that is not there needs no release, but a single 404 is read again before
+    // it is believed: a wrong 404 would leave our Lease held without a warning.
+    let lease = match get_lease(api, name).await? {
+        Some(l) => Some(l),
+        None => get_lease(api, name).await?,
+    };
+    let Some(mut lease) = lease else {
         return Ok(());
     };
     let ours = lease

@@ -167,7 +167,36 @@ pub(super) async fn lock_release(
          carries it a rollback to one of them drops it",
         latest.revision
     );
-    scope.label_records("lock", others, &wanted, &left).await
+    scope.label_records("lock", others, &wanted, &left).await?;
+    // `locked:` is said only of what the records show.
+    scope
+        .confirm("lock", "locked as asked", |headers| {
+            (!converged(headers, spec)).then(|| {
+                let missing: Vec<String> = headers
+                    .iter()
+                    .filter(|h| {
+                        lock::spec_from_labels(&h.labels)
+                            .ok()
+                            .flatten()
+                            .is_none_or(|l| !l.same_as(spec))
+                            || needs_labels(h, &spec.labels())
+                    })
+                    .map(|h| h.revision.to_string())
+                    .collect();
+                match (missing.is_empty(), headers.last()) {
+                    (false, _) => format!("revisions {} without this lock", missing.join(", ")),
+                    (true, Some(latest)) if spec.kind == LockKind::Hard => format!(
+                        "the latest revision {} not marked pending-upgrade by the hard lock",
+                        latest.revision
+                    ),
+                    (true, latest) => format!(
+                        "the latest revision {} still marked pending-upgrade by a hard lock",
+                        latest.map(|l| l.revision).unwrap_or_default()
+                    ),
+                }
+            })
+        })
+        .await
 }
 
 #[cfg(test)]

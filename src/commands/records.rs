@@ -188,6 +188,33 @@ impl Scope<'_> {
         }
     }
 
+    /// Reads the release's records back before a command claims what it did (`locked:`,
+    /// `unlocked:`): `wrong` says what the records show instead, None when the claim holds.
+    /// A claim that cannot be confirmed is not made: the command fails (exit 3) saying
+    /// what is known.
+    pub(super) async fn confirm(
+        &self,
+        verb: &str,
+        claim: &str,
+        wrong: impl Fn(&[RecordHeader]) -> Option<String>,
+    ) -> Result<(), Error> {
+        let headers = self.existing_release().await.map_err(|e| {
+            self.refused(format!(
+                "{verb} wrote its records, but reading them back to confirm failed ({}), so \
+                 whether the release is {claim} is not known. Run the same command again: it \
+                 completes or confirms it",
+                self.unscoped(&e)
+            ))
+        })?;
+        match wrong(&headers) {
+            None => Ok(()),
+            Some(shown) => Err(self.refused(format!(
+                "{verb} wrote its records, but reading them back shows {shown}, so the release \
+                 is not {claim}. Run the same command again to complete it"
+            ))),
+        }
+    }
+
     /// Sets exactly the `wanted` lock labels on one record (keeping hard-lock bookkeeping).
     pub(super) async fn set_labels(
         &self,
@@ -271,8 +298,25 @@ impl Scope<'_> {
                         .map_err(|e| self.record_error("re-reading", &header.name, e))?
                         .header;
                 }
-                // Pruned by helm meanwhile: nothing to label.
-                Err(e) if e.code() == Some(404) => break,
+                // A 404 is taken as "pruned by helm meanwhile" only once a read confirms the
+                // record is gone; a record still there (a proxy or an API server answering
+                // 404 wrongly) is re-read and written again, like after a 409.
+                Err(e) if e.code() == Some(404) && attempt < CONFLICT_RETRIES => {
+                    match self.store.get(&header.name).await {
+                        Ok(current) => header = current.header,
+                        Err(gone) if gone.code() == Some(404) => break,
+                        Err(unreadable) => {
+                            return Err(self.refused(format!(
+                                "updating record {} was answered 404 Not Found and the record \
+                                 could not be read back ({}), so whether it still carries a \
+                                 lock is not known. Run the command again: it completes or \
+                                 confirms it",
+                                header.name,
+                                crate::storage::error_chain(&unreadable)
+                            )))
+                        }
+                    }
+                }
                 Err(e) => {
                     return self
                         .write_failed(e, &header.name, |r| has_labels(&r.header.labels, &want))

@@ -109,6 +109,19 @@ pub(super) async fn unlock_release(
             scope.unscoped(&e)
         )));
     }
+    // `unlocked:` is said only of what the records show (a 404 or a lost answer on the
+    // last write must not pass for success).
+    scope
+        .confirm("unlock", "unlocked", |headers| {
+            let locked: Vec<String> = headers
+                .iter()
+                .filter(|h| h.labels.keys().any(|k| k.starts_with(lock::PREFIX)))
+                .map(|h| h.revision.to_string())
+                .collect();
+            (!locked.is_empty())
+                .then(|| format!("revisions {} still carrying the lock", locked.join(", ")))
+        })
+        .await?;
     Ok(had_lock)
 }
 
@@ -178,6 +191,42 @@ mod tests {
         m.allow_writes();
         assert!(block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap());
         assert!(read(&s).state.lock.is_none());
+    }
+
+    /// Issue 20: the last write of `unlock` (the latest record) answered 404 although the
+    /// record was there was taken as "pruned meanwhile", and `unlock` claimed success with
+    /// the lock still in force. The 404 is now checked by reading the record back (it is
+    /// there: written again), and the claim by reading every record back.
+    #[test]
+    fn a_404_on_the_latest_record_is_read_back_not_taken_as_done() {
+        let s = store(&[rev(1, S::Superseded, "1.0.0"), rev(2, S::Deployed, "1.1.0")]);
+        let spec = LockSpec {
+            kind: LockKind::Soft,
+            reason: Some("freeze".into()),
+            by: None,
+            since: 1,
+            expires_at: None,
+            pin: None,
+            pin_key: None,
+        };
+        block_on(lock_release(&s, "db", &spec, Interrupts::default())).unwrap();
+        let Store::Memory(m) = &s else { unreachable!() };
+        m.answer_404_once("sh.helm.release.v1.db.v2");
+        assert!(block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap());
+        let view = read(&s);
+        assert!(view.state.lock.is_none());
+        assert!(view
+            .headers
+            .iter()
+            .all(|h| !h.labels.keys().any(|k| k.starts_with(lock::PREFIX))));
+        // The same for an older record: a 404 there is read back too.
+        block_on(lock_release(&s, "db", &spec, Interrupts::default())).unwrap();
+        m.answer_404_once("sh.helm.release.v1.db.v1");
+        assert!(block_on(unlock_release(&s, "db", false, Interrupts::default())).unwrap());
+        assert!(read(&s)
+            .headers
+            .iter()
+            .all(|h| !h.labels.keys().any(|k| k.starts_with(lock::PREFIX))));
     }
 
     /// Found by the fault matrix: a hard unlock that failed on an older record said "the

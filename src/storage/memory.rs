@@ -50,6 +50,15 @@ impl MemoryStore {
             .push(name.to_string());
     }
 
+    /// The next write to `name` is answered 404 Not Found although the record exists (a
+    /// proxy or API server answering wrongly), nothing changed.
+    pub(crate) fn answer_404_once(&self, name: &str) {
+        self.forbidden
+            .lock()
+            .expect("memory store")
+            .push(format!("404-once:{name}"));
+    }
+
     fn bump(&self) -> String {
         let mut next = self.next_version.lock().expect("memory store");
         *next += 1;
@@ -122,6 +131,14 @@ impl MemoryStore {
                 message: format!("writing {name:?} is forbidden"),
                 retry_after: None,
             });
+        }
+        {
+            let mut forbidden = self.forbidden.lock().expect("memory store");
+            let once = format!("404-once:{name}");
+            if let Some(i) = forbidden.iter().position(|n| *n == once) {
+                forbidden.remove(i);
+                return Err(not_found(name));
+            }
         }
         if payload.is_some() {
             let mut forbidden = self.forbidden.lock().expect("memory store");

@@ -220,7 +220,30 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The number of API servers a test binary asked for with [`use_servers`].
+static SERVERS: OnceLock<usize> = OnceLock::new();
+
+/// Asks for `n` API servers (at least 1) instead of `GU_KUBE_SERVERS` (default 3), before the
+/// plane starts: a test binary that kills etcd or an API server (`tests/faults`) needs a
+/// plane of its own and no more servers than it uses. Panics when the plane has already
+/// started with another count.
+pub fn use_servers(n: usize) {
+    let n = n.max(1);
+    let set = *SERVERS.get_or_init(|| n);
+    let started = match PLANE.get() {
+        Some(Ok(p)) => p.servers.len(),
+        _ => n,
+    };
+    assert!(
+        set == n && started == n,
+        "kube-testbed: use_servers({n}) after the plane was set up with {set} (started: {started})"
+    );
+}
+
 fn server_count() -> usize {
+    if let Some(n) = SERVERS.get() {
+        return *n;
+    }
     std::env::var("GU_KUBE_SERVERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -852,10 +875,35 @@ impl Plane {
         }
     }
 
+    /// Stops a process of the control plane with SIGKILL (as [`Plane::kill`]), to start it
+    /// again later with [`Plane::resume`] ("stopped for longer than --lock-timeout").
+    pub fn stop(&self, name: &str, index: usize) {
+        self.kill(name, index);
+    }
+
+    /// Whether the process is running (started and not exited).
+    pub fn running(&self, name: &str, index: usize) -> bool {
+        !self.exited(name, index)
+    }
+
+    /// The number of API servers of the plane.
+    pub fn servers(&self) -> usize {
+        self.servers.len()
+    }
+
     /// Starts a killed process again with the same flags and data, and waits until it
     /// serves (etcd healthy, the API server ready).
     pub fn restart(&self, name: &str, index: usize) {
         self.kill(name, index);
+        self.resume(name, index);
+    }
+
+    /// Starts a stopped process again with the same flags and data (a running one is left
+    /// alone), and waits until it serves: etcd healthy, the API server ready.
+    pub fn resume(&self, name: &str, index: usize) {
+        if !self.exited(name, index) {
+            return;
+        }
         let cmd = {
             let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
             procs

@@ -53,11 +53,13 @@ const LEASE: &str = "helm-lock-db";
 const RUN_BOUND: Duration = Duration::from_secs(15);
 
 /// What is injected at each index.
-const FAULTS: [(&str, FaultAction); 7] = [
+const FAULTS: [(&str, FaultAction); 8] = [
     ("500", FaultAction::Status(500)),
     ("503", FaultAction::Status(503)),
     ("409", FaultAction::Status(409)),
     ("403", FaultAction::Status(403)),
+    // Issue 20: a 404 on a record that is there (a proxy, a wrong API server).
+    ("404", FaultAction::Status(404)),
     ("drop", FaultAction::Drop),
     ("truncate", FaultAction::Truncate),
     ("wrong-shape", FaultAction::WrongShape),
@@ -96,21 +98,57 @@ fn installed() -> Bed {
     installed_on("standin-helm4")
 }
 
-/// The same on the server of a helm label (`helm4`: the real API server).
+/// [`installed`] with the helm of `label` (a stand-in label for faults, `helm4` for the real
+/// API server) and the driver of this thread.
 fn installed_on(label: &str) -> Bed {
     let b = bed(label);
     b.api.create_namespace(NS);
     let c = chart("demo-1.0.0");
-    b.helm(&["install", REL, &c, "-n", NS])
-        .expect_code(0, "helm install");
-    b.helm(&["upgrade", REL, &c, "-n", NS])
-        .expect_code(0, "helm upgrade");
+    helm(&b, &["install", REL, &c, "-n", NS]).expect_code(0, "helm install");
+    helm(&b, &["upgrade", REL, &c, "-n", NS]).expect_code(0, "helm upgrade");
     b
+}
+
+thread_local! {
+    /// The helm storage driver of the test running on this thread (`secret`, `configmap`).
+    static DRIVER: std::cell::Cell<&'static str> = const { std::cell::Cell::new("secret") };
+}
+
+/// `HELM_DRIVER` for this thread's driver (nothing for Secrets, helm's default).
+fn driver_env() -> Vec<(&'static str, &'static str)> {
+    match DRIVER.get() {
+        "configmap" => vec![("HELM_DRIVER", "configmap")],
+        _ => Vec::new(),
+    }
+}
+
+/// The resource holding the release records with this thread's driver.
+fn resource() -> &'static str {
+    match DRIVER.get() {
+        "configmap" => "configmaps",
+        _ => "secrets",
+    }
+}
+
+fn guard(b: &Bed, args: &[&str]) -> Run {
+    b.guard_env(args, &driver_env())
+}
+
+fn helm(b: &Bed, args: &[&str]) -> Run {
+    b.helm_env(args, &driver_env())
+}
+
+/// Deployed chart version per `helm get metadata` (through this thread's driver).
+fn deployed_version(b: &Bed) -> String {
+    let run = helm(b, &["get", "metadata", REL, "-n", NS, "-o", "json"]);
+    run.expect_code(0, "helm get metadata");
+    let m: Value = serde_json::from_str(&run.stdout).expect("helm get metadata json");
+    m["version"].as_str().unwrap_or_default().to_string()
 }
 
 fn records(b: &Bed) -> Vec<Value> {
     b.api
-        .list("secrets", Some(NS))
+        .list(resource(), Some(NS))
         .into_iter()
         .filter(|o| o["metadata"]["labels"]["owner"] == "helm")
         .collect()
@@ -141,11 +179,11 @@ fn without_server_fields(mut o: Value) -> Value {
 /// Puts the records back as they were in `snapshot`, and the mutex Lease as in `lease`.
 fn reset(b: &Bed, snapshot: &[Value], lease: Option<&Value>) {
     for o in records(b) {
-        b.api.delete_object("secrets", Some(NS), &name_of(&o));
+        b.api.delete_object(resource(), Some(NS), &name_of(&o));
     }
     for o in snapshot {
         b.api
-            .put_object("secrets", without_server_fields(o.clone()));
+            .put_object(resource(), without_server_fields(o.clone()));
     }
     b.api.delete_object("leases", Some(NS), LEASE);
     if let Some(l) = lease {
@@ -339,7 +377,7 @@ impl Matrix {
         b.api.clear_requests();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let baseline = b.guard(&argv);
+        let baseline = guard(&b, &argv);
         baseline.expect_code(0, "fault-free run");
         let requests = guard_requests(&b);
         assert!(requests > 0);
@@ -408,27 +446,35 @@ impl Matrix {
     }
 
     fn case(&self, k: usize, action: &FaultAction) -> Result<(), String> {
+        self.case_with(&[(k, action.clone())])
+    }
+
+    /// One run with each fault armed on the k-th guarded-upgrade request of its pair
+    /// (several faults: one run meets them all), then the invariants.
+    fn case_with(&self, faults: &[(usize, FaultAction)]) -> Result<(), String> {
         let b = &self.b;
         reset(b, &self.snapshot, self.lease.as_ref());
         b.api.clear_requests();
-        b.api.arm(ArmedFault {
-            skip: k as u32,
-            fault: Fault {
-                verb: None,
-                resource: None,
-                name: None,
-                action: action.clone(),
-                times: Some(1),
-            },
-            user_agent: Some(AGENT.into()),
-        });
+        for (k, action) in faults {
+            b.api.arm(ArmedFault {
+                skip: *k as u32,
+                fault: Fault {
+                    verb: None,
+                    resource: None,
+                    name: None,
+                    action: action.clone(),
+                    times: Some(1),
+                },
+                user_agent: Some(AGENT.into()),
+            });
+        }
         let started = Instant::now();
-        let run = b.guard(&self.argv());
+        let run = guard(b, &self.argv());
         let took = started.elapsed();
         b.api.clear_faults();
         // Shown with --nocapture: what each case did.
         eprintln!(
-            "  #{k} {action:?}: exit {} in {took:.1?}: {}",
+            "  {faults:?}: exit {} in {took:.1?}: {}",
             run.code,
             run.stderr.lines().last().unwrap_or("")
         );
@@ -546,7 +592,7 @@ impl Matrix {
                         .and_then(|r| r.split_whitespace().next())
                         .unwrap_or("");
                     let before = self.snapshot.iter().find(|o| name_of(o) == named);
-                    let now = b.api.get("secrets", Some(NS), named);
+                    let now = b.api.get(resource(), Some(NS), named);
                     let same = match (before, &now) {
                         (Some(a), Some(n)) => {
                             a["metadata"]["labels"] == n["metadata"]["labels"]
@@ -577,7 +623,7 @@ impl Matrix {
                 }
                 // Convergence: a plain re-run completes whatever was interrupted.
                 b.api.clear_requests();
-                let again = b.guard(&self.argv());
+                let again = guard(b, &self.argv());
                 if again.code != 0 {
                     return Err(format!(
                         "the re-run failed: exit {}\n{}\n--- the faulted run: {shown}",
@@ -614,8 +660,8 @@ impl Matrix {
                 if deployed.len() != 1 {
                     return Err(format!("{} deployed records", deployed.len()));
                 }
-                if b.deployed(REL, NS).0 != "1.1.0" {
-                    return Err(format!("deployed is {:?}", b.deployed(REL, NS)));
+                if deployed_version(b) != "1.1.0" {
+                    return Err(format!("deployed is {:?}", deployed_version(b)));
                 }
                 Ok(())
             }
@@ -679,7 +725,7 @@ fn upgrade_over_a_released_lease() {
         action: FaultAction::WrongShape,
         times: Some(1),
     });
-    let run = m.b.guard(&m.argv());
+    let run = guard(&m.b, &m.argv());
     m.b.api.clear_faults();
     run.expect_code(3, "wrong Lease answered");
     run.assert_error(&format!(
@@ -796,4 +842,366 @@ fn unreadable_lease_is_unknown_not_free() {
     let json: Value = serde_json::from_str(run.stdout.trim()).expect("status json");
     assert_eq!(json["mutex"]["holder"], "other-pipeline");
     assert!(json.get("mutex_error").is_none(), "{json}");
+}
+
+// ---- Issue 20: helm 3, the ConfigMap driver, pairs of faults (a seeded sample), and
+// SIGKILL of guarded-upgrade itself at every request index.
+
+/// splitmix64: a small generator whose sample is reproducible from its seed.
+pub(crate) struct Rng(pub u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// The seed in `var`, else one from the clock (printed by the caller, so a failure
+/// reproduces with `var=SEED`).
+pub(crate) fn seed_from(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
+
+/// The writing commands of the matrix, each with what it needs installed first.
+fn writing_commands(c110: &str) -> Vec<(Vec<String>, Goal, bool)> {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        (
+            v(&["upgrade", "--install", REL, c110, "-n", NS]),
+            Goal::Upgraded,
+            false,
+        ),
+        (
+            v(&["lock", REL, "--reason", "matrix", "-n", NS]),
+            Goal::Locked { hard: false },
+            false,
+        ),
+        (
+            v(&["lock", REL, "--hard", "--reason", "matrix", "-n", NS]),
+            Goal::Locked { hard: true },
+            false,
+        ),
+        // `true`: hard-locked first.
+        (v(&["unlock", REL, "-n", NS]), Goal::Unlocked, true),
+    ]
+}
+
+/// A seeded sample of the matrix for one helm and one driver: per writing command
+/// `GU_MATRIX_SAMPLES` (default 3) runs, each with one or two faults (a pair meets both in
+/// one run) at random guarded-upgrade requests, checked with every invariant of the
+/// full matrix. Prints its seed; `GU_MATRIX_SEED=N` reproduces a failure.
+fn sampled(label: &'static str, driver: &'static str) {
+    DRIVER.set(driver);
+    let seed = seed_from("GU_MATRIX_SEED");
+    let samples: usize = std::env::var("GU_MATRIX_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    eprintln!("matrix sample {label} {driver}: GU_MATRIX_SEED={seed} GU_MATRIX_SAMPLES={samples}");
+    let mut rng = Rng(seed);
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for (args, goal, hard_first) in writing_commands(&chart("demo-1.1.0")) {
+        let b = installed_on(label);
+        if hard_first {
+            guard(&b, &["lock", REL, "--hard", "--reason", "matrix", "-n", NS])
+                .expect_code(0, "lock --hard");
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let m = Matrix::new(b, &argv, goal);
+        for _ in 0..samples {
+            let faults: Vec<(usize, FaultAction)> = (0..1 + rng.below(2))
+                .map(|_| {
+                    (
+                        rng.below(m.requests),
+                        FAULTS[rng.below(FAULTS.len())].1.clone(),
+                    )
+                })
+                .collect();
+            cases += 1;
+            if let Err(why) = m.case_with(&faults) {
+                failures.push(format!("{} with {faults:?}: {why}", args.join(" ")));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} sampled cases failed ({label}, {driver}); reproduce with \
+         GU_MATRIX_SEED={seed} GU_MATRIX_SAMPLES={samples}:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn sample_helm3_secret() {
+    sampled("standin-helm3", "secret");
+}
+
+#[test]
+fn sample_helm3_configmap() {
+    sampled("standin-helm3", "configmap");
+}
+
+#[test]
+fn sample_helm4_configmap() {
+    sampled("standin-helm4", "configmap");
+}
+
+#[test]
+fn sample_helm4_secret_pairs() {
+    sampled("standin-helm4", "secret");
+}
+
+/// Issue 20's defect, whole: a 404 on the final patch of `unlock` (the latest record,
+/// which is there) was taken as "pruned meanwhile" and `unlock` printed `unlocked:` with
+/// the lock still on the latest record. Now the record is read back and written again.
+#[test]
+fn unlock_404_on_the_latest_record_is_not_success() {
+    let b = installed();
+    guard(&b, &["lock", REL, "--reason", "matrix", "-n", NS]).expect_code(0, "lock");
+    b.api.inject(Fault {
+        verb: Some("patch".into()),
+        resource: Some("secrets".into()),
+        name: Some(format!("sh.helm.release.v1.{REL}.v2")),
+        action: FaultAction::Status(404),
+        times: Some(1),
+    });
+    let run = guard(&b, &["unlock", REL, "-n", NS]);
+    b.api.clear_faults();
+    run.expect_code(0, "unlock");
+    run.assert_stderr(&[&format!("unlocked: release \"{REL}\" in \"{NS}\"")]);
+    assert!(!latest_locked(&b), "{:#?}", locks(&b));
+    assert!(locks(&b).values().all(|l| l.is_empty()), "{:#?}", locks(&b));
+}
+
+/// Whether `pid` still runs (not reaped, not a zombie we waited for).
+fn alive(child: &mut std::process::Child) -> bool {
+    matches!(child.try_wait(), Ok(None))
+}
+
+/// SIGKILL of guarded-upgrade itself (a cancelled CI job, an OOM kill) at every request
+/// index of a command: request k is held by the stand-in (a long delay), the process
+/// group (guarded-upgrade and any helm it started) is killed while it waits, and then:
+/// every record is still there; the state is one the documented write order allows
+/// (`lock`: older records carry the lock only when the latest does; `unlock`: the latest
+/// drops it only when no older record still carries it; a hard lock's pending status only
+/// with its bookkeeping); `status` describes it truthfully (lock shown exactly when the
+/// latest record carries one, the latest revision's status as stored); and a re-run
+/// converges once the killed run's Lease is past its duration (emulated here by releasing
+/// it; `lease_of_a_killed_lock_is_taken_over_after_its_duration` waits for real).
+fn sigkill_sweep(args: &[&str], goal: Goal, hard_first: bool) {
+    let b = installed();
+    if hard_first {
+        guard(&b, &["lock", REL, "--hard", "--reason", "matrix", "-n", NS])
+            .expect_code(0, "lock --hard");
+    }
+    let m = Matrix::new(b, args, goal);
+    let b = &m.b;
+    let mut failures = Vec::new();
+    for k in 0..m.requests {
+        reset(b, &m.snapshot, m.lease.as_ref());
+        b.api.clear_requests();
+        b.api.arm(ArmedFault {
+            skip: k as u32,
+            fault: Fault {
+                verb: None,
+                resource: None,
+                name: None,
+                action: FaultAction::Delay(Duration::from_secs(30)),
+                times: Some(1),
+            },
+            user_agent: Some(AGENT.into()),
+        });
+        let mut child = b.guard_spawn(args);
+        // The k requests before it are answered (and logged); request k is then sent and
+        // held. A run that ends first (it needed fewer requests this time) is no case.
+        let deadline = Instant::now() + RUN_BOUND;
+        while guard_requests(b) < k && alive(&mut child) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let killed = alive(&mut child);
+        // SAFETY: kill(2) on the process group the child leads.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let run = crate::common::finish(child);
+        b.api.clear_faults();
+        eprintln!("  SIGKILL at request {k}: killed {killed}, {:?}", locks(b));
+        if let Err(why) = allowed_after_kill(&m) {
+            failures.push(format!(
+                "SIGKILL at request {k}: {why}\n--- stderr\n{}",
+                run.stderr
+            ));
+            continue;
+        }
+        // The killed run's Lease, past its duration.
+        if b.api
+            .get("leases", Some(NS), LEASE)
+            .is_some_and(|l| l["spec"]["holderIdentity"].is_string())
+        {
+            released_lease(b);
+        }
+        // A helm killed mid-run leaves its record pending: the re-run recovers it as
+        // documented once it is older than --recover-pending-after (1s).
+        if latest_status(b).starts_with("pending-") && m.goal == Goal::Upgraded {
+            std::thread::sleep(Duration::from_millis(2100));
+        }
+        let again = guard(b, &m.argv());
+        if again.code != 0 {
+            failures.push(format!(
+                "SIGKILL at request {k}: the re-run failed: exit {}\n{}",
+                again.code, again.stderr
+            ));
+            continue;
+        }
+        if let Err(e) = m.goal_reached() {
+            failures.push(format!("SIGKILL at request {k}: after a re-run, {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} kills failed:\n{}",
+        failures.len(),
+        m.requests,
+        failures.join("\n\n")
+    );
+}
+
+/// The state a killed run may leave, and what `status` says of it.
+fn allowed_after_kill(m: &Matrix) -> Result<(), String> {
+    let b = &m.b;
+    let now: Vec<String> = records(b).iter().map(name_of).collect();
+    for o in &m.snapshot {
+        if !now.contains(&name_of(o)) {
+            return Err(format!("record {} lost", name_of(o)));
+        }
+    }
+    let locks = locks(b);
+    let latest = latest_locked(b);
+    let older_locked = {
+        let mut by_rev: Vec<(u64, bool)> = records(b)
+            .iter()
+            .map(|o| {
+                (
+                    o["metadata"]["labels"]["version"]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                    o["metadata"]["labels"][format!("{PREFIX}lock")].is_string(),
+                )
+            })
+            .collect();
+        by_rev.sort();
+        by_rev.pop();
+        by_rev.iter().any(|(_, l)| *l)
+    };
+    match m.goal {
+        Goal::Locked { .. } if older_locked && !latest => {
+            return Err(format!(
+                "an older record carries the lock, the latest not: {locks:#?}"
+            ))
+        }
+        Goal::Unlocked if older_locked && !latest => {
+            return Err(format!(
+                "the latest record lost the lock before an older one: {locks:#?}"
+            ))
+        }
+        _ => {}
+    }
+    let status = latest_status(b);
+    let latest_labels = records(b)
+        .into_iter()
+        .max_by_key(|o| {
+            o["metadata"]["labels"]["version"]
+                .as_str()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .map(|o| o["metadata"]["labels"].clone())
+        .unwrap_or_default();
+    if m.goal != Goal::Upgraded
+        && status == "pending-upgrade"
+        && !latest_labels[format!("{PREFIX}hard-original-status")].is_string()
+    {
+        return Err(format!(
+            "pending-upgrade without a hard lock's bookkeeping: {latest_labels}"
+        ));
+    }
+    // `status` says what is there.
+    let run = guard(b, &["status", REL, "-n", NS, "-o", "json"]);
+    if run.code != 0 {
+        return Err(format!("status failed: exit {}\n{}", run.code, run.stderr));
+    }
+    let json: Value = serde_json::from_str(run.stdout.trim()).map_err(|e| format!("{e}"))?;
+    if json["lock"].is_null() == latest {
+        return Err(format!(
+            "status shows lock {} but the latest record: {locks:#?}",
+            json["lock"]
+        ));
+    }
+    if json["latest"]["status"] != status.as_str() {
+        return Err(format!(
+            "status shows latest {} but the record is {status}",
+            json["latest"]
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn sigkill_lock() {
+    sigkill_sweep(
+        &["lock", REL, "--reason", "matrix", "-n", NS],
+        Goal::Locked { hard: false },
+        false,
+    );
+}
+
+#[test]
+fn sigkill_lock_hard() {
+    sigkill_sweep(
+        &["lock", REL, "--hard", "--reason", "matrix", "-n", NS],
+        Goal::Locked { hard: true },
+        false,
+    );
+}
+
+#[test]
+fn sigkill_unlock() {
+    sigkill_sweep(&["unlock", REL, "-n", NS], Goal::Unlocked, true);
+}
+
+#[test]
+fn sigkill_upgrade() {
+    let c = chart("demo-1.1.0");
+    sigkill_sweep(
+        &[
+            "upgrade",
+            "--install",
+            REL,
+            &c,
+            "-n",
+            NS,
+            "--recover-pending-after",
+            "1s",
+        ],
+        Goal::Upgraded,
+        false,
+    );
 }
