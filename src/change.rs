@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::decision::{ChangeFacts, CompareKey, KeySide, KeyText};
 use crate::helm::HelmCommand;
+use crate::inputs::{Feed, Source};
 
 /// A part of a release whose content is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -33,6 +34,8 @@ pub enum Part {
     Hooks,
     /// The chart: templates, default values, schema, files, lock, metadata.
     Chart,
+    /// The release's custom labels (`--labels`), which helm's `-o json` does not show.
+    Labels,
 }
 
 impl Part {
@@ -43,6 +46,7 @@ impl Part {
             Part::Manifest => "manifest",
             Part::Hooks => "hooks",
             Part::Chart => "chart",
+            Part::Labels => "labels",
         }
     }
 }
@@ -326,6 +330,11 @@ pub enum ChangeError {
          chart-version, or pass the input as a regular file"
     )]
     NotTwice(String),
+    /// An input read once could not be captured for the dry run and the real run.
+    #[error(
+        "{0}; helm would have read it once, so it was captured for the dry run and the real run"
+    )]
+    Input(String),
     /// The deployed record could not be read in full.
     #[error("{0}")]
     Deployed(String),
@@ -334,48 +343,169 @@ pub enum ChangeError {
 /// Gathers what `decision` asked for ([`crate::decision::Decision::needs_facts`]): one
 /// helm dry run with the user's argv and, when a baseline revision exists, its record
 /// decoded in full. Nothing of either is kept beyond key texts and part names.
+///
+/// The dry run reads no release history: helm gets the baseline and the latest record
+/// through its memory driver (`HELM_DRIVER=memory`, `HELM_MEMORY_DRIVER_DATA` on a pipe),
+/// and still renders against the cluster (`--dry-run=server`: `lookup`, capabilities),
+/// so its answer is the one a storage-backed dry run gives, at a cost that does not grow
+/// with history. Should that run fail, the storage-backed dry run decides.
 pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
     store: &S,
     helm: Option<&Path>,
     dry_run: &DryRun<'_>,
-    baseline: Option<&crate::storage::RecordHeader>,
+    records: Records<'_>,
     lock: Option<&crate::decision::LockState>,
 ) -> Result<ChangeFacts, ChangeError> {
     let helm = helm.ok_or_else(|| ChangeError::Spawn {
         program: "helm".into(),
         message: "no helm binary found (pass --helm PATH or set HELM_BIN)".into(),
     })?;
-    if let Some(why) = cannot_dry_run(dry_run.helm_args) {
-        return Err(ChangeError::NotTwice(why));
-    }
+    let sources = dry_run_inputs(dry_run.helm_args).map_err(ChangeError::NotTwice)?;
+    let captured = if sources.is_empty() {
+        None
+    } else {
+        Some(
+            crate::inputs::capture(&sources)
+                .await
+                .map_err(ChangeError::Input)?,
+        )
+    };
     let keys = crate::decision::keys_needed(dry_run.compare, lock);
     let keys: Vec<&CompareKey> = keys.iter().collect();
+    let mut deployed = None;
+    let mut memory = Vec::new();
+    for header in [records.baseline, records.latest].into_iter().flatten() {
+        if memory.iter().any(|(rev, _)| *rev == header.revision) {
+            continue;
+        }
+        let name = header.name.as_str();
+        let record = store.get(name).await.map_err(|e| {
+            ChangeError::Deployed(format!("reading {} {name:?}: {e}", store.kind()))
+        })?;
+        let release = crate::release::decode_release_json(&record.payload).map_err(|e| {
+            ChangeError::Deployed(format!("decoding {} {name:?}: {e}", store.kind()))
+        })?;
+        if Some(header.revision) == records.baseline.map(|b| b.revision) {
+            deployed = Some((release.clone(), record.header.labels.clone()));
+        }
+        memory.push((header.revision, release));
+    }
     let command = dry_run_command(helm, dry_run.helm_args, dry_run.has_install);
-    let would_be = would_be_release(&command, DRY_RUN_TIMEOUT).await?;
+    let feeds = captured.map(|c| c.feeds()).unwrap_or_default();
+    let history: Vec<&Value> = memory.iter().map(|(_, r)| r).collect();
+    let would_be = match would_be_release_from_memory(&command, &feeds, &history).await {
+        Ok(v) => v,
+        Err(e) => {
+            crate::output::debug(&format!(
+                "the dry run from helm's memory driver failed ({e}); running it against the \
+                 release storage"
+            ));
+            would_be_release(&command, &feeds, &[], DRY_RUN_TIMEOUT).await?
+        }
+    };
     let mut facts = ChangeFacts {
         target: key_side(&would_be, &keys),
         ..ChangeFacts::default()
     };
-    if let Some(baseline) = baseline {
-        let name = baseline.name.as_str();
-        let record = store.get(name).await.map_err(|e| {
-            ChangeError::Deployed(format!("reading {} {name:?}: {e}", store.kind()))
-        })?;
-        let deployed = crate::release::decode_release_json(&record.payload).map_err(|e| {
-            ChangeError::Deployed(format!("decoding {} {name:?}: {e}", store.kind()))
-        })?;
+    if let Some((deployed, labels)) = deployed {
         facts.deployed = key_side(&deployed, &keys);
-        facts.differences =
-            Some(PartDigests::of(&would_be).differences(&PartDigests::of(&deployed)));
+        let mut differences = PartDigests::of(&would_be).differences(&PartDigests::of(&deployed));
+        if labels_would_change(&labels, dry_run.helm_args) {
+            differences.push(Part::Labels);
+            differences.sort();
+        }
+        facts.differences = Some(differences);
     }
     Ok(facts)
 }
 
-/// Why the dry run cannot run with these helm arguments, if it cannot: an input that can be
-/// read only once (stdin `-`, a pipe such as `/dev/fd/N` from process substitution, a FIFO,
-/// a device) would be used up before helm's real run, and `--post-renderer` and
-/// `--dependency-update` would run more often than plain helm runs them.
-pub(crate) fn cannot_dry_run(helm_args: &[String]) -> Option<String> {
+/// The records a dry run needs: the baseline it compares with and the latest revision
+/// (helm numbers the new revision after it).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Records<'a> {
+    /// The revision compared with (the deployed one), if any.
+    pub baseline: Option<&'a crate::storage::RecordHeader>,
+    /// The highest revision, if any.
+    pub latest: Option<&'a crate::storage::RecordHeader>,
+}
+
+/// The release's custom labels as helm keeps them: every label but helm's own and ours.
+fn custom_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    const HELM_OWN: [&str; 6] = [
+        "name",
+        "owner",
+        "status",
+        "version",
+        "createdAt",
+        "modifiedAt",
+    ];
+    labels
+        .iter()
+        .filter(|(k, _)| !HELM_OWN.contains(&k.as_str()) && !k.starts_with(crate::lock::PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Whether `--labels`/`-l` would change the release's custom labels: helm merges them into
+/// the previous revision's (a value `null` removes a key), and its `-o json` does not show
+/// them, so they are compared here.
+fn labels_would_change(
+    record_labels: &std::collections::BTreeMap<String, String>,
+    helm_args: &[String],
+) -> bool {
+    let current = custom_labels(record_labels);
+    let mut merged = current.clone();
+    for (key, value) in labels_flags(helm_args) {
+        if value == "null" {
+            merged.remove(&key);
+        } else {
+            merged.insert(key, value);
+        }
+    }
+    merged != current
+}
+
+/// The `key=value` pairs of every `--labels`/`-l` in helm's argv, in order.
+fn labels_flags(helm_args: &[String]) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut i = 0;
+    while i < helm_args.len() {
+        let arg = helm_args[i].as_str();
+        if arg == "--" {
+            break;
+        }
+        let value = if arg == "--labels" || arg == "-l" {
+            i += 1;
+            helm_args.get(i).cloned()
+        } else if let Some(v) = arg.strip_prefix("--labels=") {
+            Some(v.to_string())
+        } else if let Some(v) = arg.strip_prefix("-l").filter(|_| !arg.starts_with("--")) {
+            Some(v.trim_start_matches('=').to_string())
+        } else {
+            None
+        };
+        for item in value
+            .unwrap_or_default()
+            .split(',')
+            .filter(|i| !i.is_empty())
+        {
+            let (k, v) = item.split_once('=').unwrap_or((item, ""));
+            pairs.push((k.to_string(), v.to_string()));
+        }
+        i += 1;
+    }
+    pairs
+}
+
+/// The read-once inputs the dry run and the real run must share (standard input `-`,
+/// inherited pipes `/dev/fd/N`), to be captured once; or why the dry run cannot run with
+/// these helm arguments: a named pipe, socket or device cannot be offered twice under its
+/// own name, and `--post-renderer` and `--dependency-update` would run more often than
+/// plain helm runs them.
+pub(crate) fn dry_run_inputs(helm_args: &[String]) -> Result<Vec<Source>, String> {
+    let mut sources = Vec::new();
     let mut i = 0;
     while i < helm_args.len() {
         let arg = helm_args[i].as_str();
@@ -404,10 +534,10 @@ pub(crate) fn cannot_dry_run(helm_args: &[String]) -> Option<String> {
         };
         match flag {
             "--post-renderer" => {
-                return Some("--post-renderer would run once more for it than helm runs it".into())
+                return Err("--post-renderer would run once more for it than helm runs it".into())
             }
             "--dependency-update" if inline.as_deref() != Some("false") => {
-                return Some(
+                return Err(
                     "--dependency-update would update the chart's dependencies once more for it"
                         .into(),
                 )
@@ -418,10 +548,14 @@ pub(crate) fn cannot_dry_run(helm_args: &[String]) -> Option<String> {
                         "--set-file" => item.split_once('=').map_or("", |(_, p)| p),
                         _ => item,
                     };
-                    if let Some(kind) = read_once(path) {
-                        return Some(format!(
-                            "{flag} {path} is {kind}, which can be read only once"
-                        ));
+                    match read_once(path) {
+                        Some(ReadOnce::Replay(source)) => sources.push(source),
+                        Some(ReadOnce::Refuse(kind)) => {
+                            return Err(format!(
+                                "{flag} {path} is {kind}, which can be read only once"
+                            ))
+                        }
+                        None => {}
                     }
                 }
             }
@@ -429,27 +563,41 @@ pub(crate) fn cannot_dry_run(helm_args: &[String]) -> Option<String> {
         }
         i += 1;
     }
-    None
+    sources.sort();
+    sources.dedup();
+    Ok(sources)
 }
 
-/// What kind of read-once input `path` is, if it is one.
-fn read_once(path: &str) -> Option<&'static str> {
+/// A path helm would read only once.
+enum ReadOnce {
+    /// Standard input or an inherited pipe: captured and offered again on the same number.
+    Replay(Source),
+    /// Something else that is used up by reading (what it is).
+    Refuse(&'static str),
+}
+
+/// Whether `path` can be read only once, and if so whether it can be replayed.
+fn read_once(path: &str) -> Option<ReadOnce> {
     use std::os::unix::fs::FileTypeExt;
-    if path == "-" {
-        return Some("standard input");
+    if path == "-" || path == "/dev/stdin" {
+        return Some(ReadOnce::Replay(Source::Stdin));
     }
     if path.is_empty() || path.contains("://") {
         return None;
     }
+    let fd_number = path
+        .strip_prefix("/dev/fd/")
+        .or_else(|| path.strip_prefix("/proc/self/fd/"))
+        .and_then(|n| n.parse::<std::os::fd::RawFd>().ok());
     let kind = std::fs::metadata(path).ok()?.file_type();
-    if kind.is_fifo() {
-        Some("a pipe")
-    } else if kind.is_socket() {
-        Some("a socket")
-    } else if kind.is_char_device() || kind.is_block_device() {
-        Some("a device")
-    } else {
-        None
+    let used_up = kind.is_fifo() || kind.is_socket();
+    match fd_number {
+        Some(0) if used_up => Some(ReadOnce::Replay(Source::Stdin)),
+        Some(n) if used_up => Some(ReadOnce::Replay(Source::Fd(n))),
+        _ if kind.is_fifo() => Some(ReadOnce::Refuse("a named pipe")),
+        _ if kind.is_socket() => Some(ReadOnce::Refuse("a socket")),
+        _ if kind.is_char_device() || kind.is_block_device() => Some(ReadOnce::Refuse("a device")),
+        _ => None,
     }
 }
 
@@ -466,18 +614,47 @@ pub(crate) struct DryRun<'a> {
 /// Longest we wait for the dry run; helm's own network calls have their own timeouts.
 pub const DRY_RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The dry run with the release's history given to helm's memory driver instead of read
+/// from storage (see [`gather`]). `history` holds decoded releases (values: never printed;
+/// they travel on a pipe, never through a file).
+pub(crate) async fn would_be_release_from_memory(
+    command: &HelmCommand,
+    feeds: &[Feed],
+    history: &[&Value],
+) -> Result<Value, ChangeError> {
+    let data = serde_json::to_vec(history).map_err(|e| ChangeError::Output(e.to_string()))?;
+    let taken: Vec<_> = feeds.iter().map(|f| f.fd).collect();
+    let fd = crate::inputs::free_fd(&taken);
+    let mut feeds = feeds.to_vec();
+    feeds.push(Feed {
+        fd,
+        bytes: std::sync::Arc::new(data),
+    });
+    let path = format!("/dev/fd/{fd}");
+    let env = [
+        ("HELM_DRIVER", "memory"),
+        ("HELM_MEMORY_DRIVER_DATA", path.as_str()),
+    ];
+    would_be_release(command, &feeds, &env, DRY_RUN_TIMEOUT).await
+}
+
 /// Runs the dry run and returns helm's would-be release JSON (contains values: never
-/// print it).
+/// print it). `feeds` are the captured read-once inputs; `env` is set for helm only.
 pub async fn would_be_release(
     command: &HelmCommand,
+    feeds: &[Feed],
+    env: &[(&str, &str)],
     limit: Duration,
 ) -> Result<Value, ChangeError> {
     let spawn_err = |e: std::io::Error| ChangeError::Spawn {
         program: command.program.clone(),
         message: e.to_string(),
     };
-    let handle = command
-        .to_expression()
+    let mut expression = crate::inputs::feed(command.to_expression(), feeds.to_vec());
+    for (k, v) in env {
+        expression = expression.env(k, v);
+    }
+    let handle = expression
         .stdout_capture()
         .stderr_capture()
         .unchecked()
@@ -558,10 +735,11 @@ mod tests {
         })
     }
 
-    /// Issue 17: every read-once input and side-effecting flag stops the dry run before it
-    /// starts, however it is spelt; regular files and other flags do not.
+    /// Issue 17: standard input and inherited pipes are captured and offered again; every
+    /// other read-once input and side-effecting flag stops the dry run before it starts,
+    /// however it is spelt; regular files and other flags do neither.
     #[test]
-    fn read_once_inputs_and_side_effects_are_named() {
+    fn read_once_inputs_are_replayed_or_named() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("values.fifo");
         let fifo_c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
@@ -572,53 +750,76 @@ mod tests {
         std::fs::write(&file, "a: 1\n").unwrap();
         let file = file.to_str().unwrap().to_string();
         let list = format!("{file},-");
-        let cases: Vec<(Vec<&str>, Option<String>)> = vec![
-            (
-                vec!["db", "c", "-f", "-"],
-                Some("-f - is standard input, which can be read only once".into()),
-            ),
-            (
-                vec!["db", "c", "--values=-"],
-                Some("--values - is standard input, which can be read only once".into()),
-            ),
-            (
-                vec!["db", "c", "-f-"],
-                Some("-f - is standard input, which can be read only once".into()),
-            ),
-            (
-                vec!["db", "c", "-f", &list],
-                Some("-f - is standard input, which can be read only once".into()),
-            ),
-            (
-                vec!["db", "c", "--set-file", "k=-"],
-                Some("--set-file - is standard input, which can be read only once".into()),
-            ),
+        // An inherited pipe, as `<(sops -d values.yaml)` gives one.
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills two descriptors, closed at the end of the test.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let dev_fd = format!("/dev/fd/{}", fds[0]);
+        let stdin = Ok(vec![Source::Stdin]);
+        let cases: Vec<(Vec<&str>, Result<Vec<Source>, String>)> =
+            vec![
+            (vec!["db", "c", "-f", "-"], stdin.clone()),
+            (vec!["db", "c", "--values=-"], stdin.clone()),
+            (vec!["db", "c", "-f-"], stdin.clone()),
+            (vec!["db", "c", "-f", &list], stdin.clone()),
+            (vec!["db", "c", "--set-file", "k=-"], stdin.clone()),
+            (vec!["db", "c", "-f", "/dev/stdin", "-f", "-"], stdin.clone()),
+            (vec!["db", "c", "-f", &dev_fd], Ok(vec![Source::Fd(fds[0])])),
             (
                 vec!["db", "c", "-f", &fifo],
-                Some(format!("-f {fifo} is a pipe, which can be read only once")),
+                Err(format!("-f {fifo} is a named pipe, which can be read only once")),
             ),
             (
                 vec!["db", "c", "-f", "/dev/null"],
-                Some("-f /dev/null is a device, which can be read only once".into()),
+                Err("-f /dev/null is a device, which can be read only once".into()),
             ),
             (
                 vec!["db", "c", "--post-renderer", "./kustomize"],
-                Some("--post-renderer would run once more for it than helm runs it".into()),
+                Err("--post-renderer would run once more for it than helm runs it".into()),
             ),
             (
                 vec!["db", "c", "--dependency-update"],
-                Some(
+                Err(
                     "--dependency-update would update the chart's dependencies once more for it"
                         .into(),
                 ),
             ),
-            (vec!["db", "c", "--dependency-update=false"], None),
-            (vec!["db", "c", "-f", &file, "--set", "a=-"], None),
-            (vec!["db", "c", "--", "-f", "-"], None),
+            (vec!["db", "c", "--dependency-update=false"], Ok(vec![])),
+            (vec!["db", "c", "-f", &file, "--set", "a=-"], Ok(vec![])),
+            (vec!["db", "c", "--", "-f", "-"], Ok(vec![])),
         ];
         for (args, want) in cases {
-            assert_eq!(cannot_dry_run(&strings(&args)), want, "{args:?}");
+            assert_eq!(dry_run_inputs(&strings(&args)), want, "{args:?}");
         }
+        // SAFETY: closing the two descriptors pipe(2) gave us.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+    }
+
+    /// `--labels` changes count as changes: helm merges them into the previous labels.
+    #[test]
+    fn label_changes_are_seen() {
+        let record: std::collections::BTreeMap<String, String> = [
+            ("name", "db"),
+            ("owner", "helm"),
+            ("status", "deployed"),
+            ("version", "3"),
+            ("team", "a"),
+            ("guarded-upgrade.io/lock", "soft"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let changes = |args: &[&str]| labels_would_change(&record, &strings(args));
+        assert!(!changes(&["db", "c"]));
+        assert!(!changes(&["db", "c", "--labels", "team=a"]));
+        assert!(!changes(&["db", "c", "-l", "gone=null"]));
+        assert!(changes(&["db", "c", "--labels", "team=b"]));
+        assert!(changes(&["db", "c", "--labels=team=a,tier=db"]));
+        assert!(changes(&["db", "c", "-lteam=null"]));
+        assert!(!changes(&["db", "c", "--", "--labels", "team=b"]));
     }
 
     #[test]
@@ -810,16 +1011,23 @@ mod tests {
             args: strings(&["-c", script]),
         };
         let limit = Duration::from_secs(10);
-        let err = would_be_release(&sh("echo '{\"config\":{\"p\":\"canary\"'; exit 0"), limit)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = would_be_release(
+            &sh("echo '{\"config\":{\"p\":\"canary\"'; exit 0"),
+            &[],
+            &[],
+            limit,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             err,
             "the helm dry run printed no release JSON (truncated JSON at line 2 column 0)"
         );
         let err = would_be_release(
             &sh("printf 'WARN x\\n\\nError: boom\\n' >&2; exit 1"),
+            &[],
+            &[],
             limit,
         )
         .await
@@ -829,11 +1037,11 @@ mod tests {
             err,
             "the helm dry run (helm upgrade --dry-run=server) failed (exit 1): WARN x; Error: boom"
         );
-        let err = would_be_release(&sh("sleep 5"), Duration::from_millis(200))
+        let err = would_be_release(&sh("sleep 5"), &[], &[], Duration::from_millis(200))
             .await
             .unwrap_err();
         assert!(matches!(err, ChangeError::Timeout(_)), "{err}");
-        let ok = would_be_release(&sh("echo '{\"manifest\":\"m\"}'"), limit)
+        let ok = would_be_release(&sh("echo '{\"manifest\":\"m\"}'"), &[], &[], limit)
             .await
             .unwrap();
         assert_eq!(ok["manifest"], "m");

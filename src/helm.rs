@@ -252,9 +252,12 @@ pub(crate) fn exec(program: &Path, args: &[std::ffi::OsString]) -> HelmError {
 
 /// Runs helm with inherited stdio, forwarding SIGINT/SIGTERM to it, and returns its exit
 /// code (128 + signal number when helm was killed by a signal, as shells report it).
-pub(crate) async fn run_inherited(command: &HelmCommand) -> Result<i32, HelmError> {
-    let handle = command
-        .to_expression()
+/// Inputs captured for a dry run (`feeds`) are given to helm again, on the same numbers.
+pub(crate) async fn run_inherited(
+    command: &HelmCommand,
+    feeds: Vec<crate::inputs::Feed>,
+) -> Result<i32, HelmError> {
+    let handle = crate::inputs::feed(command.to_expression(), feeds)
         .unchecked()
         .start()
         .map_err(|source| HelmError::Spawn {
@@ -409,6 +412,6 @@ mod tests {
             program: PathBuf::from("/bin/sh"),
             args: strings(&["-c", "exit 7"]),
         };
-        assert_eq!(run_inherited(&cmd).await.unwrap(), 7);
+        assert_eq!(run_inherited(&cmd, Vec::new()).await.unwrap(), 7);
     }
 }

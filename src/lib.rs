@@ -23,6 +23,7 @@ mod commands;
 mod error;
 mod flags;
 mod helm;
+mod inputs;
 mod lock;
 mod mutex;
 mod names;

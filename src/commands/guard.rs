@@ -82,15 +82,18 @@ pub(super) async fn decide_once(
     // Some rules (newer-or-changed with equal versions, --compare keys, pins on keys) need
     // the release helm would write: one dry run, then the same decision with its facts.
     if decision.needs_facts {
-        let baseline = decision
-            .deployed_revision
-            .and_then(|rev| view.headers.iter().find(|h| h.revision == rev));
+        let records = change::Records {
+            baseline: decision
+                .deployed_revision
+                .and_then(|rev| view.headers.iter().find(|h| h.revision == rev)),
+            latest: view.headers.iter().max_by_key(|h| h.revision),
+        };
         let dry_run = change::DryRun {
             compare: &plan.compare,
             helm_args: &plan.helm_args,
             has_install: plan.has_install(),
         };
-        let facts = change::gather(store, helm, &dry_run, baseline, view.state.lock.as_ref())
+        let facts = change::gather(store, helm, &dry_run, records, view.state.lock.as_ref())
             .await
             .map_err(|source| Error::ExamineRelease {
                 release: plan.release.clone(),

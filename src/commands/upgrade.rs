@@ -253,7 +253,11 @@ async fn run_helm(
         &report.namespace,
         crate::time::now_unix(),
     );
-    let code = helm::run_inherited(&command).await;
+    // What a dry run captured (standard input, /dev/fd pipes) helm reads now, the same bytes.
+    let feeds = crate::inputs::captured()
+        .map(|c| c.feeds())
+        .unwrap_or_default();
+    let code = helm::run_inherited(&command, feeds).await;
     output::ci::helm_finished(&plan.ci, crate::time::now_unix());
     let code = code?;
     Ok(match code {

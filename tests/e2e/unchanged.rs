@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::common::{chart, per_helm, Bed, Run};
+use crate::common::{chart, guard_bin, per_helm, Bed, Run};
 
 const NS: &str = "apps";
 const POLICY: [&str; 2] = ["--min-version-policy", "newer-or-changed"];
@@ -143,6 +143,115 @@ fn edit(path: &str, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).expect("read");
     assert!(text.contains(from), "{path} has no {from:?}");
     std::fs::write(path, text.replace(from, to)).expect("write");
+}
+
+/// `guarded-upgrade upgrade ...` through `bash -c`, with `stdin` on standard input (so a
+/// test can use `-f -` and process substitution `-f <(...)`).
+fn up_shell(b: &Bed, script_args: &str, stdin: &str) -> Run {
+    use std::io::Write;
+    let script = format!("exec {} upgrade rel {script_args}", guard_bin().display());
+    let mut cmd = b.command("bash");
+    cmd.args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn bash");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The value of `image.tag` helm stored for the release.
+fn stored_tag(b: &Bed) -> String {
+    let run = b.helm(&["get", "values", "rel", "-n", NS, "-o", "json"]);
+    run.expect_code(0, "helm get values");
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("values json");
+    v["image"]["tag"].as_str().unwrap_or_default().to_string()
+}
+
+/// Issue 17: values helm can read only once (standard input, a `/dev/fd` pipe from process
+/// substitution) are read once by the tool, judged by the dry run and applied by helm;
+/// `--labels` changes count as changes; the dry run reads no release history (issue 19).
+fn read_once_inputs_and_labels(label: &str) {
+    let b = setup(label);
+    let c = chart("tagged-0.1.0");
+    up(&b, &c, &["--set", "image.tag=1.0.0"]).expect_code(0, "install");
+    let common = format!("{c} -n {NS} --compare value:image.tag");
+
+    let run = up_shell(&b, &format!("{common} -f -"), "image:\n  tag: \"2.0.0\"\n");
+    run.expect_code(0, "values on stdin");
+    has_line(
+        &run,
+        "upgrade: \"rel\" in \"apps\" value:image.tag 1.0.0 -> 2.0.0",
+    );
+    assert_eq!(stored_tag(&b), "2.0.0", "helm applied the piped values");
+
+    let run = up_shell(
+        &b,
+        &format!("{common} -f <(printf 'image:\\n  tag: \"3.0.0\"\\n')"),
+        "",
+    );
+    run.expect_code(0, "values from process substitution");
+    has_line(
+        &run,
+        "upgrade: \"rel\" in \"apps\" value:image.tag 2.0.0 -> 3.0.0",
+    );
+    assert_eq!(stored_tag(&b), "3.0.0", "helm applied the /dev/fd values");
+
+    // The same piped values again: unchanged, nothing written, and helm's dry run asked
+    // the server for no release record (its history came from the memory driver).
+    let before = revision(&b);
+    b.api.clear_requests();
+    let run = up_shell(
+        &b,
+        &format!("{c} -n {NS} {} {} -f -", POLICY[0], POLICY[1]),
+        "image:\n  tag: \"3.0.0\"\n",
+    );
+    run.expect_code(0, "same piped values");
+    has_line(&run, &skip_unchanged_line("0.1.0", before));
+    assert_eq!(b.writes(), Vec::<String>::new(), "an unchanged skip wrote");
+    let helm_reads: Vec<String> = b
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.user_agent
+                .as_deref()
+                .is_some_and(|ua| ua.starts_with("helm"))
+                && r.resource.as_deref() == Some("secrets")
+        })
+        .map(|r| format!("{} {}?{}", r.verb, r.path, r.query))
+        .collect();
+    assert_eq!(
+        helm_reads,
+        Vec::<String>::new(),
+        "helm read release records"
+    );
+
+    // A label change alone is a change; the same labels again are not.
+    let tag = ["--set", "image.tag=3.0.0"];
+    expect_changed(
+        &b,
+        &c,
+        &[tag[0], tag[1], "--labels", "team=db"],
+        &["labels"],
+        "a new label",
+    );
+    expect_unchanged(
+        &b,
+        &c,
+        &[tag[0], tag[1], "--labels", "team=db"],
+        "same label",
+    );
 }
 
 /// Re-run → skip without writes; a --set change → upgrade; the same values from a file → skip.
@@ -542,6 +651,7 @@ mod compat {
 }
 
 per_helm!(
+    read_once_inputs_and_labels,
     dry_run_failure_fails_closed,
     value_flags,
     chart_edits,
