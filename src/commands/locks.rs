@@ -28,7 +28,14 @@ pub(super) async fn run(plan: LocksPlan) -> Result<Exit, Error> {
             scope: scope.clone(),
             source: Box::new(source),
         })?;
-    output::locks(&lock_rows(&headers, now_unix()), &scope, plan.format);
+    let mut rows = lock_rows(&headers, now_unix());
+    let mut locks: Vec<_> = rows
+        .iter_mut()
+        .map(|r| (r.namespace.as_str(), r.release.as_str(), &mut r.lock))
+        .collect();
+    let namespace = (!plan.all_namespaces).then_some(session.namespace.as_str());
+    super::policy::describe(&session.client, &session.store, namespace, &mut locks).await;
+    output::locks(&rows, &scope, plan.format);
     Ok(Exit::Success)
 }
 

@@ -9,6 +9,7 @@ mod helm;
 mod lock;
 mod locks;
 mod man;
+mod policy;
 mod records;
 mod status;
 mod unlock;
@@ -37,6 +38,7 @@ pub(crate) async fn run(plan: PlanKind) -> Result<Exit, Error> {
         PlanKind::Unlock(p) => unlock::run(p).await,
         PlanKind::Status(p) => status::run(p).await,
         PlanKind::Locks(p) => locks::run(p).await,
+        PlanKind::Policy(p) => policy::run(p).await,
         PlanKind::Passthrough(p) => helm::run(p),
         PlanKind::Completions(shell) => completions::run(shell),
         PlanKind::Man(dir) => man::run(dir),
