@@ -277,7 +277,8 @@ fn said(e: kube::Error) -> (Option<u16>, String) {
 /// Checks the policy and its binding are installed and current (no writes).
 pub async fn policy_state(client: &Client) -> Result<(), String> {
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-    let install = "a cluster admin installs it with `guarded-upgrade policy install` (see docs/locks.md)";
+    let install =
+        "a cluster admin installs it with `guarded-upgrade policy install` (see docs/locks.md)";
     let policy = match policies.get_opt(POLICY_NAME).await {
         Ok(Some(p)) => p,
         Ok(None) => {
@@ -285,7 +286,9 @@ pub async fn policy_state(client: &Client) -> Result<(), String> {
                 Some(false) => "this API server does not serve ValidatingAdmissionPolicy \
                      (admissionregistration.k8s.io/v1, Kubernetes 1.30 or later)"
                     .to_string(),
-                _ => format!("the ValidatingAdmissionPolicy {POLICY_NAME} is not installed; {install}"),
+                _ => format!(
+                    "the ValidatingAdmissionPolicy {POLICY_NAME} is not installed; {install}"
+                ),
             })
         }
         Err(e) => {
@@ -553,9 +556,8 @@ pub async fn params_in(
         .list_metadata(&ListParams::default().labels(&format!("{mk}={mv},{pk}={pv}")))
         .await
         .map_err(|e| {
-            let scope = namespace.map_or("all namespaces".to_string(), |n| {
-                format!("namespace {n:?}")
-            });
+            let scope =
+                namespace.map_or("all namespaces".to_string(), |n| format!("namespace {n:?}"));
             format!("cannot list lock ConfigMaps in {scope} ({})", said(e).1)
         })?;
     Ok(list

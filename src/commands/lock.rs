@@ -50,9 +50,9 @@ pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
         policy::lift(&session, &plan.release, true).await?;
     }
     let enforced = match &before.available {
-        Some(available) => Some(
-            policy::impose(&session, &plan.release, &spec, available, plan.enforce).await?,
-        ),
+        Some(available) => {
+            Some(policy::impose(&session, &plan.release, &spec, available, plan.enforce).await?)
+        }
         None => None,
     };
     if plan.format == OutputFormat::Json {

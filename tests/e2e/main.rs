@@ -9,6 +9,7 @@ mod connect;
 mod argv;
 mod ci;
 mod completions;
+mod enforce;
 mod guard;
 mod lock;
 mod matrix;
