@@ -61,9 +61,6 @@ pub enum Enforcement {
     /// The API server refuses changes (ValidatingAdmissionPolicy).
     #[serde(rename = "cluster policy")]
     ClusterPolicy,
-    /// PostgreSQL refuses writes to the release's rows (HELM_DRIVER=sql).
-    #[serde(rename = "database trigger")]
-    DatabaseTrigger,
     /// Only the labels (and, for a hard lock, helm's pending status) stand in the way.
     #[serde(rename = "labels only")]
     LabelsOnly,
@@ -74,7 +71,6 @@ impl Enforcement {
     pub fn as_str(self) -> &'static str {
         match self {
             Enforcement::ClusterPolicy => "cluster policy",
-            Enforcement::DatabaseTrigger => "database trigger",
             Enforcement::LabelsOnly => "labels only",
         }
     }
@@ -501,9 +497,9 @@ fn said_code(e: &kube::Error) -> Option<u16> {
 
 /// What removing a parameter did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Removed {
+pub enum Lifted {
     /// There was one; it is gone: the cluster no longer enforces the lock.
-    Removed,
+    Deleted,
     /// There was none.
     Absent,
     /// It could not be read (e.g. no `get` on configmaps): not known whether there is one.
@@ -516,11 +512,11 @@ pub async fn remove_param(
     client: &Client,
     namespace: &str,
     release: &str,
-) -> Result<Removed, String> {
+) -> Result<Lifted, String> {
     let current = match read_param(client, namespace, release).await {
         Ok(Some(current)) => current,
-        Ok(None) => return Ok(Removed::Absent),
-        Err(why) => return Ok(Removed::Unknown(why)),
+        Ok(None) => return Ok(Lifted::Absent),
+        Err(why) => return Ok(Lifted::Unknown(why)),
     };
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let name = param_name(release);
@@ -532,8 +528,8 @@ pub async fn remove_param(
         ..Default::default()
     };
     match api.delete(&name, &params).await {
-        Ok(_) => Ok(Removed::Removed),
-        Err(e) if said_code(&e) == Some(404) => Ok(Removed::Absent),
+        Ok(_) => Ok(Lifted::Deleted),
+        Err(e) if said_code(&e) == Some(404) => Ok(Lifted::Absent),
         Err(e) => Err(format!(
             "cannot delete the ConfigMap {name} in namespace {namespace:?} ({})",
             said(e).1
@@ -606,6 +602,57 @@ impl Observed {
                 ))),
             ),
         }
+    }
+}
+
+/// How long the API server may take to start (or stop) enforcing after the parameter is
+/// created (or deleted): admission policies and their parameters reach the server through
+/// informers, so there is a short window.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Waits until the API server enforces (`want_denied`) or no longer enforces the lock on
+/// the record `record` (`kind` `Secret` or `ConfigMap`), probing with a dry-run no-op patch
+/// of the record (nothing is written; needs `patch` on it, as `lock` does).
+pub async fn settle(
+    client: &Client,
+    namespace: &str,
+    kind: &str,
+    record: &str,
+    want_denied: bool,
+) -> Result<(), String> {
+    let plural = if kind == "ConfigMap" {
+        "configmaps"
+    } else {
+        "secrets"
+    };
+    let path = format!("/api/v1/namespaces/{namespace}/{plural}/{record}?dryRun=All");
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let request = http::Request::patch(path.as_str())
+            .header("Content-Type", "application/merge-patch+json")
+            .body(b"{}".to_vec())
+            .map_err(|e| e.to_string())?;
+        let denied = match client.request::<Value>(request).await {
+            Ok(_) => false,
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(POLICY_NAME) => true,
+            Err(e) => {
+                return Err(format!(
+                    "cannot check it with a dry-run patch of {kind} {record} ({})",
+                    said(e).1
+                ))
+            }
+        };
+        if denied == want_denied {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the API server still {} a dry-run change of {kind} {record} after {}s",
+                if want_denied { "accepts" } else { "refuses" },
+                SETTLE.as_secs()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 

@@ -35,24 +35,33 @@ pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
     let was_hard = headers
         .last()
         .is_some_and(|h| h.labels.get(lock::KEY_LOCK).map(String::as_str) == Some("hard"));
+    let latest = headers.last().map(|h| h.name.clone()).unwrap_or_default();
     if !converged(&headers, &spec) {
         let interrupts = Interrupts::listen();
         super::serialized(&session, &plan.release, async {
             // An enforced lock refuses every record write: lift it first (the labels
             // still say hard; `impose` below puts it back for a hard lock).
             if was_hard {
-                policy::lift(&session, &plan.release, true).await?;
+                policy::lift(&session, &plan.release, true, Some(&latest)).await?;
             }
             lock_release(&session.store, &plan.release, &spec, interrupts).await
         })
         .await?;
     } else if was_hard && spec.kind != LockKind::Hard {
-        policy::lift(&session, &plan.release, true).await?;
+        policy::lift(&session, &plan.release, true, Some(&latest)).await?;
     }
     let enforced = match &before.available {
-        Some(available) => {
-            Some(policy::impose(&session, &plan.release, &spec, available, plan.enforce).await?)
-        }
+        Some(available) => Some(
+            policy::impose(
+                &session,
+                &plan.release,
+                &latest,
+                &spec,
+                available,
+                plan.enforce,
+            )
+            .await?,
+        ),
         None => None,
     };
     if plan.format == OutputFormat::Json {

@@ -57,6 +57,14 @@ pub(crate) struct Session {
     pub user: Option<String>,
 }
 
+impl Session {
+    /// `Secret` or `ConfigMap`: the kind of the release records.
+    pub(crate) fn store_kind(&self) -> &'static str {
+        use crate::storage::ReleaseStore;
+        self.store.kind()
+    }
+}
+
 /// Connects as helm would for these flags and opens the release store. `deciding_for`
 /// names the release in errors of `upgrade` and `check`.
 pub(crate) async fn connect(

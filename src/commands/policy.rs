@@ -2,7 +2,7 @@
 //! `unlock`, `status` and `locks` take (issue 18; the model is in [`crate::enforce`]).
 
 use crate::decision::LockKind;
-use crate::enforce::{self, Availability, Enforcement, Removed};
+use crate::enforce::{self, Availability, Enforcement, Lifted};
 use crate::error::{Error, Exit};
 use crate::lock::LockSpec;
 use crate::output::{self, report::LockReport};
@@ -122,11 +122,24 @@ pub(super) async fn lift(
     session: &super::Session,
     release: &str,
     hard: bool,
+    latest: Option<&str>,
 ) -> Result<bool, Error> {
     match enforce::remove_param(&session.client, &session.namespace, release).await {
-        Ok(Removed::Removed) => Ok(true),
-        Ok(Removed::Absent) => Ok(false),
-        Ok(Removed::Unknown(why)) => {
+        Ok(Lifted::Deleted) => {
+            // The server drops the parameter from its cache a moment later: wait for it, so
+            // the record writes that follow are not refused.
+            if let (Some(record), false) = (latest, matches!(session.store, Store::Sql(_))) {
+                let kind = session.store_kind();
+                if let Err(why) =
+                    enforce::settle(&session.client, &session.namespace, kind, record, false).await
+                {
+                    output::note(&format!("lifted the cluster's enforcement, but {why}"));
+                }
+            }
+            Ok(true)
+        }
+        Ok(Lifted::Absent) => Ok(false),
+        Ok(Lifted::Unknown(why)) => {
             if hard {
                 output::note(&format!(
                     "{why}: if the cluster enforces this hard lock, the record writes are \
@@ -152,6 +165,7 @@ pub(super) async fn lift(
 pub(super) async fn impose(
     session: &super::Session,
     release: &str,
+    latest: &str,
     spec: &LockSpec,
     available: &Availability,
     enforce_required: bool,
@@ -171,6 +185,14 @@ pub(super) async fn impose(
         Ok(())
     } else {
         enforce::put_param(&session.client, namespace, release, spec).await
+    };
+    // Only say "enforced" once the server refuses a (dry-run) change of the record.
+    let written = match written {
+        Ok(()) if !matches!(session.store, Store::Sql(_)) => {
+            let kind = session.store_kind();
+            enforce::settle(&session.client, namespace, kind, latest, true).await
+        }
+        other => other,
     };
     match written {
         Ok(()) => Ok(EnforceOutcome::Enforced),

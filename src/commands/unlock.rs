@@ -29,7 +29,8 @@ pub(super) async fn run(plan: UnlockPlan) -> Result<Exit, Error> {
     let hard = headers
         .last()
         .is_some_and(|h| h.labels.get(lock::KEY_LOCK).map(String::as_str) == Some("hard"));
-    let lifted = super::policy::lift(&session, &plan.release, hard).await?;
+    let latest = headers.last().map(|h| h.name.as_str());
+    let lifted = super::policy::lift(&session, &plan.release, hard, latest).await?;
     let had_lock = if headers
         .iter()
         .any(|h| h.labels.keys().any(|k| k.starts_with(lock::PREFIX)))
