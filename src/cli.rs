@@ -96,6 +96,10 @@ pub enum Command {
     /// List locked releases in the namespace, or everywhere with -A
     #[command(after_long_help = EXIT_CODES)]
     Locks(LocksArgs),
+    /// Cluster-enforced hard locks: install, remove, show or print the admission policy
+    /// (installing and removing it is a cluster admin's job; see docs/locks.md)
+    #[command(subcommand, after_long_help = EXIT_CODES)]
+    Policy(PolicyCommand),
     /// Act as helm: guard `helm upgrade`, hand every other command to the real helm
     /// unchanged (also what the binary does when started under the name `helm`)
     #[command(
@@ -298,6 +302,9 @@ pub struct LockArgs {
     /// Also stop plain `helm upgrade` (marks the latest revision pending-upgrade)
     #[arg(long)]
     pub hard: bool,
+    /// With --hard: fail (exit 3, nothing written) unless the cluster can enforce the lock
+    #[arg(long, requires = "hard")]
+    pub enforce: bool,
     /// Who locks it (default: $GITHUB_ACTOR, $GITLAB_USER_LOGIN, …, kubeconfig user, $USER)
     #[arg(long)]
     pub by: Option<String>,
@@ -348,6 +355,34 @@ pub struct LocksArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub cluster: ClusterFlags,
+}
+
+// ---- `policy` (issue 18: cluster-enforced hard locks) ----
+
+/// `policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Apply the ValidatingAdmissionPolicy, its binding and a reader ClusterRole (cluster
+    /// admin)
+    Install {
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        cluster: ClusterFlags,
+    },
+    /// Delete them: hard locks are no longer enforced by the cluster (cluster admin)
+    Uninstall {
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        cluster: ClusterFlags,
+    },
+    /// Say whether the policy is installed and current, and which releases it locks
+    Show {
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        cluster: ClusterFlags,
+    },
+    /// Print the manifest `install` applies (for GitOps), without talking to a cluster
+    Manifest,
 }
 
 #[cfg(test)]

@@ -196,6 +196,9 @@ pub enum Error {
         /// What is wrong and what to do.
         message: String,
     },
+    /// `policy install`/`uninstall` failed; the message names the object and what to do.
+    #[error("{0}")]
+    Policy(String),
     /// The decision file could not be written.
     #[error("cannot write the decision to {path:?}: {source}")]
     WriteDecision {

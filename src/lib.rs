@@ -20,6 +20,7 @@ pub mod version;
 mod argv;
 mod cluster;
 mod commands;
+mod enforce;
 mod error;
 mod flags;
 mod helm;

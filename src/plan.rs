@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use crate::argv::HelmFlags;
 use crate::argv::{self, Mode, SplitArgv};
-use crate::cli::{Command, Expiry, LockArgs, LocksArgs, OutputFormat, StatusArgs, UnlockArgs};
+use crate::cli::{
+    Command, Expiry, LockArgs, LocksArgs, OutputFormat, PolicyCommand, StatusArgs, UnlockArgs,
+};
 use crate::cluster::{ClusterFlags, DriverKind, HelmEnv};
 use crate::decision::{CompareKey, LockKind, Policy};
 use crate::error::{Error, UsageError};
@@ -181,8 +183,23 @@ pub(crate) struct LockPlan {
     pub spec: LockSpec,
     /// `-o`.
     pub format: OutputFormat,
+    /// `--enforce`: a hard lock the cluster cannot enforce is an error, nothing written.
+    pub enforce: bool,
     /// The cluster.
     pub cluster: ClusterPlan,
+}
+
+/// `policy` (issue 18).
+#[derive(Debug, Clone)]
+pub(crate) enum PolicyPlan {
+    /// `policy install`.
+    Install(ClusterPlan),
+    /// `policy uninstall`.
+    Uninstall(ClusterPlan),
+    /// `policy show`.
+    Show(ClusterPlan),
+    /// `policy manifest`.
+    Manifest,
 }
 
 /// `unlock`.
@@ -231,6 +248,8 @@ pub(crate) enum PlanKind {
     Status(StatusPlan),
     /// `locks`.
     Locks(LocksPlan),
+    /// `policy …`.
+    Policy(PolicyPlan),
     /// The shim, for any helm command but `upgrade`.
     Passthrough(PassthroughPlan),
     /// `completions SHELL`.
@@ -288,6 +307,10 @@ impl PlanKind {
             PlanKind::Unlock(p) => cluster(&p.cluster),
             PlanKind::Status(p) => cluster(&p.cluster),
             PlanKind::Locks(p) => cluster(&p.cluster),
+            PlanKind::Policy(
+                PolicyPlan::Install(c) | PolicyPlan::Uninstall(c) | PolicyPlan::Show(c),
+            ) => cluster(c),
+            PlanKind::Policy(PolicyPlan::Manifest) => false,
             PlanKind::Passthrough(_) | PlanKind::Completions(_) | PlanKind::Man(_) => false,
         }
     }
@@ -325,6 +348,14 @@ pub(crate) fn plan(command: Command, env: Env, now: i64) -> Result<Plan, Error> 
         Command::Completions { shell } => PlanKind::Completions(shell),
         Command::Man { dir } => PlanKind::Man(dir),
         Command::Lock(args) => PlanKind::Lock(lock_plan(args, env, now)?),
+        Command::Policy(command) => PlanKind::Policy(match command {
+            PolicyCommand::Install { cluster } => PolicyPlan::Install(cluster_plan(cluster, env)?),
+            PolicyCommand::Uninstall { cluster } => {
+                PolicyPlan::Uninstall(cluster_plan(cluster, env)?)
+            }
+            PolicyCommand::Show { cluster } => PolicyPlan::Show(cluster_plan(cluster, env)?),
+            PolicyCommand::Manifest => PolicyPlan::Manifest,
+        }),
         Command::Unlock(UnlockArgs {
             release,
             force,
@@ -512,6 +543,7 @@ fn lock_plan(args: LockArgs, env: HelmEnv, now: i64) -> Result<LockPlan, Error> 
                 .map(|key| key.to_string()),
         },
         format: args.output,
+        enforce: args.enforce,
         cluster: cluster_plan(args.cluster, env)?,
     })
 }

@@ -9,6 +9,7 @@ use crate::plan::LockPlan;
 use crate::storage::{RecordHeader, ReleaseStore, Store};
 use crate::time::{format_rfc3339, now_unix};
 
+use super::policy;
 use super::records::{needs_labels, Interrupts, Scope};
 
 /// Runs `lock`.
@@ -28,19 +29,48 @@ pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
     if let Some(latest) = headers.last() {
         refuse_pending(&scope, latest)?;
     }
+    // Whether the cluster can enforce a hard lock is known before anything is written
+    // (`--enforce` stops here when it cannot).
+    let before = policy::before_lock(&session, &plan.release, &spec, plan.enforce).await?;
+    let was_hard = headers
+        .last()
+        .is_some_and(|h| h.labels.get(lock::KEY_LOCK).map(String::as_str) == Some("hard"));
+    let latest = headers.last().map(|h| h.name.clone()).unwrap_or_default();
     if !converged(&headers, &spec) {
         let interrupts = Interrupts::listen();
-        super::serialized(
-            &session,
-            &plan.release,
-            lock_release(&session.store, &plan.release, &spec, interrupts),
-        )
+        super::serialized(&session, &plan.release, async {
+            // An enforced lock refuses every record write: lift it first (the labels
+            // still say hard; `impose` below puts it back for a hard lock).
+            if was_hard {
+                policy::lift(&session, &plan.release, true, Some(&latest)).await?;
+            }
+            lock_release(&session.store, &plan.release, &spec, interrupts).await
+        })
         .await?;
+    } else if was_hard && spec.kind != LockKind::Hard {
+        policy::lift(&session, &plan.release, true, Some(&latest)).await?;
     }
+    let enforced = match &before.available {
+        Some(available) => Some(
+            policy::impose(
+                &session,
+                &plan.release,
+                &latest,
+                &spec,
+                available,
+                plan.enforce,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     if plan.format == OutputFormat::Json {
         output::lock_json(&LockReport::new(&state_of(&spec), now_unix()));
     }
     output::progress(&locked_line(&plan.release, &session.namespace, &spec));
+    if let Some(outcome) = enforced {
+        outcome.say(&plan.release, &session.namespace);
+    }
     Ok(Exit::Success)
 }
 

@@ -29,12 +29,18 @@ pub(super) async fn run(plan: LocksPlan) -> Result<Exit, Error> {
             source: Box::new(source),
         })?;
     // A lock that cannot be read is not listed as "no lock": the command fails naming it.
-    let rows = lock_rows(&headers, now_unix(), session.store.kind()).map_err(|invalid| {
+    let mut rows = lock_rows(&headers, now_unix(), session.store.kind()).map_err(|invalid| {
         Error::ListRecords {
             scope: scope.clone(),
             source: Box::new(crate::storage::StoreError::Invalid(invalid)),
         }
     })?;
+    let mut locks: Vec<_> = rows
+        .iter_mut()
+        .map(|r| (r.namespace.as_str(), r.release.as_str(), &mut r.lock))
+        .collect();
+    let namespace = (!plan.all_namespaces).then_some(session.namespace.as_str());
+    super::policy::describe(&session.client, &session.store, namespace, &mut locks).await;
     output::locks(&rows, &scope, plan.format);
     Ok(Exit::Success)
 }

@@ -9,6 +9,7 @@ mod helm;
 mod lock;
 mod locks;
 mod man;
+mod policy;
 mod records;
 mod status;
 mod unlock;
@@ -37,6 +38,7 @@ pub(crate) async fn run(plan: PlanKind) -> Result<Exit, Error> {
         PlanKind::Unlock(p) => unlock::run(p).await,
         PlanKind::Status(p) => status::run(p).await,
         PlanKind::Locks(p) => locks::run(p).await,
+        PlanKind::Policy(p) => policy::run(p).await,
         PlanKind::Passthrough(p) => helm::run(p),
         PlanKind::Completions(shell) => completions::run(shell),
         PlanKind::Man(dir) => man::run(dir),
@@ -53,6 +55,14 @@ pub(crate) struct Session {
     pub namespace: String,
     /// The kubeconfig user, default "who" of a lock.
     pub user: Option<String>,
+}
+
+impl Session {
+    /// `Secret` or `ConfigMap`: the kind of the release records.
+    pub(crate) fn store_kind(&self) -> &'static str {
+        use crate::storage::ReleaseStore;
+        self.store.kind()
+    }
 }
 
 /// Connects as helm would for these flags and opens the release store. `deciding_for`

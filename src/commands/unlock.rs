@@ -22,9 +22,16 @@ pub(super) async fn run(plan: UnlockPlan) -> Result<Exit, Error> {
         release: &plan.release,
         interrupts: Interrupts::default(),
     };
-    let had_lock = if scope
-        .existing_release()
-        .await?
+    let headers = scope.existing_release().await?;
+    // The cluster's enforcement goes first: the policy refuses every record write while
+    // it is in place. An unlock stopped after this step leaves a labels-only lock that a
+    // re-run removes.
+    let hard = headers
+        .last()
+        .is_some_and(|h| h.labels.get(lock::KEY_LOCK).map(String::as_str) == Some("hard"));
+    let latest = headers.last().map(|h| h.name.as_str());
+    let lifted = super::policy::lift(&session, &plan.release, hard, latest).await?;
+    let had_lock = if headers
         .iter()
         .any(|h| h.labels.keys().any(|k| k.starts_with(lock::PREFIX)))
     {
@@ -36,7 +43,7 @@ pub(super) async fn run(plan: UnlockPlan) -> Result<Exit, Error> {
         )
         .await?
     } else {
-        false
+        lifted
     };
     let release = &plan.release;
     let namespace = &session.namespace;

@@ -165,6 +165,12 @@ pub(crate) fn status(
                     put(format!("  {name:<8} {v}"));
                 }
             }
+            if let Some(how) = l.enforcement {
+                put(match &l.enforcement_note {
+                    Some(note) => format!("  enforced {} ({note})", how.as_str()),
+                    None => format!("  enforced {}", how.as_str()),
+                });
+            }
         }
     }
     put(format!("upgrade:   {}", report.upgrade_message));
@@ -197,8 +203,8 @@ pub(crate) fn locks(rows: &[LockRow], scope: &str, format: OutputFormat) {
         return;
     }
     println!(
-        "{:<20} {:<16} {:<5} {:<20} {:<22} {:<12} REASON",
-        "NAMESPACE", "RELEASE", "KIND", "BY", "EXPIRES", "PIN"
+        "{:<20} {:<16} {:<5} {:<20} {:<22} {:<12} {:<16} REASON",
+        "NAMESPACE", "RELEASE", "KIND", "BY", "EXPIRES", "PIN", "ENFORCED"
     );
     for r in rows {
         let expires = match (&r.lock.expires, r.lock.expired) {
@@ -208,13 +214,14 @@ pub(crate) fn locks(rows: &[LockRow], scope: &str, format: OutputFormat) {
         };
         // Padded columns, but no trailing spaces when the last ones are empty.
         let row = format!(
-            "{:<20} {:<16} {:<5} {:<20} {:<22} {:<12} {}",
+            "{:<20} {:<16} {:<5} {:<20} {:<22} {:<12} {:<16} {}",
             r.namespace,
             r.release,
             r.lock.kind,
             r.lock.by.as_deref().unwrap_or("-"),
             expires,
             r.lock.pin.as_deref().unwrap_or("-"),
+            r.lock.enforcement.map_or("-", |e| e.as_str()),
             r.lock.reason.as_deref().unwrap_or("")
         );
         println!("{}", row.trim_end());

@@ -133,6 +133,13 @@ pub(crate) struct LockReport {
     /// The key the pin constrains, when not the chart version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pin_key: Option<String>,
+    /// `status`/`locks`: how the lock is enforced (`cluster policy`, `database trigger`,
+    /// `labels only`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<crate::enforce::Enforcement>,
+    /// Why a hard lock is not enforced by the cluster (`not enforced by the cluster: …`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforcement_note: Option<String>,
 }
 
 impl LockReport {
@@ -147,6 +154,8 @@ impl LockReport {
             expired: lock.expires_at.is_some_and(|t| t <= now_unix),
             pin: lock.pin.clone(),
             pin_key: lock.pin_key.clone(),
+            enforcement: None,
+            enforcement_note: None,
         }
     }
 }

@@ -10,6 +10,12 @@ use serde_json::Value;
 
 const NS: &str = "shared";
 const PREFIX: &str = "guarded-upgrade.io/";
+/// What `lock --hard` adds where the enforcement policy is not installed (issue 18).
+const NOT_ENFORCED: &str = "warning: the hard lock is not enforced by the cluster: the \
+     ValidatingAdmissionPolicy guarded-upgrade-hard-lock is not installed; a cluster admin \
+     installs it with `guarded-upgrade policy install` (see docs/locks.md); plain helm upgrade \
+     and install are refused (pending record), but helm rollback, helm uninstall and kubectl are \
+     not";
 
 /// The user the admin kubeconfig authenticates as: the default `--by` of a lock.
 fn who(b: &Bed) -> &'static str {
@@ -277,7 +283,10 @@ fn hard_lock_blocks_plain_helm(label: &str) {
     let before = b.history("db", NS);
     b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
         .expect_code(0, "lock --hard")
-        .assert_stderr(&[r#"locked: release "db" in "shared" (hard): freeze"#]);
+        .assert_stderr(&[
+            r#"locked: release "db" in "shared" (hard): freeze"#,
+            NOT_ENFORCED,
+        ]);
     let labels = labels_of(&b, "secrets", NS, &record("db", 1));
     assert_eq!(labels["status"], "pending-upgrade", "{labels:?}");
     assert_eq!(labels["guarded-upgrade.io/lock"], "hard", "{labels:?}");
@@ -494,9 +503,9 @@ fn locks_lists_all_namespaces(label: &str) {
     // Both locked releases, not `web`; padded columns without trailing spaces.
     let expires = cache["expires"].as_str().unwrap();
     run.assert_stdout(&[
-        "NAMESPACE            RELEASE          KIND  BY                   EXPIRES                PIN          REASON",
-        &format!("other                cache            pin   bob                  {expires}   1.0.x"),
-        "shared               db               soft  alice                -                      -            migration",
+        "NAMESPACE            RELEASE          KIND  BY                   EXPIRES                PIN          ENFORCED         REASON",
+        &format!("other                cache            pin   bob                  {expires}   1.0.x        labels only"),
+        "shared               db               soft  alice                -                      -            labels only      migration",
     ]);
 }
 
@@ -871,10 +880,13 @@ fn hard_lock_expiry_and_tampering(label: &str) {
 
     let run = b.guard(&["lock", "db", "--hard", "--expires", "2s", "-n", NS]);
     run.expect_code(0, "lock --hard --expires 2s");
-    run.assert_stderr(&[&format!(
-        "locked: release \"db\" in \"shared\" (hard), expires {}",
-        lock_field(&b, &[], "expires")
-    )]);
+    run.assert_stderr(&[
+        &format!(
+            "locked: release \"db\" in \"shared\" (hard), expires {}",
+            lock_field(&b, &[], "expires")
+        ),
+        NOT_ENFORCED,
+    ]);
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let run = b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
     run.expect_code(3, "expired hard lock");

@@ -10,6 +10,7 @@ mod argv;
 mod ci;
 mod completions;
 mod differential;
+mod enforce;
 mod failopen;
 mod guard;
 mod lock;

@@ -257,7 +257,7 @@ fn plugin_install_and_run(label: &str) {
     let complete = helm(&b, &["__complete", "guard", ""], &[]);
     complete.expect_code(0, "helm __complete guard");
     assert_eq!(
-        lines(&complete.stdout)[..9],
+        lines(&complete.stdout)[..10],
         [
             "check",
             "completions",
@@ -265,6 +265,7 @@ fn plugin_install_and_run(label: &str) {
             "lock",
             "locks",
             "man",
+            "policy",
             "status",
             "unlock",
             "upgrade"

@@ -1,0 +1,267 @@
+//! `policy install|uninstall|show|manifest`, and the enforcement steps `lock --hard`,
+//! `unlock`, `status` and `locks` take (issue 18; the model is in [`crate::enforce`]).
+
+use crate::decision::LockKind;
+use crate::enforce::{self, Availability, Enforcement, Lifted};
+use crate::error::{Error, Exit};
+use crate::lock::LockSpec;
+use crate::output::{self, report::LockReport};
+use crate::plan::PolicyPlan;
+use crate::storage::Store;
+
+/// Runs `policy …`.
+pub(super) async fn run(plan: PolicyPlan) -> Result<Exit, Error> {
+    let cluster = match &plan {
+        PolicyPlan::Manifest => {
+            print!("{}", enforce::manifest_yaml());
+            return Ok(Exit::Success);
+        }
+        PolicyPlan::Install(c) | PolicyPlan::Uninstall(c) | PolicyPlan::Show(c) => c,
+    };
+    let target = crate::cluster::connect(&cluster.flags, &cluster.env)
+        .await
+        .map_err(|source| Error::Connect {
+            release: None,
+            source: Box::new(source),
+        })?;
+    let client = target.client;
+    match plan {
+        PolicyPlan::Install(_) => {
+            let done = enforce::install(&client).await.map_err(policy_error)?;
+            for object in done {
+                output::progress(&format!("applied: {object}"));
+            }
+            output::progress(&format!(
+                "installed: ValidatingAdmissionPolicy {} version {}; `guarded-upgrade lock \
+                 RELEASE --hard` is now enforced by the cluster",
+                enforce::POLICY_NAME,
+                enforce::POLICY_VERSION
+            ));
+        }
+        PolicyPlan::Uninstall(_) => {
+            let done = enforce::uninstall(&client).await.map_err(policy_error)?;
+            for object in &done {
+                output::progress(&format!("deleted: {object}"));
+            }
+            output::progress(&if done.is_empty() {
+                "uninstalled: the policy was not installed".to_string()
+            } else {
+                "uninstalled: hard locks are no longer enforced by the cluster (labels only)"
+                    .to_string()
+            });
+        }
+        PolicyPlan::Show(_) => {
+            match enforce::policy_state(&client).await {
+                Ok(()) => println!(
+                    "policy:    installed (ValidatingAdmissionPolicy {} version {}, binding {})",
+                    enforce::POLICY_NAME,
+                    enforce::POLICY_VERSION,
+                    enforce::POLICY_NAME
+                ),
+                Err(why) => println!("policy:    {why}"),
+            }
+            match enforce::params_in(&client, None).await {
+                Ok(set) if set.is_empty() => println!("locks:     none enforced"),
+                Ok(set) => {
+                    for (ns, release) in set {
+                        println!("locks:     {release} in {ns}");
+                    }
+                }
+                Err(why) => println!("locks:     {why}"),
+            }
+        }
+        PolicyPlan::Manifest => unreachable!("handled above"),
+    }
+    Ok(Exit::Success)
+}
+
+fn policy_error(message: String) -> Error {
+    Error::Policy(message)
+}
+
+/// What `lock` learnt about enforcement before writing anything.
+pub(super) struct Before {
+    /// For a hard lock: whether the cluster can enforce it.
+    pub available: Option<Availability>,
+}
+
+/// Before `lock` writes: for a hard lock, can the cluster enforce it? With `--enforce`, a
+/// "no" ends the command here (exit 3, nothing written).
+pub(super) async fn before_lock(
+    session: &super::Session,
+    release: &str,
+    spec: &LockSpec,
+    enforce_required: bool,
+) -> Result<Before, Error> {
+    if spec.kind != LockKind::Hard {
+        return Ok(Before { available: None });
+    }
+    let available = enforce::availability(&session.client, &session.namespace, release).await;
+    if enforce_required {
+        if let Availability::Unavailable(why) = &available {
+            return Err(Error::Refused {
+                release: release.to_string(),
+                namespace: session.namespace.clone(),
+                message: format!(
+                    "--enforce: the hard lock cannot be enforced by the cluster: {why}; nothing \
+                     changed (without --enforce the lock is set, labels only)"
+                ),
+            });
+        }
+    }
+    Ok(Before {
+        available: Some(available),
+    })
+}
+
+/// Removes the cluster's enforcement of `release` before its records are rewritten (the
+/// policy would refuse those writes). True when there was one. When the lock's ConfigMap
+/// cannot even be read (no rights on configmaps: a labels-only lock), `hard` says a note;
+/// if the cluster does enforce the lock, the record writes are then refused by it.
+pub(super) async fn lift(
+    session: &super::Session,
+    release: &str,
+    hard: bool,
+    latest: Option<&str>,
+) -> Result<bool, Error> {
+    match enforce::remove_param(&session.client, &session.namespace, release).await {
+        Ok(Lifted::Deleted) => {
+            // The server drops the parameter from its cache a moment later: wait for it, so
+            // the record writes that follow are not refused.
+            if let (Some(record), false) = (latest, matches!(session.store, Store::Sql(_))) {
+                let kind = session.store_kind();
+                if let Err(why) =
+                    enforce::settle(&session.client, &session.namespace, kind, record, false).await
+                {
+                    output::note(&format!("lifted the cluster's enforcement, but {why}"));
+                }
+            }
+            Ok(true)
+        }
+        Ok(Lifted::Absent) => Ok(false),
+        Ok(Lifted::Unknown(why)) => {
+            if hard {
+                output::note(&format!(
+                    "{why}: if the cluster enforces this hard lock, the record writes are \
+                     refused; lifting it needs get and delete on configmaps (docs/locks.md)"
+                ));
+            }
+            Ok(false)
+        }
+        Err(why) => Err(Error::Refused {
+            release: release.to_string(),
+            namespace: session.namespace.clone(),
+            message: format!(
+                "cannot lift the cluster's enforcement of the lock first: {why}; nothing \
+                 changed on the records. Deleting the lock's ConfigMap needs get and delete on \
+                 configmaps in the namespace (docs/locks.md)"
+            ),
+        }),
+    }
+}
+
+/// After the records carry the hard lock: turn enforcement on, when available. Returns
+/// the line to print.
+pub(super) async fn impose(
+    session: &super::Session,
+    release: &str,
+    latest: &str,
+    spec: &LockSpec,
+    available: &Availability,
+    enforce_required: bool,
+) -> Result<EnforceOutcome, Error> {
+    let namespace = &session.namespace;
+    if let Availability::Unavailable(why) = available {
+        return Ok(EnforceOutcome::NotEnforced(why.clone()));
+    }
+    let unchanged = match enforce::read_param(&session.client, namespace, release).await {
+        Ok(Some(current)) => {
+            let wanted = enforce::param_object(release, namespace, spec);
+            current.data == wanted.data
+        }
+        _ => false,
+    };
+    let written = if unchanged {
+        Ok(())
+    } else {
+        enforce::put_param(&session.client, namespace, release, spec).await
+    };
+    // Only say "enforced" once the server refuses a (dry-run) change of the record.
+    let written = match written {
+        Ok(()) if !matches!(session.store, Store::Sql(_)) => {
+            let kind = session.store_kind();
+            enforce::settle(&session.client, namespace, kind, latest, true).await
+        }
+        other => other,
+    };
+    match written {
+        Ok(()) => Ok(EnforceOutcome::Enforced),
+        Err(why) if enforce_required => Err(Error::Refused {
+            release: release.to_string(),
+            namespace: namespace.clone(),
+            message: format!(
+                "--enforce: the hard lock is set (labels only) but the cluster does not enforce \
+                 it: {why}. Run the same command again, or `guarded-upgrade unlock {release} -n \
+                 {namespace}`"
+            ),
+        }),
+        Err(why) => Ok(EnforceOutcome::NotEnforced(why)),
+    }
+}
+
+/// How `lock --hard` ended, as far as the cluster is concerned.
+pub(super) enum EnforceOutcome {
+    /// The parameter is in place.
+    Enforced,
+    /// Labels only, and why.
+    NotEnforced(String),
+}
+
+impl EnforceOutcome {
+    /// The line `lock --hard` prints after `locked: …`.
+    pub(super) fn say(&self, release: &str, namespace: &str) {
+        match self {
+            EnforceOutcome::Enforced => output::progress(&format!(
+                "enforced: the cluster refuses changes to release {release:?} in {namespace:?} \
+                 (ValidatingAdmissionPolicy {}, ConfigMap {})",
+                enforce::POLICY_NAME,
+                enforce::param_name(release)
+            )),
+            EnforceOutcome::NotEnforced(why) => output::warning(&format!(
+                "the hard lock is {}; plain helm upgrade and install are refused (pending \
+                 record), but helm rollback, helm uninstall and kubectl are not",
+                enforce::not_enforced(why)
+            )),
+        }
+    }
+}
+
+/// Fills in how each lock is enforced (`status`, `locks`): soft and pin locks are labels
+/// only; a hard lock is `cluster policy` when its parameter and the policy are in place.
+pub(super) async fn describe(
+    client: &kube::Client,
+    store: &Store,
+    namespace: Option<&str>,
+    locks: &mut [(&str, &str, &mut LockReport)],
+) {
+    let any_hard = locks.iter().any(|(_, _, l)| l.kind == "hard");
+    let observed = if any_hard && !matches!(store, Store::Sql(_)) {
+        Some(enforce::Observed::read(client, namespace).await)
+    } else {
+        None
+    };
+    for (ns, release, lock) in locks.iter_mut() {
+        let (how, note) = match (&observed, lock.kind == "hard") {
+            (Some(o), true) => o.hard_lock(ns, release),
+            (None, true) => (
+                Enforcement::LabelsOnly,
+                Some(enforce::not_enforced(
+                    "HELM_DRIVER=sql records are not protected by the admission policy",
+                )),
+            ),
+            _ => (Enforcement::LabelsOnly, None),
+        };
+        lock.enforcement = Some(how);
+        lock.enforcement_note = note;
+    }
+}

@@ -1,0 +1,820 @@
+//! Enforced hard locks: the cluster itself refuses changes to a hard-locked release.
+//!
+//! A cluster admin installs one ValidatingAdmissionPolicy (`guarded-upgrade policy
+//! install`, or `deploy/hard-lock-policy.yaml`, generated from [`manifest_yaml`]). Its
+//! parameters are ConfigMaps named `guarded-upgrade-lock-<release>` in the release's
+//! namespace, created by `lock --hard` and deleted by `unlock` (first, before any record is
+//! rewritten, so an interrupted unlock is re-run without being refused by the policy). For
+//! each such ConfigMap the API server denies, in that namespace:
+//! - CREATE of a record of the release (Secret or ConfigMap labelled `owner=helm`,
+//!   `name=<release>`): helm upgrade/install/rollback;
+//! - UPDATE or DELETE of such a record (`kubectl edit/label/delete secret`, helm uninstall);
+//! - DELETE of any namespaced object annotated `meta.helm.sh/release-name=<release>` and
+//!   `meta.helm.sh/release-namespace=<namespace>` (helm uninstall, `kubectl delete`).
+//!
+//! The policy only acts through parameters carrying the tool's labels whose name matches
+//! the release they name, so it cannot lock a release nobody locked with the tool.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{json, Value};
+
+use crate::lock::LockSpec;
+use crate::storage::{error_chain, StoreError};
+use crate::time::format_rfc3339;
+
+/// Name of the ValidatingAdmissionPolicy, its binding, and the reader ClusterRole(Binding).
+pub const POLICY_NAME: &str = "guarded-upgrade-hard-lock";
+/// ClusterRole (and binding) that lets every authenticated user read the policy, so that
+/// `lock --hard` and `status` can tell whether the cluster enforces locks.
+pub const READER_NAME: &str = "guarded-upgrade-hard-lock-reader";
+/// Version of the policy's rules; an installed policy older than this is re-installed.
+pub const POLICY_VERSION: u32 = 1;
+/// Annotation carrying [`POLICY_VERSION`] on the installed policy.
+const VERSION_ANNOTATION: &str = "guarded-upgrade.io/policy-version";
+/// Prefix of the parameter ConfigMap's name: `guarded-upgrade-lock-<release>`.
+pub const PARAM_PREFIX: &str = "guarded-upgrade-lock-";
+/// Labels every parameter carries; the binding selects parameters by them.
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "guarded-upgrade");
+const PARAM_LABEL: (&str, &str) = ("guarded-upgrade.io/hard-lock", "true");
+/// Field manager of the tool's writes.
+const FIELD_MANAGER: &str = "guarded-upgrade";
+
+/// The parameter ConfigMap's name for `release`.
+pub fn param_name(release: &str) -> String {
+    format!("{PARAM_PREFIX}{release}")
+}
+
+/// How a lock is enforced, as `status` and `locks` say it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Enforcement {
+    /// The API server refuses changes (ValidatingAdmissionPolicy).
+    #[serde(rename = "cluster policy")]
+    ClusterPolicy,
+    /// Only the labels (and, for a hard lock, helm's pending status) stand in the way.
+    #[serde(rename = "labels only")]
+    LabelsOnly,
+}
+
+impl Enforcement {
+    /// The words used in text output and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::ClusterPolicy => "cluster policy",
+            Enforcement::LabelsOnly => "labels only",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The manifest: one source for `policy install`, `policy manifest` and the committed file.
+// ---------------------------------------------------------------------------------------
+
+/// `request` is a record (Secret/ConfigMap) whose labels in `obj` name the locked release.
+fn record_of(obj: &str) -> String {
+    format!(
+        "variables.recordKind && has({obj}.metadata.labels) && \
+         'owner' in {obj}.metadata.labels && {obj}.metadata.labels['owner'] == 'helm' && \
+         'name' in {obj}.metadata.labels && {obj}.metadata.labels['name'] == variables.release"
+    )
+}
+
+/// The ValidatingAdmissionPolicy.
+fn policy_object() -> Value {
+    let (mk, mv) = MANAGED_BY;
+    let (pk, pv) = PARAM_LABEL;
+    let message = [
+        "'release \"' + variables.release + '\" in namespace \"' + request.namespace + '\" is hard-locked'",
+        "(params.data.reason != '' ? ': ' + params.data.reason : '')",
+        "' (locked by ' + (params.data.by != '' ? params.data.by : 'unknown') + ' since ' + params.data.since + ')'",
+        "'; ' + request.operation.lowerAscii() + ' of ' + request.resource.resource + ' \"' + request.name + '\" refused by guarded-upgrade'",
+        "'. To change the release, first run: guarded-upgrade unlock ' + variables.release + ' -n ' + request.namespace",
+    ]
+    .join(" + ");
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {
+            "name": POLICY_NAME,
+            "labels": { mk: mv },
+            "annotations": { VERSION_ANNOTATION: POLICY_VERSION.to_string() },
+        },
+        "spec": {
+            "failurePolicy": "Fail",
+            "paramKind": { "apiVersion": "v1", "kind": "ConfigMap" },
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["secrets", "configmaps"],
+                        "operations": ["CREATE", "UPDATE", "DELETE"],
+                        "scope": "Namespaced",
+                    },
+                    {
+                        "apiGroups": ["*"],
+                        "apiVersions": ["*"],
+                        "resources": ["*"],
+                        "operations": ["DELETE"],
+                        "scope": "Namespaced",
+                    },
+                ],
+            },
+            "variables": [
+                {
+                    "name": "release",
+                    "expression": "has(params.data) && 'release' in params.data ? params.data.release : ''",
+                },
+                {
+                    "name": "mine",
+                    "expression": format!(
+                        "variables.release != '' && params.metadata.name == '{PARAM_PREFIX}' + variables.release && \
+                         has(params.metadata.labels) && '{mk}' in params.metadata.labels && \
+                         params.metadata.labels['{mk}'] == '{mv}' && '{pk}' in params.metadata.labels && \
+                         params.metadata.labels['{pk}'] == '{pv}'"
+                    ),
+                },
+                {
+                    "name": "recordKind",
+                    "expression": "request.resource.group == '' && (request.resource.resource == 'secrets' || request.resource.resource == 'configmaps')",
+                },
+                {
+                    "name": "newRecord",
+                    "expression": format!("request.operation != 'DELETE' && {}", record_of("object")),
+                },
+                {
+                    "name": "oldRecord",
+                    "expression": format!("request.operation != 'CREATE' && {}", record_of("oldObject")),
+                },
+                {
+                    "name": "releaseObject",
+                    "expression": "request.operation == 'DELETE' && has(oldObject.metadata.annotations) && \
+                         'meta.helm.sh/release-name' in oldObject.metadata.annotations && \
+                         oldObject.metadata.annotations['meta.helm.sh/release-name'] == variables.release && \
+                         'meta.helm.sh/release-namespace' in oldObject.metadata.annotations && \
+                         oldObject.metadata.annotations['meta.helm.sh/release-namespace'] == request.namespace",
+                },
+            ],
+            "validations": [
+                {
+                    "expression": "!variables.mine || !(variables.newRecord || variables.oldRecord || variables.releaseObject)",
+                    "messageExpression": message,
+                    "message": "the release is hard-locked by guarded-upgrade; run `guarded-upgrade unlock RELEASE -n NAMESPACE` first",
+                    "reason": "Forbidden",
+                },
+            ],
+        },
+    })
+}
+
+/// The binding: every namespace, parameters found by the tool's labels in the request's
+/// namespace, no parameter = nothing locked there.
+fn binding_object() -> Value {
+    let (mk, mv) = MANAGED_BY;
+    let (pk, pv) = PARAM_LABEL;
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": { "name": POLICY_NAME, "labels": { mk: mv } },
+        "spec": {
+            "policyName": POLICY_NAME,
+            "validationActions": ["Deny"],
+            "paramRef": {
+                "selector": { "matchLabels": { mk: mv, pk: pv } },
+                "parameterNotFoundAction": "Allow",
+            },
+        },
+    })
+}
+
+/// Read access to the policy and its binding for every authenticated user.
+fn reader_objects() -> [Value; 2] {
+    let (mk, mv) = MANAGED_BY;
+    [
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": { "name": READER_NAME, "labels": { mk: mv } },
+            "rules": [{
+                "apiGroups": ["admissionregistration.k8s.io"],
+                "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings"],
+                "resourceNames": [POLICY_NAME],
+                "verbs": ["get"],
+            }],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": { "name": READER_NAME, "labels": { mk: mv } },
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": READER_NAME,
+            },
+            "subjects": [{
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Group",
+                "name": "system:authenticated",
+            }],
+        }),
+    ]
+}
+
+/// Every object `policy install` applies, in order.
+pub fn manifest_objects() -> Vec<Value> {
+    let [role, role_binding] = reader_objects();
+    vec![policy_object(), binding_object(), role, role_binding]
+}
+
+/// The manifest as YAML: what `policy manifest` prints and `deploy/hard-lock-policy.yaml`
+/// holds.
+pub fn manifest_yaml() -> String {
+    let mut out = String::from(
+        "# guarded-upgrade: enforced hard locks (docs/locks.md).\n\
+         # Generated by `guarded-upgrade policy manifest`; `guarded-upgrade policy install`\n\
+         # applies exactly these objects. Needs Kubernetes >= 1.30 (admissionregistration.k8s.io/v1).\n",
+    );
+    for object in manifest_objects() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&object).expect("the manifest serialises"));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// What the cluster offers: the policy installed, and the right to create parameters.
+// ---------------------------------------------------------------------------------------
+
+/// Whether this cluster can enforce a hard lock in a namespace, and if not, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// The policy is installed and the user may create and delete parameters.
+    Ready,
+    /// Not possible; the text says why and what to do.
+    Unavailable(String),
+}
+
+/// A failed request, said in one line.
+fn said(e: kube::Error) -> (Option<u16>, String) {
+    let e = StoreError::from(e);
+    (e.code(), error_chain(&e))
+}
+
+/// Checks the policy and its binding are installed and current (no writes).
+pub async fn policy_state(client: &Client) -> Result<(), String> {
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let install =
+        "a cluster admin installs it with `guarded-upgrade policy install` (see docs/locks.md)";
+    let policy = match policies.get_opt(POLICY_NAME).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return Err(match served(client).await {
+                Some(false) => "this API server does not serve ValidatingAdmissionPolicy \
+                     (admissionregistration.k8s.io/v1, Kubernetes 1.30 or later)"
+                    .to_string(),
+                _ => format!(
+                    "the ValidatingAdmissionPolicy {POLICY_NAME} is not installed; {install}"
+                ),
+            })
+        }
+        Err(e) => {
+            let (code, text) = said(e);
+            return Err(match code {
+                Some(404) => "this API server does not serve ValidatingAdmissionPolicy \
+                     (admissionregistration.k8s.io/v1, Kubernetes 1.30 or later)"
+                    .to_string(),
+                _ => format!("cannot read the ValidatingAdmissionPolicy {POLICY_NAME} ({text}); {install}, which also lets every user read it"),
+            });
+        }
+    };
+    let version = policy
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(VERSION_ANNOTATION))
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    if version < POLICY_VERSION {
+        return Err(format!(
+            "the installed ValidatingAdmissionPolicy {POLICY_NAME} is version {version}, this \
+             guarded-upgrade needs version {POLICY_VERSION}; a cluster admin re-runs \
+             `guarded-upgrade policy install`"
+        ));
+    }
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    match bindings.get_opt(POLICY_NAME).await {
+        Ok(Some(b)) => {
+            let denies = b
+                .spec
+                .as_ref()
+                .and_then(|s| s.validation_actions.as_ref())
+                .is_some_and(|a| a.iter().any(|x| x == "Deny"));
+            if denies {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the ValidatingAdmissionPolicyBinding {POLICY_NAME} does not deny; {install}"
+                ))
+            }
+        }
+        Ok(None) => Err(format!(
+            "the ValidatingAdmissionPolicyBinding {POLICY_NAME} is not installed; {install}"
+        )),
+        Err(e) => Err(format!(
+            "cannot read the ValidatingAdmissionPolicyBinding {POLICY_NAME} ({}); {install}",
+            said(e).1
+        )),
+    }
+}
+
+/// Whether the server lists validatingadmissionpolicies in admissionregistration.k8s.io/v1
+/// (None: cannot tell).
+async fn served(client: &Client) -> Option<bool> {
+    let request = http::Request::get("/apis/admissionregistration.k8s.io/v1")
+        .body(Vec::new())
+        .ok()?;
+    match client.request::<Value>(request).await {
+        Ok(list) => Some(
+            list["resources"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|x| x["name"] == "validatingadmissionpolicies")),
+        ),
+        Err(e) => match said(e).0 {
+            Some(404) => Some(false),
+            _ => None,
+        },
+    }
+}
+
+/// Whether the user may `verb` configmaps in `namespace` (SelfSubjectAccessReview).
+async fn may(client: &Client, namespace: &str, verb: &str) -> Result<bool, String> {
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.to_string()),
+                verb: Some(verb.to_string()),
+                resource: Some("configmaps".to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match reviews.create(&PostParams::default(), &review).await {
+        Ok(r) => Ok(r.status.is_some_and(|s| s.allowed)),
+        Err(e) => Err(said(e).1),
+    }
+}
+
+/// Can a hard lock on `release` in `namespace` be enforced by this cluster, for this user?
+/// Reads only (the policy, its binding, two access reviews).
+pub async fn availability(client: &Client, namespace: &str, release: &str) -> Availability {
+    if let Err(why) = policy_state(client).await {
+        return Availability::Unavailable(why);
+    }
+    let param = param_name(release);
+    for verb in ["create", "delete"] {
+        match may(client, namespace, verb).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Availability::Unavailable(format!(
+                    "you may not {verb} configmaps in namespace {namespace:?}, which the lock's \
+                     ConfigMap {param} needs (see docs/locks.md for the Role)"
+                ))
+            }
+            Err(e) => {
+                return Availability::Unavailable(format!(
+                    "cannot check whether you may {verb} configmaps in namespace \
+                     {namespace:?} ({e})"
+                ))
+            }
+        }
+    }
+    Availability::Ready
+}
+
+// ---------------------------------------------------------------------------------------
+// The parameter ConfigMap of one release.
+// ---------------------------------------------------------------------------------------
+
+/// The parameter for a hard lock `spec` on `release`.
+pub fn param_object(release: &str, namespace: &str, spec: &LockSpec) -> ConfigMap {
+    let (mk, mv) = MANAGED_BY;
+    let (pk, pv) = PARAM_LABEL;
+    let data = BTreeMap::from([
+        ("release".to_string(), release.to_string()),
+        (
+            "reason".to_string(),
+            spec.reason.clone().unwrap_or_default(),
+        ),
+        ("by".to_string(), spec.by.clone().unwrap_or_default()),
+        ("since".to_string(), format_rfc3339(spec.since)),
+    ]);
+    ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(param_name(release)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([
+                (mk.to_string(), mv.to_string()),
+                (pk.to_string(), pv.to_string()),
+            ])),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// Reads the parameter of `release`: Some when present.
+pub async fn read_param(
+    client: &Client,
+    namespace: &str,
+    release: &str,
+) -> Result<Option<ConfigMap>, String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let name = param_name(release);
+    api.get_opt(&name).await.map_err(|e| {
+        format!(
+            "cannot read the ConfigMap {name} in namespace {namespace:?} ({})",
+            said(e).1
+        )
+    })
+}
+
+/// Creates (or brings up to date) the parameter: from now on the cluster enforces the lock.
+pub async fn put_param(
+    client: &Client,
+    namespace: &str,
+    release: &str,
+    spec: &LockSpec,
+) -> Result<(), String> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let wanted = param_object(release, namespace, spec);
+    let name = param_name(release);
+    let failed = |e: kube::Error| {
+        format!(
+            "cannot write the ConfigMap {name} in namespace {namespace:?} ({})",
+            said(e).1
+        )
+    };
+    match api.create(&PostParams::default(), &wanted).await {
+        Ok(_) => Ok(()),
+        Err(e) if said_code(&e) == Some(409) => {
+            let Some(mut current) = api.get_opt(&name).await.map_err(failed)? else {
+                return Box::pin(put_param(client, namespace, release, spec)).await;
+            };
+            if current.data == wanted.data && current.metadata.labels == wanted.metadata.labels {
+                return Ok(());
+            }
+            current.data = wanted.data;
+            current.metadata.labels = wanted.metadata.labels;
+            api.replace(&name, &PostParams::default(), &current)
+                .await
+                .map(|_| ())
+                .map_err(failed)
+        }
+        Err(e) => Err(failed(e)),
+    }
+}
+
+fn said_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// What removing a parameter did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lifted {
+    /// There was one; it is gone: the cluster no longer enforces the lock.
+    Deleted,
+    /// There was none.
+    Absent,
+    /// It could not be read (e.g. no `get` on configmaps): not known whether there is one.
+    Unknown(String),
+}
+
+/// Deletes the parameter (enforcement off). Reads first, so an unlocked release costs no
+/// write.
+pub async fn remove_param(
+    client: &Client,
+    namespace: &str,
+    release: &str,
+) -> Result<Lifted, String> {
+    let current = match read_param(client, namespace, release).await {
+        Ok(Some(current)) => current,
+        Ok(None) => return Ok(Lifted::Absent),
+        Err(why) => return Ok(Lifted::Unknown(why)),
+    };
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let name = param_name(release);
+    let params = DeleteParams {
+        preconditions: current.metadata.uid.map(|uid| kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => Ok(Lifted::Deleted),
+        Err(e) if said_code(&e) == Some(404) => Ok(Lifted::Absent),
+        Err(e) => Err(format!(
+            "cannot delete the ConfigMap {name} in namespace {namespace:?} ({})",
+            said(e).1
+        )),
+    }
+}
+
+/// The releases with a parameter, in `namespace` or everywhere (`None`).
+pub async fn params_in(
+    client: &Client,
+    namespace: Option<&str>,
+) -> Result<BTreeSet<(String, String)>, String> {
+    let api: Api<ConfigMap> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (mk, mv) = MANAGED_BY;
+    let (pk, pv) = PARAM_LABEL;
+    let list = api
+        .list_metadata(&ListParams::default().labels(&format!("{mk}={mv},{pk}={pv}")))
+        .await
+        .map_err(|e| {
+            let scope =
+                namespace.map_or("all namespaces".to_string(), |n| format!("namespace {n:?}"));
+            format!("cannot list lock ConfigMaps in {scope} ({})", said(e).1)
+        })?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|m| {
+            let name = m.metadata.name?;
+            let release = name.strip_prefix(PARAM_PREFIX)?.to_string();
+            Some((m.metadata.namespace.unwrap_or_default(), release))
+        })
+        .collect())
+}
+
+/// How the hard locks of a namespace (or all) are enforced, read once for `status`/`locks`.
+pub struct Observed {
+    policy: Result<(), String>,
+    params: Result<BTreeSet<(String, String)>, String>,
+}
+
+impl Observed {
+    /// Reads the policy and the parameters.
+    pub async fn read(client: &Client, namespace: Option<&str>) -> Observed {
+        Observed {
+            policy: policy_state(client).await,
+            params: params_in(client, namespace).await,
+        }
+    }
+
+    /// How a hard lock on `release` in `namespace` is enforced, and why not when it is
+    /// not.
+    pub fn hard_lock(&self, namespace: &str, release: &str) -> (Enforcement, Option<String>) {
+        if let Err(why) = &self.policy {
+            return (Enforcement::LabelsOnly, Some(not_enforced(why)));
+        }
+        match &self.params {
+            Err(why) => (Enforcement::LabelsOnly, Some(not_enforced(why))),
+            Ok(set) if set.contains(&(namespace.to_string(), release.to_string())) => {
+                (Enforcement::ClusterPolicy, None)
+            }
+            Ok(_) => (
+                Enforcement::LabelsOnly,
+                Some(not_enforced(&format!(
+                    "no ConfigMap {} in namespace {namespace:?}; run `guarded-upgrade lock \
+                     {release} --hard -n {namespace}` again to enforce it",
+                    param_name(release)
+                ))),
+            ),
+        }
+    }
+}
+
+/// How long the API server may take to start (or stop) enforcing after the parameter is
+/// created (or deleted): admission policies and their parameters reach the server through
+/// informers, so there is a short window.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Waits until the API server enforces (`want_denied`) or no longer enforces the lock on
+/// the record `record` (`kind` `Secret` or `ConfigMap`), probing with a dry-run no-op patch
+/// of the record (nothing is written; needs `patch` on it, as `lock` does).
+pub async fn settle(
+    client: &Client,
+    namespace: &str,
+    kind: &str,
+    record: &str,
+    want_denied: bool,
+) -> Result<(), String> {
+    let plural = if kind == "ConfigMap" {
+        "configmaps"
+    } else {
+        "secrets"
+    };
+    let path = format!("/api/v1/namespaces/{namespace}/{plural}/{record}?dryRun=All");
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let request = http::Request::patch(path.as_str())
+            .header("Content-Type", "application/merge-patch+json")
+            .body(b"{}".to_vec())
+            .map_err(|e| e.to_string())?;
+        let denied = match client.request::<Value>(request).await {
+            Ok(_) => false,
+            Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains(POLICY_NAME) => true,
+            Err(e) => {
+                return Err(format!(
+                    "cannot check it with a dry-run patch of {kind} {record} ({})",
+                    said(e).1
+                ))
+            }
+        };
+        if denied == want_denied {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the API server still {} a dry-run change of {kind} {record} after {}s",
+                if want_denied { "accepts" } else { "refuses" },
+                SETTLE.as_secs()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// `not enforced by the cluster: WHY`.
+pub fn not_enforced(why: &str) -> String {
+    format!("not enforced by the cluster: {why}")
+}
+
+// ---------------------------------------------------------------------------------------
+// `policy install` / `uninstall`.
+// ---------------------------------------------------------------------------------------
+
+/// Applies every object of the manifest (server-side apply, forced: the manifest wins).
+pub async fn install(client: &Client) -> Result<Vec<String>, String> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut done = Vec::new();
+    for object in manifest_objects() {
+        let kind = object["kind"].as_str().unwrap_or_default().to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let patch = Patch::Apply(&object);
+        let result = match kind.as_str() {
+            "ValidatingAdmissionPolicy" => Api::<ValidatingAdmissionPolicy>::all(client.clone())
+                .patch(&name, &params, &patch)
+                .await
+                .map(|_| ()),
+            "ValidatingAdmissionPolicyBinding" => {
+                Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+                    .patch(&name, &params, &patch)
+                    .await
+                    .map(|_| ())
+            }
+            "ClusterRole" => Api::<ClusterRole>::all(client.clone())
+                .patch(&name, &params, &patch)
+                .await
+                .map(|_| ()),
+            _ => Api::<ClusterRoleBinding>::all(client.clone())
+                .patch(&name, &params, &patch)
+                .await
+                .map(|_| ()),
+        };
+        result.map_err(|e| {
+            let applied = if done.is_empty() {
+                "nothing was applied".to_string()
+            } else {
+                format!("applied so far: {}", done.join(", "))
+            };
+            format!(
+                "cannot apply {kind} {name} ({}); {applied}. Installing the policy needs a \
+                 cluster admin (create/patch on validatingadmissionpolicies, \
+                 validatingadmissionpolicybindings, clusterroles, clusterrolebindings)",
+                said(e).1
+            )
+        })?;
+        done.push(format!("{kind} {name}"));
+    }
+    Ok(done)
+}
+
+/// Deletes the policy objects (binding first: enforcement stops at once). Returns what was
+/// deleted.
+pub async fn uninstall(client: &Client) -> Result<Vec<String>, String> {
+    let dp = DeleteParams::default();
+    let mut done = Vec::new();
+    let mut step = |kind: &str, name: &str, r: Result<(), kube::Error>| match r {
+        Ok(()) => {
+            done.push(format!("{kind} {name}"));
+            Ok(())
+        }
+        Err(e) if said_code(&e) == Some(404) => Ok(()),
+        Err(e) => Err(format!("cannot delete {kind} {name} ({})", said(e).1)),
+    };
+    step(
+        "ValidatingAdmissionPolicyBinding",
+        POLICY_NAME,
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+            .delete(POLICY_NAME, &dp)
+            .await
+            .map(|_| ()),
+    )?;
+    step(
+        "ValidatingAdmissionPolicy",
+        POLICY_NAME,
+        Api::<ValidatingAdmissionPolicy>::all(client.clone())
+            .delete(POLICY_NAME, &dp)
+            .await
+            .map(|_| ()),
+    )?;
+    step(
+        "ClusterRoleBinding",
+        READER_NAME,
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .delete(READER_NAME, &dp)
+            .await
+            .map(|_| ()),
+    )?;
+    step(
+        "ClusterRole",
+        READER_NAME,
+        Api::<ClusterRole>::all(client.clone())
+            .delete(READER_NAME, &dp)
+            .await
+            .map(|_| ()),
+    )?;
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One source of truth: the committed manifest is what `policy install` applies.
+    #[test]
+    fn committed_manifest_is_generated() {
+        let committed = include_str!("../deploy/hard-lock-policy.yaml");
+        assert!(
+            committed == manifest_yaml(),
+            "deploy/hard-lock-policy.yaml differs from `guarded-upgrade policy manifest`; \
+             regenerate it with `cargo run -q -- policy manifest > deploy/hard-lock-policy.yaml`"
+        );
+    }
+
+    #[test]
+    fn manifest_round_trips_as_yaml_documents() {
+        let docs: Vec<Value> = manifest_yaml()
+            .split("\n---\n")
+            .skip(1)
+            .map(|d| serde_yaml::from_str(d).unwrap())
+            .collect();
+        let objects = manifest_objects();
+        // The header comment comes before the first `---`.
+        assert_eq!(docs, objects);
+        assert_eq!(objects[0]["metadata"]["name"], POLICY_NAME);
+        assert_eq!(
+            objects[1]["spec"]["paramRef"]["parameterNotFoundAction"],
+            "Allow"
+        );
+    }
+
+    #[test]
+    fn param_names_the_release_and_carries_the_selector_labels() {
+        let spec = LockSpec {
+            kind: crate::decision::LockKind::Hard,
+            reason: Some("freeze".into()),
+            by: None,
+            since: 1_700_000_000,
+            expires_at: None,
+            pin: None,
+            pin_key: None,
+        };
+        let p = param_object("db", "shared", &spec);
+        assert_eq!(p.metadata.name.as_deref(), Some("guarded-upgrade-lock-db"));
+        let data = p.data.unwrap();
+        assert_eq!(data["release"], "db");
+        assert_eq!(data["reason"], "freeze");
+        assert_eq!(data["by"], "");
+        assert_eq!(data["since"], "2023-11-14T22:13:20Z");
+        let selector = &binding_object()["spec"]["paramRef"]["selector"]["matchLabels"];
+        for (k, v) in p.metadata.labels.unwrap() {
+            assert_eq!(selector[&k], v.as_str());
+        }
+    }
+}
