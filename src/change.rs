@@ -481,10 +481,10 @@ fn labels_flags(helm_args: &[String]) -> Vec<(String, String)> {
             helm_args.get(i).cloned()
         } else if let Some(v) = arg.strip_prefix("--labels=") {
             Some(v.to_string())
-        } else if let Some(v) = arg.strip_prefix("-l").filter(|_| !arg.starts_with("--")) {
-            Some(v.trim_start_matches('=').to_string())
         } else {
-            None
+            arg.strip_prefix("-l")
+                .filter(|_| !arg.starts_with("--"))
+                .map(|v| v.trim_start_matches('=').to_string())
         };
         for item in value
             .unwrap_or_default()
@@ -756,7 +756,8 @@ mod tests {
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         let dev_fd = format!("/dev/fd/{}", fds[0]);
         let stdin = Ok(vec![Source::Stdin]);
-        let cases: Vec<(Vec<&str>, Result<Vec<Source>, String>)> =
+        type Case<'a> = (Vec<&'a str>, Result<Vec<Source>, String>);
+        let cases: Vec<Case> =
             vec![
             (vec!["db", "c", "-f", "-"], stdin.clone()),
             (vec!["db", "c", "--values=-"], stdin.clone()),
