@@ -729,8 +729,17 @@ impl Cluster {
         v
     }
 
-    /// Deletes one object; true when it existed.
+    /// Deletes one object; true when it existed. A namespace is removed for good, with what
+    /// it holds, as a namespace controller would (none runs here).
     pub fn delete_object(&self, resource: &str, namespace: Option<&str>, name: &str) -> bool {
+        if resource == "namespaces" {
+            if self.get("namespaces", None, name).is_none() {
+                return false;
+            }
+            self.empty_namespace(name);
+            self.remove_namespace(name);
+            return true;
+        }
         let path = admin::path(resource, namespace, Some(name));
         match self.admin.send("DELETE", &path, None) {
             (200 | 202, _) => true,

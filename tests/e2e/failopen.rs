@@ -186,10 +186,8 @@ fn guard_never_runs_the_shim_as_helm(label: &str) {
 fn kubeconfig_namespace_is_validated(label: &str) {
     let b = bed(label);
     let text = std::fs::read_to_string(b.api.kubeconfig()).unwrap();
-    let bad = text.replace(
-        "    cluster: standin\n",
-        "    cluster: standin\n    namespace: ../../apis/x\n",
-    );
+    let context = format!("    cluster: {}\n", b.api.context());
+    let bad = text.replace(&context, &format!("{context}    namespace: ../../apis/x\n"));
     assert_ne!(bad, text, "kubeconfig shape changed");
     let kubeconfig = b.home().join("bad-namespace.yaml");
     std::fs::write(&kubeconfig, bad).unwrap();
@@ -199,12 +197,14 @@ fn kubeconfig_namespace_is_validated(label: &str) {
         &["upgrade", "--install", "db", &c],
         &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
     );
-    r.expect_code(2, "invalid context namespace").assert_error(
-        "cannot decide for release \"db\": the namespace from kubeconfig context \"standin\" is \
+    r.expect_code(2, "invalid context namespace")
+        .assert_error(&format!(
+            "cannot decide for release \"db\": the namespace from kubeconfig context {:?} is \
          unusable: namespace \"../../apis/x\" contains '.' at position 1; a namespace is a \
          DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter \
          or digit, at most 63 characters; fix it there, or pass -n NAMESPACE; helm was not run",
-    );
+            b.api.context()
+        ));
     assert!(b.api.requests().is_empty(), "a request was sent");
 }
 

@@ -391,7 +391,11 @@ fn namespaces(label: &str) {
         "{}",
         run.stderr
     );
-    assert!(!run.stderr.contains("mutex"), "{}", run.stderr);
+    // The decision ran unserialized, and says why (issue 17: never silently).
+    run.assert_stderr_line(
+        "note: running unserialized: namespace \"missing\" does not exist, so the mutex (a \
+         Lease in it) cannot be taken",
+    );
 }
 
 /// SIGTERM to guarded-upgrade reaches helm (which marks its release failed and exits), and
