@@ -608,7 +608,7 @@ impl Observed {
 /// How long the API server may take to start (or stop) enforcing after the parameter is
 /// created (or deleted): admission policies and their parameters reach the server through
 /// informers, so there is a short window.
-const SETTLE: std::time::Duration = std::time::Duration::from_secs(15);
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Waits until the API server enforces (`want_denied`) or no longer enforces the lock on
 /// the record `record` (`kind` `Secret` or `ConfigMap`), probing with a dry-run no-op patch

@@ -43,12 +43,21 @@ pub(super) async fn run(plan: PolicyPlan) -> Result<Exit, Error> {
             for object in &done {
                 output::progress(&format!("deleted: {object}"));
             }
-            output::progress(&if done.is_empty() {
-                "uninstalled: the policy was not installed".to_string()
+            if done.is_empty() {
+                output::progress("uninstalled: the policy was not installed");
             } else {
-                "uninstalled: hard locks are no longer enforced by the cluster (labels only)"
-                    .to_string()
-            });
+                output::progress(
+                    "uninstalled: hard locks are no longer enforced by the cluster (labels only)",
+                );
+                // Found on the real kube-apiserver (v1.37): a policy whose ConfigMap
+                // parameters lost their binding is not enforced again until a restart.
+                output::note(
+                    "kube-apiserver stops reading ConfigMap parameters of an admission policy \
+                     once its binding is gone (kubernetes/kubernetes#130887): after a later \
+                     `guarded-upgrade policy install`, restart each kube-apiserver, or `lock \
+                     --hard` will report the lock as not enforced",
+                );
+            }
         }
         PolicyPlan::Show(_) => {
             match enforce::policy_state(&client).await {

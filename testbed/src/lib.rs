@@ -797,6 +797,12 @@ impl Cluster {
                 self.remove_namespace(ns);
             }
         }
+        // kube-apiserver stops resolving a built-in `paramKind` (ConfigMap) for good once a
+        // policy using it has no binding for a moment (kubernetes/kubernetes#130887, open
+        // in v1.37): a later test's policy would never see its parameters. So a server
+        // whose admission policy bindings are removed is restarted, as an operator would
+        // have to.
+        let bindings = self.list("validatingadmissionpolicybindings", None);
         for plural in [
             "validatingadmissionpolicybindings",
             "validatingadmissionpolicies",
@@ -804,6 +810,9 @@ impl Cluster {
             let k = admin::kind_of(plural);
             self.admin
                 .send("DELETE", &format!("{}/{}", k.prefix, k.plural), None);
+        }
+        if !bindings.is_empty() {
+            self.plane.restart("kube-apiserver", self.index);
         }
         for plural in ["clusterrolebindings", "clusterroles"] {
             for obj in self.list(plural, None) {

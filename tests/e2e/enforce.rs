@@ -424,6 +424,10 @@ fn relock_while_enforced(label: &str) {
             "deleted: ClusterRoleBinding guarded-upgrade-hard-lock-reader",
             "deleted: ClusterRole guarded-upgrade-hard-lock-reader",
             "uninstalled: hard locks are no longer enforced by the cluster (labels only)",
+            "note: kube-apiserver stops reading ConfigMap parameters of an admission policy \
+             once its binding is gone (kubernetes/kubernetes#130887): after a later `guarded-upgrade \
+             policy install`, restart each kube-apiserver, or `lock --hard` will report the lock \
+             as not enforced",
         ]);
 }
 
