@@ -687,6 +687,7 @@ fn lock_owner(label: &str) {
         "lock:      soft",
         "  by       alice",
         &format!("  since    {since}"),
+        "  enforced labels only",
         &format!(
             "upgrade:   skip: release \"db\" in \"shared\" is at 1.0.0 (revision 1); upgrades \
              are not applied: soft lock by alice since {since}"

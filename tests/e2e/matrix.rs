@@ -354,15 +354,24 @@ fn without_mutex(text: &str) -> String {
 /// stderr without retry notices (what `check` said, to compare with the fault-free run).
 fn decision_text(run: &Run) -> String {
     // Retry notices and mutex waits report a retried transient fault, and a forbidden Lease
-    // lets lock/unlock run unserialized with a warning; the rest must match.
+    // lets lock/unlock run unserialized with a warning; the rest must match. A fault while
+    // the tool looks for the hard-lock policy changes only the reason the lock is not
+    // enforced by the cluster (the claim itself stays: labels only), and a fault reading the
+    // enforcement's ConfigMap during unlock is a note (the server refuses the record writes
+    // if the lock is enforced).
+    const NOT_ENFORCED: &str = "warning: the hard lock is not enforced by the cluster: ";
     run.stderr
         .lines()
         .filter(|l| {
             !l.starts_with("guarded-upgrade: ")
                 && !l.starts_with("waiting: mutex ")
                 && !l.starts_with("warning: running without the release mutex: ")
+                && !l.starts_with("note: cannot read the ConfigMap guarded-upgrade-lock-")
         })
-        .map(|l| format!("{l}\n"))
+        .map(|l| match l.starts_with(NOT_ENFORCED) {
+            true => format!("{NOT_ENFORCED}…\n"),
+            false => format!("{l}\n"),
+        })
         .collect()
 }
 
