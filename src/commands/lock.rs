@@ -168,11 +168,19 @@ pub(super) async fn lock_release(
         scope.release_hard_lock(latest, false, false).await?;
         return Box::pin(lock_release(store, release, spec, interrupts)).await;
     }
-    let wanted = spec.labels();
-    let same_lock = lock::spec_from_labels(&latest.labels)
+    // The same lock already on the latest record may be an interrupted run, or a rollback's
+    // revision that carries the labels but not the hard status: its labels (with their
+    // since-time) are what every record gets, so a re-run writes what the first run wrote
+    // and the records agree with each other.
+    let existing = lock::spec_from_labels(&latest.labels)
         .ok()
         .flatten()
-        .is_some_and(|l| l.same_as(spec));
+        .filter(|l| l.same_as(spec));
+    let same_lock = existing.is_some();
+    let wanted = match existing {
+        Some(existing) => existing.labels(),
+        None => spec.labels(),
+    };
     // A hard lock is only in force on a record it marked pending-upgrade: after a `helm
     // rollback` the new revision carries the labels but not the status, and re-running
     // `lock --hard` (as docs/locks.md advises) must mark it again.
@@ -181,17 +189,6 @@ pub(super) async fn lock_release(
     } else if !same_lock {
         scope.set_labels(latest, &wanted).await?;
     }
-    // The same lock already on the latest record may be an interrupted run: the older
-    // records are completed either way (only those that differ are written). An
-    // unchanged since-time keeps the labels of a re-run identical to the first run's.
-    let wanted = match lock::spec_from_labels(&latest.labels)
-        .ok()
-        .flatten()
-        .filter(|_| same_lock)
-    {
-        Some(existing) => existing.labels(),
-        None => wanted,
-    };
     let left = format!(
         "the lock is in force on the latest revision {}, but until every older record \
          carries it a rollback to one of them drops it",

@@ -169,6 +169,8 @@ pub struct Plane {
     procs: Mutex<Vec<Proc>>,
     free: Mutex<Vec<usize>>,
     freed: Condvar,
+    /// Per API server: how far its audit log was read by the last reset.
+    restarted_at: Vec<Mutex<u64>>,
     admin_token: String,
     testbed_token: String,
     user_tokens: Vec<(String, String)>,
@@ -305,6 +307,7 @@ impl Plane {
             servers,
             procs: Mutex::new(Vec::new()),
             free: Mutex::new((0..n).rev().collect()),
+            restarted_at: (0..n).map(|_| Mutex::new(0)).collect(),
             freed: Condvar::new(),
             admin_token,
             testbed_token,
@@ -757,6 +760,11 @@ impl Cluster {
     /// request of the tests' users (admin, restricted users, certificates), in order.
     pub fn requests(&self) -> Vec<AuditEvent> {
         let mark = *self.audit_mark.lock().unwrap_or_else(|p| p.into_inner());
+        self.audit_since(mark)
+    }
+
+    /// The audit events from byte offset `mark` of the audit log on.
+    fn audit_since(&self, mark: u64) -> Vec<AuditEvent> {
         let mut f = std::fs::File::open(&self.plane.servers[self.index].audit_log)
             .expect("open the audit log");
         f.seek(SeekFrom::Start(mark)).expect("seek the audit log");
@@ -802,7 +810,18 @@ impl Cluster {
         // in v1.37): a later test's policy would never see its parameters. So a server
         // whose admission policy bindings are removed is restarted, as an operator would
         // have to.
-        let bindings = self.list("validatingadmissionpolicybindings", None);
+        // Whether a binding existed since the last reset: one left now, or one a test
+        // created and deleted itself (`policy uninstall`), as the audit log shows.
+        let audit_from = self.plane.restarted_at[self.index]
+            .lock()
+            .map(|m| *m)
+            .unwrap_or(0);
+        let bound = !self
+            .list("validatingadmissionpolicybindings", None)
+            .is_empty()
+            || self.audit_since(audit_from).iter().any(|e| {
+                e.is_write() && e.resource.as_deref() == Some("validatingadmissionpolicybindings")
+            });
         for plural in [
             "validatingadmissionpolicybindings",
             "validatingadmissionpolicies",
@@ -811,8 +830,14 @@ impl Cluster {
             self.admin
                 .send("DELETE", &format!("{}/{}", k.prefix, k.plural), None);
         }
-        if !bindings.is_empty() {
+        if bound {
             self.plane.restart("kube-apiserver", self.index);
+            let len = std::fs::metadata(self.audit_log())
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if let Ok(mut at) = self.plane.restarted_at[self.index].lock() {
+                *at = len;
+            }
         }
         for plural in ["clusterrolebindings", "clusterroles"] {
             for obj in self.list(plural, None) {

@@ -829,7 +829,10 @@ fn hard_lock_then_rollback(label: &str) {
         "{status}"
     );
 
-    // Re-locking marks the rollback's revision (it used to be a silent no-op).
+    // Re-locking marks the rollback's revision (it used to be a silent no-op), a second
+    // later so that a re-lock's since-time differs from the first lock's: all records must
+    // still agree (they keep the first lock's labels).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
         .expect_code(0, "re-lock --hard");
     let v3 = labels_of(&b, "secrets", NS, &record("db", 3));
