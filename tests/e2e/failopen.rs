@@ -208,7 +208,89 @@ fn kubeconfig_namespace_is_validated(label: &str) {
     assert!(b.api.requests().is_empty(), "a request was sent");
 }
 
+/// Item 5: SIGTERM while the decision under the mutex waits for helm's dry run ends the
+/// run there: the dry run is stopped, helm's upgrade never starts, the Lease is released,
+/// exit 143 with a note saying so.
+fn signal_during_the_dry_run_under_the_mutex(label: &str) {
+    let b = bed(label);
+    b.api.create_namespace("shared");
+    let c = chart("tagged-0.1.0");
+    b.helm(&[
+        "upgrade",
+        "--install",
+        "rel",
+        &c,
+        "-n",
+        "shared",
+        "--set",
+        "image.tag=1.0.0",
+    ])
+    .expect_code(0, "install");
+    // A helm that is slow in its second dry run (the one under the mutex).
+    let home = b.home();
+    let started = home.join("dry-run-under-mutex");
+    let wrapper = home.join("slow-helm");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" --dry-run=server \"*)\n  n=$(cat {count} 2>/dev/null || echo 0)\n  \
+             n=$((n+1)); echo $n > {count}\n  if [ $n -ge 2 ]; then touch {started}; sleep 30; fi;;\nesac\n\
+             exec {real} \"$@\"\n",
+            count = home.join("dry-runs").display(),
+            started = started.display(),
+            real = b.helm_bin.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let wrapper = wrapper.to_string_lossy().into_owned();
+    let child = b.guard_spawn(&[
+        "upgrade",
+        "rel",
+        &c,
+        "-n",
+        "shared",
+        "--compare",
+        "value:image.tag",
+        "--set",
+        "image.tag=2.0.0",
+        "--helm",
+        &wrapper,
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second dry run never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) of the child we spawned (its own pid, not the group: the signal is
+    // the user's Ctrl-C or a CI runner's SIGTERM to guarded-upgrade).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let run = crate::common::finish(child);
+    run.expect_code(143, "SIGTERM under the mutex")
+        .assert_stderr_line(
+            "note: interrupted by SIGTERM before helm started: release \"rel\" in \"shared\" \
+             was not upgraded; helm was not run",
+        );
+    assert_eq!(b.deployed("rel", "shared").1, 1, "helm's upgrade ran");
+    let lease = b.api.get("leases", Some("shared"), "helm-lock-rel");
+    assert!(
+        lease.as_ref().is_none_or(|l| l["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty()),
+        "the Lease is still held: {lease:?}"
+    );
+}
+
 crate::common::per_helm!(
+    signal_during_the_dry_run_under_the_mutex,
     shim_copies_are_never_taken_for_helm,
     another_build_as_helm_stops_with_exit_2,
     guard_never_runs_the_shim_as_helm,
