@@ -109,9 +109,18 @@ pub enum ClusterError {
         /// What is wrong.
         problem: String,
     },
-    /// An exec credential plugin failed (never with its output or env).
-    #[error("{0}")]
-    Exec(#[from] ExecError),
+    /// An exec credential plugin failed (never with its output or env), for the server and
+    /// context it was to log in to, as every other connection error names them.
+    #[error("API server {server}{}: {source}", .context.as_ref().map(|c| format!(" (context {c:?})")).unwrap_or_default())]
+    Exec {
+        /// The server URL.
+        server: String,
+        /// The kubeconfig context, if any.
+        context: Option<String>,
+        /// What failed (boxed: it is large and rare).
+        #[source]
+        source: Box<ExecError>,
+    },
     /// The HTTP client could not be built (e.g. TLS material unusable).
     #[error("cannot build a Kubernetes client for {server}: {}", error_chain(.source))]
     Client {
@@ -500,7 +509,7 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
         auth_info.exec = None;
     }
     let user_label = user.clone().unwrap_or_else(|| "(flags)".into());
-    resolve_credentials(&mut auth_info, &user_label, &server).await?;
+    resolve_credentials(&mut auth_info, &user_label, &server, context.as_deref()).await?;
     if let Some(token) = &auth_info.token {
         use secrecy::ExposeSecret;
         if http::HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).is_err() {
@@ -619,6 +628,7 @@ async fn resolve_credentials(
     auth: &mut AuthInfo,
     user: &str,
     server: &str,
+    context: Option<&str>,
 ) -> Result<(), ClusterError> {
     if let Some(path) = auth.token_file.take() {
         // helm trims the file: `echo $TOKEN > file` leaves a newline.
@@ -634,7 +644,13 @@ async fn resolve_credentials(
     if let Some(exec_config) = auth.exec.take() {
         let command = exec_config.command.clone().unwrap_or_default();
         tracing::debug!("credentials: running exec plugin {command:?}");
-        let credential = exec::credential(&exec_config, user, server).await?;
+        let credential = exec::credential(&exec_config, user, server)
+            .await
+            .map_err(|source| ClusterError::Exec {
+                server: server.to_string(),
+                context: context.map(str::to_string),
+                source: Box::new(source),
+            })?;
         tracing::debug!(
             "credentials: exec plugin gave a {} (redacted){}",
             if credential.token.is_some() {

@@ -471,9 +471,13 @@ fn exec_plugins(label: &str) {
     let run = w.upgrade("exec-v1-bare", &kc, &[]);
     w.assert_refused(
         &run,
-        "guarded-upgrade: error: cannot decide for release \"exec-v1-bare\": exec plugin of user \
-         \"u-exec-v1-bare\": interactiveMode must be specified for apiVersion \
-         client.authentication.k8s.io/v1 (Never, IfAvailable or Always); helm was not run",
+        &format!(
+            "guarded-upgrade: error: cannot decide for release \"exec-v1-bare\": API server {} \
+             (context \"ctx-exec-v1-bare\"): exec plugin of user \"u-exec-v1-bare\": \
+             interactiveMode must be specified for apiVersion client.authentication.k8s.io/v1 \
+             (Never, IfAvailable or Always); helm was not run",
+            w.bed.api.url()
+        ),
     );
     assert!(runs(&log).is_empty(), "the plugin must not run");
     assert!(
@@ -867,7 +871,8 @@ fn refusals_name_the_failure(label: &str) {
     w.assert_refused(
         &run,
         &format!(
-            "guarded-upgrade: error: cannot decide for release \"exec-fail\": exec plugin \"{}\" of user \"u-exec-fail\" failed with exit code 1: login failed: no browser; helm was not run",
+            "guarded-upgrade: error: cannot decide for release \"exec-fail\": API server {} (context \"ctx-exec-fail\"): exec plugin \"{}\" of user \"u-exec-fail\" failed with exit code 1: login failed: no browser; helm was not run",
+            w.bed.api.url(),
             script.display()
         ),
     );
