@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use guarded_upgrade::release::{decode_release_json, encode_release_json, set_release_status};
-use kube_standin::{testbed, StandIn};
+use kube_standin::testbed::{self, copy_dir};
+use kube_standin::StandIn;
 use serde_json::{json, Value};
 
 const GUARD: &str = env!("CARGO_BIN_EXE_guarded-upgrade");
@@ -139,19 +140,6 @@ impl Ctx {
             std::fs::write(&path, text.join("\n") + "\n").expect("write Chart.yaml");
         }
         dir.to_string_lossy().into_owned()
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
     }
 }
 

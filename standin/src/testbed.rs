@@ -80,6 +80,23 @@ pub fn chart(name: &str, version: &str) -> PathBuf {
         .join(format!("{name}-{version}"))
 }
 
+/// Copies the directory tree `from` to `to` (a chart copy a test may edit).
+///
+/// # Panics
+/// On any I/O error (a test-setup mistake).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
 /// What a helm run produced.
 #[derive(Debug, Clone)]
 pub struct HelmOutput {

@@ -7,6 +7,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use kube_standin::testbed::copy_dir;
 use kube_standin::{RequestRecord, StandIn};
 
 /// Runs each scenario `fn name(label: &str)` against the real API server (see [`Api`]) with
@@ -555,19 +556,6 @@ impl Bed {
             std::fs::write(&chart_yaml, text + "\n").expect("write Chart.yaml");
         }
         dir.to_string_lossy().into_owned()
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
     }
 }
 

@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use kube_standin::testbed::copy_dir;
+
 use crate::common::{chart, guard_bin, per_helm, Bed, Run};
 
 const NS: &str = "apps";
@@ -124,19 +126,6 @@ fn chart_copy(b: &Bed) -> String {
     let dir = b.home().join("tagged");
     copy_dir(Path::new(&chart("tagged-0.1.0")), &dir);
     dir.to_string_lossy().into_owned()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 fn edit(path: &str, from: &str, to: &str) {
