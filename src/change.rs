@@ -15,41 +15,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::decision::{ChangeFacts, CompareKey, KeySide, KeyText};
+use crate::decision::{ChangeFacts, CompareKey, KeySide, KeyText, Part};
 use crate::helm::HelmCommand;
 use crate::inputs::{Feed, Source};
-
-/// A part of a release whose content is compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Part {
-    /// The user-supplied values (`config`).
-    Values,
-    /// The rendered manifest.
-    Manifest,
-    /// The rendered hooks.
-    Hooks,
-    /// The chart: templates, default values, schema, files, lock, metadata.
-    Chart,
-    /// The release's custom labels (`--labels`), which helm's `-o json` does not show.
-    Labels,
-}
-
-impl Part {
-    /// The JSON/message spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Part::Values => "values",
-            Part::Manifest => "manifest",
-            Part::Hooks => "hooks",
-            Part::Chart => "chart",
-            Part::Labels => "labels",
-        }
-    }
-}
 
 /// SHA-256 digests of the compared parts of one release. Never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -396,10 +366,10 @@ pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
     let would_be = match would_be_release_from_memory(&command, &feeds, &history).await {
         Ok(v) => v,
         Err(e) => {
-            crate::output::debug(&format!(
+            tracing::debug!(
                 "the dry run from helm's memory driver failed ({e}); running it against the \
                  release storage"
-            ));
+            );
             would_be_release(&command, &feeds, &[], DRY_RUN_TIMEOUT).await?
         }
     };

@@ -24,9 +24,37 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::change::Part;
 use crate::release::{ReleaseStatus, ReleaseSummary};
 use crate::version::{ChartVersion, Constraint};
+
+/// A part of a release whose content is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Part {
+    /// The user-supplied values (`config`).
+    Values,
+    /// The rendered manifest.
+    Manifest,
+    /// The rendered hooks.
+    Hooks,
+    /// The chart: templates, default values, schema, files, lock, metadata.
+    Chart,
+    /// The release's custom labels (`--labels`), which helm's `-o json` does not show.
+    Labels,
+}
+
+impl Part {
+    /// The JSON/message spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Part::Values => "values",
+            Part::Manifest => "manifest",
+            Part::Hooks => "hooks",
+            Part::Chart => "chart",
+            Part::Labels => "labels",
+        }
+    }
+}
 
 /// Minimum-version policy (`--min-version-policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

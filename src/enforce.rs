@@ -29,8 +29,9 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 
+use crate::chain::error_chain;
 use crate::lock::LockSpec;
-use crate::storage::{error_chain, StoreError};
+use crate::storage::StoreError;
 use crate::time::format_rfc3339;
 
 /// Name of the ValidatingAdmissionPolicy, its binding, and the reader ClusterRole(Binding).

@@ -318,7 +318,7 @@ mod tests {
         assert_eq!(e.exit(), Exit::Refused);
         // No inner error says it by hand: every fail-closed message ends with it once.
         let inner = [
-            Error::from(ClusterError::UnsupportedDriver("memory".into())),
+            Error::from(ClusterError::BadApiServer("https://[".into())),
             mutex_error(MutexError::Interrupted),
             mutex_error(MutexError::Timeout {
                 lease: "helm-lock-db".into(),

@@ -18,6 +18,7 @@ pub mod release;
 pub mod version;
 
 mod argv;
+mod chain;
 mod cluster;
 mod commands;
 mod enforce;

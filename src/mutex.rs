@@ -265,7 +265,7 @@ pub async fn observe(client: &Client, namespace: &str, release: &str, now_unix: 
         other => other,
     };
     match read {
-        Err(e) => Observed::Unknown(crate::storage::error_chain(&e)),
+        Err(e) => Observed::Unknown(crate::chain::error_chain(&e)),
         Ok(Some(lease)) => {
             let state = MutexState::from_lease(&lease);
             if state.is_held_at(now_unix) {

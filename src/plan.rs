@@ -13,13 +13,16 @@ use crate::argv::{self, Mode, SplitArgv};
 use crate::cli::{
     Command, Expiry, LockArgs, LocksArgs, OutputFormat, PolicyCommand, StatusArgs, UnlockArgs,
 };
-use crate::cluster::{ClusterFlags, DriverKind, HelmEnv};
+use crate::cluster::{ClusterFlags, HelmEnv};
 use crate::decision::{CompareKey, LockKind, Policy};
 use crate::error::{Error, UsageError};
 use crate::lock::{self, LockSpec};
 use crate::mutex;
 use crate::names;
+use crate::output::ci::CiPlan;
+use crate::output::DecisionFile;
 use crate::shim::{self, Route, ShimEnv};
+use crate::storage::DriverKind;
 use crate::target;
 use crate::time::format_rfc3339;
 
@@ -34,15 +37,6 @@ pub(crate) struct ClusterPlan {
     pub driver: DriverKind,
 }
 
-/// Where the decision JSON goes besides the normal output (`--decision-file`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum DecisionFile {
-    /// `-`: standard error.
-    Stderr,
-    /// A file.
-    Path(PathBuf),
-}
-
 /// The per-release mutex settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Serialize {
@@ -50,36 +44,6 @@ pub(crate) struct Serialize {
     pub lock_timeout: Duration,
     /// `--lease-duration`.
     pub lease_duration: Duration,
-}
-
-/// CI integration for a guarded command (docs/ci.md); all off with `--no-annotations`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct CiPlan {
-    /// GitHub Actions (`GITHUB_ACTIONS=true`): annotations, and the step summary file
-    /// (`GITHUB_STEP_SUMMARY`) when set.
-    pub github: Option<GithubCi>,
-    /// GitLab CI (`GITLAB_CI=true`): a collapsible log section around the helm run.
-    pub gitlab: bool,
-}
-
-/// GitHub Actions settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct GithubCi {
-    /// `GITHUB_STEP_SUMMARY`: one markdown row per decision is appended there.
-    pub step_summary: Option<PathBuf>,
-}
-
-impl CiPlan {
-    /// Reads the CI variables of the process.
-    fn from_process() -> CiPlan {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        CiPlan {
-            github: (var("GITHUB_ACTIONS").as_deref() == Some("true".as_ref())).then(|| GithubCi {
-                step_summary: var("GITHUB_STEP_SUMMARY").map(PathBuf::from),
-            }),
-            gitlab: var("GITLAB_CI").as_deref() == Some("true".as_ref()),
-        }
-    }
 }
 
 /// Everything a plan reads from the process environment.
@@ -281,25 +245,11 @@ impl Plan {
             args: rest.to_vec(),
         })
     }
-
-    /// Runs the plan on a fresh async runtime and says how the process should end.
-    pub fn run(self) -> Result<crate::error::Exit, Error> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(Error::Runtime)?;
-        crate::retry::set_observer(crate::output::retry);
-        if self.0.debug() {
-            crate::cluster::init_debug();
-        }
-        runtime.block_on(crate::commands::run(self.0))
-    }
 }
 
 impl PlanKind {
     /// Whether debug output was asked for (`--debug`, `HELM_DEBUG=true`).
-    fn debug(&self) -> bool {
+    pub(crate) fn debug(&self) -> bool {
         let cluster = |c: &ClusterPlan| c.flags.debug || c.env.debug;
         match self {
             PlanKind::Guard(p) => p.debug || cluster(&p.cluster),
@@ -551,6 +501,7 @@ fn lock_plan(args: LockArgs, env: HelmEnv, now: i64) -> Result<LockPlan, Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::ci::GithubCi;
     use clap::Parser;
 
     const NOW: i64 = 1_700_000_000;

@@ -19,8 +19,24 @@ use crate::cluster;
 use crate::error::{Error, Exit};
 use crate::mutex::{self, MutexError};
 use crate::output;
-use crate::plan::{ClusterPlan, PlanKind};
+use crate::plan::{ClusterPlan, Plan, PlanKind};
 use crate::storage::Store;
+
+impl Plan {
+    /// Runs the plan on a fresh async runtime and says how the process should end.
+    pub fn run(self) -> Result<Exit, Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        crate::retry::set_observer(crate::output::retry);
+        if self.0.debug() {
+            crate::cluster::init_debug();
+        }
+        runtime.block_on(run(self.0))
+    }
+}
 
 /// Runs one plan.
 pub(crate) async fn run(plan: PlanKind) -> Result<Exit, Error> {

@@ -153,7 +153,7 @@ impl Scope<'_> {
                     "updating record {record} failed ({}) and the record could not be read \
                      back, so whether the change was made is not known. Run the command \
                      again: it completes or confirms it",
-                    crate::storage::error_chain(&e)
+                    crate::chain::error_chain(&e)
                 )))
             }
         }
@@ -312,7 +312,7 @@ impl Scope<'_> {
                                  lock is not known. Run the command again: it completes or \
                                  confirms it",
                                 header.name,
-                                crate::storage::error_chain(&unreadable)
+                                crate::chain::error_chain(&unreadable)
                             )))
                         }
                     }

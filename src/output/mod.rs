@@ -9,12 +9,21 @@ pub(crate) mod ci;
 pub(crate) mod report;
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use crate::cli::OutputFormat;
 use crate::decision::Decision;
 use crate::error::Error;
-use crate::plan::DecisionFile;
 use report::{DecisionReport, LockReport, LockRow, StatusReport};
+
+/// Where the decision JSON goes besides the normal output (`--decision-file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DecisionFile {
+    /// `-`: standard error.
+    Stderr,
+    /// A file.
+    Path(PathBuf),
+}
 
 /// A line on stderr, as is.
 fn line(text: &str) {

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::change::Part;
+use crate::decision::Part;
 use crate::decision::{Action, CompareKey, Decision, DeployedState, LockState, Policy, Reason};
 use crate::mutex::MutexState;
 use crate::release::ReleaseSummary;

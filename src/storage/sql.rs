@@ -82,7 +82,7 @@ pub(crate) fn check_connection_string(text: Option<&str>) -> Result<(), SqlConne
     let (rest, _ssl) =
         sql_conn::split_connection_string(text).map_err(SqlConnectError::BadConnectionString)?;
     rest.parse::<tokio_postgres::Config>()
-        .map_err(|e| SqlConnectError::BadConnectionString(crate::storage::error_chain(&e)))?;
+        .map_err(|e| SqlConnectError::BadConnectionString(crate::chain::error_chain(&e)))?;
     Ok(())
 }
 
@@ -112,7 +112,7 @@ impl SqlStore {
             .map_err(SqlConnectError::BadConnectionString)?;
         let mut config: tokio_postgres::Config = rest
             .parse()
-            .map_err(|e| SqlConnectError::BadConnectionString(crate::storage::error_chain(&e)))?;
+            .map_err(|e| SqlConnectError::BadConnectionString(crate::chain::error_chain(&e)))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -374,7 +374,7 @@ where
 {
     match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(2), connecting).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(crate::storage::error_chain(&e)),
+        Ok(Err(e)) => Err(crate::chain::error_chain(&e)),
         Err(_) => Err(format!(
             "no answer within {}s while connecting",
             CONNECT_TIMEOUT.as_secs() + 2
@@ -429,7 +429,7 @@ fn store_error(server: &str, e: tokio_postgres::Error) -> StoreError {
         }
         None => StoreError::Transport(format!(
             "PostgreSQL at {server}: {}",
-            crate::storage::error_chain(&e)
+            crate::chain::error_chain(&e)
         )),
     }
 }
