@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::decision::{ChangeFacts, CompareKey, KeySide, KeyText, Part};
+use crate::core::decision::{ChangeFacts, CompareKey, KeySide, KeyText, Part};
 use crate::helm::HelmCommand;
 use crate::inputs::{Feed, Source};
 
@@ -310,7 +310,7 @@ pub enum ChangeError {
     Deployed(String),
 }
 
-/// Gathers what `decision` asked for ([`crate::decision::Decision::needs_facts`]): one
+/// Gathers what `decision` asked for ([`crate::core::decision::Decision::needs_facts`]): one
 /// helm dry run with the user's argv and, when a baseline revision exists, its record
 /// decoded in full. Nothing of either is kept beyond key texts and part names.
 ///
@@ -324,7 +324,7 @@ pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
     helm: Option<&Path>,
     dry_run: &DryRun<'_>,
     records: Records<'_>,
-    lock: Option<&crate::decision::LockState>,
+    lock: Option<&crate::core::decision::LockState>,
 ) -> Result<ChangeFacts, ChangeError> {
     let helm = helm.ok_or_else(|| ChangeError::Spawn {
         program: "helm".into(),
@@ -340,7 +340,7 @@ pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
                 .map_err(ChangeError::Input)?,
         )
     };
-    let keys = crate::decision::keys_needed(dry_run.compare, lock);
+    let keys = crate::core::decision::keys_needed(dry_run.compare, lock);
     let keys: Vec<&CompareKey> = keys.iter().collect();
     let mut deployed = None;
     let mut memory = Vec::new();
@@ -352,7 +352,7 @@ pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
         let record = store.get(name).await.map_err(|e| {
             ChangeError::Deployed(format!("reading {} {name:?}: {e}", store.kind()))
         })?;
-        let release = crate::release::decode_release_json(&record.payload).map_err(|e| {
+        let release = crate::core::release::decode_release_json(&record.payload).map_err(|e| {
             ChangeError::Deployed(format!("decoding {} {name:?}: {e}", store.kind()))
         })?;
         if Some(header.revision) == records.baseline.map(|b| b.revision) {
@@ -413,7 +413,9 @@ fn custom_labels(
     ];
     labels
         .iter()
-        .filter(|(k, _)| !HELM_OWN.contains(&k.as_str()) && !k.starts_with(crate::lock::PREFIX))
+        .filter(|(k, _)| {
+            !HELM_OWN.contains(&k.as_str()) && !k.starts_with(crate::core::lock::PREFIX)
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }

@@ -29,10 +29,10 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 
-use crate::chain::error_chain;
-use crate::lock::LockSpec;
+use crate::core::chain::error_chain;
+use crate::core::lock::LockSpec;
+use crate::core::time::format_rfc3339;
 use crate::storage::StoreError;
-use crate::time::format_rfc3339;
 
 /// Name of the ValidatingAdmissionPolicy, its binding, and the reader ClusterRole(Binding).
 pub const POLICY_NAME: &str = "guarded-upgrade-hard-lock";
@@ -798,7 +798,7 @@ mod tests {
     #[test]
     fn param_names_the_release_and_carries_the_selector_labels() {
         let spec = LockSpec {
-            kind: crate::decision::LockKind::Hard,
+            kind: crate::core::decision::LockKind::Hard,
             reason: Some("freeze".into()),
             by: None,
             since: 1_700_000_000,

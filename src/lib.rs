@@ -13,22 +13,16 @@
 
 mod change;
 pub mod cli;
-pub mod decision;
-pub mod release;
-pub mod version;
+mod core;
+pub use crate::core::{decision, release, version};
 
-mod argv;
-mod chain;
 mod cluster;
 mod commands;
 mod enforce;
 mod error;
-mod flags;
 mod helm;
 mod inputs;
-mod lock;
 mod mutex;
-mod names;
 mod output;
 mod plan;
 #[cfg(test)]
@@ -39,9 +33,8 @@ mod shim;
 mod state;
 mod storage;
 mod target;
-mod time;
 
-pub use argv::helm_long_flags;
+pub use crate::core::argv::helm_long_flags;
 pub use error::{Error, Exit};
 pub use output::error as print_error;
 pub use plan::Plan;

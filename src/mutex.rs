@@ -21,9 +21,9 @@ use kube::{Api, Client};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::core::time::{format_duration, format_rfc3339, now_unix};
 use crate::retry::{RetryPolicy, Retryable, Verdict};
 use crate::storage::StoreError;
-use crate::time::{format_duration, format_rfc3339, now_unix};
 
 /// Default lease duration: as helm-lock's 15 s, renewed every third of it.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -265,7 +265,7 @@ pub async fn observe(client: &Client, namespace: &str, release: &str, now_unix: 
         other => other,
     };
     match read {
-        Err(e) => Observed::Unknown(crate::chain::error_chain(&e)),
+        Err(e) => Observed::Unknown(crate::core::chain::error_chain(&e)),
         Ok(Some(lease)) => {
             let state = MutexState::from_lease(&lease);
             if state.is_held_at(now_unix) {

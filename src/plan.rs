@@ -8,23 +8,23 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::argv::HelmFlags;
-use crate::argv::{self, Mode, SplitArgv};
 use crate::cli::{
     Command, Expiry, LockArgs, LocksArgs, OutputFormat, PolicyCommand, StatusArgs, UnlockArgs,
 };
 use crate::cluster::{ClusterFlags, HelmEnv};
-use crate::decision::{CompareKey, LockKind, Policy};
+use crate::core::argv::HelmFlags;
+use crate::core::argv::{self, Mode, SplitArgv};
+use crate::core::decision::{CompareKey, LockKind, Policy};
+use crate::core::lock::{self, LockSpec};
+use crate::core::names;
+use crate::core::time::format_rfc3339;
 use crate::error::{Error, UsageError};
-use crate::lock::{self, LockSpec};
 use crate::mutex;
-use crate::names;
 use crate::output::ci::CiPlan;
 use crate::output::DecisionFile;
 use crate::shim::{self, Route, ShimEnv};
 use crate::storage::DriverKind;
 use crate::target;
-use crate::time::format_rfc3339;
 
 /// Where and how to reach the release storage.
 #[derive(Debug, Clone)]

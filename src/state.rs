@@ -4,9 +4,9 @@
 //! This is the one place a hard lock's `pending-upgrade` record is recognised as the
 //! deployed revision it really is (see [`read_release`]).
 
-use crate::decision::{DeployedState, RecordMeta};
-use crate::lock;
-use crate::release::{decode_release, DecodeError, ReleaseStatus, ReleaseSummary};
+use crate::core::decision::{DeployedState, RecordMeta};
+use crate::core::lock;
+use crate::core::release::{decode_release, DecodeError, ReleaseStatus, ReleaseSummary};
 use crate::storage::{InvalidRecord, RecordHeader, ReleaseStore, StoreError};
 
 /// The release as found in storage, with the headers the state was built from.
@@ -211,7 +211,7 @@ fn check_body(
 #[cfg(test)]
 pub(crate) mod testkit {
     use super::*;
-    use crate::release::encode_release_json;
+    use crate::core::release::encode_release_json;
     use crate::storage::memory::MemoryStore;
     use crate::storage::Store;
 
@@ -312,7 +312,7 @@ pub(crate) mod tests {
     /// The labels `lock --hard` leaves on the record it marked.
     pub(crate) fn hard_lock_labels() -> Vec<(String, String)> {
         let spec = lock::LockSpec {
-            kind: crate::decision::LockKind::Hard,
+            kind: crate::core::decision::LockKind::Hard,
             reason: None,
             by: None,
             since: 1_700_000_000,

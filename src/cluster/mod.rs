@@ -23,8 +23,8 @@ use std::time::Duration;
 use kube::config::{AuthInfo, Kubeconfig};
 use kube::{Client, Config};
 
-use crate::argv::HelmFlags;
-use crate::chain::error_chain;
+use crate::core::argv::HelmFlags;
+use crate::core::chain::error_chain;
 
 pub use exec::ExecError;
 pub use failure::{classify, ConnectionFailure, Endpoint};
@@ -93,7 +93,7 @@ pub enum ClusterError {
         from: String,
         /// What is wrong with it.
         #[source]
-        source: crate::names::NameError,
+        source: crate::core::names::NameError,
     },
 }
 
@@ -556,7 +556,7 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
         },
     };
     // Every source, not only -n: the namespace is spliced into API and Lease paths.
-    crate::names::validate_namespace(&namespace)
+    crate::core::names::validate_namespace(&namespace)
         .map_err(|source| ClusterError::InvalidNamespace { from, source })?;
     tracing::debug!("namespace: {namespace}");
     failure::register(Endpoint {

@@ -1,7 +1,7 @@
 //! `check`: the decision `upgrade` would make, printed; never runs helm, never writes.
 
 use crate::cli::OutputFormat;
-use crate::decision::Action;
+use crate::core::decision::Action;
 use crate::error::{Error, Exit};
 use crate::mutex;
 use crate::output::{self, JsonTo};

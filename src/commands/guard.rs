@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::change;
-use crate::decision::{self, Action, Decision, DecisionInput, Target};
+use crate::core::decision::{self, Action, Decision, DecisionInput, Target};
+use crate::core::time::now_unix;
 use crate::error::{Error, Exit};
 use crate::helm;
 use crate::mutex::MutexState;
@@ -13,7 +14,6 @@ use crate::plan::GuardPlan;
 use crate::state::{self, ReleaseView};
 use crate::storage::{ReleaseStore, Store};
 use crate::target::{self, ResolvedTarget};
-use crate::time::now_unix;
 
 /// One read-and-decide pass.
 pub(super) struct Pass {

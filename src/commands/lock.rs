@@ -1,13 +1,13 @@
 //! `lock`: writes the lock onto every record of the release.
 
 use crate::cli::OutputFormat;
-use crate::decision::{LockKind, LockState};
+use crate::core::decision::{LockKind, LockState};
+use crate::core::lock::{self, LockSpec};
+use crate::core::time::{format_rfc3339, now_unix};
 use crate::error::{Error, Exit};
-use crate::lock::{self, LockSpec};
 use crate::output::{self, report::LockReport};
 use crate::plan::LockPlan;
 use crate::storage::{RecordHeader, ReleaseStore, Store};
-use crate::time::{format_rfc3339, now_unix};
 
 use super::policy;
 use super::records::{needs_labels, Interrupts, Scope};
@@ -232,7 +232,7 @@ pub(super) async fn lock_release(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::ReleaseStatus as S;
+    use crate::core::release::ReleaseStatus as S;
     use crate::state::testkit::{block_on, rev, store};
 
     fn spec(kind: LockKind, reason: &str) -> LockSpec {

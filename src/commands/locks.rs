@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use crate::core::lock;
+use crate::core::release::ReleaseStatus;
+use crate::core::time::now_unix;
 use crate::error::{Error, Exit};
-use crate::lock;
 use crate::output::{self, report::LockReport, report::LockRow};
 use crate::plan::LocksPlan;
-use crate::release::ReleaseStatus;
 use crate::storage::{RecordHeader, ReleaseStore};
-use crate::time::now_unix;
 
 /// Runs `locks`.
 pub(super) async fn run(plan: LocksPlan) -> Result<Exit, Error> {

@@ -41,7 +41,7 @@ impl Plan {
 /// Runs one plan.
 pub(crate) async fn run(plan: PlanKind) -> Result<Exit, Error> {
     match plan {
-        PlanKind::Guard(p) if p.mode == crate::argv::Mode::Check => check::run(*p).await,
+        PlanKind::Guard(p) if p.mode == crate::core::argv::Mode::Check => check::run(*p).await,
         PlanKind::Guard(p) => {
             let (ci, release) = (p.ci.clone(), p.release.clone());
             let result = upgrade::run(*p).await.map_err(Error::before_helm);

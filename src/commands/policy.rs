@@ -1,10 +1,10 @@
 //! `policy install|uninstall|show|manifest`, and the enforcement steps `lock --hard`,
 //! `unlock`, `status` and `locks` take (issue 18; the model is in [`crate::enforce`]).
 
-use crate::decision::LockKind;
+use crate::core::decision::LockKind;
+use crate::core::lock::LockSpec;
 use crate::enforce::{self, Availability, Enforcement, Lifted};
 use crate::error::{Error, Exit};
-use crate::lock::LockSpec;
 use crate::output::{self, report::LockReport};
 use crate::plan::PolicyPlan;
 use crate::storage::Store;

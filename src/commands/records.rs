@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
+use crate::core::lock;
+use crate::core::release::{self, ReleaseStatus};
 use crate::error::{Error, PartialWrite};
-use crate::lock;
-use crate::release::{self, ReleaseStatus};
 use crate::storage::{RecordHeader, ReleaseStore, Store, StoreError, StoredRecord, LABEL_STATUS};
 
 /// How many times a record write is retried after a 409 on a non-latest record.
@@ -153,7 +153,7 @@ impl Scope<'_> {
                     "updating record {record} failed ({}) and the record could not be read \
                      back, so whether the change was made is not known. Run the command \
                      again: it completes or confirms it",
-                    crate::chain::error_chain(&e)
+                    crate::core::chain::error_chain(&e)
                 )))
             }
         }
@@ -312,7 +312,7 @@ impl Scope<'_> {
                                  lock is not known. Run the command again: it completes or \
                                  confirms it",
                                 header.name,
-                                crate::chain::error_chain(&unreadable)
+                                crate::core::chain::error_chain(&unreadable)
                             )))
                         }
                     }

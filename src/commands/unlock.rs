@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::core::lock;
+use crate::core::release::ReleaseStatus;
 use crate::error::{Error, Exit};
-use crate::lock;
 use crate::output;
 use crate::plan::UnlockPlan;
-use crate::release::ReleaseStatus;
 use crate::storage::Store;
 
 use super::records::{Interrupts, Scope};
@@ -136,9 +136,9 @@ pub(super) async fn unlock_release(
 mod tests {
     use super::*;
     use crate::commands::lock::lock_release;
-    use crate::decision::LockKind;
-    use crate::lock::LockSpec;
-    use crate::release::ReleaseStatus as S;
+    use crate::core::decision::LockKind;
+    use crate::core::lock::LockSpec;
+    use crate::core::release::ReleaseStatus as S;
     use crate::state::testkit::{block_on, read, rev, store};
 
     /// Hard-locks release `db` the way `lock --hard` does.

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use crate::decision::{Action, Decision, Reason};
+use crate::core::decision::{Action, Decision, Reason};
+use crate::core::time::format_duration;
 use crate::error::{Error, Exit};
 use crate::helm::{self, HelmCommand};
 use crate::mutex::{self, MutexError};
@@ -12,7 +13,6 @@ use crate::output::{self, JsonTo};
 use crate::plan::GuardPlan;
 use crate::recovery::{self, Recovery};
 use crate::storage::{self, ReleaseStore, Store};
-use crate::time::format_duration;
 
 use super::guard::{self, Pass};
 
@@ -251,14 +251,14 @@ async fn run_helm(
         &plan.ci,
         &plan.release,
         &report.namespace,
-        crate::time::now_unix(),
+        crate::core::time::now_unix(),
     );
     // What a dry run captured (standard input, /dev/fd pipes) helm reads now, the same bytes.
     let feeds = crate::inputs::captured()
         .map(|c| c.feeds())
         .unwrap_or_default();
     let code = helm::run_inherited(&command, feeds).await;
-    output::ci::helm_finished(&plan.ci, crate::time::now_unix());
+    output::ci::helm_finished(&plan.ci, crate::core::time::now_unix());
     let code = code?;
     Ok(match code {
         0 if plan.detailed_exitcode => Exit::DetailedChange,

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::decision::Action;
+use crate::core::decision::Action;
 
 use super::report::DecisionReport;
 

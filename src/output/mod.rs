@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::cli::OutputFormat;
-use crate::decision::Decision;
+use crate::core::decision::Decision;
 use crate::error::Error;
 use report::{DecisionReport, LockReport, LockRow, StatusReport};
 
@@ -341,7 +341,7 @@ mod completion_tests {
     /// `helm guard upgrade|check <TAB>` offers exactly the guard flags of the table.
     #[test]
     fn helm_plugin_completion_offers_every_guard_flag() {
-        use crate::flags::{guard_flags, Mode};
+        use crate::core::flags::{guard_flags, Mode};
         let yaml: serde_yaml::Value =
             serde_yaml::from_str(include_str!("../../completion.yaml")).unwrap();
         for mode in [Mode::Upgrade, Mode::Check] {

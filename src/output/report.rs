@@ -5,10 +5,12 @@
 
 use serde::Serialize;
 
-use crate::decision::Part;
-use crate::decision::{Action, CompareKey, Decision, DeployedState, LockState, Policy, Reason};
+use crate::core::decision::Part;
+use crate::core::decision::{
+    Action, CompareKey, Decision, DeployedState, LockState, Policy, Reason,
+};
+use crate::core::release::ReleaseSummary;
 use crate::mutex::MutexState;
-use crate::release::ReleaseSummary;
 use crate::target::ResolvedTarget;
 
 /// Schema version of the JSON report; bumped on incompatible changes.
@@ -150,7 +152,7 @@ impl LockReport {
             reason: lock.reason.clone(),
             by: lock.by.clone(),
             since: lock.since.clone(),
-            expires: lock.expires_at.map(crate::time::format_rfc3339),
+            expires: lock.expires_at.map(crate::core::time::format_rfc3339),
             expired: lock.expires_at.is_some_and(|t| t <= now_unix),
             pin: lock.pin.clone(),
             pin_key: lock.pin_key.clone(),

@@ -27,8 +27,8 @@ use kube::{Api, Client};
 
 pub use self::driver::DriverKind;
 use self::kube_store::KubeStore;
-use crate::chain::error_chain;
-use crate::release::ReleaseStatus;
+use crate::core::chain::error_chain;
+use crate::core::release::ReleaseStatus;
 use crate::retry::{Retryable, Verdict};
 
 /// Label Helm puts the release name in.

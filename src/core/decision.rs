@@ -24,8 +24,8 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::release::{ReleaseStatus, ReleaseSummary};
-use crate::version::{ChartVersion, Constraint};
+use crate::core::release::{ReleaseStatus, ReleaseSummary};
+use crate::core::version::{ChartVersion, Constraint};
 
 /// A part of a release whose content is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -585,7 +585,7 @@ impl<'i, 'a> Decider<'i, 'a> {
                     lock.by.as_deref().unwrap_or("unknown"),
                     lock.kind.as_str(),
                     lock.expires_at
-                        .map(crate::time::format_rfc3339)
+                        .map(crate::core::time::format_rfc3339)
                         .unwrap_or_default()
                 )),
                 (LockKind::Pin, false) => self.pin_lock = Some(lock),
@@ -1019,7 +1019,7 @@ impl<'i, 'a> Decider<'i, 'a> {
             s.push_str(&format!(" since {since}"));
         }
         if let Some(t) = lock.expires_at {
-            s.push_str(&format!(" until {}", crate::time::format_rfc3339(t)));
+            s.push_str(&format!(" until {}", crate::core::time::format_rfc3339(t)));
         }
         if let Some(reason) = lock.reason.as_deref().filter(|r| !r.is_empty()) {
             s.push_str(&format!(": {reason:?}"));
@@ -1082,7 +1082,7 @@ impl<'i, 'a> Decider<'i, 'a> {
         )
     }
 
-    fn refuse_invalid_target(&self, e: crate::version::VersionError) -> Outcome {
+    fn refuse_invalid_target(&self, e: crate::core::version::VersionError) -> Outcome {
         self.refuse(
             Reason::InvalidVersion,
             format!(
@@ -2040,7 +2040,7 @@ mod tests {
             (-1, "1969-12-31T23:59:59Z"),
         ];
         for (secs, want) in cases {
-            assert_eq!(crate::time::format_rfc3339(secs), want);
+            assert_eq!(crate::core::time::format_rfc3339(secs), want);
         }
     }
 
