@@ -5,7 +5,7 @@
 use clap::builder::PossibleValuesParser;
 use clap::{Arg, ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::cluster::ClusterFlags;
+use crate::adapters::cluster::ClusterFlags;
 use crate::core::decision::CompareKey;
 use crate::core::flags::{guard_flags, Mode, Takes};
 use crate::core::time::parse_duration;
@@ -145,7 +145,7 @@ with stdin, stdout, stderr and exit code untouched.
 Guard settings (environment), one per guard flag of `upgrade`:
 ",
     );
-    let settings: Vec<_> = crate::shim::settings().collect();
+    let settings: Vec<_> = crate::adapters::shim::settings().collect();
     let width = settings.iter().map(|(var, _)| var.len()).max().unwrap_or(0);
     for (var, flag) in settings {
         let value = match flag.takes {
@@ -647,7 +647,7 @@ mod tests {
                 )
             })
             .collect();
-        let want: std::collections::BTreeSet<(String, String)> = crate::shim::settings()
+        let want: std::collections::BTreeSet<(String, String)> = crate::adapters::shim::settings()
             .map(|(var, flag)| (var.to_string(), flag.long.to_string()))
             .collect();
         assert_eq!(rows, want, "docs/shim.md settings table");

@@ -11,28 +11,17 @@
 //! The library API is deliberately small: the decision core, the release codec and the
 //! version rules, plus what the binary needs to run a command line.
 
-mod change;
+mod adapters;
 pub mod cli;
 mod core;
 pub use crate::core::{decision, release, version};
 
-mod cluster;
 mod commands;
-mod enforce;
 mod error;
-mod helm;
-mod inputs;
-mod mutex;
 mod output;
 mod plan;
 #[cfg(test)]
 mod proptests;
-mod recovery;
-mod retry;
-mod shim;
-mod state;
-mod storage;
-mod target;
 
 pub use crate::core::argv::helm_long_flags;
 pub use error::{Error, Exit};
@@ -42,5 +31,5 @@ pub use plan::Plan;
 /// When a guarded-upgrade started this process in place of helm: the refusal (exit 2).
 /// Checked first, before anything else runs, so two builds on PATH cannot loop.
 pub fn started_as_helm() -> Option<Error> {
-    helm::started_as_helm().map(Error::Helm)
+    adapters::helm::started_as_helm().map(Error::Helm)
 }

@@ -8,10 +8,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::adapters::cluster::{ClusterFlags, HelmEnv};
+use crate::adapters::mutex;
+use crate::adapters::shim::{self, Route, ShimEnv};
+use crate::adapters::storage::DriverKind;
+use crate::adapters::target;
 use crate::cli::{
     Command, Expiry, LockArgs, LocksArgs, OutputFormat, PolicyCommand, StatusArgs, UnlockArgs,
 };
-use crate::cluster::{ClusterFlags, HelmEnv};
 use crate::core::argv::HelmFlags;
 use crate::core::argv::{self, Mode, SplitArgv};
 use crate::core::decision::{CompareKey, LockKind, Policy};
@@ -19,12 +23,8 @@ use crate::core::lock::{self, LockSpec};
 use crate::core::names;
 use crate::core::time::format_rfc3339;
 use crate::error::{Error, UsageError};
-use crate::mutex;
 use crate::output::ci::CiPlan;
 use crate::output::DecisionFile;
-use crate::shim::{self, Route, ShimEnv};
-use crate::storage::DriverKind;
-use crate::target;
 
 /// Where and how to reach the release storage.
 #[derive(Debug, Clone)]
@@ -357,8 +357,8 @@ fn cluster_plan(mut flags: ClusterFlags, env: HelmEnv) -> Result<ClusterPlan, Er
     let driver =
         DriverKind::from_helm_driver(env.driver.as_deref()).map_err(|e| usage(e.to_string()))?;
     if driver == DriverKind::Sql {
-        let connection = std::env::var(crate::storage::sql::CONNECTION_ENV).ok();
-        crate::storage::sql::check_connection_string(connection.as_deref())
+        let connection = std::env::var(crate::adapters::storage::sql::CONNECTION_ENV).ok();
+        crate::adapters::storage::sql::check_connection_string(connection.as_deref())
             .map_err(|e| usage(e.to_string()))?;
     }
     Ok(ClusterPlan { flags, env, driver })

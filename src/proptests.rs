@@ -257,7 +257,7 @@ proptest! {
     #[test]
     fn the_guard_never_runs_helm_on_lock_labels_it_cannot_read(labels in arbitrary_lock_labels()) {
         use crate::core::decision::{decide, Action, CompareKey, DecisionInput, Policy, Target};
-        use crate::state::testkit::{block_on, rev, store};
+        use crate::adapters::state::testkit::{block_on, rev, store};
         let mut latest = rev(2, ReleaseStatus::Deployed, "1.4.0");
         latest.labels = labels.clone().into_iter().collect();
         let store = store(&[rev(1, ReleaseStatus::Superseded, "1.3.0"), latest]);
@@ -272,7 +272,7 @@ proptest! {
                 || !since_ok
                 || labels.contains_key("guarded-upgrade.io/unknown")
                 || (lock_kind == Some("pin") && !labels.contains_key("guarded-upgrade.io/pin")));
-        let view = match block_on(crate::state::read_release(&store, "db")) {
+        let view = match block_on(crate::adapters::state::read_release(&store, "db")) {
             Err(e) => {
                 let text = e.to_string();
                 prop_assert!(ours, "labels without a lock label failed the read: {}", text);

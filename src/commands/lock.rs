@@ -1,5 +1,6 @@
 //! `lock`: writes the lock onto every record of the release.
 
+use crate::adapters::storage::{RecordHeader, ReleaseStore, Store};
 use crate::cli::OutputFormat;
 use crate::core::decision::{LockKind, LockState};
 use crate::core::lock::{self, LockSpec};
@@ -7,7 +8,6 @@ use crate::core::time::{format_rfc3339, now_unix};
 use crate::error::{Error, Exit};
 use crate::output::{self, report::LockReport};
 use crate::plan::LockPlan;
-use crate::storage::{RecordHeader, ReleaseStore, Store};
 
 use super::policy;
 use super::records::{needs_labels, Interrupts, Scope};
@@ -232,8 +232,8 @@ pub(super) async fn lock_release(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::state::testkit::{block_on, rev, store};
     use crate::core::release::ReleaseStatus as S;
-    use crate::state::testkit::{block_on, rev, store};
 
     fn spec(kind: LockKind, reason: &str) -> LockSpec {
         LockSpec {

@@ -15,12 +15,12 @@ mod status;
 mod unlock;
 mod upgrade;
 
-use crate::cluster;
+use crate::adapters::cluster;
+use crate::adapters::mutex::{self, MutexError};
+use crate::adapters::storage::Store;
 use crate::error::{Error, Exit};
-use crate::mutex::{self, MutexError};
 use crate::output;
 use crate::plan::{ClusterPlan, Plan, PlanKind};
-use crate::storage::Store;
 
 impl Plan {
     /// Runs the plan on a fresh async runtime and says how the process should end.
@@ -30,9 +30,9 @@ impl Plan {
             .enable_all()
             .build()
             .map_err(Error::Runtime)?;
-        crate::retry::set_observer(crate::output::retry);
+        crate::adapters::retry::set_observer(crate::output::retry);
         if self.0.debug() {
-            crate::cluster::init_debug();
+            crate::adapters::cluster::init_debug();
         }
         runtime.block_on(run(self.0))
     }
@@ -76,7 +76,7 @@ pub(crate) struct Session {
 impl Session {
     /// `Secret` or `ConfigMap`: the kind of the release records.
     pub(crate) fn store_kind(&self) -> &'static str {
-        use crate::storage::ReleaseStore;
+        use crate::adapters::storage::ReleaseStore;
         self.store.kind()
     }
 }

@@ -13,10 +13,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
+use crate::adapters::storage::{
+    RecordHeader, ReleaseStore, Store, StoreError, StoredRecord, LABEL_STATUS,
+};
 use crate::core::lock;
 use crate::core::release::{self, ReleaseStatus};
 use crate::error::{Error, PartialWrite};
-use crate::storage::{RecordHeader, ReleaseStore, Store, StoreError, StoredRecord, LABEL_STATUS};
 
 /// How many times a record write is retried after a 409 on a non-latest record.
 const CONFLICT_RETRIES: usize = 5;

@@ -3,16 +3,16 @@
 
 use std::path::Path;
 
+use crate::adapters::helm::{self, HelmCommand};
+use crate::adapters::mutex::{self, MutexError};
+use crate::adapters::recovery::{self, Recovery};
+use crate::adapters::storage::{self, ReleaseStore, Store};
 use crate::core::decision::{Action, Decision, Reason};
 use crate::core::time::format_duration;
 use crate::error::{Error, Exit};
-use crate::helm::{self, HelmCommand};
-use crate::mutex::{self, MutexError};
 use crate::output::report::DecisionReport;
 use crate::output::{self, JsonTo};
 use crate::plan::GuardPlan;
-use crate::recovery::{self, Recovery};
-use crate::storage::{self, ReleaseStore, Store};
 
 use super::guard::{self, Pass};
 
@@ -254,7 +254,7 @@ async fn run_helm(
         crate::core::time::now_unix(),
     );
     // What a dry run captured (standard input, /dev/fd pipes) helm reads now, the same bytes.
-    let feeds = crate::inputs::captured()
+    let feeds = crate::adapters::inputs::captured()
         .map(|c| c.feeds())
         .unwrap_or_default();
     let code = helm::run_inherited(&command, feeds).await;

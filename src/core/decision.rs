@@ -193,7 +193,7 @@ impl KeySide {
 }
 
 /// What only helm's dry run and the fully decoded baseline record tell (see
-/// [`crate::change`]). Gathered only when a decision asks for it
+/// [`crate::adapters::change`]). Gathered only when a decision asks for it
 /// ([`Decision::needs_facts`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangeFacts {
@@ -1234,7 +1234,7 @@ mod tests {
     /// Deployed at `version` (revision 7), latest = revision 7 deployed, as the program
     /// reads it.
     fn deployed(version: &str) -> DeployedState {
-        crate::state::testkit::state(&[crate::state::testkit::rev(
+        crate::adapters::state::testkit::state(&[crate::adapters::state::testkit::rev(
             7,
             ReleaseStatus::Deployed,
             version,
@@ -1596,9 +1596,9 @@ mod tests {
         let past = Some(NOW - 1);
         let future = Some(NOW + 3600);
         // Revision 7 deployed at 1.4.0, then hard-locked (pending-upgrade), as read.
-        let mut locked = crate::state::testkit::rev(7, S::PendingUpgrade, "1.4.0");
-        locked.labels = crate::state::tests::hard_lock_labels();
-        let hard_latest = crate::state::testkit::state(&[locked]);
+        let mut locked = crate::adapters::state::testkit::rev(7, S::PendingUpgrade, "1.4.0");
+        locked.labels = crate::adapters::state::tests::hard_lock_labels();
+        let hard_latest = crate::adapters::state::testkit::state(&[locked]);
         // (state, lock, target, policy, action, reason, note expected)
         #[allow(clippy::type_complexity)]
         let cases: Vec<(DeployedState, LockState, &str, Policy, Action, Reason, bool)> = vec![

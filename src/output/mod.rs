@@ -52,7 +52,7 @@ pub(crate) fn waiting(text: &str) {
 }
 
 /// A retry of an API request, or giving up on one (`guarded-upgrade: retrying …`).
-pub(crate) fn retry(notice: &crate::retry::RetryNotice) {
+pub(crate) fn retry(notice: &crate::adapters::retry::RetryNotice) {
     line(&format!("guarded-upgrade: {notice}"));
 }
 
@@ -191,7 +191,7 @@ pub(crate) fn status(
         None => match &report.mutex_error {
             Some(e) => put(format!(
                 "mutex:     {}",
-                crate::mutex::unknown_note(&report.release, e)
+                crate::adapters::mutex::unknown_note(&report.release, e)
             )),
             None => put("mutex:     free".to_string()),
         },

@@ -5,13 +5,13 @@
 
 use serde::Serialize;
 
+use crate::adapters::mutex::MutexState;
+use crate::adapters::target::ResolvedTarget;
 use crate::core::decision::Part;
 use crate::core::decision::{
     Action, CompareKey, Decision, DeployedState, LockState, Policy, Reason,
 };
 use crate::core::release::ReleaseSummary;
-use crate::mutex::MutexState;
-use crate::target::ResolvedTarget;
 
 /// Schema version of the JSON report; bumped on incompatible changes.
 pub(crate) const REPORT_SCHEMA: u32 = 1;
@@ -138,7 +138,7 @@ pub(crate) struct LockReport {
     /// `status`/`locks`: how the lock is enforced (`cluster policy`, `database trigger`,
     /// `labels only`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub enforcement: Option<crate::enforce::Enforcement>,
+    pub enforcement: Option<crate::adapters::enforce::Enforcement>,
     /// Why a hard lock is not enforced by the cluster (`not enforced by the cluster: …`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enforcement_note: Option<String>,

@@ -286,7 +286,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::StoreError;
+    use crate::adapters::storage::StoreError;
     use std::cell::{Cell, RefCell};
 
     /// Time moves only when we sleep; jitter is fixed.

@@ -8,11 +8,11 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
+use crate::adapters::helm::HelmError;
 use crate::core::argv::invalid_value;
 use crate::core::flags::{
     guard_flags, helm_flag, helm_short, Arity, GuardFlag, GuardOptions, Mode,
 };
-use crate::helm::HelmError;
 
 /// Prefix of every shim setting.
 pub(crate) const PREFIX: &str = "GUARDED_UPGRADE_";
@@ -186,7 +186,7 @@ pub(crate) fn removed_words(input: &[String], kept: &[String]) -> Vec<String> {
 /// The real helm: `GUARDED_UPGRADE_HELM` when set, else the first `helm` on PATH that is
 /// not this binary. Never this binary: that would recurse.
 pub(crate) fn real_helm(explicit: Option<&str>) -> Result<PathBuf, HelmError> {
-    crate::helm::find(explicit, HELM_VAR, HelmError::ShimNotFound)
+    crate::adapters::helm::find(explicit, HELM_VAR, HelmError::ShimNotFound)
 }
 
 #[cfg(test)]

@@ -29,12 +29,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
 use super::sql_conn::{self, TlsMode};
-use crate::core::release::ReleaseStatus;
-use crate::core::time::format_rfc3339;
-use crate::storage::{
+use crate::adapters::storage::{
     with_retry, InvalidRecord, RecordHeader, ReleaseStore, StoreError, StoredRecord, LABEL_NAME,
     LABEL_OWNER, LABEL_STATUS, LABEL_VERSION,
 };
+use crate::core::release::ReleaseStatus;
+use crate::core::time::format_rfc3339;
 
 /// The environment variable helm reads the connection string from.
 pub const CONNECTION_ENV: &str = "HELM_DRIVER_SQL_CONNECTION_STRING";

@@ -27,9 +27,9 @@ use kube::{Api, Client};
 
 pub use self::driver::DriverKind;
 use self::kube_store::KubeStore;
+use crate::adapters::retry::{Retryable, Verdict};
 use crate::core::chain::error_chain;
 use crate::core::release::ReleaseStatus;
-use crate::retry::{Retryable, Verdict};
 
 /// Label Helm puts the release name in.
 pub const LABEL_NAME: &str = "name";
@@ -96,7 +96,7 @@ pub enum StoreError {
     /// A classified connection or identity failure naming the server and context
     /// (DNS, refused, TLS, 401, 403, timeout; see `cluster::classify`).
     #[error("{0}")]
-    Connection(crate::cluster::ConnectionFailure),
+    Connection(crate::adapters::cluster::ConnectionFailure),
     /// A record that does not look like one helm wrote.
     #[error("{0}")]
     Invalid(#[from] InvalidRecord),
@@ -175,7 +175,7 @@ impl StoreError {
 
 impl From<kube::Error> for StoreError {
     fn from(e: kube::Error) -> StoreError {
-        if let Some(failure) = crate::cluster::classify(&e) {
+        if let Some(failure) = crate::adapters::cluster::classify(&e) {
             return StoreError::Connection(failure);
         }
         match e {
@@ -230,14 +230,14 @@ pub(crate) fn parse_selector(selector: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-/// Retries `op` on transient errors under [`crate::retry::RetryPolicy::API`]; `what` names
+/// Retries `op` on transient errors under [`crate::adapters::retry::RetryPolicy::API`]; `what` names
 /// the request in the retry notices.
 pub(crate) async fn with_retry<T, F, Fut>(what: &str, op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    crate::retry::run(what, op).await
+    crate::adapters::retry::run(what, op).await
 }
 
 /// The driver interface every store implements (static dispatch only).

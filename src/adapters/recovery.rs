@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::adapters::state::ReleaseView;
+use crate::adapters::storage::{ReleaseStore, LABEL_STATUS};
 use crate::core::lock;
 use crate::core::release::{self, ReleaseStatus};
 use crate::core::time::format_duration;
-use crate::state::ReleaseView;
-use crate::storage::{ReleaseStore, LABEL_STATUS};
 
 /// When the record was last written: Helm's `modifiedAt`/`createdAt` labels (Unix seconds),
 /// else the object's creation time.
@@ -116,7 +116,7 @@ pub(crate) async fn recover_stale_pending<S: ReleaseStore>(
          failed by guarded-upgrade",
         latest.status,
         format_duration(age),
-        crate::mutex::lease_name(release)
+        crate::adapters::mutex::lease_name(release)
     );
     release::set_release_status(&mut json, ReleaseStatus::Failed.as_str())
         .map_err(|e| fail("changing the status")(e.into()))?;

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use crate::adapters::helm::HelmCommand;
+use crate::adapters::inputs::{Feed, Source};
 use crate::core::decision::{ChangeFacts, CompareKey, KeySide, KeyText, Part};
-use crate::helm::HelmCommand;
-use crate::inputs::{Feed, Source};
 
 /// SHA-256 digests of the compared parts of one release. Never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -319,7 +319,7 @@ pub enum ChangeError {
 /// and still renders against the cluster (`--dry-run=server`: `lookup`, capabilities),
 /// so its answer is the one a storage-backed dry run gives, at a cost that does not grow
 /// with history. Should that run fail, the storage-backed dry run decides.
-pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
+pub(crate) async fn gather<S: crate::adapters::storage::ReleaseStore>(
     store: &S,
     helm: Option<&Path>,
     dry_run: &DryRun<'_>,
@@ -335,7 +335,7 @@ pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
         None
     } else {
         Some(
-            crate::inputs::capture(&sources)
+            crate::adapters::inputs::capture(&sources)
                 .await
                 .map_err(ChangeError::Input)?,
         )
@@ -394,9 +394,9 @@ pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Records<'a> {
     /// The revision compared with (the deployed one), if any.
-    pub baseline: Option<&'a crate::storage::RecordHeader>,
+    pub baseline: Option<&'a crate::adapters::storage::RecordHeader>,
     /// The highest revision, if any.
-    pub latest: Option<&'a crate::storage::RecordHeader>,
+    pub latest: Option<&'a crate::adapters::storage::RecordHeader>,
 }
 
 /// The release's custom labels as helm keeps them: every label but helm's own and ours.
@@ -596,7 +596,7 @@ pub(crate) async fn would_be_release_from_memory(
 ) -> Result<Value, ChangeError> {
     let data = serde_json::to_vec(history).map_err(|e| ChangeError::Output(e.to_string()))?;
     let taken: Vec<_> = feeds.iter().map(|f| f.fd).collect();
-    let fd = crate::inputs::free_fd(&taken);
+    let fd = crate::adapters::inputs::free_fd(&taken);
     let mut feeds = feeds.to_vec();
     feeds.push(Feed {
         fd,
@@ -622,7 +622,7 @@ pub async fn would_be_release(
         program: command.program.clone(),
         message: e.to_string(),
     };
-    let mut expression = crate::inputs::feed(command.to_expression(), feeds.to_vec());
+    let mut expression = crate::adapters::inputs::feed(command.to_expression(), feeds.to_vec());
     for (k, v) in env {
         expression = expression.env(k, v);
     }
