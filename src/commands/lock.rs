@@ -9,8 +9,9 @@ use crate::error::{Error, Exit};
 use crate::output::{self, report::LockReport};
 use crate::plan::LockPlan;
 
+use super::interrupts::Interrupts;
 use super::policy;
-use super::records::{needs_labels, Interrupts, Scope};
+use super::records::{needs_labels, Scope};
 
 /// Runs `lock`.
 pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {

@@ -6,6 +6,7 @@ mod check;
 mod completions;
 mod guard;
 mod helm;
+mod interrupts;
 mod lock;
 mod locks;
 mod man;

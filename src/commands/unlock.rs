@@ -11,7 +11,8 @@ use crate::error::{Error, Exit};
 use crate::output;
 use crate::plan::UnlockPlan;
 
-use super::records::{Interrupts, Scope};
+use super::interrupts::Interrupts;
+use super::records::Scope;
 
 /// Runs `unlock`.
 pub(super) async fn run(plan: UnlockPlan) -> Result<Exit, Error> {
