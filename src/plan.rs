@@ -39,9 +39,9 @@ pub(crate) struct ClusterPlan {
 
 /// The per-release mutex settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Serialize {
-    /// `--lock-timeout`: how long to wait for another run.
-    pub lock_timeout: Duration,
+pub(crate) struct MutexPlan {
+    /// How long to wait for another run to release the mutex (`--lock-timeout`).
+    pub wait: Duration,
     /// `--lease-duration`.
     pub lease_duration: Duration,
 }
@@ -117,7 +117,7 @@ pub(crate) struct GuardPlan {
     /// `--detailed-exitcode`.
     pub detailed_exitcode: bool,
     /// The mutex, unless `--no-serialize`.
-    pub serialize: Option<Serialize>,
+    pub mutex: Option<MutexPlan>,
     /// `--recover-pending-after`.
     pub recover_pending_after: Option<Duration>,
     /// Shim mode: helm's argv as is (no `--install` added), the real helm found at run
@@ -396,8 +396,8 @@ fn guard(
         }
     };
     let in_shim = shim_helm.is_some();
-    let serialize = (!guard.no_serialize).then(|| Serialize {
-        lock_timeout: guard.lock_timeout.unwrap_or(mutex::DEFAULT_LOCK_TIMEOUT),
+    let serialize = (!guard.no_serialize).then(|| MutexPlan {
+        wait: guard.lock_timeout.unwrap_or(mutex::DEFAULT_WAIT),
         lease_duration: guard
             .lease_duration
             .unwrap_or(mutex::DEFAULT_LEASE_DURATION),
@@ -433,7 +433,7 @@ fn guard(
         format,
         decision_file,
         detailed_exitcode: guard.detailed_exitcode,
-        serialize,
+        mutex: serialize,
         recover_pending_after: guard.recover_pending_after,
         debug,
         shim: shim_helm,
@@ -648,7 +648,7 @@ mod tests {
         );
         assert!(!p.helm.install, "no --install added in shim mode");
         assert_eq!(p.policy, Policy::NewerOrEqual);
-        assert_eq!(p.serialize.unwrap().lock_timeout, Duration::from_secs(10));
+        assert_eq!(p.mutex.unwrap().wait, Duration::from_secs(10));
         assert_eq!(
             p.shim,
             Some(ShimHelm {
@@ -757,7 +757,7 @@ mod tests {
         .unwrap() else {
             panic!("not a guard plan")
         };
-        assert_eq!(p.serialize.unwrap().lock_timeout, Duration::from_secs(10));
+        assert_eq!(p.mutex.unwrap().wait, Duration::from_secs(10));
         assert_eq!(p.format, OutputFormat::Json);
         assert_eq!(p.decision_file, Some(DecisionFile::Stderr));
         assert_eq!(

@@ -27,8 +27,8 @@ use crate::core::time::{format_duration, format_rfc3339, now_unix};
 
 /// Default lease duration: as helm-lock's 15 s, renewed every third of it.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
-/// Default `--lock-timeout`.
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default wait for the mutex (`--lock-timeout`).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 
 /// The Lease name for a release (shared with the helm-lock plugin).
 pub fn lease_name(release: &str) -> String {

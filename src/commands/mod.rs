@@ -156,7 +156,7 @@ pub(crate) async fn serialized<T>(
     body: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     let options = mutex::AcquireOptions {
-        timeout: mutex::DEFAULT_LOCK_TIMEOUT,
+        timeout: mutex::DEFAULT_WAIT,
         lease_duration: mutex::DEFAULT_LEASE_DURATION,
     };
     let held = match acquire_mutex(session, release, &options).await {

@@ -47,7 +47,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     }
     // A dry run writes nothing, so it neither needs nor holds up the mutex.
     let dry_run = plan.helm.is_dry_run();
-    let Some(serialize) = plan.serialize.filter(|_| !dry_run) else {
+    let Some(serialize) = plan.mutex.filter(|_| !dry_run) else {
         let report = guard::report(&plan, store, &first, &target, Some(false), None);
         if first.decision.action == Action::Refuse {
             return finish_without_helm(&plan, &first.decision, &report);
@@ -70,7 +70,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
             })?;
     }
     let options = mutex::AcquireOptions {
-        timeout: serialize.lock_timeout,
+        timeout: serialize.wait,
         lease_duration: serialize.lease_duration,
     };
     let held = match super::acquire_mutex(&session, release, &options).await {
