@@ -5,11 +5,11 @@
 use clap::builder::PossibleValuesParser;
 use clap::{Arg, ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::cluster::ClusterFlags;
-use crate::decision::CompareKey;
-use crate::flags::{guard_flags, Mode, Takes};
-use crate::time::parse_duration;
-use crate::version::{ChartVersion, Constraint};
+use crate::adapters::cluster::ClusterFlags;
+use crate::core::decision::CompareKey;
+use crate::core::flags::{guard_flags, Mode, Takes};
+use crate::core::time::parse_duration;
+use crate::core::version::{ChartVersion, Constraint};
 
 /// Flags that ask for help in a pass-through command.
 pub(crate) const HELP_FLAGS: [&str; 2] = ["-h", "--help"];
@@ -145,7 +145,7 @@ with stdin, stdout, stderr and exit code untouched.
 Guard settings (environment), one per guard flag of `upgrade`:
 ",
     );
-    let settings: Vec<_> = crate::shim::settings().collect();
+    let settings: Vec<_> = crate::adapters::shim::settings().collect();
     let width = settings.iter().map(|(var, _)| var.len()).max().unwrap_or(0);
     for (var, flag) in settings {
         let value = match flag.takes {
@@ -260,7 +260,7 @@ fn parse_expiry(text: &str) -> Result<Expiry, String> {
     if let Some(d) = parse_duration(text) {
         return Ok(Expiry::After(d));
     }
-    crate::time::parse_rfc3339(text)
+    crate::core::time::parse_rfc3339(text)
         .map(Expiry::At)
         .ok_or_else(|| {
             "neither a duration (90s, 30m, 4h, 7d) nor an RFC 3339 timestamp \
@@ -647,7 +647,7 @@ mod tests {
                 )
             })
             .collect();
-        let want: std::collections::BTreeSet<(String, String)> = crate::shim::settings()
+        let want: std::collections::BTreeSet<(String, String)> = crate::adapters::shim::settings()
             .map(|(var, flag)| (var.to_string(), flag.long.to_string()))
             .collect();
         assert_eq!(rows, want, "docs/shim.md settings table");

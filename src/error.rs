@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use crate::cluster::ClusterError;
-use crate::helm::HelmError;
-use crate::mutex::MutexError;
-use crate::state::ReadError;
-use crate::storage::StoreError;
-use crate::target::TargetError;
+use crate::adapters::cluster::ClusterError;
+use crate::adapters::helm::HelmError;
+use crate::adapters::mutex::MutexError;
+use crate::adapters::state::ReadError;
+use crate::adapters::storage::StoreError;
+use crate::adapters::target::TargetError;
 
 /// How the process ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub enum Error {
         release: Option<String>,
         /// Why.
         #[source]
-        source: Box<crate::storage::sql::SqlConnectError>,
+        source: Box<crate::adapters::storage::sql::SqlConnectError>,
     },
     /// The deployed release could not be read or trusted.
     #[error(
@@ -109,7 +109,7 @@ pub enum Error {
         namespace: String,
         /// Why.
         #[source]
-        source: Box<crate::change::ChangeError>,
+        source: Box<crate::adapters::change::ChangeError>,
     },
     /// A call to the API (other than reading the release) failed.
     #[error("release {release:?} in namespace {namespace:?}: {step}: {source}")]
@@ -144,7 +144,7 @@ pub enum Error {
         namespace: String,
         /// Which step failed.
         #[source]
-        source: Box<crate::recovery::RecoveryError>,
+        source: Box<crate::adapters::recovery::RecoveryError>,
     },
     /// Reading, decoding or rewriting one release record failed.
     #[error("release {release:?} in namespace {namespace:?}: {step} {record}: {source}")]
@@ -318,7 +318,7 @@ mod tests {
         assert_eq!(e.exit(), Exit::Refused);
         // No inner error says it by hand: every fail-closed message ends with it once.
         let inner = [
-            Error::from(ClusterError::UnsupportedDriver("memory".into())),
+            Error::from(ClusterError::BadApiServer("https://[".into())),
             mutex_error(MutexError::Interrupted),
             mutex_error(MutexError::Timeout {
                 lease: "helm-lock-db".into(),

@@ -1,46 +1,30 @@
 //! guarded-upgrade: a drop-in `helm upgrade --install` that never downgrades a release,
 //! honours release locks and fails closed when the deployed state is unknown.
 //!
-//! Layers (see `docs/architecture.md`): [`cli`] (clap types) → `plan` (argv and environment
-//! to validated plans, every usage error before any I/O) → `commands` (one file per verb)
-//! → the pure [`decision`] core, with thin adapters around it: `storage` for Helm's
-//! release records, `mutex` for the per-release Lease, `helm` for the helm process,
-//! `cluster` for the connection, `shim` for the helm shim's routing and `GUARDED_UPGRADE_*`
-//! settings, and `output`, the only module that prints (CI annotations included).
+//! Layers (see `docs/architecture.md`), top to bottom, each importing only the ones below:
+//! `commands` (one file per verb; `Plan::run`) → `plan` (argv and environment to validated
+//! plans, every usage error before any I/O) → `output` (the only module that prints, CI
+//! annotations included) → `error` and [`cli`] (clap types) → `adapters` (the cluster
+//! connection, Helm's release records, the per-release mutex Lease, the helm process,
+//! charts, the helm shim) → `core` (pure: the [`decision`] rules and shared vocabulary,
+//! [`version`], the [`release`] codec, names, the lock model, the flag tables).
 //!
 //! The library API is deliberately small: the decision core, the release codec and the
 //! version rules, plus what the binary needs to run a command line.
 
-mod change;
+mod adapters;
 pub mod cli;
-pub mod decision;
-pub mod release;
-pub mod version;
+mod core;
+pub use crate::core::{decision, release, version};
 
-mod argv;
-mod cluster;
 mod commands;
-mod enforce;
 mod error;
-mod flags;
-mod helm;
-mod inputs;
-mod lock;
-mod mutex;
-mod names;
 mod output;
 mod plan;
 #[cfg(test)]
 mod proptests;
-mod recovery;
-mod retry;
-mod shim;
-mod state;
-mod storage;
-mod target;
-mod time;
 
-pub use argv::helm_long_flags;
+pub use crate::core::argv::helm_long_flags;
 pub use error::{Error, Exit};
 pub use output::error as print_error;
 pub use plan::Plan;
@@ -48,5 +32,5 @@ pub use plan::Plan;
 /// When a guarded-upgrade started this process in place of helm: the refusal (exit 2).
 /// Checked first, before anything else runs, so two builds on PATH cannot loop.
 pub fn started_as_helm() -> Option<Error> {
-    helm::started_as_helm().map(Error::Helm)
+    adapters::helm::started_as_helm().map(Error::Helm)
 }

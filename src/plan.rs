@@ -8,20 +8,23 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::argv::HelmFlags;
-use crate::argv::{self, Mode, SplitArgv};
+use crate::adapters::cluster::{ClusterFlags, HelmEnv};
+use crate::adapters::mutex;
+use crate::adapters::shim::{self, Route, ShimEnv};
+use crate::adapters::storage::DriverKind;
+use crate::adapters::target;
 use crate::cli::{
     Command, Expiry, LockArgs, LocksArgs, OutputFormat, PolicyCommand, StatusArgs, UnlockArgs,
 };
-use crate::cluster::{ClusterFlags, DriverKind, HelmEnv};
-use crate::decision::{CompareKey, LockKind, Policy};
+use crate::core::argv::HelmFlags;
+use crate::core::argv::{self, Mode, SplitArgv};
+use crate::core::decision::{CompareKey, LockKind, Policy};
+use crate::core::lock::{self, LockSpec};
+use crate::core::names;
+use crate::core::time::format_rfc3339;
 use crate::error::{Error, UsageError};
-use crate::lock::{self, LockSpec};
-use crate::mutex;
-use crate::names;
-use crate::shim::{self, Route, ShimEnv};
-use crate::target;
-use crate::time::format_rfc3339;
+use crate::output::ci::CiPlan;
+use crate::output::DecisionFile;
 
 /// Where and how to reach the release storage.
 #[derive(Debug, Clone)]
@@ -34,52 +37,13 @@ pub(crate) struct ClusterPlan {
     pub driver: DriverKind,
 }
 
-/// Where the decision JSON goes besides the normal output (`--decision-file`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum DecisionFile {
-    /// `-`: standard error.
-    Stderr,
-    /// A file.
-    Path(PathBuf),
-}
-
 /// The per-release mutex settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Serialize {
-    /// `--lock-timeout`: how long to wait for another run.
-    pub lock_timeout: Duration,
+pub(crate) struct MutexPlan {
+    /// How long to wait for another run to release the mutex (`--lock-timeout`).
+    pub wait: Duration,
     /// `--lease-duration`.
     pub lease_duration: Duration,
-}
-
-/// CI integration for a guarded command (docs/ci.md); all off with `--no-annotations`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct CiPlan {
-    /// GitHub Actions (`GITHUB_ACTIONS=true`): annotations, and the step summary file
-    /// (`GITHUB_STEP_SUMMARY`) when set.
-    pub github: Option<GithubCi>,
-    /// GitLab CI (`GITLAB_CI=true`): a collapsible log section around the helm run.
-    pub gitlab: bool,
-}
-
-/// GitHub Actions settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct GithubCi {
-    /// `GITHUB_STEP_SUMMARY`: one markdown row per decision is appended there.
-    pub step_summary: Option<PathBuf>,
-}
-
-impl CiPlan {
-    /// Reads the CI variables of the process.
-    fn from_process() -> CiPlan {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        CiPlan {
-            github: (var("GITHUB_ACTIONS").as_deref() == Some("true".as_ref())).then(|| GithubCi {
-                step_summary: var("GITHUB_STEP_SUMMARY").map(PathBuf::from),
-            }),
-            gitlab: var("GITLAB_CI").as_deref() == Some("true".as_ref()),
-        }
-    }
 }
 
 /// Everything a plan reads from the process environment.
@@ -153,7 +117,7 @@ pub(crate) struct GuardPlan {
     /// `--detailed-exitcode`.
     pub detailed_exitcode: bool,
     /// The mutex, unless `--no-serialize`.
-    pub serialize: Option<Serialize>,
+    pub mutex: Option<MutexPlan>,
     /// `--recover-pending-after`.
     pub recover_pending_after: Option<Duration>,
     /// Shim mode: helm's argv as is (no `--install` added), the real helm found at run
@@ -281,25 +245,11 @@ impl Plan {
             args: rest.to_vec(),
         })
     }
-
-    /// Runs the plan on a fresh async runtime and says how the process should end.
-    pub fn run(self) -> Result<crate::error::Exit, Error> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(Error::Runtime)?;
-        crate::retry::set_observer(crate::output::retry);
-        if self.0.debug() {
-            crate::cluster::init_debug();
-        }
-        runtime.block_on(crate::commands::run(self.0))
-    }
 }
 
 impl PlanKind {
     /// Whether debug output was asked for (`--debug`, `HELM_DEBUG=true`).
-    fn debug(&self) -> bool {
+    pub(crate) fn debug(&self) -> bool {
         let cluster = |c: &ClusterPlan| c.flags.debug || c.env.debug;
         match self {
             PlanKind::Guard(p) => p.debug || cluster(&p.cluster),
@@ -407,8 +357,8 @@ fn cluster_plan(mut flags: ClusterFlags, env: HelmEnv) -> Result<ClusterPlan, Er
     let driver =
         DriverKind::from_helm_driver(env.driver.as_deref()).map_err(|e| usage(e.to_string()))?;
     if driver == DriverKind::Sql {
-        let connection = std::env::var(crate::storage::sql::CONNECTION_ENV).ok();
-        crate::storage::sql::check_connection_string(connection.as_deref())
+        let connection = std::env::var(crate::adapters::storage::sql::CONNECTION_ENV).ok();
+        crate::adapters::storage::sql::check_connection_string(connection.as_deref())
             .map_err(|e| usage(e.to_string()))?;
     }
     Ok(ClusterPlan { flags, env, driver })
@@ -446,8 +396,8 @@ fn guard(
         }
     };
     let in_shim = shim_helm.is_some();
-    let serialize = (!guard.no_serialize).then(|| Serialize {
-        lock_timeout: guard.lock_timeout.unwrap_or(mutex::DEFAULT_LOCK_TIMEOUT),
+    let serialize = (!guard.no_serialize).then(|| MutexPlan {
+        wait: guard.lock_timeout.unwrap_or(mutex::DEFAULT_WAIT),
         lease_duration: guard
             .lease_duration
             .unwrap_or(mutex::DEFAULT_LEASE_DURATION),
@@ -483,7 +433,7 @@ fn guard(
         format,
         decision_file,
         detailed_exitcode: guard.detailed_exitcode,
-        serialize,
+        mutex: serialize,
         recover_pending_after: guard.recover_pending_after,
         debug,
         shim: shim_helm,
@@ -551,6 +501,7 @@ fn lock_plan(args: LockArgs, env: HelmEnv, now: i64) -> Result<LockPlan, Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::ci::GithubCi;
     use clap::Parser;
 
     const NOW: i64 = 1_700_000_000;
@@ -697,7 +648,7 @@ mod tests {
         );
         assert!(!p.helm.install, "no --install added in shim mode");
         assert_eq!(p.policy, Policy::NewerOrEqual);
-        assert_eq!(p.serialize.unwrap().lock_timeout, Duration::from_secs(10));
+        assert_eq!(p.mutex.unwrap().wait, Duration::from_secs(10));
         assert_eq!(
             p.shim,
             Some(ShimHelm {
@@ -806,7 +757,7 @@ mod tests {
         .unwrap() else {
             panic!("not a guard plan")
         };
-        assert_eq!(p.serialize.unwrap().lock_timeout, Duration::from_secs(10));
+        assert_eq!(p.mutex.unwrap().wait, Duration::from_secs(10));
         assert_eq!(p.format, OutputFormat::Json);
         assert_eq!(p.decision_file, Some(DecisionFile::Stderr));
         assert_eq!(

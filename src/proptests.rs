@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use proptest::prelude::*;
 
-use crate::argv::{split, Mode};
-use crate::decision::LockKind;
-use crate::lock::{is_label_value, spec_from_labels, LockSpec};
-use crate::release::{decode_release, decode_release_json, encode_release_json, ReleaseStatus};
-use crate::version::{ChartVersion, Constraint};
+use crate::core::argv::{split, Mode};
+use crate::core::decision::LockKind;
+use crate::core::lock::{is_label_value, spec_from_labels, LockSpec};
+use crate::core::release::{
+    decode_release, decode_release_json, encode_release_json, ReleaseStatus,
+};
+use crate::core::version::{ChartVersion, Constraint};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
@@ -175,7 +177,7 @@ proptest! {
             && spec
                 .pin_key
                 .as_deref()
-                .is_none_or(|k| crate::decision::CompareKey::parse(k).is_ok());
+                .is_none_or(|k| crate::core::decision::CompareKey::parse(k).is_ok());
         match spec_from_labels(&labels) {
             Ok(read) => {
                 prop_assert!(valid, "an invalid lock read back: {:?}", read);
@@ -203,7 +205,7 @@ proptest! {
     ) {
         let labels: BTreeMap<String, String> = labels;
         let _ = spec_from_labels(&labels);
-        let _ = crate::lock::from_labels(&labels);
+        let _ = crate::core::lock::from_labels(&labels);
     }
 }
 
@@ -254,8 +256,8 @@ proptest! {
     /// the label; helm runs only when no lock is there or a fully read lock lets it.
     #[test]
     fn the_guard_never_runs_helm_on_lock_labels_it_cannot_read(labels in arbitrary_lock_labels()) {
-        use crate::decision::{decide, Action, CompareKey, DecisionInput, Policy, Target};
-        use crate::state::testkit::{block_on, rev, store};
+        use crate::core::decision::{decide, Action, CompareKey, DecisionInput, Policy, Target};
+        use crate::adapters::state::testkit::{block_on, rev, store};
         let mut latest = rev(2, ReleaseStatus::Deployed, "1.4.0");
         latest.labels = labels.clone().into_iter().collect();
         let store = store(&[rev(1, ReleaseStatus::Superseded, "1.3.0"), latest]);
@@ -270,7 +272,7 @@ proptest! {
                 || !since_ok
                 || labels.contains_key("guarded-upgrade.io/unknown")
                 || (lock_kind == Some("pin") && !labels.contains_key("guarded-upgrade.io/pin")));
-        let view = match block_on(crate::state::read_release(&store, "db")) {
+        let view = match block_on(crate::adapters::state::read_release(&store, "db")) {
             Err(e) => {
                 let text = e.to_string();
                 prop_assert!(ours, "labels without a lock label failed the read: {}", text);
@@ -344,7 +346,7 @@ proptest! {
         if let Ok(c) = Constraint::parse(&text) {
             let _ = c.matches(&ChartVersion::parse("1.2.3").unwrap());
         }
-        let _ = crate::version::is_exact_version(&text);
+        let _ = crate::core::version::is_exact_version(&text);
     }
 
     #[test]

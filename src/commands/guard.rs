@@ -3,17 +3,17 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::change;
-use crate::decision::{self, Action, Decision, DecisionInput, Target};
+use crate::adapters::change;
+use crate::adapters::helm;
+use crate::adapters::mutex::MutexState;
+use crate::adapters::state::{self, ReleaseView};
+use crate::adapters::storage::{ReleaseStore, Store};
+use crate::adapters::target::{self, ResolvedTarget};
+use crate::core::decision::{self, Action, Decision, DecisionInput, Target};
+use crate::core::time::now_unix;
 use crate::error::{Error, Exit};
-use crate::helm;
-use crate::mutex::MutexState;
 use crate::output::report::DecisionReport;
 use crate::plan::GuardPlan;
-use crate::state::{self, ReleaseView};
-use crate::storage::{ReleaseStore, Store};
-use crate::target::{self, ResolvedTarget};
-use crate::time::now_unix;
 
 /// One read-and-decide pass.
 pub(super) struct Pass {
@@ -29,7 +29,7 @@ pub(super) struct Pass {
 /// (never the shim itself).
 pub(super) fn locate_helm(plan: &GuardPlan) -> Result<PathBuf, Error> {
     match &plan.shim {
-        Some(shim) => Ok(crate::shim::real_helm(shim.explicit.as_deref())?),
+        Some(shim) => Ok(crate::adapters::shim::real_helm(shim.explicit.as_deref())?),
         None => Ok(helm::locate(plan.helm_bin.as_deref())?),
     }
 }

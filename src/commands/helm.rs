@@ -6,6 +6,6 @@ use crate::plan::PassthroughPlan;
 
 /// Replaces the process with the real helm; returns only when it cannot be found or run.
 pub(super) fn run(plan: PassthroughPlan) -> Result<Exit, Error> {
-    let helm = crate::shim::real_helm(plan.helm.explicit.as_deref())?;
-    Err(crate::helm::exec(&helm, &plan.args).into())
+    let helm = crate::adapters::shim::real_helm(plan.helm.explicit.as_deref())?;
+    Err(crate::adapters::helm::exec(&helm, &plan.args).into())
 }

@@ -1,16 +1,17 @@
 //! `lock`: writes the lock onto every record of the release.
 
+use crate::adapters::storage::{RecordHeader, ReleaseStore, Store};
 use crate::cli::OutputFormat;
-use crate::decision::{LockKind, LockState};
+use crate::core::decision::{LockKind, LockState};
+use crate::core::lock::{self, LockSpec};
+use crate::core::time::{format_rfc3339, now_unix};
 use crate::error::{Error, Exit};
-use crate::lock::{self, LockSpec};
 use crate::output::{self, report::LockReport};
 use crate::plan::LockPlan;
-use crate::storage::{RecordHeader, ReleaseStore, Store};
-use crate::time::{format_rfc3339, now_unix};
 
+use super::interrupts::Interrupts;
 use super::policy;
-use super::records::{needs_labels, Interrupts, Scope};
+use super::records::{needs_labels, Scope};
 
 /// Runs `lock`.
 pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
@@ -229,8 +230,8 @@ pub(super) async fn lock_release(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::ReleaseStatus as S;
-    use crate::state::testkit::{block_on, rev, store};
+    use crate::adapters::state::testkit::{block_on, rev, store};
+    use crate::core::release::ReleaseStatus as S;
 
     fn spec(kind: LockKind, reason: &str) -> LockSpec {
         LockSpec {

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use crate::adapters::storage::{RecordHeader, ReleaseStore};
+use crate::core::lock;
+use crate::core::release::ReleaseStatus;
+use crate::core::time::now_unix;
 use crate::error::{Error, Exit};
-use crate::lock;
 use crate::output::{self, report::LockReport, report::LockRow};
 use crate::plan::LocksPlan;
-use crate::release::ReleaseStatus;
-use crate::storage::{RecordHeader, ReleaseStore};
-use crate::time::now_unix;
 
 /// Runs `locks`.
 pub(super) async fn run(plan: LocksPlan) -> Result<Exit, Error> {
@@ -32,7 +32,7 @@ pub(super) async fn run(plan: LocksPlan) -> Result<Exit, Error> {
     let mut rows = lock_rows(&headers, now_unix(), session.store.kind()).map_err(|invalid| {
         Error::ListRecords {
             scope: scope.clone(),
-            source: Box::new(crate::storage::StoreError::Invalid(invalid)),
+            source: Box::new(crate::adapters::storage::StoreError::Invalid(invalid)),
         }
     })?;
     let mut locks: Vec<_> = rows
@@ -50,7 +50,7 @@ fn lock_rows(
     headers: &[RecordHeader],
     now: i64,
     kind: &'static str,
-) -> Result<Vec<LockRow>, crate::storage::InvalidRecord> {
+) -> Result<Vec<LockRow>, crate::adapters::storage::InvalidRecord> {
     let mut latest: BTreeMap<(&str, &str), &RecordHeader> = BTreeMap::new();
     for h in headers {
         let key = (h.namespace.as_str(), h.release.as_str());
@@ -66,7 +66,7 @@ fn lock_rows(
                 Ok(state) => state?,
                 Err(e) => {
                     let field = format!("label {}", e.label);
-                    return Some(Err(crate::storage::InvalidRecord::new(
+                    return Some(Err(crate::adapters::storage::InvalidRecord::new(
                         kind, &h.name, &field, &e.problem,
                     )));
                 }

@@ -6,6 +6,7 @@ mod check;
 mod completions;
 mod guard;
 mod helm;
+mod interrupts;
 mod lock;
 mod locks;
 mod man;
@@ -15,17 +16,33 @@ mod status;
 mod unlock;
 mod upgrade;
 
-use crate::cluster;
+use crate::adapters::cluster;
+use crate::adapters::mutex::{self, MutexError};
+use crate::adapters::storage::Store;
 use crate::error::{Error, Exit};
-use crate::mutex::{self, MutexError};
 use crate::output;
-use crate::plan::{ClusterPlan, PlanKind};
-use crate::storage::Store;
+use crate::plan::{ClusterPlan, Plan, PlanKind};
+
+impl Plan {
+    /// Runs the plan on a fresh async runtime and says how the process should end.
+    pub fn run(self) -> Result<Exit, Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        crate::adapters::retry::set_observer(crate::output::retry);
+        if self.0.debug() {
+            crate::adapters::cluster::init_debug();
+        }
+        runtime.block_on(run(self.0))
+    }
+}
 
 /// Runs one plan.
 pub(crate) async fn run(plan: PlanKind) -> Result<Exit, Error> {
     match plan {
-        PlanKind::Guard(p) if p.mode == crate::argv::Mode::Check => check::run(*p).await,
+        PlanKind::Guard(p) if p.mode == crate::core::argv::Mode::Check => check::run(*p).await,
         PlanKind::Guard(p) => {
             let (ci, release) = (p.ci.clone(), p.release.clone());
             let result = upgrade::run(*p).await.map_err(Error::before_helm);
@@ -60,7 +77,7 @@ pub(crate) struct Session {
 impl Session {
     /// `Secret` or `ConfigMap`: the kind of the release records.
     pub(crate) fn store_kind(&self) -> &'static str {
-        use crate::storage::ReleaseStore;
+        use crate::adapters::storage::ReleaseStore;
         self.store.kind()
     }
 }
@@ -139,7 +156,7 @@ pub(crate) async fn serialized<T>(
     body: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     let options = mutex::AcquireOptions {
-        timeout: mutex::DEFAULT_LOCK_TIMEOUT,
+        timeout: mutex::DEFAULT_WAIT,
         lease_duration: mutex::DEFAULT_LEASE_DURATION,
     };
     let held = match acquire_mutex(session, release, &options).await {

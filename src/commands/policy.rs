@@ -1,13 +1,13 @@
 //! `policy install|uninstall|show|manifest`, and the enforcement steps `lock --hard`,
-//! `unlock`, `status` and `locks` take (issue 18; the model is in [`crate::enforce`]).
+//! `unlock`, `status` and `locks` take (issue 18; the model is in [`crate::adapters::enforce`]).
 
-use crate::decision::LockKind;
-use crate::enforce::{self, Availability, Enforcement, Lifted};
+use crate::adapters::enforce::{self, Availability, Enforcement, Lifted};
+use crate::adapters::storage::Store;
+use crate::core::decision::LockKind;
+use crate::core::lock::LockSpec;
 use crate::error::{Error, Exit};
-use crate::lock::LockSpec;
 use crate::output::{self, report::LockReport};
 use crate::plan::PolicyPlan;
-use crate::storage::Store;
 
 /// Runs `policy …`.
 pub(super) async fn run(plan: PolicyPlan) -> Result<Exit, Error> {
@@ -18,7 +18,7 @@ pub(super) async fn run(plan: PolicyPlan) -> Result<Exit, Error> {
         }
         PolicyPlan::Install(c) | PolicyPlan::Uninstall(c) | PolicyPlan::Show(c) => c,
     };
-    let target = crate::cluster::connect(&cluster.flags, &cluster.env)
+    let target = crate::adapters::cluster::connect(&cluster.flags, &cluster.env)
         .await
         .map_err(|source| Error::Connect {
             release: None,

@@ -1,4 +1,5 @@
-//! Record rewrites shared by `lock` and `unlock`.
+//! Record rewrites shared by `lock` and `unlock`: the write protocol (signal handling is
+//! in `interrupts.rs`).
 //!
 //! Every write is a merge patch carrying the record's resourceVersion (a precondition: the
 //! API answers 409 if the record changed since it was read). Order of writes, so that an
@@ -10,57 +11,18 @@
 //!   is still in force and a re-run finishes the job).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
 
+use crate::adapters::storage::{
+    RecordHeader, ReleaseStore, Store, StoreError, StoredRecord, LABEL_STATUS,
+};
+use crate::core::lock;
+use crate::core::release::{self, ReleaseStatus};
 use crate::error::{Error, PartialWrite};
-use crate::lock;
-use crate::release::{self, ReleaseStatus};
-use crate::storage::{RecordHeader, ReleaseStore, Store, StoreError, StoredRecord, LABEL_STATUS};
+
+use super::interrupts::{signal_name, Interrupts};
 
 /// How many times a record write is retried after a 409 on a non-latest record.
 const CONFLICT_RETRIES: usize = 5;
-
-/// SIGINT/SIGTERM seen while records are being written: bulk writes finish the record in
-/// flight, then stop and say what state they left.
-#[derive(Clone, Default)]
-pub(super) struct Interrupts(Arc<AtomicI32>);
-
-impl Interrupts {
-    /// Starts listening for SIGINT and SIGTERM (from now until the process ends).
-    pub(super) fn listen() -> Interrupts {
-        use tokio::signal::unix::{signal, SignalKind};
-        let seen = Interrupts::default();
-        for (kind, number) in [
-            (SignalKind::interrupt(), libc::SIGINT),
-            (SignalKind::terminate(), libc::SIGTERM),
-        ] {
-            if let Ok(mut stream) = signal(kind) {
-                let flag = Arc::clone(&seen.0);
-                tokio::spawn(async move {
-                    if stream.recv().await.is_some() {
-                        flag.store(number, Ordering::SeqCst);
-                    }
-                });
-            }
-        }
-        seen
-    }
-
-    /// As if `signal` had been received (tests).
-    #[cfg(test)]
-    pub(super) fn raised(signal: i32) -> Interrupts {
-        Interrupts(Arc::new(AtomicI32::new(signal)))
-    }
-
-    /// The signal received, if any.
-    fn received(&self) -> Option<i32> {
-        match self.0.load(Ordering::SeqCst) {
-            0 => None,
-            n => Some(n),
-        }
-    }
-}
 
 /// Who and where a rewrite is for, to name them in errors.
 pub(super) struct Scope<'a> {
@@ -153,7 +115,7 @@ impl Scope<'_> {
                     "updating record {record} failed ({}) and the record could not be read \
                      back, so whether the change was made is not known. Run the command \
                      again: it completes or confirms it",
-                    crate::storage::error_chain(&e)
+                    crate::core::chain::error_chain(&e)
                 )))
             }
         }
@@ -312,7 +274,7 @@ impl Scope<'_> {
                                  lock is not known. Run the command again: it completes or \
                                  confirms it",
                                 header.name,
-                                crate::storage::error_chain(&unreadable)
+                                crate::core::chain::error_chain(&unreadable)
                             )))
                         }
                     }
@@ -476,15 +438,6 @@ pub(super) fn needs_labels(header: &RecordHeader, wanted: &BTreeMap<String, Stri
 /// labels, such as a restored status).
 fn has_labels(labels: &BTreeMap<String, String>, wanted: &BTreeMap<String, String>) -> bool {
     lock::label_changes(labels, wanted).is_empty()
-}
-
-/// `SIGINT`, `SIGTERM`.
-fn signal_name(signal: i32) -> String {
-    match signal {
-        libc::SIGINT => "SIGINT".to_string(),
-        libc::SIGTERM => "SIGTERM".to_string(),
-        other => format!("signal {other}"),
-    }
 }
 
 /// A hard lock's own labels (original status, digest, revision), as opposed to the lock.

@@ -1,14 +1,14 @@
 //! `status`: the deployed release, its lock, the mutex, and what `upgrade` would do, from
 //! the same rules `upgrade` uses ([`decision::gate`]).
 
-use crate::decision::{self, Action, CompareKey, DecisionInput, Gate, Policy};
+use crate::adapters::mutex;
+use crate::adapters::state::{self, ReleaseView};
+use crate::adapters::storage::{ReleaseStore, Store};
+use crate::core::decision::{self, Action, CompareKey, DecisionInput, Gate, Policy};
+use crate::core::time::now_unix;
 use crate::error::{Error, Exit};
-use crate::mutex;
 use crate::output::{self, report::*};
 use crate::plan::StatusPlan;
-use crate::state::{self, ReleaseView};
-use crate::storage::{ReleaseStore, Store};
-use crate::time::now_unix;
 
 /// Runs `status`.
 pub(super) async fn run(plan: StatusPlan) -> Result<Exit, Error> {
@@ -147,10 +147,10 @@ mod tests {
     //! `status` and `check` must agree: for every state the reader can produce, the
     //! target-less verdict of `status` is what `check` decides for a newer target.
     use super::*;
-    use crate::decision::{LockKind, Reason, Target};
-    use crate::lock::LockSpec;
-    use crate::release::ReleaseStatus as S;
-    use crate::state::testkit::{read, rev, store, Rev};
+    use crate::adapters::state::testkit::{read, rev, store, Rev};
+    use crate::core::decision::{LockKind, Reason, Target};
+    use crate::core::lock::LockSpec;
+    use crate::core::release::ReleaseStatus as S;
 
     const NOW: i64 = 1_700_000_000;
 
@@ -176,7 +176,7 @@ mod tests {
     fn hard<'a>(mut r: Rev<'a>, original: &str, expires_at: Option<i64>) -> Rev<'a> {
         r.labels = lock_labels(LockKind::Hard, expires_at, None);
         r.labels
-            .push((crate::lock::KEY_HARD_STATUS.into(), original.into()));
+            .push((crate::core::lock::KEY_HARD_STATUS.into(), original.into()));
         r
     }
 

@@ -4,14 +4,15 @@
 
 use std::collections::BTreeMap;
 
+use crate::adapters::storage::Store;
+use crate::core::lock;
+use crate::core::release::ReleaseStatus;
 use crate::error::{Error, Exit};
-use crate::lock;
 use crate::output;
 use crate::plan::UnlockPlan;
-use crate::release::ReleaseStatus;
-use crate::storage::Store;
 
-use super::records::{Interrupts, Scope};
+use super::interrupts::Interrupts;
+use super::records::Scope;
 
 /// Runs `unlock`.
 pub(super) async fn run(plan: UnlockPlan) -> Result<Exit, Error> {
@@ -135,11 +136,11 @@ pub(super) async fn unlock_release(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::state::testkit::{block_on, read, rev, store};
     use crate::commands::lock::lock_release;
-    use crate::decision::LockKind;
-    use crate::lock::LockSpec;
-    use crate::release::ReleaseStatus as S;
-    use crate::state::testkit::{block_on, read, rev, store};
+    use crate::core::decision::LockKind;
+    use crate::core::lock::LockSpec;
+    use crate::core::release::ReleaseStatus as S;
 
     /// Hard-locks release `db` the way `lock --hard` does.
     fn hard_lock(s: &Store) {

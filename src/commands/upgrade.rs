@@ -3,16 +3,16 @@
 
 use std::path::Path;
 
-use crate::decision::{Action, Decision, Reason};
+use crate::adapters::helm::{self, HelmCommand};
+use crate::adapters::mutex::{self, MutexError};
+use crate::adapters::recovery::{self, Recovery};
+use crate::adapters::storage::{self, ReleaseStore, Store};
+use crate::core::decision::{Action, Decision, Reason};
+use crate::core::time::format_duration;
 use crate::error::{Error, Exit};
-use crate::helm::{self, HelmCommand};
-use crate::mutex::{self, MutexError};
 use crate::output::report::DecisionReport;
 use crate::output::{self, JsonTo};
 use crate::plan::GuardPlan;
-use crate::recovery::{self, Recovery};
-use crate::storage::{self, ReleaseStore, Store};
-use crate::time::format_duration;
 
 use super::guard::{self, Pass};
 
@@ -47,7 +47,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     }
     // A dry run writes nothing, so it neither needs nor holds up the mutex.
     let dry_run = plan.helm.is_dry_run();
-    let Some(serialize) = plan.serialize.filter(|_| !dry_run) else {
+    let Some(serialize) = plan.mutex.filter(|_| !dry_run) else {
         let report = guard::report(&plan, store, &first, &target, Some(false), None);
         if first.decision.action == Action::Refuse {
             return finish_without_helm(&plan, &first.decision, &report);
@@ -70,7 +70,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
             })?;
     }
     let options = mutex::AcquireOptions {
-        timeout: serialize.lock_timeout,
+        timeout: serialize.wait,
         lease_duration: serialize.lease_duration,
     };
     let held = match super::acquire_mutex(&session, release, &options).await {
@@ -251,14 +251,14 @@ async fn run_helm(
         &plan.ci,
         &plan.release,
         &report.namespace,
-        crate::time::now_unix(),
+        crate::core::time::now_unix(),
     );
     // What a dry run captured (standard input, /dev/fd pipes) helm reads now, the same bytes.
-    let feeds = crate::inputs::captured()
+    let feeds = crate::adapters::inputs::captured()
         .map(|c| c.feeds())
         .unwrap_or_default();
     let code = helm::run_inherited(&command, feeds).await;
-    output::ci::helm_finished(&plan.ci, crate::time::now_unix());
+    output::ci::helm_finished(&plan.ci, crate::core::time::now_unix());
     let code = code?;
     Ok(match code {
         0 if plan.detailed_exitcode => Exit::DetailedChange,

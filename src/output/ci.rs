@@ -4,11 +4,41 @@
 //! never values or credentials.
 
 use std::io::Write;
+use std::path::PathBuf;
 
-use crate::decision::Action;
-use crate::plan::CiPlan;
+use crate::core::decision::Action;
 
 use super::report::DecisionReport;
+
+/// CI integration for a guarded command (docs/ci.md); all off with `--no-annotations`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CiPlan {
+    /// GitHub Actions (`GITHUB_ACTIONS=true`): annotations, and the step summary file
+    /// (`GITHUB_STEP_SUMMARY`) when set.
+    pub github: Option<GithubCi>,
+    /// GitLab CI (`GITLAB_CI=true`): a collapsible log section around the helm run.
+    pub gitlab: bool,
+}
+
+/// GitHub Actions settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct GithubCi {
+    /// `GITHUB_STEP_SUMMARY`: one markdown row per decision is appended there.
+    pub step_summary: Option<PathBuf>,
+}
+
+impl CiPlan {
+    /// Reads the CI variables of the process.
+    pub(crate) fn from_process() -> CiPlan {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        CiPlan {
+            github: (var("GITHUB_ACTIONS").as_deref() == Some("true".as_ref())).then(|| GithubCi {
+                step_summary: var("GITHUB_STEP_SUMMARY").map(PathBuf::from),
+            }),
+            gitlab: var("GITLAB_CI").as_deref() == Some("true".as_ref()),
+        }
+    }
+}
 
 /// Escapes the message of a workflow command (GitHub's `escapeData`).
 pub(crate) fn escape_data(text: &str) -> String {

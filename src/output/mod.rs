@@ -9,12 +9,21 @@ pub(crate) mod ci;
 pub(crate) mod report;
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use crate::cli::OutputFormat;
-use crate::decision::Decision;
+use crate::core::decision::Decision;
 use crate::error::Error;
-use crate::plan::DecisionFile;
 use report::{DecisionReport, LockReport, LockRow, StatusReport};
+
+/// Where the decision JSON goes besides the normal output (`--decision-file`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DecisionFile {
+    /// `-`: standard error.
+    Stderr,
+    /// A file.
+    Path(PathBuf),
+}
 
 /// A line on stderr, as is.
 fn line(text: &str) {
@@ -43,7 +52,7 @@ pub(crate) fn waiting(text: &str) {
 }
 
 /// A retry of an API request, or giving up on one (`guarded-upgrade: retrying …`).
-pub(crate) fn retry(notice: &crate::retry::RetryNotice) {
+pub(crate) fn retry(notice: &crate::adapters::retry::RetryNotice) {
     line(&format!("guarded-upgrade: {notice}"));
 }
 
@@ -182,7 +191,7 @@ pub(crate) fn status(
         None => match &report.mutex_error {
             Some(e) => put(format!(
                 "mutex:     {}",
-                crate::mutex::unknown_note(&report.release, e)
+                crate::adapters::mutex::unknown_note(&report.release, e)
             )),
             None => put("mutex:     free".to_string()),
         },
@@ -332,7 +341,7 @@ mod completion_tests {
     /// `helm guard upgrade|check <TAB>` offers exactly the guard flags of the table.
     #[test]
     fn helm_plugin_completion_offers_every_guard_flag() {
-        use crate::flags::{guard_flags, Mode};
+        use crate::core::flags::{guard_flags, Mode};
         let yaml: serde_yaml::Value =
             serde_yaml::from_str(include_str!("../../completion.yaml")).unwrap();
         for mode in [Mode::Upgrade, Mode::Check] {

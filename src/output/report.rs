@@ -5,11 +5,13 @@
 
 use serde::Serialize;
 
-use crate::change::Part;
-use crate::decision::{Action, CompareKey, Decision, DeployedState, LockState, Policy, Reason};
-use crate::mutex::MutexState;
-use crate::release::ReleaseSummary;
-use crate::target::ResolvedTarget;
+use crate::adapters::mutex::MutexState;
+use crate::adapters::target::ResolvedTarget;
+use crate::core::decision::Part;
+use crate::core::decision::{
+    Action, CompareKey, Decision, DeployedState, LockState, Policy, Reason,
+};
+use crate::core::release::ReleaseSummary;
 
 /// Schema version of the JSON report; bumped on incompatible changes.
 pub(crate) const REPORT_SCHEMA: u32 = 1;
@@ -136,7 +138,7 @@ pub(crate) struct LockReport {
     /// `status`/`locks`: how the lock is enforced (`cluster policy`, `database trigger`,
     /// `labels only`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub enforcement: Option<crate::enforce::Enforcement>,
+    pub enforcement: Option<crate::adapters::enforce::Enforcement>,
     /// Why a hard lock is not enforced by the cluster (`not enforced by the cluster: …`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enforcement_note: Option<String>,
@@ -150,7 +152,7 @@ impl LockReport {
             reason: lock.reason.clone(),
             by: lock.by.clone(),
             since: lock.since.clone(),
-            expires: lock.expires_at.map(crate::time::format_rfc3339),
+            expires: lock.expires_at.map(crate::core::time::format_rfc3339),
             expired: lock.expires_at.is_some_and(|t| t <= now_unix),
             pin: lock.pin.clone(),
             pin_key: lock.pin_key.clone(),

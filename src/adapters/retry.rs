@@ -22,8 +22,6 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::storage::StoreError;
-
 /// How often and how long to retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -101,24 +99,6 @@ pub enum Verdict {
 pub trait Retryable: fmt::Display {
     /// Whether (and when) to retry.
     fn verdict(&self) -> Verdict;
-}
-
-impl Retryable for StoreError {
-    fn verdict(&self) -> Verdict {
-        match self {
-            // 409: the object moved on; retrying the same write blindly is wrong.
-            StoreError::Api { code: 409, .. } => Verdict::Final,
-            StoreError::Api {
-                code, retry_after, ..
-            } if *code >= 500 || *code == 429 => Verdict::Retry {
-                server_hint: *retry_after,
-            },
-            StoreError::Transport(_) => Verdict::Retry { server_hint: None },
-            // Refused or broken connections; TLS, DNS, 401/403 and timeouts are final.
-            StoreError::Connection(f) if f.is_transient() => Verdict::Retry { server_hint: None },
-            _ => Verdict::Final,
-        }
-    }
 }
 
 /// One wait, or the decision to stop, reported to the observer.
@@ -306,6 +286,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::storage::StoreError;
     use std::cell::{Cell, RefCell};
 
     /// Time moves only when we sleep; jitter is fixed.

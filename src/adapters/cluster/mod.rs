@@ -23,8 +23,8 @@ use std::time::Duration;
 use kube::config::{AuthInfo, Kubeconfig};
 use kube::{Client, Config};
 
-use crate::argv::HelmFlags;
-use crate::storage::error_chain;
+use crate::core::argv::HelmFlags;
+use crate::core::chain::error_chain;
 
 pub use exec::ExecError;
 pub use failure::{classify, ConnectionFailure, Endpoint};
@@ -38,46 +38,10 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The User-Agent of every request, so audit logs can tell this tool from helm.
 pub const USER_AGENT: &str = concat!("guarded-upgrade/", env!("CARGO_PKG_VERSION"));
 
-/// Where helm keeps release records, from `HELM_DRIVER`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DriverKind {
-    /// `secret`, `secrets` or unset: one Secret per revision (helm's default).
-    Secret,
-    /// `configmap`, `configmaps`: one ConfigMap per revision.
-    ConfigMap,
-    /// `sql`: rows in helm's PostgreSQL tables (`HELM_DRIVER_SQL_CONNECTION_STRING`).
-    Sql,
-}
-
-impl DriverKind {
-    /// Maps a `HELM_DRIVER` value to a supported driver, or explains why it is not.
-    pub fn from_helm_driver(value: Option<&str>) -> Result<DriverKind, ClusterError> {
-        match value.map(str::trim).unwrap_or("") {
-            "" | "secret" | "secrets" => Ok(DriverKind::Secret),
-            "configmap" | "configmaps" => Ok(DriverKind::ConfigMap),
-            "sql" => Ok(DriverKind::Sql),
-            other @ "memory" => Err(ClusterError::UnsupportedDriver(other.to_string())),
-            other => Err(ClusterError::UnknownDriver(other.to_string())),
-        }
-    }
-}
-
 /// Failures while choosing or connecting to the cluster. All are detected before any
 /// request; every message says what to check and never carries a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// `HELM_DRIVER=sql|memory`.
-    #[error(
-        "HELM_DRIVER={0} is not supported: helm keeps such releases only inside its own \
-         process; guarded-upgrade reads releases from Secrets (default), ConfigMaps \
-         (HELM_DRIVER=configmap) or PostgreSQL (HELM_DRIVER=sql)"
-    )]
-    UnsupportedDriver(String),
-    /// A `HELM_DRIVER` value helm itself does not know.
-    #[error(
-        "HELM_DRIVER={0:?} is not a helm storage driver (use secret, configmap, sql or memory)"
-    )]
-    UnknownDriver(String),
     /// The kubeconfig could not be read or used.
     #[error("cannot load the kubeconfig{}: {source}", path_note(.path))]
     Kubeconfig {
@@ -138,7 +102,7 @@ pub enum ClusterError {
         from: String,
         /// What is wrong with it.
         #[source]
-        source: crate::names::NameError,
+        source: crate::core::names::NameError,
     },
 }
 
@@ -601,7 +565,7 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
         },
     };
     // Every source, not only -n: the namespace is spliced into API and Lease paths.
-    crate::names::validate_namespace(&namespace)
+    crate::core::names::validate_namespace(&namespace)
         .map_err(|source| ClusterError::InvalidNamespace { from, source })?;
     tracing::debug!("namespace: {namespace}");
     failure::register(Endpoint {
@@ -755,35 +719,5 @@ mod tests {
         std::fs::write(&path, "no certificate here").unwrap();
         let err = read_pem_certificates(path.to_str().unwrap(), "--kube-ca-file").unwrap_err();
         assert!(err.to_string().contains("no PEM certificate"), "{err}");
-    }
-
-    #[test]
-    fn helm_driver_values() {
-        assert_eq!(
-            DriverKind::from_helm_driver(None).unwrap(),
-            DriverKind::Secret
-        );
-        for v in ["", "secret", "secrets"] {
-            assert_eq!(
-                DriverKind::from_helm_driver(Some(v)).unwrap(),
-                DriverKind::Secret
-            );
-        }
-        for v in ["configmap", "configmaps"] {
-            assert_eq!(
-                DriverKind::from_helm_driver(Some(v)).unwrap(),
-                DriverKind::ConfigMap
-            );
-        }
-        assert_eq!(
-            DriverKind::from_helm_driver(Some("sql")).unwrap(),
-            DriverKind::Sql
-        );
-        let mem = DriverKind::from_helm_driver(Some("memory")).unwrap_err();
-        assert!(mem.to_string().contains("HELM_DRIVER=memory"), "{mem}");
-        assert!(matches!(
-            DriverKind::from_helm_driver(Some("etcd")),
-            Err(ClusterError::UnknownDriver(_))
-        ));
     }
 }

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::decision::{CompareKey, Policy, PolicyError};
+use crate::core::decision::{CompareKey, Policy, PolicyError};
 
 /// Which subcommand the arguments belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,7 +358,7 @@ pub(crate) enum DurationKind {
 
 /// A guard duration (`90s`, `5m`, `2h`, `1d`).
 fn duration(value: Option<&str>, kind: DurationKind) -> Result<Duration, BadValue> {
-    let d = crate::time::parse_duration(value.unwrap_or_default())
+    let d = crate::core::time::parse_duration(value.unwrap_or_default())
         .ok_or(BadValue::Expected("a duration such as 90s, 5m, 2h or 1d"))?;
     if kind == DurationKind::Lease && d < MIN_LEASE_DURATION {
         return Err(BadValue::Expected(

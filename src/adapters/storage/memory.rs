@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::{RecordHeader, ReleaseStore, StoreError, StoredRecord};
-use crate::release::ReleaseStatus;
+use crate::core::release::ReleaseStatus;
 
 /// An in-memory store of one namespace.
 pub(crate) struct MemoryStore {

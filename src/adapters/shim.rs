@@ -8,9 +8,11 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
-use crate::argv::invalid_value;
-use crate::flags::{guard_flags, helm_flag, helm_short, Arity, GuardFlag, GuardOptions, Mode};
-use crate::helm::HelmError;
+use crate::adapters::helm::HelmError;
+use crate::core::argv::invalid_value;
+use crate::core::flags::{
+    guard_flags, helm_flag, helm_short, Arity, GuardFlag, GuardOptions, Mode,
+};
 
 /// Prefix of every shim setting.
 pub(crate) const PREFIX: &str = "GUARDED_UPGRADE_";
@@ -163,7 +165,7 @@ pub(crate) fn route(args: &[OsString]) -> Result<Route, String> {
 
 /// A global helm flag whose value is the next word (`--namespace x`, `-n x`): the shim
 /// skips that word to find the subcommand, as cobra does.
-fn takes_separate_value(flag: Option<&crate::flags::HelmFlag>) -> bool {
+fn takes_separate_value(flag: Option<&crate::core::flags::HelmFlag>) -> bool {
     flag.is_some_and(|f| f.global && f.arity == Arity::Value)
 }
 
@@ -184,13 +186,13 @@ pub(crate) fn removed_words(input: &[String], kept: &[String]) -> Vec<String> {
 /// The real helm: `GUARDED_UPGRADE_HELM` when set, else the first `helm` on PATH that is
 /// not this binary. Never this binary: that would recurse.
 pub(crate) fn real_helm(explicit: Option<&str>) -> Result<PathBuf, HelmError> {
-    crate::helm::find(explicit, HELM_VAR, HelmError::ShimNotFound)
+    crate::adapters::helm::find(explicit, HELM_VAR, HelmError::ShimNotFound)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::{CompareKey, Policy};
+    use crate::core::decision::{CompareKey, Policy};
     use std::time::Duration;
 
     fn os(line: &str) -> Vec<OsString> {
@@ -250,7 +252,7 @@ mod tests {
     #[test]
     fn the_real_helm_variable_is_the_helm_flags_row() {
         assert_eq!(
-            crate::flags::guard_flag("helm", Mode::Upgrade).and_then(|f| f.env),
+            crate::core::flags::guard_flag("helm", Mode::Upgrade).and_then(|f| f.env),
             Some(HELM_VAR)
         );
     }

@@ -15,7 +15,7 @@ use super::{
     release_selector, with_retry, InvalidRecord, RecordHeader, ReleaseStore, StoreError,
     StoredRecord, LABEL_NAME, LABEL_OWNER, LABEL_STATUS, LABEL_VERSION,
 };
-use crate::release::ReleaseStatus;
+use crate::core::release::ReleaseStatus;
 
 /// How a Kubernetes kind carries Helm's encoded release.
 pub(crate) trait RecordKind:

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::argv::HelmFlags;
-use crate::helm::HelmCommand;
-use crate::version::is_exact_version;
+use crate::adapters::helm::HelmCommand;
+use crate::core::argv::HelmFlags;
+use crate::core::version::is_exact_version;
 
 /// Charts bigger than this are not read for their `Chart.yaml` (helm's own limit on a
 /// `Chart.yaml` is far below).

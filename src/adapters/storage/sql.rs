@@ -29,12 +29,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
 use super::sql_conn::{self, TlsMode};
-use crate::release::ReleaseStatus;
-use crate::storage::{
+use crate::adapters::storage::{
     with_retry, InvalidRecord, RecordHeader, ReleaseStore, StoreError, StoredRecord, LABEL_NAME,
     LABEL_OWNER, LABEL_STATUS, LABEL_VERSION,
 };
-use crate::time::format_rfc3339;
+use crate::core::release::ReleaseStatus;
+use crate::core::time::format_rfc3339;
 
 /// The environment variable helm reads the connection string from.
 pub const CONNECTION_ENV: &str = "HELM_DRIVER_SQL_CONNECTION_STRING";
@@ -82,7 +82,7 @@ pub(crate) fn check_connection_string(text: Option<&str>) -> Result<(), SqlConne
     let (rest, _ssl) =
         sql_conn::split_connection_string(text).map_err(SqlConnectError::BadConnectionString)?;
     rest.parse::<tokio_postgres::Config>()
-        .map_err(|e| SqlConnectError::BadConnectionString(crate::storage::error_chain(&e)))?;
+        .map_err(|e| SqlConnectError::BadConnectionString(crate::core::chain::error_chain(&e)))?;
     Ok(())
 }
 
@@ -110,9 +110,9 @@ impl SqlStore {
     ) -> Result<SqlStore, SqlConnectError> {
         let (rest, ssl) = sql_conn::split_connection_string(connection)
             .map_err(SqlConnectError::BadConnectionString)?;
-        let mut config: tokio_postgres::Config = rest
-            .parse()
-            .map_err(|e| SqlConnectError::BadConnectionString(crate::storage::error_chain(&e)))?;
+        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
+            SqlConnectError::BadConnectionString(crate::core::chain::error_chain(&e))
+        })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -374,7 +374,7 @@ where
 {
     match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(2), connecting).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(crate::storage::error_chain(&e)),
+        Ok(Err(e)) => Err(crate::core::chain::error_chain(&e)),
         Err(_) => Err(format!(
             "no answer within {}s while connecting",
             CONNECT_TIMEOUT.as_secs() + 2
@@ -429,7 +429,7 @@ fn store_error(server: &str, e: tokio_postgres::Error) -> StoreError {
         }
         None => StoreError::Transport(format!(
             "PostgreSQL at {server}: {}",
-            crate::storage::error_chain(&e)
+            crate::core::chain::error_chain(&e)
         )),
     }
 }

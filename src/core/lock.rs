@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::decision::{LockKind, LockState};
+use crate::core::decision::{LockKind, LockState};
 
 /// Prefix of every label guarded-upgrade writes.
 pub const PREFIX: &str = "guarded-upgrade.io/";
@@ -276,7 +276,7 @@ pub fn spec_from_labels(
         return Err(UnreadableLock::new(KEY_PIN, "is missing on a pin lock"));
     }
     if let Some(key) = &pin_key {
-        crate::decision::CompareKey::parse(key)
+        crate::core::decision::CompareKey::parse(key)
             .map_err(|e| UnreadableLock::new(KEY_PIN_KEY, format!("is not a compare key ({e})")))?;
     }
     Ok(Some(LockSpec {
@@ -299,7 +299,7 @@ pub fn from_labels(labels: &BTreeMap<String, String>) -> Result<Option<LockState
         kind: spec.kind,
         reason: spec.reason,
         by: spec.by,
-        since: (spec.since > 0).then(|| crate::time::format_rfc3339(spec.since)),
+        since: (spec.since > 0).then(|| crate::core::time::format_rfc3339(spec.since)),
         expires_at: spec.expires_at,
         pin: spec.pin,
         pin_key: spec.pin_key,

@@ -29,9 +29,10 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 
-use crate::lock::LockSpec;
-use crate::storage::{error_chain, StoreError};
-use crate::time::format_rfc3339;
+use crate::adapters::storage::StoreError;
+use crate::core::chain::error_chain;
+use crate::core::lock::LockSpec;
+use crate::core::time::format_rfc3339;
 
 /// Name of the ValidatingAdmissionPolicy, its binding, and the reader ClusterRole(Binding).
 pub const POLICY_NAME: &str = "guarded-upgrade-hard-lock";
@@ -769,7 +770,7 @@ mod tests {
     /// One source of truth: the committed manifest is what `policy install` applies.
     #[test]
     fn committed_manifest_is_generated() {
-        let committed = include_str!("../deploy/hard-lock-policy.yaml");
+        let committed = include_str!("../../deploy/hard-lock-policy.yaml");
         assert!(
             committed == manifest_yaml(),
             "deploy/hard-lock-policy.yaml differs from `guarded-upgrade policy manifest`; \
@@ -797,7 +798,7 @@ mod tests {
     #[test]
     fn param_names_the_release_and_carries_the_selector_labels() {
         let spec = LockSpec {
-            kind: crate::decision::LockKind::Hard,
+            kind: crate::core::decision::LockKind::Hard,
             reason: Some("freeze".into()),
             by: None,
             since: 1_700_000_000,

@@ -10,6 +10,7 @@
 //! Nothing read is trusted blindly: a record that does not look like one helm wrote fails
 //! the read ([`InvalidRecord`]), so decisions are never made from a partial picture.
 
+mod driver;
 pub(crate) mod kube_store;
 #[cfg(test)]
 pub(crate) mod memory;
@@ -24,9 +25,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::PostParams;
 use kube::{Api, Client};
 
+pub use self::driver::DriverKind;
 use self::kube_store::KubeStore;
-use crate::cluster::DriverKind;
-use crate::release::ReleaseStatus;
+use crate::adapters::retry::{Retryable, Verdict};
+use crate::core::chain::error_chain;
+use crate::core::release::ReleaseStatus;
 
 /// Label Helm puts the release name in.
 pub const LABEL_NAME: &str = "name";
@@ -93,7 +96,7 @@ pub enum StoreError {
     /// A classified connection or identity failure naming the server and context
     /// (DNS, refused, TLS, 401, 403, timeout; see `cluster::classify`).
     #[error("{0}")]
-    Connection(crate::cluster::ConnectionFailure),
+    Connection(crate::adapters::cluster::ConnectionFailure),
     /// A record that does not look like one helm wrote.
     #[error("{0}")]
     Invalid(#[from] InvalidRecord),
@@ -172,7 +175,7 @@ impl StoreError {
 
 impl From<kube::Error> for StoreError {
     fn from(e: kube::Error) -> StoreError {
-        if let Some(failure) = crate::cluster::classify(&e) {
+        if let Some(failure) = crate::adapters::cluster::classify(&e) {
             return StoreError::Connection(failure);
         }
         match e {
@@ -192,19 +195,22 @@ impl From<kube::Error> for StoreError {
     }
 }
 
-/// An error and its sources on one line, so "connection refused" is not hidden.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
+impl Retryable for StoreError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            // 409: the object moved on; retrying the same write blindly is wrong.
+            StoreError::Api { code: 409, .. } => Verdict::Final,
+            StoreError::Api {
+                code, retry_after, ..
+            } if *code >= 500 || *code == 429 => Verdict::Retry {
+                server_hint: *retry_after,
+            },
+            StoreError::Transport(_) => Verdict::Retry { server_hint: None },
+            // Refused or broken connections; TLS, DNS, 401/403 and timeouts are final.
+            StoreError::Connection(f) if f.is_transient() => Verdict::Retry { server_hint: None },
+            _ => Verdict::Final,
         }
-        source = s.source();
     }
-    text
 }
 
 /// Equality terms of a label selector (`name=db,owner=helm`); a bare key requires the
@@ -224,14 +230,14 @@ pub(crate) fn parse_selector(selector: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-/// Retries `op` on transient errors under [`crate::retry::RetryPolicy::API`]; `what` names
+/// Retries `op` on transient errors under [`crate::adapters::retry::RetryPolicy::API`]; `what` names
 /// the request in the retry notices.
 pub(crate) async fn with_retry<T, F, Fut>(what: &str, op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    crate::retry::run(what, op).await
+    crate::adapters::retry::run(what, op).await
 }
 
 /// The driver interface every store implements (static dispatch only).

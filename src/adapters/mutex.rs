@@ -21,14 +21,14 @@ use kube::{Api, Client};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::retry::{RetryPolicy, Retryable, Verdict};
-use crate::storage::StoreError;
-use crate::time::{format_duration, format_rfc3339, now_unix};
+use crate::adapters::retry::{RetryPolicy, Retryable, Verdict};
+use crate::adapters::storage::StoreError;
+use crate::core::time::{format_duration, format_rfc3339, now_unix};
 
 /// Default lease duration: as helm-lock's 15 s, renewed every third of it.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
-/// Default `--lock-timeout`.
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default wait for the mutex (`--lock-timeout`).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 
 /// The Lease name for a release (shared with the helm-lock plugin).
 pub fn lease_name(release: &str) -> String {
@@ -191,7 +191,7 @@ pub enum MutexError {
     /// The API answered a Lease read with something else (another Lease): the mutex
     /// state is not known. The text names the Lease and the field.
     #[error("cannot take the per-release mutex: {0}")]
-    WrongAnswer(crate::storage::InvalidRecord),
+    WrongAnswer(crate::adapters::storage::InvalidRecord),
     /// Interrupted while waiting.
     #[error("interrupted while waiting for the mutex")]
     Interrupted,
@@ -208,8 +208,8 @@ async fn get_lease(api: &Api<Lease>, name: &str) -> Result<Option<Lease>, StoreE
 /// `lease` if it is the one asked for (see [`get_lease`]).
 fn check_lease_name(lease: Option<Lease>, name: &str) -> Result<Option<Lease>, StoreError> {
     match lease {
-        Some(l) if l.metadata.name.as_deref() != Some(name) => {
-            Err(StoreError::Invalid(crate::storage::InvalidRecord::new(
+        Some(l) if l.metadata.name.as_deref() != Some(name) => Err(StoreError::Invalid(
+            crate::adapters::storage::InvalidRecord::new(
                 "Lease",
                 name,
                 "metadata.name",
@@ -217,8 +217,8 @@ fn check_lease_name(lease: Option<Lease>, name: &str) -> Result<Option<Lease>, S
                     "the answer is {:?}, another object",
                     l.metadata.name.as_deref().unwrap_or("")
                 ),
-            )))
-        }
+            ),
+        )),
         other => Ok(other),
     }
 }
@@ -249,7 +249,7 @@ pub async fn observe(client: &Client, namespace: &str, release: &str, now_unix: 
     let name = lease_name(release);
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let what = format!("reading the mutex Lease {name:?} in namespace {namespace:?}");
-    let read = crate::retry::run(&what, || async {
+    let read = crate::adapters::retry::run(&what, || async {
         api.get_opt(&name).await.map_err(StoreError::from)
     })
     .await
@@ -257,7 +257,7 @@ pub async fn observe(client: &Client, namespace: &str, release: &str, now_unix: 
     // "No Lease" is a claim (`mutex: free`): a 404 is confirmed by a second read, so one
     // wrong 404 (a proxy, an API server restarting) is not shown as a free mutex.
     let read = match read {
-        Ok(None) => crate::retry::run(&what, || async {
+        Ok(None) => crate::adapters::retry::run(&what, || async {
             api.get_opt(&name).await.map_err(StoreError::from)
         })
         .await
@@ -265,7 +265,7 @@ pub async fn observe(client: &Client, namespace: &str, release: &str, now_unix: 
         other => other,
     };
     match read {
-        Err(e) => Observed::Unknown(crate::storage::error_chain(&e)),
+        Err(e) => Observed::Unknown(crate::core::chain::error_chain(&e)),
         Ok(Some(lease)) => {
             let state = MutexState::from_lease(&lease);
             if state.is_held_at(now_unix) {
@@ -439,7 +439,7 @@ pub async fn acquire(
             }
             Err(StepError::Conflict(action)) => {
                 conflicts += 1;
-                let retry_in = policy.wait(conflicts, None, crate::retry::jitter_unit());
+                let retry_in = policy.wait(conflicts, None, crate::adapters::retry::jitter_unit());
                 (retry_in, Some(MutexWait::Raced { action, retry_in }))
             }
             Err(StepError::Transient(action, e)) => {
@@ -451,7 +451,7 @@ pub async fn acquire(
                     StoreError::Api { retry_after, .. } => *retry_after,
                     _ => None,
                 };
-                let retry_in = policy.wait(failures, hint, crate::retry::jitter_unit());
+                let retry_in = policy.wait(failures, hint, crate::adapters::retry::jitter_unit());
                 let wait = MutexWait::RequestFailed {
                     action,
                     error: e.to_string(),
@@ -782,7 +782,7 @@ impl Held {
                 StoreError::Api { retry_after, .. } => *retry_after,
                 _ => None,
             };
-            let wait = policy.wait(attempt, hint, crate::retry::jitter_unit());
+            let wait = policy.wait(attempt, hint, crate::adapters::retry::jitter_unit());
             if attempt >= policy.attempts || started.elapsed() + wait > policy.deadline {
                 break error;
             }
@@ -876,7 +876,10 @@ mod tests {
             "Lease \"helm-lock-db\": metadata.name the answer is \"helm-lock-db-other\", \
              another object"
         );
-        assert!(matches!(err.verdict(), crate::retry::Verdict::Final));
+        assert!(matches!(
+            err.verdict(),
+            crate::adapters::retry::Verdict::Final
+        ));
         assert_eq!(
             classify(err, "helm-lock-db", "shared").to_string(),
             "cannot take the per-release mutex: Lease \"helm-lock-db\": metadata.name the \

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::lock;
-use crate::release::{self, ReleaseStatus};
-use crate::state::ReleaseView;
-use crate::storage::{ReleaseStore, LABEL_STATUS};
-use crate::time::format_duration;
+use crate::adapters::state::ReleaseView;
+use crate::adapters::storage::{ReleaseStore, LABEL_STATUS};
+use crate::core::lock;
+use crate::core::release::{self, ReleaseStatus};
+use crate::core::time::format_duration;
 
 /// When the record was last written: Helm's `modifiedAt`/`createdAt` labels (Unix seconds),
 /// else the object's creation time.
@@ -21,7 +21,7 @@ pub(crate) fn record_age_secs(
     let written = ["modifiedAt", "createdAt"]
         .iter()
         .find_map(|k| labels.get(*k).and_then(|v| v.parse::<i64>().ok()))
-        .or_else(|| created.and_then(crate::time::parse_rfc3339))?;
+        .or_else(|| created.and_then(crate::core::time::parse_rfc3339))?;
     Some(now - written)
 }
 
@@ -116,7 +116,7 @@ pub(crate) async fn recover_stale_pending<S: ReleaseStore>(
          failed by guarded-upgrade",
         latest.status,
         format_duration(age),
-        crate::mutex::lease_name(release)
+        crate::adapters::mutex::lease_name(release)
     );
     release::set_release_status(&mut json, ReleaseStatus::Failed.as_str())
         .map_err(|e| fail("changing the status")(e.into()))?;

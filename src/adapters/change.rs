@@ -15,41 +15,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::decision::{ChangeFacts, CompareKey, KeySide, KeyText};
-use crate::helm::HelmCommand;
-use crate::inputs::{Feed, Source};
-
-/// A part of a release whose content is compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Part {
-    /// The user-supplied values (`config`).
-    Values,
-    /// The rendered manifest.
-    Manifest,
-    /// The rendered hooks.
-    Hooks,
-    /// The chart: templates, default values, schema, files, lock, metadata.
-    Chart,
-    /// The release's custom labels (`--labels`), which helm's `-o json` does not show.
-    Labels,
-}
-
-impl Part {
-    /// The JSON/message spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Part::Values => "values",
-            Part::Manifest => "manifest",
-            Part::Hooks => "hooks",
-            Part::Chart => "chart",
-            Part::Labels => "labels",
-        }
-    }
-}
+use crate::adapters::helm::HelmCommand;
+use crate::adapters::inputs::{Feed, Source};
+use crate::core::decision::{ChangeFacts, CompareKey, KeySide, KeyText, Part};
 
 /// SHA-256 digests of the compared parts of one release. Never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -340,7 +310,7 @@ pub enum ChangeError {
     Deployed(String),
 }
 
-/// Gathers what `decision` asked for ([`crate::decision::Decision::needs_facts`]): one
+/// Gathers what `decision` asked for ([`crate::core::decision::Decision::needs_facts`]): one
 /// helm dry run with the user's argv and, when a baseline revision exists, its record
 /// decoded in full. Nothing of either is kept beyond key texts and part names.
 ///
@@ -349,12 +319,12 @@ pub enum ChangeError {
 /// and still renders against the cluster (`--dry-run=server`: `lookup`, capabilities),
 /// so its answer is the one a storage-backed dry run gives, at a cost that does not grow
 /// with history. Should that run fail, the storage-backed dry run decides.
-pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
+pub(crate) async fn gather<S: crate::adapters::storage::ReleaseStore>(
     store: &S,
     helm: Option<&Path>,
     dry_run: &DryRun<'_>,
     records: Records<'_>,
-    lock: Option<&crate::decision::LockState>,
+    lock: Option<&crate::core::decision::LockState>,
 ) -> Result<ChangeFacts, ChangeError> {
     let helm = helm.ok_or_else(|| ChangeError::Spawn {
         program: "helm".into(),
@@ -365,12 +335,12 @@ pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
         None
     } else {
         Some(
-            crate::inputs::capture(&sources)
+            crate::adapters::inputs::capture(&sources)
                 .await
                 .map_err(ChangeError::Input)?,
         )
     };
-    let keys = crate::decision::keys_needed(dry_run.compare, lock);
+    let keys = crate::core::decision::keys_needed(dry_run.compare, lock);
     let keys: Vec<&CompareKey> = keys.iter().collect();
     let mut deployed = None;
     let mut memory = Vec::new();
@@ -382,7 +352,7 @@ pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
         let record = store.get(name).await.map_err(|e| {
             ChangeError::Deployed(format!("reading {} {name:?}: {e}", store.kind()))
         })?;
-        let release = crate::release::decode_release_json(&record.payload).map_err(|e| {
+        let release = crate::core::release::decode_release_json(&record.payload).map_err(|e| {
             ChangeError::Deployed(format!("decoding {} {name:?}: {e}", store.kind()))
         })?;
         if Some(header.revision) == records.baseline.map(|b| b.revision) {
@@ -396,10 +366,10 @@ pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
     let would_be = match would_be_release_from_memory(&command, &feeds, &history).await {
         Ok(v) => v,
         Err(e) => {
-            crate::output::debug(&format!(
+            tracing::debug!(
                 "the dry run from helm's memory driver failed ({e}); running it against the \
                  release storage"
-            ));
+            );
             would_be_release(&command, &feeds, &[], DRY_RUN_TIMEOUT).await?
         }
     };
@@ -424,9 +394,9 @@ pub(crate) async fn gather<S: crate::storage::ReleaseStore>(
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Records<'a> {
     /// The revision compared with (the deployed one), if any.
-    pub baseline: Option<&'a crate::storage::RecordHeader>,
+    pub baseline: Option<&'a crate::adapters::storage::RecordHeader>,
     /// The highest revision, if any.
-    pub latest: Option<&'a crate::storage::RecordHeader>,
+    pub latest: Option<&'a crate::adapters::storage::RecordHeader>,
 }
 
 /// The release's custom labels as helm keeps them: every label but helm's own and ours.
@@ -443,7 +413,9 @@ fn custom_labels(
     ];
     labels
         .iter()
-        .filter(|(k, _)| !HELM_OWN.contains(&k.as_str()) && !k.starts_with(crate::lock::PREFIX))
+        .filter(|(k, _)| {
+            !HELM_OWN.contains(&k.as_str()) && !k.starts_with(crate::core::lock::PREFIX)
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -624,7 +596,7 @@ pub(crate) async fn would_be_release_from_memory(
 ) -> Result<Value, ChangeError> {
     let data = serde_json::to_vec(history).map_err(|e| ChangeError::Output(e.to_string()))?;
     let taken: Vec<_> = feeds.iter().map(|f| f.fd).collect();
-    let fd = crate::inputs::free_fd(&taken);
+    let fd = crate::adapters::inputs::free_fd(&taken);
     let mut feeds = feeds.to_vec();
     feeds.push(Feed {
         fd,
@@ -650,7 +622,7 @@ pub async fn would_be_release(
         program: command.program.clone(),
         message: e.to_string(),
     };
-    let mut expression = crate::inputs::feed(command.to_expression(), feeds.to_vec());
+    let mut expression = crate::adapters::inputs::feed(command.to_expression(), feeds.to_vec());
     for (k, v) in env {
         expression = expression.env(k, v);
     }

@@ -255,9 +255,9 @@ pub(crate) fn exec(program: &Path, args: &[std::ffi::OsString]) -> HelmError {
 /// Inputs captured for a dry run (`feeds`) are given to helm again, on the same numbers.
 pub(crate) async fn run_inherited(
     command: &HelmCommand,
-    feeds: Vec<crate::inputs::Feed>,
+    feeds: Vec<crate::adapters::inputs::Feed>,
 ) -> Result<i32, HelmError> {
-    let handle = crate::inputs::feed(command.to_expression(), feeds)
+    let handle = crate::adapters::inputs::feed(command.to_expression(), feeds)
         .unchecked()
         .start()
         .map_err(|source| HelmError::Spawn {

@@ -12,13 +12,13 @@
 //! error before any I/O, with a "did you mean" suggestion, so a misspelt guard
 //! flag never reaches helm after the mutex is taken.
 
-use crate::decision::PolicyError;
-use crate::flags::{
+use crate::core::decision::PolicyError;
+use crate::core::flags::{
     self, guard_flag, guard_flags, helm_flag, helm_short, Arity, BadValue, GuardFlag, Takes,
     HELM_FLAGS,
 };
 
-pub use crate::flags::{GuardOptions, Mode};
+pub use crate::core::flags::{GuardOptions, Mode};
 
 /// The helm flags our decision needs; everything stays in `helm_args` too.
 /// Repeated flags: the last one wins, as in pflag.
@@ -585,7 +585,7 @@ fn record_helm_bool(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::Policy;
+    use crate::core::decision::Policy;
     use std::time::Duration;
 
     fn argv(line: &str) -> Vec<String> {
@@ -760,7 +760,7 @@ mod tests {
                 recover_pending_after: Some(Duration::from_secs(7200)),
                 lease_duration: Some(Duration::from_secs(20)),
                 no_annotations: false,
-                compare: crate::decision::CompareKey::Value("image.tag".into()),
+                compare: crate::core::decision::CompareKey::Value("image.tag".into()),
             }
         );
         assert_eq!(

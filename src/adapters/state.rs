@@ -4,10 +4,10 @@
 //! This is the one place a hard lock's `pending-upgrade` record is recognised as the
 //! deployed revision it really is (see [`read_release`]).
 
-use crate::decision::{DeployedState, RecordMeta};
-use crate::lock;
-use crate::release::{decode_release, DecodeError, ReleaseStatus, ReleaseSummary};
-use crate::storage::{InvalidRecord, RecordHeader, ReleaseStore, StoreError};
+use crate::adapters::storage::{InvalidRecord, RecordHeader, ReleaseStore, StoreError};
+use crate::core::decision::{DeployedState, RecordMeta};
+use crate::core::lock;
+use crate::core::release::{decode_release, DecodeError, ReleaseStatus, ReleaseSummary};
 
 /// The release as found in storage, with the headers the state was built from.
 #[derive(Clone, Debug)]
@@ -211,9 +211,9 @@ fn check_body(
 #[cfg(test)]
 pub(crate) mod testkit {
     use super::*;
-    use crate::release::encode_release_json;
-    use crate::storage::memory::MemoryStore;
-    use crate::storage::Store;
+    use crate::adapters::storage::memory::MemoryStore;
+    use crate::adapters::storage::Store;
+    use crate::core::release::encode_release_json;
 
     /// One revision: status and chart version (empty = no version), plus extra labels.
     pub(crate) struct Rev<'a> {
@@ -312,7 +312,7 @@ pub(crate) mod tests {
     /// The labels `lock --hard` leaves on the record it marked.
     pub(crate) fn hard_lock_labels() -> Vec<(String, String)> {
         let spec = lock::LockSpec {
-            kind: crate::decision::LockKind::Hard,
+            kind: crate::core::decision::LockKind::Hard,
             reason: None,
             by: None,
             since: 1_700_000_000,
@@ -337,7 +337,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_body_that_disagrees_with_its_labels_fails_the_read() {
-        use crate::storage::memory::MemoryStore;
+        use crate::adapters::storage::memory::MemoryStore;
         // (label status, body revision, body status) against label revision 2.
         for (body_revision, body_status, field) in
             [(1, S::Deployed, "revision"), (2, S::Superseded, "status")]
@@ -350,8 +350,11 @@ pub(crate) mod tests {
                 &[],
                 release_json(body_revision, &body_status, "1.0.0"),
             );
-            let err =
-                block_on(read_release(&crate::storage::Store::Memory(memory), "db")).unwrap_err();
+            let err = block_on(read_release(
+                &crate::adapters::storage::Store::Memory(memory),
+                "db",
+            ))
+            .unwrap_err();
             match err {
                 ReadError::Inconsistent(e) => assert_eq!(e.field, field, "{e}"),
                 other => panic!("{other}"),

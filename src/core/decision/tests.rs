@@ -1,0 +1,1648 @@
+//! The decision table tests: every rule of [`super::decide`] and [`super::gate`].
+
+use super::*;
+
+const NOW: i64 = 1_700_000_000; // 2023-11-14T22:13:20Z
+
+fn summary(revision: u64, status: ReleaseStatus, chart: &str, version: &str) -> ReleaseSummary {
+    ReleaseSummary {
+        name: "db".into(),
+        namespace: "shared".into(),
+        revision,
+        status,
+        chart_name: Some(chart.into()),
+        chart_version: if version.is_empty() {
+            None
+        } else {
+            Some(version.into())
+        },
+        app_version: None,
+        description: None,
+        first_deployed: None,
+        last_deployed: None,
+        apply_method: None,
+    }
+}
+
+fn meta(revision: u64, status: ReleaseStatus) -> Option<RecordMeta> {
+    Some(RecordMeta { revision, status })
+}
+
+/// Deployed at `version` (revision 7), latest = revision 7 deployed, as the program
+/// reads it.
+fn deployed(version: &str) -> DeployedState {
+    crate::adapters::state::testkit::state(&[crate::adapters::state::testkit::rev(
+        7,
+        ReleaseStatus::Deployed,
+        version,
+    )])
+}
+
+fn lock(kind: LockKind, expires_at: Option<i64>, pin: Option<&str>) -> LockState {
+    LockState {
+        kind,
+        reason: Some("db migration\nrunning".into()),
+        by: Some("alice".into()),
+        since: Some("2023-11-14T00:00:00Z".into()),
+        expires_at,
+        pin: pin.map(str::to_string),
+        pin_key: None,
+        hard_original_status: Some("deployed".into()),
+    }
+}
+
+fn target(version: &str) -> Target {
+    Target {
+        chart_name: Some("postgresql".into()),
+        version: version.into(),
+        note: None,
+    }
+}
+
+fn run(state: &DeployedState, target: &Target, policy: Policy) -> Decision {
+    decide(&DecisionInput {
+        release: "db",
+        namespace: "shared",
+        state,
+        target: Some(target),
+        policy,
+        allow_chart_change: false,
+        now_unix: NOW,
+        compare: &CompareKey::ChartVersion,
+        facts: None,
+    })
+}
+
+fn check(d: &Decision, action: Action, reason: Reason) {
+    assert_eq!((d.action, d.reason), (action, reason), "{d:#?}");
+    let prefix = match action {
+        Action::Install => "install: ",
+        Action::Upgrade => "upgrade: ",
+        Action::Skip => "skip: ",
+        Action::Refuse => "refused: ",
+    };
+    assert!(d.message.starts_with(prefix), "{}", d.message);
+    assert!(!d.message.contains('\n'), "{}", d.message);
+    assert!(d.message.contains("\"db\""), "{}", d.message);
+    assert!(d.message.contains("\"shared\""), "{}", d.message);
+}
+
+#[test]
+fn version_relation_by_policy() {
+    use Action::*;
+    use Policy::*;
+    use Reason as R;
+    let cases: &[(&str, &str, Policy, Action, Reason)] = &[
+        ("1.4.0", "1.5.0", Newer, Upgrade, R::Newer),
+        ("1.4.0", "1.4.0", Newer, Skip, R::NotNewer),
+        ("1.4.0", "1.3.2", Newer, Skip, R::Downgrade),
+        ("1.4.0", "1.5.0", NewerOrEqual, Upgrade, R::Newer),
+        ("1.4.0", "1.4.0", NewerOrEqual, Upgrade, R::EqualReapply),
+        ("1.4.0", "1.3.2", NewerOrEqual, Skip, R::Downgrade),
+        ("1.4.0", "1.5.0", Off, Upgrade, R::PolicyOff),
+        ("1.4.0", "1.4.0", Off, Upgrade, R::PolicyOff),
+        ("1.4.0", "1.3.2", Off, Upgrade, R::PolicyOff),
+        // lenient parsing and build metadata
+        ("v1.4", "1.4.0", Newer, Skip, R::NotNewer),
+        ("1.4.0+a", "1.4.0+b", Newer, Skip, R::NotNewer),
+        ("1.4.0+a", "1.4.0+b", NewerOrEqual, Upgrade, R::EqualReapply),
+        ("1.4.0", "v1.4.1", Newer, Upgrade, R::Newer),
+        ("1.9.0", "1.10.0", Newer, Upgrade, R::Newer),
+        // pre-releases
+        ("1.5.0-rc.1", "1.5.0", Newer, Upgrade, R::Newer),
+        ("1.5.0", "1.5.0-rc.1", Newer, Skip, R::Downgrade),
+        ("1.5.0-beta.2", "1.5.0-beta.11", Newer, Upgrade, R::Newer),
+        // invalid versions
+        ("1.4.0", "latest", Newer, Refuse, R::InvalidVersion),
+        ("1.4.0", "", NewerOrEqual, Refuse, R::InvalidVersion),
+        ("banana", "1.5.0", Newer, Refuse, R::InvalidVersion),
+        ("", "1.5.0", Newer, Refuse, R::InvalidVersion),
+        ("banana", "1.5.0", Off, Upgrade, R::PolicyOff),
+        ("1.4.0", "latest", Off, Upgrade, R::PolicyOff),
+    ];
+    for (have, want, policy, action, reason) in cases {
+        let d = run(&deployed(have), &target(want), *policy);
+        check(&d, *action, *reason);
+        assert_eq!(d.deployed_revision, Some(7));
+        assert_eq!(d.target_version, *want);
+    }
+}
+
+#[test]
+fn exact_messages() {
+    let d = run(&deployed("1.4.0"), &target("1.3.2"), Policy::Newer);
+    assert_eq!(
+        d.message,
+        "skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target 1.3.2 would be a downgrade"
+    );
+    let d = run(&deployed("1.4.0"), &target("1.5.0"), Policy::Newer);
+    assert_eq!(d.message, "upgrade: \"db\" in \"shared\" 1.4.0 -> 1.5.0");
+    let d = run(&DeployedState::default(), &target("1.0.0"), Policy::Newer);
+    assert_eq!(
+        d.message,
+        "install: \"db\" in \"shared\" 1.0.0 (not installed yet)"
+    );
+    let d = run(&deployed("1.4.0"), &target("1.4.0"), Policy::Newer);
+    assert!(d.message.contains("is not newer"), "{}", d.message);
+    let d = run(&deployed("banana"), &target("1.4.0"), Policy::Newer);
+    assert!(d.message.contains("\"banana\""), "{}", d.message);
+    assert!(
+        d.message.contains("--min-version-policy off"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn statuses_of_latest_record() {
+    use ReleaseStatus as S;
+    let dep = |rev| Some(summary(rev, S::Deployed, "postgresql", "1.4.0"));
+    let lat = |rev, st, v: &str| Some(summary(rev, st, "postgresql", v));
+    // (latest meta, last deployed, latest summary, target, action, reason)
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(
+        Option<RecordMeta>,
+        Option<ReleaseSummary>,
+        Option<ReleaseSummary>,
+        &str,
+        Action,
+        Reason,
+    )> = vec![
+        (
+            None,
+            None,
+            None,
+            "1.0.0",
+            Action::Install,
+            Reason::NotInstalled,
+        ),
+        (
+            meta(3, S::Uninstalled),
+            None,
+            None,
+            "1.0.0",
+            Action::Install,
+            Reason::ReinstallAfterUninstall,
+        ),
+        (
+            meta(7, S::Deployed),
+            dep(7),
+            None,
+            "1.5.0",
+            Action::Upgrade,
+            Reason::Newer,
+        ),
+        (
+            meta(7, S::Deployed),
+            None,
+            None,
+            "1.5.0",
+            Action::Refuse,
+            Reason::UnknownState,
+        ),
+        // later failed revision is not counted
+        (
+            meta(8, S::Failed),
+            dep(7),
+            lat(8, S::Failed, "1.5.0"),
+            "1.5.0",
+            Action::Upgrade,
+            Reason::Newer,
+        ),
+        (
+            meta(8, S::Failed),
+            dep(7),
+            None,
+            "1.3.0",
+            Action::Skip,
+            Reason::Downgrade,
+        ),
+        (
+            meta(8, S::Unknown),
+            dep(7),
+            None,
+            "1.5.0",
+            Action::Upgrade,
+            Reason::Newer,
+        ),
+        (
+            meta(8, S::Superseded),
+            dep(7),
+            None,
+            "1.4.0",
+            Action::Skip,
+            Reason::NotNewer,
+        ),
+        // pending
+        (
+            meta(8, S::PendingUpgrade),
+            dep(7),
+            None,
+            "1.5.0",
+            Action::Refuse,
+            Reason::Pending,
+        ),
+        (
+            meta(1, S::PendingInstall),
+            None,
+            None,
+            "1.5.0",
+            Action::Refuse,
+            Reason::Pending,
+        ),
+        (
+            meta(9, S::PendingRollback),
+            dep(7),
+            None,
+            "1.5.0",
+            Action::Refuse,
+            Reason::Pending,
+        ),
+        // nothing deployed, latest failed: helm upgrades from it
+        (
+            meta(2, S::Failed),
+            None,
+            lat(2, S::Failed, "1.0.0"),
+            "1.0.0",
+            Action::Upgrade,
+            Reason::NoDeployedRevision,
+        ),
+        (
+            meta(2, S::Failed),
+            None,
+            lat(2, S::Failed, "1.0.0"),
+            "1.1.0",
+            Action::Upgrade,
+            Reason::Newer,
+        ),
+        (
+            meta(2, S::Failed),
+            None,
+            lat(2, S::Failed, "2.0.0"),
+            "1.0.0",
+            Action::Skip,
+            Reason::Downgrade,
+        ),
+        (
+            meta(2, S::Failed),
+            None,
+            None,
+            "1.0.0",
+            Action::Refuse,
+            Reason::UnknownState,
+        ),
+        (
+            meta(2, S::Failed),
+            None,
+            lat(1, S::Failed, "1.0.0"),
+            "1.0.0",
+            Action::Refuse,
+            Reason::UnknownState,
+        ),
+        (
+            meta(4, S::Superseded),
+            None,
+            lat(4, S::Superseded, "1.4.0"),
+            "1.4.0",
+            Action::Skip,
+            Reason::NotNewer,
+        ),
+        // helm itself cannot upgrade these
+        (
+            meta(4, S::Uninstalling),
+            None,
+            None,
+            "1.5.0",
+            Action::Refuse,
+            Reason::NoDeployedRevision,
+        ),
+        (
+            meta(4, S::Unknown),
+            None,
+            None,
+            "1.5.0",
+            Action::Refuse,
+            Reason::NoDeployedRevision,
+        ),
+        (
+            meta(4, S::Other("odd".into())),
+            None,
+            None,
+            "1.5.0",
+            Action::Refuse,
+            Reason::NoDeployedRevision,
+        ),
+    ];
+    for (i, (latest, last_deployed, latest_summary, want, action, reason)) in
+        cases.into_iter().enumerate()
+    {
+        let state = DeployedState {
+            latest,
+            last_deployed,
+            latest_summary,
+            lock: None,
+        };
+        let d = run(&state, &target(want), Policy::Newer);
+        assert_eq!((d.action, d.reason), (action, reason), "case {i}: {d:#?}");
+        check(&d, action, reason);
+    }
+}
+
+#[test]
+fn failed_later_revision_is_noted() {
+    let state = DeployedState {
+        latest: meta(8, ReleaseStatus::Failed),
+        last_deployed: Some(summary(7, ReleaseStatus::Deployed, "postgresql", "1.4.0")),
+        latest_summary: Some(summary(8, ReleaseStatus::Failed, "postgresql", "1.6.0")),
+        lock: None,
+    };
+    let d = run(&state, &target("1.5.0"), Policy::Newer);
+    check(&d, Action::Upgrade, Reason::Newer);
+    assert_eq!(d.message, "upgrade: \"db\" in \"shared\" 1.4.0 -> 1.5.0");
+    assert_eq!(d.notes.len(), 1);
+    assert!(
+        d.notes[0].contains("revision 8 (chart version 1.6.0) is failed"),
+        "{:?}",
+        d.notes
+    );
+    assert_eq!(d.deployed_version.as_deref(), Some("1.4.0"));
+}
+
+#[test]
+fn pending_message_explains_recovery() {
+    let state = DeployedState {
+        latest: meta(8, ReleaseStatus::PendingUpgrade),
+        last_deployed: Some(summary(7, ReleaseStatus::Deployed, "postgresql", "1.4.0")),
+        ..Default::default()
+    };
+    let d = run(&state, &target("1.5.0"), Policy::Off);
+    check(&d, Action::Refuse, Reason::Pending);
+    for part in [
+        "pending-upgrade",
+        "helm history db -n shared",
+        "helm rollback db 7 -n shared",
+    ] {
+        assert!(d.message.contains(part), "{part}: {}", d.message);
+    }
+}
+
+#[test]
+fn locks() {
+    use LockKind::*;
+    use ReleaseStatus as S;
+    let past = Some(NOW - 1);
+    let future = Some(NOW + 3600);
+    // Revision 7 deployed at 1.4.0, then hard-locked (pending-upgrade), as read.
+    let mut locked = crate::adapters::state::testkit::rev(7, S::PendingUpgrade, "1.4.0");
+    locked.labels = crate::adapters::state::tests::hard_lock_labels();
+    let hard_latest = crate::adapters::state::testkit::state(&[locked]);
+    // (state, lock, target, policy, action, reason, note expected)
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(DeployedState, LockState, &str, Policy, Action, Reason, bool)> = vec![
+        (
+            deployed("1.4.0"),
+            lock(Soft, None, None),
+            "1.5.0",
+            Policy::Newer,
+            Action::Skip,
+            Reason::Locked,
+            false,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Soft, future, None),
+            "1.5.0",
+            Policy::Off,
+            Action::Skip,
+            Reason::Locked,
+            false,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Soft, past, None),
+            "1.5.0",
+            Policy::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+            true,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Soft, past, None),
+            "1.3.0",
+            Policy::Newer,
+            Action::Skip,
+            Reason::Downgrade,
+            true,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Soft, Some(NOW), None),
+            "1.5.0",
+            Policy::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+            true,
+        ),
+        (
+            hard_latest.clone(),
+            lock(Hard, None, None),
+            "1.5.0",
+            Policy::Newer,
+            Action::Skip,
+            Reason::Locked,
+            false,
+        ),
+        (
+            hard_latest.clone(),
+            lock(Hard, future, None),
+            "1.5.0",
+            Policy::Off,
+            Action::Skip,
+            Reason::Locked,
+            false,
+        ),
+        (
+            hard_latest.clone(),
+            lock(Hard, past, None),
+            "1.5.0",
+            Policy::Newer,
+            Action::Refuse,
+            Reason::Locked,
+            false,
+        ),
+        // hard lock whose record was changed by someone: still honoured
+        (
+            deployed("1.4.0"),
+            lock(Hard, None, None),
+            "1.5.0",
+            Policy::Newer,
+            Action::Skip,
+            Reason::Locked,
+            true,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Hard, past, None),
+            "1.5.0",
+            Policy::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+            true,
+        ),
+        // expired hard lock with a foreign pending record: pending wins
+        (
+            DeployedState {
+                latest: meta(8, S::PendingInstall),
+                ..deployed("1.4.0")
+            },
+            lock(Hard, past, None),
+            "1.5.0",
+            Policy::Newer,
+            Action::Refuse,
+            Reason::Pending,
+            true,
+        ),
+        // locks also hold off an install
+        (
+            DeployedState::default(),
+            lock(Soft, None, None),
+            "1.0.0",
+            Policy::Newer,
+            Action::Skip,
+            Reason::Locked,
+            false,
+        ),
+        (
+            DeployedState::default(),
+            lock(Soft, past, None),
+            "1.0.0",
+            Policy::Newer,
+            Action::Install,
+            Reason::NotInstalled,
+            true,
+        ),
+        // pins
+        (
+            deployed("1.4.0"),
+            lock(Pin, None, Some("~1.4")),
+            "1.4.5",
+            Policy::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+            false,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Pin, None, Some("~1.4")),
+            "1.5.0",
+            Policy::Newer,
+            Action::Skip,
+            Reason::Pinned,
+            false,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Pin, None, Some("~1.4")),
+            "1.5.0",
+            Policy::Off,
+            Action::Skip,
+            Reason::Pinned,
+            false,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Pin, None, Some("~1.4")),
+            "1.4.0",
+            Policy::Off,
+            Action::Upgrade,
+            Reason::PolicyOff,
+            false,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Pin, None, Some("~1.4")),
+            "1.3.0",
+            Policy::Newer,
+            Action::Skip,
+            Reason::Pinned,
+            false,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Pin, None, Some("~1.4")),
+            "1.4.0",
+            Policy::Newer,
+            Action::Skip,
+            Reason::NotNewer,
+            false,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Pin, past, Some("~1.4")),
+            "1.5.0",
+            Policy::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+            true,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Pin, future, Some(">=1.4 <2")),
+            "1.9.0",
+            Policy::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+            false,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Pin, None, Some("not a pin")),
+            "1.5.0",
+            Policy::Off,
+            Action::Refuse,
+            Reason::InvalidVersion,
+            false,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Pin, None, Some("~1.4")),
+            "latest",
+            Policy::Off,
+            Action::Refuse,
+            Reason::InvalidVersion,
+            false,
+        ),
+        (
+            deployed("1.4.0"),
+            lock(Pin, None, None),
+            "9.0.0",
+            Policy::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+            false,
+        ),
+        (
+            DeployedState::default(),
+            lock(Pin, None, Some("1.x")),
+            "2.0.0",
+            Policy::Newer,
+            Action::Skip,
+            Reason::Pinned,
+            false,
+        ),
+        (
+            DeployedState::default(),
+            lock(Pin, None, Some("1.x")),
+            "1.2.0",
+            Policy::Newer,
+            Action::Install,
+            Reason::NotInstalled,
+            false,
+        ),
+    ];
+    for (i, (mut state, lock, want, policy, action, reason, noted)) in cases.into_iter().enumerate()
+    {
+        state.lock = Some(lock);
+        let d = run(&state, &target(want), policy);
+        assert_eq!((d.action, d.reason), (action, reason), "case {i}: {d:#?}");
+        check(&d, action, reason);
+        assert_eq!(!d.notes.is_empty(), noted, "case {i}: {:?}", d.notes);
+    }
+}
+
+#[test]
+fn lock_messages() {
+    let mut state = deployed("1.4.0");
+    state.lock = Some(lock(LockKind::Soft, Some(NOW + 60), None));
+    let d = run(&state, &target("1.5.0"), Policy::Newer);
+    assert_eq!(
+        d.message,
+        "skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target 1.5.0 not \
+         applied: soft lock by alice since 2023-11-14T00:00:00Z until \
+         2023-11-14T22:14:20Z: \"db migration\\nrunning\""
+    );
+    state.lock = Some(lock(LockKind::Soft, Some(NOW - 60), None));
+    let d = run(&state, &target("1.5.0"), Policy::Newer);
+    assert_eq!(
+        d.notes,
+        ["ignored expired lock set by alice (soft lock, expired at 2023-11-14T22:12:20Z)"]
+    );
+    state.latest = meta(7, ReleaseStatus::PendingUpgrade);
+    state.lock = Some(lock(LockKind::Hard, Some(NOW - 60), None));
+    let d = run(&state, &target("1.5.0"), Policy::Newer);
+    assert!(
+        d.message.contains("guarded-upgrade unlock db -n shared"),
+        "{}",
+        d.message
+    );
+    state.lock = Some(lock(LockKind::Pin, None, Some("~1.4")));
+    state.latest = meta(7, ReleaseStatus::Deployed);
+    let d = run(&state, &target("2.0.0"), Policy::Newer);
+    assert!(
+        d.message.contains("does not match the pin \"~1.4\""),
+        "{}",
+        d.message
+    );
+    assert!(d
+        .message
+        .starts_with("skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target 2.0.0"));
+    // A lock with no details still reads well.
+    state.lock = Some(LockState {
+        kind: LockKind::Soft,
+        reason: None,
+        by: None,
+        since: None,
+        expires_at: None,
+        pin: None,
+        pin_key: None,
+        hard_original_status: None,
+    });
+    let d = run(&state, &target("2.0.0"), Policy::Newer);
+    assert!(
+        d.message.ends_with("not applied: soft lock by unknown"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn chart_change() {
+    let state = deployed("1.4.0");
+    let mut t = target("1.5.0");
+    t.chart_name = Some("mysql".into());
+    let d = run(&state, &t, Policy::Newer);
+    check(&d, Action::Refuse, Reason::ChartChanged);
+    assert!(d.message.contains("--allow-chart-change"), "{}", d.message);
+    // Chart change is checked even with policy off.
+    check(
+        &run(&state, &t, Policy::Off),
+        Action::Refuse,
+        Reason::ChartChanged,
+    );
+    let allowed = decide(&DecisionInput {
+        release: "db",
+        namespace: "shared",
+        state: &state,
+        target: Some(&t),
+        policy: Policy::Newer,
+        allow_chart_change: true,
+        now_unix: NOW,
+        compare: &CompareKey::ChartVersion,
+        facts: None,
+    });
+    check(&allowed, Action::Upgrade, Reason::Newer);
+    assert!(allowed.notes[0].contains("\"postgresql\" to \"mysql\""));
+    // Version policy still applies after an allowed chart change.
+    t.version = "1.0.0".into();
+    let allowed = decide(&DecisionInput {
+        release: "db",
+        namespace: "shared",
+        state: &state,
+        target: Some(&t),
+        policy: Policy::Newer,
+        allow_chart_change: true,
+        now_unix: NOW,
+        compare: &CompareKey::ChartVersion,
+        facts: None,
+    });
+    check(&allowed, Action::Skip, Reason::Downgrade);
+    // Unknown target chart name: not checked.
+    t.chart_name = None;
+    t.version = "1.5.0".into();
+    check(
+        &run(&state, &t, Policy::Newer),
+        Action::Upgrade,
+        Reason::Newer,
+    );
+}
+
+#[test]
+fn target_note_is_kept() {
+    let mut t = target("1.5.0");
+    t.note = Some("--version 2.0.0 ignored for a local chart".into());
+    let d = run(&deployed("1.4.0"), &t, Policy::Newer);
+    assert_eq!(d.notes, ["--version 2.0.0 ignored for a local chart"]);
+}
+
+#[test]
+fn serializes_kebab_case() {
+    let d = run(&deployed("1.4.0"), &target("1.4.0"), Policy::Newer);
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(json["action"], "skip");
+    assert_eq!(json["reason"], "not-newer");
+    assert_eq!(json["deployed_version"], "1.4.0");
+    let reasons = [
+        (Reason::NotInstalled, "not-installed"),
+        (Reason::ReinstallAfterUninstall, "reinstall-after-uninstall"),
+        (Reason::EqualReapply, "equal-reapply"),
+        (Reason::PolicyOff, "policy-off"),
+        (Reason::ChartChanged, "chart-changed"),
+        (Reason::InvalidVersion, "invalid-version"),
+        (Reason::NoDeployedRevision, "no-deployed-revision"),
+        (Reason::UnknownState, "unknown-state"),
+    ];
+    for (r, s) in reasons {
+        assert_eq!(serde_json::to_value(r).unwrap(), s);
+    }
+    assert_eq!(
+        serde_json::to_value(Policy::NewerOrEqual).unwrap(),
+        "newer-or-equal"
+    );
+    assert_eq!(serde_json::to_value(LockKind::Pin).unwrap(), "pin");
+}
+
+#[test]
+fn policy_parse() {
+    for p in [
+        Policy::Newer,
+        Policy::NewerOrEqual,
+        Policy::NewerOrChanged,
+        Policy::Off,
+    ] {
+        assert_eq!(Policy::parse(p.as_str()), Ok(p));
+        assert_eq!(p.to_string(), p.as_str());
+    }
+    let names: Vec<&str> = [
+        Policy::Newer,
+        Policy::NewerOrEqual,
+        Policy::NewerOrChanged,
+        Policy::Off,
+    ]
+    .iter()
+    .map(Policy::as_str)
+    .collect();
+    assert_eq!(Policy::NAMES, names, "NAMES feeds help and completions");
+    assert_eq!(
+        PolicyError("x".into()).to_string(),
+        format!(
+            "unknown version policy \"x\": use one of {}",
+            Policy::NAMES.join(", ")
+        )
+    );
+    assert_eq!(Policy::default(), Policy::Newer);
+    let err = Policy::parse("Newer").unwrap_err().to_string();
+    assert!(err.contains("newer-or-equal"), "{err}");
+    assert!(Policy::parse("").is_err());
+}
+
+#[test]
+fn formats_unix_time() {
+    let cases = [
+        (0, "1970-01-01T00:00:00Z"),
+        (NOW, "2023-11-14T22:13:20Z"),
+        (951_782_400, "2000-02-29T00:00:00Z"),
+        (4_107_542_399, "2100-02-28T23:59:59Z"),
+        (-1, "1969-12-31T23:59:59Z"),
+    ];
+    for (secs, want) in cases {
+        assert_eq!(crate::core::time::format_rfc3339(secs), want);
+    }
+}
+
+// ---- issue 11: newer-or-changed, --compare keys, pins on keys ----
+
+fn side(pairs: &[(&CompareKey, KeyText)]) -> KeySide {
+    KeySide {
+        keys: pairs
+            .iter()
+            .map(|(k, t)| ((*k).clone(), t.clone()))
+            .collect(),
+    }
+}
+
+fn scalar(text: &str) -> KeyText {
+    KeyText::Scalar(text.into())
+}
+
+fn run_with(
+    state: &DeployedState,
+    target: &Target,
+    policy: Policy,
+    compare: &CompareKey,
+    facts: Option<&ChangeFacts>,
+) -> Decision {
+    decide(&DecisionInput {
+        release: "db",
+        namespace: "shared",
+        state,
+        target: Some(target),
+        policy,
+        allow_chart_change: false,
+        now_unix: NOW,
+        compare,
+        facts,
+    })
+}
+
+fn changed(parts: &[Part]) -> ChangeFacts {
+    ChangeFacts {
+        differences: Some(parts.to_vec()),
+        ..ChangeFacts::default()
+    }
+}
+
+#[test]
+fn newer_or_changed() {
+    use ReleaseStatus as S;
+    let failed = DeployedState {
+        latest: meta(8, S::Failed),
+        last_deployed: None,
+        latest_summary: Some(summary(8, S::Failed, "postgresql", "1.4.0")),
+        lock: None,
+    };
+    let mut soft = deployed("1.4.0");
+    soft.lock = Some(lock(LockKind::Soft, None, None));
+    let none = changed(&[]);
+    let vals = changed(&[Part::Values, Part::Chart]);
+    let unknown = ChangeFacts::default();
+    // (state, target, facts, action, reason, needs facts, differences)
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(
+        DeployedState,
+        &str,
+        Option<&ChangeFacts>,
+        Action,
+        Reason,
+        bool,
+        Option<Vec<Part>>,
+    )> = vec![
+        // Versions differ: decided without facts (no dry run).
+        (
+            deployed("1.4.0"),
+            "1.5.0",
+            None,
+            Action::Upgrade,
+            Reason::Newer,
+            false,
+            None,
+        ),
+        (
+            deployed("1.4.0"),
+            "1.3.0",
+            None,
+            Action::Skip,
+            Reason::Downgrade,
+            false,
+            None,
+        ),
+        // Equal: facts needed, then unchanged or changed.
+        (
+            deployed("1.4.0"),
+            "1.4.0",
+            None,
+            Action::Refuse,
+            Reason::UnknownState,
+            true,
+            None,
+        ),
+        (
+            deployed("1.4.0"),
+            "1.4.0",
+            Some(&unknown),
+            Action::Refuse,
+            Reason::UnknownState,
+            true,
+            None,
+        ),
+        (
+            deployed("1.4.0"),
+            "1.4.0",
+            Some(&none),
+            Action::Skip,
+            Reason::Unchanged,
+            false,
+            Some(vec![]),
+        ),
+        (
+            deployed("1.4.0"),
+            "1.4.0",
+            Some(&vals),
+            Action::Upgrade,
+            Reason::Changed,
+            false,
+            Some(vec![Part::Values, Part::Chart]),
+        ),
+        // Equal with build metadata is equal.
+        (
+            deployed("1.4.0+a"),
+            "1.4.0+b",
+            Some(&none),
+            Action::Skip,
+            Reason::Unchanged,
+            false,
+            Some(vec![]),
+        ),
+        // Retrying a failed version stays allowed without facts.
+        (
+            failed,
+            "1.4.0",
+            None,
+            Action::Upgrade,
+            Reason::NoDeployedRevision,
+            false,
+            None,
+        ),
+        // Locks come first.
+        (
+            soft,
+            "1.4.0",
+            None,
+            Action::Skip,
+            Reason::Locked,
+            false,
+            None,
+        ),
+        // Install needs no facts.
+        (
+            DeployedState::default(),
+            "1.4.0",
+            None,
+            Action::Install,
+            Reason::NotInstalled,
+            false,
+            None,
+        ),
+    ];
+    for (i, (state, want, facts, action, reason, needs, diffs)) in cases.into_iter().enumerate() {
+        let d = run_with(
+            &state,
+            &target(want),
+            Policy::NewerOrChanged,
+            &CompareKey::ChartVersion,
+            facts,
+        );
+        assert_eq!(
+            (d.action, d.reason, d.needs_facts),
+            (action, reason, needs),
+            "case {i}: {d:#?}"
+        );
+        assert_eq!(d.differences, diffs, "case {i}");
+        if !needs {
+            check(&d, action, reason);
+        }
+    }
+    // Other policies never ask for facts.
+    for policy in [Policy::Newer, Policy::NewerOrEqual, Policy::Off] {
+        let d = run_with(
+            &deployed("1.4.0"),
+            &target("1.4.0"),
+            policy,
+            &CompareKey::ChartVersion,
+            None,
+        );
+        assert!(
+            !d.needs_facts && d.differences.is_none(),
+            "{policy}: {d:#?}"
+        );
+    }
+}
+
+#[test]
+fn newer_or_changed_messages() {
+    let d = run_with(
+        &deployed("1.4.0"),
+        &target("1.4.0"),
+        Policy::NewerOrChanged,
+        &CompareKey::ChartVersion,
+        Some(&changed(&[])),
+    );
+    assert_eq!(
+        d.message,
+        "skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target 1.4.0 is \
+         unchanged: the release helm would write equals revision 7 (policy newer-or-changed)"
+    );
+    let d = run_with(
+        &deployed("1.4.0"),
+        &target("1.4.0"),
+        Policy::NewerOrChanged,
+        &CompareKey::ChartVersion,
+        Some(&changed(&[Part::Manifest, Part::Hooks])),
+    );
+    assert_eq!(
+        d.message,
+        "upgrade: \"db\" in \"shared\" 1.4.0 (same version, changed: manifest, hooks; policy \
+         newer-or-changed)"
+    );
+}
+
+#[test]
+fn compare_keys() {
+    let tag = CompareKey::Value("image.tag".into());
+    let app = CompareKey::AppVersion;
+    let facts = |d: KeyText, t: KeyText, diffs: Option<Vec<Part>>| ChangeFacts {
+        deployed: side(&[(&tag, d)]),
+        target: side(&[(&tag, t.clone()), (&app, t)]),
+        differences: diffs,
+    };
+    let mut app_state = deployed("1.4.0");
+    if let Some(s) = app_state.last_deployed.as_mut() {
+        s.app_version = Some("2.0.0".into());
+    }
+    // (key, state, facts, policy, action, reason, needs, deployed_key, target_key)
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(
+        &CompareKey,
+        DeployedState,
+        Option<ChangeFacts>,
+        Policy,
+        Action,
+        Reason,
+        bool,
+        Option<&str>,
+        Option<&str>,
+    )> = vec![
+        (
+            &tag,
+            deployed("1.4.0"),
+            None,
+            Policy::Newer,
+            Action::Refuse,
+            Reason::UnknownState,
+            true,
+            None,
+            None,
+        ),
+        (
+            &tag,
+            deployed("1.4.0"),
+            Some(facts(scalar("1.0.0"), scalar("1.1.0"), None)),
+            Policy::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+            false,
+            Some("1.0.0"),
+            Some("1.1.0"),
+        ),
+        (
+            &tag,
+            deployed("1.4.0"),
+            Some(facts(scalar("1.1.0"), scalar("1.0.0"), None)),
+            Policy::Newer,
+            Action::Skip,
+            Reason::Downgrade,
+            false,
+            Some("1.1.0"),
+            Some("1.0.0"),
+        ),
+        // chart version ignored: only the key counts
+        (
+            &tag,
+            deployed("9.0.0"),
+            Some(facts(scalar("1.0.0"), scalar("1.1.0"), None)),
+            Policy::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+            false,
+            Some("1.0.0"),
+            Some("1.1.0"),
+        ),
+        (
+            &tag,
+            deployed("1.4.0"),
+            Some(facts(scalar("1.0.0"), scalar("1.0.0"), None)),
+            Policy::Newer,
+            Action::Skip,
+            Reason::NotNewer,
+            false,
+            Some("1.0.0"),
+            Some("1.0.0"),
+        ),
+        // equal non-version strings are equal
+        (
+            &tag,
+            deployed("1.4.0"),
+            Some(facts(scalar("latest"), scalar("latest"), Some(vec![]))),
+            Policy::NewerOrChanged,
+            Action::Skip,
+            Reason::Unchanged,
+            false,
+            Some("latest"),
+            Some("latest"),
+        ),
+        (
+            &tag,
+            deployed("1.4.0"),
+            Some(facts(
+                scalar("latest"),
+                scalar("latest"),
+                Some(vec![Part::Values]),
+            )),
+            Policy::NewerOrChanged,
+            Action::Upgrade,
+            Reason::Changed,
+            false,
+            Some("latest"),
+            Some("latest"),
+        ),
+        (
+            &tag,
+            deployed("1.4.0"),
+            Some(facts(scalar("latest"), scalar("latest"), None)),
+            Policy::NewerOrChanged,
+            Action::Refuse,
+            Reason::UnknownState,
+            true,
+            Some("latest"),
+            Some("latest"),
+        ),
+        // different non-versions, missing or non-scalar values: refused
+        (
+            &tag,
+            deployed("1.4.0"),
+            Some(facts(scalar("latest"), scalar("1.0.0"), None)),
+            Policy::Newer,
+            Action::Refuse,
+            Reason::InvalidVersion,
+            false,
+            Some("latest"),
+            Some("1.0.0"),
+        ),
+        (
+            &tag,
+            deployed("1.4.0"),
+            Some(facts(scalar("1.0.0"), scalar("sha-abc"), None)),
+            Policy::Newer,
+            Action::Refuse,
+            Reason::InvalidVersion,
+            false,
+            Some("1.0.0"),
+            Some("sha-abc"),
+        ),
+        (
+            &tag,
+            deployed("1.4.0"),
+            Some(facts(KeyText::Missing, scalar("1.0.0"), None)),
+            Policy::Newer,
+            Action::Refuse,
+            Reason::InvalidVersion,
+            false,
+            None,
+            None,
+        ),
+        (
+            &tag,
+            deployed("1.4.0"),
+            Some(facts(scalar("1.0.0"), KeyText::NotScalar("a map"), None)),
+            Policy::Newer,
+            Action::Refuse,
+            Reason::InvalidVersion,
+            false,
+            None,
+            None,
+        ),
+        // policy off: no comparison, no facts
+        (
+            &tag,
+            deployed("1.4.0"),
+            None,
+            Policy::Off,
+            Action::Upgrade,
+            Reason::PolicyOff,
+            false,
+            None,
+            None,
+        ),
+        // app-version: deployed side from the summary
+        (
+            &app,
+            app_state.clone(),
+            None,
+            Policy::Newer,
+            Action::Refuse,
+            Reason::UnknownState,
+            true,
+            None,
+            None,
+        ),
+        (
+            &app,
+            app_state.clone(),
+            Some(facts(KeyText::Missing, scalar("2.1.0"), None)),
+            Policy::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+            false,
+            Some("2.0.0"),
+            Some("2.1.0"),
+        ),
+        (
+            &app,
+            app_state.clone(),
+            Some(facts(KeyText::Missing, scalar("1.9.0"), None)),
+            Policy::Newer,
+            Action::Skip,
+            Reason::Downgrade,
+            false,
+            Some("2.0.0"),
+            Some("1.9.0"),
+        ),
+        (
+            &app,
+            deployed("1.4.0"),
+            Some(facts(KeyText::Missing, scalar("1.9.0"), None)),
+            Policy::Newer,
+            Action::Refuse,
+            Reason::InvalidVersion,
+            false,
+            None,
+            None,
+        ),
+    ];
+    for (i, (key, state, facts, policy, action, reason, needs, dk, tk)) in
+        cases.into_iter().enumerate()
+    {
+        let d = run_with(&state, &target("1.4.0"), policy, key, facts.as_ref());
+        assert_eq!(
+            (d.action, d.reason, d.needs_facts),
+            (action, reason, needs),
+            "case {i}: {d:#?}"
+        );
+        assert_eq!(
+            (d.deployed_key.as_deref(), d.target_key.as_deref()),
+            (dk, tk),
+            "case {i}"
+        );
+        if !needs {
+            check(&d, action, reason);
+        }
+    }
+}
+
+#[test]
+fn compare_key_messages_name_only_the_key_value() {
+    let tag = CompareKey::Value("image.tag".into());
+    let run_tag = |d: KeyText, t: KeyText| {
+        let facts = ChangeFacts {
+            deployed: side(&[(&tag, d)]),
+            target: side(&[(&tag, t)]),
+            differences: None,
+        };
+        run_with(
+            &deployed("1.4.0"),
+            &target("1.4.0"),
+            Policy::Newer,
+            &tag,
+            Some(&facts),
+        )
+        .message
+    };
+    assert_eq!(
+        run_tag(scalar("1.0.0"), scalar("1.1.0")),
+        "upgrade: \"db\" in \"shared\" value:image.tag 1.0.0 -> 1.1.0"
+    );
+    // Skip lines name the compared key's deployed value, not the chart version (1.4.0).
+    assert_eq!(
+        run_tag(scalar("1.1.0"), scalar("1.0.0")),
+        "skip: release \"db\" in \"shared\" is at value:image.tag 1.1.0 (revision 7); target \
+         value:image.tag 1.0.0 would be a downgrade"
+    );
+    assert_eq!(
+        run_tag(scalar("1.1.0"), scalar("1.1.0")),
+        "skip: release \"db\" in \"shared\" is at value:image.tag 1.1.0 (revision 7); target \
+         value:image.tag 1.1.0 is not newer (policy newer; use --min-version-policy \
+         newer-or-equal to re-apply)"
+    );
+    let unchanged = ChangeFacts {
+        deployed: side(&[(&tag, scalar("1.1.0"))]),
+        target: side(&[(&tag, scalar("1.1.0"))]),
+        differences: Some(vec![]),
+    };
+    assert_eq!(
+        run_with(
+            &deployed("1.4.0"),
+            &target("1.4.0"),
+            Policy::NewerOrChanged,
+            &tag,
+            Some(&unchanged),
+        )
+        .message,
+        "skip: release \"db\" in \"shared\" is at value:image.tag 1.1.0 (revision 7); target \
+         value:image.tag 1.1.0 is unchanged: the release helm would write equals revision 7 \
+         (policy newer-or-changed)"
+    );
+    let app = CompareKey::AppVersion;
+    let mut app_state = deployed("1.4.0");
+    if let Some(d) = app_state.last_deployed.as_mut() {
+        d.app_version = Some("2.0.0".into());
+    }
+    let app_facts = ChangeFacts {
+        deployed: KeySide::default(),
+        target: side(&[(&app, scalar("1.9.0"))]),
+        differences: None,
+    };
+    assert_eq!(
+        run_with(
+            &app_state,
+            &target("1.5.0"),
+            Policy::Newer,
+            &app,
+            Some(&app_facts)
+        )
+        .message,
+        "skip: release \"db\" in \"shared\" is at app-version 2.0.0 (revision 7); target \
+         app-version 1.9.0 would be a downgrade"
+    );
+    assert_eq!(
+        run_tag(scalar("1.0.0"), scalar("sha-abc")),
+        "refused: release \"db\" in \"shared\": value:image.tag \"sha-abc\" of the target is \
+         not a version (invalid chart version \"sha-abc\": expected a number for a version \
+         part; expected MAJOR[.MINOR[.PATCH]][-PRERELEASE][+BUILD], for example 1.2.3, v1.2 \
+         or 1.2.3-rc.1), so versions cannot be compared; use --min-version-policy off to upgrade without comparing"
+    );
+    assert_eq!(
+        run_tag(KeyText::Missing, scalar("1.0.0")),
+        "refused: release \"db\" in \"shared\": revision 7 has no value:image.tag, so \
+         versions cannot be compared; set it, or use --min-version-policy off to upgrade \
+         without comparing"
+    );
+    assert_eq!(
+        run_tag(scalar("1.0.0"), KeyText::NotScalar("a map")),
+        "refused: release \"db\" in \"shared\": value:image.tag of the target is a map, not \
+         a version; compare a key that holds a version"
+    );
+}
+
+#[test]
+fn pins_on_keys() {
+    let tag = CompareKey::Value("image.tag".into());
+    let pin = |key: Option<&str>| LockState {
+        pin_key: key.map(str::to_string),
+        ..lock(LockKind::Pin, None, Some("~1.4"))
+    };
+    let target_tag = |t: &str| ChangeFacts {
+        deployed: side(&[(&tag, scalar("1.4.0"))]),
+        target: side(&[(&tag, scalar(t))]),
+        differences: Some(vec![]),
+    };
+    // (state, pin key, --compare, facts, action, reason, needs)
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(
+        DeployedState,
+        Option<&str>,
+        &CompareKey,
+        Option<ChangeFacts>,
+        Action,
+        Reason,
+        bool,
+    )> = vec![
+        // The pin constrains its own key even when --compare is the chart version.
+        (
+            deployed("1.0.0"),
+            Some("value:image.tag"),
+            &CompareKey::ChartVersion,
+            None,
+            Action::Refuse,
+            Reason::UnknownState,
+            true,
+        ),
+        (
+            deployed("1.0.0"),
+            Some("value:image.tag"),
+            &CompareKey::ChartVersion,
+            Some(target_tag("1.4.7")),
+            Action::Upgrade,
+            Reason::Newer,
+            false,
+        ),
+        (
+            deployed("1.0.0"),
+            Some("value:image.tag"),
+            &CompareKey::ChartVersion,
+            Some(target_tag("1.5.0")),
+            Action::Skip,
+            Reason::Pinned,
+            false,
+        ),
+        (
+            deployed("1.0.0"),
+            Some("value:image.tag"),
+            &tag,
+            Some(target_tag("1.4.7")),
+            Action::Upgrade,
+            Reason::Newer,
+            false,
+        ),
+        (
+            deployed("1.0.0"),
+            Some("value:image.tag"),
+            &tag,
+            Some(target_tag("1.5.0")),
+            Action::Skip,
+            Reason::Pinned,
+            false,
+        ),
+        (
+            deployed("1.0.0"),
+            Some("value:image.tag"),
+            &tag,
+            Some(target_tag("latest")),
+            Action::Refuse,
+            Reason::InvalidVersion,
+            false,
+        ),
+        // Install: the pin still applies to its key.
+        (
+            DeployedState::default(),
+            Some("value:image.tag"),
+            &CompareKey::ChartVersion,
+            Some(target_tag("2.0.0")),
+            Action::Skip,
+            Reason::Pinned,
+            false,
+        ),
+        (
+            DeployedState::default(),
+            Some("value:image.tag"),
+            &CompareKey::ChartVersion,
+            Some(target_tag("1.4.1")),
+            Action::Install,
+            Reason::NotInstalled,
+            false,
+        ),
+        // A pin without key is on the chart version (target 1.4.0 matches ~1.4).
+        (
+            deployed("1.0.0"),
+            None,
+            &tag,
+            Some(target_tag("1.5.0")),
+            Action::Upgrade,
+            Reason::Newer,
+            false,
+        ),
+        (
+            deployed("1.0.0"),
+            Some("chart-version"),
+            &tag,
+            Some(target_tag("1.5.0")),
+            Action::Upgrade,
+            Reason::Newer,
+            false,
+        ),
+        (
+            deployed("1.0.0"),
+            Some("bogus"),
+            &CompareKey::ChartVersion,
+            None,
+            Action::Refuse,
+            Reason::InvalidVersion,
+            false,
+        ),
+    ];
+    for (i, (mut state, key, compare, facts, action, reason, needs)) in
+        cases.into_iter().enumerate()
+    {
+        state.lock = Some(pin(key));
+        let d = run_with(
+            &state,
+            &target("1.4.0"),
+            Policy::Newer,
+            compare,
+            facts.as_ref(),
+        );
+        assert_eq!(
+            (d.action, d.reason, d.needs_facts),
+            (action, reason, needs),
+            "case {i}: {d:#?}"
+        );
+    }
+    let mut state = deployed("1.0.0");
+    state.lock = Some(pin(Some("value:image.tag")));
+    let d = run_with(
+        &state,
+        &target("1.4.0"),
+        Policy::Newer,
+        &tag,
+        Some(&target_tag("1.5.0")),
+    );
+    assert_eq!(
+        d.message,
+        "skip: release \"db\" in \"shared\" is at value:image.tag 1.4.0 (revision 7); target \
+         value:image.tag 1.5.0 does not match the pin \"~1.4\" (pin lock by alice since \
+         2023-11-14T00:00:00Z: \"db migration\\nrunning\")"
+    );
+    // A pin on a key with --compare chart-version: the line names the pinned key on both
+    // sides too.
+    let d = run_with(
+        &state,
+        &target("1.4.0"),
+        Policy::Newer,
+        &CompareKey::ChartVersion,
+        Some(&target_tag("1.5.0")),
+    );
+    assert!(
+        d.message.starts_with(
+            "skip: release \"db\" in \"shared\" is at value:image.tag 1.4.0 (revision 7); \
+             target value:image.tag 1.5.0 does not match the pin"
+        ),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn compare_key_parse_and_needed_keys() {
+    let ok = [
+        ("chart-version", CompareKey::ChartVersion),
+        ("app-version", CompareKey::AppVersion),
+        ("value:image.tag", CompareKey::Value("image.tag".into())),
+        ("value:v", CompareKey::Value("v".into())),
+    ];
+    for (text, key) in ok {
+        assert_eq!(CompareKey::parse(text), Ok(key.clone()));
+        assert_eq!(key.to_string(), text);
+        assert_eq!(serde_json::to_value(&key).unwrap(), text);
+    }
+    for bad in [
+        "",
+        "value:",
+        "value:a..b",
+        "value:.a",
+        "chart",
+        "Value:a",
+        "app_version",
+    ] {
+        let err = CompareKey::parse(bad).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "unknown compare key {bad:?}: use chart-version, app-version or value:PATH \
+                 (e.g. value:image.tag)"
+            )
+        );
+    }
+    let tag = CompareKey::Value("image.tag".into());
+    let pinned = LockState {
+        pin_key: Some("app-version".into()),
+        ..lock(LockKind::Pin, None, Some("1.x"))
+    };
+    assert_eq!(keys_needed(&tag, None), vec![tag.clone()]);
+    assert_eq!(
+        keys_needed(&tag, Some(&pinned)),
+        vec![tag.clone(), CompareKey::AppVersion]
+    );
+    assert_eq!(
+        keys_needed(&CompareKey::AppVersion, Some(&pinned)),
+        vec![CompareKey::AppVersion]
+    );
+    assert_eq!(
+        Policy::parse("newer-or-changed"),
+        Ok(Policy::NewerOrChanged)
+    );
+    assert_eq!(
+        serde_json::to_value(Reason::Unchanged).unwrap(),
+        "unchanged"
+    );
+    assert_eq!(serde_json::to_value(Reason::Changed).unwrap(), "changed");
+    let d = run_with(
+        &deployed("1.4.0"),
+        &target("1.4.0"),
+        Policy::NewerOrChanged,
+        &CompareKey::ChartVersion,
+        Some(&changed(&[Part::Values])),
+    );
+    let json = serde_json::to_value(&d).unwrap();
+    assert_eq!(json["differences"], serde_json::json!(["values"]));
+    assert_eq!(json["compare"], "chart-version");
+    assert!(json.get("needs_facts").is_none() && json.get("target_key").is_none());
+}

@@ -1,0 +1,442 @@
+//! The shared vocabulary of the decision: policies, compare keys, compared parts, the
+//! state of a release as the rules see it, locks, targets, and what the rules answer
+//! ([`Decision`], [`Gate`]). Types only; the rules are in the parent module.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::core::release::{ReleaseStatus, ReleaseSummary};
+
+/// A part of a release whose content is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Part {
+    /// The user-supplied values (`config`).
+    Values,
+    /// The rendered manifest.
+    Manifest,
+    /// The rendered hooks.
+    Hooks,
+    /// The chart: templates, default values, schema, files, lock, metadata.
+    Chart,
+    /// The release's custom labels (`--labels`), which helm's `-o json` does not show.
+    Labels,
+}
+
+impl Part {
+    /// The JSON/message spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Part::Values => "values",
+            Part::Manifest => "manifest",
+            Part::Hooks => "hooks",
+            Part::Chart => "chart",
+            Part::Labels => "labels",
+        }
+    }
+}
+
+/// Minimum-version policy (`--min-version-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Only strictly newer chart versions are applied (default).
+    #[default]
+    Newer,
+    /// Newer or equal versions are applied (equal re-applies values).
+    NewerOrEqual,
+    /// Newer versions are applied; an equal one only when the release helm would write
+    /// differs from the deployed one (values, manifest, hooks or chart content).
+    NewerOrChanged,
+    /// No version comparison; locks and pins still apply.
+    Off,
+}
+
+/// An unknown `--min-version-policy` value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown version policy {0:?}: use one of newer, newer-or-equal, newer-or-changed, off")]
+pub struct PolicyError(pub String);
+
+impl Policy {
+    /// Every policy's flag text, in help order; [`Policy::parse`] accepts exactly these.
+    pub const NAMES: &'static [&'static str] =
+        &["newer", "newer-or-equal", "newer-or-changed", "off"];
+
+    /// Parses `newer`, `newer-or-equal`, `newer-or-changed` or `off`.
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        match text {
+            "newer" => Ok(Policy::Newer),
+            "newer-or-equal" => Ok(Policy::NewerOrEqual),
+            "newer-or-changed" => Ok(Policy::NewerOrChanged),
+            "off" => Ok(Policy::Off),
+            other => Err(PolicyError(other.to_string())),
+        }
+    }
+
+    /// The flag text of this policy.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Policy::Newer => "newer",
+            Policy::NewerOrEqual => "newer-or-equal",
+            Policy::NewerOrChanged => "newer-or-changed",
+            Policy::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Policy::parse(s)
+    }
+}
+
+/// The key whose version order guards against downgrades (`--compare`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum CompareKey {
+    /// The chart's `version` (default).
+    #[default]
+    ChartVersion,
+    /// The chart's `appVersion`.
+    AppVersion,
+    /// A value at a dotted path of the release's values, e.g. `image.tag`.
+    Value(String),
+}
+
+/// An unusable `--compare` (or pin key) text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown compare key {0:?}: use chart-version, app-version or value:PATH (e.g. value:image.tag)")]
+pub struct CompareKeyError(pub String);
+
+impl CompareKey {
+    /// Parses `chart-version`, `app-version` or `value:PATH` (dot-separated, no empty
+    /// segment).
+    pub fn parse(text: &str) -> Result<CompareKey, CompareKeyError> {
+        match text {
+            "chart-version" => Ok(CompareKey::ChartVersion),
+            "app-version" => Ok(CompareKey::AppVersion),
+            _ => match text.strip_prefix("value:") {
+                Some(path) if !path.is_empty() && path.split('.').all(|s| !s.is_empty()) => {
+                    Ok(CompareKey::Value(path.to_string()))
+                }
+                _ => Err(CompareKeyError(text.to_string())),
+            },
+        }
+    }
+}
+
+impl fmt::Display for CompareKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompareKey::ChartVersion => f.write_str("chart-version"),
+            CompareKey::AppVersion => f.write_str("app-version"),
+            CompareKey::Value(path) => write!(f, "value:{path}"),
+        }
+    }
+}
+
+impl Serialize for CompareKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The text of a compare key in one release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyText {
+    /// Not set (or null).
+    Missing,
+    /// A string, number or boolean, as text.
+    Scalar(String),
+    /// A map or list: never a version (what it is, not its content).
+    NotScalar(&'static str),
+}
+
+/// Compare-key texts of one side (deployed baseline or would-be release).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySide {
+    /// Key -> its text; keys not gathered read as missing.
+    pub keys: std::collections::BTreeMap<CompareKey, KeyText>,
+}
+
+impl KeySide {
+    /// The text of `key`, [`KeyText::Missing`] when absent.
+    pub fn get(&self, key: &CompareKey) -> KeyText {
+        self.keys.get(key).cloned().unwrap_or(KeyText::Missing)
+    }
+}
+
+/// What only helm's dry run and the fully decoded baseline record tell (see
+/// [`crate::adapters::change`]). Gathered only when a decision asks for it
+/// ([`Decision::needs_facts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeFacts {
+    /// Keys of the deployed baseline record (empty when nothing is deployed).
+    pub deployed: KeySide,
+    /// Keys of the would-be release.
+    pub target: KeySide,
+    /// Parts that differ between would-be and baseline; `None` when there is no baseline.
+    pub differences: Option<Vec<Part>>,
+}
+
+/// The compare keys whose values a decision may need: the `--compare` key and the key a
+/// pin lock constrains (chart-version when the pin names none or an unusable one).
+pub fn keys_needed(compare: &CompareKey, lock: Option<&LockState>) -> Vec<CompareKey> {
+    let mut keys = vec![compare.clone()];
+    if let Some(key) = lock
+        .and_then(|l| l.pin_key.as_deref())
+        .and_then(|k| CompareKey::parse(k).ok())
+    {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Revision and status of a record, read from its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// Revision number (label `version`).
+    pub revision: u64,
+    /// Status (label `status`).
+    pub status: ReleaseStatus,
+}
+
+/// What the cluster says about the release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployedState {
+    /// The highest-revision record; `None` when the release has no records.
+    pub latest: Option<RecordMeta>,
+    /// The decoded highest-revision `deployed` record, if any.
+    pub last_deployed: Option<ReleaseSummary>,
+    /// The decoded latest record when it is not the deployed one. Needed
+    /// when there is no deployed record (it becomes the baseline); used for
+    /// notes otherwise.
+    pub latest_summary: Option<ReleaseSummary>,
+    /// The release lock, if one is set.
+    pub lock: Option<LockState>,
+}
+
+/// Kind of a release lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LockKind {
+    /// Our tool skips the release; plain helm is not blocked.
+    Soft,
+    /// The latest record is set to `pending-upgrade`, which also blocks
+    /// plain `helm upgrade`.
+    Hard,
+    /// Only target versions matching `pin` are allowed.
+    Pin,
+}
+
+impl LockKind {
+    /// `soft`, `hard` or `pin`, as stored in the lock label.
+    pub fn parse(text: &str) -> Option<LockKind> {
+        match text {
+            "soft" => Some(LockKind::Soft),
+            "hard" => Some(LockKind::Hard),
+            "pin" => Some(LockKind::Pin),
+            _ => None,
+        }
+    }
+
+    /// The label/JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockKind::Soft => "soft",
+            LockKind::Hard => "hard",
+            LockKind::Pin => "pin",
+        }
+    }
+}
+
+/// A release lock as stored on the release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockState {
+    /// Soft, hard or pin.
+    pub kind: LockKind,
+    /// Why the release is locked.
+    pub reason: Option<String>,
+    /// Who set the lock.
+    pub by: Option<String>,
+    /// When the lock was set (RFC 3339).
+    pub since: Option<String>,
+    /// When the lock stops applying (unix seconds); `None` = never.
+    pub expires_at: Option<i64>,
+    /// Constraint text target versions must match (pin locks).
+    pub pin: Option<String>,
+    /// The compare key the pin constrains (`value:image.tag`...); `None` = chart version.
+    pub pin_key: Option<String>,
+    /// For hard locks: the latest record's status before locking.
+    pub hard_original_status: Option<String>,
+}
+
+/// What we are asked to deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Chart name, when known (from the chart's metadata).
+    pub chart_name: Option<String>,
+    /// The resolved chart version (raw text).
+    pub version: String,
+    /// Something worth telling the user, e.g. "--version ignored for a local chart".
+    pub note: Option<String>,
+}
+
+/// Everything [`decide`] looks at.
+#[derive(Debug, Clone)]
+pub struct DecisionInput<'a> {
+    /// Release name.
+    pub release: &'a str,
+    /// Release namespace.
+    pub namespace: &'a str,
+    /// Cluster state.
+    pub state: &'a DeployedState,
+    /// The target chart; `None` asks only what the rules say before a target is compared
+    /// ([`gate`], used by `status`).
+    pub target: Option<&'a Target>,
+    /// Version policy.
+    pub policy: Policy,
+    /// `--allow-chart-change`.
+    pub allow_chart_change: bool,
+    /// Current time, unix seconds (for lock expiry).
+    pub now_unix: i64,
+    /// `--compare`: the key whose version order is guarded.
+    pub compare: &'a CompareKey,
+    /// Dry-run facts, once gathered for a decision that asked for them.
+    pub facts: Option<&'a ChangeFacts>,
+}
+
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Run helm; the release does not exist yet.
+    Install,
+    /// Run helm; the release exists.
+    Upgrade,
+    /// Do not run helm; this is an expected outcome (exit 0 by default).
+    Skip,
+    /// Do not run helm; something needs a human (non-zero exit).
+    Refuse,
+}
+
+impl Action {
+    /// True for [`Action::Install`] and [`Action::Upgrade`].
+    pub fn proceeds(&self) -> bool {
+        matches!(self, Action::Install | Action::Upgrade)
+    }
+}
+
+/// Why, in machine-readable form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// No records: install.
+    NotInstalled,
+    /// Latest record is `uninstalled`: install again.
+    ReinstallAfterUninstall,
+    /// Target is newer than the deployed version.
+    Newer,
+    /// Target equals the deployed version under `newer-or-equal`.
+    EqualReapply,
+    /// Policy `off`: no version comparison.
+    PolicyOff,
+    /// Target equals the deployed version under `newer`.
+    NotNewer,
+    /// Target equals the deployed version under `newer-or-changed` and the release helm
+    /// would write equals the deployed one.
+    Unchanged,
+    /// Target equals the deployed version under `newer-or-changed` and the release helm
+    /// would write differs (see `differences`).
+    Changed,
+    /// Target is older than the deployed version.
+    Downgrade,
+    /// A soft or hard lock is in force (or an expired hard lock blocks helm).
+    Locked,
+    /// The target does not match the lock's pin.
+    Pinned,
+    /// The latest revision is `pending-*`.
+    Pending,
+    /// The chart name differs from the deployed chart.
+    ChartChanged,
+    /// A version (deployed, target or pin) is not valid.
+    InvalidVersion,
+    /// No revision is deployed: retrying a failed version (upgrade), or helm
+    /// has nothing to upgrade from (refuse).
+    NoDeployedRevision,
+    /// The state is contradictory (e.g. latest says deployed but no deployed
+    /// record was read).
+    UnknownState,
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// What to do.
+    pub action: Action,
+    /// Why.
+    pub reason: Reason,
+    /// One line for humans: `install: `, `upgrade: `, `skip: ` or `refused: `.
+    pub message: String,
+    /// Extra remarks worth showing (expired locks ignored, failed revisions...).
+    pub notes: Vec<String>,
+    /// Chart version of the baseline (deployed) revision, if any.
+    pub deployed_version: Option<String>,
+    /// Revision number of the baseline (deployed) revision, if any.
+    pub deployed_revision: Option<u64>,
+    /// The target version text.
+    pub target_version: String,
+    /// The `--compare` key.
+    pub compare: CompareKey,
+    /// The compared key's deployed value (only for keys other than chart-version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployed_key: Option<String>,
+    /// The compared key's target value (only for keys other than chart-version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_key: Option<String>,
+    /// Parts of the release that differ (`newer-or-changed` with equal versions): names
+    /// only, never content.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differences: Option<Vec<Part>>,
+    /// True when this decision could not be made without [`ChangeFacts`]: gather them
+    /// (dry run, full baseline record) and decide again. Never final.
+    #[serde(skip)]
+    pub needs_facts: bool,
+}
+
+/// What the rules say about a release before any target is looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// The rules decide whatever the target: skip (locked) or refuse.
+    Decided(Decision),
+    /// The release would be installed (not installed, or uninstalled), pin permitting.
+    Install {
+        /// `not-installed` or `reinstall-after-uninstall`.
+        reason: Reason,
+        /// An unexpired pin the target must match.
+        pin: Option<String>,
+        /// Remarks (an expired lock ignored, …).
+        notes: Vec<String>,
+    },
+    /// The release would be upgraded from the baseline when the target passes the chart,
+    /// pin and version checks.
+    Upgrade {
+        /// The revision versions are compared with.
+        baseline_revision: u64,
+        /// Its chart version.
+        baseline_version: Option<String>,
+        /// An unexpired pin the target must match.
+        pin: Option<String>,
+        /// Remarks (a later failed revision, a hard lock not in force, …).
+        notes: Vec<String>,
+    },
+}
