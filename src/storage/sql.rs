@@ -910,6 +910,33 @@ mod tests {
     }
 
     #[test]
+    fn trigger_sql_is_idempotent_and_names_the_lock() {
+        let sql = trigger_sql();
+        assert_eq!(sql.len(), 3);
+        assert!(sql[0].starts_with("CREATE OR REPLACE FUNCTION guarded_upgrade_lock_text("));
+        assert!(sql[1].starts_with("CREATE OR REPLACE FUNCTION guarded_upgrade_hard_lock()"));
+        assert_eq!(
+            sql[2],
+            "CREATE OR REPLACE TRIGGER guarded_upgrade_hard_lock BEFORE INSERT OR UPDATE OR \
+             DELETE ON releases_v1 FOR EACH ROW EXECUTE FUNCTION guarded_upgrade_hard_lock()"
+        );
+        let body = trigger_function_body();
+        // The dollar quote cannot end early; the body is what `trigger_installed` compares.
+        assert!(!body.contains("$gu$"));
+        assert!(!text_function_body().contains("$gu$"));
+        assert!(sql[1].contains(&body));
+        assert!(body.contains("current_setting('guarded_upgrade.writer', true)"));
+        assert!(body.contains(&format!("l.key = '{}'", crate::lock::KEY_HARD_STATUS)));
+        assert!(body.contains("guarded-upgrade unlock %s -n %s"));
+        for key in ["reason", "by", "since"] {
+            assert!(
+                body.contains(&format!("'guarded-upgrade.io/{key}'")),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
     fn servers_are_named_without_credentials() {
         let config: tokio_postgres::Config = "postgres://helm:hunter2@db.example:5433/releases"
             .parse()
