@@ -604,10 +604,13 @@ fn sql_hard_lock_trigger_not_permitted(label: &str) {
     let s = SqlBed::new(label, "trigger_denied");
     s.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS])
         .expect_code(0, "install");
+    // helm's tables have row-level security without policies: only their owner (helm's
+    // role) sees rows. The owner may create triggers on them, but not functions in a
+    // schema without CREATE.
     let role = format!("gu_helm_{label}");
     s.query(&format!(
         "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; \
-         GRANT SELECT, INSERT, UPDATE, DELETE ON releases_v1, custom_labels_v1 TO {role}; \
+         ALTER TABLE releases_v1 OWNER TO {role}; ALTER TABLE custom_labels_v1 OWNER TO {role}; \
          REVOKE CREATE ON SCHEMA public FROM PUBLIC"
     ));
     let url = s
