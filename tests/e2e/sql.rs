@@ -637,7 +637,10 @@ fn sql_hard_lock_trigger_not_permitted(label: &str) {
     run.expect_code(0, "lock --hard without rights");
     assert!(
         run.stderr
-            .contains("the hard lock is not enforced by the database: "),
+            .contains("the hard lock is not enforced by the database: ")
+            && run
+                .stderr
+                .contains("(permission denied for schema public); it needs CREATE"),
         "{}",
         run.stderr
     );
