@@ -62,6 +62,10 @@ pub enum Enforcement {
     /// The API server refuses changes (ValidatingAdmissionPolicy).
     #[serde(rename = "cluster policy")]
     ClusterPolicy,
+    /// PostgreSQL refuses changes to the release's rows (`HELM_DRIVER=sql`: a trigger on
+    /// `releases_v1`).
+    #[serde(rename = "database trigger")]
+    DatabaseTrigger,
     /// Only the labels (and, for a hard lock, helm's pending status) stand in the way.
     #[serde(rename = "labels only")]
     LabelsOnly,
@@ -72,6 +76,7 @@ impl Enforcement {
     pub fn as_str(self) -> &'static str {
         match self {
             Enforcement::ClusterPolicy => "cluster policy",
+            Enforcement::DatabaseTrigger => "database trigger",
             Enforcement::LabelsOnly => "labels only",
         }
     }
@@ -660,6 +665,11 @@ pub async fn settle(
 /// `not enforced by the cluster: WHY`.
 pub fn not_enforced(why: &str) -> String {
     format!("not enforced by the cluster: {why}")
+}
+
+/// `not enforced by the database: WHY` (`HELM_DRIVER=sql`).
+pub fn not_enforced_by_database(why: &str) -> String {
+    format!("not enforced by the database: {why}")
 }
 
 // ---------------------------------------------------------------------------------------

@@ -105,6 +105,27 @@ pub(super) async fn before_lock(
     if spec.kind != LockKind::Hard {
         return Ok(Before { available: None });
     }
+    // HELM_DRIVER=sql: the database enforces (a trigger on releases_v1). Checked in a
+    // transaction that is rolled back, so `--enforce` writes nothing when it cannot.
+    if let Store::Sql(sql) = &session.store {
+        let available = match sql.install_trigger(false).await {
+            Ok(()) => Availability::Ready,
+            Err(why) => Availability::Unavailable(why),
+        };
+        if let (true, Availability::Unavailable(why)) = (enforce_required, &available) {
+            return Err(Error::Refused {
+                release: release.to_string(),
+                namespace: session.namespace.clone(),
+                message: format!(
+                    "--enforce: the hard lock cannot be enforced by the database: {why}; \
+                     nothing changed (without --enforce the lock is set, labels only)"
+                ),
+            });
+        }
+        return Ok(Before {
+            available: Some(available),
+        });
+    }
     let available = enforce::availability(&session.client, &session.namespace, release).await;
     if enforce_required {
         if let Availability::Unavailable(why) = &available {
@@ -180,6 +201,9 @@ pub(super) async fn impose(
     enforce_required: bool,
 ) -> Result<EnforceOutcome, Error> {
     let namespace = &session.namespace;
+    if let Store::Sql(sql) = &session.store {
+        return impose_sql(session, sql, release, spec, available, enforce_required).await;
+    }
     if let Availability::Unavailable(why) = available {
         return Ok(EnforceOutcome::NotEnforced(why.clone()));
     }
@@ -218,12 +242,57 @@ pub(super) async fn impose(
     }
 }
 
-/// How `lock --hard` ended, as far as the cluster is concerned.
+/// `impose` for `HELM_DRIVER=sql`: installs the trigger on `releases_v1` (the records);
+/// where the cluster's policy is installed, its parameter also guards the release's
+/// objects against deletion (best effort: the records are what the trigger protects).
+async fn impose_sql(
+    session: &super::Session,
+    sql: &crate::storage::sql::SqlStore,
+    release: &str,
+    spec: &LockSpec,
+    available: &Availability,
+    enforce_required: bool,
+) -> Result<EnforceOutcome, Error> {
+    let namespace = &session.namespace;
+    let installed = match available {
+        Availability::Unavailable(why) => Err(why.clone()),
+        Availability::Ready => sql.install_trigger(true).await,
+    };
+    match installed {
+        Ok(()) => {}
+        Err(why) if enforce_required => {
+            return Err(Error::Refused {
+                release: release.to_string(),
+                namespace: namespace.clone(),
+                message: format!(
+                    "--enforce: the hard lock is set (labels only) but the database does not \
+                     enforce it: {why}. Run the same command again, or `guarded-upgrade unlock \
+                     {release} -n {namespace}`"
+                ),
+            })
+        }
+        Err(why) => return Ok(EnforceOutcome::NotEnforcedByDatabase(why)),
+    }
+    if enforce::availability(&session.client, namespace, release).await == Availability::Ready {
+        if let Err(why) = enforce::put_param(&session.client, namespace, release, spec).await {
+            output::note(&format!(
+                "the cluster does not guard the release's objects against deletion: {why}"
+            ));
+        }
+    }
+    Ok(EnforceOutcome::EnforcedByTrigger)
+}
+
+/// How `lock --hard` ended, as far as the cluster (or database) is concerned.
 pub(super) enum EnforceOutcome {
     /// The parameter is in place.
     Enforced,
     /// Labels only, and why.
     NotEnforced(String),
+    /// `HELM_DRIVER=sql`: the trigger on `releases_v1` is in place.
+    EnforcedByTrigger,
+    /// `HELM_DRIVER=sql`: labels only, and why.
+    NotEnforcedByDatabase(String),
 }
 
 impl EnforceOutcome {
@@ -235,6 +304,16 @@ impl EnforceOutcome {
                  (ValidatingAdmissionPolicy {}, ConfigMap {})",
                 enforce::POLICY_NAME,
                 enforce::param_name(release)
+            )),
+            EnforceOutcome::EnforcedByTrigger => output::progress(&format!(
+                "enforced: the database refuses changes to release {release:?} in \
+                 {namespace:?} (trigger {} on releases_v1)",
+                crate::storage::sql::TRIGGER_NAME
+            )),
+            EnforceOutcome::NotEnforcedByDatabase(why) => output::warning(&format!(
+                "the hard lock is {}; plain helm upgrade and install are refused (pending \
+                 record), but helm rollback, helm uninstall and direct SQL are not",
+                enforce::not_enforced_by_database(why)
             )),
             EnforceOutcome::NotEnforced(why) => output::warning(&format!(
                 "the hard lock is {}; plain helm upgrade and install are refused (pending \
@@ -259,15 +338,29 @@ pub(super) async fn describe(
     } else {
         None
     };
+    let trigger = match store {
+        Store::Sql(sql) if any_hard => Some(sql.trigger_installed().await),
+        _ => None,
+    };
     for (ns, release, lock) in locks.iter_mut() {
         let (how, note) = match (&observed, lock.kind == "hard") {
             (Some(o), true) => o.hard_lock(ns, release),
-            (None, true) => (
-                Enforcement::LabelsOnly,
-                Some(enforce::not_enforced(
-                    "HELM_DRIVER=sql records are not protected by the admission policy",
-                )),
-            ),
+            (None, true) => match &trigger {
+                Some(Ok(true)) => (Enforcement::DatabaseTrigger, None),
+                Some(Ok(false)) => (
+                    Enforcement::LabelsOnly,
+                    Some(enforce::not_enforced_by_database(&format!(
+                        "the trigger {} is not installed on releases_v1; run `guarded-upgrade \
+                         lock {release} --hard -n {ns}` again to install it",
+                        crate::storage::sql::TRIGGER_NAME
+                    ))),
+                ),
+                Some(Err(why)) => (
+                    Enforcement::LabelsOnly,
+                    Some(enforce::not_enforced_by_database(why)),
+                ),
+                None => (Enforcement::LabelsOnly, None),
+            },
             _ => (Enforcement::LabelsOnly, None),
         };
         lock.enforcement = Some(how);

@@ -85,6 +85,27 @@ impl Postgres {
         );
     }
 
+    /// Runs one SQL statement in `db`: psql's unaligned output, or its error output.
+    pub fn try_query(&self, db: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(pg_binary("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-At", "-d", db, "-c", sql])
+            .output()
+            .expect("run psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
     /// Runs one SQL statement in `db` and returns psql's unaligned output.
     pub fn query(&self, db: &str, sql: &str) -> String {
         let out = Command::new(pg_binary("psql"))

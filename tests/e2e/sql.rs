@@ -72,6 +72,19 @@ impl SqlBed {
         ))
     }
 
+    fn try_query(&self, sql: &str) -> Result<String, String> {
+        postgres().try_query(&self.db, sql)
+    }
+
+    /// Every release row and label, whole: equal before and after means nothing changed.
+    fn snapshot(&self) -> String {
+        self.query(
+            "SELECT (SELECT count(*) FROM releases_v1) || '|' || \
+             (SELECT string_agg(md5(r::text) || xmin::text, ',' ORDER BY key) FROM releases_v1 r) \
+             || '|' || (SELECT string_agg(md5(l::text), ',' ORDER BY l::text) FROM custom_labels_v1 l)",
+        )
+    }
+
     /// Every row version of the release rows: changes whenever anything writes them.
     fn row_versions(&self) -> String {
         self.query("SELECT string_agg(key || ':' || xmin::text, ',' ORDER BY key) FROM releases_v1")
@@ -492,7 +505,156 @@ fn sql_missing_namespace_keeps_refusals(label: &str) {
     );
 }
 
+/// A hard lock is enforced by PostgreSQL: a trigger on releases_v1 refuses helm rollback,
+/// helm uninstall, helm upgrade and direct UPDATE/DELETE of the release's rows, with a
+/// message naming the lock; unlock passes, and afterwards everything works again.
+fn sql_hard_lock_trigger(label: &str) {
+    let s = SqlBed::new(label, "trigger");
+    s.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    s.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "upgrade");
+    let run = s.guard(&[
+        "lock",
+        "db",
+        "--hard",
+        "--reason",
+        "quarter close",
+        "--by",
+        "alice",
+        "-n",
+        NS,
+    ]);
+    run.expect_code(0, "lock --hard");
+    assert!(
+        run.stderr.contains(
+            "enforced: the database refuses changes to release \"db\" in \"shared\" (trigger \
+             guarded_upgrade_hard_lock on releases_v1)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s.statuses(), "1=superseded,2=pending-upgrade");
+    let status = s.guard(&["status", "db", "-n", NS, "-o", "json"]);
+    status.expect_code(0, "status");
+    let json: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(json["lock"]["enforcement"], "database trigger", "{json}");
+    let locks = s.guard(&["locks", "-A", "-o", "json"]);
+    locks.expect_code(0, "locks");
+    let rows: serde_json::Value = serde_json::from_str(locks.stdout.trim()).unwrap();
+    assert_eq!(rows[0]["enforcement"], "database trigger", "{rows}");
+
+    let before = s.snapshot();
+    let named = |text: &str| {
+        assert!(
+            text.contains(
+                "release \"db\" in namespace \"shared\" is hard-locked: quarter close \
+                 (locked by alice since "
+            ) && text.contains("guarded-upgrade unlock db -n shared"),
+            "{text}"
+        );
+    };
+    let run = s.helm(&["rollback", "db", "1", "-n", NS]);
+    assert_ne!(run.code, 0, "helm rollback must fail: {}", run.stdout);
+    named(&run.stderr);
+    assert_eq!(s.snapshot(), before, "helm rollback changed rows");
+    let run = s.helm(&["upgrade", "db", &chart("demo-1.2.0"), "-n", NS]);
+    assert_ne!(run.code, 0, "helm upgrade must fail: {}", run.stdout);
+    assert_eq!(s.snapshot(), before, "helm upgrade changed rows");
+    let run = s.helm(&["uninstall", "db", "-n", NS]);
+    assert_ne!(run.code, 0, "helm uninstall must fail: {}", run.stdout);
+    named(&run.stderr);
+    assert_eq!(s.snapshot(), before, "helm uninstall changed rows");
+    for sql in [
+        "UPDATE releases_v1 SET status = 'deployed' WHERE name = 'db'",
+        "DELETE FROM releases_v1 WHERE name = 'db'",
+        "INSERT INTO releases_v1 SELECT 'sh.helm.release.v1.db.v9', type, body, name, \
+         namespace, 9, status, owner, createdat, modifiedat FROM releases_v1 \
+         WHERE key = 'sh.helm.release.v1.db.v2'",
+    ] {
+        let err = s.try_query(sql).expect_err(sql);
+        named(&err);
+    }
+    assert_eq!(s.snapshot(), before, "direct SQL changed rows");
+    // Other releases are not affected.
+    s.helm(&["install", "other", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "another release");
+
+    s.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock");
+    assert_eq!(s.statuses(), "1=superseded,2=deployed");
+    s.helm(&["rollback", "db", "1", "-n", NS])
+        .expect_code(0, "helm rollback after unlock");
+    s.helm(&["upgrade", "db", &chart("demo-1.2.0"), "-n", NS])
+        .expect_code(0, "helm upgrade after unlock");
+    assert_eq!(s.deployed(), ("1.2.0".into(), 4));
+    s.try_query("UPDATE releases_v1 SET modifiedat = modifiedat WHERE name = 'db'")
+        .expect("UPDATE after unlock");
+    s.helm(&["uninstall", "db", "-n", NS])
+        .expect_code(0, "helm uninstall after unlock");
+    assert_eq!(
+        s.query("SELECT count(*) FROM releases_v1 WHERE name = 'db'"),
+        "0"
+    );
+}
+
+/// Without the right to create the trigger, `lock --hard` says the lock is not enforced
+/// by the database; `--enforce` refuses and writes nothing.
+fn sql_hard_lock_trigger_not_permitted(label: &str) {
+    let s = SqlBed::new(label, "trigger_denied");
+    s.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    // helm's tables have row-level security without policies: only their owner (helm's
+    // role) sees rows. The owner may create triggers on them, but not functions in a
+    // schema without CREATE.
+    let role = format!("gu_helm_{label}");
+    s.query(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN; \
+         ALTER TABLE releases_v1 OWNER TO {role}; ALTER TABLE custom_labels_v1 OWNER TO {role}; \
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC"
+    ));
+    let url = s
+        .url
+        .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let env = [
+        ("HELM_DRIVER", "sql"),
+        ("HELM_DRIVER_SQL_CONNECTION_STRING", url.as_str()),
+    ];
+    let before = s.snapshot();
+    let run =
+        s.b.guard_env(&["lock", "db", "--hard", "--enforce", "-n", NS], &env);
+    run.expect_code(3, "--enforce without rights");
+    assert!(
+        run.stderr.contains(
+            "--enforce: the hard lock cannot be enforced by the database: cannot install \
+                 the trigger guarded_upgrade_hard_lock"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s.snapshot(), before, "--enforce wrote");
+    let run = s.b.guard_env(&["lock", "db", "--hard", "-n", NS], &env);
+    run.expect_code(0, "lock --hard without rights");
+    assert!(
+        run.stderr
+            .contains("the hard lock is not enforced by the database: ")
+            && run
+                .stderr
+                .contains("(permission denied for schema public); it needs CREATE"),
+        "{}",
+        run.stderr
+    );
+    let status =
+        s.b.guard_env(&["status", "db", "-n", NS, "-o", "json"], &env);
+    let json: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(json["lock"]["enforcement"], "labels only", "{json}");
+    s.b.guard_env(&["unlock", "db", "-n", NS], &env)
+        .expect_code(0, "unlock");
+}
+
 crate::common::per_helm!(
+    sql_hard_lock_trigger,
+    sql_hard_lock_trigger_not_permitted,
     sql_missing_namespace_keeps_refusals,
     sql_decisions,
     sql_locks,

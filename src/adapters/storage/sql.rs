@@ -257,6 +257,14 @@ impl SqlStore {
         let tx = bounded(&self.server, "starting a transaction", client.transaction())
             .await?
             .map_err(err)?;
+        // The tool's own writes pass the hard-lock trigger (unlock, re-lock).
+        bounded(
+            &self.server,
+            "marking the transaction as guarded-upgrade's",
+            tx.batch_execute(&format!("SET LOCAL {WRITER_SETTING} = 'on'")),
+        )
+        .await?
+        .map_err(err)?;
         let current = bounded(
             &self.server,
             "locking the release row",
@@ -349,6 +357,184 @@ impl SqlStore {
             .map_err(err)?;
         Ok(Some(new_xmin))
     }
+}
+
+impl SqlStore {
+    /// Whether the hard-lock trigger is installed on `releases_v1`, enabled, and runs this
+    /// version's function.
+    pub(crate) async fn trigger_installed(&self) -> Result<bool, String> {
+        let client = self.client.lock().await;
+        let row = bounded(
+            &self.server,
+            "reading the hard-lock trigger",
+            client.query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid \
+                 WHERE t.tgrelid = to_regclass('releases_v1') AND t.tgname = $1 \
+                 AND NOT t.tgisinternal AND t.tgenabled <> 'D' AND p.prosrc = $2)",
+                &[&TRIGGER_NAME, &trigger_function_body()],
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| store_error(&self.server, e).to_string())?;
+        Ok(row.get::<_, bool>(0))
+    }
+
+    /// Installs the hard-lock trigger (`commit`), or checks that it could be (a transaction
+    /// rolled back: nothing written). Already installed and current: nothing to do.
+    pub(crate) async fn install_trigger(&self, commit: bool) -> Result<(), String> {
+        if self.trigger_installed().await? {
+            return Ok(());
+        }
+        let mut client = self.client.lock().await;
+        let server = self.server.clone();
+        let why = |e: tokio_postgres::Error| {
+            let text = match e.as_db_error() {
+                Some(db) => db.message().to_string(),
+                None => crate::storage::error_chain(&e),
+            };
+            let rights = if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+                "; it needs CREATE on the schema of releases_v1, TRIGGER on releases_v1, and \
+                 ownership of the function once it exists (see docs/locks.md)"
+            } else {
+                ""
+            };
+            format!(
+                "cannot install the trigger {TRIGGER_NAME} on releases_v1 at {server} \
+                 ({text}){rights}"
+            )
+        };
+        let tx = bounded(&self.server, "starting a transaction", client.transaction())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(why)?;
+        for statement in trigger_sql() {
+            bounded(
+                &self.server,
+                "installing the hard-lock trigger",
+                tx.batch_execute(&statement),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(why)?;
+        }
+        let done = if commit {
+            tx.commit().await
+        } else {
+            tx.rollback().await
+        };
+        done.map_err(why)
+    }
+}
+
+/// Name of the trigger on `releases_v1` and of its function.
+pub(crate) const TRIGGER_NAME: &str = "guarded_upgrade_hard_lock";
+/// Name of the helper that reads a lock's text label (plain or base32, as `lock.rs` writes).
+const TEXT_FUNCTION: &str = "guarded_upgrade_lock_text";
+/// The setting the tool's transactions turn on (`SET LOCAL`) so the trigger lets them pass.
+pub(crate) const WRITER_SETTING: &str = "guarded_upgrade.writer";
+
+/// The trigger function's body: refuses INSERT, UPDATE and DELETE of the rows of a release
+/// whose latest record carries a hard lock in force, unless the transaction is the tool's.
+pub(crate) fn trigger_function_body() -> String {
+    let hard = crate::lock::KEY_HARD_STATUS;
+    format!(
+        r#"
+DECLARE
+  rel text;
+  ns text;
+  latest text;
+  reason text;
+  who text;
+  since text;
+BEGIN
+  IF coalesce(current_setting('{WRITER_SETTING}', true), '') = 'on' THEN
+    IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+    RETURN NEW;
+  END IF;
+  IF TG_OP = 'INSERT' THEN
+    rel := NEW.name; ns := NEW.namespace;
+  ELSE
+    rel := OLD.name; ns := OLD.namespace;
+  END IF;
+  SELECT r.key INTO latest FROM releases_v1 r
+    WHERE r.name = rel AND r.namespace = ns AND r.owner = 'helm'
+    ORDER BY r.version DESC LIMIT 1;
+  IF latest IS NOT NULL AND EXISTS (SELECT 1 FROM custom_labels_v1 l
+      WHERE l.releasekey = latest AND l.releasenamespace = ns AND l.key = '{hard}') THEN
+    reason := {TEXT_FUNCTION}(latest, ns, 'guarded-upgrade.io/reason');
+    who := {TEXT_FUNCTION}(latest, ns, 'guarded-upgrade.io/by');
+    SELECT to_char(to_timestamp(l.value::bigint) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+      INTO since FROM custom_labels_v1 l
+      WHERE l.releasekey = latest AND l.releasenamespace = ns AND l.key = 'guarded-upgrade.io/since'
+        AND l.value ~ '^[0-9]+$';
+    RAISE EXCEPTION USING
+      ERRCODE = 'insufficient_privilege',
+      MESSAGE = format('release "%s" in namespace "%s" is hard-locked%s (locked by %s since %s); %s of releases_v1 row "%s" refused by guarded-upgrade. To change the release, first run: guarded-upgrade unlock %s -n %s',
+        rel, ns, CASE WHEN coalesce(reason, '') <> '' THEN ': ' || reason ELSE '' END,
+        coalesce(nullif(who, ''), 'unknown'), coalesce(since, 'unknown'), lower(TG_OP),
+        CASE WHEN TG_OP = 'INSERT' THEN NEW.key ELSE OLD.key END, rel, ns);
+  END IF;
+  IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+  RETURN NEW;
+END
+"#
+    )
+}
+
+/// The helper decoding a lock's text label (`b32.` + base32 over `KEY`, `KEY-1`, …).
+fn text_function_body() -> &'static str {
+    r#"
+DECLARE
+  enc text;
+  buf integer := 0;
+  nbits integer := 0;
+  v integer;
+  out bytea := ''::bytea;
+BEGIN
+  SELECT l.value INTO enc FROM custom_labels_v1 l
+    WHERE l.releasekey = rkey AND l.releasenamespace = rns AND l.key = lkey;
+  IF enc IS NULL OR left(enc, 4) <> 'b32.' THEN RETURN enc; END IF;
+  SELECT substr(enc, 5) || coalesce(string_agg(l.value, '' ORDER BY substr(l.key, length(lkey) + 2)::int), '')
+    INTO enc FROM custom_labels_v1 l
+    WHERE l.releasekey = rkey AND l.releasenamespace = rns
+      AND left(l.key, length(lkey) + 1) = lkey || '-'
+      AND substr(l.key, length(lkey) + 2) ~ '^[0-9]+$';
+  FOR i IN 1..length(enc) LOOP
+    v := strpos('abcdefghijklmnopqrstuvwxyz234567', substr(enc, i, 1)) - 1;
+    IF v < 0 THEN RETURN '(unreadable)'; END IF;
+    buf := ((buf << 5) | v) & 65535;
+    nbits := nbits + 5;
+    IF nbits >= 8 THEN
+      nbits := nbits - 8;
+      out := out || set_byte('\x00'::bytea, 0, (buf >> nbits) & 255);
+    END IF;
+  END LOOP;
+  RETURN convert_from(out, 'UTF8');
+EXCEPTION WHEN OTHERS THEN
+  RETURN '(unreadable)';
+END
+"#
+}
+
+/// The statements that install the trigger (idempotent; PostgreSQL 14 or later).
+pub(crate) fn trigger_sql() -> Vec<String> {
+    vec![
+        format!(
+            "CREATE OR REPLACE FUNCTION {TEXT_FUNCTION}(rkey text, rns text, lkey text) \
+             RETURNS text LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $gu${}$gu$",
+            text_function_body()
+        ),
+        format!(
+            "CREATE OR REPLACE FUNCTION {TRIGGER_NAME}() RETURNS trigger LANGUAGE plpgsql \
+             SET search_path FROM CURRENT AS $gu${}$gu$",
+            trigger_function_body()
+        ),
+        format!(
+            "CREATE OR REPLACE TRIGGER {TRIGGER_NAME} BEFORE INSERT OR UPDATE OR DELETE ON \
+             releases_v1 FOR EACH ROW EXECUTE FUNCTION {TRIGGER_NAME}()"
+        ),
+    ]
 }
 
 fn describe_server(config: &tokio_postgres::Config) -> String {
@@ -721,6 +907,33 @@ mod tests {
              only \"require\" (default), \"verify-full\", \"verify-ca\", \"prefer\", \"allow\", \
              and \"disable\" are supported (as by helm's SQL driver)"
         );
+    }
+
+    #[test]
+    fn trigger_sql_is_idempotent_and_names_the_lock() {
+        let sql = trigger_sql();
+        assert_eq!(sql.len(), 3);
+        assert!(sql[0].starts_with("CREATE OR REPLACE FUNCTION guarded_upgrade_lock_text("));
+        assert!(sql[1].starts_with("CREATE OR REPLACE FUNCTION guarded_upgrade_hard_lock()"));
+        assert_eq!(
+            sql[2],
+            "CREATE OR REPLACE TRIGGER guarded_upgrade_hard_lock BEFORE INSERT OR UPDATE OR \
+             DELETE ON releases_v1 FOR EACH ROW EXECUTE FUNCTION guarded_upgrade_hard_lock()"
+        );
+        let body = trigger_function_body();
+        // The dollar quote cannot end early; the body is what `trigger_installed` compares.
+        assert!(!body.contains("$gu$"));
+        assert!(!text_function_body().contains("$gu$"));
+        assert!(sql[1].contains(&body));
+        assert!(body.contains("current_setting('guarded_upgrade.writer', true)"));
+        assert!(body.contains(&format!("l.key = '{}'", crate::lock::KEY_HARD_STATUS)));
+        assert!(body.contains("guarded-upgrade unlock %s -n %s"));
+        for key in ["reason", "by", "since"] {
+            assert!(
+                body.contains(&format!("'guarded-upgrade.io/{key}'")),
+                "{key}"
+            );
+        }
     }
 
     #[test]
