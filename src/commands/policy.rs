@@ -247,7 +247,7 @@ pub(super) async fn impose(
 /// objects against deletion (best effort: the records are what the trigger protects).
 async fn impose_sql(
     session: &super::Session,
-    sql: &crate::storage::sql::SqlStore,
+    sql: &crate::adapters::storage::sql::SqlStore,
     release: &str,
     spec: &LockSpec,
     available: &Availability,
@@ -308,7 +308,7 @@ impl EnforceOutcome {
             EnforceOutcome::EnforcedByTrigger => output::progress(&format!(
                 "enforced: the database refuses changes to release {release:?} in \
                  {namespace:?} (trigger {} on releases_v1)",
-                crate::storage::sql::TRIGGER_NAME
+                crate::adapters::storage::sql::TRIGGER_NAME
             )),
             EnforceOutcome::NotEnforcedByDatabase(why) => output::warning(&format!(
                 "the hard lock is {}; plain helm upgrade and install are refused (pending \
@@ -352,7 +352,7 @@ pub(super) async fn describe(
                     Some(enforce::not_enforced_by_database(&format!(
                         "the trigger {} is not installed on releases_v1; run `guarded-upgrade \
                          lock {release} --hard -n {ns}` again to install it",
-                        crate::storage::sql::TRIGGER_NAME
+                        crate::adapters::storage::sql::TRIGGER_NAME
                     ))),
                 ),
                 Some(Err(why)) => (

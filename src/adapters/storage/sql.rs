@@ -391,7 +391,7 @@ impl SqlStore {
         let why = |e: tokio_postgres::Error| {
             let text = match e.as_db_error() {
                 Some(db) => db.message().to_string(),
-                None => crate::storage::error_chain(&e),
+                None => crate::core::chain::error_chain(&e),
             };
             let rights = if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
                 "; it needs CREATE on the schema of releases_v1, TRIGGER on releases_v1, and \
@@ -437,7 +437,7 @@ pub(crate) const WRITER_SETTING: &str = "guarded_upgrade.writer";
 /// The trigger function's body: refuses INSERT, UPDATE and DELETE of the rows of a release
 /// whose latest record carries a hard lock in force, unless the transaction is the tool's.
 pub(crate) fn trigger_function_body() -> String {
-    let hard = crate::lock::KEY_HARD_STATUS;
+    let hard = crate::core::lock::KEY_HARD_STATUS;
     format!(
         r#"
 DECLARE
@@ -926,7 +926,7 @@ mod tests {
         assert!(!text_function_body().contains("$gu$"));
         assert!(sql[1].contains(&body));
         assert!(body.contains("current_setting('guarded_upgrade.writer', true)"));
-        assert!(body.contains(&format!("l.key = '{}'", crate::lock::KEY_HARD_STATUS)));
+        assert!(body.contains(&format!("l.key = '{}'", crate::core::lock::KEY_HARD_STATUS)));
         assert!(body.contains("guarded-upgrade unlock %s -n %s"));
         for key in ["reason", "by", "since"] {
             assert!(
