@@ -403,18 +403,11 @@ pub(crate) struct Records<'a> {
 fn custom_labels(
     labels: &std::collections::BTreeMap<String, String>,
 ) -> std::collections::BTreeMap<String, String> {
-    const HELM_OWN: [&str; 6] = [
-        "name",
-        "owner",
-        "status",
-        "version",
-        "createdAt",
-        "modifiedAt",
-    ];
     labels
         .iter()
         .filter(|(k, _)| {
-            !HELM_OWN.contains(&k.as_str()) && !k.starts_with(crate::core::lock::PREFIX)
+            !crate::core::release::HELM_SYSTEM_LABELS.contains(&k.as_str())
+                && !k.starts_with(crate::core::lock::PREFIX)
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()

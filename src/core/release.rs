@@ -9,6 +9,17 @@
 //! Nothing in this module puts decoded content into an error message, and
 //! [`ReleaseSummary`] never holds values, manifests or chart files.
 
+/// The labels helm sets on every record itself (`pkg/storage/driver/util.go`,
+/// systemLabels); every other label of a record is a custom label of the release.
+pub(crate) const HELM_SYSTEM_LABELS: [&str; 6] = [
+    "name",
+    "owner",
+    "status",
+    "version",
+    "createdAt",
+    "modifiedAt",
+];
+
 use std::fmt;
 use std::io::{Read, Write};
 

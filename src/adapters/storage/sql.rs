@@ -44,14 +44,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Labels helm keeps in columns, never in `custom_labels_v1`.
-const SYSTEM_LABELS: [&str; 6] = [
-    "name",
-    "owner",
-    "status",
-    "version",
-    "createdAt",
-    "modifiedAt",
-];
+use crate::core::release::HELM_SYSTEM_LABELS as SYSTEM_LABELS;
 
 /// Failures before the store is usable. Messages never contain the connection string
 /// (it usually carries a password).
