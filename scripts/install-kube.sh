@@ -35,7 +35,7 @@ else
         ldflags+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=$(echo "$k8s_version" | sed -E 's/^v([0-9]+)\..*/\1/')"
         ldflags+=" -X $pkg.gitMinor=$(echo "$k8s_version" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/') -X $pkg.gitTreeState=clean"
     done
-    CGO_ENABLED=0 go build -mod=readonly -ldflags "$ldflags" -o "$work/" \
+    CGO_ENABLED=0 go build -mod=readonly -buildvcs=false -ldflags "$ldflags" -o "$work/" \
         go.etcd.io/etcd/server/v3 k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
     mv "$work/server" "$work/etcd"  # go names it after go.etcd.io/etcd/server/v3
     mkdir -p "$dest"
