@@ -88,7 +88,7 @@ pub(crate) async fn recover_stale_pending<S: ReleaseStore>(
         return Ok(Recovery::NotPending);
     };
     // A guarded-upgrade hard lock is not an interrupted operation.
-    if !latest.status.is_pending() || latest.labels.contains_key(lock::KEY_HARD_STATUS) {
+    if !latest.status.is_pending() || lock::hard_lock(&latest.labels).is_some() {
         return Ok(Recovery::NotPending);
     }
     let revision = latest.revision;

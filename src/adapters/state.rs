@@ -57,7 +57,7 @@ pub enum ReadError {
 /// is what runs, so it counts as deployed.
 fn is_hard_locked_deployed(header: &RecordHeader) -> bool {
     header.status == ReleaseStatus::PendingUpgrade
-        && header.labels.get(lock::KEY_HARD_STATUS).map(String::as_str) == Some("deployed")
+        && lock::hard_lock(&header.labels) == Some("deployed")
 }
 
 /// Reads the release: one metadata list, then one GET + decode of the last deployed record

@@ -113,7 +113,7 @@ fn state_of(spec: &LockSpec) -> LockState {
 /// A pending latest revision that is not our hard lock belongs to a running (or
 /// interrupted) helm operation: locking it would race with helm.
 fn refuse_pending(scope: &Scope, latest: &RecordHeader) -> Result<(), Error> {
-    if latest.status.is_pending() && !latest.labels.contains_key(lock::KEY_HARD_STATUS) {
+    if latest.status.is_pending() && lock::hard_lock(&latest.labels).is_none() {
         return Err(scope.refused(format!(
             "the latest revision {} is {} (an install/upgrade/rollback is in progress or was \
              interrupted); nothing changed. Wait for it, or inspect with `helm history {} -n {}`",
@@ -132,7 +132,7 @@ fn converged(headers: &[RecordHeader], spec: &LockSpec) -> bool {
     let Some((latest, others)) = headers.split_last() else {
         return false;
     };
-    let hard_in_force = latest.labels.contains_key(lock::KEY_HARD_STATUS);
+    let hard_in_force = lock::hard_lock(&latest.labels).is_some();
     let Some(existing) = lock::spec_from_labels(&latest.labels)
         .ok()
         .flatten()
@@ -162,7 +162,7 @@ pub(super) async fn lock_release(
     };
     let headers = scope.existing_release().await?;
     let (latest, others) = headers.split_last().expect("existing_release has records");
-    let current_hard = latest.labels.contains_key(lock::KEY_HARD_STATUS);
+    let current_hard = lock::hard_lock(&latest.labels).is_some();
     refuse_pending(&scope, latest)?;
     // Switching a hard lock off restores the record before the soft labels go on.
     if current_hard && spec.kind != LockKind::Hard {

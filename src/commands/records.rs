@@ -360,9 +360,8 @@ impl Scope<'_> {
             .await
             .map_err(|e| self.record_error("reading", name, e))?;
         let labels = &record.header.labels;
-        let mut original = labels
-            .get(lock::KEY_HARD_STATUS)
-            .cloned()
+        let mut original = lock::hard_lock(labels)
+            .map(str::to_string)
             .unwrap_or_default();
         let digest_ok = labels.get(lock::KEY_HARD_DIGEST).map(String::as_str)
             == Some(lock::payload_digest(&record.payload).as_str());

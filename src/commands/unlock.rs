@@ -73,14 +73,12 @@ pub(super) async fn unlock_release(
     let mut had_lock = false;
     let mut restored = false;
     for (i, header) in headers.iter().enumerate().rev() {
-        if header.labels.contains_key(lock::KEY_HARD_STATUS) {
+        if lock::hard_lock(&header.labels).is_some() {
             had_lock = true;
             restored = true;
             let superseded_since = headers[i + 1..].iter().any(|h| {
-                let status = h
-                    .labels
-                    .get(lock::KEY_HARD_STATUS)
-                    .map(|s| ReleaseStatus::parse(s))
+                let status = lock::hard_lock(&h.labels)
+                    .map(ReleaseStatus::parse)
                     .unwrap_or_else(|| h.status.clone());
                 matches!(status, ReleaseStatus::Deployed | ReleaseStatus::Superseded)
             });

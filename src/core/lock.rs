@@ -26,6 +26,12 @@ const KEY_SINCE: &str = "guarded-upgrade.io/since";
 const KEY_EXPIRES: &str = "guarded-upgrade.io/expires";
 /// On the record a hard lock turned `pending-upgrade`: the status it had before.
 pub const KEY_HARD_STATUS: &str = "guarded-upgrade.io/hard-original-status";
+
+/// The one test of "a hard lock is in force on this record": the status the hard lock
+/// saved before it marked the record `pending-upgrade` (None: no hard lock in force).
+pub fn hard_lock(labels: &std::collections::BTreeMap<String, String>) -> Option<&str> {
+    labels.get(KEY_HARD_STATUS).map(String::as_str)
+}
 /// On that record: CRC-32 (hex) of the payload guarded-upgrade wrote, to detect changes.
 pub const KEY_HARD_DIGEST: &str = "guarded-upgrade.io/hard-digest";
 /// On that record: the revision it locked.
