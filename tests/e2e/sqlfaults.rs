@@ -459,7 +459,11 @@ fn fault_case(f: &Fixture, case: &Case, fault: Fault, all: bool) -> usize {
         let url = f.fresh(case.template, &db);
         let run = f.run(&url, &args, Some((n, fault)));
         let after = snapshot(pg, &db);
-        eprintln!("{what}: exit {}: {}", run.code, run.stderr.trim_end().replace('\n', " | "));
+        eprintln!(
+            "{what}: exit {}: {}",
+            run.code,
+            run.stderr.trim_end().replace('\n', " | ")
+        );
         // Nothing half-written: each record is as before or as after, as a whole.
         for key in old.keys().chain(new.keys()).chain(after.keys()) {
             let a = after.get(key);
@@ -503,23 +507,28 @@ fn fault_case(f: &Fixture, case: &Case, fault: Fault, all: bool) -> usize {
     indices.len()
 }
 
-/// The tool's backend terminated at every statement of each command.
+/// The tool's backend terminated at the first statement of each kind of `lock --hard`,
+/// `unlock` and `upgrade` (`lock` issues the same kinds; every index of all four passed
+/// once, in 185 s, too long for CI).
 #[test]
 fn sql_backend_terminated_at_each_statement() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let f = Fixture::new();
-    for case in cases() {
-        fault_case(&f, &case, Fault::Terminate, false);
+    for case in cases().iter().filter(|c| c.name != "lock") {
+        fault_case(&f, case, Fault::Terminate, false);
     }
 }
 
 /// The server restarted (fast shutdown, start again) at the first statement of each kind
-/// of each command.
+/// of `lock` and `upgrade`.
 #[test]
 fn sql_server_restarted_at_each_statement_kind() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let f = Fixture::new();
-    for case in cases() {
-        fault_case(&f, &case, Fault::Restart, false);
+    for case in cases()
+        .iter()
+        .filter(|c| matches!(c.name, "lock" | "upgrade"))
+    {
+        fault_case(&f, case, Fault::Restart, false);
     }
 }
