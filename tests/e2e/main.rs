@@ -25,5 +25,6 @@ mod repo;
 mod retry;
 mod shim;
 mod sql;
+mod sqlfaults;
 mod unchanged;
 mod usage;

@@ -44,7 +44,54 @@ pub struct Postgres {
     pub port: u16,
     /// PEM file of the CA that issued the server certificate.
     pub ca_file: PathBuf,
+    /// The running server process and how to start it again on the same data and port.
+    server: std::sync::Mutex<(Child, PostgresArgs)>,
     _dir: tempfile::TempDir,
+}
+
+/// What `postgres` is started with, kept for [`Postgres::restart`].
+struct PostgresArgs {
+    data: PathBuf,
+    socket: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    log_path: PathBuf,
+    user: Option<(u32, u32)>,
+}
+
+fn postgres_command(port: u16, a: &PostgresArgs) -> Command {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&a.log_path)
+        .expect("log file");
+    let mut cmd = Command::new(pg_binary("postgres"));
+    cmd.arg("-D")
+        .arg(&a.data)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
+        .arg(&a.socket)
+        .args([
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=200",
+            "-c",
+            "ssl=on",
+        ])
+        .arg("-c")
+        .arg(format!("ssl_cert_file={}", a.cert.display()))
+        .arg("-c")
+        .arg(format!("ssl_key_file={}", a.key.display()))
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    cmd
+}
+
+fn pg_ready(port: u16) -> bool {
+    Command::new(pg_binary("pg_isready"))
+        .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 impl Postgres {
@@ -126,6 +173,32 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Stops the server (fast shutdown: every backend is terminated, SIGINT) and starts it
+    /// again on the same data directory and port. Only for a server of its own
+    /// ([`postgres_restartable`]): the shared one serves tests running in parallel.
+    pub fn restart(&self) {
+        let mut server = self.server.lock().unwrap_or_else(|e| e.into_inner());
+        let (child, args) = &mut *server;
+        // SAFETY: signalling a child this process started.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        child.wait().expect("wait for postgres to stop");
+        let mut next = spawn_long_lived(postgres_command(self.port, args), args.user);
+        {
+            let mut stop = STOP_AT_EXIT.lock().expect("stop list");
+            for entry in stop.iter_mut() {
+                if entry.0 == child.id() {
+                    entry.0 = next.id();
+                }
+            }
+        }
+        let port = self.port;
+        wait_ready("postgres (restarted)", &mut next, &args.log_path, || {
+            pg_ready(port)
+        })
+        .expect("postgres restarts");
+        *child = next;
     }
 }
 
@@ -226,6 +299,12 @@ pub fn tls_registry() -> &'static Registry {
 
 /// The shared PostgreSQL server.
 pub fn postgres() -> &'static Postgres {
+    static P: OnceLock<Postgres> = OnceLock::new();
+    P.get_or_init(|| start_with_retries("postgres", start_postgres))
+}
+
+/// A PostgreSQL server of its own that tests may restart ([`Postgres::restart`]).
+pub fn postgres_restartable() -> &'static Postgres {
     static P: OnceLock<Postgres> = OnceLock::new();
     P.get_or_init(|| start_with_retries("postgres", start_postgres))
 }
@@ -503,7 +582,7 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) {
 
 fn start_postgres() -> Result<Postgres, String> {
     let initdb = pg_binary("initdb");
-    let postgres = pg_binary("postgres");
+    pg_binary("postgres");
     pg_binary("psql");
     let dir = tempfile::tempdir().expect("tempdir");
     let user = server_user();
@@ -544,38 +623,22 @@ fn start_postgres() -> Result<Postgres, String> {
         std::fs::read_to_string(&log_path).unwrap_or_default()
     );
     let port = free_port();
-    let mut cmd = Command::new(postgres);
-    cmd.arg("-D")
-        .arg(&data)
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
-        .arg(&socket)
-        .args([
-            "-c",
-            "fsync=off",
-            "-c",
-            "max_connections=200",
-            "-c",
-            "ssl=on",
-        ])
-        .arg("-c")
-        .arg(format!("ssl_cert_file={}", cert.display()))
-        .arg("-c")
-        .arg(format!("ssl_key_file={}", key.display()))
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log);
-    let mut child = spawn_long_lived(cmd, user);
+    let args = PostgresArgs {
+        data,
+        socket,
+        cert,
+        key,
+        log_path,
+        user,
+    };
+    let mut child = spawn_long_lived(postgres_command(port, &args), user);
     // SIGINT: PostgreSQL's fast shutdown (no waiting for clients).
     stop_at_exit(child.id(), libc::SIGINT, dir.path());
-    wait_ready("postgres", &mut child, &log_path, || {
-        Command::new(pg_binary("pg_isready"))
-            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    })?;
+    wait_ready("postgres", &mut child, &args.log_path, || pg_ready(port))?;
     Ok(Postgres {
         port,
         ca_file,
+        server: std::sync::Mutex::new((child, args)),
         _dir: dir,
     })
 }
