@@ -10,4 +10,7 @@ cd "$(dirname "$0")/.."
 ./scripts/install-test-servers.sh
 ./scripts/install-helm.sh
 ./scripts/install-kube.sh >/dev/null
+# Three tests at a time, one per API server of the test control plane (GU_KUBE_SERVERS):
+# much of an end-to-end test is waiting (on helm, a backoff, a restarted server).
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-3}"
 cargo test --workspace --locked "$@"
