@@ -483,6 +483,15 @@ fn fault_case(f: &Fixture, case: &Case, fault: Fault, all: bool) -> usize {
                 "{what}: an older record is locked but the latest is not: {after:?}"
             );
         }
+        // A terminated backend is survived within the run: the store connects again and
+        // the retried statement (or whole transaction) completes the command.
+        if matches!(fault, Fault::Terminate) {
+            assert_eq!(
+                run.code, 0,
+                "{what}: the run did not recover from a terminated backend\n{}",
+                run.stderr
+            );
+        }
         if run.code == 0 {
             assert_eq!(
                 after, new,

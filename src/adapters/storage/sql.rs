@@ -82,6 +82,9 @@ pub(crate) fn check_connection_string(text: Option<&str>) -> Result<(), SqlConne
 /// Release records in helm's PostgreSQL tables, for one namespace.
 pub(crate) struct SqlStore {
     client: Mutex<tokio_postgres::Client>,
+    /// To connect again when the server closed the connection (a terminated backend, a
+    /// restart): the string holds the password, so it is kept secret and never printed.
+    connection: secrecy::SecretString,
     namespace: String,
     server: String,
 }
@@ -101,6 +104,36 @@ impl SqlStore {
         connection: &str,
         namespace: &str,
     ) -> Result<SqlStore, SqlConnectError> {
+        let (client, server) = open(connection).await?;
+        Ok(SqlStore {
+            client: Mutex::new(client),
+            connection: connection.to_string().into(),
+            namespace: namespace.to_string(),
+            server,
+        })
+    }
+
+    /// The connection, opened again first when the server closed it: every statement
+    /// retried after a terminated backend or a server restart runs on a live connection
+    /// (its transaction, if any, was rolled back with the old one).
+    async fn live_client(
+        &self,
+    ) -> Result<tokio::sync::MutexGuard<'_, tokio_postgres::Client>, StoreError> {
+        use secrecy::ExposeSecret;
+        let mut client = self.client.lock().await;
+        if client.is_closed() {
+            let (fresh, _) = open(self.connection.expose_secret())
+                .await
+                .map_err(|e| StoreError::Transport(e.to_string()))?;
+            *client = fresh;
+        }
+        Ok(client)
+    }
+}
+
+/// Opens a connection; returns it with the server's description (`host:port/db`).
+async fn open(connection: &str) -> Result<(tokio_postgres::Client, String), SqlConnectError> {
+    {
         let (rest, ssl) = sql_conn::split_connection_string(connection)
             .map_err(SqlConnectError::BadConnectionString)?;
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
@@ -154,20 +187,18 @@ impl SqlStore {
                 client
             }
         };
-        Ok(SqlStore {
-            client: Mutex::new(client),
-            namespace: namespace.to_string(),
-            server,
-        })
+        Ok((client, server))
     }
+}
 
+impl SqlStore {
     /// Headers for rows matching `filter` (SQL after WHERE, `$1..` bound to `params`).
     async fn headers_where(
         &self,
         filter: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<RecordHeader>, StoreError> {
-        let client = self.client.lock().await;
+        let client = self.live_client().await?;
         let sql = format!(
             "SELECT key, namespace, name, version, status, owner, createdAt, modifiedAt, \
              xmin::text FROM releases_v1 WHERE {filter}"
@@ -244,7 +275,7 @@ impl SqlStore {
         payload: Option<&str>,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
-        let mut client = self.client.lock().await;
+        let mut client = self.live_client().await?;
         let server = self.server.clone();
         let err = |e: tokio_postgres::Error| store_error(&server, e);
         let tx = bounded(&self.server, "starting a transaction", client.transaction())
@@ -356,7 +387,7 @@ impl SqlStore {
     /// Whether the hard-lock trigger is installed on `releases_v1`, enabled, and runs this
     /// version's function.
     pub(crate) async fn trigger_installed(&self) -> Result<bool, String> {
-        let client = self.client.lock().await;
+        let client = self.live_client().await.map_err(|e| e.to_string())?;
         let row = bounded(
             &self.server,
             "reading the hard-lock trigger",
@@ -379,7 +410,7 @@ impl SqlStore {
         if self.trigger_installed().await? {
             return Ok(());
         }
-        let mut client = self.client.lock().await;
+        let mut client = self.live_client().await.map_err(|e| e.to_string())?;
         let server = self.server.clone();
         let why = |e: tokio_postgres::Error| {
             let text = match e.as_db_error() {
@@ -594,6 +625,9 @@ fn store_error(server: &str, e: tokio_postgres::Error) -> StoreError {
                 || *state == SqlState::T_R_DEADLOCK_DETECTED
                 || state.code().starts_with("53")
                 || state.code().starts_with("08")
+                // Operator intervention: a terminated backend, a server shutting down or
+                // starting; the retry connects again.
+                || state.code().starts_with("57P")
             {
                 503
             } else {
@@ -770,7 +804,7 @@ impl ReleaseStore for SqlStore {
         };
         let header = headers.into_iter().next().ok_or_else(not_found)?;
         let body = with_retry(&format!("reading SQL record {name:?}"), || async {
-            let client = self.client.lock().await;
+            let client = self.live_client().await?;
             let row = bounded(
                 &self.server,
                 "reading a release body",
