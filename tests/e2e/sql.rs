@@ -652,7 +652,66 @@ fn sql_hard_lock_trigger_not_permitted(label: &str) {
         .expect_code(0, "unlock");
 }
 
+/// With `HELM_DRIVER=sql` and the cluster policy installed, a hard lock is enforced twice:
+/// the database refuses record writes, and the API server refuses deleting the release's
+/// objects (issue 18: "the object deletes are denied by the same admission policy").
+fn sql_hard_lock_with_the_cluster_policy(label: &str) {
+    let s = SqlBed::new(label, "trigger_policy");
+    s.guard(&["policy", "install"])
+        .expect_code(0, "policy install");
+    s.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    let run = s.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS]);
+    run.expect_code(0, "lock --hard");
+    assert!(
+        run.stderr.contains(
+            "enforced: the database refuses changes to release \"db\" in \"shared\" (trigger \
+             guarded_upgrade_hard_lock on releases_v1)"
+        ),
+        "{}",
+        run.stderr
+    );
+    let kubectl = |args: &[&str]| {
+        let mut cmd = s.b.command(kube_testbed::kubectl());
+        cmd.args(args);
+        crate::common::run(&mut cmd)
+    };
+    // Admission takes effect through the server's informers: wait (bounded) for the refusal.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let refused = loop {
+        let run = kubectl(&[
+            "-n",
+            NS,
+            "delete",
+            "deployment",
+            "db-app",
+            "--dry-run=server",
+        ]);
+        if run.code != 0 || std::time::Instant::now() > deadline {
+            break run;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_ne!(
+        refused.code, 0,
+        "deleting the release's Deployment was allowed"
+    );
+    assert!(
+        refused.stderr.contains("Forbidden")
+            && refused
+                .stderr
+                .contains("guarded-upgrade unlock db -n shared"),
+        "{}",
+        refused.stderr
+    );
+    assert!(s.b.api.get("deployments", Some(NS), "db-app").is_some());
+    s.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock");
+    kubectl(&["-n", NS, "delete", "deployment", "db-app"]).expect_code(0, "delete after unlock");
+}
+
 crate::common::per_helm!(
+    sql_hard_lock_with_the_cluster_policy,
     sql_hard_lock_trigger,
     sql_hard_lock_trigger_not_permitted,
     sql_missing_namespace_keeps_refusals,
