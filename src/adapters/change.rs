@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::adapters::helm::HelmCommand;
 use crate::adapters::inputs::{Feed, Source};
+use crate::core::argv::HelmFlags;
 use crate::core::decision::{ChangeFacts, CompareKey, KeySide, KeyText, Part};
 
 /// SHA-256 digests of the compared parts of one release. Never printed.
@@ -330,7 +331,7 @@ pub(crate) async fn gather<S: crate::adapters::storage::ReleaseStore>(
         program: "helm".into(),
         message: "no helm binary found (pass --helm PATH or set HELM_BIN)".into(),
     })?;
-    let sources = dry_run_inputs(dry_run.helm_args).map_err(ChangeError::NotTwice)?;
+    let sources = dry_run_inputs(dry_run.helm).map_err(ChangeError::NotTwice)?;
     let captured = if sources.is_empty() {
         None
     } else {
@@ -380,7 +381,7 @@ pub(crate) async fn gather<S: crate::adapters::storage::ReleaseStore>(
     if let Some((deployed, labels)) = deployed {
         facts.deployed = key_side(&deployed, &keys);
         let mut differences = PartDigests::of(&would_be).differences(&PartDigests::of(&deployed));
-        if labels_would_change(&labels, dry_run.helm_args) {
+        if labels_would_change(&labels, &dry_run.helm.labels) {
             differences.push(Part::Labels);
             differences.sort();
         }
@@ -413,120 +414,61 @@ fn custom_labels(
         .collect()
 }
 
-/// Whether `--labels`/`-l` would change the release's custom labels: helm merges them into
-/// the previous revision's (a value `null` removes a key), and its `-o json` does not show
-/// them, so they are compared here.
+/// Whether `--labels`/`-l` (`labels`, as the argv splitter read them) would change the
+/// release's custom labels: helm merges them into the previous revision's (a value `null`
+/// removes a key), and its `-o json` does not show them, so they are compared here.
 fn labels_would_change(
     record_labels: &std::collections::BTreeMap<String, String>,
-    helm_args: &[String],
+    labels: &[String],
 ) -> bool {
     let current = custom_labels(record_labels);
     let mut merged = current.clone();
-    for (key, value) in labels_flags(helm_args) {
+    let pairs = labels
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter(|item| !item.is_empty())
+        .map(|item| item.split_once('=').unwrap_or((item, "")));
+    for (key, value) in pairs {
         if value == "null" {
-            merged.remove(&key);
+            merged.remove(key);
         } else {
-            merged.insert(key, value);
+            merged.insert(key.to_string(), value.to_string());
         }
     }
     merged != current
 }
 
-/// The `key=value` pairs of every `--labels`/`-l` in helm's argv, in order.
-fn labels_flags(helm_args: &[String]) -> Vec<(String, String)> {
-    let mut pairs = Vec::new();
-    let mut i = 0;
-    while i < helm_args.len() {
-        let arg = helm_args[i].as_str();
-        if arg == "--" {
-            break;
-        }
-        let value = if arg == "--labels" || arg == "-l" {
-            i += 1;
-            helm_args.get(i).cloned()
-        } else if let Some(v) = arg.strip_prefix("--labels=") {
-            Some(v.to_string())
-        } else {
-            arg.strip_prefix("-l")
-                .filter(|_| !arg.starts_with("--"))
-                .map(|v| v.trim_start_matches('=').to_string())
-        };
-        for item in value
-            .unwrap_or_default()
-            .split(',')
-            .filter(|i| !i.is_empty())
-        {
-            let (k, v) = item.split_once('=').unwrap_or((item, ""));
-            pairs.push((k.to_string(), v.to_string()));
-        }
-        i += 1;
-    }
-    pairs
-}
-
 /// The read-once inputs the dry run and the real run must share (standard input `-`,
 /// inherited pipes `/dev/fd/N`), to be captured once; or why the dry run cannot run with
-/// these helm arguments: a named pipe, socket or device cannot be offered twice under its
-/// own name, and `--post-renderer` and `--dependency-update` would run more often than
-/// plain helm runs them.
-pub(crate) fn dry_run_inputs(helm_args: &[String]) -> Result<Vec<Source>, String> {
+/// these helm flags (as the argv splitter read them): a named pipe, socket or device cannot
+/// be offered twice under its own name, and `--post-renderer` and `--dependency-update`
+/// would run more often than plain helm runs them.
+pub(crate) fn dry_run_inputs(helm: &HelmFlags) -> Result<Vec<Source>, String> {
+    if helm.post_renderer.is_some() {
+        return Err("--post-renderer would run once more for it than helm runs it".into());
+    }
+    if helm.dependency_update {
+        return Err(
+            "--dependency-update would update the chart's dependencies once more for it".into(),
+        );
+    }
     let mut sources = Vec::new();
-    let mut i = 0;
-    while i < helm_args.len() {
-        let arg = helm_args[i].as_str();
-        if arg == "--" {
-            break;
-        }
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (arg, None),
-        };
-        let (flag, inline) = match (flag, inline) {
-            // pflag shorthand with the value attached: -fvalues.yaml
-            (f, None) if f.starts_with("-f") && f.len() > 2 && !f.starts_with("--") => {
-                ("-f", Some(f[2..].trim_start_matches('=').to_string()))
-            }
-            other => other,
-        };
-        let takes = matches!(flag, "-f" | "--values" | "--set-file");
-        let value = match (&inline, takes) {
-            (Some(v), _) => Some(v.clone()),
-            (None, true) => {
-                i += 1;
-                helm_args.get(i).cloned()
-            }
-            (None, false) => None,
-        };
-        match flag {
-            "--post-renderer" => {
-                return Err("--post-renderer would run once more for it than helm runs it".into())
-            }
-            "--dependency-update" if inline.as_deref() != Some("false") => {
-                return Err(
-                    "--dependency-update would update the chart's dependencies once more for it"
-                        .into(),
-                )
-            }
-            "-f" | "--values" | "--set-file" => {
-                for item in value.unwrap_or_default().split(',') {
-                    let path = match flag {
-                        "--set-file" => item.split_once('=').map_or("", |(_, p)| p),
-                        _ => item,
-                    };
-                    match read_once(path) {
-                        Some(ReadOnce::Replay(source)) => sources.push(source),
-                        Some(ReadOnce::Refuse(kind)) => {
-                            return Err(format!(
-                                "{flag} {path} is {kind}, which can be read only once"
-                            ))
-                        }
-                        None => {}
-                    }
+    for (flag, value) in &helm.value_inputs {
+        for item in value.split(',') {
+            let path = match flag.as_str() {
+                "--set-file" => item.split_once('=').map_or("", |(_, p)| p),
+                _ => item,
+            };
+            match read_once(path) {
+                Some(ReadOnce::Replay(source)) => sources.push(source),
+                Some(ReadOnce::Refuse(kind)) => {
+                    return Err(format!(
+                        "{flag} {path} is {kind}, which can be read only once"
+                    ))
                 }
+                None => {}
             }
-            _ => {}
         }
-        i += 1;
     }
     sources.sort();
     sources.dedup();
@@ -572,6 +514,8 @@ pub(crate) struct DryRun<'a> {
     pub compare: &'a CompareKey,
     /// helm's argv (RELEASE, CHART, helm flags), untouched.
     pub helm_args: &'a [String],
+    /// The helm flags the splitter read from it.
+    pub helm: &'a HelmFlags,
     /// `--install` is already in it (given by the user), or must not be added (shim mode).
     pub has_install: bool,
 }
@@ -678,6 +622,7 @@ pub async fn would_be_release(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::argv::{split, Mode};
     use serde_json::json;
 
     fn strings(v: &[&str]) -> Vec<String> {
@@ -752,11 +697,14 @@ mod tests {
             ),
             (vec!["db", "c", "--dependency-update=false"], Ok(vec![])),
             (vec!["db", "c", "-f", &file, "--set", "a=-"], Ok(vec![])),
-            (vec!["db", "c", "--", "-f", "-"], Ok(vec![])),
+            // Values of other flags are not flags (pflag's reading, from the splitter).
+            (vec!["db", "c", "--description", "-f=/dev/null"], Ok(vec![])),
         ];
         for (args, want) in cases {
-            assert_eq!(dry_run_inputs(&strings(&args)), want, "{args:?}");
+            assert_eq!(dry_run_inputs(&helm_flags(&args)), want, "{args:?}");
         }
+        // Nothing after `--` is a flag: such a command line is refused before any dry run.
+        assert!(split(&strings(&["db", "c", "--", "-f", "-"]), Mode::Upgrade).is_err());
         // SAFETY: closing the two descriptors pipe(2) gave us.
         unsafe {
             libc::close(fds[0]);
@@ -778,14 +726,26 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let changes = |args: &[&str]| labels_would_change(&record, &strings(args));
+        let changes = |args: &[&str]| labels_would_change(&record, &helm_flags(args).labels);
         assert!(!changes(&["db", "c"]));
         assert!(!changes(&["db", "c", "--labels", "team=a"]));
         assert!(!changes(&["db", "c", "-l", "gone=null"]));
         assert!(changes(&["db", "c", "--labels", "team=b"]));
         assert!(changes(&["db", "c", "--labels=team=a,tier=db"]));
         assert!(changes(&["db", "c", "-lteam=null"]));
-        assert!(!changes(&["db", "c", "--", "--labels", "team=b"]));
+        assert!(!changes(&["db", "c", "--description", "-lteam=b"]));
+        assert!(split(
+            &strings(&["db", "c", "--", "--labels", "team=b"]),
+            Mode::Upgrade
+        )
+        .is_err());
+    }
+
+    /// The helm flags of a valid `upgrade` command line, as the splitter reads them.
+    fn helm_flags(args: &[&str]) -> HelmFlags {
+        split(&strings(args), Mode::Upgrade)
+            .expect("a valid command line")
+            .helm
     }
 
     #[test]

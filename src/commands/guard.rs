@@ -91,6 +91,7 @@ pub(super) async fn decide_once(
         let dry_run = change::DryRun {
             compare: &plan.compare,
             helm_args: &plan.helm_args,
+            helm: &plan.helm,
             has_install: plan.has_install(),
         };
         let facts = change::gather(store, helm, &dry_run, records, view.state.lock.as_ref())

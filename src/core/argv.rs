@@ -83,6 +83,15 @@ pub struct HelmFlags {
     pub dry_run: Option<String>,
     /// `--debug` (helm's global flag; also turns on our debug output).
     pub debug: bool,
+    /// What helm reads values from, in order, each with its flag as written: `-f`/`--values`
+    /// (a comma list of files) and `--set-file` (a comma list of `key=path`).
+    pub value_inputs: Vec<(String, String)>,
+    /// Every `--labels/-l` value, in order (comma lists of `key=value`).
+    pub labels: Vec<String>,
+    /// `--post-renderer`.
+    pub post_renderer: Option<String>,
+    /// `--dependency-update`.
+    pub dependency_update: bool,
 }
 
 impl HelmFlags {
@@ -316,7 +325,7 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
                     if inline.is_none() {
                         helm_args.push(value.clone());
                     }
-                    record_helm_value(&mut helm, name, value);
+                    record_helm_value(&mut helm, name, &flag, value);
                 }
                 Arity::Optional => {
                     if name == "dry-run" {
@@ -488,7 +497,7 @@ fn split_shorts(
                 if inline.is_none() {
                     helm_args.push(value.clone());
                 }
-                record_helm_value(helm, helm_flag.long, value);
+                record_helm_value(helm, helm_flag.long, &written, value);
                 return Ok(());
             }
             Arity::Bool => {
@@ -527,10 +536,12 @@ fn apply_guard(
         .map_err(|bad| invalid_value(written, value.as_deref().unwrap_or_default(), bad))
 }
 
-fn record_helm_value(helm: &mut HelmFlags, name: &str, value: String) {
-    if name == "kube-as-group" {
-        helm.kube_as_group.push(value);
-        return;
+fn record_helm_value(helm: &mut HelmFlags, name: &str, written: &str, value: String) {
+    match name {
+        "kube-as-group" => return helm.kube_as_group.push(value),
+        "values" | "set-file" => return helm.value_inputs.push((written.to_string(), value)),
+        "labels" => return helm.labels.push(value),
+        _ => {}
     }
     let slot = match name {
         "namespace" => &mut helm.namespace,
@@ -552,6 +563,7 @@ fn record_helm_value(helm: &mut HelmFlags, name: &str, value: String) {
         "kube-as-user" => &mut helm.kube_as_user,
         "kube-ca-file" => &mut helm.kube_ca_file,
         "kube-tls-server-name" => &mut helm.kube_tls_server_name,
+        "post-renderer" => &mut helm.post_renderer,
         _ => return,
     };
     *slot = Some(value);
@@ -572,6 +584,7 @@ fn record_helm_bool(
         "create-namespace" => &mut helm.create_namespace,
         "kube-insecure-skip-tls-verify" => &mut helm.kube_insecure_skip_tls_verify,
         "debug" => &mut helm.debug,
+        "dependency-update" => &mut helm.dependency_update,
         // Other booleans and unknown flags: helm validates them.
         _ => return Ok(()),
     };
@@ -667,7 +680,9 @@ mod tests {
              --plain-http --pass-credentials --create-namespace --dry-run=server \
              --kube-apiserver https://k:6443 --kube-token=t --kube-insecure-skip-tls-verify \
              --kube-as-user bob --kube-as-group g1 --kube-as-group=g2 --kube-ca-file ca.pem \
-             --kube-tls-server-name api.internal",
+             --kube-tls-server-name api.internal -f a.yaml --values=b.yaml,c.yaml \
+             --set-file k=p -fd.yaml -l team=x --labels=tier=db --post-renderer ./pr \
+             --dependency-update",
             Mode::Upgrade,
         );
         let want = HelmFlags {
@@ -700,6 +715,18 @@ mod tests {
             install: true,
             dry_run: Some("server".into()),
             debug: false,
+            value_inputs: [
+                ("-f", "a.yaml"),
+                ("--values", "b.yaml,c.yaml"),
+                ("--set-file", "k=p"),
+                ("-f", "d.yaml"),
+            ]
+            .iter()
+            .map(|(f, v)| (f.to_string(), v.to_string()))
+            .collect(),
+            labels: vec!["team=x".into(), "tier=db".into()],
+            post_renderer: Some("./pr".into()),
+            dependency_update: true,
         };
         assert_eq!(s.helm, want);
         assert!(s.helm.is_dry_run());
