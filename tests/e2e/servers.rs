@@ -155,24 +155,8 @@ impl Postgres {
 
     /// Runs one SQL statement in `db` and returns psql's unaligned output.
     pub fn query(&self, db: &str, sql: &str) -> String {
-        let out = Command::new(pg_binary("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-v", "ON_ERROR_STOP=1", "-At", "-d", db, "-c", sql])
-            .output()
-            .expect("run psql");
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        self.try_query(db, sql)
+            .unwrap_or_else(|e| panic!("psql {sql}: {e}"))
     }
 
     /// Stops the server (fast shutdown: every backend is terminated, SIGINT) and starts it
