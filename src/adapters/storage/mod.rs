@@ -97,6 +97,20 @@ pub enum StoreError {
     /// (DNS, refused, TLS, 401, 403, timeout; see `cluster::classify`).
     #[error("{0}")]
     Connection(crate::adapters::cluster::ConnectionFailure),
+    /// PostgreSQL (`HELM_DRIVER=sql`) refused a statement, found no row or a changed one,
+    /// or could not be reached. Named after the database, never "the API server".
+    #[error("PostgreSQL at {server}: {message}")]
+    Database {
+        /// `host:port/dbname`, without credentials.
+        server: String,
+        /// What the commands act on, as for the API: 403 no privilege, 404 no such row, 409
+        /// the row changed since it was read, 503 transient (operator intervention,
+        /// serialization failure, resources), 400 otherwise; `None` when the connection
+        /// broke or could not be opened (transient).
+        code: Option<u16>,
+        /// What happened, with the SQLSTATE when the server answered one.
+        message: String,
+    },
     /// A record that does not look like one helm wrote.
     #[error("{0}")]
     Invalid(#[from] InvalidRecord),
@@ -158,6 +172,7 @@ impl StoreError {
         match self {
             StoreError::Api { code, .. } => *code >= 500 || *code == 429,
             StoreError::Transport(_) => true,
+            StoreError::Database { code, .. } => code.is_none_or(|c| c >= 500 || c == 429),
             StoreError::Connection(f) => f.is_transient(),
             StoreError::Invalid(_) | StoreError::Malformed(_) => false,
         }
@@ -168,6 +183,7 @@ impl StoreError {
         match self {
             StoreError::Api { code, .. } => Some(*code),
             StoreError::Connection(f) => f.code(),
+            StoreError::Database { code, .. } => *code,
             _ => None,
         }
     }
@@ -206,6 +222,9 @@ impl Retryable for StoreError {
                 server_hint: *retry_after,
             },
             StoreError::Transport(_) => Verdict::Retry { server_hint: None },
+            StoreError::Database { .. } if self.is_transient() => {
+                Verdict::Retry { server_hint: None }
+            }
             // Refused or broken connections; TLS, DNS, 401/403 and timeouts are final.
             StoreError::Connection(f) if f.is_transient() => Verdict::Retry { server_hint: None },
             _ => Verdict::Final,
@@ -432,5 +451,41 @@ mod tests {
         assert!(!api(409).is_transient());
         assert!(StoreError::Transport("reset".into()).is_transient());
         assert!(!StoreError::Malformed("x".into()).is_transient());
+    }
+
+    #[test]
+    fn database_errors_name_the_database_and_keep_the_api_classes() {
+        let db = |code| StoreError::Database {
+            server: "db.example:5432/helm".into(),
+            code,
+            message: "terminating connection due to administrator command (SQLSTATE 57P01)"
+                .into(),
+        };
+        assert_eq!(
+            db(Some(503)).to_string(),
+            "PostgreSQL at db.example:5432/helm: terminating connection due to administrator \
+             command (SQLSTATE 57P01)"
+        );
+        for (code, transient) in [
+            (None, true),
+            (Some(503), true),
+            (Some(400), false),
+            (Some(403), false),
+            (Some(404), false),
+            (Some(409), false),
+        ] {
+            let e = db(code);
+            assert_eq!(e.code(), code);
+            assert_eq!(e.is_transient(), transient, "{code:?}");
+            assert_eq!(
+                e.verdict(),
+                if transient {
+                    Verdict::Retry { server_hint: None }
+                } else {
+                    Verdict::Final
+                },
+                "{code:?}"
+            );
+        }
     }
 }

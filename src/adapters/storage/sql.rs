@@ -124,7 +124,14 @@ impl SqlStore {
         if client.is_closed() {
             let (fresh, _) = open(self.connection.expose_secret())
                 .await
-                .map_err(|e| StoreError::Transport(e.to_string()))?;
+                .map_err(|e| match e {
+                    SqlConnectError::Connect { server, message } => StoreError::Database {
+                        server,
+                        code: None,
+                        message: format!("cannot connect again: {message}"),
+                    },
+                    other => StoreError::Transport(other.to_string()),
+                })?;
             *client = fresh;
         }
         Ok(client)
@@ -192,6 +199,18 @@ async fn open(connection: &str) -> Result<(tokio_postgres::Client, String), SqlC
 }
 
 impl SqlStore {
+    /// Record `name` has no row (any more): a 404, as for a missing Secret.
+    fn no_row(&self, name: &str) -> StoreError {
+        StoreError::Database {
+            server: self.server.clone(),
+            code: Some(404),
+            message: format!(
+                "no row {name} in releases_v1 for namespace {}",
+                self.namespace
+            ),
+        }
+    }
+
     /// Headers for rows matching `filter` (SQL after WHERE, `$1..` bound to `params`).
     async fn headers_where(
         &self,
@@ -304,23 +323,14 @@ impl SqlStore {
             Err(e) => return Err(err(e)),
         };
         let Some(current) = current else {
-            return Err(StoreError::Api {
-                code: 404,
-                reason: "NotFound".into(),
-                message: format!(
-                    "no row {name} in releases_v1 for namespace {} at {server}",
-                    self.namespace
-                ),
-                retry_after: None,
-            });
+            return Err(self.no_row(name));
         };
         let xmin: String = column(&current, 0, "releases_v1", name)?;
         if xmin != resource_version {
-            return Err(StoreError::Api {
-                code: 409,
-                reason: "Conflict".into(),
+            return Err(StoreError::Database {
+                server: self.server.clone(),
+                code: Some(409),
                 message: format!("row {name} in releases_v1 changed since it was read"),
-                retry_after: None,
             });
         }
         let mut status: Option<String> = None;
@@ -330,11 +340,10 @@ impl SqlStore {
                 continue;
             }
             if SYSTEM_LABELS.contains(&key.as_str()) {
-                return Err(StoreError::Api {
-                    code: 422,
-                    reason: "Invalid".into(),
+                return Err(StoreError::Database {
+                    server: self.server.clone(),
+                    code: Some(422),
                     message: format!("label {key} is a column of releases_v1, not a label"),
-                    retry_after: None,
                 });
             }
             bounded(
@@ -604,10 +613,14 @@ where
     tokio::time::timeout(STATEMENT_TIMEOUT, fut)
         .await
         .map_err(|_| {
-            StoreError::Transport(format!(
-                "PostgreSQL at {server} did not answer within {}s while {what}",
-                STATEMENT_TIMEOUT.as_secs()
-            ))
+            StoreError::Database {
+                server: server.to_string(),
+                code: None,
+                message: format!(
+                    "no answer within {}s while {what}",
+                    STATEMENT_TIMEOUT.as_secs()
+                ),
+            }
         })
 }
 
@@ -633,17 +646,17 @@ fn store_error(server: &str, e: tokio_postgres::Error) -> StoreError {
             } else {
                 400
             };
-            StoreError::Api {
-                code,
-                reason: format!("SQLSTATE {}", state.code()),
-                message: format!("PostgreSQL at {server}: {}", db.message()),
-                retry_after: None,
+            StoreError::Database {
+                server: server.to_string(),
+                code: Some(code),
+                message: format!("{} (SQLSTATE {})", db.message(), state.code()),
             }
         }
-        None => StoreError::Transport(format!(
-            "PostgreSQL at {server}: {}",
-            crate::core::chain::error_chain(&e)
-        )),
+        None => StoreError::Database {
+            server: server.to_string(),
+            code: None,
+            message: crate::core::chain::error_chain(&e),
+        },
     }
 }
 
@@ -793,15 +806,7 @@ impl ReleaseStore for SqlStore {
             self.headers_where("key = $1 AND namespace = $2", &params)
         })
         .await?;
-        let not_found = || StoreError::Api {
-            code: 404,
-            reason: "NotFound".into(),
-            message: format!(
-                "no row {name} in releases_v1 for namespace {} at {}",
-                self.namespace, self.server
-            ),
-            retry_after: None,
-        };
+        let not_found = || self.no_row(name);
         let header = headers.into_iter().next().ok_or_else(not_found)?;
         let body = with_retry(&format!("reading SQL record {name:?}"), || async {
             let client = self.live_client().await?;
