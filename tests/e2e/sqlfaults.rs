@@ -1,51 +1,98 @@
-//! Issue 20, PostgreSQL: the tool's backend terminated (`pg_terminate_backend`) and the
-//! server restarted at each statement of `lock`, `lock --hard`, `unlock` and a guarded
-//! upgrade with `HELM_DRIVER=sql`.
+//! Issue 20, PostgreSQL: real faults at **every** statement guarded-upgrade sends with
+//! `HELM_DRIVER=sql`, for `lock`, `lock --hard`, `unlock` (of a hard lock) and a guarded
+//! upgrade:
+//!
+//! - **terminate**: the tool's backend is terminated (`pg_terminate_backend`, found by its
+//!   client port) while the statement is held before the server sees it;
+//! - **restart**: the server is restarted (fast shutdown, start on the same data) while it is
+//!   held;
+//! - **reply lost**: the server runs the statement (a `COMMIT` commits) and its answer is
+//!   dropped with the connection, so the tool cannot know whether it happened.
 //!
 //! The tool connects through a small TCP proxy that reads the PostgreSQL wire protocol of
-//! the first connection after [`Proxy::arm`] (the tool's; helm connects later) and counts
-//! its statements (each simple `Query` and each extended-protocol `Parse`). Armed with an
-//! index N it holds statement N before the server sees it, the test injects the real
-//! fault (terminates the backend, found by its client port, or restarts the server), and
-//! then lets the statement through to the dead connection. Afterwards every record must be
-//! in its old or its new state as a whole (status column, the status in the body, the
-//! guarded-upgrade labels), the write order must hold, a failure must name the database
-//! (`127.0.0.1:<port>/<db>`), and one re-run of the same command must converge.
+//! the first connection to a database after [`Proxy::arm`] (the tool's; helm connects
+//! later) and counts its statements (each simple `Query` and each extended-protocol
+//! `Parse`). Afterwards every record must be in its old or its new state as a whole
+//! (status column, the status in the body, the guarded-upgrade labels), the write order
+//! must hold, a failure must name the database (`127.0.0.1:<port>/<db>`) and never "the
+//! API server", and one re-run of the same command must converge. Every one of these
+//! faults is in fact survived within the run (exit 0, records as after a fault-free run),
+//! and the tests assert that.
+//!
+//! Cases run in rounds of [`WORKERS`], each worker with its own copy of the release (the
+//! same records in its own namespace, so its own mutex Lease) in a database of its own; a
+//! restart is one restart for the whole round, taken while every case of the round holds
+//! its statement.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{bed, chart, Bed, Run};
-use crate::servers::{postgres_restartable, Postgres};
+use crate::servers::{postgres, postgres_restartable, Postgres};
 
-const NS: &str = "shared";
+const REL: &str = "db";
+/// Tables of the templates keeping their records, to put them back between cases.
+const PRISTINE: &str = "gu_test_pristine";
+/// Cases run at once (each in its own namespace and database).
+const WORKERS: usize = 10;
+/// A faulted run ends within this (the retry deadline is 10 s, a connect 10 s).
+const RUN_BOUND: Duration = Duration::from_secs(40);
 
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    Terminate,
+    Restart,
+    ReplyLost,
+}
+
+/// The proxy's view of one database: its watched connection, statements and fault.
 #[derive(Default)]
-struct ProxyState {
-    /// Statement index to hold (1-based), if any.
-    hold_at: Option<usize>,
-    /// The next accepted connection is the one to watch.
-    watch_next: bool,
+struct Watch {
+    /// The next connection to this database is the one to watch.
+    waiting: bool,
+    /// The statement (1-based) to fault, and how.
+    fault: Option<(usize, Fault)>,
     /// Statements seen on the watched connection.
     statements: Vec<String>,
-    /// Local port of the watched connection's upstream socket (= the backend's client_port).
-    client_port: Option<u16>,
-    /// The held statement is waiting.
+    /// The process ID of the watched connection's backend (its `BackendKeyData`).
+    backend_pid: Option<i32>,
+    /// The held statement is waiting (terminate, restart).
     held: bool,
     /// Let the held statement through.
     release: bool,
+    /// Sync points (each `Sync` or simple `Query`; the startup counts as the first) the
+    /// client has sent: each is answered by exactly one `ReadyForQuery`.
+    syncs: usize,
+    /// The answer to this sync point (1-based) is dropped, then the connection closed.
+    lose_answer_of: Option<usize>,
+    /// `ReadyForQuery` answers passed to the client.
+    ready_seen: usize,
+    /// An answer was dropped and the connection closed.
+    lost: bool,
 }
+
+type Shared = Arc<(Mutex<HashMap<String, Watch>>, Condvar)>;
 
 struct Proxy {
     port: u16,
-    state: Arc<(Mutex<ProxyState>, Condvar)>,
+    state: Shared,
 }
 
-fn read_exact_or_eof(s: &mut TcpStream, buf: &mut [u8]) -> bool {
-    s.read_exact(buf).is_ok()
+fn read_message(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).ok()?;
+    let n = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut body = vec![0u8; n.saturating_sub(4)];
+    s.read_exact(&mut body).ok()?;
+    Some((head[0], body))
+}
+
+fn write_message(s: &mut TcpStream, kind: u8, body: &[u8]) -> bool {
+    let len = (body.len() as u32 + 4).to_be_bytes();
+    s.write_all(&[kind]).is_ok() && s.write_all(&len).is_ok() && s.write_all(body).is_ok()
 }
 
 fn cstring(bytes: &[u8]) -> String {
@@ -53,124 +100,150 @@ fn cstring(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+fn close(a: &TcpStream, b: &TcpStream) {
+    let _ = a.shutdown(Shutdown::Both);
+    let _ = b.shutdown(Shutdown::Both);
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    close(&from, &to);
+}
+
+/// The `database` of a startup message body (after the protocol version).
+fn startup_database(body: &[u8]) -> Option<String> {
+    let mut fields = body.get(4..)?.split(|&b| b == 0);
+    let mut user = None;
+    while let Some(key) = fields.next() {
+        let value = String::from_utf8_lossy(fields.next()?).into_owned();
+        match key {
+            b"database" => return Some(value),
+            b"user" => user = Some(value),
+            _ => {}
+        }
+    }
+    user
+}
+
 impl Proxy {
     fn start(upstream_port: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
-        let state = Arc::new((Mutex::new(ProxyState::default()), Condvar::new()));
+        let state: Shared = Arc::new((Mutex::new(HashMap::new()), Condvar::new()));
         let st = state.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
-                    continue;
-                };
-                let watched = {
-                    let mut s = st.0.lock().unwrap();
-                    let w = s.watch_next;
-                    if w {
-                        s.watch_next = false;
-                        s.client_port = server.local_addr().ok().map(|a| a.port());
-                    }
-                    w
-                };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || pipe(s2, c2));
                 let st = st.clone();
-                std::thread::spawn(move || {
-                    if watched {
-                        watch(client, server, &st);
-                    } else {
-                        pipe(client, server);
-                    }
-                });
+                std::thread::spawn(move || connection(client, upstream_port, &st));
             }
         });
         Proxy { port, state }
     }
 
-    /// Watches the next connection; holds its statement `hold_at` (1-based) if given.
-    fn arm(&self, hold_at: Option<usize>) {
-        let mut s = self.state.0.lock().unwrap();
-        *s = ProxyState {
-            hold_at,
-            watch_next: true,
-            ..ProxyState::default()
-        };
+    /// Watches the next connection to `db`, faulting its statement `fault.0` (1-based).
+    fn arm(&self, db: &str, fault: Option<(usize, Fault)>) {
+        let mut all = self.state.0.lock().unwrap();
+        all.insert(
+            db.to_string(),
+            Watch {
+                waiting: true,
+                fault,
+                ..Watch::default()
+            },
+        );
     }
 
-    /// Waits until the armed statement is held; false when `done()` first.
-    fn wait_held(&self, done: impl Fn() -> bool) -> bool {
+    fn with<T>(&self, db: &str, f: impl FnOnce(&Watch) -> T) -> T {
+        f(self.state.0.lock().unwrap().get(db).expect("armed"))
+    }
+
+    /// Waits until the armed statement of `db` is held; false when `done()` first.
+    fn wait_held(&self, db: &str, done: impl Fn() -> bool) -> bool {
         let start = Instant::now();
+        let mut all = self.state.0.lock().unwrap();
         loop {
-            let s = self.state.0.lock().unwrap();
-            if s.held {
+            if all.get(db).is_some_and(|w| w.held) {
                 return true;
             }
-            let (s, _) = self
-                .state
-                .1
-                .wait_timeout(s, Duration::from_millis(20))
-                .unwrap();
-            if s.held {
-                return true;
-            }
-            drop(s);
             if done() || start.elapsed() > Duration::from_secs(30) {
                 return false;
             }
+            all = self
+                .state
+                .1
+                .wait_timeout(all, Duration::from_millis(20))
+                .unwrap()
+                .0;
         }
     }
 
-    fn release(&self) {
-        let mut s = self.state.0.lock().unwrap();
-        s.release = true;
+    fn release(&self, db: &str) {
+        let mut all = self.state.0.lock().unwrap();
+        if let Some(w) = all.get_mut(db) {
+            w.release = true;
+        }
         self.state.1.notify_all();
     }
 
-    fn statements(&self) -> Vec<String> {
-        self.state.0.lock().unwrap().statements.clone()
+    /// The server name a failure must give: `127.0.0.1:<proxy port>/<db>`.
+    fn server(&self, db: &str) -> String {
+        format!("127.0.0.1:{}/{db}", self.port)
     }
 
-    fn client_port(&self) -> Option<u16> {
-        self.state.0.lock().unwrap().client_port
+    fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::io::copy(&mut from, &mut to);
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
-}
-
-/// Client -> server with statement counting (no TLS: `sslmode=disable`).
-fn watch(mut client: TcpStream, mut server: TcpStream, st: &Arc<(Mutex<ProxyState>, Condvar)>) {
-    let close = |c: &TcpStream, s: &TcpStream| {
-        let _ = c.shutdown(Shutdown::Both);
-        let _ = s.shutdown(Shutdown::Both);
+/// One client connection: the startup message names the database; the first connection
+/// to an armed database is watched both ways, any other is piped.
+fn connection(mut client: TcpStream, upstream_port: u16, st: &Shared) {
+    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
     };
-    // Startup message: length, then the rest.
     let mut len = [0u8; 4];
-    if !read_exact_or_eof(&mut client, &mut len) {
+    if client.read_exact(&mut len).is_err() {
         return close(&client, &server);
     }
     let mut body = vec![0u8; (u32::from_be_bytes(len) as usize).saturating_sub(4)];
-    if !read_exact_or_eof(&mut client, &mut body)
+    if client.read_exact(&mut body).is_err()
         || server.write_all(&len).is_err()
         || server.write_all(&body).is_err()
     {
         return close(&client, &server);
     }
-    loop {
-        let mut head = [0u8; 5];
-        if !read_exact_or_eof(&mut client, &mut head) {
-            return close(&client, &server);
+    let db = startup_database(&body).unwrap_or_default();
+    let watched = {
+        let mut all = st.0.lock().unwrap();
+        match all.get_mut(&db).filter(|w| w.waiting) {
+            Some(w) => {
+                w.waiting = false;
+                // The startup is answered by one ReadyForQuery, as a sync point is.
+                w.syncs = 1;
+                true
+            }
+            None => false,
         }
-        let n = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0u8; n.saturating_sub(4)];
-        if !read_exact_or_eof(&mut client, &mut body) {
-            return close(&client, &server);
-        }
-        let text = match head[0] {
+    };
+    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    if !watched {
+        std::thread::spawn(move || pipe(s2, c2));
+        return pipe(client, server);
+    }
+    let (st2, db2) = (st.clone(), db.clone());
+    std::thread::spawn(move || answers(s2, c2, &st2, &db2));
+    statements(client, server, st, &db);
+}
+
+/// Client to server on the watched connection: counts statements and sync points, holds
+/// or marks the faulted statement.
+fn statements(mut client: TcpStream, mut server: TcpStream, st: &Shared, db: &str) {
+    while let Some((kind, body)) = read_message(&mut client) {
+        let text = match kind {
             b'Q' => Some(cstring(&body)),
             b'P' => {
                 let name_end = body.iter().position(|&b| b == 0).unwrap_or(0);
@@ -178,21 +251,65 @@ fn watch(mut client: TcpStream, mut server: TcpStream, st: &Arc<(Mutex<ProxyStat
             }
             _ => None,
         };
-        if let Some(text) = text {
-            let mut s = st.0.lock().unwrap();
-            s.statements.push(text);
-            if s.hold_at == Some(s.statements.len()) {
-                s.held = true;
-                st.1.notify_all();
-                while !s.release {
-                    s = st.1.wait(s).unwrap();
+        {
+            let mut all = st.0.lock().unwrap();
+            let w = all.get_mut(db).expect("armed");
+            if let Some(text) = text {
+                w.statements.push(text);
+                match w.fault {
+                    Some((n, Fault::Terminate | Fault::Restart)) if n == w.statements.len() => {
+                        w.held = true;
+                        st.1.notify_all();
+                        while !all.get(db).expect("armed").release {
+                            all = st.1.wait(all).unwrap();
+                        }
+                    }
+                    Some((n, Fault::ReplyLost)) if n == w.statements.len() => {
+                        // A simple query is the next sync point; a parsed statement runs at
+                        // the one after its Parse/Describe/Sync (its Bind/Execute/Sync).
+                        w.lose_answer_of = Some(w.syncs + 1 + usize::from(kind == b'P'));
+                    }
+                    _ => {}
                 }
             }
+            let w = all.get_mut(db).expect("armed");
+            if matches!(kind, b'S' | b'Q') {
+                w.syncs += 1;
+            }
         }
-        if server.write_all(&head).is_err() || server.write_all(&body).is_err() {
-            return close(&client, &server);
+        if !write_message(&mut server, kind, &body) {
+            break;
         }
     }
+    close(&client, &server);
+}
+
+/// Server to client on the watched connection: drops the answer of the faulted sync point
+/// (the statement ran) and then closes the connection.
+fn answers(mut server: TcpStream, mut client: TcpStream, st: &Shared, db: &str) {
+    while let Some((kind, body)) = read_message(&mut server) {
+        let drop_it = {
+            let mut all = st.0.lock().unwrap();
+            let w = all.get_mut(db).expect("armed");
+            if kind == b'K' && body.len() >= 4 {
+                w.backend_pid = Some(i32::from_be_bytes([body[0], body[1], body[2], body[3]]));
+            }
+            let drop_it = w.lose_answer_of == Some(w.ready_seen + 1);
+            if kind == b'Z' {
+                w.ready_seen += 1;
+                if drop_it {
+                    w.lost = true;
+                    drop(all);
+                    return close(&client, &server);
+                }
+            }
+            drop_it
+        };
+        if !drop_it && !write_message(&mut client, kind, &body) {
+            break;
+        }
+    }
+    close(&client, &server);
 }
 
 /// One record as the fault checks compare it: status column, status in the body, and the
@@ -213,34 +330,32 @@ fn body_status(body: &str) -> String {
         .to_string()
 }
 
-fn snapshot(pg: &Postgres, db: &str) -> Snapshot {
-    let mut snap = Snapshot::new();
+fn snapshot(pg: &Postgres, db: &str, ns: &str) -> Snapshot {
+    // One query for both tables (one psql run): `r|key|status|body` and `l|key|label|value`.
     let rows = pg.query(
         db,
-        &format!("SELECT key, status, body FROM releases_v1 WHERE namespace = '{NS}'"),
+        &format!(
+            "SELECT 'r', key, status, body FROM releases_v1 WHERE namespace = '{ns}' \
+             UNION ALL SELECT 'l', releasekey, key, value FROM custom_labels_v1 \
+             WHERE releasenamespace = '{ns}' AND key LIKE 'guarded-upgrade.io/%' ORDER BY 1 DESC"
+        ),
     );
+    let mut snap = Snapshot::new();
     for row in rows.lines() {
-        let mut f = row.splitn(3, '|');
-        let (key, status, body) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
-        snap.insert(
-            key.to_string(),
-            (status.to_string(), body_status(body), BTreeMap::new()),
-        );
-    }
-    let labels = pg.query(
-        db,
-        "SELECT releasekey, key, value FROM custom_labels_v1 WHERE key LIKE 'guarded-upgrade.io/%'",
-    );
-    for row in labels.lines() {
-        let mut f = row.splitn(3, '|');
-        let (rec, key, value) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
-        let value = if key.ends_with("since") || value.chars().all(|c| c.is_ascii_digit()) {
+        let mut f = row.splitn(4, '|');
+        let (table, key) = (f.next().unwrap(), f.next().unwrap().to_string());
+        let (a, b) = (f.next().unwrap().to_string(), f.next().unwrap());
+        if table == "r" {
+            snap.insert(key, (a, body_status(b), BTreeMap::new()));
+            continue;
+        }
+        let value = if a.ends_with("since") || b.chars().all(|c| c.is_ascii_digit()) {
             "*".to_string()
         } else {
-            value.to_string()
+            b.to_string()
         };
-        if let Some(r) = snap.get_mut(rec) {
-            r.2.insert(key.to_string(), value);
+        if let Some(r) = snap.get_mut(&key) {
+            r.2.insert(a, value);
         }
     }
     snap
@@ -253,291 +368,492 @@ fn revision(key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Fault {
-    Terminate,
-    Restart,
-}
-
-struct Fixture {
-    b: Bed,
-    proxy: Proxy,
-}
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-impl Fixture {
-    fn new() -> Fixture {
-        let pg = postgres_restartable();
-        let b = bed("helm4");
-        b.api.create_namespace(NS);
-        for db in ["gu_pf_base", "gu_pf_hard"] {
-            pg.query("postgres", &format!("DROP DATABASE IF EXISTS {db}"));
-        }
-        pg.create_db("gu_pf_base");
-        let url = pg.url("gu_pf_base");
-        let env = [
-            ("HELM_DRIVER", "sql"),
-            ("HELM_DRIVER_SQL_CONNECTION_STRING", url.as_str()),
-        ];
-        b.guard_env(
-            &["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS],
-            &env,
-        )
-        .expect_code(0, "install");
-        b.guard_env(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS], &env)
-            .expect_code(0, "upgrade");
-        pg.query("postgres", "CREATE DATABASE gu_pf_hard TEMPLATE gu_pf_base");
-        let url = pg.url("gu_pf_hard");
-        let env = [
-            ("HELM_DRIVER", "sql"),
-            ("HELM_DRIVER_SQL_CONNECTION_STRING", url.as_str()),
-        ];
-        b.guard_env(
-            &["lock", "db", "--hard", "--reason", "freeze", "-n", NS],
-            &env,
-        )
-        .expect_code(0, "lock --hard");
-        Fixture {
-            b,
-            proxy: Proxy::start(pg.port),
-        }
-    }
-
-    /// A fresh database from `template`; its connection string goes through the proxy.
-    fn fresh(&self, template: &str, db: &str) -> String {
-        let pg = postgres_restartable();
-        pg.query(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-        );
-        pg.query(
-            "postgres",
-            &format!("CREATE DATABASE {db} TEMPLATE {template}"),
-        );
-        format!(
-            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
-            self.proxy.port
-        )
-    }
-
-    fn run(&self, url: &str, args: &[&str], hold: Option<(usize, Fault)>) -> Run {
-        let env = [
-            ("HELM_DRIVER", "sql"),
-            ("HELM_DRIVER_SQL_CONNECTION_STRING", url),
-        ];
-        self.proxy.arm(hold.map(|(n, _)| n));
-        std::thread::scope(|scope| {
-            let h = scope.spawn(|| self.b.guard_env(args, &env));
-            if let Some((n, fault)) = hold {
-                let held = self.proxy.wait_held(|| h.is_finished());
-                assert!(held, "statement {n} of {args:?} was never sent");
-                let pg = postgres_restartable();
-                match fault {
-                    Fault::Terminate => {
-                        let port = self.proxy.client_port().expect("watched connection");
-                        let q = format!(
-                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                             WHERE client_port = {port}"
-                        );
-                        assert_eq!(pg.query("postgres", &q), "1", "backend of port {port}");
-                        let gone = format!(
-                            "SELECT count(*) FROM pg_stat_activity WHERE client_port = {port}"
-                        );
-                        let start = Instant::now();
-                        while pg.query("postgres", &gone) != "0" {
-                            assert!(start.elapsed() < Duration::from_secs(5), "backend stays");
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                    Fault::Restart => pg.restart(),
-                }
-                self.proxy.release();
-            }
-            h.join().expect("guard thread")
-        })
-    }
-}
-
-struct Case {
+/// A command of the matrix.
+struct Command {
     name: &'static str,
+    /// `base` (1.0.0 then 1.1.0 deployed) or `hard` (the same, hard-locked).
     template: &'static str,
-    args: Vec<String>,
+    args: fn(&str) -> Vec<String>,
     /// Checks the write order of lock/unlock (an older record locked only if the latest is).
     lock_order: bool,
 }
 
-fn cases() -> Vec<Case> {
-    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+fn commands() -> Vec<Command> {
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|a| a.to_string()).collect()
+    }
     vec![
-        Case {
+        Command {
             name: "lock",
-            template: "gu_pf_base",
-            args: s(&[
-                "lock", "db", "-n", NS, "--reason", "freeze", "--by", "alice",
-            ]),
+            template: "base",
+            args: |ns| s(&["lock", REL, "-n", ns, "--reason", "freeze", "--by", "alice"]),
             lock_order: true,
         },
-        Case {
-            name: "lockhard",
-            template: "gu_pf_base",
-            args: s(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS]),
+        Command {
+            name: "lock --hard",
+            template: "base",
+            args: |ns| s(&["lock", REL, "--hard", "--reason", "freeze", "-n", ns]),
             lock_order: true,
         },
-        Case {
+        Command {
             name: "unlock",
-            template: "gu_pf_hard",
-            args: s(&["unlock", "db", "-n", NS]),
+            template: "hard",
+            args: |ns| s(&["unlock", REL, "-n", ns]),
             lock_order: true,
         },
-        Case {
+        Command {
             name: "upgrade",
-            template: "gu_pf_base",
-            args: vec![
-                "upgrade".into(),
-                "db".into(),
-                chart("demo-1.2.0"),
-                "-n".into(),
-                NS.into(),
-            ],
+            template: "base",
+            args: |ns| {
+                vec![
+                    "upgrade".into(),
+                    REL.into(),
+                    chart("demo-1.2.0"),
+                    "-n".into(),
+                    ns.into(),
+                ]
+            },
             lock_order: false,
         },
     ]
 }
 
-/// The statement kind, for choosing a sample that covers each.
-fn kind(sql: &str) -> String {
-    let words: Vec<&str> = sql.split_whitespace().collect();
-    let first = words.first().copied().unwrap_or_default().to_uppercase();
-    match first.as_str() {
-        "SELECT" if sql.contains("FOR UPDATE") => "SELECT FOR UPDATE".into(),
-        "SELECT" if sql.contains("custom_labels_v1") => "SELECT labels".into(),
-        "SELECT" if sql.contains("SELECT body") => "SELECT body".into(),
-        _ => first,
+struct Fixture {
+    b: Bed,
+    pg: &'static Postgres,
+    proxy: Proxy,
+    /// Database names are prefixed with this (one fixture per test).
+    prefix: String,
+    /// Worker databases created so far.
+    created: Mutex<std::collections::HashSet<String>>,
+}
+
+fn namespace(worker: usize) -> String {
+    format!("sqlf{worker}")
+}
+
+fn sql_env(url: &str) -> [(&'static str, &str); 2] {
+    [
+        ("HELM_DRIVER", "sql"),
+        ("HELM_DRIVER_SQL_CONNECTION_STRING", url),
+    ]
+}
+
+impl Fixture {
+    /// Templates `<prefix>_base` (in every worker's namespace: 1.0.0 installed, upgraded to
+    /// 1.1.0) and `<prefix>_hard` (the same, hard-locked).
+    fn new(label: &str, pg: &'static Postgres, prefix: &str) -> Fixture {
+        let b = bed(label);
+        for w in 0..WORKERS {
+            b.api.create_namespace(&namespace(w));
+        }
+        let (base, hard) = (format!("{prefix}_base"), format!("{prefix}_hard"));
+        for db in [&base, &hard] {
+            pg.query(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            );
+        }
+        pg.create_db(&base);
+        // The first namespace alone: helm creates its tables on first use, and two helms
+        // creating them at once collide.
+        let each_namespace = |db: &str, steps: &[&[&str]]| {
+            let url = pg.url(db);
+            let in_namespace = |w: usize| {
+                let ns = namespace(w);
+                for step in steps {
+                    let mut args: Vec<&str> = step.to_vec();
+                    args.extend(["-n", &ns]);
+                    b.guard_env(&args, &sql_env(&url))
+                        .expect_code(0, &format!("{step:?} in {ns}"));
+                }
+            };
+            in_namespace(0);
+            std::thread::scope(|scope| {
+                for w in 1..WORKERS {
+                    let in_namespace = &in_namespace;
+                    scope.spawn(move || in_namespace(w));
+                }
+            });
+        };
+        let (c100, c110) = (chart("demo-1.0.0"), chart("demo-1.1.0"));
+        each_namespace(
+            &base,
+            &[
+                &["upgrade", "--install", REL, &c100],
+                &["upgrade", REL, &c110],
+            ],
+        );
+        pg.query(
+            "postgres",
+            &format!("CREATE DATABASE {hard} TEMPLATE {base} STRATEGY FILE_COPY"),
+        );
+        each_namespace(&hard, &[&["lock", REL, "--hard", "--reason", "freeze"]]);
+        // What [`Fixture::fresh`] puts back.
+        for db in [&base, &hard] {
+            pg.query(
+                db,
+                &format!(
+                    "CREATE TABLE {PRISTINE}_releases AS SELECT * FROM releases_v1; \
+                     CREATE TABLE {PRISTINE}_labels AS SELECT * FROM custom_labels_v1;"
+                ),
+            );
+        }
+        Fixture {
+            b,
+            pg,
+            proxy: Proxy::start(pg.port),
+            prefix: prefix.to_string(),
+            created: Mutex::default(),
+        }
+    }
+
+    /// Worker `w`'s database for template `which`, with the release in `w`'s namespace
+    /// as in the template: created from it the first time, then put back in place (a
+    /// database copy takes ten times as long).
+    fn fresh(&self, which: &str, w: usize) -> String {
+        let (pg, ns) = (self.pg, namespace(w));
+        let db = format!("{}_w{w}_{which}", self.prefix);
+        if self.created.lock().unwrap().insert(db.clone()) {
+            pg.query(
+                "postgres",
+                &format!(
+                    "CREATE DATABASE {db} TEMPLATE {}_{which} STRATEGY FILE_COPY",
+                    self.prefix
+                ),
+            );
+            return db;
+        }
+        // One transaction; it passes the hard-lock trigger as the tool's own writes do.
+        let mut reset = format!(
+            "SET LOCAL guarded_upgrade.writer = 'on'; \
+             DELETE FROM custom_labels_v1 WHERE releasenamespace = '{ns}'; \
+             DELETE FROM releases_v1 WHERE namespace = '{ns}'; \
+             INSERT INTO releases_v1 SELECT * FROM {PRISTINE}_releases WHERE namespace = '{ns}'; \
+             INSERT INTO custom_labels_v1 SELECT * FROM {PRISTINE}_labels \
+             WHERE releasenamespace = '{ns}';"
+        );
+        if which == "base" {
+            // The template has no hard-lock trigger; a `lock --hard` run installed it.
+            reset.push_str(
+                " DROP TRIGGER IF EXISTS guarded_upgrade_hard_lock ON releases_v1; \
+                 DROP FUNCTION IF EXISTS guarded_upgrade_hard_lock(); \
+                 DROP FUNCTION IF EXISTS guarded_upgrade_lock_text(text, text, text);",
+            );
+        }
+        pg.query(&db, &reset);
+        db
+    }
+
+    /// Runs guarded-upgrade on `db` through the proxy, which must be armed for `db` first.
+    fn guard(&self, db: &str, args: &[String]) -> Run {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.b.guard_env(&args, &sql_env(&self.proxy.url(db)))
+    }
+
+    /// Runs guarded-upgrade on `db` without a fault, watching its statements.
+    fn run(&self, db: &str, args: &[String]) -> Run {
+        self.proxy.arm(db, None);
+        self.guard(db, args)
     }
 }
 
-fn fault_case(f: &Fixture, case: &Case, fault: Fault, all: bool) -> usize {
-    let pg = postgres_restartable();
-    let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
-    let tag = match fault {
-        Fault::Terminate => "t",
-        Fault::Restart => "r",
-    };
-    // Fault-free: the statements and the old and new states.
-    let db = format!("gu_pf_{}_{tag}_ref", case.name);
-    let url = f.fresh(case.template, &db);
-    let old = snapshot(pg, &db);
-    f.run(&url, &args, None).expect_code(0, case.name);
-    let new = snapshot(pg, &db);
-    let statements = f.proxy.statements();
-    assert!(!statements.is_empty(), "{}: no statements seen", case.name);
-    let mut indices: Vec<usize> = Vec::new();
-    let mut kinds_seen: Vec<String> = Vec::new();
-    for (i, sql) in statements.iter().enumerate() {
-        let k = kind(sql);
-        if all || !kinds_seen.contains(&k) {
-            indices.push(i + 1);
-        }
-        if !kinds_seen.contains(&k) {
-            kinds_seen.push(k);
-        }
-    }
-    eprintln!(
-        "{} ({fault:?}): {} statements, kinds {kinds_seen:?}, faulting {indices:?}",
-        case.name,
-        statements.len()
+/// One faulted case: a command with its statement `n` (1-based) faulted.
+struct Case<'a> {
+    command: &'a Command,
+    reference: &'a Reference,
+    n: usize,
+}
+
+/// A command's fault-free run: its statements, and per worker's namespace the records
+/// before and after (a hard lock's digest covers the namespace).
+struct Reference {
+    statements: Vec<String>,
+    old: Vec<Snapshot>,
+    new: Vec<Snapshot>,
+}
+
+fn reference(f: &Fixture, command: &Command) -> Reference {
+    let runs: Vec<(Snapshot, Snapshot, Vec<String>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|w| {
+                scope.spawn(move || {
+                    let ns = namespace(w);
+                    let db = f.fresh(command.template, w);
+                    let old = snapshot(f.pg, &db, &ns);
+                    f.run(&db, &(command.args)(&ns))
+                        .expect_code(0, command.name);
+                    let new = snapshot(f.pg, &db, &ns);
+                    assert_ne!(
+                        old, new,
+                        "{}: the fault-free run changed nothing",
+                        command.name
+                    );
+                    (old, new, f.proxy.with(&db, |w| w.statements.clone()))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|h| h.join().expect("reference run"))
+            .collect()
+    });
+    let statements = runs[0].2.clone();
+    assert!(
+        !statements.is_empty(),
+        "{}: no statements seen",
+        command.name
     );
-    for n in &indices {
-        let n = *n;
-        let what = format!(
-            "{} {fault:?} at statement {n} ({})",
-            case.name,
-            statements[n - 1]
+    for (w, run) in runs.iter().enumerate() {
+        assert_eq!(
+            run.2.len(),
+            statements.len(),
+            "{}: statements in worker {w}",
+            command.name
         );
-        let db = format!("gu_pf_{}_{tag}_{n}", case.name);
-        let url = f.fresh(case.template, &db);
-        let run = f.run(&url, &args, Some((n, fault)));
-        let after = snapshot(pg, &db);
-        eprintln!(
-            "{what}: exit {}: {}",
-            run.code,
-            run.stderr.trim_end().replace('\n', " | ")
-        );
-        // Nothing half-written: each record is as before or as after, as a whole.
-        for key in old.keys().chain(new.keys()).chain(after.keys()) {
-            let a = after.get(key);
-            assert!(
-                a == old.get(key) || a == new.get(key),
-                "{what}: record {key} is {a:?}, neither {:?} nor {:?}\n{}",
+    }
+    Reference {
+        statements,
+        old: runs.iter().map(|r| r.0.clone()).collect(),
+        new: runs.iter().map(|r| r.1.clone()).collect(),
+    }
+}
+
+/// Terminates the backend of the watched connection to `db` and waits until it is gone.
+fn terminate(f: &Fixture, db: &str) -> Result<(), String> {
+    let pid = f
+        .proxy
+        .with(db, |w| w.backend_pid)
+        .ok_or("no watched backend")?;
+    // With a timeout, pg_terminate_backend waits until the backend is gone.
+    let terminated = f.pg.try_query(
+        "postgres",
+        &format!("SELECT pg_terminate_backend({pid}, 5000)"),
+    )?;
+    match terminated.as_str() {
+        "t" => Ok(()),
+        other => Err(format!("backend {pid} was not terminated: {other}")),
+    }
+}
+
+/// Runs `case` as worker `w` with `fault`; `barrier` (restart) is met by every worker of
+/// the round once its statement is held, and again after the restart.
+fn run_case(
+    f: &Fixture,
+    w: usize,
+    case: &Case,
+    fault: Fault,
+    barrier: &Barrier,
+) -> Result<(), String> {
+    let ns = namespace(w);
+    let args = (case.command.args)(&ns);
+    let n = case.n;
+    let what = format!(
+        "{} {fault:?} at statement {n} ({})",
+        case.command.name,
+        case.reference.statements[n - 1]
+    );
+    let db = f.fresh(case.command.template, w);
+    let started = Instant::now();
+    // Armed before the run starts: waiting for the hold must not see the last run's.
+    f.proxy.arm(&db, Some((n, fault)));
+    let run = std::thread::scope(|scope| {
+        let h = scope.spawn(|| f.guard(&db, &args));
+        let held = match fault {
+            Fault::ReplyLost => true,
+            Fault::Terminate | Fault::Restart => f.proxy.wait_held(&db, || h.is_finished()),
+        };
+        let injected = match fault {
+            Fault::Terminate if held => terminate(f, &db),
+            Fault::Restart => {
+                // Every worker of the round meets here, held or not (then it failed).
+                if barrier.wait().is_leader() {
+                    f.pg.restart();
+                }
+                barrier.wait();
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        f.proxy.release(&db);
+        (held, injected, h.join().expect("guard thread"))
+    });
+    let (held, injected, run) = run;
+    let took = started.elapsed();
+    let shown = format!(
+        "{what}: exit {} in {took:.1?}\n--- stdout\n{}--- stderr\n{}",
+        run.code, run.stdout, run.stderr
+    );
+    if !held {
+        return Err(format!("the statement was never sent\n{shown}"));
+    }
+    injected.map_err(|e| format!("{e}\n{shown}"))?;
+    if fault == Fault::ReplyLost && !f.proxy.with(&db, |w| w.lost) {
+        return Err(format!("no answer was dropped\n{shown}"));
+    }
+    if took > RUN_BOUND {
+        return Err(format!("took longer than {RUN_BOUND:?}\n{shown}"));
+    }
+    let after = snapshot(f.pg, &db, &ns);
+    let (old, new) = (&case.reference.old[w], &case.reference.new[w]);
+    // Nothing half-written: each record is as before or as after, as a whole.
+    for key in old.keys().chain(new.keys()).chain(after.keys()) {
+        let a = after.get(key);
+        if !(a == old.get(key) || a == new.get(key)) {
+            return Err(format!(
+                "record {key} is {a:?}, neither {:?} nor {:?}\n{shown}",
                 old.get(key),
-                new.get(key),
-                run.stderr
-            );
+                new.get(key)
+            ));
         }
-        if case.lock_order {
-            let latest = after.keys().max_by_key(|k| revision(k)).unwrap();
-            let locked = |k: &str| after[k].2.contains_key("guarded-upgrade.io/lock");
-            assert!(
-                locked(latest) || after.keys().all(|k| !locked(k)),
-                "{what}: an older record is locked but the latest is not: {after:?}"
-            );
-        }
-        // A terminated backend is survived within the run: the store connects again and
-        // the retried statement (or whole transaction) completes the command.
-        if matches!(fault, Fault::Terminate) {
-            assert_eq!(
-                run.code, 0,
-                "{what}: the run did not recover from a terminated backend\n{}",
-                run.stderr
-            );
-        }
-        if run.code == 0 {
-            assert_eq!(
-                after, new,
-                "{what}: exit 0 but the records are not as after\n{}",
-                run.stderr
-            );
-        } else {
-            let server = format!("127.0.0.1:{}/{db}", f.proxy.port);
-            assert!(
-                run.stderr.contains(&server),
-                "{what}: exit {} without naming {server}:\n{}",
-                run.code,
-                run.stderr
-            );
-        }
-        // One re-run converges.
-        let rerun = f.run(&url, &args, None);
-        rerun.expect_code(0, &format!("{what}: re-run"));
-        assert_eq!(snapshot(pg, &db), new, "{what}: re-run did not converge");
-        pg.query("postgres", &format!("DROP DATABASE {db} WITH (FORCE)"));
     }
-    indices.len()
+    if case.command.lock_order {
+        let latest = after.keys().max_by_key(|k| revision(k)).expect("records");
+        let locked = |k: &str| after[k].2.contains_key("guarded-upgrade.io/lock");
+        if !(locked(latest) || after.keys().all(|k| !locked(k))) {
+            return Err(format!(
+                "an older record is locked but the latest is not: {after:?}\n{shown}"
+            ));
+        }
+    }
+    // What the database did is named as the database's.
+    if run.stderr.contains("API server") {
+        return Err(format!(
+            "a database fault is worded as the API server's\n{shown}"
+        ));
+    }
+    if run.code != 0 && !run.stderr.contains(&f.proxy.server(&db)) {
+        return Err(format!(
+            "fails without naming {}\n{shown}",
+            f.proxy.server(&db)
+        ));
+    }
+    // Survived within the run: the store connects again and the statement (or its whole
+    // transaction) is retried; a lost COMMIT answer is a 409 on the retry, re-read.
+    if run.code == 0 && &after != new {
+        return Err(format!(
+            "exit 0 but the records are not as after: {after:?}\n{shown}"
+        ));
+    }
+    if run.code != 0 {
+        // Not survived: still, one re-run must converge (and it says so when it does not).
+        let rerun = f.run(&db, &args);
+        let converged = rerun.code == 0 && &snapshot(f.pg, &db, &ns) == new;
+        return Err(format!(
+            "the run did not recover; a re-run {}: exit {}\n{}\n--- the faulted run: {shown}",
+            if converged {
+                "converged"
+            } else {
+                "did not converge"
+            },
+            rerun.code,
+            rerun.stderr
+        ));
+    }
+    Ok(())
 }
 
-/// The tool's backend terminated at the first statement of each kind of `lock --hard`,
-/// `unlock` and `upgrade` (`lock` issues the same kinds; every index of all four passed
-/// once, in 185 s, too long for CI).
-#[test]
-fn sql_backend_terminated_at_each_statement() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let f = Fixture::new();
-    for case in cases().iter().filter(|c| c.name != "lock") {
-        fault_case(&f, case, Fault::Terminate, false);
+/// Every statement of every command, with `fault`.
+fn every_statement(f: &Fixture, fault: Fault) {
+    let started = Instant::now();
+    let only = std::env::var("GU_SQLF_ONLY").ok();
+    let commands: Vec<Command> = commands()
+        .into_iter()
+        .filter(|c| only.as_deref().is_none_or(|o| o == c.name))
+        .collect();
+    let references: Vec<Reference> = commands.iter().map(|c| reference(f, c)).collect();
+    let mut cases = Vec::new();
+    for (command, reference) in commands.iter().zip(&references) {
+        let short: Vec<String> = reference
+            .statements
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{} {}", i + 1, s.chars().take(32).collect::<String>()))
+            .collect();
+        eprintln!(
+            "{} ({fault:?}): {} statements: {}",
+            command.name,
+            short.len(),
+            short.join(" | ")
+        );
+        for n in 1..=reference.statements.len() {
+            cases.push(Case {
+                command,
+                reference,
+                n,
+            });
+        }
     }
+    let failures = Mutex::new(Vec::new());
+    let fail = |why| failures.lock().unwrap().push(why);
+    if fault == Fault::Restart {
+        // In rounds: one restart for every case of the round, each holding its statement.
+        for round in cases.chunks(WORKERS) {
+            let barrier = Barrier::new(round.len());
+            std::thread::scope(|scope| {
+                for (w, case) in round.iter().enumerate() {
+                    let (barrier, fail) = (&barrier, &fail);
+                    scope.spawn(move || run_case(f, w, case, fault, barrier).unwrap_or_else(fail));
+                }
+            });
+        }
+    } else {
+        // Each worker takes the next case as soon as it is done with one.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let unused = Barrier::new(1);
+        std::thread::scope(|scope| {
+            for w in 0..WORKERS {
+                let (next, unused, fail, cases) = (&next, &unused, &fail, &cases);
+                scope.spawn(move || {
+                    while let Some(case) =
+                        cases.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        run_case(f, w, case, fault, unused).unwrap_or_else(fail);
+                    }
+                });
+            }
+        });
+    }
+    let failures = failures.into_inner().unwrap();
+    eprintln!(
+        "{fault:?}: {} cases in {:.1?}, {} failed",
+        cases.len(),
+        started.elapsed(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
 }
 
-/// The server restarted (fast shutdown, start again) at the first statement of each kind
-/// of `lock` and `upgrade`.
+/// The tool's backend terminated at every statement (helm 4, real API server).
 #[test]
-fn sql_server_restarted_at_each_statement_kind() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let f = Fixture::new();
-    for case in cases()
-        .iter()
-        .filter(|c| matches!(c.name, "lock" | "upgrade"))
-    {
-        fault_case(&f, case, Fault::Restart, false);
-    }
+fn sql_backend_terminated_at_every_statement() {
+    every_statement(
+        &Fixture::new("helm4", postgres(), "gu_sqlf_t"),
+        Fault::Terminate,
+    );
+}
+
+/// The answer to every statement lost after the server ran it (helm 4, real API server).
+#[test]
+fn sql_reply_lost_at_every_statement() {
+    every_statement(
+        &Fixture::new("helm4", postgres(), "gu_sqlf_l"),
+        Fault::ReplyLost,
+    );
+}
+
+/// The server restarted at every statement (helm 3, real API server; a server of its own,
+/// since a restart ends every connection).
+#[test]
+fn sql_server_restarted_at_every_statement() {
+    every_statement(
+        &Fixture::new("helm3", postgres_restartable(), "gu_sqlf_r"),
+        Fault::Restart,
+    );
 }

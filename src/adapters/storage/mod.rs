@@ -458,8 +458,7 @@ mod tests {
         let db = |code| StoreError::Database {
             server: "db.example:5432/helm".into(),
             code,
-            message: "terminating connection due to administrator command (SQLSTATE 57P01)"
-                .into(),
+            message: "terminating connection due to administrator command (SQLSTATE 57P01)".into(),
         };
         assert_eq!(
             db(Some(503)).to_string(),

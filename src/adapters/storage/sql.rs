@@ -612,15 +612,13 @@ where
 {
     tokio::time::timeout(STATEMENT_TIMEOUT, fut)
         .await
-        .map_err(|_| {
-            StoreError::Database {
-                server: server.to_string(),
-                code: None,
-                message: format!(
-                    "no answer within {}s while {what}",
-                    STATEMENT_TIMEOUT.as_secs()
-                ),
-            }
+        .map_err(|_| StoreError::Database {
+            server: server.to_string(),
+            code: None,
+            message: format!(
+                "no answer within {}s while {what}",
+                STATEMENT_TIMEOUT.as_secs()
+            ),
         })
 }
 
