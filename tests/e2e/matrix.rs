@@ -46,14 +46,14 @@ use serde_json::Value;
 const NS: &str = "shared";
 const REL: &str = "db";
 const PREFIX: &str = "guarded-upgrade.io/";
-const AGENT: &str = "guarded-upgrade/";
-const LEASE: &str = "helm-lock-db";
+pub(crate) const AGENT: &str = "guarded-upgrade/";
+pub(crate) const LEASE: &str = "helm-lock-db";
 
 /// No single run may take longer (the retry policy's 10 s deadline plus slack).
 const RUN_BOUND: Duration = Duration::from_secs(15);
 
 /// What is injected at each index.
-const FAULTS: [(&str, FaultAction); 8] = [
+pub(crate) const FAULTS: [(&str, FaultAction); 8] = [
     ("500", FaultAction::Status(500)),
     ("503", FaultAction::Status(503)),
     ("409", FaultAction::Status(409)),
@@ -256,7 +256,7 @@ fn without_numbers(text: &str) -> String {
     out
 }
 
-fn guard_requests(b: &Bed) -> usize {
+pub(crate) fn guard_requests(b: &Bed) -> usize {
     b.api
         .requests()
         .iter()

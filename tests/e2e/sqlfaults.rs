@@ -2,8 +2,9 @@
 //! `HELM_DRIVER=sql`, for `lock`, `lock --hard`, `unlock` (of a hard lock) and a guarded
 //! upgrade:
 //!
-//! - **terminate**: the tool's backend is terminated (`pg_terminate_backend`, found by its
-//!   client port) while the statement is held before the server sees it;
+//! - **terminate**: the tool's backend is terminated (`pg_terminate_backend`, the backend's
+//!   process ID read from the connection's `BackendKeyData`) while the statement is held
+//!   before the server sees it;
 //! - **restart**: the server is restarted (fast shutdown, start on the same data) while it is
 //!   held;
 //! - **reply lost**: the server runs the statement (a `COMMIT` commits) and its answer is
@@ -14,15 +15,18 @@
 //! later) and counts its statements (each simple `Query` and each extended-protocol
 //! `Parse`). Afterwards every record must be in its old or its new state as a whole
 //! (status column, the status in the body, the guarded-upgrade labels), the write order
-//! must hold, a failure must name the database (`127.0.0.1:<port>/<db>`) and never "the
-//! API server", and one re-run of the same command must converge. Every one of these
-//! faults is in fact survived within the run (exit 0, records as after a fault-free run),
-//! and the tests assert that.
+//! must hold, the mutex Lease must be free, a failure must name the database
+//! (`127.0.0.1:<port>/<db>`) and never "the API server", and one re-run of the same
+//! command must converge. Every one of these faults is in fact survived within the run
+//! (exit 0, records as after a fault-free run), and the tests assert that.
 //!
-//! Cases run in rounds of [`WORKERS`], each worker with its own copy of the release (the
-//! same records in its own namespace, so its own mutex Lease) in a database of its own; a
-//! restart is one restart for the whole round, taken while every case of the round holds
-//! its statement.
+//! [`WORKERS`] cases run at once, each worker with its own copy of the release (the same
+//! records in its own namespace, so its own mutex Lease) in databases of its own, put back
+//! in place between cases; a restart is one restart for a round of cases, taken while every
+//! case of the round holds its statement. `GU_SQLF_ONLY=<command>` runs one command's cases.
+//!
+//! [`sql_sample_pairs_with_api_faults`] is the fault matrix with the SQL driver: pairs of a
+//! PostgreSQL fault and an API fault in one run, sampled from a printed seed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -31,7 +35,9 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{bed, chart, Bed, Run};
+use crate::matrix::{guard_requests, seed_from, Rng, AGENT, FAULTS, LEASE};
 use crate::servers::{postgres, postgres_restartable, Postgres};
+use kube_standin::{ArmedFault, FaultAction};
 
 const REL: &str = "db";
 /// Tables of the templates keeping their records, to put them back between cases.
@@ -424,6 +430,8 @@ struct Fixture {
     proxy: Proxy,
     /// Database names are prefixed with this (one fixture per test).
     prefix: String,
+    /// Cases run at once, each in its own namespace and databases.
+    workers: usize,
     /// Worker databases created so far.
     created: Mutex<std::collections::HashSet<String>>,
 }
@@ -442,9 +450,9 @@ fn sql_env(url: &str) -> [(&'static str, &str); 2] {
 impl Fixture {
     /// Templates `<prefix>_base` (in every worker's namespace: 1.0.0 installed, upgraded to
     /// 1.1.0) and `<prefix>_hard` (the same, hard-locked).
-    fn new(label: &str, pg: &'static Postgres, prefix: &str) -> Fixture {
+    fn new(label: &str, pg: &'static Postgres, prefix: &str, workers: usize) -> Fixture {
         let b = bed(label);
-        for w in 0..WORKERS {
+        for w in 0..workers {
             b.api.create_namespace(&namespace(w));
         }
         let (base, hard) = (format!("{prefix}_base"), format!("{prefix}_hard"));
@@ -470,7 +478,7 @@ impl Fixture {
             };
             in_namespace(0);
             std::thread::scope(|scope| {
-                for w in 1..WORKERS {
+                for w in 1..workers {
                     let in_namespace = &in_namespace;
                     scope.spawn(move || in_namespace(w));
                 }
@@ -504,6 +512,7 @@ impl Fixture {
             pg,
             proxy: Proxy::start(pg.port),
             prefix: prefix.to_string(),
+            workers,
             created: Mutex::default(),
         }
     }
@@ -575,7 +584,7 @@ struct Reference {
 
 fn reference(f: &Fixture, command: &Command) -> Reference {
     let runs: Vec<(Snapshot, Snapshot, Vec<String>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..WORKERS)
+        let workers: Vec<_> = (0..f.workers)
             .map(|w| {
                 scope.spawn(move || {
                     let ns = namespace(w);
@@ -637,23 +646,42 @@ fn terminate(f: &Fixture, db: &str) -> Result<(), String> {
 }
 
 /// Runs `case` as worker `w` with `fault`; `barrier` (restart) is met by every worker of
-/// the round once its statement is held, and again after the restart.
+/// the round once its statement is held, and again after the restart. `api`: a fault of
+/// the matrix on the k-th guarded-upgrade request to the API stand-in in the same run
+/// (then the run may fail, closed, and one re-run must converge).
 fn run_case(
     f: &Fixture,
     w: usize,
     case: &Case,
     fault: Fault,
     barrier: &Barrier,
+    api: Option<&(usize, FaultAction)>,
 ) -> Result<(), String> {
     let ns = namespace(w);
     let args = (case.command.args)(&ns);
     let n = case.n;
     let what = format!(
-        "{} {fault:?} at statement {n} ({})",
+        "{} {fault:?} at statement {n} ({}){}",
         case.command.name,
-        case.reference.statements[n - 1]
+        case.reference.statements[n - 1],
+        api.map(|(k, a)| format!(" and {a:?} at API request {k}"))
+            .unwrap_or_default()
     );
     let db = f.fresh(case.command.template, w);
+    if let Some((k, action)) = api {
+        f.b.api.clear_requests();
+        f.b.api.arm(ArmedFault {
+            skip: *k as u32,
+            fault: kube_standin::Fault {
+                verb: None,
+                resource: None,
+                name: None,
+                action: action.clone(),
+                times: Some(1),
+            },
+            user_agent: Some(AGENT.into()),
+        });
+    }
     let started = Instant::now();
     // Armed before the run starts: waiting for the hold must not see the last run's.
     f.proxy.arm(&db, Some((n, fault)));
@@ -679,16 +707,21 @@ fn run_case(
         (held, injected, h.join().expect("guard thread"))
     });
     let (held, injected, run) = run;
+    if api.is_some() {
+        f.b.api.clear_faults();
+    }
+    eprintln!("{what}: exit {} in {:.1?}", run.code, started.elapsed());
     let took = started.elapsed();
     let shown = format!(
         "{what}: exit {} in {took:.1?}\n--- stdout\n{}--- stderr\n{}",
         run.code, run.stdout, run.stderr
     );
-    if !held {
+    // With an API fault too, the command may stop before the statement.
+    if !held && api.is_none() {
         return Err(format!("the statement was never sent\n{shown}"));
     }
     injected.map_err(|e| format!("{e}\n{shown}"))?;
-    if fault == Fault::ReplyLost && !f.proxy.with(&db, |w| w.lost) {
+    if fault == Fault::ReplyLost && api.is_none() && !f.proxy.with(&db, |w| w.lost) {
         return Err(format!("no answer was dropped\n{shown}"));
     }
     if took > RUN_BOUND {
@@ -715,6 +748,37 @@ fn run_case(
                 "an older record is locked but the latest is not: {after:?}\n{shown}"
             ));
         }
+    }
+    // The mutex Lease is free after the run, or a warning names it.
+    if let Some(lease) = f.b.api.get("leases", Some(&ns), LEASE) {
+        let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or("");
+        if !holder.is_empty() && !run.stderr.contains("warning: could not release the mutex") {
+            return Err(format!(
+                "Lease still held by {holder}, not reported\n{shown}"
+            ));
+        }
+    }
+    if api.is_some() {
+        // Two faults: a failure is allowed, closed (exit 3), naming release and namespace,
+        // and one re-run converges.
+        if run.code != 0 {
+            let scope = format!("release \"{REL}\" in namespace \"{ns}\"");
+            if run.code != 3 || !run.stderr.contains(&scope) {
+                return Err(format!("failed other than closed, naming {scope}\n{shown}"));
+            }
+            let rerun = f.run(&db, &args);
+            if rerun.code != 0 || &snapshot(f.pg, &db, &ns) != new {
+                return Err(format!(
+                    "the re-run did not converge: exit {}\n{}\n--- the faulted run: {shown}",
+                    rerun.code, rerun.stderr
+                ));
+            }
+        } else if &after != new {
+            return Err(format!(
+                "exit 0 but the records are not as after: {after:?}\n{shown}"
+            ));
+        }
+        return Ok(());
     }
     // What the database did is named as the database's.
     if run.stderr.contains("API server") {
@@ -788,12 +852,14 @@ fn every_statement(f: &Fixture, fault: Fault) {
     let fail = |why| failures.lock().unwrap().push(why);
     if fault == Fault::Restart {
         // In rounds: one restart for every case of the round, each holding its statement.
-        for round in cases.chunks(WORKERS) {
+        for round in cases.chunks(f.workers) {
             let barrier = Barrier::new(round.len());
             std::thread::scope(|scope| {
                 for (w, case) in round.iter().enumerate() {
                     let (barrier, fail) = (&barrier, &fail);
-                    scope.spawn(move || run_case(f, w, case, fault, barrier).unwrap_or_else(fail));
+                    scope.spawn(move || {
+                        run_case(f, w, case, fault, barrier, None).unwrap_or_else(fail)
+                    });
                 }
             });
         }
@@ -802,13 +868,13 @@ fn every_statement(f: &Fixture, fault: Fault) {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let unused = Barrier::new(1);
         std::thread::scope(|scope| {
-            for w in 0..WORKERS {
+            for w in 0..f.workers {
                 let (next, unused, fail, cases) = (&next, &unused, &fail, &cases);
                 scope.spawn(move || {
                     while let Some(case) =
                         cases.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
                     {
-                        run_case(f, w, case, fault, unused).unwrap_or_else(fail);
+                        run_case(f, w, case, fault, unused, None).unwrap_or_else(fail);
                     }
                 });
             }
@@ -834,7 +900,7 @@ fn every_statement(f: &Fixture, fault: Fault) {
 #[test]
 fn sql_backend_terminated_at_every_statement() {
     every_statement(
-        &Fixture::new("helm4", postgres(), "gu_sqlf_t"),
+        &Fixture::new("helm4", postgres(), "gu_sqlf_t", WORKERS),
         Fault::Terminate,
     );
 }
@@ -843,7 +909,7 @@ fn sql_backend_terminated_at_every_statement() {
 #[test]
 fn sql_reply_lost_at_every_statement() {
     every_statement(
-        &Fixture::new("helm4", postgres(), "gu_sqlf_l"),
+        &Fixture::new("helm4", postgres(), "gu_sqlf_l", WORKERS),
         Fault::ReplyLost,
     );
 }
@@ -853,7 +919,60 @@ fn sql_reply_lost_at_every_statement() {
 #[test]
 fn sql_server_restarted_at_every_statement() {
     every_statement(
-        &Fixture::new("helm3", postgres_restartable(), "gu_sqlf_r"),
+        &Fixture::new("helm3", postgres_restartable(), "gu_sqlf_r", WORKERS),
         Fault::Restart,
+    );
+}
+
+/// The matrix with the SQL driver: a seeded sample of pairs, each a PostgreSQL fault
+/// (backend terminated, or the answer lost) at a random statement and a fault of the
+/// matrix (500, 503, 409, 403, dropped, truncated, wrong shape, 404) at a random
+/// guarded-upgrade request to the API stand-in (the mutex Lease), in one run of each
+/// command; `GU_MATRIX_SAMPLES` (3) per command. Prints its seed; `GU_MATRIX_SEED=N`
+/// replays it.
+#[test]
+fn sql_sample_pairs_with_api_faults() {
+    let f = Fixture::new("standin-helm4", postgres(), "gu_sqlf_p", 1);
+    let seed = seed_from("GU_MATRIX_SEED");
+    let samples: usize = std::env::var("GU_MATRIX_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    eprintln!("sql matrix sample: GU_MATRIX_SEED={seed} GU_MATRIX_SAMPLES={samples}");
+    let mut rng = Rng(seed);
+    let mut failures = Vec::new();
+    let unused = Barrier::new(1);
+    for command in commands() {
+        let reference = reference(&f, &command);
+        // The guarded-upgrade requests to the API in a fault-free run (one at a time: a
+        // fault is armed by position among all of them).
+        let db = f.fresh(command.template, 0);
+        f.b.api.clear_requests();
+        f.run(&db, &(command.args)(&namespace(0)))
+            .expect_code(0, command.name);
+        let requests = guard_requests(&f.b);
+        assert!(requests > 0, "{}: no API requests", command.name);
+        for _ in 0..samples {
+            let case = Case {
+                command: &command,
+                reference: &reference,
+                n: 1 + rng.below(reference.statements.len()),
+            };
+            let sql = [Fault::Terminate, Fault::ReplyLost][rng.below(2)];
+            let api = (
+                rng.below(requests),
+                FAULTS[rng.below(FAULTS.len())].1.clone(),
+            );
+            if let Err(why) = run_case(&f, 0, &case, sql, &unused, Some(&api)) {
+                failures.push(why);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} sampled cases failed; reproduce with GU_MATRIX_SEED={seed} \
+         GU_MATRIX_SAMPLES={samples}:\n{}",
+        failures.len(),
+        failures.join("\n\n")
     );
 }
