@@ -163,11 +163,30 @@ impl Postgres {
     /// again on the same data directory and port. Only for a server of its own
     /// ([`postgres_restartable`]): the shared one serves tests running in parallel.
     pub fn restart(&self) {
+        self.stop();
+        self.start();
+    }
+
+    /// Stops the server (fast shutdown) until [`Postgres::start`]; its port refuses
+    /// connections meanwhile.
+    pub fn stop(&self) {
         let mut server = self.server.lock().unwrap_or_else(|e| e.into_inner());
-        let (child, args) = &mut *server;
+        let (child, _) = &mut *server;
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
         // SAFETY: signalling a child this process started.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
         child.wait().expect("wait for postgres to stop");
+    }
+
+    /// Starts a stopped server again on the same data directory and port.
+    pub fn start(&self) {
+        let mut server = self.server.lock().unwrap_or_else(|e| e.into_inner());
+        let (child, args) = &mut *server;
+        if child.try_wait().ok().flatten().is_none() {
+            return;
+        }
         let mut next = spawn_long_lived(postgres_command(self.port, args), args.user);
         {
             let mut stop = STOP_AT_EXIT.lock().expect("stop list");

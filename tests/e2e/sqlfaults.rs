@@ -52,7 +52,12 @@ enum Fault {
     Terminate,
     Restart,
     ReplyLost,
+    /// The server stopped for longer than the retries last.
+    Away,
 }
+
+/// Held by the tests that stop or restart [`postgres_restartable`].
+static RESTARTABLE: Mutex<()> = Mutex::new(());
 
 /// The proxy's view of one database: its watched connection, statements and fault.
 #[derive(Default)]
@@ -263,7 +268,9 @@ fn statements(mut client: TcpStream, mut server: TcpStream, st: &Shared, db: &st
             if let Some(text) = text {
                 w.statements.push(text);
                 match w.fault {
-                    Some((n, Fault::Terminate | Fault::Restart)) if n == w.statements.len() => {
+                    Some((n, Fault::Terminate | Fault::Restart | Fault::Away))
+                        if n == w.statements.len() =>
+                    {
                         w.held = true;
                         st.1.notify_all();
                         while !all.get(db).expect("armed").release {
@@ -628,6 +635,36 @@ fn reference(f: &Fixture, command: &Command) -> Reference {
     }
 }
 
+/// Nothing half-written: each record is as before or as after the command, as a whole; and
+/// for lock/unlock an older record carries the lock only if the latest does.
+fn records_whole(
+    command: &Command,
+    old: &Snapshot,
+    new: &Snapshot,
+    after: &Snapshot,
+) -> Result<(), String> {
+    for key in old.keys().chain(new.keys()).chain(after.keys()) {
+        let a = after.get(key);
+        if !(a == old.get(key) || a == new.get(key)) {
+            return Err(format!(
+                "record {key} is {a:?}, neither {:?} nor {:?}",
+                old.get(key),
+                new.get(key)
+            ));
+        }
+    }
+    if command.lock_order {
+        let latest = after.keys().max_by_key(|k| revision(k)).expect("records");
+        let locked = |k: &str| after[k].2.contains_key("guarded-upgrade.io/lock");
+        if !(locked(latest) || after.keys().all(|k| !locked(k))) {
+            return Err(format!(
+                "an older record is locked but the latest is not: {after:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Terminates the backend of the watched connection to `db` and waits until it is gone.
 fn terminate(f: &Fixture, db: &str) -> Result<(), String> {
     let pid = f
@@ -689,7 +726,9 @@ fn run_case(
         let h = scope.spawn(|| f.guard(&db, &args));
         let held = match fault {
             Fault::ReplyLost => true,
-            Fault::Terminate | Fault::Restart => f.proxy.wait_held(&db, || h.is_finished()),
+            Fault::Terminate | Fault::Restart | Fault::Away => {
+                f.proxy.wait_held(&db, || h.is_finished())
+            }
         };
         let injected = match fault {
             Fault::Terminate if held => terminate(f, &db),
@@ -729,26 +768,7 @@ fn run_case(
     }
     let after = snapshot(f.pg, &db, &ns);
     let (old, new) = (&case.reference.old[w], &case.reference.new[w]);
-    // Nothing half-written: each record is as before or as after, as a whole.
-    for key in old.keys().chain(new.keys()).chain(after.keys()) {
-        let a = after.get(key);
-        if !(a == old.get(key) || a == new.get(key)) {
-            return Err(format!(
-                "record {key} is {a:?}, neither {:?} nor {:?}\n{shown}",
-                old.get(key),
-                new.get(key)
-            ));
-        }
-    }
-    if case.command.lock_order {
-        let latest = after.keys().max_by_key(|k| revision(k)).expect("records");
-        let locked = |k: &str| after[k].2.contains_key("guarded-upgrade.io/lock");
-        if !(locked(latest) || after.keys().all(|k| !locked(k))) {
-            return Err(format!(
-                "an older record is locked but the latest is not: {after:?}\n{shown}"
-            ));
-        }
-    }
+    records_whole(case.command, old, new, &after).map_err(|e| format!("{e}\n{shown}"))?;
     // The mutex Lease is free after the run, or a warning names it.
     if let Some(lease) = f.b.api.get("leases", Some(&ns), LEASE) {
         let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or("");
@@ -918,6 +938,7 @@ fn sql_reply_lost_at_every_statement() {
 /// since a restart ends every connection).
 #[test]
 fn sql_server_restarted_at_every_statement() {
+    let _own = RESTARTABLE.lock().unwrap_or_else(|e| e.into_inner());
     every_statement(
         &Fixture::new("helm3", postgres_restartable(), "gu_sqlf_r", WORKERS),
         Fault::Restart,
@@ -975,4 +996,85 @@ fn sql_sample_pairs_with_api_faults() {
         failures.len(),
         failures.join("\n\n")
     );
+}
+
+/// The server stopped at a statement in the middle of each command (the first `COMMIT`, or
+/// the first read under the mutex) and kept away longer than the retries last: the run
+/// fails closed within the bound, naming the database, with every record whole, helm not
+/// run and the Lease free; once the server is back, one re-run converges.
+#[test]
+fn sql_server_away_longer_than_the_retries() {
+    let _own = RESTARTABLE.lock().unwrap_or_else(|e| e.into_inner());
+    let f = Fixture::new("helm4", postgres_restartable(), "gu_sqlf_a", 1);
+    let ns = namespace(0);
+    for command in commands() {
+        let reference = reference(&f, &command);
+        let statements = &reference.statements;
+        let n = 1 + statements
+            .iter()
+            .position(|s| s == "COMMIT")
+            .unwrap_or(statements.len() / 2);
+        let what = format!(
+            "{} with the server away at statement {n} ({})",
+            command.name,
+            statements[n - 1]
+        );
+        let db = f.fresh(command.template, 0);
+        let args = (command.args)(&ns);
+        f.b.api.clear_requests();
+        f.proxy.arm(&db, Some((n, Fault::Away)));
+        let started = Instant::now();
+        let run = std::thread::scope(|scope| {
+            let h = scope.spawn(|| f.guard(&db, &args));
+            assert!(
+                f.proxy.wait_held(&db, || h.is_finished()),
+                "{what}: never sent"
+            );
+            f.pg.stop();
+            f.proxy.release(&db);
+            h.join().expect("guard thread")
+        });
+        let took = started.elapsed();
+        f.pg.start();
+        let shown = format!(
+            "{what}: exit {} in {took:.1?}\n--- stdout\n{}--- stderr\n{}",
+            run.code, run.stdout, run.stderr
+        );
+        eprintln!("{shown}");
+        assert_eq!(run.code, 3, "{shown}");
+        assert!(took < RUN_BOUND, "{shown}");
+        let scope = format!("release \"{REL}\" in namespace \"{ns}\"");
+        assert!(run.stderr.contains(&scope), "{shown}");
+        assert!(
+            run.stderr
+                .contains(&format!("PostgreSQL at {}", f.proxy.server(&db))),
+            "{shown}"
+        );
+        assert!(!run.stderr.contains("API server"), "{shown}");
+        if command.name == "upgrade" {
+            assert!(run.stderr.contains("helm was not run"), "{shown}");
+            assert_eq!(snapshot(f.pg, &db, &ns), reference.old[0], "{shown}");
+        }
+        let lease = f.b.api.get("leases", Some(&ns), LEASE);
+        let holder = lease
+            .as_ref()
+            .and_then(|l| l["spec"]["holderIdentity"].as_str())
+            .unwrap_or("");
+        assert!(
+            holder.is_empty(),
+            "{what}: the Lease is still held by {holder}\n{shown}"
+        );
+        // Whole records, the write order, and a converging re-run.
+        let after = snapshot(f.pg, &db, &ns);
+        if let Err(e) = records_whole(&command, &reference.old[0], &reference.new[0], &after) {
+            panic!("{what}: {e}\n{shown}");
+        }
+        let rerun = f.run(&db, &args);
+        rerun.expect_code(0, &format!("{what}: re-run"));
+        assert_eq!(
+            snapshot(f.pg, &db, &ns),
+            reference.new[0],
+            "{what}: the re-run did not converge"
+        );
+    }
 }
