@@ -157,20 +157,30 @@ pub(crate) fn finish_within(mut child: Child, started: Instant, what: &str) -> R
     finish(child)
 }
 
-/// Waits (bounded) until the audit log shows a write by a program other than
+/// Waits (bounded) until the audit log shows a record write by a program other than
 /// guarded-upgrade (helm), or by guarded-upgrade when `ours`.
 pub(crate) fn wait_write(b: &Bed, child: &mut Child, ours: bool) -> bool {
+    wait_writes(b, child, ours, 1)
+}
+
+/// Waits (bounded) until the audit log shows `count` record writes (as [`wait_write`]).
+pub(crate) fn wait_writes(b: &Bed, child: &mut Child, ours: bool, count: usize) -> bool {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let seen = b.api.requests().iter().any(|r| {
-            r.is_write()
-                && r.resource.as_deref() != Some("leases")
-                && r.user_agent
-                    .as_deref()
-                    .is_some_and(|u| u.starts_with(AGENT))
-                    == ours
-        });
-        if seen {
+        let seen = b
+            .api
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.is_write()
+                    && r.resource.as_deref() != Some("leases")
+                    && r.user_agent
+                        .as_deref()
+                        .is_some_and(|u| u.starts_with(AGENT))
+                        == ours
+            })
+            .count();
+        if seen >= count {
             return true;
         }
         if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
@@ -464,10 +474,11 @@ fn apiserver_down_longer_than_the_lease_while_held() {
     );
 }
 
-/// `lock`, `lock --hard` or `unlock` with `component` SIGKILLed at its first record write
-/// and restarted a second later: the invariants, what it claims is so, and a re-run
-/// converges (waiting out a Lease it could not release).
-fn record_write_with(component: Component, args: &[&str], hard_first: bool) {
+/// `lock`, `lock --hard` or `unlock` with `component` SIGKILLed at its `nth` record write
+/// (the first, or the second: one record already written) and restarted a second later:
+/// the invariants, what it claims is so, and a re-run converges (waiting out a Lease it
+/// could not release).
+fn record_write_with(component: Component, args: &[&str], hard_first: bool, nth: usize) {
     let b = installed("helm4");
     let _restore = Restore;
     if hard_first {
@@ -478,13 +489,13 @@ fn record_write_with(component: Component, args: &[&str], hard_first: bool) {
     b.api.clear_requests();
     let started = Instant::now();
     let mut child = spawn(&b, args, &[]);
-    let seen = wait_write(&b, &mut child, true);
+    let seen = wait_writes(&b, &mut child, true, nth);
     component.kill();
     std::thread::sleep(Duration::from_secs(1));
     component.start();
     let run = finish_within(child, started, args[0]);
     eprintln!(
-        "{component:?} {args:?} (write seen {seen}): exit {} in {:.1?}\n{}",
+        "{component:?} {args:?} (write {nth} seen {seen}): exit {} in {:.1?}\n{}",
         run.code,
         started.elapsed(),
         run.stderr
@@ -543,23 +554,34 @@ pub(crate) fn converged(b: &Bed, args: &[&str]) -> Result<(), String> {
 
 #[test]
 fn etcd_killed_at_record_writes() {
-    record_write_with(
-        Component::Etcd,
-        &["lock", REL, "-n", NS, "--reason", "f"],
-        false,
-    );
-    record_write_with(Component::Etcd, &["lock", REL, "--hard", "-n", NS], false);
-    record_write_with(Component::Etcd, &["unlock", REL, "-n", NS], true);
+    for nth in [1, 2] {
+        record_write_with(
+            Component::Etcd,
+            &["lock", REL, "-n", NS, "--reason", "f"],
+            false,
+            nth,
+        );
+        record_write_with(
+            Component::Etcd,
+            &["lock", REL, "--hard", "-n", NS],
+            false,
+            nth,
+        );
+        record_write_with(Component::Etcd, &["unlock", REL, "-n", NS], true, nth);
+    }
 }
 
 #[test]
 fn apiserver_killed_at_record_writes() {
-    record_write_with(
-        Component::ApiServer,
-        &["lock", REL, "--hard", "-n", NS],
-        false,
-    );
-    record_write_with(Component::ApiServer, &["unlock", REL, "-n", NS], true);
+    for nth in [1, 2] {
+        record_write_with(
+            Component::ApiServer,
+            &["lock", REL, "--hard", "-n", NS],
+            false,
+            nth,
+        );
+        record_write_with(Component::ApiServer, &["unlock", REL, "-n", NS], true, nth);
+    }
 }
 
 /// etcd and the API server both stopped for longer than `--lock-timeout`: `upgrade`

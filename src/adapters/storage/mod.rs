@@ -79,7 +79,7 @@ pub struct StoredRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The API answered with a Status error.
-    #[error("the API server answered {code} {reason}: {message}")]
+    #[error("the API server answered {}: {message}", status_line(*code, reason))]
     Api {
         /// HTTP code.
         code: u16,
@@ -117,6 +117,14 @@ pub enum StoreError {
     /// An answer of the wrong shape (e.g. a list without `items`).
     #[error("{0}; refusing to read it as an empty or partial release")]
     Malformed(String),
+}
+
+/// `500 InternalError`, or `500` when the Status gave no reason (an etcd failure does not).
+fn status_line(code: u16, reason: &str) -> String {
+    match reason.trim() {
+        "" => code.to_string(),
+        reason => format!("{code} {reason}"),
+    }
 }
 
 /// A record, or the part of one, that helm would not have written: the field and why.
@@ -451,6 +459,24 @@ mod tests {
         assert!(!api(409).is_transient());
         assert!(StoreError::Transport("reset".into()).is_transient());
         assert!(!StoreError::Malformed("x".into()).is_transient());
+    }
+
+    #[test]
+    fn api_errors_without_a_reason_read_cleanly() {
+        let api = |reason: &str| StoreError::Api {
+            code: 500,
+            reason: reason.into(),
+            message: "rpc error: code = Unavailable".into(),
+            retry_after: None,
+        };
+        assert_eq!(
+            api("").to_string(),
+            "the API server answered 500: rpc error: code = Unavailable"
+        );
+        assert_eq!(
+            api("InternalError").to_string(),
+            "the API server answered 500 InternalError: rpc error: code = Unavailable"
+        );
     }
 
     #[test]
