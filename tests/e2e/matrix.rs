@@ -46,7 +46,7 @@ use serde_json::Value;
 const NS: &str = "shared";
 const REL: &str = "db";
 const PREFIX: &str = "guarded-upgrade.io/";
-pub(crate) const AGENT: &str = "guarded-upgrade/";
+const AGENT: &str = "guarded-upgrade/";
 pub(crate) const LEASE: &str = "helm-lock-db";
 
 /// No single run may take longer (the retry policy's 10 s deadline plus slack).
@@ -254,6 +254,21 @@ fn without_numbers(text: &str) -> String {
         }
     }
     out
+}
+
+/// Arms `action` once, on the k-th (0-based) guarded-upgrade request to the stand-in.
+pub(crate) fn arm_guard_fault(b: &Bed, k: usize, action: &FaultAction) {
+    b.api.arm(ArmedFault {
+        skip: k as u32,
+        fault: Fault {
+            verb: None,
+            resource: None,
+            name: None,
+            action: action.clone(),
+            times: Some(1),
+        },
+        user_agent: Some(AGENT.into()),
+    });
 }
 
 pub(crate) fn guard_requests(b: &Bed) -> usize {
@@ -465,17 +480,7 @@ impl Matrix {
         reset(b, &self.snapshot, self.lease.as_ref());
         b.api.clear_requests();
         for (k, action) in faults {
-            b.api.arm(ArmedFault {
-                skip: *k as u32,
-                fault: Fault {
-                    verb: None,
-                    resource: None,
-                    name: None,
-                    action: action.clone(),
-                    times: Some(1),
-                },
-                user_agent: Some(AGENT.into()),
-            });
+            arm_guard_fault(b, *k, action);
         }
         let started = Instant::now();
         let run = guard(b, &self.argv());

@@ -35,9 +35,9 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{bed, chart, Bed, Run};
-use crate::matrix::{guard_requests, seed_from, Rng, AGENT, FAULTS, LEASE};
+use crate::matrix::{arm_guard_fault, guard_requests, seed_from, Rng, FAULTS, LEASE};
 use crate::servers::{postgres, postgres_restartable, Postgres};
-use kube_standin::{ArmedFault, FaultAction};
+use kube_standin::FaultAction;
 
 const REL: &str = "db";
 /// Tables of the templates keeping their records, to put them back between cases.
@@ -707,17 +707,7 @@ fn run_case(
     let db = f.fresh(case.command.template, w);
     if let Some((k, action)) = api {
         f.b.api.clear_requests();
-        f.b.api.arm(ArmedFault {
-            skip: *k as u32,
-            fault: kube_standin::Fault {
-                verb: None,
-                resource: None,
-                name: None,
-                action: action.clone(),
-                times: Some(1),
-            },
-            user_agent: Some(AGENT.into()),
-        });
+        arm_guard_fault(&f.b, *k, action);
     }
     let started = Instant::now();
     // Armed before the run starts: waiting for the hold must not see the last run's.
