@@ -892,6 +892,14 @@ pub(crate) fn seed_from(var: &str) -> u64 {
         })
 }
 
+/// Runs per command of a seeded matrix sample: `GU_MATRIX_SAMPLES`, default 3.
+pub(crate) fn matrix_samples() -> usize {
+    std::env::var("GU_MATRIX_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
 /// The writing commands of the matrix, each with what it needs installed first.
 fn writing_commands(c110: &str) -> Vec<(Vec<String>, Goal, bool)> {
     let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -923,10 +931,7 @@ fn writing_commands(c110: &str) -> Vec<(Vec<String>, Goal, bool)> {
 fn sampled(label: &'static str, driver: &'static str) {
     DRIVER.set(driver);
     let seed = seed_from("GU_MATRIX_SEED");
-    let samples: usize = std::env::var("GU_MATRIX_SAMPLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let samples = matrix_samples();
     eprintln!("matrix sample {label} {driver}: GU_MATRIX_SEED={seed} GU_MATRIX_SAMPLES={samples}");
     let mut rng = Rng(seed);
     let mut failures = Vec::new();
@@ -1032,17 +1037,7 @@ fn sigkill_sweep(args: &[&str], goal: Goal, hard_first: bool) {
     for k in 0..m.requests {
         reset(b, &m.snapshot, m.lease.as_ref());
         b.api.clear_requests();
-        b.api.arm(ArmedFault {
-            skip: k as u32,
-            fault: Fault {
-                verb: None,
-                resource: None,
-                name: None,
-                action: FaultAction::Delay(Duration::from_secs(30)),
-                times: Some(1),
-            },
-            user_agent: Some(AGENT.into()),
-        });
+        arm_guard_fault(b, k, &FaultAction::Delay(Duration::from_secs(30)));
         let mut child = b.guard_spawn(args);
         // The k requests before it are answered (and logged); request k is then sent and
         // held. A run that ends first (it needed fewer requests this time) is no case.

@@ -35,7 +35,9 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{bed, chart, Bed, Run};
-use crate::matrix::{arm_guard_fault, guard_requests, seed_from, Rng, FAULTS, LEASE};
+use crate::matrix::{
+    arm_guard_fault, guard_requests, matrix_samples, seed_from, Rng, FAULTS, LEASE,
+};
 use crate::servers::{postgres, postgres_restartable, Postgres};
 use kube_standin::FaultAction;
 
@@ -945,10 +947,7 @@ fn sql_server_restarted_at_every_statement() {
 fn sql_sample_pairs_with_api_faults() {
     let f = Fixture::new("standin-helm4", postgres(), "gu_sqlf_p", 1);
     let seed = seed_from("GU_MATRIX_SEED");
-    let samples: usize = std::env::var("GU_MATRIX_SAMPLES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let samples = matrix_samples();
     eprintln!("sql matrix sample: GU_MATRIX_SEED={seed} GU_MATRIX_SAMPLES={samples}");
     let mut rng = Rng(seed);
     let mut failures = Vec::new();
