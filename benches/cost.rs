@@ -574,7 +574,7 @@ fn concurrency(
                 c,
                 "-n",
                 ns,
-                "--lock-timeout",
+                "--mutex-timeout",
                 "5m",
             ]);
             cmd.stdout(Stdio::null()).stderr(Stdio::piped());

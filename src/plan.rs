@@ -18,7 +18,7 @@ use crate::cli::{
 };
 use crate::core::argv::HelmFlags;
 use crate::core::argv::{self, Mode, SplitArgv};
-use crate::core::decision::{CompareKey, LockKind, Policy};
+use crate::core::decision::{CompareKey, LockKind, VersionRule};
 use crate::core::lock::{self, LockSpec};
 use crate::core::names;
 use crate::core::time::format_rfc3339;
@@ -40,7 +40,7 @@ pub(crate) struct ClusterPlan {
 /// The per-release mutex settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MutexPlan {
-    /// How long to wait for another run to release the mutex (`--lock-timeout`).
+    /// How long to wait for another run to release the mutex (`--mutex-timeout`).
     pub wait: Duration,
     /// `--lease-duration`.
     pub lease_duration: Duration,
@@ -105,7 +105,7 @@ pub(crate) struct GuardPlan {
     /// The cluster.
     pub cluster: ClusterPlan,
     /// `--min-version-policy`.
-    pub policy: Policy,
+    pub version_rule: VersionRule,
     /// `--allow-chart-change`.
     pub allow_chart_change: bool,
     /// `--compare`: the key whose order guards against downgrades.
@@ -397,7 +397,7 @@ fn guard(
     };
     let in_shim = shim_helm.is_some();
     let serialize = (!guard.no_serialize).then(|| MutexPlan {
-        wait: guard.lock_timeout.unwrap_or(mutex::DEFAULT_WAIT),
+        wait: guard.mutex_timeout.unwrap_or(mutex::DEFAULT_WAIT),
         lease_duration: guard
             .lease_duration
             .unwrap_or(mutex::DEFAULT_LEASE_DURATION),
@@ -427,7 +427,7 @@ fn guard(
         },
         helm,
         cluster,
-        policy: guard.policy,
+        version_rule: guard.version_rule,
         allow_chart_change: guard.allow_chart_change,
         compare: guard.compare,
         format,
@@ -647,7 +647,7 @@ mod tests {
             ["-n", "x", "db", "./c", "--debug", "--history-max", "10"]
         );
         assert!(!p.helm.install, "no --install added in shim mode");
-        assert_eq!(p.policy, Policy::NewerOrEqual);
+        assert_eq!(p.version_rule, VersionRule::NewerOrEqual);
         assert_eq!(p.mutex.unwrap().wait, Duration::from_secs(10));
         assert_eq!(
             p.shim,
@@ -747,7 +747,7 @@ mod tests {
             "./c",
             "-n",
             "",
-            "--lock-timeout",
+            "--mutex-timeout",
             "10s",
             "--decision-output",
             "json",

@@ -256,7 +256,7 @@ proptest! {
     /// the label; helm runs only when no lock is there or a fully read lock lets it.
     #[test]
     fn the_guard_never_runs_helm_on_lock_labels_it_cannot_read(labels in arbitrary_lock_labels()) {
-        use crate::core::decision::{decide, Action, CompareKey, DecisionInput, Policy, Target};
+        use crate::core::decision::{decide, Action, CompareKey, DecisionInput, VersionRule, Target};
         use crate::adapters::state::testkit::{block_on, rev, store};
         let mut latest = rev(2, ReleaseStatus::Deployed, "1.4.0");
         latest.labels = labels.clone().into_iter().collect();
@@ -293,7 +293,7 @@ proptest! {
             namespace: "shared",
             state: &view.state,
             target: Some(&target),
-            policy: Policy::Newer,
+            version_rule: VersionRule::Newer,
             allow_chart_change: false,
             now_unix: 1_800_000_000,
             compare: &compare,

@@ -27,7 +27,7 @@ use crate::core::time::{format_duration, format_rfc3339, now_unix};
 
 /// Default lease duration: as helm-lock's 15 s, renewed every third of it.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
-/// Default wait for the mutex (`--lock-timeout`).
+/// Default wait for the mutex (`--mutex-timeout`).
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 
 /// The Lease name for a release (shared with the helm-lock plugin).
@@ -145,10 +145,10 @@ impl MutexState {
 /// Failures of the mutex.
 #[derive(Debug, thiserror::Error)]
 pub enum MutexError {
-    /// `--lock-timeout` passed before the mutex could be taken.
+    /// `--mutex-timeout` passed before the mutex could be taken.
     #[error(
         "timed out after {waited} waiting for the mutex (Lease {lease:?}), which {waiting_for}. \
-         Retry later, raise --lock-timeout, or if that run is gone wait \
+         Retry later, raise --mutex-timeout, or if that run is gone wait \
          for the lease to expire"
     )]
     Timeout {

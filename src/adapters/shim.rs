@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::adapters::helm::HelmError;
 use crate::core::argv::invalid_value;
 use crate::core::flags::{
-    guard_flags, helm_flag, helm_short, Arity, GuardFlag, GuardOptions, Mode,
+    guard_flags, helm_flag, helm_short, Arity, GuardFlag, GuardOptions, Mode, FORMER_NAMES,
 };
 
 /// Prefix of every shim setting.
@@ -72,8 +72,11 @@ impl ShimEnv {
     /// The guard options the variables set, each parsed as its flag is and named in the
     /// message when refused.
     pub(crate) fn guard_options(&self) -> Result<GuardOptions, String> {
-        let known =
-            |name: &str| name == PLUGIN_BINARY_VAR || settings().any(|(var, _)| var == name);
+        let known = |name: &str| {
+            name == PLUGIN_BINARY_VAR
+                || settings().any(|(var, _)| var == name)
+                || FORMER_NAMES.iter().any(|f| f.env == name)
+        };
         if let Some((name, _)) = self.vars.iter().find(|(k, _)| !known(k)) {
             let names: Vec<&str> = settings().map(|(var, _)| var).collect();
             return Err(format!(
@@ -83,6 +86,20 @@ impl ShimEnv {
         }
         let mut options = GuardOptions::default();
         for (var, flag) in settings() {
+            let former = FORMER_NAMES
+                .iter()
+                .filter(|f| f.now == flag.long)
+                .map(|f| f.env)
+                .find(|former| self.get(former).is_some());
+            let var = match (self.get(var), former) {
+                (Some(_), Some(former)) => {
+                    return Err(format!(
+                        "{former} is the former name of {var}; set only {var} (see docs/shim.md)"
+                    ))
+                }
+                (None, Some(former)) => former,
+                _ => var,
+            };
             if let Some(text) = self.get(var) {
                 (flag.apply)(&mut options, Some(text))
                     .map_err(|bad| invalid_value(var, text, bad).to_string())?;
@@ -192,7 +209,7 @@ pub(crate) fn real_helm(explicit: Option<&str>) -> Result<PathBuf, HelmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::decision::{CompareKey, Policy};
+    use crate::core::decision::{CompareKey, VersionRule};
     use std::time::Duration;
 
     fn os(line: &str) -> Vec<OsString> {
@@ -293,7 +310,7 @@ mod tests {
             ("GUARDED_UPGRADE_DECISION_OUTPUT", "json"),
             ("GUARDED_UPGRADE_DETAILED_EXITCODE", "1"),
             ("GUARDED_UPGRADE_NO_SERIALIZE", "false"),
-            ("GUARDED_UPGRADE_LOCK_TIMEOUT", "30s"),
+            ("GUARDED_UPGRADE_MUTEX_TIMEOUT", "30s"),
             ("GUARDED_UPGRADE_LEASE_DURATION", "20s"),
             ("GUARDED_UPGRADE_RECOVER_PENDING_AFTER", "1h"),
             ("GUARDED_UPGRADE_NO_ANNOTATIONS", "True"),
@@ -307,14 +324,14 @@ mod tests {
         assert_eq!(
             o,
             GuardOptions {
-                policy: Policy::NewerOrEqual,
+                version_rule: VersionRule::NewerOrEqual,
                 allow_chart_change: true,
                 helm: Some("/usr/bin/helm".into()),
                 output: Some("json".into()),
                 decision_file: Some("/tmp/d.json".into()),
                 detailed_exitcode: true,
                 no_serialize: false,
-                lock_timeout: Some(Duration::from_secs(30)),
+                mutex_timeout: Some(Duration::from_secs(30)),
                 recover_pending_after: Some(Duration::from_secs(3600)),
                 lease_duration: Some(Duration::from_secs(20)),
                 no_annotations: true,
@@ -353,13 +370,44 @@ mod tests {
                  GUARDED_UPGRADE_COMPARE, GUARDED_UPGRADE_ALLOW_CHART_CHANGE, \
                  GUARDED_UPGRADE_HELM, GUARDED_UPGRADE_DECISION_FILE, \
                  GUARDED_UPGRADE_DECISION_OUTPUT, GUARDED_UPGRADE_DETAILED_EXITCODE, \
-                 GUARDED_UPGRADE_NO_SERIALIZE, GUARDED_UPGRADE_LOCK_TIMEOUT, \
+                 GUARDED_UPGRADE_NO_SERIALIZE, GUARDED_UPGRADE_MUTEX_TIMEOUT, \
                  GUARDED_UPGRADE_LEASE_DURATION, GUARDED_UPGRADE_RECOVER_PENDING_AFTER, \
                  GUARDED_UPGRADE_NO_ANNOTATIONS (see docs/shim.md)",
             ),
         ] {
             assert_eq!(env(pairs).guard_options().unwrap_err(), line);
         }
+    }
+
+    #[test]
+    fn the_former_lock_timeout_variable_is_the_mutex_timeout() {
+        let timeout = |pairs: &[(&str, &str)]| env(pairs).guard_options().map(|o| o.mutex_timeout);
+        assert_eq!(
+            timeout(&[("GUARDED_UPGRADE_LOCK_TIMEOUT", "2m")]),
+            Ok(Some(Duration::from_secs(120)))
+        );
+        assert_eq!(
+            timeout(&[("GUARDED_UPGRADE_MUTEX_TIMEOUT", "2m")]),
+            Ok(Some(Duration::from_secs(120)))
+        );
+        assert_eq!(
+            timeout(&[("GUARDED_UPGRADE_LOCK_TIMEOUT", "soon")]),
+            Err(
+                "invalid value \"soon\" for GUARDED_UPGRADE_LOCK_TIMEOUT: expected a duration \
+                 such as 90s, 5m, 2h or 1d"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            timeout(&[
+                ("GUARDED_UPGRADE_LOCK_TIMEOUT", "2m"),
+                ("GUARDED_UPGRADE_MUTEX_TIMEOUT", "2m")
+            ]),
+            Err("GUARDED_UPGRADE_LOCK_TIMEOUT is the former name of \
+                 GUARDED_UPGRADE_MUTEX_TIMEOUT; set only GUARDED_UPGRADE_MUTEX_TIMEOUT (see \
+                 docs/shim.md)"
+                .to_string())
+        );
     }
 
     #[test]

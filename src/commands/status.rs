@@ -4,7 +4,7 @@
 use crate::adapters::mutex;
 use crate::adapters::state::{self, ReleaseView};
 use crate::adapters::storage::{ReleaseStore, Store};
-use crate::core::decision::{self, Action, CompareKey, DecisionInput, Gate, Policy};
+use crate::core::decision::{self, Action, CompareKey, DecisionInput, Gate, VersionRule};
 use crate::core::time::now_unix;
 use crate::error::{Error, Exit};
 use crate::output::{self, report::*};
@@ -94,7 +94,7 @@ fn upgrade_verdict(
         namespace,
         state: &view.state,
         target: None,
-        policy: Policy::default(),
+        version_rule: VersionRule::default(),
         allow_chart_change: false,
         now_unix: now,
         compare: &CompareKey::default(),
@@ -330,7 +330,7 @@ mod tests {
                 namespace: "shared",
                 state: &view.state,
                 target: Some(&target),
-                policy: Policy::Newer,
+                version_rule: VersionRule::Newer,
                 allow_chart_change: false,
                 now_unix: NOW,
                 compare: &CompareKey::default(),
@@ -344,7 +344,7 @@ mod tests {
                     namespace: "shared",
                     state: &view.state,
                     target: None,
-                    policy: Policy::Newer,
+                    version_rule: VersionRule::Newer,
                     allow_chart_change: false,
                     now_unix: NOW,
                     compare: &CompareKey::default(),

@@ -12,7 +12,7 @@
 //! error before any I/O, with a "did you mean" suggestion, so a misspelt guard
 //! flag never reaches helm after the mutex is taken.
 
-use crate::core::decision::PolicyError;
+use crate::core::decision::VersionRuleError;
 use crate::core::flags::{
     self, guard_flag, guard_flags, helm_flag, helm_short, Arity, BadValue, GuardFlag, Takes,
     HELM_FLAGS,
@@ -141,11 +141,11 @@ pub enum ArgvError {
     },
     /// An unknown version policy.
     #[error("{flag}: {source}")]
-    Policy {
+    VersionRule {
         /// The flag (or shim variable) as written.
         flag: String,
         /// The refused policy.
-        source: PolicyError,
+        source: VersionRuleError,
     },
     /// RELEASE and/or CHART missing.
     #[error("missing {missing}: usage is `{verb} [flags] RELEASE CHART`")]
@@ -199,8 +199,8 @@ pub enum ArgvError {
     Conflict {
         /// The first flag.
         flag: &'static str,
-        /// The flag it contradicts.
-        other: &'static str,
+        /// The flag it contradicts, as it was written (a former name stays as written).
+        other: String,
         /// Why.
         why: &'static str,
     },
@@ -224,6 +224,7 @@ fn suggest(name: &str, mode: Mode) -> Option<String> {
     let limit = if name.chars().count() >= 8 { 3 } else { 2 };
     helm_long_flags()
         .chain(guard_flags(mode).map(|f| f.long))
+        .chain(flags::FORMER_NAMES.iter().map(|f| f.long))
         .map(|known| (edit_distance(name, known), known))
         .filter(|(d, _)| *d <= limit)
         .min()
@@ -271,7 +272,7 @@ pub(crate) fn invalid_value(flag: &str, value: &str, bad: BadValue) -> ArgvError
             value: value.to_string(),
             expected,
         },
-        BadValue::Policy(source) => ArgvError::Policy {
+        BadValue::VersionRule(source) => ArgvError::VersionRule {
             flag: flag.to_string(),
             source,
         },
@@ -285,6 +286,8 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
     let mut helm_args = Vec::with_capacity(args.len());
     // (1-based position, value)
     let mut positionals: Vec<(usize, String)> = Vec::new();
+    // The guard flags' long names as written (a former name included), for messages.
+    let mut written: Vec<String> = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -310,6 +313,7 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
                     Takes::Switch => inline.map(str::to_string),
                 };
                 apply_guard(&mut guard, guard_flag, &flag, value)?;
+                written.push(name.to_string());
                 continue;
             }
             let Some(arity) = helm_flag(name).map(|f| f.arity) else {
@@ -361,7 +365,7 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
     if !extra.is_empty() {
         return Err(ArgvError::TooManyPositionals { positions: extra });
     }
-    check_guard(&guard)?;
+    check_guard(&guard, &written)?;
     let (release, chart) = match (release, chart) {
         (Some(r), Some(c)) => (r, c),
         (Some(_), None) => {
@@ -386,31 +390,41 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
     })
 }
 
-/// Guard flags that contradict each other, and guard values that cannot work.
-fn check_guard(guard: &GuardOptions) -> Result<(), ArgvError> {
+/// Guard flags that contradict each other, and guard values that cannot work. `written`:
+/// the long names as the user wrote them, so a former name is named as written.
+fn check_guard(guard: &GuardOptions, written: &[String]) -> Result<(), ArgvError> {
     if guard.no_serialize {
         let mutex_flags = [
             (
-                "--lock-timeout",
-                &guard.lock_timeout,
+                "mutex-timeout",
+                &guard.mutex_timeout,
                 "without the mutex there is nothing to wait for",
             ),
             (
-                "--lease-duration",
+                "lease-duration",
                 &guard.lease_duration,
                 "without the mutex no Lease is written",
             ),
             (
-                "--recover-pending-after",
+                "recover-pending-after",
                 &guard.recover_pending_after,
                 "recovering a pending release is only safe while holding the mutex",
             ),
         ];
-        for (other, value, why) in mutex_flags {
+        for (long, value, why) in mutex_flags {
             if value.is_some() {
+                let row = guard_flag(long, Mode::Upgrade);
+                let as_written = written
+                    .iter()
+                    .rev()
+                    .find(|w| {
+                        guard_flag(w, Mode::Upgrade)
+                            .is_some_and(|f| row.is_some_and(|r| std::ptr::eq(f, r)))
+                    })
+                    .map_or(long, String::as_str);
                 return Err(ArgvError::Conflict {
                     flag: "--no-serialize",
-                    other,
+                    other: format!("--{as_written}"),
                     why,
                 });
             }
@@ -598,7 +612,7 @@ fn record_helm_bool(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::decision::Policy;
+    use crate::core::decision::VersionRule;
     use std::time::Duration;
 
     fn argv(line: &str) -> Vec<String> {
@@ -776,14 +790,14 @@ mod tests {
         assert_eq!(
             s.guard,
             GuardOptions {
-                policy: Policy::Off,
+                version_rule: VersionRule::Off,
                 allow_chart_change: true,
                 helm: Some("/h".into()),
                 output: Some("text".into()),
                 decision_file: Some("f".into()),
                 detailed_exitcode: true,
                 no_serialize: false,
-                lock_timeout: Some(Duration::from_secs(30)),
+                mutex_timeout: Some(Duration::from_secs(30)),
                 recover_pending_after: Some(Duration::from_secs(7200)),
                 lease_duration: Some(Duration::from_secs(20)),
                 no_annotations: false,
@@ -901,9 +915,9 @@ mod tests {
             (
                 "db chart --min-version-policy newest",
                 Mode::Upgrade,
-                ArgvError::Policy {
+                ArgvError::VersionRule {
                     flag: "--min-version-policy".into(),
-                    source: PolicyError("newest".into()),
+                    source: VersionRuleError("newest".into()),
                 },
             ),
             (
@@ -1057,6 +1071,13 @@ mod tests {
                 ),
             ),
             (
+                "db chart --no-serialize --mutex-timeout=5m",
+                conflict(
+                    "--mutex-timeout",
+                    "without the mutex there is nothing to wait for",
+                ),
+            ),
+            (
                 "db chart --lease-duration=20s --no-serialize",
                 conflict("--lease-duration", "without the mutex no Lease is written"),
             ),
@@ -1099,6 +1120,41 @@ mod tests {
             Mode::Upgrade,
         );
         ok("db chart --lock-timeout 0s", Mode::Upgrade);
+    }
+
+    #[test]
+    fn the_former_lock_timeout_is_the_mutex_timeout() {
+        let timeout = |line: &str| {
+            split(&argv(line), Mode::Upgrade)
+                .unwrap()
+                .guard
+                .mutex_timeout
+        };
+        assert_eq!(
+            timeout("db chart --mutex-timeout 2m"),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            timeout("db chart --lock-timeout=2m"),
+            Some(Duration::from_secs(120))
+        );
+        // One flag under two names: the last one written wins, as pflag does.
+        assert_eq!(
+            timeout("db chart --lock-timeout 2m --mutex-timeout 3m"),
+            Some(Duration::from_secs(180))
+        );
+        assert_eq!(
+            split(&argv("db chart --lock-timeout 2m"), Mode::Upgrade)
+                .unwrap()
+                .helm_args,
+            argv("db chart"),
+            "the former name is a guard flag, not passed to helm"
+        );
+        assert_eq!(
+            message("db chart --mutex-timeout soon"),
+            "invalid value \"soon\" for --mutex-timeout: expected a duration such as 90s, 5m, \
+             2h or 1d"
+        );
     }
 
     #[test]

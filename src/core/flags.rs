@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::core::decision::{CompareKey, Policy, PolicyError};
+use crate::core::decision::{CompareKey, VersionRule, VersionRuleError};
 
 /// Which subcommand the arguments belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +35,7 @@ impl Mode {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuardOptions {
     /// `--min-version-policy newer|newer-or-equal|newer-or-changed|off`.
-    pub policy: Policy,
+    pub version_rule: VersionRule,
     /// `--allow-chart-change`.
     pub allow_chart_change: bool,
     /// `--helm PATH`: the helm binary to run.
@@ -49,8 +49,8 @@ pub struct GuardOptions {
     pub detailed_exitcode: bool,
     /// `--no-serialize`: do not take the per-release lease.
     pub no_serialize: bool,
-    /// `--lock-timeout DURATION`.
-    pub lock_timeout: Option<Duration>,
+    /// `--mutex-timeout DURATION` (formerly `--lock-timeout`).
+    pub mutex_timeout: Option<Duration>,
     /// `--recover-pending-after DURATION`.
     pub recover_pending_after: Option<Duration>,
     /// `--lease-duration D`: duration of the mutex Lease.
@@ -68,7 +68,7 @@ pub(crate) enum BadValue {
     /// The value is not one of these.
     Expected(&'static str),
     /// An unknown version policy.
-    Policy(PolicyError),
+    VersionRule(VersionRuleError),
 }
 
 /// What a guard flag takes after its name.
@@ -118,7 +118,7 @@ pub(crate) const GUARD_FLAGS: &[GuardFlag] = &[
         short: None,
         takes: Takes::Value {
             name: "POLICY",
-            choices: Policy::NAMES,
+            choices: VersionRule::NAMES,
         },
         env: Some("GUARDED_UPGRADE_POLICY"),
         check_only: false,
@@ -127,7 +127,8 @@ pub(crate) const GUARD_FLAGS: &[GuardFlag] = &[
                same version only when the release helm would write differs; off: no version \
                guard (locks still apply)",
         apply: |o, v| {
-            o.policy = Policy::parse(v.unwrap_or_default()).map_err(BadValue::Policy)?;
+            o.version_rule =
+                VersionRule::parse(v.unwrap_or_default()).map_err(BadValue::VersionRule)?;
             Ok(())
         },
     },
@@ -243,17 +244,17 @@ pub(crate) const GUARD_FLAGS: &[GuardFlag] = &[
         },
     },
     GuardFlag {
-        long: "lock-timeout",
+        long: "mutex-timeout",
         short: None,
         takes: Takes::Value {
             name: "DURATION",
             choices: &[],
         },
-        env: Some("GUARDED_UPGRADE_LOCK_TIMEOUT"),
+        env: Some("GUARDED_UPGRADE_MUTEX_TIMEOUT"),
         check_only: false,
         help: "how long to wait for another run's mutex (default 5m)",
         apply: |o, v| {
-            o.lock_timeout = Some(duration(v, DurationKind::Wait)?);
+            o.mutex_timeout = Some(duration(v, DurationKind::Wait)?);
             Ok(())
         },
     },
@@ -304,11 +305,35 @@ pub(crate) const GUARD_FLAGS: &[GuardFlag] = &[
     },
 ];
 
+/// A guard flag's former name: still accepted on the command line and in the shim's
+/// environment, never shown (help, man pages and completions name the flag's row only).
+#[derive(Debug)]
+pub(crate) struct FormerName {
+    /// The former long name, without `--`.
+    pub long: &'static str,
+    /// The former shim variable.
+    pub env: &'static str,
+    /// The long name of the row it now names.
+    pub now: &'static str,
+}
+
+/// Renamed guard flags. `--lock-timeout` became `--mutex-timeout`: "lock" is the release
+/// lock only, the per-release Lease is the mutex.
+pub(crate) const FORMER_NAMES: &[FormerName] = &[FormerName {
+    long: "lock-timeout",
+    env: "GUARDED_UPGRADE_LOCK_TIMEOUT",
+    now: "mutex-timeout",
+}];
+
 /// The decision formats of `--decision-output` and `check -o`.
 const OUTPUT_FORMATS: &[&str] = &["text", "json"];
 
-/// The guard flag `long` of `mode`'s command line.
+/// The guard flag `long` (or a former name of it) of `mode`'s command line.
 pub(crate) fn guard_flag(long: &str, mode: Mode) -> Option<&'static GuardFlag> {
+    let long = FORMER_NAMES
+        .iter()
+        .find(|f| f.long == long)
+        .map_or(long, |f| f.now);
     GUARD_FLAGS
         .iter()
         .find(|f| f.long == long && f.applies_to(mode))
@@ -350,7 +375,7 @@ const MIN_LEASE_DURATION: Duration = Duration::from_secs(3);
 /// Which guard duration a value is for: the mutex Lease has a lower bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DurationKind {
-    /// `--lock-timeout`, `--recover-pending-after`.
+    /// `--mutex-timeout`, `--recover-pending-after`.
     Wait,
     /// `--lease-duration`: at least [`MIN_LEASE_DURATION`].
     Lease,
@@ -583,8 +608,8 @@ mod tests {
         assert_eq!(
             apply("min-version-policy", Some("newer-or-changed"))
                 .unwrap()
-                .policy,
-            Policy::NewerOrChanged
+                .version_rule,
+            VersionRule::NewerOrChanged
         );
         assert_eq!(
             apply("lease-duration", Some("2s")),
@@ -597,5 +622,28 @@ mod tests {
             Some("json")
         );
         assert!(guard_flag("output", Mode::Upgrade).is_none());
+    }
+
+    #[test]
+    fn former_names_reach_the_renamed_row() {
+        for former in FORMER_NAMES {
+            let now = guard_flag(former.now, Mode::Upgrade).expect(former.now);
+            let via = guard_flag(former.long, Mode::Upgrade).expect(former.long);
+            assert!(
+                std::ptr::eq(now, via),
+                "--{} is --{}",
+                former.long,
+                former.now
+            );
+            assert!(
+                GUARD_FLAGS.iter().all(|f| f.long != former.long),
+                "--{} is a row of its own",
+                former.long
+            );
+            assert!(now.env.is_some_and(|env| env != former.env));
+        }
+        let mut o = GuardOptions::default();
+        (guard_flag("lock-timeout", Mode::Check).unwrap().apply)(&mut o, Some("2m")).unwrap();
+        assert_eq!(o.mutex_timeout, Some(Duration::from_secs(120)));
     }
 }

@@ -9,7 +9,7 @@ use crate::adapters::mutex::MutexState;
 use crate::adapters::target::ResolvedTarget;
 use crate::core::decision::Part;
 use crate::core::decision::{
-    Action, CompareKey, Decision, DeployedState, LockState, Policy, Reason,
+    Action, CompareKey, Decision, DeployedState, LockState, Reason, VersionRule,
 };
 use crate::core::release::ReleaseSummary;
 
@@ -32,7 +32,7 @@ pub(crate) struct DecisionReport {
     /// The human line that was printed.
     pub message: String,
     /// The version policy in force.
-    pub policy: Policy,
+    pub policy: VersionRule,
     /// The last deployed revision, or null.
     pub deployed: Option<DeployedReport>,
     /// The highest revision and its status, or null when there are no records.
@@ -169,7 +169,7 @@ impl DecisionReport {
         release: &str,
         namespace: &str,
         decision: &Decision,
-        policy: Policy,
+        policy: VersionRule,
         state: &DeployedState,
         target: &ResolvedTarget,
         driver: &'static str,

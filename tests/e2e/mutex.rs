@@ -574,7 +574,7 @@ fn conflicts_on_the_lease_are_bounded_by_the_lock_timeout() {
         last,
         "guarded-upgrade: error: release \"db\" in namespace \"shared\": timed out after 3s \
          waiting for the mutex (Lease \"helm-lock-db\"), which was written by someone else while \
-         creating the Lease (409 Conflict). Retry later, raise --lock-timeout, or if that run is \
+         creating the Lease (409 Conflict). Retry later, raise --mutex-timeout, or if that run is \
          gone wait for the lease to expire; helm was not run"
     );
 }

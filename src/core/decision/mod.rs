@@ -301,7 +301,7 @@ impl<'i, 'a> Decider<'i, 'a> {
         // 5c. Version policy.
         let target_text = target_input.version.as_str();
         let deployed_text = baseline.chart_version.as_deref().unwrap_or("");
-        if self.input.policy == Policy::Off {
+        if self.input.version_rule == VersionRule::Off {
             return self.proceed(
                 Reason::PolicyOff,
                 format!("{deployed_text} -> {target_text} (version policy off)"),
@@ -358,13 +358,15 @@ impl<'i, 'a> Decider<'i, 'a> {
                     baseline.revision
                 ),
             ),
-            std::cmp::Ordering::Equal if self.input.policy == Policy::NewerOrEqual => self.proceed(
-                Reason::EqualReapply,
-                format!(
+            std::cmp::Ordering::Equal if self.input.version_rule == VersionRule::NewerOrEqual => {
+                self.proceed(
+                    Reason::EqualReapply,
+                    format!(
                     "{key_label}{deployed_text} -> {target_text} (re-apply, policy newer-or-equal)"
                 ),
-            ),
-            std::cmp::Ordering::Equal if self.input.policy == Policy::NewerOrChanged => {
+                )
+            }
+            std::cmp::Ordering::Equal if self.input.version_rule == VersionRule::NewerOrChanged => {
                 self.equal_under_newer_or_changed(baseline, &key_label, target_text)
             }
             std::cmp::Ordering::Equal => self.skip(

@@ -59,13 +59,13 @@ fn target(version: &str) -> Target {
     }
 }
 
-fn run(state: &DeployedState, target: &Target, policy: Policy) -> Decision {
+fn run(state: &DeployedState, target: &Target, policy: VersionRule) -> Decision {
     decide(&DecisionInput {
         release: "db",
         namespace: "shared",
         state,
         target: Some(target),
-        policy,
+        version_rule: policy,
         allow_chart_change: false,
         now_unix: NOW,
         compare: &CompareKey::ChartVersion,
@@ -90,9 +90,9 @@ fn check(d: &Decision, action: Action, reason: Reason) {
 #[test]
 fn version_relation_by_policy() {
     use Action::*;
-    use Policy::*;
     use Reason as R;
-    let cases: &[(&str, &str, Policy, Action, Reason)] = &[
+    use VersionRule::*;
+    let cases: &[(&str, &str, VersionRule, Action, Reason)] = &[
         ("1.4.0", "1.5.0", Newer, Upgrade, R::Newer),
         ("1.4.0", "1.4.0", Newer, Skip, R::NotNewer),
         ("1.4.0", "1.3.2", Newer, Skip, R::Downgrade),
@@ -130,21 +130,25 @@ fn version_relation_by_policy() {
 
 #[test]
 fn exact_messages() {
-    let d = run(&deployed("1.4.0"), &target("1.3.2"), Policy::Newer);
+    let d = run(&deployed("1.4.0"), &target("1.3.2"), VersionRule::Newer);
     assert_eq!(
         d.message,
         "skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target 1.3.2 would be a downgrade"
     );
-    let d = run(&deployed("1.4.0"), &target("1.5.0"), Policy::Newer);
+    let d = run(&deployed("1.4.0"), &target("1.5.0"), VersionRule::Newer);
     assert_eq!(d.message, "upgrade: \"db\" in \"shared\" 1.4.0 -> 1.5.0");
-    let d = run(&DeployedState::default(), &target("1.0.0"), Policy::Newer);
+    let d = run(
+        &DeployedState::default(),
+        &target("1.0.0"),
+        VersionRule::Newer,
+    );
     assert_eq!(
         d.message,
         "install: \"db\" in \"shared\" 1.0.0 (not installed yet)"
     );
-    let d = run(&deployed("1.4.0"), &target("1.4.0"), Policy::Newer);
+    let d = run(&deployed("1.4.0"), &target("1.4.0"), VersionRule::Newer);
     assert!(d.message.contains("is not newer"), "{}", d.message);
-    let d = run(&deployed("banana"), &target("1.4.0"), Policy::Newer);
+    let d = run(&deployed("banana"), &target("1.4.0"), VersionRule::Newer);
     assert!(d.message.contains("\"banana\""), "{}", d.message);
     assert!(
         d.message.contains("--min-version-policy off"),
@@ -342,7 +346,7 @@ fn statuses_of_latest_record() {
             latest_summary,
             lock: None,
         };
-        let d = run(&state, &target(want), Policy::Newer);
+        let d = run(&state, &target(want), VersionRule::Newer);
         assert_eq!((d.action, d.reason), (action, reason), "case {i}: {d:#?}");
         check(&d, action, reason);
     }
@@ -356,7 +360,7 @@ fn failed_later_revision_is_noted() {
         latest_summary: Some(summary(8, ReleaseStatus::Failed, "postgresql", "1.6.0")),
         lock: None,
     };
-    let d = run(&state, &target("1.5.0"), Policy::Newer);
+    let d = run(&state, &target("1.5.0"), VersionRule::Newer);
     check(&d, Action::Upgrade, Reason::Newer);
     assert_eq!(d.message, "upgrade: \"db\" in \"shared\" 1.4.0 -> 1.5.0");
     assert_eq!(d.notes.len(), 1);
@@ -375,7 +379,7 @@ fn pending_message_explains_recovery() {
         last_deployed: Some(summary(7, ReleaseStatus::Deployed, "postgresql", "1.4.0")),
         ..Default::default()
     };
-    let d = run(&state, &target("1.5.0"), Policy::Off);
+    let d = run(&state, &target("1.5.0"), VersionRule::Off);
     check(&d, Action::Refuse, Reason::Pending);
     for part in [
         "pending-upgrade",
@@ -398,12 +402,20 @@ fn locks() {
     let hard_latest = crate::adapters::state::testkit::state(&[locked]);
     // (state, lock, target, policy, action, reason, note expected)
     #[allow(clippy::type_complexity)]
-    let cases: Vec<(DeployedState, LockState, &str, Policy, Action, Reason, bool)> = vec![
+    let cases: Vec<(
+        DeployedState,
+        LockState,
+        &str,
+        VersionRule,
+        Action,
+        Reason,
+        bool,
+    )> = vec![
         (
             deployed("1.4.0"),
             lock(Soft, None, None),
             "1.5.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Skip,
             Reason::Locked,
             false,
@@ -412,7 +424,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Soft, future, None),
             "1.5.0",
-            Policy::Off,
+            VersionRule::Off,
             Action::Skip,
             Reason::Locked,
             false,
@@ -421,7 +433,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Soft, past, None),
             "1.5.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Upgrade,
             Reason::Newer,
             true,
@@ -430,7 +442,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Soft, past, None),
             "1.3.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Skip,
             Reason::Downgrade,
             true,
@@ -439,7 +451,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Soft, Some(NOW), None),
             "1.5.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Upgrade,
             Reason::Newer,
             true,
@@ -448,7 +460,7 @@ fn locks() {
             hard_latest.clone(),
             lock(Hard, None, None),
             "1.5.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Skip,
             Reason::Locked,
             false,
@@ -457,7 +469,7 @@ fn locks() {
             hard_latest.clone(),
             lock(Hard, future, None),
             "1.5.0",
-            Policy::Off,
+            VersionRule::Off,
             Action::Skip,
             Reason::Locked,
             false,
@@ -466,7 +478,7 @@ fn locks() {
             hard_latest.clone(),
             lock(Hard, past, None),
             "1.5.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Refuse,
             Reason::Locked,
             false,
@@ -476,7 +488,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Hard, None, None),
             "1.5.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Skip,
             Reason::Locked,
             true,
@@ -485,7 +497,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Hard, past, None),
             "1.5.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Upgrade,
             Reason::Newer,
             true,
@@ -498,7 +510,7 @@ fn locks() {
             },
             lock(Hard, past, None),
             "1.5.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Refuse,
             Reason::Pending,
             true,
@@ -508,7 +520,7 @@ fn locks() {
             DeployedState::default(),
             lock(Soft, None, None),
             "1.0.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Skip,
             Reason::Locked,
             false,
@@ -517,7 +529,7 @@ fn locks() {
             DeployedState::default(),
             lock(Soft, past, None),
             "1.0.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Install,
             Reason::NotInstalled,
             true,
@@ -527,7 +539,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Pin, None, Some("~1.4")),
             "1.4.5",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Upgrade,
             Reason::Newer,
             false,
@@ -536,7 +548,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Pin, None, Some("~1.4")),
             "1.5.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Skip,
             Reason::Pinned,
             false,
@@ -545,7 +557,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Pin, None, Some("~1.4")),
             "1.5.0",
-            Policy::Off,
+            VersionRule::Off,
             Action::Skip,
             Reason::Pinned,
             false,
@@ -554,7 +566,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Pin, None, Some("~1.4")),
             "1.4.0",
-            Policy::Off,
+            VersionRule::Off,
             Action::Upgrade,
             Reason::PolicyOff,
             false,
@@ -563,7 +575,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Pin, None, Some("~1.4")),
             "1.3.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Skip,
             Reason::Pinned,
             false,
@@ -572,7 +584,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Pin, None, Some("~1.4")),
             "1.4.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Skip,
             Reason::NotNewer,
             false,
@@ -581,7 +593,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Pin, past, Some("~1.4")),
             "1.5.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Upgrade,
             Reason::Newer,
             true,
@@ -590,7 +602,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Pin, future, Some(">=1.4 <2")),
             "1.9.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Upgrade,
             Reason::Newer,
             false,
@@ -599,7 +611,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Pin, None, Some("not a pin")),
             "1.5.0",
-            Policy::Off,
+            VersionRule::Off,
             Action::Refuse,
             Reason::InvalidVersion,
             false,
@@ -608,7 +620,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Pin, None, Some("~1.4")),
             "latest",
-            Policy::Off,
+            VersionRule::Off,
             Action::Refuse,
             Reason::InvalidVersion,
             false,
@@ -617,7 +629,7 @@ fn locks() {
             deployed("1.4.0"),
             lock(Pin, None, None),
             "9.0.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Upgrade,
             Reason::Newer,
             false,
@@ -626,7 +638,7 @@ fn locks() {
             DeployedState::default(),
             lock(Pin, None, Some("1.x")),
             "2.0.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Skip,
             Reason::Pinned,
             false,
@@ -635,7 +647,7 @@ fn locks() {
             DeployedState::default(),
             lock(Pin, None, Some("1.x")),
             "1.2.0",
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Install,
             Reason::NotInstalled,
             false,
@@ -655,7 +667,7 @@ fn locks() {
 fn lock_messages() {
     let mut state = deployed("1.4.0");
     state.lock = Some(lock(LockKind::Soft, Some(NOW + 60), None));
-    let d = run(&state, &target("1.5.0"), Policy::Newer);
+    let d = run(&state, &target("1.5.0"), VersionRule::Newer);
     assert_eq!(
         d.message,
         "skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target 1.5.0 not \
@@ -663,14 +675,14 @@ fn lock_messages() {
          2023-11-14T22:14:20Z: \"db migration\\nrunning\""
     );
     state.lock = Some(lock(LockKind::Soft, Some(NOW - 60), None));
-    let d = run(&state, &target("1.5.0"), Policy::Newer);
+    let d = run(&state, &target("1.5.0"), VersionRule::Newer);
     assert_eq!(
         d.notes,
         ["ignored expired lock set by alice (soft lock, expired at 2023-11-14T22:12:20Z)"]
     );
     state.latest = meta(7, ReleaseStatus::PendingUpgrade);
     state.lock = Some(lock(LockKind::Hard, Some(NOW - 60), None));
-    let d = run(&state, &target("1.5.0"), Policy::Newer);
+    let d = run(&state, &target("1.5.0"), VersionRule::Newer);
     assert!(
         d.message.contains("guarded-upgrade unlock db -n shared"),
         "{}",
@@ -678,7 +690,7 @@ fn lock_messages() {
     );
     state.lock = Some(lock(LockKind::Pin, None, Some("~1.4")));
     state.latest = meta(7, ReleaseStatus::Deployed);
-    let d = run(&state, &target("2.0.0"), Policy::Newer);
+    let d = run(&state, &target("2.0.0"), VersionRule::Newer);
     assert!(
         d.message.contains("does not match the pin \"~1.4\""),
         "{}",
@@ -698,7 +710,7 @@ fn lock_messages() {
         pin_key: None,
         hard_original_status: None,
     });
-    let d = run(&state, &target("2.0.0"), Policy::Newer);
+    let d = run(&state, &target("2.0.0"), VersionRule::Newer);
     assert!(
         d.message.ends_with("not applied: soft lock by unknown"),
         "{}",
@@ -711,12 +723,12 @@ fn chart_change() {
     let state = deployed("1.4.0");
     let mut t = target("1.5.0");
     t.chart_name = Some("mysql".into());
-    let d = run(&state, &t, Policy::Newer);
+    let d = run(&state, &t, VersionRule::Newer);
     check(&d, Action::Refuse, Reason::ChartChanged);
     assert!(d.message.contains("--allow-chart-change"), "{}", d.message);
     // Chart change is checked even with policy off.
     check(
-        &run(&state, &t, Policy::Off),
+        &run(&state, &t, VersionRule::Off),
         Action::Refuse,
         Reason::ChartChanged,
     );
@@ -725,7 +737,7 @@ fn chart_change() {
         namespace: "shared",
         state: &state,
         target: Some(&t),
-        policy: Policy::Newer,
+        version_rule: VersionRule::Newer,
         allow_chart_change: true,
         now_unix: NOW,
         compare: &CompareKey::ChartVersion,
@@ -740,7 +752,7 @@ fn chart_change() {
         namespace: "shared",
         state: &state,
         target: Some(&t),
-        policy: Policy::Newer,
+        version_rule: VersionRule::Newer,
         allow_chart_change: true,
         now_unix: NOW,
         compare: &CompareKey::ChartVersion,
@@ -751,7 +763,7 @@ fn chart_change() {
     t.chart_name = None;
     t.version = "1.5.0".into();
     check(
-        &run(&state, &t, Policy::Newer),
+        &run(&state, &t, VersionRule::Newer),
         Action::Upgrade,
         Reason::Newer,
     );
@@ -761,13 +773,13 @@ fn chart_change() {
 fn target_note_is_kept() {
     let mut t = target("1.5.0");
     t.note = Some("--version 2.0.0 ignored for a local chart".into());
-    let d = run(&deployed("1.4.0"), &t, Policy::Newer);
+    let d = run(&deployed("1.4.0"), &t, VersionRule::Newer);
     assert_eq!(d.notes, ["--version 2.0.0 ignored for a local chart"]);
 }
 
 #[test]
 fn serializes_kebab_case() {
-    let d = run(&deployed("1.4.0"), &target("1.4.0"), Policy::Newer);
+    let d = run(&deployed("1.4.0"), &target("1.4.0"), VersionRule::Newer);
     let json = serde_json::to_value(&d).unwrap();
     assert_eq!(json["action"], "skip");
     assert_eq!(json["reason"], "not-newer");
@@ -786,7 +798,7 @@ fn serializes_kebab_case() {
         assert_eq!(serde_json::to_value(r).unwrap(), s);
     }
     assert_eq!(
-        serde_json::to_value(Policy::NewerOrEqual).unwrap(),
+        serde_json::to_value(VersionRule::NewerOrEqual).unwrap(),
         "newer-or-equal"
     );
     assert_eq!(serde_json::to_value(LockKind::Pin).unwrap(), "pin");
@@ -795,35 +807,39 @@ fn serializes_kebab_case() {
 #[test]
 fn policy_parse() {
     for p in [
-        Policy::Newer,
-        Policy::NewerOrEqual,
-        Policy::NewerOrChanged,
-        Policy::Off,
+        VersionRule::Newer,
+        VersionRule::NewerOrEqual,
+        VersionRule::NewerOrChanged,
+        VersionRule::Off,
     ] {
-        assert_eq!(Policy::parse(p.as_str()), Ok(p));
+        assert_eq!(VersionRule::parse(p.as_str()), Ok(p));
         assert_eq!(p.to_string(), p.as_str());
     }
     let names: Vec<&str> = [
-        Policy::Newer,
-        Policy::NewerOrEqual,
-        Policy::NewerOrChanged,
-        Policy::Off,
+        VersionRule::Newer,
+        VersionRule::NewerOrEqual,
+        VersionRule::NewerOrChanged,
+        VersionRule::Off,
     ]
     .iter()
-    .map(Policy::as_str)
+    .map(VersionRule::as_str)
     .collect();
-    assert_eq!(Policy::NAMES, names, "NAMES feeds help and completions");
     assert_eq!(
-        PolicyError("x".into()).to_string(),
+        VersionRule::NAMES,
+        names,
+        "NAMES feeds help and completions"
+    );
+    assert_eq!(
+        VersionRuleError("x".into()).to_string(),
         format!(
             "unknown version policy \"x\": use one of {}",
-            Policy::NAMES.join(", ")
+            VersionRule::NAMES.join(", ")
         )
     );
-    assert_eq!(Policy::default(), Policy::Newer);
-    let err = Policy::parse("Newer").unwrap_err().to_string();
+    assert_eq!(VersionRule::default(), VersionRule::Newer);
+    let err = VersionRule::parse("Newer").unwrap_err().to_string();
     assert!(err.contains("newer-or-equal"), "{err}");
-    assert!(Policy::parse("").is_err());
+    assert!(VersionRule::parse("").is_err());
 }
 
 #[test]
@@ -858,7 +874,7 @@ fn scalar(text: &str) -> KeyText {
 fn run_with(
     state: &DeployedState,
     target: &Target,
-    policy: Policy,
+    policy: VersionRule,
     compare: &CompareKey,
     facts: Option<&ChangeFacts>,
 ) -> Decision {
@@ -867,7 +883,7 @@ fn run_with(
         namespace: "shared",
         state,
         target: Some(target),
-        policy,
+        version_rule: policy,
         allow_chart_change: false,
         now_unix: NOW,
         compare,
@@ -1008,7 +1024,7 @@ fn newer_or_changed() {
         let d = run_with(
             &state,
             &target(want),
-            Policy::NewerOrChanged,
+            VersionRule::NewerOrChanged,
             &CompareKey::ChartVersion,
             facts,
         );
@@ -1023,7 +1039,11 @@ fn newer_or_changed() {
         }
     }
     // Other policies never ask for facts.
-    for policy in [Policy::Newer, Policy::NewerOrEqual, Policy::Off] {
+    for policy in [
+        VersionRule::Newer,
+        VersionRule::NewerOrEqual,
+        VersionRule::Off,
+    ] {
         let d = run_with(
             &deployed("1.4.0"),
             &target("1.4.0"),
@@ -1043,7 +1063,7 @@ fn newer_or_changed_messages() {
     let d = run_with(
         &deployed("1.4.0"),
         &target("1.4.0"),
-        Policy::NewerOrChanged,
+        VersionRule::NewerOrChanged,
         &CompareKey::ChartVersion,
         Some(&changed(&[])),
     );
@@ -1055,7 +1075,7 @@ fn newer_or_changed_messages() {
     let d = run_with(
         &deployed("1.4.0"),
         &target("1.4.0"),
-        Policy::NewerOrChanged,
+        VersionRule::NewerOrChanged,
         &CompareKey::ChartVersion,
         Some(&changed(&[Part::Manifest, Part::Hooks])),
     );
@@ -1085,7 +1105,7 @@ fn compare_keys() {
         &CompareKey,
         DeployedState,
         Option<ChangeFacts>,
-        Policy,
+        VersionRule,
         Action,
         Reason,
         bool,
@@ -1096,7 +1116,7 @@ fn compare_keys() {
             &tag,
             deployed("1.4.0"),
             None,
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Refuse,
             Reason::UnknownState,
             true,
@@ -1107,7 +1127,7 @@ fn compare_keys() {
             &tag,
             deployed("1.4.0"),
             Some(facts(scalar("1.0.0"), scalar("1.1.0"), None)),
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Upgrade,
             Reason::Newer,
             false,
@@ -1118,7 +1138,7 @@ fn compare_keys() {
             &tag,
             deployed("1.4.0"),
             Some(facts(scalar("1.1.0"), scalar("1.0.0"), None)),
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Skip,
             Reason::Downgrade,
             false,
@@ -1130,7 +1150,7 @@ fn compare_keys() {
             &tag,
             deployed("9.0.0"),
             Some(facts(scalar("1.0.0"), scalar("1.1.0"), None)),
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Upgrade,
             Reason::Newer,
             false,
@@ -1141,7 +1161,7 @@ fn compare_keys() {
             &tag,
             deployed("1.4.0"),
             Some(facts(scalar("1.0.0"), scalar("1.0.0"), None)),
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Skip,
             Reason::NotNewer,
             false,
@@ -1153,7 +1173,7 @@ fn compare_keys() {
             &tag,
             deployed("1.4.0"),
             Some(facts(scalar("latest"), scalar("latest"), Some(vec![]))),
-            Policy::NewerOrChanged,
+            VersionRule::NewerOrChanged,
             Action::Skip,
             Reason::Unchanged,
             false,
@@ -1168,7 +1188,7 @@ fn compare_keys() {
                 scalar("latest"),
                 Some(vec![Part::Values]),
             )),
-            Policy::NewerOrChanged,
+            VersionRule::NewerOrChanged,
             Action::Upgrade,
             Reason::Changed,
             false,
@@ -1179,7 +1199,7 @@ fn compare_keys() {
             &tag,
             deployed("1.4.0"),
             Some(facts(scalar("latest"), scalar("latest"), None)),
-            Policy::NewerOrChanged,
+            VersionRule::NewerOrChanged,
             Action::Refuse,
             Reason::UnknownState,
             true,
@@ -1191,7 +1211,7 @@ fn compare_keys() {
             &tag,
             deployed("1.4.0"),
             Some(facts(scalar("latest"), scalar("1.0.0"), None)),
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Refuse,
             Reason::InvalidVersion,
             false,
@@ -1202,7 +1222,7 @@ fn compare_keys() {
             &tag,
             deployed("1.4.0"),
             Some(facts(scalar("1.0.0"), scalar("sha-abc"), None)),
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Refuse,
             Reason::InvalidVersion,
             false,
@@ -1213,7 +1233,7 @@ fn compare_keys() {
             &tag,
             deployed("1.4.0"),
             Some(facts(KeyText::Missing, scalar("1.0.0"), None)),
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Refuse,
             Reason::InvalidVersion,
             false,
@@ -1224,7 +1244,7 @@ fn compare_keys() {
             &tag,
             deployed("1.4.0"),
             Some(facts(scalar("1.0.0"), KeyText::NotScalar("a map"), None)),
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Refuse,
             Reason::InvalidVersion,
             false,
@@ -1236,7 +1256,7 @@ fn compare_keys() {
             &tag,
             deployed("1.4.0"),
             None,
-            Policy::Off,
+            VersionRule::Off,
             Action::Upgrade,
             Reason::PolicyOff,
             false,
@@ -1248,7 +1268,7 @@ fn compare_keys() {
             &app,
             app_state.clone(),
             None,
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Refuse,
             Reason::UnknownState,
             true,
@@ -1259,7 +1279,7 @@ fn compare_keys() {
             &app,
             app_state.clone(),
             Some(facts(KeyText::Missing, scalar("2.1.0"), None)),
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Upgrade,
             Reason::Newer,
             false,
@@ -1270,7 +1290,7 @@ fn compare_keys() {
             &app,
             app_state.clone(),
             Some(facts(KeyText::Missing, scalar("1.9.0"), None)),
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Skip,
             Reason::Downgrade,
             false,
@@ -1281,7 +1301,7 @@ fn compare_keys() {
             &app,
             deployed("1.4.0"),
             Some(facts(KeyText::Missing, scalar("1.9.0"), None)),
-            Policy::Newer,
+            VersionRule::Newer,
             Action::Refuse,
             Reason::InvalidVersion,
             false,
@@ -1321,7 +1341,7 @@ fn compare_key_messages_name_only_the_key_value() {
         run_with(
             &deployed("1.4.0"),
             &target("1.4.0"),
-            Policy::Newer,
+            VersionRule::Newer,
             &tag,
             Some(&facts),
         )
@@ -1352,7 +1372,7 @@ fn compare_key_messages_name_only_the_key_value() {
         run_with(
             &deployed("1.4.0"),
             &target("1.4.0"),
-            Policy::NewerOrChanged,
+            VersionRule::NewerOrChanged,
             &tag,
             Some(&unchanged),
         )
@@ -1375,7 +1395,7 @@ fn compare_key_messages_name_only_the_key_value() {
         run_with(
             &app_state,
             &target("1.5.0"),
-            Policy::Newer,
+            VersionRule::Newer,
             &app,
             Some(&app_facts)
         )
@@ -1536,7 +1556,7 @@ fn pins_on_keys() {
         let d = run_with(
             &state,
             &target("1.4.0"),
-            Policy::Newer,
+            VersionRule::Newer,
             compare,
             facts.as_ref(),
         );
@@ -1551,7 +1571,7 @@ fn pins_on_keys() {
     let d = run_with(
         &state,
         &target("1.4.0"),
-        Policy::Newer,
+        VersionRule::Newer,
         &tag,
         Some(&target_tag("1.5.0")),
     );
@@ -1566,7 +1586,7 @@ fn pins_on_keys() {
     let d = run_with(
         &state,
         &target("1.4.0"),
-        Policy::Newer,
+        VersionRule::Newer,
         &CompareKey::ChartVersion,
         Some(&target_tag("1.5.0")),
     );
@@ -1626,8 +1646,8 @@ fn compare_key_parse_and_needed_keys() {
         vec![CompareKey::AppVersion]
     );
     assert_eq!(
-        Policy::parse("newer-or-changed"),
-        Ok(Policy::NewerOrChanged)
+        VersionRule::parse("newer-or-changed"),
+        Ok(VersionRule::NewerOrChanged)
     );
     assert_eq!(
         serde_json::to_value(Reason::Unchanged).unwrap(),
@@ -1637,7 +1657,7 @@ fn compare_key_parse_and_needed_keys() {
     let d = run_with(
         &deployed("1.4.0"),
         &target("1.4.0"),
-        Policy::NewerOrChanged,
+        VersionRule::NewerOrChanged,
         &CompareKey::ChartVersion,
         Some(&changed(&[Part::Values])),
     );

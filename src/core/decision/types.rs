@@ -37,10 +37,11 @@ impl Part {
     }
 }
 
-/// Minimum-version policy (`--min-version-policy`).
+/// The minimum-version rule (`--min-version-policy`): which chart versions may replace the
+/// deployed one. Named apart from the `policy` command (the hard lock's admission policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Policy {
+pub enum VersionRule {
     /// Only strictly newer chart versions are applied (default).
     #[default]
     Newer,
@@ -56,45 +57,45 @@ pub enum Policy {
 /// An unknown `--min-version-policy` value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown version policy {0:?}: use one of newer, newer-or-equal, newer-or-changed, off")]
-pub struct PolicyError(pub String);
+pub struct VersionRuleError(pub String);
 
-impl Policy {
-    /// Every policy's flag text, in help order; [`Policy::parse`] accepts exactly these.
+impl VersionRule {
+    /// Every policy's flag text, in help order; [`VersionRule::parse`] accepts exactly these.
     pub const NAMES: &'static [&'static str] =
         &["newer", "newer-or-equal", "newer-or-changed", "off"];
 
     /// Parses `newer`, `newer-or-equal`, `newer-or-changed` or `off`.
-    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+    pub fn parse(text: &str) -> Result<VersionRule, VersionRuleError> {
         match text {
-            "newer" => Ok(Policy::Newer),
-            "newer-or-equal" => Ok(Policy::NewerOrEqual),
-            "newer-or-changed" => Ok(Policy::NewerOrChanged),
-            "off" => Ok(Policy::Off),
-            other => Err(PolicyError(other.to_string())),
+            "newer" => Ok(VersionRule::Newer),
+            "newer-or-equal" => Ok(VersionRule::NewerOrEqual),
+            "newer-or-changed" => Ok(VersionRule::NewerOrChanged),
+            "off" => Ok(VersionRule::Off),
+            other => Err(VersionRuleError(other.to_string())),
         }
     }
 
     /// The flag text of this policy.
     pub fn as_str(&self) -> &'static str {
         match self {
-            Policy::Newer => "newer",
-            Policy::NewerOrEqual => "newer-or-equal",
-            Policy::NewerOrChanged => "newer-or-changed",
-            Policy::Off => "off",
+            VersionRule::Newer => "newer",
+            VersionRule::NewerOrEqual => "newer-or-equal",
+            VersionRule::NewerOrChanged => "newer-or-changed",
+            VersionRule::Off => "off",
         }
     }
 }
 
-impl fmt::Display for Policy {
+impl fmt::Display for VersionRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl std::str::FromStr for Policy {
-    type Err = PolicyError;
+impl std::str::FromStr for VersionRule {
+    type Err = VersionRuleError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Policy::parse(s)
+        VersionRule::parse(s)
     }
 }
 
@@ -303,8 +304,8 @@ pub struct DecisionInput<'a> {
     /// The target chart; `None` asks only what the rules say before a target is compared
     /// ([`gate`], used by `status`).
     pub target: Option<&'a Target>,
-    /// Version policy.
-    pub policy: Policy,
+    /// The minimum-version rule (`--min-version-policy`).
+    pub version_rule: VersionRule,
     /// `--allow-chart-change`.
     pub allow_chart_change: bool,
     /// Current time, unix seconds (for lock expiry).
@@ -348,7 +349,7 @@ pub enum Reason {
     Newer,
     /// Target equals the deployed version under `newer-or-equal`.
     EqualReapply,
-    /// Policy `off`: no version comparison.
+    /// `VersionRule::Off`: no version comparison.
     PolicyOff,
     /// Target equals the deployed version under `newer`.
     NotNewer,
