@@ -534,6 +534,21 @@ mod tests {
     }
 
     #[test]
+    fn help_and_completions_name_the_mutex_timeout_not_its_former_name() {
+        use crate::output::completion_script;
+        let help = command()
+            .find_subcommand_mut("upgrade")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let bash = completion_script(CompletionTarget::Bash);
+        for surface in [&help, &bash, &shim_help()] {
+            assert!(surface.contains("mutex-timeout") || surface.contains("MUTEX_TIMEOUT"));
+            assert!(!surface.contains("lock-timeout") && !surface.contains("LOCK_TIMEOUT"));
+        }
+    }
+
+    #[test]
     fn shell_completions_offer_exactly_the_guard_flags() {
         use crate::output::completion_script;
         let bash = completion_script(CompletionTarget::Bash);
