@@ -1,7 +1,7 @@
 //! The adapters: everything that talks to the world outside the process, on top of the
 //! pure [`crate::core`]. The cluster connection ([`cluster`]), helm's release records
 //! ([`storage`], read and validated by [`state`]), the one retry policy ([`retry`]), the
-//! per-release mutex Lease ([`mutex`]), the enforced hard lock's admission policy
+//! per-release mutex Lease ([`mutex`]), the enforced hard lock's enforcer of each store
 //! ([`enforce`]), stale pending records ([`recovery`]), the helm process ([`helm`], with
 //! its stdin feeds [`inputs`]) and its dry run ([`change`]), charts ([`target`]) and the
 //! helm shim's routing ([`shim`]).

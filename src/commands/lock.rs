@@ -1,5 +1,6 @@
 //! `lock`: writes the lock onto every record of the release.
 
+use crate::adapters::enforce::{Availability, Installed};
 use crate::adapters::storage::{RecordHeader, ReleaseStore, Store};
 use crate::cli::OutputFormat;
 use crate::core::decision::{LockKind, LockState};
@@ -10,12 +11,12 @@ use crate::output::{self, report::LockReport};
 use crate::plan::LockPlan;
 
 use super::interrupts::Interrupts;
-use super::policy;
 use super::records::{needs_labels, Scope};
+use super::session;
 
 /// Runs `lock`.
 pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
-    let session = super::connect(&plan.cluster, None).await?;
+    let session = session::connect(&plan.cluster, None).await?;
     let mut spec = plan.spec;
     if spec.by.is_none() {
         spec.by = lock::default_by(session.user.as_deref());
@@ -30,47 +31,81 @@ pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
     if let Some(latest) = headers.last() {
         refuse_pending(&scope, latest)?;
     }
-    // Whether the cluster can enforce a hard lock is known before anything is written
-    // (`--enforce` stops here when it cannot).
-    let before = policy::before_lock(&session, &plan.release, &spec, plan.enforce).await?;
+    // Whether the store's enforcer can enforce a hard lock is known before anything is
+    // written (`--enforce` stops here when it cannot).
+    let enforcer = session.enforcer();
+    let available = match spec.kind {
+        LockKind::Hard => Some(enforcer.availability(&plan.release).await),
+        _ => None,
+    };
+    if let (true, Some(Availability::Unavailable(why))) = (plan.enforce, &available) {
+        return Err(scope.refused(format!(
+            "--enforce: the hard lock cannot be enforced by {}: {why}; nothing changed \
+             (without --enforce the lock is set, labels only)",
+            enforcer.who()
+        )));
+    }
     let was_hard = headers
         .last()
         .is_some_and(|h| h.labels.get(lock::KEY_LOCK).map(String::as_str) == Some("hard"));
     let latest = headers.last().map(|h| h.name.clone()).unwrap_or_default();
     if !converged(&headers, &spec) {
         let interrupts = Interrupts::listen();
-        super::serialized(&session, &plan.release, async {
+        session::serialized(&session, &plan.release, async {
             // An enforced lock refuses every record write: lift it first (the labels
-            // still say hard; `impose` below puts it back for a hard lock).
+            // still say hard; `install` below puts it back for a hard lock).
             if was_hard {
-                policy::lift(&session, &plan.release, true, Some(&latest)).await?;
+                session
+                    .lift_enforcement(&plan.release, true, Some(&latest))
+                    .await?;
             }
             lock_release(&session.store, &plan.release, &spec, interrupts).await
         })
         .await?;
     } else if was_hard && spec.kind != LockKind::Hard {
-        policy::lift(&session, &plan.release, true, Some(&latest)).await?;
+        session
+            .lift_enforcement(&plan.release, true, Some(&latest))
+            .await?;
     }
-    let enforced = match &before.available {
+    let installed = match &available {
         Some(available) => Some(
-            policy::impose(
-                &session,
-                &plan.release,
-                &latest,
-                &spec,
-                available,
-                plan.enforce,
-            )
-            .await?,
+            enforcer
+                .install(&plan.release, &latest, &spec, available)
+                .await,
         ),
         None => None,
     };
+    if let (true, Some(Installed::NotEnforced { why })) = (plan.enforce, &installed) {
+        return Err(scope.refused(format!(
+            "--enforce: the hard lock is set (labels only) but {} does not enforce it: {why}. \
+             Run the same command again, or `guarded-upgrade unlock {} -n {}`",
+            enforcer.who(),
+            plan.release,
+            session.namespace
+        )));
+    }
     if plan.format == OutputFormat::Json {
         output::lock_json(&LockReport::new(&state_of(&spec), now_unix()));
     }
     output::progress(&locked_line(&plan.release, &session.namespace, &spec));
-    if let Some(outcome) = enforced {
-        outcome.say(&plan.release, &session.namespace);
+    let (release, namespace) = (&plan.release, &session.namespace);
+    match installed {
+        Some(Installed::Enforced { how, notes }) => {
+            output::progress(&format!(
+                "enforced: {} refuses changes to release {release:?} in {namespace:?} ({how})",
+                enforcer.who()
+            ));
+            for note in notes {
+                output::note(&note);
+            }
+        }
+        Some(Installed::NotEnforced { why }) => output::warning(&format!(
+            "the hard lock is {}; plain helm upgrade and install are refused (pending record), \
+             but helm rollback, helm uninstall and {} are not",
+            enforcer.not_enforced(&why),
+            enforcer.bypass()
+        )),
+        None => {}
     }
     Ok(Exit::Success)
 }

@@ -12,7 +12,7 @@ use crate::plan::LocksPlan;
 
 /// Runs `locks`.
 pub(super) async fn run(plan: LocksPlan) -> Result<Exit, Error> {
-    let session = super::connect(&plan.cluster, None).await?;
+    let session = super::session::connect(&plan.cluster, None).await?;
     let scope = if plan.all_namespaces {
         "all namespaces".to_string()
     } else {
@@ -40,7 +40,7 @@ pub(super) async fn run(plan: LocksPlan) -> Result<Exit, Error> {
         .map(|r| (r.namespace.as_str(), r.release.as_str(), &mut r.lock))
         .collect();
     let namespace = (!plan.all_namespaces).then_some(session.namespace.as_str());
-    super::policy::describe(&session.client, &session.store, namespace, &mut locks).await;
+    session.describe_enforcement(namespace, &mut locks).await;
     output::locks(&rows, &scope, plan.format);
     Ok(Exit::Success)
 }

@@ -1,6 +1,11 @@
 //! One file per verb. Each takes its validated plan, does its I/O through the adapters
-//! (storage, mutex, helm), has [`crate::output`] say what happened, and returns how the
-//! process ends.
+//! (storage, mutex, helm, the hard-lock enforcer), has [`crate::output`] say what
+//! happened, and returns how the process ends.
+//!
+//! Verbs share only `session.rs` (connect, the mutex, the enforcer's steps), `records.rs`
+//! (executing planned record writes), `interrupts.rs` (signals) and `guard.rs` (upgrade and
+//! check); no verb imports another, and this file only hands each plan to its verb
+//! (`tests/architecture.rs` checks both).
 
 mod check;
 mod completions;
@@ -12,16 +17,13 @@ mod locks;
 mod man;
 mod policy;
 mod records;
+mod session;
 mod status;
 mod unlock;
 mod upgrade;
 
-use crate::adapters::cluster;
-use crate::adapters::mutex::{self, MutexError};
-use crate::adapters::storage::Store;
 use crate::error::{Error, Exit};
-use crate::output;
-use crate::plan::{ClusterPlan, Plan, PlanKind};
+use crate::plan::{Plan, PlanKind};
 
 impl Plan {
     /// Runs the plan on a fresh async runtime and says how the process should end.
@@ -60,130 +62,4 @@ pub(crate) async fn run(plan: PlanKind) -> Result<Exit, Error> {
         PlanKind::Completions(shell) => completions::run(shell),
         PlanKind::Man(dir) => man::run(dir),
     }
-}
-
-/// A connected command: the release store and what else the cluster told us.
-pub(crate) struct Session {
-    /// Helm's release records, through the driver `HELM_DRIVER` names.
-    pub store: Store,
-    /// For objects other than release records (the mutex Lease, namespaces).
-    pub client: kube::Client,
-    /// The release namespace, resolved as helm resolves it.
-    pub namespace: String,
-    /// The kubeconfig user, default "who" of a lock.
-    pub user: Option<String>,
-}
-
-impl Session {
-    /// `Secret` or `ConfigMap`: the kind of the release records.
-    pub(crate) fn store_kind(&self) -> &'static str {
-        use crate::adapters::storage::ReleaseStore;
-        self.store.kind()
-    }
-}
-
-/// Connects as helm would for these flags and opens the release store. `deciding_for`
-/// names the release in errors of `upgrade` and `check`.
-pub(crate) async fn connect(
-    plan: &ClusterPlan,
-    deciding_for: Option<&str>,
-) -> Result<Session, Error> {
-    let target = cluster::connect(&plan.flags, &plan.env)
-        .await
-        .map_err(|source| Error::Connect {
-            release: deciding_for.map(str::to_string),
-            source: Box::new(source),
-        })?;
-    let store = Store::open(plan.driver, target.client.clone(), &target.namespace)
-        .await
-        .map_err(|source| Error::OpenStore {
-            release: deciding_for.map(str::to_string),
-            source: Box::new(source),
-        })?;
-    Ok(Session {
-        store,
-        client: target.client,
-        namespace: target.namespace,
-        user: target.user,
-    })
-}
-
-/// Takes the release's mutex, saying what it waits for and whom it took over from.
-pub(crate) async fn acquire_mutex(
-    session: &Session,
-    release: &str,
-    options: &mutex::AcquireOptions,
-) -> Result<mutex::Held, MutexError> {
-    let namespace = session.namespace.as_str();
-    let lease = mutex::lease_name(release);
-    let held = mutex::acquire(&session.client, namespace, release, options, |wait| {
-        output::waiting(&format!(
-            "mutex {lease} for release {release:?} in {namespace:?} {wait}"
-        ));
-    })
-    .await?;
-    if let Some(previous) = &held.took_over_from {
-        output::note(&format!(
-            "took over the mutex from {previous}, which stopped renewing it"
-        ));
-    }
-    Ok(held)
-}
-
-/// Gives the mutex back, warning when it was lost while held or could not be released.
-pub(crate) async fn release_mutex(held: mutex::Held, release: &str, namespace: &str) {
-    let lease = mutex::lease_name(release);
-    let hold = held.release().await;
-    if let Some(unreleased) = &hold.unreleased {
-        output::warning(&unreleased.to_string());
-    }
-    if let Some(how) = hold.lost {
-        output::warning(&format!(
-            "lost the mutex {lease} for release {release:?} in {namespace:?} while holding it \
-             ({how}); another run may have overlapped with this one, check `helm history \
-             {release} -n {namespace}`"
-        ));
-    }
-}
-
-/// Runs a record rewrite (`lock`, `unlock`) under the release's mutex, so concurrent
-/// lock, unlock and upgrade runs never interleave their writes. Where the mutex cannot be
-/// used (Leases forbidden, no namespace) the rewrite runs unserialized, with a warning:
-/// its writes still carry resourceVersion preconditions.
-pub(crate) async fn serialized<T>(
-    session: &Session,
-    release: &str,
-    body: impl std::future::Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    let options = mutex::AcquireOptions {
-        timeout: mutex::DEFAULT_WAIT,
-        lease_duration: mutex::DEFAULT_LEASE_DURATION,
-    };
-    let held = match acquire_mutex(session, release, &options).await {
-        Ok(held) => held,
-        Err(MutexError::NamespaceMissing(_)) => return body.await,
-        Err(MutexError::Forbidden {
-            lease,
-            namespace,
-            verb,
-            message,
-        }) => {
-            output::warning(&format!(
-                "running without the release mutex: the API forbids {verb} on Lease {lease:?} \
-                 in namespace {namespace:?} ({message}); a concurrent lock, unlock or upgrade \
-                 may interleave with this one"
-            ));
-            return body.await;
-        }
-        Err(source) => {
-            return Err(Error::Mutex {
-                release: release.to_string(),
-                namespace: session.namespace.clone(),
-                source: Box::new(source),
-            })
-        }
-    };
-    let outcome = body.await;
-    release_mutex(held, release, &session.namespace).await;
-    outcome
 }

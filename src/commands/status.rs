@@ -12,18 +12,14 @@ use crate::plan::StatusPlan;
 
 /// Runs `status`.
 pub(super) async fn run(plan: StatusPlan) -> Result<Exit, Error> {
-    let session = super::connect(&plan.cluster, None).await?;
+    let session = super::session::connect(&plan.cluster, None).await?;
     let now = now_unix();
     let mut report = status_report(&session.store, &plan.release, now).await?;
     let namespace = session.namespace.clone();
     if let Some(lock) = report.lock.as_mut() {
-        super::policy::describe(
-            &session.client,
-            &session.store,
-            Some(&namespace),
-            &mut [(&namespace, &plan.release, lock)],
-        )
-        .await;
+        session
+            .describe_enforcement(Some(&namespace), &mut [(&namespace, &plan.release, lock)])
+            .await;
     }
     // Informational: a status without Lease RBAC still shows the release, and says the
     // mutex is unknown rather than free.

@@ -13,10 +13,11 @@ use crate::plan::UnlockPlan;
 
 use super::interrupts::Interrupts;
 use super::records::Scope;
+use super::session;
 
 /// Runs `unlock`.
 pub(super) async fn run(plan: UnlockPlan) -> Result<Exit, Error> {
-    let session = super::connect(&plan.cluster, None).await?;
+    let session = session::connect(&plan.cluster, None).await?;
     // No guarded-upgrade label anywhere: nothing to write, not even the mutex.
     let scope = Scope {
         store: &session.store,
@@ -31,13 +32,15 @@ pub(super) async fn run(plan: UnlockPlan) -> Result<Exit, Error> {
         .last()
         .is_some_and(|h| h.labels.get(lock::KEY_LOCK).map(String::as_str) == Some("hard"));
     let latest = headers.last().map(|h| h.name.as_str());
-    let lifted = super::policy::lift(&session, &plan.release, hard, latest).await?;
+    let lifted = session
+        .lift_enforcement(&plan.release, hard, latest)
+        .await?;
     let had_lock = if headers
         .iter()
         .any(|h| h.labels.keys().any(|k| k.starts_with(lock::PREFIX)))
     {
         let interrupts = Interrupts::listen();
-        super::serialized(
+        session::serialized(
             &session,
             &plan.release,
             unlock_release(&session.store, &plan.release, plan.force, interrupts),

@@ -21,7 +21,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     // A missing helm is reported before anything else.
     let helm = guard::locate_helm(&plan)?;
     output::debug(&format!("helm {}", helm.display()));
-    let session = super::connect(&plan.cluster, Some(&plan.release)).await?;
+    let session = super::session::connect(&plan.cluster, Some(&plan.release)).await?;
     output::debug(&format!(
         "release {:?} in namespace {:?}, {} records",
         plan.release,
@@ -73,7 +73,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
         timeout: serialize.wait,
         lease_duration: serialize.lease_duration,
     };
-    let held = match super::acquire_mutex(&session, release, &options).await {
+    let held = match super::session::acquire_mutex(&session, release, &options).await {
         Ok(held) => held,
         Err(MutexError::NamespaceMissing(_)) => {
             // The Lease cannot live in a namespace that does not exist. The first decision
@@ -132,7 +132,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
         }
     }
     .await;
-    super::release_mutex(held, release, namespace).await;
+    super::session::release_mutex(held, release, namespace).await;
     outcome
 }
 

@@ -61,6 +61,11 @@ pub(crate) fn progress(text: &str) {
     line(text);
 }
 
+/// A result on stdout, as is (`policy show`'s lines, `policy manifest`'s YAML).
+pub(crate) fn result(text: &str) {
+    print!("{text}");
+}
+
 /// The decision for people: its one line (`skip: …`, `upgrade: …`) and its notes.
 pub(crate) fn decision(decision: &Decision, mutex_note: Option<&str>) {
     line(&decision.message);

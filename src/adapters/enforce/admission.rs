@@ -780,7 +780,7 @@ mod tests {
     /// One source of truth: the committed manifest is what `policy install` applies.
     #[test]
     fn committed_manifest_is_generated() {
-        let committed = include_str!("../../deploy/hard-lock-policy.yaml");
+        let committed = include_str!("../../../deploy/hard-lock-policy.yaml");
         assert!(
             committed == manifest_yaml(),
             "deploy/hard-lock-policy.yaml differs from `guarded-upgrade policy manifest`; \

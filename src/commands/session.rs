@@ -1,0 +1,188 @@
+//! What the verbs share: the connected session, the release's mutex around record
+//! rewrites, and the hard-lock enforcer's steps as commands say them.
+
+use crate::adapters::cluster;
+use crate::adapters::enforce::{Described, Enforcement, Enforcer};
+use crate::adapters::mutex::{self, MutexError};
+use crate::adapters::storage::Store;
+use crate::error::Error;
+use crate::output::{self, report::LockReport};
+use crate::plan::ClusterPlan;
+
+/// A connected command: the release store and what else the cluster told us.
+pub(super) struct Session {
+    /// Helm's release records, through the driver `HELM_DRIVER` names.
+    pub store: Store,
+    /// For objects other than release records (the mutex Lease, namespaces).
+    pub client: kube::Client,
+    /// The release namespace, resolved as helm resolves it.
+    pub namespace: String,
+    /// The kubeconfig user, default "who" of a lock.
+    pub user: Option<String>,
+}
+
+/// Connects as helm would for these flags and opens the release store. `deciding_for`
+/// names the release in errors of `upgrade` and `check`.
+pub(super) async fn connect(
+    plan: &ClusterPlan,
+    deciding_for: Option<&str>,
+) -> Result<Session, Error> {
+    let target = cluster::connect(&plan.flags, &plan.env)
+        .await
+        .map_err(|source| Error::Connect {
+            release: deciding_for.map(str::to_string),
+            source: Box::new(source),
+        })?;
+    let store = Store::open(plan.driver, target.client.clone(), &target.namespace)
+        .await
+        .map_err(|source| Error::OpenStore {
+            release: deciding_for.map(str::to_string),
+            source: Box::new(source),
+        })?;
+    Ok(Session {
+        store,
+        client: target.client,
+        namespace: target.namespace,
+        user: target.user,
+    })
+}
+
+/// Takes the release's mutex, saying what it waits for and whom it took over from.
+pub(super) async fn acquire_mutex(
+    session: &Session,
+    release: &str,
+    options: &mutex::AcquireOptions,
+) -> Result<mutex::Held, MutexError> {
+    let namespace = session.namespace.as_str();
+    let lease = mutex::lease_name(release);
+    let held = mutex::acquire(&session.client, namespace, release, options, |wait| {
+        output::waiting(&format!(
+            "mutex {lease} for release {release:?} in {namespace:?} {wait}"
+        ));
+    })
+    .await?;
+    if let Some(previous) = &held.took_over_from {
+        output::note(&format!(
+            "took over the mutex from {previous}, which stopped renewing it"
+        ));
+    }
+    Ok(held)
+}
+
+/// Gives the mutex back, warning when it was lost while held or could not be released.
+pub(super) async fn release_mutex(held: mutex::Held, release: &str, namespace: &str) {
+    let lease = mutex::lease_name(release);
+    let hold = held.release().await;
+    if let Some(unreleased) = &hold.unreleased {
+        output::warning(&unreleased.to_string());
+    }
+    if let Some(how) = hold.lost {
+        output::warning(&format!(
+            "lost the mutex {lease} for release {release:?} in {namespace:?} while holding it \
+             ({how}); another run may have overlapped with this one, check `helm history \
+             {release} -n {namespace}`"
+        ));
+    }
+}
+
+/// Runs a record rewrite (`lock`, `unlock`) under the release's mutex, so concurrent
+/// lock, unlock and upgrade runs never interleave their writes. Where the mutex cannot be
+/// used (Leases forbidden, no namespace) the rewrite runs unserialized, with a warning:
+/// its writes still carry resourceVersion preconditions.
+pub(super) async fn serialized<T>(
+    session: &Session,
+    release: &str,
+    body: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let options = mutex::AcquireOptions {
+        timeout: mutex::DEFAULT_WAIT,
+        lease_duration: mutex::DEFAULT_LEASE_DURATION,
+    };
+    let held = match acquire_mutex(session, release, &options).await {
+        Ok(held) => held,
+        Err(MutexError::NamespaceMissing(_)) => return body.await,
+        Err(MutexError::Forbidden {
+            lease,
+            namespace,
+            verb,
+            message,
+        }) => {
+            output::warning(&format!(
+                "running without the release mutex: the API forbids {verb} on Lease {lease:?} \
+                 in namespace {namespace:?} ({message}); a concurrent lock, unlock or upgrade \
+                 may interleave with this one"
+            ));
+            return body.await;
+        }
+        Err(source) => {
+            return Err(Error::Mutex {
+                release: release.to_string(),
+                namespace: session.namespace.clone(),
+                source: Box::new(source),
+            })
+        }
+    };
+    let outcome = body.await;
+    release_mutex(held, release, &session.namespace).await;
+    outcome
+}
+
+impl Session {
+    /// The hard-lock enforcer of this session's store.
+    pub(super) fn enforcer(&self) -> Enforcer<'_> {
+        Enforcer::of(&self.store, &self.client)
+    }
+
+    /// Lifts the enforcement of `release` before its records are rewritten, saying its
+    /// notes. True when it was in place. `hard`: the labels say hard.
+    pub(super) async fn lift_enforcement(
+        &self,
+        release: &str,
+        hard: bool,
+        latest: Option<&str>,
+    ) -> Result<bool, Error> {
+        match self.enforcer().lift(release, hard, latest).await {
+            Ok(lift) => {
+                for note in &lift.notes {
+                    output::note(note);
+                }
+                Ok(lift.lifted)
+            }
+            Err(message) => Err(Error::Refused {
+                release: release.to_string(),
+                namespace: self.namespace.clone(),
+                message,
+            }),
+        }
+    }
+
+    /// Fills in how each lock is enforced (`status`, `locks`): soft and pin locks are
+    /// labels only; hard locks as the enforcer finds them. `namespace`: the one read, None
+    /// for all.
+    pub(super) async fn describe_enforcement(
+        &self,
+        namespace: Option<&str>,
+        locks: &mut [(&str, &str, &mut LockReport)],
+    ) {
+        let hard: Vec<(&str, &str)> = locks
+            .iter()
+            .filter(|(_, _, l)| l.kind == "hard")
+            .map(|(ns, release, _)| (*ns, *release))
+            .collect();
+        let mut described = self.enforcer().describe(namespace, &hard).await.into_iter();
+        for (_, _, lock) in locks.iter_mut() {
+            let Described { enforcement, note } = match lock.kind == "hard" {
+                true => described.next().unwrap_or(Described {
+                    enforcement: Enforcement::LabelsOnly,
+                    note: None,
+                }),
+                false => Described {
+                    enforcement: Enforcement::LabelsOnly,
+                    note: None,
+                },
+            };
+            lock.enforcement = Some(enforcement);
+            lock.enforcement_note = note;
+        }
+    }
+}
