@@ -423,16 +423,15 @@ fn labels_would_change(
 ) -> bool {
     let current = custom_labels(record_labels);
     let mut merged = current.clone();
+    // As helm's pflag reads each value; a value it refuses fails helm before any write.
     let pairs = labels
         .iter()
-        .flat_map(|l| l.split(','))
-        .filter(|item| !item.is_empty())
-        .map(|item| item.split_once('=').unwrap_or((item, "")));
+        .flat_map(|l| crate::core::argv::string_to_string(l).unwrap_or_default());
     for (key, value) in pairs {
         if value == "null" {
-            merged.remove(key);
+            merged.remove(&key);
         } else {
-            merged.insert(key.to_string(), value.to_string());
+            merged.insert(key, value);
         }
     }
     merged != current

@@ -204,6 +204,19 @@ pub enum ArgvError {
         /// Why.
         why: &'static str,
     },
+    /// `--labels`/`-l` names a key of guarded-upgrade's locks: helm would write it into the
+    /// new record, moving a pin or lifting a lock without `lock`/`unlock`.
+    #[error(
+        "{flag} sets the label {key:?}: keys under `guarded-upgrade.io/` hold the release's \
+         lock and are not set through helm; change a lock with `guarded-upgrade lock` and lift \
+         it with `guarded-upgrade unlock`"
+    )]
+    ReservedLabel {
+        /// The flag as written (`--labels`, `-l`).
+        flag: String,
+        /// The reserved key, as helm would read it.
+        key: String,
+    },
     /// Our `-o` was combined with other short flags (`-io json`).
     #[error("write -o separately in {arg:?} (e.g. `-i -o json`); it cannot be combined with other short flags")]
     CombinedShortGuard {
@@ -329,7 +342,7 @@ pub fn split(args: &[String], mode: Mode) -> Result<SplitArgv, ArgvError> {
                     if inline.is_none() {
                         helm_args.push(value.clone());
                     }
-                    record_helm_value(&mut helm, name, &flag, value);
+                    record_helm_value(&mut helm, name, &flag, value)?;
                 }
                 Arity::Optional => {
                     if name == "dry-run" {
@@ -511,8 +524,7 @@ fn split_shorts(
                 if inline.is_none() {
                     helm_args.push(value.clone());
                 }
-                record_helm_value(helm, helm_flag.long, &written, value);
-                return Ok(());
+                return record_helm_value(helm, helm_flag.long, &written, value);
             }
             Arity::Bool => {
                 // `-i=false` sets the value; `-ih` is two booleans.
@@ -550,11 +562,31 @@ fn apply_guard(
         .map_err(|bad| invalid_value(written, value.as_deref().unwrap_or_default(), bad))
 }
 
-fn record_helm_value(helm: &mut HelmFlags, name: &str, written: &str, value: String) {
+fn record_helm_value(
+    helm: &mut HelmFlags,
+    name: &str,
+    written: &str,
+    value: String,
+) -> Result<(), ArgvError> {
     match name {
-        "kube-as-group" => return helm.kube_as_group.push(value),
-        "values" | "set-file" => return helm.value_inputs.push((written.to_string(), value)),
-        "labels" => return helm.labels.push(value),
+        "kube-as-group" => {
+            helm.kube_as_group.push(value);
+            return Ok(());
+        }
+        "values" | "set-file" => {
+            helm.value_inputs.push((written.to_string(), value));
+            return Ok(());
+        }
+        "labels" => {
+            if let Some(key) = reserved_label(&value) {
+                return Err(ArgvError::ReservedLabel {
+                    flag: written.to_string(),
+                    key,
+                });
+            }
+            helm.labels.push(value);
+            return Ok(());
+        }
         _ => {}
     }
     let slot = match name {
@@ -578,9 +610,94 @@ fn record_helm_value(helm: &mut HelmFlags, name: &str, written: &str, value: Str
         "kube-ca-file" => &mut helm.kube_ca_file,
         "kube-tls-server-name" => &mut helm.kube_tls_server_name,
         "post-renderer" => &mut helm.post_renderer,
-        _ => return,
+        _ => return Ok(()),
     };
     *slot = Some(value);
+    Ok(())
+}
+
+/// The first key of a `--labels` value that lies under [`crate::core::lock::PREFIX`], as
+/// helm reads the value ([`string_to_string`]). When helm would refuse the value, any
+/// comma- or line-separated part that looks like such a key counts (fail closed).
+pub(crate) fn reserved_label(value: &str) -> Option<String> {
+    let reserved = |key: &str| key.trim().starts_with(crate::core::lock::PREFIX);
+    match string_to_string(value) {
+        Some(pairs) => pairs.into_iter().map(|(k, _)| k).find(|k| reserved(k)),
+        None => value
+            .split([',', '\n'])
+            .map(|part| part.split('=').next().unwrap_or_default())
+            .map(|key| key.trim().trim_matches('"').to_string())
+            .find(|k| reserved(k)),
+    }
+}
+
+/// A `key=value,…` value as pflag's `StringToString` (helm's `--labels`) reads it, pairs
+/// in order; `None` when pflag refuses it. One `=` in the whole value: the value without
+/// surrounding quotes is one pair (commas included); more: the first CSV record of it
+/// (Go's `encoding/csv`), each field split at its first `=`.
+pub(crate) fn string_to_string(value: &str) -> Option<Vec<(String, String)>> {
+    let fields = match value.matches('=').count() {
+        0 => return None,
+        1 => vec![value.trim_matches('"').to_string()],
+        _ => first_csv_record(value)?,
+    };
+    fields
+        .into_iter()
+        .map(|field| {
+            field
+                .split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// The first record of CSV text as Go's `csv.Reader` with its defaults reads it: empty
+/// lines skipped, `\r\n` read as `\n`, quoted fields (`""` is a quote, line breaks kept),
+/// a bare quote in an unquoted field or text after a closing quote refused (`None`).
+fn first_csv_record(text: &str) -> Option<Vec<String>> {
+    let text = text.replace("\r\n", "\n");
+    let mut chars = text.trim_start_matches('\n').chars().peekable();
+    chars.peek()?;
+    let mut fields = Vec::new();
+    loop {
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    '"' => break,
+                    c => field.push(c),
+                }
+            }
+            match chars.next() {
+                Some(',') => fields.push(field),
+                None | Some('\n') => {
+                    fields.push(field);
+                    return Some(fields);
+                }
+                Some(_) => return None,
+            }
+        } else {
+            loop {
+                match chars.next() {
+                    Some(',') => {
+                        fields.push(field);
+                        break;
+                    }
+                    None | Some('\n') => {
+                        fields.push(field);
+                        return Some(fields);
+                    }
+                    Some('"') => return None,
+                    Some(c) => field.push(c),
+                }
+            }
+        }
+    }
 }
 
 fn record_helm_bool(
@@ -1120,6 +1237,122 @@ mod tests {
             Mode::Upgrade,
         );
         ok("db chart --lock-timeout 0s", Mode::Upgrade);
+    }
+
+    /// Every spelling pflag accepts for `--labels` (issue 25, item 7): a key under
+    /// `guarded-upgrade.io/` is refused, deletions (`=null`) included; other keys pass.
+    #[test]
+    fn reserved_labels_are_refused_in_every_spelling() {
+        let refused: &[(&[&str], &str, &str)] = &[
+            (
+                &["--labels", "guarded-upgrade.io/pin=2.x"],
+                "--labels",
+                "guarded-upgrade.io/pin",
+            ),
+            (
+                &["--labels=guarded-upgrade.io/lock=null"],
+                "--labels",
+                "guarded-upgrade.io/lock",
+            ),
+            (
+                &["-l", "a=b,guarded-upgrade.io/pin=2.x"],
+                "-l",
+                "guarded-upgrade.io/pin",
+            ),
+            (
+                &["-lguarded-upgrade.io/pin=2.x"],
+                "-l",
+                "guarded-upgrade.io/pin",
+            ),
+            (
+                &["-l=guarded-upgrade.io/pin=2.x"],
+                "-l",
+                "guarded-upgrade.io/pin",
+            ),
+            (
+                &["-il", "guarded-upgrade.io/by=x"],
+                "-l",
+                "guarded-upgrade.io/by",
+            ),
+            (
+                &["-l", "a=b", "--labels", "c=d,guarded-upgrade.io/x=1"],
+                "--labels",
+                "guarded-upgrade.io/x",
+            ),
+            // One `=`: pflag strips the quotes around the whole value.
+            (
+                &["-l", "\"guarded-upgrade.io/pin=2.x\""],
+                "-l",
+                "guarded-upgrade.io/pin",
+            ),
+            // CSV quoting, as pflag reads two or more pairs.
+            (
+                &["-l", "a=b,\"guarded-upgrade.io/pin=1,2\""],
+                "-l",
+                "guarded-upgrade.io/pin",
+            ),
+            // A value helm would refuse (a bare quote) still names the key (fail closed).
+            (
+                &["-l", "a=b\"c,guarded-upgrade.io/pin=2"],
+                "-l",
+                "guarded-upgrade.io/pin",
+            ),
+        ];
+        for (extra, flag, key) in refused {
+            let mut args = argv("db c");
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let err = split(&args, Mode::Upgrade).expect_err(&format!("{extra:?}"));
+            assert_eq!(
+                err,
+                ArgvError::ReservedLabel {
+                    flag: flag.to_string(),
+                    key: key.to_string()
+                },
+                "{extra:?}"
+            );
+            assert!(err.to_string().contains("guarded-upgrade unlock"), "{err}");
+            assert!(split(&args, Mode::Check).is_err());
+        }
+        for extra in [
+            &["-l", "team=db,tier=guarded-upgrade.io/x"][..],
+            // One `=` in all: helm reads one key `a,guarded-upgrade.io/pin`.
+            &["-l", "a,guarded-upgrade.io/pin=1"],
+            &["--labels", "x=guarded-upgrade.io/pin"],
+            &["--", "db2", "c2"],
+        ] {
+            let mut args = argv("db c");
+            args.extend(extra.iter().map(|s| s.to_string()));
+            if extra[0] == "--" {
+                continue;
+            }
+            split(&args, Mode::Upgrade).unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn string_to_string_reads_as_pflag() {
+        let pairs = |v: &str| {
+            string_to_string(v).map(|p| {
+                p.into_iter()
+                    .map(|(k, v)| format!("{k}:{v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+        };
+        assert_eq!(pairs("a=b").as_deref(), Some("a:b"));
+        assert_eq!(pairs("\"a=b\"").as_deref(), Some("a:b"));
+        assert_eq!(pairs("a=b,c").as_deref(), Some("a:b,c"));
+        assert_eq!(pairs("a=b,c=d").as_deref(), Some("a:b c:d"));
+        assert_eq!(pairs("a=b,\"c=d,e\"").as_deref(), Some("a:b c:d,e"));
+        assert_eq!(pairs("a=b,\"c=\"\"q\"\"\"").as_deref(), Some("a:b c:\"q\""));
+        assert_eq!(pairs("\n\na=b,c=d\ne=f").as_deref(), Some("a:b c:d"));
+        assert_eq!(pairs("a=b,c=d=e").as_deref(), Some("a:b c:d=e"));
+        assert_eq!(pairs("ab"), None);
+        assert_eq!(pairs("a=b,c"), Some("a:b,c".into()));
+        assert_eq!(pairs("a=b,c,d=e"), None);
+        assert_eq!(pairs("a=b,c\"d=e"), None);
+        assert_eq!(pairs("a=b,\"c=d\"x"), None);
+        assert_eq!(pairs("a=b,\"c=d"), None);
     }
 
     #[test]

@@ -232,6 +232,78 @@ fn pin_allows_only_matching(label: &str) {
     assert_eq!(status["upgrade"], "upgrade-if-newer", "{status}");
 }
 
+/// `--labels`/`-l` cannot touch the lock's labels (issue 25, item 7): helm merges user
+/// labels into the new record, so `guarded-upgrade.io/pin=2.x` on an upgrade the pin allows
+/// would move the pin, and `guarded-upgrade.io/lock=null` would lift the lock. Both are
+/// refused before any request, by the CLI and by the shim; the pin then still holds.
+fn labels_cannot_move_or_lift_a_lock(label: &str) {
+    let b = setup(label);
+    install(&b, "db", &b.versioned_chart("1.4.0"), NS);
+    b.guard(&["lock", "db", "--pin", "1.4.x", "-n", NS])
+        .expect_code(0, "lock --pin");
+    let pinned = lock_labels(&b, "secrets", NS, &record("db", 1));
+    let c143 = b.versioned_chart("1.4.3");
+    let refusal = |key: &str, flag: &str| {
+        format!(
+            "{flag} sets the label \"{key}\": keys under `guarded-upgrade.io/` hold the \
+             release's lock and are not set through helm; change a lock with `guarded-upgrade \
+             lock` and lift it with `guarded-upgrade unlock`"
+        )
+    };
+    let cases: &[(&[&str], &str, &str)] = &[
+        (
+            &["--labels", "guarded-upgrade.io/pin=2.x"],
+            "--labels",
+            "guarded-upgrade.io/pin",
+        ),
+        (
+            &["--labels=team=db,guarded-upgrade.io/pin=2.x"],
+            "--labels",
+            "guarded-upgrade.io/pin",
+        ),
+        (
+            &["-l", "guarded-upgrade.io/lock=null"],
+            "-l",
+            "guarded-upgrade.io/lock",
+        ),
+        (
+            &["-l", "a=b", "-l", "guarded-upgrade.io/pin=null,c=d"],
+            "-l",
+            "guarded-upgrade.io/pin",
+        ),
+    ];
+    for (extra, flag, key) in cases {
+        for shim in [false, true] {
+            let mut argv: Vec<&str> = Vec::new();
+            if shim {
+                argv.extend(["helm", "--"]);
+            }
+            argv.extend(["upgrade", "db", c143.as_str(), "-n", NS]);
+            argv.extend(extra.iter().copied());
+            b.api.clear_requests();
+            let run = b.guard(&argv);
+            run.expect_code(2, &format!("{argv:?}"));
+            run.assert_error(&refusal(key, flag));
+            assert!(
+                b.api.requests().is_empty(),
+                "{argv:?}: a usage error reads nothing"
+            );
+        }
+    }
+    assert_eq!(b.deployed("db", NS), ("1.4.0".into(), 1));
+    assert_eq!(lock_labels(&b, "secrets", NS, &record("db", 1)), pinned);
+    // Other labels pass, and the pin stays where `lock` put it: 1.4.3 upgrades, 2.0.0 does not.
+    b.guard(&["upgrade", "db", &c143, "-n", NS, "-l", "team=db"])
+        .expect_code(0, "upgrade within the pin, another label");
+    assert_eq!(b.deployed("db", NS), ("1.4.3".into(), 2));
+    assert_eq!(labels_of(&b, "secrets", NS, &record("db", 2))["team"], "db");
+    let c200 = b.versioned_chart("2.0.0");
+    let check = check_json(&b, "db", &c200, NS, &[]);
+    assert_eq!(check["action"], "skip", "{check}");
+    assert_eq!(check["reason"], "pinned", "{check}");
+    assert_eq!(status_json(&b, "db", NS, &[])["lock"]["pin"], "1.4.x");
+}
+
 /// 3. An expired lock is ignored with a note; `status` flags it as expired.
 fn expired_lock_is_ignored(label: &str) {
     let b = setup(label);
@@ -1010,6 +1082,7 @@ mod behaviour {
     use super::*;
     crate::common::per_helm!(
         pin_allows_only_matching,
+        labels_cannot_move_or_lift_a_lock,
         expired_lock_is_ignored,
         lock_survives_plain_upgrade_and_rollback,
         locks_lists_all_namespaces,

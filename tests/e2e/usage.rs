@@ -165,6 +165,38 @@ const CASES: &[(&[&str], Expect)] = &[
         ),
     ),
     (
+        &[
+            "upgrade",
+            "db",
+            "./no-chart",
+            "-l",
+            "guarded-upgrade.io/pin=2.x",
+        ],
+        Expect::Ours(
+            "-l sets the label \"guarded-upgrade.io/pin\": keys under `guarded-upgrade.io/` \
+             hold the release's lock and are not set through helm; change a lock with \
+             `guarded-upgrade lock` and lift it with `guarded-upgrade unlock`",
+        ),
+    ),
+    (
+        // The shim (`helm -n x upgrade …` as `guarded-upgrade helm -- …`), a deletion.
+        &[
+            "helm",
+            "--",
+            "-n",
+            "shared",
+            "upgrade",
+            "db",
+            "./no-chart",
+            "--labels=guarded-upgrade.io/lock=null",
+        ],
+        Expect::Ours(
+            "--labels sets the label \"guarded-upgrade.io/lock\": keys under \
+             `guarded-upgrade.io/` hold the release's lock and are not set through helm; change \
+             a lock with `guarded-upgrade lock` and lift it with `guarded-upgrade unlock`",
+        ),
+    ),
+    (
         &["status", "db", "extra"],
         Expect::Clap("error: unexpected argument 'extra' found"),
     ),
