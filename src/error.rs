@@ -196,6 +196,15 @@ pub enum Error {
         /// What is wrong and what to do.
         message: String,
     },
+    /// An input helm reads once (standard input, a `/dev/fd` pipe) could not be captured
+    /// before anything read it: not closed in time, too large, unreadable.
+    #[error("release {release:?}: {message}")]
+    Inputs {
+        /// Release name.
+        release: String,
+        /// Which input and why.
+        message: String,
+    },
     /// `policy install`/`uninstall` failed; the message names the object and what to do.
     #[error("{0}")]
     Policy(String),

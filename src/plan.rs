@@ -120,6 +120,8 @@ pub(crate) struct GuardPlan {
     pub mutex: Option<MutexPlan>,
     /// `--recover-pending-after`.
     pub recover_pending_after: Option<Duration>,
+    /// `--input-timeout`: how long a read-once input's writer may take.
+    pub input_timeout: Duration,
     /// Shim mode: helm's argv as is (no `--install` added), the real helm found at run
     /// time.
     pub shim: Option<ShimHelm>,
@@ -435,6 +437,9 @@ fn guard(
         detailed_exitcode: guard.detailed_exitcode,
         mutex: serialize,
         recover_pending_after: guard.recover_pending_after,
+        input_timeout: guard
+            .input_timeout
+            .unwrap_or(crate::adapters::inputs::DEFAULT_CAPTURE_TIMEOUT),
         debug,
         shim: shim_helm,
         ci: if guard.no_annotations {

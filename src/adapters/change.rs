@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use crate::adapters::helm::HelmCommand;
-use crate::adapters::inputs::{Feed, Source};
+use crate::adapters::inputs::{Captured, Feed, ReadOnce};
 use crate::core::argv::HelmFlags;
 use crate::core::decision::{ChangeFacts, CompareKey, KeySide, KeyText, Part};
 
@@ -331,16 +331,7 @@ pub(crate) async fn gather<S: crate::adapters::storage::ReleaseStore>(
         program: "helm".into(),
         message: "no helm binary found (pass --helm PATH or set HELM_BIN)".into(),
     })?;
-    let sources = dry_run_inputs(dry_run.helm).map_err(ChangeError::NotTwice)?;
-    let captured = if sources.is_empty() {
-        None
-    } else {
-        Some(
-            crate::adapters::inputs::capture(&sources)
-                .await
-                .map_err(ChangeError::Input)?,
-        )
-    };
+    dry_run_inputs(dry_run.helm).map_err(ChangeError::NotTwice)?;
     let keys = crate::core::decision::keys_needed(dry_run.compare, lock);
     let keys: Vec<&CompareKey> = keys.iter().collect();
     let mut deployed = None;
@@ -362,7 +353,7 @@ pub(crate) async fn gather<S: crate::adapters::storage::ReleaseStore>(
         memory.push((header.revision, release));
     }
     let command = dry_run_command(helm, dry_run.helm_args, dry_run.has_install);
-    let feeds = captured.map(|c| c.feeds()).unwrap_or_default();
+    let feeds = dry_run.captured.feeds();
     let history: Vec<&Value> = memory.iter().map(|(_, r)| r).collect();
     let would_be = match would_be_release_from_memory(&command, &feeds, &history).await {
         Ok(v) => v,
@@ -437,12 +428,12 @@ fn labels_would_change(
     merged != current
 }
 
-/// The read-once inputs the dry run and the real run must share (standard input `-`,
-/// inherited pipes `/dev/fd/N`), to be captured once; or why the dry run cannot run with
-/// these helm flags (as the argv splitter read them): a named pipe, socket or device cannot
-/// be offered twice under its own name, and `--post-renderer` and `--dependency-update`
+/// Why the dry run cannot run with these helm flags (as the argv splitter read them), if
+/// it cannot: a values input that is a named pipe, socket or device cannot be offered
+/// twice under its own name (standard input and inherited pipes were captured before the
+/// command read anything, see `inputs`), and `--post-renderer` and `--dependency-update`
 /// would run more often than plain helm runs them.
-pub(crate) fn dry_run_inputs(helm: &HelmFlags) -> Result<Vec<Source>, String> {
+pub(crate) fn dry_run_inputs(helm: &HelmFlags) -> Result<(), String> {
     if helm.post_renderer.is_some() {
         return Err("--post-renderer would run once more for it than helm runs it".into());
     }
@@ -451,60 +442,17 @@ pub(crate) fn dry_run_inputs(helm: &HelmFlags) -> Result<Vec<Source>, String> {
             "--dependency-update would update the chart's dependencies once more for it".into(),
         );
     }
-    let mut sources = Vec::new();
-    for (flag, value) in &helm.value_inputs {
-        for item in value.split(',') {
-            let path = match flag.as_str() {
-                "--set-file" => item.split_once('=').map_or("", |(_, p)| p),
-                _ => item,
-            };
-            match read_once(path) {
-                Some(ReadOnce::Replay(source)) => sources.push(source),
-                Some(ReadOnce::Refuse(kind)) => {
-                    return Err(format!(
-                        "{flag} {path} is {kind}, which can be read only once"
-                    ))
-                }
-                None => {}
-            }
+    for (flag, path) in crate::adapters::inputs::files(helm, None, None) {
+        if !matches!(flag.as_str(), "-f" | "--values" | "--set-file") {
+            continue;
+        }
+        if let Some(ReadOnce::Refuse(kind)) = crate::adapters::inputs::read_once(&path, true) {
+            return Err(format!(
+                "{flag} {path} is {kind}, which can be read only once"
+            ));
         }
     }
-    sources.sort();
-    sources.dedup();
-    Ok(sources)
-}
-
-/// A path helm would read only once.
-enum ReadOnce {
-    /// Standard input or an inherited pipe: captured and offered again on the same number.
-    Replay(Source),
-    /// Something else that is used up by reading (what it is).
-    Refuse(&'static str),
-}
-
-/// Whether `path` can be read only once, and if so whether it can be replayed.
-fn read_once(path: &str) -> Option<ReadOnce> {
-    use std::os::unix::fs::FileTypeExt;
-    if path == "-" || path == "/dev/stdin" {
-        return Some(ReadOnce::Replay(Source::Stdin));
-    }
-    if path.is_empty() || path.contains("://") {
-        return None;
-    }
-    let fd_number = path
-        .strip_prefix("/dev/fd/")
-        .or_else(|| path.strip_prefix("/proc/self/fd/"))
-        .and_then(|n| n.parse::<std::os::fd::RawFd>().ok());
-    let kind = std::fs::metadata(path).ok()?.file_type();
-    let used_up = kind.is_fifo() || kind.is_socket();
-    match fd_number {
-        Some(0) if used_up => Some(ReadOnce::Replay(Source::Stdin)),
-        Some(n) if used_up => Some(ReadOnce::Replay(Source::Fd(n))),
-        _ if kind.is_fifo() => Some(ReadOnce::Refuse("a named pipe")),
-        _ if kind.is_socket() => Some(ReadOnce::Refuse("a socket")),
-        _ if kind.is_char_device() || kind.is_block_device() => Some(ReadOnce::Refuse("a device")),
-        _ => None,
-    }
+    Ok(())
 }
 
 /// What the dry run needs of the command line.
@@ -517,6 +465,8 @@ pub(crate) struct DryRun<'a> {
     pub helm: &'a HelmFlags,
     /// `--install` is already in it (given by the user), or must not be added (shim mode).
     pub has_install: bool,
+    /// The read-once inputs, captured before the command read anything.
+    pub captured: &'a Captured,
 }
 
 /// Longest we wait for the dry run; helm's own network calls have their own timeouts.
@@ -664,8 +614,13 @@ mod tests {
         // SAFETY: pipe(2) fills two descriptors, closed at the end of the test.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         let dev_fd = format!("/dev/fd/{}", fds[0]);
-        let stdin = Ok(vec![Source::Stdin]);
-        type Case<'a> = (Vec<&'a str>, Result<Vec<Source>, String>);
+        use crate::adapters::inputs::{files, sources, Source};
+        let stdin = (Ok(vec![Source::Stdin]), Ok(()));
+        let none = (Ok(vec![]), Ok(()));
+        let refused = |why: String| (Ok(vec![]), Err(why));
+        // (argv, (what is captured before anything reads it, whether the dry run may run))
+        type Want = (Result<Vec<Source>, String>, Result<(), String>);
+        type Case<'a> = (Vec<&'a str>, Want);
         let cases: Vec<Case> =
             vec![
             (vec!["db", "c", "-f", "-"], stdin.clone()),
@@ -674,34 +629,68 @@ mod tests {
             (vec!["db", "c", "-f", &list], stdin.clone()),
             (vec!["db", "c", "--set-file", "k=-"], stdin.clone()),
             (vec!["db", "c", "-f", "/dev/stdin", "-f", "-"], stdin.clone()),
-            (vec!["db", "c", "-f", &dev_fd], Ok(vec![Source::Fd(fds[0])])),
+            (
+                vec!["db", "c", "-f", &dev_fd],
+                (Ok(vec![Source::Fd(fds[0])]), Ok(())),
+            ),
             (
                 vec!["db", "c", "-f", &fifo],
-                Err(format!("-f {fifo} is a named pipe, which can be read only once")),
+                refused(format!("-f {fifo} is a named pipe, which can be read only once")),
             ),
             (
                 vec!["db", "c", "-f", "/dev/null"],
-                Err("-f /dev/null is a device, which can be read only once".into()),
+                refused("-f /dev/null is a device, which can be read only once".into()),
             ),
             (
                 vec!["db", "c", "--post-renderer", "./kustomize"],
-                Err("--post-renderer would run once more for it than helm runs it".into()),
+                refused("--post-renderer would run once more for it than helm runs it".into()),
             ),
             (
                 vec!["db", "c", "--dependency-update"],
-                Err(
+                refused(
                     "--dependency-update would update the chart's dependencies once more for it"
                         .into(),
                 ),
             ),
-            (vec!["db", "c", "--dependency-update=false"], Ok(vec![])),
-            (vec!["db", "c", "-f", &file, "--set", "a=-"], Ok(vec![])),
+            (vec!["db", "c", "--dependency-update=false"], none.clone()),
+            (vec!["db", "c", "-f", &file, "--set", "a=-"], none.clone()),
             // Values of other flags are not flags (pflag's reading, from the splitter).
-            (vec!["db", "c", "--description", "-f=/dev/null"], Ok(vec![])),
+            (vec!["db", "c", "--description", "-f=/dev/null"], none.clone()),
+            // The kubeconfig and repository files the guard or `helm show chart` read too.
+            (
+                vec!["db", "c", "--kubeconfig", &dev_fd, "--ca-file=/dev/stdin"],
+                (Ok(vec![Source::Stdin, Source::Fd(fds[0])]), Ok(())),
+            ),
+            (
+                vec!["db", "c", "--kube-ca-file", &fifo],
+                (
+                    Err(format!(
+                        "--kube-ca-file {fifo} is a named pipe: the guard and helm would each \
+                         read it, and the second reader would get nothing. Pass a regular \
+                         file, or an inherited descriptor (/dev/fd/N, process substitution), \
+                         which is captured once and handed to helm on the same number"
+                    )),
+                    Ok(()),
+                ),
+            ),
+            // `-` is standard input for values only; /dev/null is read again as often as asked.
+            (vec!["db", "c", "--kubeconfig", "-"], none.clone()),
+            (vec!["db", "c", "--repository-config", "/dev/null"], none.clone()),
         ];
         for (args, want) in cases {
-            assert_eq!(dry_run_inputs(&helm_flags(&args)), want, "{args:?}");
+            let flags = helm_flags(&args);
+            let got = (sources(&files(&flags, None, None)), dry_run_inputs(&flags));
+            assert_eq!(got, want, "{args:?}");
         }
+        // Each `KUBECONFIG` entry counts when --kubeconfig is not given.
+        let list = std::ffi::OsString::from(format!("/nonexistent:{dev_fd}"));
+        let flags = helm_flags(&["db", "c"]);
+        assert_eq!(
+            sources(&files(&flags, Some(&list), None)),
+            Ok(vec![Source::Fd(fds[0])])
+        );
+        let flags = helm_flags(&["db", "c", "--kubeconfig", &file]);
+        assert_eq!(sources(&files(&flags, Some(&list), None)), Ok(vec![]));
         // Nothing after `--` is a flag: such a command line is refused before any dry run.
         assert!(split(&strings(&["db", "c", "--", "-f", "-"]), Mode::Upgrade).is_err());
         // SAFETY: closing the two descriptors pipe(2) gave us.

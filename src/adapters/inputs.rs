@@ -1,20 +1,29 @@
 //! Inputs helm can read only once — standard input (`-f -`, `--set-file k=-`) and inherited
-//! pipes or sockets named `/dev/fd/N` (process substitution, `sops -d`) — captured once, in
-//! memory, so that a dry run and the real helm run read the same bytes with the user's argv
-//! unchanged: each helm child gets a fresh pipe holding the captured bytes on the same
-//! standard input or descriptor number. Captured bytes are never printed nor written to
-//! disk, and are bounded in size and in the time their writer may take.
+//! pipes or sockets named `/dev/fd/N` or `/proc/self/fd/N` (process substitution, `sops -d`)
+//! — captured once, in memory, before anything reads them, so that the guard (the
+//! kubeconfig, `--kube-ca-file`), `helm show chart`, the dry run and the real helm run all
+//! read the same bytes with the user's argv unchanged: each helm child gets a fresh pipe
+//! holding the captured bytes on the same standard input or descriptor number. Captured
+//! bytes are never printed nor written to disk, and are bounded in size and in the time
+//! their writer may take (`--input-timeout`).
+//!
+//! The capture is a value ([`Captured`]) the command holds and hands to every reader; no
+//! process-wide state.
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::core::argv::HelmFlags;
 
 /// Largest input captured: values files are kilobytes; more is refused, not truncated.
 pub(crate) const MAX_CAPTURE: usize = 16 << 20;
 
-/// Longest we wait for a captured input's writer to finish (a terminal, a slow `sops -d`).
-pub(crate) const CAPTURE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest we wait for a captured input's writer to finish (a terminal, a slow `sops -d`)
+/// unless `--input-timeout` says otherwise.
+pub(crate) const DEFAULT_CAPTURE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where a read-once input comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -34,7 +43,120 @@ impl std::fmt::Display for Source {
     }
 }
 
+/// A path helm would read only once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadOnce {
+    /// Standard input or an inherited pipe: captured and offered again on the same number.
+    Replay(Source),
+    /// Something else that is used up by reading (what it is).
+    Refuse(&'static str),
+}
+
+/// Whether `path` can be read only once, and if so whether it can be replayed. `-` is
+/// standard input (helm's `-f -`, `--set-file k=-`) when `dash_is_stdin`.
+pub(crate) fn read_once(path: &str, dash_is_stdin: bool) -> Option<ReadOnce> {
+    use std::os::unix::fs::FileTypeExt;
+    if (path == "-" && dash_is_stdin) || path == "/dev/stdin" {
+        return Some(ReadOnce::Replay(Source::Stdin));
+    }
+    if path.is_empty() || path.contains("://") {
+        return None;
+    }
+    let fd_number = path
+        .strip_prefix("/dev/fd/")
+        .or_else(|| path.strip_prefix("/proc/self/fd/"))
+        .and_then(|n| n.parse::<RawFd>().ok());
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    let used_up = kind.is_fifo() || kind.is_socket();
+    match fd_number {
+        Some(0) if used_up => Some(ReadOnce::Replay(Source::Stdin)),
+        Some(n) if used_up => Some(ReadOnce::Replay(Source::Fd(n))),
+        _ if kind.is_fifo() => Some(ReadOnce::Refuse("a named pipe")),
+        _ if kind.is_socket() => Some(ReadOnce::Refuse("a socket")),
+        _ if kind.is_char_device() || kind.is_block_device() => Some(ReadOnce::Refuse("a device")),
+        _ => None,
+    }
+}
+
+/// Every file the guard or more than one helm run reads for a guarded upgrade, with what
+/// names it (the flag as helm spells it, or the variable): `--kubeconfig`, else each
+/// `KUBECONFIG` entry; `--kube-ca-file`/`HELM_KUBECAFILE`; the repository files
+/// `--ca-file`, `--cert-file`, `--key-file`, `--repository-config`, `--registry-config`;
+/// values (`-f`/`--values`, comma lists) and `--set-file` (`key=path` lists).
+pub(crate) fn files(
+    helm: &HelmFlags,
+    kubeconfig_env: Option<&OsStr>,
+    kube_ca_file_env: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut one = |what: &str, path: Option<&str>| {
+        if let Some(path) = path.filter(|p| !p.is_empty()) {
+            files.push((what.to_string(), path.to_string()));
+        }
+    };
+    match (&helm.kubeconfig, kubeconfig_env) {
+        (Some(path), _) => one("--kubeconfig", Some(path)),
+        (None, Some(list)) => {
+            for entry in std::env::split_paths(list) {
+                one("KUBECONFIG", entry.to_str());
+            }
+        }
+        (None, None) => {}
+    }
+    match &helm.kube_ca_file {
+        Some(path) => one("--kube-ca-file", Some(path)),
+        None => one("HELM_KUBECAFILE", kube_ca_file_env),
+    }
+    one("--ca-file", helm.ca_file.as_deref());
+    one("--cert-file", helm.cert_file.as_deref());
+    one("--key-file", helm.key_file.as_deref());
+    one("--repository-config", helm.repository_config.as_deref());
+    one("--registry-config", helm.registry_config.as_deref());
+    for (flag, value) in &helm.value_inputs {
+        for item in value.split(',') {
+            let path = match flag.as_str() {
+                "--set-file" => item.split_once('=').map_or("", |(_, p)| p),
+                _ => item,
+            };
+            one(flag, Some(path));
+        }
+    }
+    files
+}
+
+/// Whether `what` (a flag or variable of [`files`]) is a values input: helm alone reads
+/// it, and a second reading is needed only by a dry run (which checks it then).
+fn is_values(what: &str) -> bool {
+    matches!(what, "-f" | "--values" | "--set-file")
+}
+
+/// The read-once inputs among `files`, to be captured before anything reads them; or the
+/// usage error for one that cannot be offered again under its own name (a named pipe or
+/// socket the guard or two helm runs would each read). Values given that way are left to
+/// helm unless a dry run needs them (`change::dry_run_inputs` refuses them then).
+pub(crate) fn sources(files: &[(String, String)]) -> Result<Vec<Source>, String> {
+    let mut sources = Vec::new();
+    for (what, path) in files {
+        match read_once(path, is_values(what)) {
+            Some(ReadOnce::Replay(source)) => sources.push(source),
+            Some(ReadOnce::Refuse(kind)) if !is_values(what) && kind != "a device" => {
+                return Err(format!(
+                    "{what} {path} is {kind}: the guard and helm would each read it, and \
+                     the second reader would get nothing. Pass a regular file, or an \
+                     inherited descriptor (/dev/fd/N, process substitution), which is \
+                     captured once and handed to helm on the same number"
+                ))
+            }
+            _ => {}
+        }
+    }
+    sources.sort();
+    sources.dedup();
+    Ok(sources)
+}
+
 /// The captured bytes of every read-once input. Its `Debug` shows sizes only.
+#[derive(Clone, Default)]
 pub(crate) struct Captured {
     inputs: Vec<(Source, Arc<Vec<u8>>)>,
 }
@@ -50,31 +172,58 @@ impl std::fmt::Debug for Captured {
     }
 }
 
-static CAPTURED: OnceLock<Result<Arc<Captured>, String>> = OnceLock::new();
-
-/// Captures `sources` the first time it is called in this process (standard input and
-/// inherited descriptors are the process's own, read once); later calls return the same
-/// capture. Errors name the input and why (too large, not closed in time, unreadable).
-pub(crate) async fn capture(sources: &[Source]) -> Result<Arc<Captured>, String> {
-    if let Some(done) = CAPTURED.get() {
-        return done.clone();
+/// Reads `sources` once each, on a thread of its own: a writer that never closes is given
+/// up on after `timeout` (the thread stays blocked in its read, and ends with the
+/// process, which does not wait for it). Errors name the input and why (too large, not
+/// closed in time, unreadable).
+pub(crate) async fn capture(sources: &[Source], timeout: Duration) -> Result<Captured, String> {
+    if sources.is_empty() {
+        return Ok(Captured::default());
     }
     let sources = sources.to_vec();
-    let read = tokio::task::spawn_blocking(move || read_all(&sources));
-    let result = match tokio::time::timeout(CAPTURE_TIMEOUT, read).await {
-        Ok(Ok(result)) => result.map(Arc::new),
-        Ok(Err(e)) => Err(format!("reading the inputs failed: {e}")),
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("capture-inputs".into())
+        .spawn(move || {
+            let _ = tx.send(read_all(&sources));
+        })
+        .map_err(|e| format!("reading the inputs failed: {e}"))?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err("reading the inputs failed: the reading thread ended".into()),
         Err(_) => Err(format!(
             "the inputs read once (standard input, /dev/fd pipes) were not closed by their \
-             writer within {CAPTURE_TIMEOUT:?}"
+             writer within {} (--input-timeout)",
+            crate::core::time::format_duration(timeout.as_secs() as i64)
         )),
-    };
-    CAPTURED.get_or_init(|| result).clone()
+    }
 }
 
-/// The capture made in this process, if any: the real helm run must get the same bytes.
-pub(crate) fn captured() -> Option<Arc<Captured>> {
-    CAPTURED.get().and_then(|r| r.as_ref().ok()).cloned()
+impl Captured {
+    /// The bytes captured for `path` (as [`read_once`] names a source), if any.
+    pub(crate) fn bytes_of(&self, path: &str, dash_is_stdin: bool) -> Option<Arc<Vec<u8>>> {
+        let Some(ReadOnce::Replay(source)) = read_once(path, dash_is_stdin) else {
+            return None;
+        };
+        self.inputs
+            .iter()
+            .find(|(s, _)| *s == source)
+            .map(|(_, b)| Arc::clone(b))
+    }
+
+    /// The file at `path` as the guard reads it: the captured bytes when `path` names a
+    /// captured input, else the file itself.
+    pub(crate) fn read(&self, path: &str) -> std::io::Result<Vec<u8>> {
+        match self.bytes_of(path, false) {
+            Some(bytes) => Ok(bytes.as_slice().to_vec()),
+            None => std::fs::read(path),
+        }
+    }
+
+    /// Whether `path` names a captured input.
+    pub(crate) fn holds(&self, path: &str) -> bool {
+        self.bytes_of(path, false).is_some()
+    }
 }
 
 fn read_all(sources: &[Source]) -> Result<Captured, String> {

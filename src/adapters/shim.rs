@@ -314,6 +314,7 @@ mod tests {
             ("GUARDED_UPGRADE_LEASE_DURATION", "20s"),
             ("GUARDED_UPGRADE_RECOVER_PENDING_AFTER", "1h"),
             ("GUARDED_UPGRADE_NO_ANNOTATIONS", "True"),
+            ("GUARDED_UPGRADE_INPUT_TIMEOUT", "5s"),
             ("GUARDED_UPGRADE_COMPARE", "value:image.tag"),
             (HELM_VAR, "/usr/bin/helm"),
             ("GUARDED_UPGRADE_BINARY", "/x"),
@@ -335,6 +336,7 @@ mod tests {
                 recover_pending_after: Some(Duration::from_secs(3600)),
                 lease_duration: Some(Duration::from_secs(20)),
                 no_annotations: true,
+                input_timeout: Some(Duration::from_secs(5)),
                 compare: CompareKey::Value("image.tag".into()),
             }
         );
@@ -372,7 +374,8 @@ mod tests {
                  GUARDED_UPGRADE_DECISION_OUTPUT, GUARDED_UPGRADE_DETAILED_EXITCODE, \
                  GUARDED_UPGRADE_NO_SERIALIZE, GUARDED_UPGRADE_MUTEX_TIMEOUT, \
                  GUARDED_UPGRADE_LEASE_DURATION, GUARDED_UPGRADE_RECOVER_PENDING_AFTER, \
-                 GUARDED_UPGRADE_NO_ANNOTATIONS (see docs/shim.md)",
+                 GUARDED_UPGRADE_INPUT_TIMEOUT, GUARDED_UPGRADE_NO_ANNOTATIONS (see \
+                 docs/shim.md)",
             ),
         ] {
             assert_eq!(env(pairs).guard_options().unwrap_err(), line);

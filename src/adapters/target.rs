@@ -331,10 +331,11 @@ pub fn show_chart_command(helm: &Path, chart: &str, flags: &HelmFlags) -> HelmCo
 }
 
 /// Resolves the target: local charts from disk, exact versions as given, the rest by helm.
-pub fn resolve(
+pub(crate) fn resolve(
     chart: &str,
     flags: &HelmFlags,
     helm: Option<&Path>,
+    captured: &crate::adapters::inputs::Captured,
 ) -> Result<ResolvedTarget, TargetError> {
     let source = ChartSource::classify(chart, flags);
     let local = |text: Result<String, String>| -> Result<ResolvedTarget, TargetError> {
@@ -386,8 +387,9 @@ pub fn resolve(
                 code: "-".into(),
                 stderr,
             };
-            let handle = command
-                .to_expression()
+            // Repository files given as pipes (`--ca-file <(…)`) were captured: helm reads
+            // the same bytes here and in the real run.
+            let handle = crate::adapters::inputs::feed(command.to_expression(), captured.feeds())
                 .stdout_capture()
                 .stderr_capture()
                 .unchecked()
@@ -524,7 +526,7 @@ mod tests {
             version: Some("1.0.0".into()),
             ..flags()
         };
-        let t = resolve(chart.to_str().unwrap(), &f, None).unwrap();
+        let t = resolve(chart.to_str().unwrap(), &f, None, &Default::default()).unwrap();
         assert_eq!(t.version, "2.0.0");
         assert!(matches!(t.source, ChartSource::Directory(_)));
         assert!(t.note.unwrap().contains("--version 1.0.0 is ignored"));
@@ -548,7 +550,7 @@ mod tests {
         add("db/charts/sub/Chart.yaml", "name: sub\nversion: 9.9.9\n");
         add("db/Chart.yaml", "name: db\nversion: 2.0.0\n");
         builder.into_inner().unwrap().finish().unwrap();
-        let t = resolve(tgz.to_str().unwrap(), &flags(), None).unwrap();
+        let t = resolve(tgz.to_str().unwrap(), &flags(), None, &Default::default()).unwrap();
         assert_eq!(
             (t.chart_name.as_deref(), t.version.as_str()),
             (Some("db"), "2.0.0")
@@ -556,7 +558,8 @@ mod tests {
 
         let bogus = dir.path().join("bogus.tgz");
         std::fs::write(&bogus, b"not an archive").unwrap();
-        let err = resolve(bogus.to_str().unwrap(), &flags(), None).unwrap_err();
+        let err =
+            resolve(bogus.to_str().unwrap(), &flags(), None, &Default::default()).unwrap_err();
         assert!(err.to_string().contains("cannot read chart"), "{err}");
     }
 
@@ -575,7 +578,7 @@ mod tests {
             ..flags()
         };
         assert!(matches!(
-            resolve(oci, &exact, None),
+            resolve(oci, &exact, None, &Default::default()),
             Err(TargetError::ShowChart { .. })
         ));
     }
@@ -636,7 +639,7 @@ mod tests {
             version: Some("1.4.0".into()),
             ..flags()
         };
-        let t = resolve("repo/db", &f, None).unwrap();
+        let t = resolve("repo/db", &f, None, &Default::default()).unwrap();
         assert_eq!(t.version, "1.4.0");
         assert_eq!(t.chart_name.as_deref(), Some("db"));
     }

@@ -13,9 +13,11 @@ use super::guard;
 pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     // helm is needed only to resolve remote charts, so a missing one is not an error yet.
     let helm = guard::locate_helm(&plan).ok();
-    let session = super::session::connect(&plan.cluster, Some(&plan.release)).await?;
-    let target = guard::resolve_target(&plan, helm.as_deref(), &session.namespace)?;
-    let pass = guard::decide_once(&plan, &session.store, &target, helm.as_deref()).await?;
+    let captured = guard::capture_inputs(&plan).await?;
+    let session = super::session::connect_with(&plan.cluster, Some(&plan.release), &captured).await?;
+    let target = guard::resolve_target(&plan, helm.as_deref(), &session.namespace, &captured)?;
+    let pass =
+        guard::decide_once(&plan, &session.store, &target, helm.as_deref(), &captured).await?;
     // Informational: a held mutex is shown; a Lease we may not read is not an error, but
     // is said to be unknown rather than passed off as free.
     let observed =

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use crate::adapters::change;
 use crate::adapters::helm;
+use crate::adapters::inputs::{self, Captured};
 use crate::adapters::mutex::MutexState;
 use crate::adapters::state::{self, ReleaseView};
 use crate::adapters::storage::{ReleaseStore, Store};
 use crate::adapters::target::{self, ResolvedTarget};
 use crate::core::decision::{self, Action, Decision, DecisionInput, Target};
 use crate::core::time::now_unix;
-use crate::error::{Error, Exit};
+use crate::error::{Error, Exit, UsageError};
 use crate::output::report::DecisionReport;
 use crate::plan::GuardPlan;
 
@@ -39,12 +40,35 @@ pub(super) fn resolve_target(
     plan: &GuardPlan,
     helm: Option<&Path>,
     namespace: &str,
+    captured: &Captured,
 ) -> Result<ResolvedTarget, Error> {
-    target::resolve(&plan.chart, &plan.helm, helm).map_err(|source| Error::ResolveTarget {
-        release: plan.release.clone(),
-        namespace: namespace.to_string(),
-        source: Box::new(source),
+    target::resolve(&plan.chart, &plan.helm, helm, captured).map_err(|source| {
+        Error::ResolveTarget {
+            release: plan.release.clone(),
+            namespace: namespace.to_string(),
+            source: Box::new(source),
+        }
     })
+}
+
+/// Captures the inputs helm can read only once (standard input, `/dev/fd` pipes named by
+/// the kubeconfig, CA, repository and values flags and `KUBECONFIG`) before anything reads
+/// them; the guard's own reads, `helm show chart`, the dry run and the real run all use
+/// the capture. One that cannot be offered again under its name is a usage error.
+pub(super) async fn capture_inputs(plan: &GuardPlan) -> Result<Captured, Error> {
+    let kubeconfig_env = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
+    let files = inputs::files(
+        &plan.helm,
+        kubeconfig_env.as_deref(),
+        plan.cluster.env.kube_ca_file.as_deref(),
+    );
+    let sources = inputs::sources(&files).map_err(|message| Error::Usage(UsageError(message)))?;
+    inputs::capture(&sources, plan.input_timeout)
+        .await
+        .map_err(|message| Error::Inputs {
+            release: plan.release.clone(),
+            message,
+        })
 }
 
 /// Reads the release and decides.
@@ -53,6 +77,7 @@ pub(super) async fn decide_once(
     store: &Store,
     target: &ResolvedTarget,
     helm: Option<&Path>,
+    captured: &Captured,
 ) -> Result<Pass, Error> {
     let view = state::read_release(store, &plan.release)
         .await
@@ -93,6 +118,7 @@ pub(super) async fn decide_once(
             helm_args: &plan.helm_args,
             helm: &plan.helm,
             has_install: plan.has_install(),
+            captured,
         };
         let facts = change::gather(store, helm, &dry_run, records, view.state.lock.as_ref())
             .await

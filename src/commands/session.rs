@@ -3,6 +3,7 @@
 
 use crate::adapters::cluster;
 use crate::adapters::enforce::{Described, Enforcement, Enforcer};
+use crate::adapters::inputs::Captured;
 use crate::adapters::mutex::{self, MutexError};
 use crate::adapters::storage::Store;
 use crate::error::Error;
@@ -27,7 +28,17 @@ pub(super) async fn connect(
     plan: &ClusterPlan,
     deciding_for: Option<&str>,
 ) -> Result<Session, Error> {
-    let target = cluster::connect(&plan.flags, &plan.env)
+    connect_with(plan, deciding_for, &Captured::default()).await
+}
+
+/// [`connect`] reading the kubeconfig and CA files a capture holds from it (the guarded
+/// commands, whose helm must read the same bytes).
+pub(super) async fn connect_with(
+    plan: &ClusterPlan,
+    deciding_for: Option<&str>,
+    captured: &Captured,
+) -> Result<Session, Error> {
+    let target = cluster::connect_with(&plan.flags, &plan.env, captured)
         .await
         .map_err(|source| Error::Connect {
             release: deciding_for.map(str::to_string),

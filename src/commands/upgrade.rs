@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::adapters::helm::{self, HelmCommand};
+use crate::adapters::inputs::Captured;
 use crate::adapters::mutex::{self, MutexError};
 use crate::adapters::recovery::{self, Recovery};
 use crate::adapters::storage::{self, ReleaseStore, Store};
@@ -21,7 +22,9 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     // A missing helm is reported before anything else.
     let helm = guard::locate_helm(&plan)?;
     output::debug(&format!("helm {}", helm.display()));
-    let session = super::session::connect(&plan.cluster, Some(&plan.release)).await?;
+    // Before anything reads them: the kubeconfig helm reads must be the one read here.
+    let captured = guard::capture_inputs(&plan).await?;
+    let session = super::session::connect_with(&plan.cluster, Some(&plan.release), &captured).await?;
     output::debug(&format!(
         "release {:?} in namespace {:?}, {} records",
         plan.release,
@@ -31,10 +34,10 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     let store = &session.store;
     let namespace = session.namespace.as_str();
     let release = plan.release.as_str();
-    let target = guard::resolve_target(&plan, Some(&helm), namespace)?;
+    let target = guard::resolve_target(&plan, Some(&helm), namespace, &captured)?;
 
     // 1. Read-only decision: skips end here and write nothing.
-    let first = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
+    let first = guard::decide_once(&plan, store, &target, Some(&helm), &captured).await?;
     let pending = first.decision.reason == Reason::Pending;
     let ends_here = match first.decision.action {
         Action::Skip => true,
@@ -55,7 +58,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
         if !dry_run {
             output::note("running unserialized (--no-serialize): concurrent runs may race");
         }
-        return run_helm(&plan, &helm, &first.decision, &report).await;
+        return run_helm(&plan, &helm, &first.decision, &report, &captured).await;
     };
 
     // 2. Serialize: the namespace must exist for the Lease to live there.
@@ -87,7 +90,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
                 "running unserialized: namespace {namespace:?} does not exist, so the mutex \
                  (a Lease in it) cannot be taken"
             ));
-            return run_helm(&plan, &helm, &first.decision, &report).await;
+            return run_helm(&plan, &helm, &first.decision, &report, &captured).await;
         }
         Err(source) => {
             return Err(Error::Mutex {
@@ -103,11 +106,13 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     // SIGTERM are watched here until helm starts (then helm gets them).
     let outcome = async {
         let decided = async {
-            let mut pass = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
+            let mut pass =
+                guard::decide_once(&plan, store, &target, Some(&helm), &captured).await?;
             if pass.decision.reason == Reason::Pending {
                 if let Some(after) = plan.recover_pending_after {
                     if recover(&plan, store, &pass, after).await? {
-                        pass = guard::decide_once(&plan, store, &target, Some(&helm)).await?;
+                        pass = guard::decide_once(&plan, store, &target, Some(&helm), &captured)
+                            .await?;
                     }
                 }
             }
@@ -126,7 +131,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
         };
         let report = guard::report(&plan, store, &pass, &target, Some(true), None);
         if pass.decision.action.proceeds() {
-            run_helm(&plan, &helm, &pass.decision, &report).await
+            run_helm(&plan, &helm, &pass.decision, &report, &captured).await
         } else {
             finish_without_helm(&plan, &pass.decision, &report)
         }
@@ -226,6 +231,7 @@ async fn run_helm(
     helm: &Path,
     decision: &Decision,
     report: &DecisionReport,
+    captured: &Captured,
 ) -> Result<Exit, Error> {
     // The shim keeps helm's argv as is: a `helm upgrade` of a missing release without
     // --install fails in helm, exactly as without the shim, so no install line is said.
@@ -253,11 +259,9 @@ async fn run_helm(
         &report.namespace,
         crate::core::time::now_unix(),
     );
-    // What a dry run captured (standard input, /dev/fd pipes) helm reads now, the same bytes.
-    let feeds = crate::adapters::inputs::captured()
-        .map(|c| c.feeds())
-        .unwrap_or_default();
-    let code = helm::run_inherited(&command, feeds).await;
+    // What was captured (standard input, /dev/fd pipes) helm reads now: the same bytes the
+    // guard, `helm show chart` and the dry run read, on the same numbers.
+    let code = helm::run_inherited(&command, captured.feeds()).await;
     output::ci::helm_finished(&plan.ci, crate::core::time::now_unix());
     let code = code?;
     Ok(match code {

@@ -918,6 +918,7 @@ mod tests {
                 recover_pending_after: Some(Duration::from_secs(7200)),
                 lease_duration: Some(Duration::from_secs(20)),
                 no_annotations: false,
+                input_timeout: None,
                 compare: crate::core::decision::CompareKey::Value("image.tag".into()),
             }
         );

@@ -57,6 +57,8 @@ pub struct GuardOptions {
     pub lease_duration: Option<Duration>,
     /// `--no-annotations`: no CI annotations, step summary or log sections.
     pub no_annotations: bool,
+    /// `--input-timeout DURATION`: how long a read-once input's writer may take.
+    pub input_timeout: Option<Duration>,
     /// `--compare chart-version|app-version|value:PATH`.
     pub compare: CompareKey,
 }
@@ -291,6 +293,22 @@ pub(crate) const GUARD_FLAGS: &[GuardFlag] = &[
         },
     },
     GuardFlag {
+        long: "input-timeout",
+        short: None,
+        takes: Takes::Value {
+            name: "DURATION",
+            choices: &[],
+        },
+        env: Some("GUARDED_UPGRADE_INPUT_TIMEOUT"),
+        check_only: false,
+        help: "how long the writer of an input read once (standard input, a /dev/fd pipe or \
+               process substitution) may take to close it (default 2m)",
+        apply: |o, v| {
+            o.input_timeout = Some(duration(v, DurationKind::Wait)?);
+            Ok(())
+        },
+    },
+    GuardFlag {
         long: "no-annotations",
         short: None,
         takes: Takes::Switch,
@@ -375,7 +393,7 @@ const MIN_LEASE_DURATION: Duration = Duration::from_secs(3);
 /// Which guard duration a value is for: the mutex Lease has a lower bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DurationKind {
-    /// `--mutex-timeout`, `--recover-pending-after`.
+    /// `--mutex-timeout`, `--recover-pending-after`, `--input-timeout`.
     Wait,
     /// `--lease-duration`: at least [`MIN_LEASE_DURATION`].
     Lease,

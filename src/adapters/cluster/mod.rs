@@ -23,6 +23,7 @@ use std::time::Duration;
 use kube::config::{AuthInfo, Kubeconfig};
 use kube::{Client, Config};
 
+use crate::adapters::inputs::Captured;
 use crate::core::argv::HelmFlags;
 use crate::core::chain::error_chain;
 
@@ -249,13 +250,11 @@ struct Loaded {
 }
 
 /// Finds and merges the kubeconfig as client-go does. None when there is none at all.
-fn load_kubeconfig(flags: &ClusterFlags) -> Result<(Option<Loaded>, String), ClusterError> {
-    let read = |path: &str| {
-        Kubeconfig::read_from(path).map_err(|e| ClusterError::Kubeconfig {
-            path: Some(path.to_string()),
-            source: Box::new(e),
-        })
-    };
+fn load_kubeconfig(
+    flags: &ClusterFlags,
+    captured: &Captured,
+) -> Result<(Option<Loaded>, String), ClusterError> {
+    let read = |path: &str| read_kubeconfig(path, captured);
     if let Some(path) = &flags.kubeconfig {
         // An explicit file must exist (client-go: ExplicitPath).
         let config = read(path)?;
@@ -276,7 +275,7 @@ fn load_kubeconfig(flags: &ClusterFlags) -> Result<(Option<Loaded>, String), Clu
                 continue;
             }
             let shown = path.display().to_string();
-            if !path.exists() {
+            if !path.exists() && !captured.holds(&shown) {
                 tracing::debug!("kubeconfig: {shown} (from KUBECONFIG) does not exist, skipped");
                 continue;
             }
@@ -313,6 +312,53 @@ fn load_kubeconfig(flags: &ClusterFlags) -> Result<(Option<Loaded>, String), Clu
         Some(path) => Ok((None, format!("{} does not exist", path.display()))),
         None => Ok((None, "HOME is not set".into())),
     }
+}
+
+/// One kubeconfig file, parsed as kube (and client-go) parse it. A captured input (a
+/// `/dev/fd` pipe) is parsed from the captured bytes, which helm is handed too; its
+/// relative file names are taken relative to the file's directory, as for any file.
+fn read_kubeconfig(path: &str, captured: &Captured) -> Result<Kubeconfig, ClusterError> {
+    let failed = |source: Box<dyn std::error::Error + Send + Sync>| ClusterError::Kubeconfig {
+        path: Some(path.to_string()),
+        source,
+    };
+    if !captured.holds(path) {
+        return Kubeconfig::read_from(path).map_err(|e| failed(Box::new(e)));
+    }
+    let bytes = captured.read(path).map_err(|e| failed(Box::new(e)))?;
+    let text = String::from_utf8(bytes).map_err(|e| failed(Box::new(e)))?;
+    let mut config = Kubeconfig::from_yaml(&text).map_err(|e| failed(Box::new(e)))?;
+    let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+    let absolute = |file: &mut Option<String>| {
+        if let Some(f) = file
+            .as_mut()
+            .filter(|f| Path::new(f.as_str()).is_relative())
+        {
+            *f = dir.join(f.as_str()).display().to_string();
+        }
+    };
+    for cluster in config
+        .clusters
+        .iter_mut()
+        .filter_map(|c| c.cluster.as_mut())
+    {
+        absolute(&mut cluster.certificate_authority);
+    }
+    for auth in config
+        .auth_infos
+        .iter_mut()
+        .filter_map(|a| a.auth_info.as_mut())
+    {
+        absolute(&mut auth.client_certificate);
+        absolute(&mut auth.client_key);
+        absolute(&mut auth.token_file);
+        if let Some(exec) = auth.exec.as_mut() {
+            if exec.command.as_deref().is_some_and(|c| c.contains('/')) {
+                absolute(&mut exec.command);
+            }
+        }
+    }
+    Ok(config)
 }
 
 /// A kube `Config` from the chosen context of a kubeconfig, with its context and user names.
@@ -397,7 +443,11 @@ fn config_from_kubeconfig(
             .map_err(|e| bad_cluster(format!("unusable certificate-authority-data: {e}")))?;
         config.root_cert = Some(certs);
     } else if let Some(path) = &cluster.certificate_authority {
-        config.root_cert = Some(read_pem_certificates(path, "certificate-authority")?);
+        config.root_cert = Some(read_pem_certificates(
+            path,
+            "certificate-authority",
+            &Captured::default(),
+        )?);
     }
     config.accept_invalid_certs = cluster.insecure_skip_tls_verify.unwrap_or(false);
     config.tls_server_name = cluster.tls_server_name.clone();
@@ -422,9 +472,19 @@ pub(crate) fn init_debug() {
 /// Builds the client and resolves the namespace exactly as helm would for these flags.
 /// Reads files and may run an exec plugin, but sends no request.
 pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarget, ClusterError> {
+    connect_with(flags, env, &Captured::default()).await
+}
+
+/// [`connect`], reading the kubeconfig files and `--kube-ca-file` a capture holds (pipes
+/// helm is handed the same bytes of) from the capture.
+pub(crate) async fn connect_with(
+    flags: &ClusterFlags,
+    env: &HelmEnv,
+    captured: &Captured,
+) -> Result<ClusterTarget, ClusterError> {
     let context_override = flags.kube_context.clone().or(env.kube_context.clone());
     let apiserver = flags.kube_apiserver.clone().or(env.kube_apiserver.clone());
-    let (loaded, looked) = load_kubeconfig(flags)?;
+    let (loaded, looked) = load_kubeconfig(flags, captured)?;
     // A kubeconfig without any context adds nothing to --kube-apiserver (client-go merges
     // an empty config with the overrides).
     let loaded = loaded.filter(|l| {
@@ -499,7 +559,7 @@ pub async fn connect(flags: &ClusterFlags, env: &HelmEnv) -> Result<ClusterTarge
         config.auth_info.impersonate_groups = Some(groups);
     }
     if let Some(path) = flags.kube_ca_file.clone().or(env.kube_ca_file.clone()) {
-        config.root_cert = Some(read_pem_certificates(&path, "--kube-ca-file")?);
+        config.root_cert = Some(read_pem_certificates(&path, "--kube-ca-file", captured)?);
     }
     if flags.kube_insecure_skip_tls_verify || env.kube_insecure_skip_tls_verify {
         // helm drops the CA when told to skip verification.
@@ -670,9 +730,15 @@ fn redact_userinfo(url: &str) -> String {
 }
 
 /// DER certificates from a PEM bundle file (`--kube-ca-file`, `certificate-authority`).
-fn read_pem_certificates(path: &str, what: &str) -> Result<Vec<Vec<u8>>, ClusterError> {
-    let text = std::fs::read_to_string(Path::new(path))
+fn read_pem_certificates(
+    path: &str,
+    what: &str,
+    captured: &Captured,
+) -> Result<Vec<Vec<u8>>, ClusterError> {
+    let bytes = captured
+        .read(path)
         .map_err(|e| kubeconfig_error(Some(path), format!("{what}: {e}")))?;
+    let text = String::from_utf8_lossy(&bytes);
     pem_certificates(&text).map_err(|e| kubeconfig_error(Some(path), format!("{what}: {e}")))
 }
 
@@ -714,10 +780,12 @@ mod tests {
              -----BEGIN CERTIFICATE-----\nBAU=\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
-        let certs = read_pem_certificates(path.to_str().unwrap(), "--kube-ca-file").unwrap();
+        let none = Captured::default();
+        let certs = read_pem_certificates(path.to_str().unwrap(), "--kube-ca-file", &none).unwrap();
         assert_eq!(certs, vec![vec![0, 1, 2, 3], vec![4, 5]]);
         std::fs::write(&path, "no certificate here").unwrap();
-        let err = read_pem_certificates(path.to_str().unwrap(), "--kube-ca-file").unwrap_err();
+        let err =
+            read_pem_certificates(path.to_str().unwrap(), "--kube-ca-file", &none).unwrap_err();
         assert!(err.to_string().contains("no PEM certificate"), "{err}");
     }
 }
