@@ -13,6 +13,7 @@ mod differential;
 mod enforce;
 mod failopen;
 mod guard;
+mod inputs;
 mod lock;
 mod matrix;
 mod mutex;
