@@ -305,40 +305,31 @@ pub(crate) fn free_fd(taken: &[RawFd]) -> RawFd {
         .expect("a free descriptor number")
 }
 
-/// `expression` with each feed on its descriptor: a fresh pipe per child, written by a
-/// thread of ours and read by the child at its own pace.
+/// `expression` with each feed on its descriptor: a fresh sealed memfd per child holding
+/// the captured bytes, on the same standard input or descriptor number. Unlike a pipe, a
+/// memfd named `/dev/fd/N` can be opened and read as often as helm likes (client-go reads
+/// a kubeconfig more than once), and the seals keep every reader on the bytes the guard
+/// read.
 pub(crate) fn feed(expression: duct::Expression, feeds: Vec<Feed>) -> duct::Expression {
     if feeds.is_empty() {
         return expression;
     }
-    let (stdin, others): (Vec<Feed>, Vec<Feed>) = feeds.into_iter().partition(|f| f.fd == 0);
-    let mut expression = expression;
-    if let Some(stdin) = stdin.into_iter().next() {
-        expression = expression.stdin_bytes(stdin.bytes.as_slice().to_vec());
-    }
-    if others.is_empty() {
-        return expression;
-    }
-    // The read ends handed to the last child, closed here when the next one is prepared
-    // (or when the expression is dropped): the writer threads see EPIPE once the child
-    // exits without reading.
+    // The memfds handed to the last child, closed here when the next one is prepared (or
+    // when the expression is dropped).
     let held: Arc<Mutex<Vec<OwnedFd>>> = Arc::new(Mutex::new(Vec::new()));
     expression.before_spawn(move |cmd| {
         let mut pairs = Vec::new();
         let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
         held.clear();
-        for f in &others {
-            let (read, write) = pipe()?;
-            let bytes = Arc::clone(&f.bytes);
-            std::thread::spawn(move || {
-                let mut file = std::fs::File::from(write);
-                let _ = std::io::Write::write_all(&mut file, &bytes);
-            });
-            pairs.push((read.as_raw_fd(), f.fd));
-            held.push(read);
+        // Above every target number, so no dup2 below overwrites a source still to come.
+        let floor = feeds.iter().map(|f| f.fd).max().unwrap_or(0) + 1;
+        for f in &feeds {
+            let fd = sealed_memfd(&f.bytes, floor)?;
+            pairs.push((fd.as_raw_fd(), f.fd));
+            held.push(fd);
         }
-        // SAFETY: only dup2(2), async-signal-safe, between fork and exec. The read ends are
-        // not any target number (those are open in this process, so pipe(2) skips them).
+        // SAFETY: only dup2(2), async-signal-safe, between fork and exec; the sources are
+        // above every target, so they are distinct from them.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(cmd, move || {
                 for &(from, to) in &pairs {
@@ -353,15 +344,36 @@ pub(crate) fn feed(expression: duct::Expression, feeds: Vec<Feed>) -> duct::Expr
     })
 }
 
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2(2) fills two descriptors we then own; O_CLOEXEC keeps them out of
-    // other children (a write end held by one would keep the pipe from ending).
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+/// An anonymous in-memory file (never on disk) holding `bytes`, read position at the
+/// start, sealed against any change, close-on-exec, numbered at least `floor`.
+fn sealed_memfd(bytes: &[u8], floor: RawFd) -> std::io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    // SAFETY: memfd_create(2) with a NUL-terminated name; the result is owned below.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"guarded-upgrade-input".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: both are fresh descriptors from pipe2.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    // SAFETY: `fd` is a fresh descriptor we own.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(bytes)?;
+    file.rewind()?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl(2) on a descriptor we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: F_DUPFD_CLOEXEC duplicates our descriptor; the copy is owned below.
+    let moved = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    if moved < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `moved` is a fresh descriptor we own; `file` closes the original.
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
 }
 
 #[cfg(test)]
@@ -382,12 +394,16 @@ mod tests {
                 bytes: Arc::new(b"from a pipe\n".to_vec()),
             },
         ];
-        let script = format!("cat; cat /dev/fd/{fd}; cat /dev/fd/{fd}");
+        // The descriptor is read twice by name (client-go reads a kubeconfig more than
+        // once), and a write to it is refused (the bytes stay the ones the guard read).
+        let script = format!(
+            "cat; cat /dev/fd/{fd}; cat /dev/fd/{fd}; echo x >> /dev/fd/{fd} || echo sealed"
+        );
         let expression = feed(duct::cmd!("sh", "-c", script), feeds);
         // Twice, as the dry run and the real run: each child reads the same bytes.
         for _ in 0..2 {
-            let out = expression.read().unwrap();
-            assert_eq!(out, "from stdin\nfrom a pipe");
+            let out = expression.stderr_null().read().unwrap();
+            assert_eq!(out, "from stdin\nfrom a pipe\nfrom a pipe\nsealed");
         }
     }
 

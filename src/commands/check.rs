@@ -12,8 +12,9 @@ use super::guard;
 /// Runs `check`.
 pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     // helm is needed only to resolve remote charts, so a missing one is not an error yet.
+    let sources = guard::input_sources(&plan)?;
     let helm = guard::locate_helm(&plan).ok();
-    let captured = guard::capture_inputs(&plan).await?;
+    let captured = guard::capture_inputs(&plan, &sources).await?;
     let session = super::session::connect_with(&plan.cluster, Some(&plan.release), &captured).await?;
     let target = guard::resolve_target(&plan, helm.as_deref(), &session.namespace, &captured)?;
     let pass =

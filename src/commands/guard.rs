@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::adapters::change;
 use crate::adapters::helm;
-use crate::adapters::inputs::{self, Captured};
+use crate::adapters::inputs::{self, Captured, Source};
 use crate::adapters::mutex::MutexState;
 use crate::adapters::state::{self, ReleaseView};
 use crate::adapters::storage::{ReleaseStore, Store};
@@ -51,19 +51,26 @@ pub(super) fn resolve_target(
     })
 }
 
-/// Captures the inputs helm can read only once (standard input, `/dev/fd` pipes named by
-/// the kubeconfig, CA, repository and values flags and `KUBECONFIG`) before anything reads
-/// them; the guard's own reads, `helm show chart`, the dry run and the real run all use
-/// the capture. One that cannot be offered again under its name is a usage error.
-pub(super) async fn capture_inputs(plan: &GuardPlan) -> Result<Captured, Error> {
+/// The inputs helm can read only once (standard input, `/dev/fd` pipes named by the
+/// kubeconfig, CA, repository and values flags and `KUBECONFIG`), found before anything
+/// else; one that cannot be offered again under its name is a usage error.
+pub(super) fn input_sources(plan: &GuardPlan) -> Result<Vec<Source>, Error> {
     let kubeconfig_env = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
     let files = inputs::files(
         &plan.helm,
         kubeconfig_env.as_deref(),
         plan.cluster.env.kube_ca_file.as_deref(),
     );
-    let sources = inputs::sources(&files).map_err(|message| Error::Usage(UsageError(message)))?;
-    inputs::capture(&sources, plan.input_timeout)
+    inputs::sources(&files).map_err(|message| Error::Usage(UsageError(message)))
+}
+
+/// Captures `sources` before anything reads them: the guard's own reads, `helm show
+/// chart`, the dry run and the real run all use the capture.
+pub(super) async fn capture_inputs(
+    plan: &GuardPlan,
+    sources: &[Source],
+) -> Result<Captured, Error> {
+    inputs::capture(sources, plan.input_timeout)
         .await
         .map_err(|message| Error::Inputs {
             release: plan.release.clone(),

@@ -19,11 +19,13 @@ use super::guard::{self, Pass};
 
 /// Runs `upgrade`.
 pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
-    // A missing helm is reported before anything else.
+    // Inputs that cannot be offered twice are usage errors; a missing helm is reported
+    // before anything else.
+    let sources = guard::input_sources(&plan)?;
     let helm = guard::locate_helm(&plan)?;
     output::debug(&format!("helm {}", helm.display()));
     // Before anything reads them: the kubeconfig helm reads must be the one read here.
-    let captured = guard::capture_inputs(&plan).await?;
+    let captured = guard::capture_inputs(&plan, &sources).await?;
     let session = super::session::connect_with(&plan.cluster, Some(&plan.release), &captured).await?;
     output::debug(&format!(
         "release {:?} in namespace {:?}, {} records",

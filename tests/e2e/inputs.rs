@@ -150,7 +150,7 @@ fn pipes_reach_helm_with_the_bytes_the_guard_read(label: &str) {
     ];
     let run = guarded(&argv, &[]);
     run.expect_code(0, "install with piped kubeconfig, CA and values");
-    run.assert_stderr_line(r#"install: "db" in "shared" 1.0.0 (new release)"#);
+    run.assert_stderr_line(r#"install: "db" in "shared" 1.0.0 (not installed yet)"#);
     assert_eq!(b.deployed("db", NS), ("1.0.0".into(), 1));
     let got = b.helm(&["get", "values", "db", "-n", NS, "-o", "json"]);
     got.expect_code(0, "helm get values");
@@ -259,6 +259,7 @@ fn named_pipes_the_guard_would_drain_are_refused(label: &str) {
 fn stdin_that_never_closes_ends_at_the_bound(label: &str) {
     let b = setup(label);
     let demo = chart("demo-1.0.0");
+    let helm = b.helm_bin.to_str().unwrap();
     for (args, env) in [
         (
             vec![
@@ -287,7 +288,10 @@ fn stdin_that_never_closes_ends_at_the_bound(label: &str) {
                 NS,
                 "--values=-",
             ],
-            vec![("GUARDED_UPGRADE_INPUT_TIMEOUT", "2s")],
+            vec![
+                ("GUARDED_UPGRADE_INPUT_TIMEOUT", "2s"),
+                ("GUARDED_UPGRADE_HELM", helm),
+            ],
         ),
     ] {
         b.api.clear_requests();
