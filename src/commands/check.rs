@@ -15,7 +15,8 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     let sources = guard::input_sources(&plan)?;
     let helm = guard::locate_helm(&plan).ok();
     let captured = guard::capture_inputs(&plan, &sources).await?;
-    let session = super::session::connect_with(&plan.cluster, Some(&plan.release), &captured).await?;
+    let session =
+        super::session::connect_with(&plan.cluster, Some(&plan.release), &captured).await?;
     let target = guard::resolve_target(&plan, helm.as_deref(), &session.namespace, &captured)?;
     let pass =
         guard::decide_once(&plan, &session.store, &target, helm.as_deref(), &captured).await?;

@@ -26,7 +26,8 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     output::debug(&format!("helm {}", helm.display()));
     // Before anything reads them: the kubeconfig helm reads must be the one read here.
     let captured = guard::capture_inputs(&plan, &sources).await?;
-    let session = super::session::connect_with(&plan.cluster, Some(&plan.release), &captured).await?;
+    let session =
+        super::session::connect_with(&plan.cluster, Some(&plan.release), &captured).await?;
     output::debug(&format!(
         "release {:?} in namespace {:?}, {} records",
         plan.release,
