@@ -161,9 +161,6 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A bulk `lock`/`unlock` stopped part-way.
-    #[error("{0}")]
-    Partial(Box<PartialWrite>),
     /// `locks` could not list helm's records.
     #[error("listing helm records in {scope}: {source}")]
     ListRecords {
@@ -229,30 +226,6 @@ pub enum Error {
     /// A guarded command failed before helm ran.
     #[error("{0}; helm was not run")]
     HelmNotRun(#[source] Box<Error>),
-}
-
-/// A bulk `lock`/`unlock` that stopped part-way: what was done, what state the release is
-/// in, and that a re-run completes it.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "release {release:?} in namespace {namespace:?}: {verb} stopped after {done} of {total} \
-     older records ({cause}); {left}. Run the same command again to complete it"
-)]
-pub struct PartialWrite {
-    /// Release name.
-    pub release: String,
-    /// Namespace.
-    pub namespace: String,
-    /// `lock` or `unlock`.
-    pub verb: &'static str,
-    /// Records written before it stopped.
-    pub done: usize,
-    /// Records to write.
-    pub total: usize,
-    /// The state the release is left in.
-    pub left: String,
-    /// Why it stopped.
-    pub cause: String,
 }
 
 impl From<ClusterError> for Error {

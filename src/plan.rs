@@ -19,7 +19,7 @@ use crate::cli::{
 use crate::core::argv::HelmFlags;
 use crate::core::argv::{self, Mode, SplitArgv};
 use crate::core::decision::{CompareKey, LockKind, VersionRule};
-use crate::core::lock::{self, LockSpec};
+use crate::core::lock::{self, Lock};
 use crate::core::names;
 use crate::core::time::format_rfc3339;
 use crate::error::{Error, UsageError};
@@ -57,16 +57,39 @@ pub(crate) struct Env {
     pub ci: CiPlan,
     /// `HELM_DEBUG` is true (helm sets it for plugins from its `--debug`).
     pub debug: bool,
+    /// The other variables a plan reads.
+    pub host: HostEnv,
+}
+
+/// The variables a plan reads besides helm's cluster settings, the shim's and CI's: the
+/// one place they are read (the core reads no environment).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HostEnv {
+    /// `HELM_BIN`: the helm that runs this binary as a plugin.
+    pub helm_bin: Option<String>,
+    /// `HELM_DRIVER_SQL_CONNECTION_STRING`, checked before any I/O.
+    pub sql_connection: Option<String>,
+    /// The user who started the CI job ([`lock::CI_USER_VARS`], the first set).
+    pub ci_user: Option<String>,
+    /// `$USER`.
+    pub login_user: Option<String>,
 }
 
 impl Env {
     fn from_process() -> Env {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         Env {
             helm: HelmEnv::from_process(),
             shim: ShimEnv::from_process(),
             ci: CiPlan::from_process(),
             debug: std::env::var("HELM_DEBUG")
                 .is_ok_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True")),
+            host: HostEnv {
+                helm_bin: var("HELM_BIN"),
+                sql_connection: std::env::var(crate::adapters::storage::sql::CONNECTION_ENV).ok(),
+                ci_user: lock::CI_USER_VARS.iter().find_map(|name| var(name)),
+                login_user: var("USER"),
+            },
         }
     }
 }
@@ -145,8 +168,13 @@ impl GuardPlan {
 pub(crate) struct LockPlan {
     /// Release to lock.
     pub release: String,
-    /// The lock; `by` is completed with the kubeconfig user at run time when not given.
-    pub spec: LockSpec,
+    /// The lock; `by` is completed at run time when not given ([`lock::default_by`]).
+    pub spec: Lock,
+    /// Who started the CI job, and the login user: `by`'s defaults around the kubeconfig
+    /// user, which is known only once connected.
+    pub ci_user: Option<String>,
+    /// `$USER`.
+    pub login_user: Option<String>,
     /// `-o`.
     pub format: OutputFormat,
     /// `--enforce`: a hard lock the cluster cannot enforce is an error, nothing written.
@@ -275,16 +303,23 @@ pub(crate) fn plan(command: Command, env: Env, now: i64) -> Result<Plan, Error> 
         shim,
         ci,
         debug,
+        host,
     } = env;
     let kind = match command {
         // Non-usage failures of a guarded command (an unsupported HELM_DRIVER) are
         // fail-closed like those of `commands::run`: "helm was not run" is added once.
         Command::Upgrade { args } => PlanKind::Guard(Box::new(
-            guard(&args, Mode::Upgrade, env, None, ci, debug).map_err(Error::before_helm)?,
+            guard(&args, Mode::Upgrade, env, None, ci, debug, &host).map_err(Error::before_helm)?,
         )),
-        Command::Check { args } => {
-            PlanKind::Guard(Box::new(guard(&args, Mode::Check, env, None, ci, debug)?))
-        }
+        Command::Check { args } => PlanKind::Guard(Box::new(guard(
+            &args,
+            Mode::Check,
+            env,
+            None,
+            ci,
+            debug,
+            &host,
+        )?)),
         Command::Helm { args } => {
             let helm = ShimHelm {
                 explicit: shim.helm(),
@@ -292,20 +327,30 @@ pub(crate) fn plan(command: Command, env: Env, now: i64) -> Result<Plan, Error> 
             match shim::route(&args).map_err(usage)? {
                 Route::Passthrough => PlanKind::Passthrough(PassthroughPlan { helm, args }),
                 Route::Upgrade(args) => PlanKind::Guard(Box::new(
-                    guard(&args, Mode::Upgrade, env, Some((&shim, helm)), ci, debug)
-                        .map_err(Error::before_helm)?,
+                    guard(
+                        &args,
+                        Mode::Upgrade,
+                        env,
+                        Some((&shim, helm)),
+                        ci,
+                        debug,
+                        &host,
+                    )
+                    .map_err(Error::before_helm)?,
                 )),
             }
         }
         Command::Completions { shell } => PlanKind::Completions(shell),
         Command::Man { dir } => PlanKind::Man(dir),
-        Command::Lock(args) => PlanKind::Lock(lock_plan(args, env, now)?),
+        Command::Lock(args) => PlanKind::Lock(lock_plan(args, env, &host, now)?),
         Command::Policy(command) => PlanKind::Policy(match command {
-            PolicyCommand::Install { cluster } => PolicyPlan::Install(cluster_plan(cluster, env)?),
-            PolicyCommand::Uninstall { cluster } => {
-                PolicyPlan::Uninstall(cluster_plan(cluster, env)?)
+            PolicyCommand::Install { cluster } => {
+                PolicyPlan::Install(cluster_plan(cluster, env, &host)?)
             }
-            PolicyCommand::Show { cluster } => PolicyPlan::Show(cluster_plan(cluster, env)?),
+            PolicyCommand::Uninstall { cluster } => {
+                PolicyPlan::Uninstall(cluster_plan(cluster, env, &host)?)
+            }
+            PolicyCommand::Show { cluster } => PolicyPlan::Show(cluster_plan(cluster, env, &host)?),
             PolicyCommand::Manifest => PolicyPlan::Manifest,
         }),
         Command::Unlock(UnlockArgs {
@@ -315,7 +360,7 @@ pub(crate) fn plan(command: Command, env: Env, now: i64) -> Result<Plan, Error> 
         }) => PlanKind::Unlock(UnlockPlan {
             release: release_name(release)?,
             force,
-            cluster: cluster_plan(cluster, env)?,
+            cluster: cluster_plan(cluster, env, &host)?,
         }),
         Command::Status(StatusArgs {
             release,
@@ -324,7 +369,7 @@ pub(crate) fn plan(command: Command, env: Env, now: i64) -> Result<Plan, Error> 
         }) => PlanKind::Status(StatusPlan {
             release: release_name(release)?,
             format: output,
-            cluster: cluster_plan(cluster, env)?,
+            cluster: cluster_plan(cluster, env, &host)?,
         }),
         Command::Locks(LocksArgs {
             all_namespaces,
@@ -333,7 +378,7 @@ pub(crate) fn plan(command: Command, env: Env, now: i64) -> Result<Plan, Error> 
         }) => PlanKind::Locks(LocksPlan {
             all_namespaces,
             format: output,
-            cluster: cluster_plan(cluster, env)?,
+            cluster: cluster_plan(cluster, env, &host)?,
         }),
     };
     Ok(Plan(kind))
@@ -345,7 +390,11 @@ fn release_name(release: String) -> Result<String, Error> {
     Ok(release)
 }
 
-fn cluster_plan(mut flags: ClusterFlags, env: HelmEnv) -> Result<ClusterPlan, Error> {
+fn cluster_plan(
+    mut flags: ClusterFlags,
+    env: HelmEnv,
+    host: &HostEnv,
+) -> Result<ClusterPlan, Error> {
     // `-n ''` means what no `-n` means to helm: the context's namespace.
     if flags.namespace.as_deref() == Some("") {
         flags.namespace = None;
@@ -359,8 +408,7 @@ fn cluster_plan(mut flags: ClusterFlags, env: HelmEnv) -> Result<ClusterPlan, Er
     let driver =
         DriverKind::from_helm_driver(env.driver.as_deref()).map_err(|e| usage(e.to_string()))?;
     if driver == DriverKind::Sql {
-        let connection = std::env::var(crate::adapters::storage::sql::CONNECTION_ENV).ok();
-        crate::adapters::storage::sql::check_connection_string(connection.as_deref())
+        crate::adapters::storage::sql::check_connection_string(host.sql_connection.as_deref())
             .map_err(|e| usage(e.to_string()))?;
     }
     Ok(ClusterPlan { flags, env, driver })
@@ -373,6 +421,7 @@ fn guard(
     shim_mode: Option<(&ShimEnv, ShimHelm)>,
     ci: CiPlan,
     debug: bool,
+    host: &HostEnv,
 ) -> Result<GuardPlan, Error> {
     let SplitArgv {
         guard,
@@ -412,7 +461,7 @@ fn guard(
         "-" => DecisionFile::Stderr,
         _ => DecisionFile::Path(PathBuf::from(path)),
     });
-    let cluster = cluster_plan(ClusterFlags::from(&helm), env)?;
+    let cluster = cluster_plan(ClusterFlags::from(&helm), env, host)?;
     let debug = debug || helm.debug;
     Ok(GuardPlan {
         mode,
@@ -424,7 +473,7 @@ fn guard(
             true => None,
             false => guard
                 .helm
-                .or_else(|| std::env::var("HELM_BIN").ok())
+                .or_else(|| host.helm_bin.clone())
                 .filter(|s| !s.is_empty()),
         },
         helm,
@@ -450,7 +499,7 @@ fn guard(
     })
 }
 
-fn lock_plan(args: LockArgs, env: HelmEnv, now: i64) -> Result<LockPlan, Error> {
+fn lock_plan(args: LockArgs, env: HelmEnv, host: &HostEnv, now: i64) -> Result<LockPlan, Error> {
     let expires_at = match args.expires {
         None => None,
         Some(Expiry::After(d)) => Some(now.saturating_add(d.as_secs() as i64)),
@@ -484,7 +533,7 @@ fn lock_plan(args: LockArgs, env: HelmEnv, now: i64) -> Result<LockPlan, Error> 
     };
     Ok(LockPlan {
         release: release_name(args.release)?,
-        spec: LockSpec {
+        spec: Lock {
             kind,
             reason: args.reason,
             by: args.by,
@@ -499,7 +548,9 @@ fn lock_plan(args: LockArgs, env: HelmEnv, now: i64) -> Result<LockPlan, Error> 
         },
         format: args.output,
         enforce: args.enforce,
-        cluster: cluster_plan(args.cluster, env)?,
+        ci_user: host.ci_user.clone(),
+        login_user: host.login_user.clone(),
+        cluster: cluster_plan(args.cluster, env, host)?,
     })
 }
 

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use crate::core::argv::{split, Mode};
 use crate::core::decision::LockKind;
-use crate::core::lock::{is_label_value, spec_from_labels, LockSpec};
+use crate::core::lock::{from_labels, is_label_value, Lock};
 use crate::core::release::{
     decode_release, decode_release_json, encode_release_json, ReleaseStatus,
 };
@@ -133,7 +133,7 @@ proptest! {
 
 // ---- lock labels --------------------------------------------------------------------------
 
-fn lock_spec() -> impl Strategy<Value = LockSpec> {
+fn lock_spec() -> impl Strategy<Value = Lock> {
     // Any text, including what looks like the codec's own `b32.` marker.
     let text = prop_oneof![".{0,100}", "b32\\.[a-z2-7]{0,10}", "[a-z0-9._-]{0,70}"];
     (
@@ -149,17 +149,15 @@ fn lock_spec() -> impl Strategy<Value = LockSpec> {
         proptest::option::of(text.clone()),
         proptest::option::of(text),
     )
-        .prop_map(
-            |(kind, reason, by, since, expires_at, pin, pin_key)| LockSpec {
-                kind,
-                reason,
-                by,
-                since,
-                expires_at,
-                pin,
-                pin_key,
-            },
-        )
+        .prop_map(|(kind, reason, by, since, expires_at, pin, pin_key)| Lock {
+            kind,
+            reason,
+            by,
+            since,
+            expires_at,
+            pin,
+            pin_key,
+        })
 }
 
 proptest! {
@@ -178,7 +176,7 @@ proptest! {
                 .pin_key
                 .as_deref()
                 .is_none_or(|k| crate::core::decision::CompareKey::parse(k).is_ok());
-        match spec_from_labels(&labels) {
+        match from_labels(&labels) {
             Ok(read) => {
                 prop_assert!(valid, "an invalid lock read back: {:?}", read);
                 prop_assert_eq!(read, Some(spec));
@@ -204,7 +202,7 @@ proptest! {
         )
     ) {
         let labels: BTreeMap<String, String> = labels;
-        let _ = spec_from_labels(&labels);
+        let _ = from_labels(&labels);
         let _ = crate::core::lock::from_labels(&labels);
     }
 }

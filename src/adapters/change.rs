@@ -325,7 +325,7 @@ pub(crate) async fn gather<S: crate::adapters::storage::ReleaseStore>(
     helm: Option<&Path>,
     dry_run: &DryRun<'_>,
     records: Records<'_>,
-    lock: Option<&crate::core::decision::LockState>,
+    lock: Option<&crate::core::decision::Lock>,
 ) -> Result<ChangeFacts, ChangeError> {
     let helm = helm.ok_or_else(|| ChangeError::Spawn {
         program: "helm".into(),

@@ -311,7 +311,7 @@ pub(crate) mod tests {
 
     /// The labels `lock --hard` leaves on the record it marked.
     pub(crate) fn hard_lock_labels() -> Vec<(String, String)> {
-        let spec = lock::LockSpec {
+        let spec = lock::Lock {
             kind: crate::core::decision::LockKind::Hard,
             reason: None,
             by: None,

@@ -1,17 +1,19 @@
-//! `lock`: writes the lock onto every record of the release.
+//! `lock`: writes the lock onto every record of the release (the writes are planned by
+//! `core::lock::plan`, executed by `records.rs`), and for a hard lock has the store's
+//! enforcer refuse changes.
 
 use crate::adapters::enforce::{Availability, Installed};
-use crate::adapters::storage::{RecordHeader, ReleaseStore, Store};
+use crate::adapters::storage::{ReleaseStore, Store};
 use crate::cli::OutputFormat;
-use crate::core::decision::{LockKind, LockState};
-use crate::core::lock::{self, LockSpec};
+use crate::core::lock::plan::{self as lock_plan, Planned, Refusal};
+use crate::core::lock::{self, Lock, LockKind};
 use crate::core::time::{format_rfc3339, now_unix};
 use crate::error::{Error, Exit};
 use crate::output::{self, report::LockReport};
 use crate::plan::LockPlan;
 
 use super::interrupts::Interrupts;
-use super::records::{needs_labels, Scope};
+use super::records::{records_of, Scope};
 use super::session;
 
 /// Runs `lock`.
@@ -19,23 +21,26 @@ pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
     let session = session::connect(&plan.cluster, None).await?;
     let mut spec = plan.spec;
     if spec.by.is_none() {
-        spec.by = lock::default_by(session.user.as_deref());
+        spec.by = lock::default_by(
+            plan.ci_user.as_deref(),
+            session.user.as_deref(),
+            plan.login_user.as_deref(),
+        );
     }
-    // Already in place on every record: nothing to write, not even the mutex.
+    let (release, namespace) = (&plan.release, &session.namespace);
     let scope = Scope {
         store: &session.store,
-        release: &plan.release,
+        release,
         interrupts: Interrupts::default(),
     };
-    let headers = scope.existing_release().await?;
-    if let Some(latest) = headers.last() {
-        refuse_pending(&scope, latest)?;
-    }
+    // Refused, or already in place on every record (nothing to write, not even the
+    // mutex), before anything else.
+    let planned = planned(&scope, &spec).await?;
     // Whether the store's enforcer can enforce a hard lock is known before anything is
     // written (`--enforce` stops here when it cannot).
     let enforcer = session.enforcer();
     let available = match spec.kind {
-        LockKind::Hard => Some(enforcer.availability(&plan.release).await),
+        LockKind::Hard => Some(enforcer.availability(release).await),
         _ => None,
     };
     if let (true, Some(Availability::Unavailable(why))) = (plan.enforce, &available) {
@@ -45,50 +50,40 @@ pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
             enforcer.who()
         )));
     }
-    let was_hard = headers
+    let latest = planned
+        .records
         .last()
-        .is_some_and(|h| h.labels.get(lock::KEY_LOCK).map(String::as_str) == Some("hard"));
-    let latest = headers.last().map(|h| h.name.clone()).unwrap_or_default();
-    if !converged(&headers, &spec) {
+        .map(|r| r.name.clone())
+        .unwrap_or_default();
+    if !planned.converged() {
         let interrupts = Interrupts::listen();
-        session::serialized(&session, &plan.release, async {
-            // An enforced lock refuses every record write: lift it first (the labels
-            // still say hard; `install` below puts it back for a hard lock).
-            if was_hard {
-                session
-                    .lift_enforcement(&plan.release, true, Some(&latest))
+        session::serialized(&session, release, async {
+            // An enforced lock refuses every record write: lift it first (`install` below
+            // puts it back for a hard lock).
+            let lifted = planned.lift
+                && session
+                    .lift_enforcement(release, true, Some(&latest))
                     .await?;
-            }
-            lock_release(&session.store, &plan.release, &spec, interrupts).await
+            let lifted = lifted.then(|| enforcer.who());
+            lock_release(&session.store, release, &spec, interrupts, lifted).await
         })
         .await?;
-    } else if was_hard && spec.kind != LockKind::Hard {
-        session
-            .lift_enforcement(&plan.release, true, Some(&latest))
-            .await?;
     }
     let installed = match &available {
-        Some(available) => Some(
-            enforcer
-                .install(&plan.release, &latest, &spec, available)
-                .await,
-        ),
+        Some(available) => Some(enforcer.install(release, &latest, &spec, available).await),
         None => None,
     };
     if let (true, Some(Installed::NotEnforced { why })) = (plan.enforce, &installed) {
         return Err(scope.refused(format!(
             "--enforce: the hard lock is set (labels only) but {} does not enforce it: {why}. \
-             Run the same command again, or `guarded-upgrade unlock {} -n {}`",
+             Run the same command again, or `guarded-upgrade unlock {release} -n {namespace}`",
             enforcer.who(),
-            plan.release,
-            session.namespace
         )));
     }
     if plan.format == OutputFormat::Json {
-        output::lock_json(&LockReport::new(&state_of(&spec), now_unix()));
+        output::lock_json(&LockReport::new(&spec, now_unix()));
     }
-    output::progress(&locked_line(&plan.release, &session.namespace, &spec));
-    let (release, namespace) = (&plan.release, &session.namespace);
+    output::progress(&locked_line(release, namespace, &spec));
     match installed {
         Some(Installed::Enforced { how, notes }) => {
             output::progress(&format!(
@@ -110,8 +105,23 @@ pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
     Ok(Exit::Success)
 }
 
+/// The release's records read now, and the writes that lock them with `spec`; a refusal
+/// when a helm operation holds the latest record.
+async fn planned(scope: &Scope<'_>, spec: &Lock) -> Result<Planned, Error> {
+    let headers = scope.existing_release().await?;
+    lock_plan::plan_lock(&records_of(&headers), spec).map_err(|refusal| match refusal {
+        Refusal::Pending { revision, status } => scope.refused(format!(
+            "the latest revision {revision} is {status} (an install/upgrade/rollback is in \
+             progress or was interrupted); nothing changed. Wait for it, or inspect with `helm \
+             history {} -n {}`",
+            scope.release,
+            scope.store.namespace()
+        )),
+    })
+}
+
 /// `locked: release "db" in "shared" (pin), pinned to 1.4.x, expires …: reason`.
-fn locked_line(release: &str, namespace: &str, spec: &LockSpec) -> String {
+fn locked_line(release: &str, namespace: &str, spec: &Lock) -> String {
     let mut line = format!(
         "locked: release {release:?} in {namespace:?} ({})",
         spec.kind.as_str()
@@ -132,132 +142,27 @@ fn locked_line(release: &str, namespace: &str, spec: &LockSpec) -> String {
     line
 }
 
-fn state_of(spec: &LockSpec) -> LockState {
-    LockState {
-        kind: spec.kind,
-        reason: spec.reason.clone(),
-        by: spec.by.clone(),
-        since: Some(format_rfc3339(spec.since)),
-        expires_at: spec.expires_at,
-        pin: spec.pin.clone(),
-        pin_key: spec.pin_key.clone(),
-        hard_original_status: None,
-    }
-}
-
-/// A pending latest revision that is not our hard lock belongs to a running (or
-/// interrupted) helm operation: locking it would race with helm.
-fn refuse_pending(scope: &Scope, latest: &RecordHeader) -> Result<(), Error> {
-    if latest.status.is_pending() && lock::hard_lock(&latest.labels).is_none() {
-        return Err(scope.refused(format!(
-            "the latest revision {} is {} (an install/upgrade/rollback is in progress or was \
-             interrupted); nothing changed. Wait for it, or inspect with `helm history {} -n {}`",
-            latest.revision,
-            latest.status,
-            scope.release,
-            scope.store.namespace()
-        )));
-    }
-    Ok(())
-}
-
-/// True when every record already carries `spec` (up to the time it was set) and a hard
-/// lock is in force exactly when `spec` asks for one: locking again would write nothing.
-fn converged(headers: &[RecordHeader], spec: &LockSpec) -> bool {
-    let Some((latest, others)) = headers.split_last() else {
-        return false;
-    };
-    let hard_in_force = lock::hard_lock(&latest.labels).is_some();
-    let Some(existing) = lock::spec_from_labels(&latest.labels)
-        .ok()
-        .flatten()
-        .filter(|l| l.same_as(spec))
-    else {
-        return false;
-    };
-    if hard_in_force != (spec.kind == LockKind::Hard) {
-        return false;
-    }
-    let wanted = existing.labels();
-    others.iter().all(|h| !needs_labels(h, &wanted))
-}
-
-/// Writes `spec` onto every record of the release: the latest first, then the others.
-/// A re-run of an interrupted lock completes it (records already labelled are skipped).
+/// Writes `spec` onto every record of the release, as planned now (under the mutex), and
+/// confirms it by reading the records back. A re-run of an interrupted lock completes it.
+/// `lifted`: who no longer enforces the lock because this run lifted it.
 pub(super) async fn lock_release(
     store: &Store,
     release: &str,
-    spec: &LockSpec,
+    spec: &Lock,
     interrupts: Interrupts,
+    lifted: Option<&str>,
 ) -> Result<(), Error> {
     let scope = Scope {
         store,
         release,
-        interrupts: interrupts.clone(),
+        interrupts,
     };
-    let headers = scope.existing_release().await?;
-    let (latest, others) = headers.split_last().expect("existing_release has records");
-    let current_hard = lock::hard_lock(&latest.labels).is_some();
-    refuse_pending(&scope, latest)?;
-    // Switching a hard lock off restores the record before the soft labels go on.
-    if current_hard && spec.kind != LockKind::Hard {
-        scope.release_hard_lock(latest, false, false).await?;
-        return Box::pin(lock_release(store, release, spec, interrupts)).await;
-    }
-    // The same lock already on the latest record may be an interrupted run, or a rollback's
-    // revision that carries the labels but not the hard status: its labels (with their
-    // since-time) are what every record gets, so a re-run writes what the first run wrote
-    // and the records agree with each other.
-    let existing = lock::spec_from_labels(&latest.labels)
-        .ok()
-        .flatten()
-        .filter(|l| l.same_as(spec));
-    let same_lock = existing.is_some();
-    let wanted = match existing {
-        Some(existing) => existing.labels(),
-        None => spec.labels(),
-    };
-    // A hard lock is only in force on a record it marked pending-upgrade: after a `helm
-    // rollback` the new revision carries the labels but not the status, and re-running
-    // `lock --hard` (as docs/locks.md advises) must mark it again.
-    if spec.kind == LockKind::Hard && !current_hard {
-        scope.hard_lock_record(latest, &wanted).await?;
-    } else if !same_lock {
-        scope.set_labels(latest, &wanted).await?;
-    }
-    let left = format!(
-        "the lock is in force on the latest revision {}, but until every older record \
-         carries it a rollback to one of them drops it",
-        latest.revision
-    );
-    scope.label_records("lock", others, &wanted, &left).await?;
+    let planned = planned(&scope, spec).await?;
+    scope.execute(&planned, false, lifted).await?;
     // `locked:` is said only of what the records show.
     scope
-        .confirm("lock", "locked as asked", |headers| {
-            (!converged(headers, spec)).then(|| {
-                let missing: Vec<String> = headers
-                    .iter()
-                    .filter(|h| {
-                        lock::spec_from_labels(&h.labels)
-                            .ok()
-                            .flatten()
-                            .is_none_or(|l| !l.same_as(spec))
-                            || needs_labels(h, &spec.labels())
-                    })
-                    .map(|h| h.revision.to_string())
-                    .collect();
-                match (missing.is_empty(), headers.last()) {
-                    (false, _) => format!("revisions {} without this lock", missing.join(", ")),
-                    (true, Some(latest)) if spec.kind == LockKind::Hard => format!(
-                        "the latest revision {} not marked pending-upgrade by the hard lock",
-                        latest.revision
-                    ),
-                    (true, latest) => format!(
-                        "the latest revision {} still marked pending-upgrade by a hard lock",
-                        latest.map(|l| l.revision).unwrap_or_default()
-                    ),
-                }
-            })
+        .confirm("lock", "locked as asked", |records| {
+            lock_plan::lock_shortfall(records, spec)
         })
         .await
 }
@@ -268,8 +173,8 @@ mod tests {
     use crate::adapters::state::testkit::{block_on, rev, store};
     use crate::core::release::ReleaseStatus as S;
 
-    fn spec(kind: LockKind, reason: &str) -> LockSpec {
-        LockSpec {
+    fn spec(kind: LockKind, reason: &str) -> Lock {
+        Lock {
             kind,
             reason: Some(reason.into()),
             by: Some("alice".into()),
@@ -289,7 +194,7 @@ mod tests {
             .map(|r| {
                 (
                     r.header.revision,
-                    lock::spec_from_labels(&r.header.labels)
+                    lock::from_labels(&r.header.labels)
                         .unwrap()
                         .and_then(|s| s.reason),
                 )
@@ -311,6 +216,7 @@ mod tests {
             "db",
             &spec(LockKind::Soft, "freeze"),
             Interrupts::raised(libc::SIGTERM),
+            None,
         ))
         .unwrap_err();
         assert_eq!(
@@ -326,7 +232,7 @@ mod tests {
         );
         let mut rerun = spec(LockKind::Soft, "freeze");
         rerun.since += 60;
-        block_on(lock_release(&s, "db", &rerun, Interrupts::default())).unwrap();
+        block_on(lock_release(&s, "db", &rerun, Interrupts::default(), None)).unwrap();
         let all: Vec<_> = locked_revisions(&s).into_iter().map(|(_, r)| r).collect();
         assert_eq!(all, vec![Some("freeze".to_string()); 3]);
     }
@@ -345,6 +251,7 @@ mod tests {
             "db",
             &spec(LockKind::Soft, "freeze"),
             Interrupts::default(),
+            None,
         ))
         .unwrap_err();
         assert_eq!(

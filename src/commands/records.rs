@@ -1,14 +1,10 @@
-//! Record rewrites shared by `lock` and `unlock`: the write protocol (signal handling is
-//! in `interrupts.rs`).
+//! Executes the record writes `core::lock::plan` planned for `lock` and `unlock` (the
+//! order, convergence and hard-lock rules are there): conflict retries, read-backs, and
+//! SIGINT/SIGTERM between the older records (`interrupts.rs`). A stop after a write says
+//! what it left ([`core::lock::plan::Planned::stopped`]).
 //!
 //! Every write is a merge patch carrying the record's resourceVersion (a precondition: the
-//! API answers 409 if the record changed since it was read). Order of writes, so that an
-//! interrupted command always leaves the latest record (the one every decision reads)
-//! saying what the user asked for last, and a re-run completes the rest:
-//! - `lock` writes the latest record first (the lock is in force at once), then the older
-//!   ones (so a later rollback keeps it);
-//! - `unlock` clears the older records first and the latest one last (until then the lock
-//!   is still in force and a re-run finishes the job).
+//! API answers 409 if the record changed since it was read).
 
 use std::collections::BTreeMap;
 
@@ -16,8 +12,11 @@ use crate::adapters::storage::{
     RecordHeader, ReleaseStore, Store, StoreError, StoredRecord, LABEL_STATUS,
 };
 use crate::core::lock;
+use crate::core::lock::plan::{
+    has_labels, is_hard_bookkeeping, keep_hard_labels, OnConflict, Planned, Record, Write,
+};
 use crate::core::release::{self, ReleaseStatus};
-use crate::error::{Error, PartialWrite};
+use crate::error::Error;
 
 use super::interrupts::{signal_name, Interrupts};
 
@@ -158,7 +157,7 @@ impl Scope<'_> {
         &self,
         verb: &str,
         claim: &str,
-        wrong: impl Fn(&[RecordHeader]) -> Option<String>,
+        wrong: impl Fn(&[Record]) -> Option<String>,
     ) -> Result<(), Error> {
         let headers = self.existing_release().await.map_err(|e| {
             self.refused(format!(
@@ -168,7 +167,7 @@ impl Scope<'_> {
                 self.unscoped(&e)
             ))
         })?;
-        match wrong(&headers) {
+        match wrong(&records_of(&headers)) {
             None => Ok(()),
             Some(shown) => Err(self.refused(format!(
                 "{verb} wrote its records, but reading them back shows {shown}, so the release \
@@ -199,37 +198,67 @@ impl Scope<'_> {
         }
     }
 
-    /// Puts `wanted` on other records, re-reading a record when it moved on (409). Stops
-    /// between records on SIGINT/SIGTERM. `left` says what state an interruption or a
-    /// failure leaves the release in; the error then also says how many records were done.
-    pub(super) async fn label_records(
+    /// Runs the planned writes in order. `force`: `unlock --force` (a hard-locked record
+    /// changed underneath loses the lock labels only). `lifted`: who no longer enforces
+    /// the lock because this run lifted it, for what a stop says it left.
+    pub(super) async fn execute(
         &self,
-        verb: &'static str,
-        records: &[RecordHeader],
-        wanted: &BTreeMap<String, String>,
-        left: &str,
+        planned: &Planned,
+        force: bool,
+        lifted: Option<&str>,
     ) -> Result<(), Error> {
-        let partial = |done: usize, cause: String| {
-            Error::Partial(Box::new(PartialWrite {
-                release: self.release.to_string(),
-                namespace: self.namespace().to_string(),
-                verb,
-                done,
-                total: records.len(),
-                left: left.to_string(),
-                cause,
-            }))
-        };
-        for (done, header) in records.iter().enumerate() {
-            if let Some(signal) = self.interrupts.received() {
-                return Err(partial(
-                    done,
-                    format!("interrupted by {}", signal_name(signal)),
-                ));
+        let mut headers = self.existing_release().await?;
+        for (at, write) in planned.writes.iter().enumerate() {
+            let stopped = |cause: String| match planned.stopped(at, &cause, lifted) {
+                Some(message) => self.refused(message),
+                None => self.refused(cause),
+            };
+            if planned.is_older(at) {
+                if let Some(signal) = self.interrupts.received() {
+                    return Err(stopped(format!("interrupted by {}", signal_name(signal))));
+                }
             }
-            self.label_record(header, wanted)
-                .await
-                .map_err(|e| partial(done, self.unscoped(&e)))?;
+            let Some(header) = headers.iter().find(|h| h.name == write.record()).cloned() else {
+                // Pruned by helm since the plan was made: nothing of it to write.
+                continue;
+            };
+            let done = match write {
+                Write::HardLock { labels, .. } => self.hard_lock_record(&header, labels).await,
+                Write::Restore {
+                    superseded_since, ..
+                } => {
+                    self.release_hard_lock(&header, force, *superseded_since)
+                        .await
+                }
+                Write::Labels {
+                    labels,
+                    on_conflict: OnConflict::Refuse,
+                    ..
+                } => self.set_labels(&header, labels).await,
+                Write::Labels {
+                    labels,
+                    on_conflict: OnConflict::Reread,
+                    ..
+                } => self.label_record(&header, labels).await,
+            };
+            if let Err(e) = done {
+                // A write whose outcome is not known says so and how to find out; one
+                // that changed nothing before any other write is said as it is.
+                let text = self.unscoped(&e);
+                let unknown = text.contains("is not known") && !planned.is_older(at);
+                if unknown || planned.stopped(at, "", lifted).is_none() {
+                    return Err(e);
+                }
+                return Err(stopped(text));
+            }
+            // A record written again later in the plan (a restored hard lock) is read
+            // again first: its resourceVersion moved on.
+            if planned.writes[at + 1..]
+                .iter()
+                .any(|w| w.record() == write.record())
+            {
+                headers = self.existing_release().await?;
+            }
         }
         Ok(())
     }
@@ -425,39 +454,17 @@ impl Scope<'_> {
     }
 }
 
-/// True when writing `wanted` lock labels onto this record would change it (hard-lock
-/// bookkeeping kept as it is).
-pub(super) fn needs_labels(header: &RecordHeader, wanted: &BTreeMap<String, String>) -> bool {
-    let mut want = wanted.clone();
-    keep_hard_labels(&header.labels, &mut want);
-    !lock::label_changes(&header.labels, &want).is_empty()
-}
-
-/// True when `labels` carry exactly the guarded-upgrade labels of `wanted` (and its other
-/// labels, such as a restored status).
-fn has_labels(labels: &BTreeMap<String, String>, wanted: &BTreeMap<String, String>) -> bool {
-    lock::label_changes(labels, wanted).is_empty()
-}
-
-/// A hard lock's own labels (original status, digest, revision), as opposed to the lock.
-fn is_hard_bookkeeping(key: &str) -> bool {
-    [
-        lock::KEY_HARD_STATUS,
-        lock::KEY_HARD_DIGEST,
-        lock::KEY_HARD_REVISION,
-    ]
-    .contains(&key)
-}
-
-/// Keeps a hard lock's bookkeeping labels through label rewrites.
-fn keep_hard_labels(current: &BTreeMap<String, String>, wanted: &mut BTreeMap<String, String>) {
-    for key in [
-        lock::KEY_HARD_STATUS,
-        lock::KEY_HARD_DIGEST,
-        lock::KEY_HARD_REVISION,
-    ] {
-        if let Some(v) = current.get(key) {
-            wanted.insert(key.to_string(), v.clone());
-        }
+/// The planners' view of a record header.
+pub(super) fn record_of(header: &RecordHeader) -> Record {
+    Record {
+        name: header.name.clone(),
+        revision: header.revision,
+        status: header.status.clone(),
+        labels: header.labels.clone(),
     }
+}
+
+/// The planners' view of the release's records.
+pub(super) fn records_of(headers: &[RecordHeader]) -> Vec<Record> {
+    headers.iter().map(record_of).collect()
 }

@@ -145,7 +145,7 @@ mod tests {
     use super::*;
     use crate::adapters::state::testkit::{read, rev, store, Rev};
     use crate::core::decision::{LockKind, Reason, Target};
-    use crate::core::lock::LockSpec;
+    use crate::core::lock::Lock;
     use crate::core::release::ReleaseStatus as S;
 
     const NOW: i64 = 1_700_000_000;
@@ -155,7 +155,7 @@ mod tests {
         expires_at: Option<i64>,
         pin: Option<&str>,
     ) -> Vec<(String, String)> {
-        LockSpec {
+        Lock {
             kind,
             reason: Some("freeze".into()),
             by: Some("alice".into()),

@@ -97,6 +97,56 @@ impl ChartVersion {
     }
 }
 
+/// The key whose version order guards against downgrades (`--compare`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum CompareKey {
+    /// The chart's `version` (default).
+    #[default]
+    ChartVersion,
+    /// The chart's `appVersion`.
+    AppVersion,
+    /// A value at a dotted path of the release's values, e.g. `image.tag`.
+    Value(String),
+}
+
+/// An unusable `--compare` (or pin key) text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown compare key {0:?}: use chart-version, app-version or value:PATH (e.g. value:image.tag)")]
+pub struct CompareKeyError(pub String);
+
+impl CompareKey {
+    /// Parses `chart-version`, `app-version` or `value:PATH` (dot-separated, no empty
+    /// segment).
+    pub fn parse(text: &str) -> Result<CompareKey, CompareKeyError> {
+        match text {
+            "chart-version" => Ok(CompareKey::ChartVersion),
+            "app-version" => Ok(CompareKey::AppVersion),
+            _ => match text.strip_prefix("value:") {
+                Some(path) if !path.is_empty() && path.split('.').all(|s| !s.is_empty()) => {
+                    Ok(CompareKey::Value(path.to_string()))
+                }
+                _ => Err(CompareKeyError(text.to_string())),
+            },
+        }
+    }
+}
+
+impl fmt::Display for CompareKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompareKey::ChartVersion => f.write_str("chart-version"),
+            CompareKey::AppVersion => f.write_str("app-version"),
+            CompareKey::Value(path) => write!(f, "value:{path}"),
+        }
+    }
+}
+
+impl serde::Serialize for CompareKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 impl ChartVersion {
     /// True when the version has a pre-release part (tests).

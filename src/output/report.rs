@@ -9,7 +9,7 @@ use crate::adapters::mutex::MutexState;
 use crate::adapters::target::ResolvedTarget;
 use crate::core::decision::Part;
 use crate::core::decision::{
-    Action, CompareKey, Decision, DeployedState, LockState, Reason, VersionRule,
+    Action, CompareKey, Decision, DeployedState, Lock, Reason, VersionRule,
 };
 use crate::core::release::ReleaseSummary;
 
@@ -146,12 +146,12 @@ pub(crate) struct LockReport {
 
 impl LockReport {
     /// Report form of a lock, judged at `now_unix`.
-    pub(crate) fn new(lock: &LockState, now_unix: i64) -> LockReport {
+    pub(crate) fn new(lock: &Lock, now_unix: i64) -> LockReport {
         LockReport {
             kind: lock.kind.as_str().to_string(),
             reason: lock.reason.clone(),
             by: lock.by.clone(),
-            since: lock.since.clone(),
+            since: lock.since_text(),
             expires: lock.expires_at.map(crate::core::time::format_rfc3339),
             expired: lock.expires_at.is_some_and(|t| t <= now_unix),
             pin: lock.pin.clone(),

@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 
 use crate::adapters::storage::StoreError;
 use crate::core::chain::error_chain;
-use crate::core::lock::LockSpec;
+use crate::core::lock::Lock;
 use crate::core::time::format_rfc3339;
 
 /// Name of the ValidatingAdmissionPolicy, its binding, and the reader ClusterRole(Binding).
@@ -415,7 +415,7 @@ pub async fn availability(client: &Client, namespace: &str, release: &str) -> Av
 // ---------------------------------------------------------------------------------------
 
 /// The parameter for a hard lock `spec` on `release`.
-pub fn param_object(release: &str, namespace: &str, spec: &LockSpec) -> ConfigMap {
+pub fn param_object(release: &str, namespace: &str, spec: &Lock) -> ConfigMap {
     let (mk, mv) = MANAGED_BY;
     let (pk, pv) = PARAM_LABEL;
     let data = BTreeMap::from([
@@ -463,7 +463,7 @@ pub async fn put_param(
     client: &Client,
     namespace: &str,
     release: &str,
-    spec: &LockSpec,
+    spec: &Lock,
 ) -> Result<(), String> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let wanted = param_object(release, namespace, spec);
@@ -807,7 +807,7 @@ mod tests {
 
     #[test]
     fn param_names_the_release_and_carries_the_selector_labels() {
-        let spec = LockSpec {
+        let spec = Lock {
             kind: crate::core::decision::LockKind::Hard,
             reason: Some("freeze".into()),
             by: None,

@@ -6,7 +6,7 @@ use kube::Client;
 use super::admission::{self, Availability, Lifted, Observed};
 use super::{Described, Lift, SwitchedOn};
 use crate::adapters::storage::{ReleaseStore, Store};
-use crate::core::lock::LockSpec;
+use crate::core::lock::Lock;
 
 /// The admission policy's side of a hard lock in one namespace.
 pub(crate) struct ClusterEnforcer<'a> {
@@ -39,11 +39,7 @@ impl<'a> ClusterEnforcer<'a> {
     }
 
     /// Writes the release's parameter (unless it is already as wanted).
-    pub(super) async fn switch_on(
-        &self,
-        release: &str,
-        spec: &LockSpec,
-    ) -> Result<SwitchedOn, String> {
+    pub(super) async fn switch_on(&self, release: &str, spec: &Lock) -> Result<SwitchedOn, String> {
         let namespace = self.namespace;
         let unchanged = match admission::read_param(self.client, namespace, release).await {
             Ok(Some(current)) => {

@@ -10,7 +10,7 @@ use super::admission::{self, Availability};
 use super::cluster::ClusterEnforcer;
 use super::{Described, Enforcement, Lift, SwitchedOn};
 use crate::adapters::storage::sql::{SqlStore, TRIGGER_NAME};
-use crate::core::lock::LockSpec;
+use crate::core::lock::Lock;
 
 /// The trigger's side of a hard lock, and the cluster's for the release's objects.
 pub(crate) struct DatabaseEnforcer<'a> {
@@ -39,11 +39,7 @@ impl<'a> DatabaseEnforcer<'a> {
 
     /// Installs the trigger (if it is not already this version's); where the cluster's
     /// policy is installed, also writes the release's parameter (best effort).
-    pub(super) async fn switch_on(
-        &self,
-        release: &str,
-        spec: &LockSpec,
-    ) -> Result<SwitchedOn, String> {
+    pub(super) async fn switch_on(&self, release: &str, spec: &Lock) -> Result<SwitchedOn, String> {
         self.sql.install_trigger(true).await?;
         let mut notes = Vec::new();
         let namespace = self.namespace;

@@ -24,7 +24,7 @@ use kube::Client;
 
 pub(crate) use self::admission::{Availability, Enforcement};
 use crate::adapters::storage::Store;
-use crate::core::lock::LockSpec;
+use crate::core::lock::Lock;
 
 /// The hard-lock enforcer of one release store.
 pub(crate) enum Enforcer<'a> {
@@ -126,7 +126,7 @@ impl<'a> Enforcer<'a> {
         &self,
         release: &str,
         latest: &str,
-        spec: &LockSpec,
+        spec: &Lock,
         available: &Availability,
     ) -> Installed {
         if let Availability::Unavailable(why) = available {

@@ -15,6 +15,9 @@ pub(crate) struct MemoryStore {
     next_version: Mutex<u64>,
     /// Records whose writes are answered 403 (tests of failures part-way).
     forbidden: Mutex<Vec<String>>,
+    /// A fault armed on a later write: (writes to let through first, the answer: an HTTP
+    /// code, or None for a dropped connection).
+    fault: Mutex<Option<(usize, Option<u16>)>>,
 }
 
 impl MemoryStore {
@@ -25,7 +28,14 @@ impl MemoryStore {
             records: Mutex::new(BTreeMap::new()),
             next_version: Mutex::new(1),
             forbidden: Mutex::new(Vec::new()),
+            fault: Mutex::new(None),
         }
+    }
+
+    /// The write after the next `skip` writes fails, nothing changed: answered `code`
+    /// (409, 500, …), or the connection drops (None). Once.
+    pub(crate) fn fail_write(&self, skip: usize, code: Option<u16>) {
+        *self.fault.lock().expect("memory store") = Some((skip, code));
     }
 
     /// Writes succeed again (undoes [`Self::forbid_writes`]).
@@ -118,6 +128,25 @@ impl MemoryStore {
         payload: Option<&str>,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
+        {
+            let mut fault = self.fault.lock().expect("memory store");
+            match *fault {
+                Some((0, code)) => {
+                    *fault = None;
+                    return Err(match code {
+                        None => StoreError::Transport("connection reset by peer".into()),
+                        Some(code) => StoreError::Api {
+                            code,
+                            reason: String::new(),
+                            message: format!("fault on writing {name:?}"),
+                            retry_after: None,
+                        },
+                    });
+                }
+                Some((n, code)) => *fault = Some((n - 1, code)),
+                None => {}
+            }
+        }
         if self
             .forbidden
             .lock()

@@ -80,7 +80,7 @@ struct Decider<'i, 'a> {
     /// The record versions are compared with.
     baseline: Option<&'i ReleaseSummary>,
     /// An unexpired pin lock.
-    pin_lock: Option<&'i LockState>,
+    pin_lock: Option<&'i Lock>,
     /// Compared key values (keys other than chart-version), for the decision.
     deployed_key: Option<String>,
     target_key: Option<String>,
@@ -578,13 +578,13 @@ impl<'i, 'a> Decider<'i, 'a> {
         (Action::Refuse, reason, format!("refused: {text}"))
     }
 
-    fn lock_description(lock: &LockState) -> String {
+    fn lock_description(lock: &Lock) -> String {
         let mut s = format!(
             "{} lock by {}",
             lock.kind.as_str(),
             lock.by.as_deref().unwrap_or("unknown")
         );
-        if let Some(since) = &lock.since {
+        if let Some(since) = lock.since_text() {
             s.push_str(&format!(" since {since}"));
         }
         if let Some(t) = lock.expires_at {
@@ -596,7 +596,7 @@ impl<'i, 'a> Decider<'i, 'a> {
         s
     }
 
-    fn skip_locked(&self, lock: &LockState) -> Outcome {
+    fn skip_locked(&self, lock: &Lock) -> Outcome {
         let what = match self.input.target {
             Some(t) => format!("target {} not applied", t.version),
             None => "upgrades are not applied".to_string(),
@@ -607,7 +607,7 @@ impl<'i, 'a> Decider<'i, 'a> {
         )
     }
 
-    fn refuse_expired_hard(&self, lock: &LockState) -> Outcome {
+    fn refuse_expired_hard(&self, lock: &Lock) -> Outcome {
         let revision = self
             .input
             .state

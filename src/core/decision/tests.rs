@@ -38,16 +38,15 @@ fn deployed(version: &str) -> DeployedState {
     )])
 }
 
-fn lock(kind: LockKind, expires_at: Option<i64>, pin: Option<&str>) -> LockState {
-    LockState {
+fn lock(kind: LockKind, expires_at: Option<i64>, pin: Option<&str>) -> Lock {
+    Lock {
         kind,
         reason: Some("db migration\nrunning".into()),
         by: Some("alice".into()),
-        since: Some("2023-11-14T00:00:00Z".into()),
+        since: 1_699_920_000,
         expires_at,
         pin: pin.map(str::to_string),
         pin_key: None,
-        hard_original_status: Some("deployed".into()),
     }
 }
 
@@ -402,15 +401,7 @@ fn locks() {
     let hard_latest = crate::adapters::state::testkit::state(&[locked]);
     // (state, lock, target, policy, action, reason, note expected)
     #[allow(clippy::type_complexity)]
-    let cases: Vec<(
-        DeployedState,
-        LockState,
-        &str,
-        VersionRule,
-        Action,
-        Reason,
-        bool,
-    )> = vec![
+    let cases: Vec<(DeployedState, Lock, &str, VersionRule, Action, Reason, bool)> = vec![
         (
             deployed("1.4.0"),
             lock(Soft, None, None),
@@ -700,15 +691,14 @@ fn lock_messages() {
         .message
         .starts_with("skip: release \"db\" in \"shared\" is at 1.4.0 (revision 7); target 2.0.0"));
     // A lock with no details still reads well.
-    state.lock = Some(LockState {
+    state.lock = Some(Lock {
         kind: LockKind::Soft,
         reason: None,
         by: None,
-        since: None,
+        since: 0,
         expires_at: None,
         pin: None,
         pin_key: None,
-        hard_original_status: None,
     });
     let d = run(&state, &target("2.0.0"), VersionRule::Newer);
     assert!(
@@ -1426,7 +1416,7 @@ fn compare_key_messages_name_only_the_key_value() {
 #[test]
 fn pins_on_keys() {
     let tag = CompareKey::Value("image.tag".into());
-    let pin = |key: Option<&str>| LockState {
+    let pin = |key: Option<&str>| Lock {
         pin_key: key.map(str::to_string),
         ..lock(LockKind::Pin, None, Some("~1.4"))
     };
@@ -1632,7 +1622,7 @@ fn compare_key_parse_and_needed_keys() {
         );
     }
     let tag = CompareKey::Value("image.tag".into());
-    let pinned = LockState {
+    let pinned = Lock {
         pin_key: Some("app-version".into()),
         ..lock(LockKind::Pin, None, Some("1.x"))
     };

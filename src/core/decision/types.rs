@@ -6,7 +6,9 @@ use std::fmt;
 
 use serde::Serialize;
 
+pub use crate::core::lock::{Lock, LockKind};
 use crate::core::release::{ReleaseStatus, ReleaseSummary};
+pub use crate::core::version::{CompareKey, CompareKeyError};
 
 /// A part of a release whose content is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -99,56 +101,6 @@ impl std::str::FromStr for VersionRule {
     }
 }
 
-/// The key whose version order guards against downgrades (`--compare`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub enum CompareKey {
-    /// The chart's `version` (default).
-    #[default]
-    ChartVersion,
-    /// The chart's `appVersion`.
-    AppVersion,
-    /// A value at a dotted path of the release's values, e.g. `image.tag`.
-    Value(String),
-}
-
-/// An unusable `--compare` (or pin key) text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown compare key {0:?}: use chart-version, app-version or value:PATH (e.g. value:image.tag)")]
-pub struct CompareKeyError(pub String);
-
-impl CompareKey {
-    /// Parses `chart-version`, `app-version` or `value:PATH` (dot-separated, no empty
-    /// segment).
-    pub fn parse(text: &str) -> Result<CompareKey, CompareKeyError> {
-        match text {
-            "chart-version" => Ok(CompareKey::ChartVersion),
-            "app-version" => Ok(CompareKey::AppVersion),
-            _ => match text.strip_prefix("value:") {
-                Some(path) if !path.is_empty() && path.split('.').all(|s| !s.is_empty()) => {
-                    Ok(CompareKey::Value(path.to_string()))
-                }
-                _ => Err(CompareKeyError(text.to_string())),
-            },
-        }
-    }
-}
-
-impl fmt::Display for CompareKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CompareKey::ChartVersion => f.write_str("chart-version"),
-            CompareKey::AppVersion => f.write_str("app-version"),
-            CompareKey::Value(path) => write!(f, "value:{path}"),
-        }
-    }
-}
-
-impl Serialize for CompareKey {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 /// The text of a compare key in one release.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyText {
@@ -189,7 +141,7 @@ pub struct ChangeFacts {
 
 /// The compare keys whose values a decision may need: the `--compare` key and the key a
 /// pin lock constrains (chart-version when the pin names none or an unusable one).
-pub fn keys_needed(compare: &CompareKey, lock: Option<&LockState>) -> Vec<CompareKey> {
+pub fn keys_needed(compare: &CompareKey, lock: Option<&Lock>) -> Vec<CompareKey> {
     let mut keys = vec![compare.clone()];
     if let Some(key) = lock
         .and_then(|l| l.pin_key.as_deref())
@@ -223,62 +175,7 @@ pub struct DeployedState {
     /// notes otherwise.
     pub latest_summary: Option<ReleaseSummary>,
     /// The release lock, if one is set.
-    pub lock: Option<LockState>,
-}
-
-/// Kind of a release lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LockKind {
-    /// Our tool skips the release; plain helm is not blocked.
-    Soft,
-    /// The latest record is set to `pending-upgrade`, which also blocks
-    /// plain `helm upgrade`.
-    Hard,
-    /// Only target versions matching `pin` are allowed.
-    Pin,
-}
-
-impl LockKind {
-    /// `soft`, `hard` or `pin`, as stored in the lock label.
-    pub fn parse(text: &str) -> Option<LockKind> {
-        match text {
-            "soft" => Some(LockKind::Soft),
-            "hard" => Some(LockKind::Hard),
-            "pin" => Some(LockKind::Pin),
-            _ => None,
-        }
-    }
-
-    /// The label/JSON spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LockKind::Soft => "soft",
-            LockKind::Hard => "hard",
-            LockKind::Pin => "pin",
-        }
-    }
-}
-
-/// A release lock as stored on the release.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockState {
-    /// Soft, hard or pin.
-    pub kind: LockKind,
-    /// Why the release is locked.
-    pub reason: Option<String>,
-    /// Who set the lock.
-    pub by: Option<String>,
-    /// When the lock was set (RFC 3339).
-    pub since: Option<String>,
-    /// When the lock stops applying (unix seconds); `None` = never.
-    pub expires_at: Option<i64>,
-    /// Constraint text target versions must match (pin locks).
-    pub pin: Option<String>,
-    /// The compare key the pin constrains (`value:image.tag`...); `None` = chart version.
-    pub pin_key: Option<String>,
-    /// For hard locks: the latest record's status before locking.
-    pub hard_original_status: Option<String>,
+    pub lock: Option<Lock>,
 }
 
 /// What we are asked to deploy.

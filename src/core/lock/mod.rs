@@ -1,5 +1,10 @@
-//! The lock model: how a release lock is written into, and read back from, the labels of
-//! the release's own records.
+//! The release lock: one [`Lock`] for what `lock` writes and what every reader reads, its
+//! label codec (this file), and the pure planners of the record writes of `lock` and
+//! `unlock` ([`plan`]).
+//!
+//! "Lock" means the release lock only (soft, pin, hard). The per-release Lease is the mutex
+//! (`adapters/mutex.rs`); what refuses changes to a hard-locked release besides helm is the
+//! store's enforcer (`adapters/enforce/`).
 //!
 //! Why labels: Helm keeps every non-system label of a record when it rewrites it (e.g. to
 //! mark it `superseded`), merges the previous revision's custom labels into a new revision
@@ -10,7 +15,41 @@
 
 use std::collections::BTreeMap;
 
-use crate::core::decision::{LockKind, LockState};
+pub mod plan;
+
+/// Kind of a release lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LockKind {
+    /// Our tool skips the release; plain helm is not blocked.
+    Soft,
+    /// The latest record is set to `pending-upgrade`, which also blocks
+    /// plain `helm upgrade`.
+    Hard,
+    /// Only target versions matching `pin` are allowed.
+    Pin,
+}
+
+impl LockKind {
+    /// `soft`, `hard` or `pin`, as stored in the lock label.
+    pub fn parse(text: &str) -> Option<LockKind> {
+        match text {
+            "soft" => Some(LockKind::Soft),
+            "hard" => Some(LockKind::Hard),
+            "pin" => Some(LockKind::Pin),
+            _ => None,
+        }
+    }
+
+    /// The label/JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockKind::Soft => "soft",
+            LockKind::Hard => "hard",
+            LockKind::Pin => "pin",
+        }
+    }
+}
 
 /// Prefix of every label guarded-upgrade writes.
 pub const PREFIX: &str = "guarded-upgrade.io/";
@@ -44,16 +83,17 @@ const MAX_LABEL_VALUE: usize = 63;
 /// Longest accepted reason/by/pin text, in bytes.
 pub const MAX_TEXT_BYTES: usize = 256;
 
-/// A lock's details as written to labels (the decision's [`LockState`] is read back).
+/// A release lock: what `lock` writes onto every record, and what `status`, `locks` and
+/// the decision read back from the latest one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LockSpec {
+pub struct Lock {
     /// Soft, hard or pin.
     pub kind: LockKind,
     /// Why.
     pub reason: Option<String>,
     /// Who.
     pub by: Option<String>,
-    /// When, Unix seconds.
+    /// When, Unix seconds (0: not known).
     pub since: i64,
     /// Expiry, Unix seconds.
     pub expires_at: Option<i64>,
@@ -186,7 +226,7 @@ impl UnreadableLock {
 /// The hard-lock bookkeeping labels (read by `unlock`, not part of the lock itself).
 const HARD_KEYS: [&str; 3] = [KEY_HARD_STATUS, KEY_HARD_DIGEST, KEY_HARD_REVISION];
 
-impl LockSpec {
+impl Lock {
     /// Every label of this lock (not the hard-lock bookkeeping labels).
     pub fn labels(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
@@ -208,9 +248,14 @@ impl LockSpec {
         out
     }
 
+    /// When it was set, RFC 3339 (None when not known).
+    pub fn since_text(&self) -> Option<String> {
+        (self.since > 0).then(|| crate::core::time::format_rfc3339(self.since))
+    }
+
     /// Same lock apart from the time it was set.
-    pub fn same_as(&self, other: &LockSpec) -> bool {
-        LockSpec {
+    pub fn same_as(&self, other: &Lock) -> bool {
+        Lock {
             since: other.since,
             ..self.clone()
         } == *other
@@ -240,9 +285,7 @@ pub fn label_changes(
 /// Reads the lock from a record's labels: None when no guarded-upgrade label is there, an
 /// error when any of them cannot be read in full (unknown kind, missing or undecodable pin,
 /// pin key or time, a label guarded-upgrade does not write).
-pub fn spec_from_labels(
-    labels: &BTreeMap<String, String>,
-) -> Result<Option<LockSpec>, UnreadableLock> {
+pub fn from_labels(labels: &BTreeMap<String, String>) -> Result<Option<Lock>, UnreadableLock> {
     let ours: Vec<&String> = labels.keys().filter(|k| k.starts_with(PREFIX)).collect();
     if ours.is_empty() {
         return Ok(None);
@@ -282,10 +325,10 @@ pub fn spec_from_labels(
         return Err(UnreadableLock::new(KEY_PIN, "is missing on a pin lock"));
     }
     if let Some(key) = &pin_key {
-        crate::core::decision::CompareKey::parse(key)
+        crate::core::version::CompareKey::parse(key)
             .map_err(|e| UnreadableLock::new(KEY_PIN_KEY, format!("is not a compare key ({e})")))?;
     }
-    Ok(Some(LockSpec {
+    Ok(Some(Lock {
         kind,
         reason,
         by,
@@ -296,23 +339,6 @@ pub fn spec_from_labels(
     }))
 }
 
-/// The decision's view of the lock on a record.
-pub fn from_labels(labels: &BTreeMap<String, String>) -> Result<Option<LockState>, UnreadableLock> {
-    let Some(spec) = spec_from_labels(labels)? else {
-        return Ok(None);
-    };
-    Ok(Some(LockState {
-        kind: spec.kind,
-        reason: spec.reason,
-        by: spec.by,
-        since: (spec.since > 0).then(|| crate::core::time::format_rfc3339(spec.since)),
-        expires_at: spec.expires_at,
-        pin: spec.pin,
-        pin_key: spec.pin_key,
-        hard_original_status: labels.get(KEY_HARD_STATUS).cloned(),
-    }))
-}
-
 /// CRC-32 of a payload as lowercase hex: detects a hard-locked record rewritten by others.
 pub fn payload_digest(payload: &[u8]) -> String {
     let mut crc = flate2::Crc::new();
@@ -320,29 +346,38 @@ pub fn payload_digest(payload: &[u8]) -> String {
     format!("{:08x}", crc.sum())
 }
 
-/// Who is locking: `--by`, else the CI's user, else the kubeconfig user, else `$USER`.
-pub fn default_by(kube_user: Option<&str>) -> Option<String> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    [
-        "GITHUB_ACTOR",
-        "GITLAB_USER_LOGIN",
-        "BUILD_REQUESTEDFOREMAIL",
-        "BITBUCKET_STEP_TRIGGERER_UUID",
-        "BUILDKITE_BUILD_CREATOR",
-        "CIRCLE_USERNAME",
-    ]
-    .iter()
-    .find_map(|name| var(name))
-    .or_else(|| kube_user.map(str::to_string))
-    .or_else(|| var("USER"))
+/// The variables naming the user who started a CI job, in the order they are tried
+/// (GitHub Actions, GitLab, Azure Pipelines, Bitbucket, Buildkite, CircleCI). The plan
+/// reads them; the core reads no environment.
+pub const CI_USER_VARS: [&str; 6] = [
+    "GITHUB_ACTOR",
+    "GITLAB_USER_LOGIN",
+    "BUILD_REQUESTEDFOREMAIL",
+    "BITBUCKET_STEP_TRIGGERER_UUID",
+    "BUILDKITE_BUILD_CREATOR",
+    "CIRCLE_USERNAME",
+];
+
+/// Who is locking when `--by` is not given: the CI's user, else the kubeconfig user, else
+/// the login user (`$USER`).
+pub fn default_by(
+    ci_user: Option<&str>,
+    kube_user: Option<&str>,
+    login_user: Option<&str>,
+) -> Option<String> {
+    [ci_user, kube_user, login_user]
+        .into_iter()
+        .flatten()
+        .find(|u| !u.trim().is_empty())
+        .map(str::to_string)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn spec(reason: Option<&str>, by: Option<&str>, pin: Option<&str>) -> LockSpec {
-        LockSpec {
+    fn spec(reason: Option<&str>, by: Option<&str>, pin: Option<&str>) -> Lock {
+        Lock {
             kind: LockKind::Soft,
             reason: reason.map(str::to_string),
             by: by.map(str::to_string),
@@ -379,11 +414,11 @@ mod tests {
             spec(Some(&long), Some("alice@example.com"), Some(">=1.4 <2")),
             spec(Some("b32.looks-encoded"), Some("-dash"), Some("^1")),
             spec(Some(""), Some(""), None),
-            LockSpec {
+            Lock {
                 pin_key: Some("value:image.tag".into()),
                 ..spec(None, Some("ops"), Some("~1.1"))
             },
-            LockSpec {
+            Lock {
                 pin_key: Some("app-version".into()),
                 ..spec(None, None, Some("2.x"))
             },
@@ -393,7 +428,7 @@ mod tests {
                 assert!(is_label_value(v), "{k}={v:?} is not a label value");
                 assert!(k.len() - PREFIX.len() <= 63, "{k}");
             }
-            assert_eq!(spec_from_labels(&labels).unwrap().unwrap(), s);
+            assert_eq!(from_labels(&labels).unwrap().unwrap(), s);
         }
     }
 
@@ -439,7 +474,7 @@ mod tests {
     fn unreadable_lock_labels_are_errors_naming_the_label() {
         let base = || spec(Some("freeze"), Some("alice"), None).labels();
         let pin = || {
-            LockSpec {
+            Lock {
                 kind: LockKind::Pin,
                 pin: Some("~1.4".into()),
                 ..spec(None, None, None)
@@ -512,7 +547,7 @@ mod tests {
             ),
         ];
         for (labels, label, problem) in cases {
-            let err = spec_from_labels(&labels).unwrap_err();
+            let err = from_labels(&labels).unwrap_err();
             assert_eq!(
                 (err.label.as_str(), err.problem.as_str()),
                 (label, problem),
@@ -521,7 +556,7 @@ mod tests {
             assert!(from_labels(&labels).is_err());
         }
         let bad_key = with(pin(), KEY_PIN_KEY, Some("image.tag"));
-        let err = spec_from_labels(&bad_key).unwrap_err();
+        let err = from_labels(&bad_key).unwrap_err();
         assert_eq!(err.label, KEY_PIN_KEY);
         assert!(err.problem.starts_with("is not a compare key ("), "{err}");
     }
