@@ -3,6 +3,10 @@
 //! imports only its own layer and the layers below; no two modules import each other,
 //! directly or in a circle. Inside `core/` and `adapters/` each child module (`core/decision`,
 //! `adapters/storage`) counts on its own, so circles between adapters are found too.
+//!
+//! Inside `commands/`, no verb imports another verb: verbs share only the files
+//! [`SHARED_COMMANDS`] names, and `commands/mod.rs` only hands each plan to its verb
+//! (`verb::run`). The core reads no environment.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -444,5 +448,127 @@ fn the_checker_reads_rust_as_rust() {
     assert_eq!(
         layer_map("| 1 | core | `core/` | x |\n| 2 | top | `error.rs`, `cli.rs` | y |")["cli"],
         (2, "top".to_string())
+    );
+}
+
+/// The files of `commands/` that verbs share (`docs/architecture.md`, commands row); every
+/// other file but `mod.rs` is a verb.
+const SHARED_COMMANDS: &[&str] = &["guard", "interrupts", "records", "session"];
+
+/// The non-test code of each file in `dir`, by file stem.
+fn code_of(dir: &Path) -> BTreeMap<String, String> {
+    let mut files = Vec::new();
+    rust_files(dir, &mut files);
+    let mut out = BTreeMap::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut mods = Vec::new();
+        let code = without_tests(&code_only(&text), &mut mods);
+        let rel = file.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+        out.insert(rel.trim_end_matches(".rs").to_string(), code);
+    }
+    out
+}
+
+/// The identifiers following `prefix` in `code` (`super::records` gives `records`).
+fn after(code: &str, prefix: &str) -> Vec<String> {
+    code.match_indices(prefix)
+        .filter(|(at, _)| {
+            !code[..*at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        })
+        .map(|(at, _)| {
+            code[at + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+/// What each file of `commands/` names of its siblings: `super::x` and `crate::commands::x`.
+fn sibling_uses(code: &str) -> Vec<String> {
+    let mut uses = after(code, "super::");
+    uses.extend(after(code, "crate::commands::"));
+    uses
+}
+
+#[test]
+fn no_verb_imports_another_verb_and_mod_rs_only_dispatches() {
+    let files = code_of(&Path::new(ROOT).join("src/commands"));
+    let doc = architecture_doc();
+    let row = doc
+        .lines()
+        .find(|l| l.starts_with("| 6 | commands |"))
+        .expect("the commands row of docs/architecture.md");
+    for shared in SHARED_COMMANDS {
+        assert!(
+            row.contains(&format!("`{shared}.rs`")),
+            "docs/architecture.md's commands row does not name the shared {shared}.rs"
+        );
+    }
+    let verbs: Vec<&String> = files
+        .keys()
+        .filter(|f| *f != "mod" && !SHARED_COMMANDS.contains(&f.as_str()))
+        .collect();
+    assert!(verbs.len() >= 8, "verbs: {verbs:?}");
+    let mut wrong = Vec::new();
+    for (file, code) in &files {
+        if file == "mod" {
+            // Each verb named only to hand it its plan: `verb::run(`.
+            for verb in &verbs {
+                for (at, _) in code.match_indices(&format!("{verb}::")) {
+                    let before = code[..at].chars().next_back();
+                    if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+                        continue;
+                    }
+                    if !code[at + verb.len() + 2..].starts_with("run(") {
+                        wrong.push(format!("commands/mod.rs uses {verb}:: other than {verb}::run"));
+                    }
+                }
+            }
+            continue;
+        }
+        for used in sibling_uses(code) {
+            if !SHARED_COMMANDS.contains(&used.as_str()) {
+                let what = if verbs.iter().any(|v| **v == used) {
+                    "the verb"
+                } else {
+                    "mod.rs's"
+                };
+                wrong.push(format!("commands/{file}.rs uses {what} {used}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_core_reads_no_environment() {
+    let files = code_of(&Path::new(ROOT).join("src/core"));
+    let readers: Vec<String> = files
+        .iter()
+        .filter(|(_, code)| {
+            ["std::env", "env::var", "var_os(", "vars_os(", "env!("]
+                .iter()
+                .any(|r| code.contains(r))
+        })
+        .map(|(file, _)| format!("src/core/{file}.rs"))
+        .collect();
+    assert!(
+        readers.is_empty(),
+        "the core reads the environment (the plan reads it, through plan::Env): {readers:?}"
+    );
+}
+
+#[test]
+fn the_commands_checker_finds_what_it_looks_for() {
+    let code = code_only("use super::records::Scope; let s = super::lock::run(p); // super::x\n");
+    assert_eq!(sibling_uses(&code), ["records", "lock"]);
+    assert_eq!(
+        after("crate::commands::policy::run(); other::crate::commands::x", "crate::commands::"),
+        ["policy"]
     );
 }
