@@ -464,7 +464,11 @@ fn code_of(dir: &Path) -> BTreeMap<String, String> {
         let text = std::fs::read_to_string(&file).unwrap();
         let mut mods = Vec::new();
         let code = without_tests(&code_only(&text), &mut mods);
-        let rel = file.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+        let rel = file
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
         out.insert(rel.trim_end_matches(".rs").to_string(), code);
     }
     out
@@ -525,7 +529,9 @@ fn no_verb_imports_another_verb_and_mod_rs_only_dispatches() {
                         continue;
                     }
                     if !code[at + verb.len() + 2..].starts_with("run(") {
-                        wrong.push(format!("commands/mod.rs uses {verb}:: other than {verb}::run"));
+                        wrong.push(format!(
+                            "commands/mod.rs uses {verb}:: other than {verb}::run"
+                        ));
                     }
                 }
             }
@@ -568,7 +574,10 @@ fn the_commands_checker_finds_what_it_looks_for() {
     let code = code_only("use super::records::Scope; let s = super::lock::run(p); // super::x\n");
     assert_eq!(sibling_uses(&code), ["records", "lock"]);
     assert_eq!(
-        after("crate::commands::policy::run(); other::crate::commands::x", "crate::commands::"),
+        after(
+            "crate::commands::policy::run(); other::crate::commands::x",
+            "crate::commands::"
+        ),
         ["policy"]
     );
 }
