@@ -18,6 +18,7 @@ pub(crate) struct Kind {
 /// The resources tests and helm touch. Namespaced ones are emptied between tests.
 pub(crate) const KINDS: &[Kind] = &[
     kind("namespaces", "/api/v1", false),
+    kind("nodes", "/api/v1", false),
     kind("secrets", "/api/v1", true),
     kind("configmaps", "/api/v1", true),
     kind("services", "/api/v1", true),

@@ -118,14 +118,19 @@ pub(crate) fn parse(text: &str) -> Vec<AuditEvent> {
 }
 
 /// The audit policy: every request at `Metadata` level (never bodies: they hold release
-/// values), except the test bed's own housekeeping and the server's loopback client.
+/// values), except the test bed's own housekeeping, the server's loopback client and the
+/// cluster's controllers (kube-controller-manager and the ServiceAccounts it acts as in
+/// kube-system, kube-scheduler, kwok as its node): what a test reads back is what the
+/// tests' programs asked.
 pub(crate) const POLICY: &str = "\
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
 - level: None
-  users: [\"kube-testbed\", \"system:apiserver\"]
+  users: [\"kube-testbed\", \"system:apiserver\", \"system:kube-controller-manager\", \"system:kube-scheduler\"]
+- level: None
+  userGroups: [\"system:serviceaccounts:kube-system\", \"system:nodes\"]
 - level: None
   nonResourceURLs: [\"/healthz*\", \"/readyz*\", \"/livez*\"]
 - level: Metadata

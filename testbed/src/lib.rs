@@ -11,14 +11,20 @@
 //! - The processes die with the test process (`PR_SET_PDEATHSIG` from a thread that lives as
 //!   long as the process), even when it is killed.
 //!
-//! No controllers run (no kube-controller-manager, no kubelet): Deployments never become
-//! ready, so tests never use `helm --wait` here.
+//! - A server runs no controllers ([`cluster`]: nothing reconciles, a Deployment never gets
+//!   a ReplicaSet, a hook Job never completes), or, on request
+//!   ([`cluster_with_controllers`]), kube-controller-manager, kube-scheduler and kwok (one
+//!   fake node) with identities of their own (see `controllers`): Deployments roll out, pods
+//!   become Ready, Jobs complete, and a pod can be made to fail on purpose
+//!   ([`FAIL_LABEL`], [`NEVER_READY_LABEL`]).
 
 mod admin;
 mod audit;
+mod controllers;
 mod pki;
 
 pub use audit::AuditEvent;
+pub use controllers::{FAIL_LABEL, NEVER_READY_LABEL, NODE_NAME};
 pub use pki::ClientCert;
 
 use std::io::{Read, Seek, SeekFrom};
@@ -26,6 +32,7 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -169,6 +176,8 @@ pub struct Plane {
     procs: Mutex<Vec<Proc>>,
     free: Mutex<Vec<usize>>,
     freed: Condvar,
+    /// Per API server: whether its controllers run (changed only by the test leasing it).
+    controlled: Vec<AtomicBool>,
     /// Per API server: how far its audit log was read by the last reset.
     restarted_at: Vec<Mutex<u64>>,
     admin_token: String,
@@ -203,9 +212,21 @@ pub fn plane() -> &'static Plane {
 }
 
 /// Leases one API server of the process's control plane for a test: waits for a free one,
-/// empties it, and gives it back when the returned [`Cluster`] is dropped.
+/// empties it, and gives it back when the returned [`Cluster`] is dropped. No controllers
+/// run against it: nothing reconciles (a hook Job never completes, a Deployment never gets
+/// a ReplicaSet), which some tests rely on to keep helm busy.
 pub fn cluster() -> Cluster {
-    plane().lease()
+    plane().lease(false)
+}
+
+/// Like [`cluster`], with the cluster's controllers running against the server:
+/// kube-controller-manager, kube-scheduler and kwok with its fake node [`NODE_NAME`]
+/// (started on the first such lease of a server, then kept until a plain [`cluster`] lease
+/// takes that server). Deployments roll out, pods become Ready, Jobs complete; a pod
+/// template labelled [`FAIL_LABEL`] or [`NEVER_READY_LABEL`] fails on purpose. Panics, naming
+/// the binary and showing its last log lines, when they cannot start.
+pub fn cluster_with_controllers() -> Cluster {
+    plane().lease(true)
 }
 
 fn free_port() -> u16 {
@@ -307,6 +328,7 @@ impl Plane {
             servers,
             procs: Mutex::new(Vec::new()),
             free: Mutex::new((0..n).rev().collect()),
+            controlled: (0..n).map(|_| AtomicBool::new(false)).collect(),
             restarted_at: (0..n).map(|_| Mutex::new(0)).collect(),
             freed: Condvar::new(),
             admin_token,
@@ -471,12 +493,33 @@ impl Plane {
         )
     }
 
-    fn lease(&'static self) -> Cluster {
+    /// Leases a free server, preferring one already in the wanted mode (with or without
+    /// controllers) so that controllers are started or stopped as rarely as possible.
+    /// A kubeconfig for server `i` authenticating with a client certificate.
+    fn kubeconfig_cert_text(&self, i: usize, user: &str, cert: &ClientCert) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {}\n    \
+             certificate-authority-data: {}\ncontexts:\n- name: testbed\n  context:\n    cluster: testbed\n    \
+             user: {user}\ncurrent-context: testbed\nusers:\n- name: {user}\n  user:\n    \
+             client-certificate-data: {}\n    client-key-data: {}\npreferences: {{}}\n",
+            self.url(i),
+            b64(&self.pki.ca_pem),
+            b64(&cert.cert_pem),
+            b64(&cert.key_pem),
+        )
+    }
+
+    fn lease(&'static self, controllers: bool) -> Cluster {
         let index = {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
             loop {
-                if let Some(i) = free.pop() {
-                    break i;
+                let matching = free
+                    .iter()
+                    .rposition(|&i| self.controlled[i].load(Ordering::SeqCst) == controllers);
+                if let Some(at) = matching.or_else(|| free.len().checked_sub(1)) {
+                    break free.remove(at);
                 }
                 free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
             }
@@ -491,10 +534,36 @@ impl Plane {
                 .tempdir()
                 .expect("tempdir"),
         };
-        cluster.reset();
+        let running = self.controlled[index].load(Ordering::SeqCst);
+        if running && !controllers {
+            // Emptied while the controllers still run (they delete what depends on what is
+            // deleted), then stopped: nothing reconciles during the test.
+            cluster.reset();
+            self.stop_controllers(index);
+            self.controlled[index].store(false, Ordering::SeqCst);
+        } else {
+            cluster.reset();
+        }
+        if controllers && !running {
+            if let Err(e) = self.start_controllers(index) {
+                panic!("{e}");
+            }
+            self.controlled[index].store(true, Ordering::SeqCst);
+        }
         cluster.clear_requests();
         cluster
     }
+}
+
+/// `kubectl rollout status`'s rule for a Deployment.
+fn rollout_complete(d: &Value) -> bool {
+    let n = |v: &Value| v.as_i64().unwrap_or(0);
+    let spec = n(&d["spec"]["replicas"]);
+    let st = &d["status"];
+    n(&st["observedGeneration"]) >= n(&d["metadata"]["generation"])
+        && n(&st["updatedReplicas"]) == spec
+        && n(&st["replicas"]) == spec
+        && n(&st["availableReplicas"]) == spec
 }
 
 fn etcd_command(plane: &Plane, _: usize) -> Command {
@@ -733,17 +802,20 @@ impl Cluster {
     }
 
     /// Deletes one object; true when it existed. A namespace is removed for good, with what
-    /// it holds, as a namespace controller would (none runs here).
+    /// it holds (by hand where no namespace controller runs), before this returns. A pod is
+    /// deleted at once (grace period 0): no kubelet may be there to confirm its end.
     pub fn delete_object(&self, resource: &str, namespace: Option<&str>, name: &str) -> bool {
         if resource == "namespaces" {
             if self.get("namespaces", None, name).is_none() {
                 return false;
             }
-            self.empty_namespace(name);
-            self.remove_namespace(name);
+            self.remove_namespaces(&[name.to_string()]);
             return true;
         }
-        let path = admin::path(resource, namespace, Some(name));
+        let mut path = admin::path(resource, namespace, Some(name));
+        if resource == "pods" {
+            path.push_str("?gracePeriodSeconds=0");
+        }
         match self.admin.send("DELETE", &path, None) {
             (200 | 202, _) => true,
             (404, _) => false,
@@ -799,12 +871,12 @@ impl Cluster {
             .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
             .filter(|n| !SYSTEM_NAMESPACES.contains(&n.as_str()))
             .collect();
-        for ns in &namespaces {
+        let (default, others): (Vec<String>, Vec<String>) =
+            namespaces.into_iter().partition(|n| n == "default");
+        for ns in &default {
             self.empty_namespace(ns);
-            if ns != "default" {
-                self.remove_namespace(ns);
-            }
         }
+        self.remove_namespaces(&others);
         // kube-apiserver stops resolving a built-in `paramKind` (ConfigMap) for good once a
         // policy using it has no binding for a moment (kubernetes/kubernetes#130887, open
         // in v1.37): a later test's policy would never see its parameters. So a server
@@ -842,21 +914,176 @@ impl Cluster {
         for plural in ["clusterrolebindings", "clusterroles"] {
             for obj in self.list(plural, None) {
                 let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-                let bootstrapped = obj["metadata"]["labels"]["kubernetes.io/bootstrapping"]
-                    .as_str()
-                    .is_some();
-                if !bootstrapped && !name.starts_with("system:") {
+                let labels = &obj["metadata"]["labels"];
+                let bootstrapped = labels["kubernetes.io/bootstrapping"].as_str().is_some();
+                let own = labels[controllers::OWN_LABEL.0] == controllers::OWN_LABEL.1;
+                if !bootstrapped && !own && !name.starts_with("system:") {
                     self.delete_object(plural, None, name);
                 }
             }
         }
     }
 
+    /// Whether the controllers run against this server now (leased with them, and every
+    /// one of their processes alive).
+    pub fn has_controllers(&self) -> bool {
+        self.plane.controlled[self.index].load(Ordering::SeqCst)
+            && controllers::PROCESSES
+                .iter()
+                .all(|p| self.plane.running(p, self.index))
+    }
+
+    /// The fake node kwok manages where controllers run ([`NODE_NAME`]).
+    pub fn node_name(&self) -> &'static str {
+        NODE_NAME
+    }
+
+    /// Polls `done` every 100 ms until it holds; panics naming `what` after `limit`.
+    #[track_caller]
+    pub fn wait_until(&self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "kube-testbed: timed out after {limit:?} waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until Deployment `ns/name` has rolled out, as `kubectl rollout status` judges
+    /// it: the controller saw its latest spec, every replica runs the latest template and is
+    /// available, no old replica remains. Returns the Deployment. Panics after `limit`,
+    /// showing its status (needs [`cluster_with_controllers`]).
+    #[track_caller]
+    pub fn wait_rollout(&self, ns: &str, name: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let d = self.get("deployments", Some(ns), name);
+            if let Some(d) = &d {
+                if rollout_complete(d) {
+                    return d.clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-testbed: Deployment {ns}/{name} did not roll out within {limit:?} \
+                 (controllers running: {}); status: {}",
+                self.has_controllers(),
+                d.map(|d| d["status"].clone()).unwrap_or(Value::Null)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The pods of namespace `ns` whose labels include every `key=value` of `selector`.
+    pub fn pods(&self, ns: &str, selector: &[(&str, &str)]) -> Vec<Value> {
+        self.list("pods", Some(ns))
+            .into_iter()
+            .filter(|p| {
+                selector
+                    .iter()
+                    .all(|(k, v)| p["metadata"]["labels"][*k].as_str() == Some(*v))
+            })
+            .collect()
+    }
+
+    /// Whether a pod's `Ready` condition is `True`.
+    pub fn pod_ready(pod: &Value) -> bool {
+        controllers::pod_ready(pod)
+    }
+
+    /// Plays the kubelet whose readiness probe now passes: marks the running pods of `ns`
+    /// that match `selector` and are not Ready yet Ready (their status, written as the test
+    /// bed's own user). For a rollout a test holds with [`NEVER_READY_LABEL`] for as long as
+    /// it needs and then lets finish. Returns how many pods it marked.
+    pub fn make_pods_ready(&self, ns: &str, selector: &[(&str, &str)]) -> usize {
+        let mut marked = 0;
+        for pod in self.pods(ns, selector) {
+            let running = pod["status"]["phase"] == "Running";
+            let deleted = !pod["metadata"]["deletionTimestamp"].is_null();
+            if Self::pod_ready(&pod) || !running || deleted {
+                continue;
+            }
+            let started = pod["status"]["startTime"].clone();
+            let containers: Vec<Value> = pod["status"]["containerStatuses"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut c| {
+                    c["ready"] = json!(true);
+                    c["started"] = json!(true);
+                    c["state"] = json!({"running": {"startedAt": started}});
+                    c
+                })
+                .collect();
+            let condition =
+                |t: &str| json!({"type": t, "status": "True", "lastTransitionTime": started});
+            let patch = json!({"status": {
+                "conditions": [
+                    condition("PodScheduled"),
+                    condition("Initialized"),
+                    condition("ContainersReady"),
+                    condition("Ready"),
+                ],
+                "containerStatuses": containers,
+            }});
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            let path = format!("{}/status", admin::path("pods", Some(ns), Some(name)));
+            match self.admin.send("PATCH", &path, Some(&patch)) {
+                (200, _) => marked += 1,
+                // Gone or changed meanwhile (a rollout moves on): the caller looks again.
+                (404 | 409, _) => {}
+                (code, v) => panic!("kube-testbed: mark pod {ns}/{name} Ready: {code} {v}"),
+            }
+        }
+        marked
+    }
+
+    /// Makes Deployment `ns/name` fail on purpose: labels its pod template with `label`
+    /// ([`FAIL_LABEL`]: its new pods fail; [`NEVER_READY_LABEL`]: they run but never become
+    /// Ready), which starts a rollout that never completes. The write is the test bed's
+    /// own (not audited).
+    pub fn break_deployment(&self, ns: &str, name: &str, label: &str) {
+        let path = admin::path("deployments", Some(ns), Some(name));
+        let patch = json!({"spec": {"template": {"metadata": {"labels": {label: "true"}}}}});
+        match self.admin.send("PATCH", &path, Some(&patch)) {
+            (200, _) => {}
+            (code, v) => panic!("kube-testbed: label the pods of {ns}/{name}: {code} {v}"),
+        }
+    }
+
+    /// Deletes what a namespace holds (of the kinds tests and helm make). Workload
+    /// controllers go first and pods then at once (grace period 0), so that no controller
+    /// makes new pods and no pod waits for a kubelet. In `default`, the objects the
+    /// cluster's controllers keep there (`kubernetes` Service, ServiceAccount `default`,
+    /// ConfigMap `kube-root-ca.crt`) stay.
     fn empty_namespace(&self, ns: &str) {
-        for k in admin::KINDS.iter().filter(|k| k.namespaced) {
+        const FIRST: &[&str] = &[
+            "deployments",
+            "statefulsets",
+            "daemonsets",
+            "jobs",
+            "replicasets",
+            "pods",
+        ];
+        let kinds = FIRST.iter().map(|p| admin::kind_of(p)).chain(
+            admin::KINDS
+                .iter()
+                .filter(|k| k.namespaced && !FIRST.contains(&k.plural))
+                .copied(),
+        );
+        for k in kinds {
             for obj in self.list(k.plural, Some(ns)) {
                 let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-                if ns == "default" && k.plural == "services" && name == "kubernetes" {
+                let kept = matches!(
+                    (k.plural, name),
+                    ("services", "kubernetes")
+                        | ("serviceaccounts", "default")
+                        | ("configmaps", "kube-root-ca.crt")
+                );
+                if ns == "default" && kept {
                     continue;
                 }
                 // Finalizers would keep an object after the delete; nothing here runs
@@ -877,28 +1104,46 @@ impl Cluster {
         }
     }
 
-    /// Deletes a namespace for good: with no namespace controller running, the `kubernetes`
-    /// finalizer is removed by hand (the namespace was emptied first).
-    fn remove_namespace(&self, ns: &str) {
-        let one = format!("/api/v1/namespaces/{ns}");
-        self.admin.send("DELETE", &one, None);
-        if let Some(mut obj) = self.admin.get(&one) {
-            obj["spec"]["finalizers"] = json!([]);
-            let (code, v) = self
-                .admin
-                .send("PUT", &format!("{one}/finalize"), Some(&obj));
-            if code != 200 && code != 404 {
-                panic!("kube-testbed: finalize namespace {ns}: {code} {v}");
-            }
+    /// Deletes namespaces for good, with what they hold, and waits until they are gone.
+    /// Where no controllers run, each is emptied and its `kubernetes` finalizer removed by
+    /// hand. Where they run, the namespace is emptied of its pods first (so the namespace
+    /// controller finds no pod to wait for), then deleted, and the namespace controller
+    /// removes everything of every kind in it (bounded: 60 s, then the namespace's
+    /// conditions are shown).
+    fn remove_namespaces(&self, namespaces: &[String]) {
+        let controlled = self.has_controllers();
+        for ns in namespaces {
+            self.empty_namespace(ns);
+            let one = format!("/api/v1/namespaces/{ns}");
             self.admin.send("DELETE", &one, None);
+            if controlled {
+                continue;
+            }
+            if let Some(mut obj) = self.admin.get(&one) {
+                obj["spec"]["finalizers"] = json!([]);
+                let (code, v) = self
+                    .admin
+                    .send("PUT", &format!("{one}/finalize"), Some(&obj));
+                if code != 200 && code != 404 {
+                    panic!("kube-testbed: finalize namespace {ns}: {code} {v}");
+                }
+                self.admin.send("DELETE", &one, None);
+            }
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.admin.get(&one).is_some() {
-            assert!(
-                Instant::now() < deadline,
-                "kube-testbed: namespace {ns} is still there 10 s after it was deleted"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let limit = Duration::from_secs(if controlled { 60 } else { 10 });
+        let deadline = Instant::now() + limit;
+        for ns in namespaces {
+            let one = format!("/api/v1/namespaces/{ns}");
+            while let Some(obj) = self.admin.get(&one) {
+                if Instant::now() > deadline {
+                    panic!(
+                        "kube-testbed: namespace {ns} is still there {limit:?} after it was \
+                         deleted (controllers running: {controlled}); its status: {}",
+                        obj["status"]
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }

@@ -102,3 +102,117 @@ fn a_released_server_comes_back_empty() {
         held.push(c);
     }
 }
+
+fn deployment(ns: &str, name: &str, replicas: u32) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+            },
+        },
+    })
+}
+
+/// With controllers a Deployment rolls out onto the fake node (scheduler, controllers and
+/// kwok acting under their own identities), a labelled pod template never becomes Ready
+/// until the test says so, a reset removes a namespace full of pods for good, and a plain
+/// lease of the same server stops them again (a new Deployment gets no ReplicaSet).
+#[test]
+fn controllers_roll_out_fail_on_purpose_and_stop_for_a_plain_lease() {
+    use kube_testbed::{cluster_with_controllers, NEVER_READY_LABEL, NODE_NAME};
+    use std::time::Duration;
+    let port;
+    {
+        let c = cluster_with_controllers();
+        port = c.port();
+        assert!(c.has_controllers());
+        // The controllers are not the admin: kwok, as its node, may update pod status but
+        // not read Secrets; the ReplicaSet controller's ServiceAccount may create pods.
+        let may = |user: &str, groups: &[&str], verb: &str, resource: &str, sub: &str| {
+            let review = serde_json::json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {"user": user, "groups": groups, "resourceAttributes": {
+                    "namespace": "rollout", "verb": verb, "resource": resource,
+                    "subresource": sub}},
+            });
+            let (code, v) = c.request(
+                "POST",
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                Some(&review),
+            );
+            assert_eq!(code, 201, "{v}");
+            v["status"]["allowed"] == true
+        };
+        let kwok = format!("system:node:{NODE_NAME}");
+        assert!(may(&kwok, &["system:nodes"], "patch", "pods", "status"));
+        assert!(!may(&kwok, &["system:nodes"], "get", "secrets", ""));
+        assert!(!may(&kwok, &["system:nodes"], "create", "pods", ""));
+        let rs = "system:serviceaccount:kube-system:replicaset-controller";
+        assert!(may(rs, &["system:serviceaccounts"], "create", "pods", ""));
+        let node = c.get("nodes", None, NODE_NAME).expect("the fake node");
+        assert_eq!(
+            node["metadata"]["annotations"]["kwok.x-k8s.io/node"],
+            "fake"
+        );
+        c.create_namespace("rollout");
+        c.put_object("deployments", deployment("rollout", "web", 2));
+        let d = c.wait_rollout("rollout", "web", Duration::from_secs(120));
+        assert_eq!(d["status"]["readyReplicas"], 2, "{d}");
+        let pods = c.pods("rollout", &[("app", "web")]);
+        assert!(
+            pods.iter().all(|p| p["spec"]["nodeName"] == NODE_NAME),
+            "{pods:?}"
+        );
+
+        c.break_deployment("rollout", "web", NEVER_READY_LABEL);
+        let broken = [(NEVER_READY_LABEL, "true")];
+        c.wait_until("a never-ready pod to run", Duration::from_secs(60), || {
+            c.pods("rollout", &broken)
+                .iter()
+                .any(|p| p["status"]["phase"] == "Running")
+        });
+        let p = &c.pods("rollout", &broken)[0];
+        assert!(!kube_testbed::Cluster::pod_ready(p), "{p}");
+        assert_eq!(
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"], "CrashLoopBackOff",
+            "{p}"
+        );
+        // Let the rollout finish: the test plays the kubelet's readiness probe.
+        c.wait_until("the rollout to finish", Duration::from_secs(120), || {
+            c.make_pods_ready("rollout", &broken);
+            c.get("deployments", Some("rollout"), "web")
+                .is_some_and(|d| {
+                    d["status"]["updatedReplicas"] == 2
+                        && d["status"]["availableReplicas"] == 2
+                        && d["status"]["replicas"] == 2
+                })
+        });
+
+        // A reset with the namespace controller running: gone for good, nothing comes back.
+        c.reset();
+        assert!(c.get("namespaces", None, "rollout").is_none());
+        c.create_namespace("rollout");
+        assert_eq!(
+            c.list("pods", Some("rollout")),
+            Vec::<serde_json::Value>::new()
+        );
+        assert!(c.list("deployments", Some("rollout")).is_empty());
+    }
+    // A plain lease of the same server: nothing reconciles any more.
+    let mut held = Vec::new();
+    loop {
+        let c = cluster();
+        if c.port() != port {
+            held.push(c);
+            continue;
+        }
+        // The processes are gone (has_controllers looks at them).
+        assert!(!c.has_controllers());
+        break;
+    }
+}

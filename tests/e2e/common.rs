@@ -424,6 +424,23 @@ pub fn chart(name: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// A bed on a real API server whose controllers run (kube-controller-manager,
+/// kube-scheduler, kwok with one fake node): Deployments roll out, pods become Ready, Jobs
+/// complete, so `helm --wait`, `--atomic`/`--rollback-on-failure` and hook Jobs really run.
+pub fn bed_with_controllers(label: &str) -> Bed {
+    assert!(
+        !on_standin(label),
+        "controllers run on the real API server only"
+    );
+    let (label, bin) = helm_for(label);
+    Bed {
+        api: Api::Real(kube_testbed::cluster_with_controllers()),
+        label,
+        helm_bin: bin,
+        home: tempfile::tempdir().expect("tempdir"),
+    }
+}
+
 impl Bed {
     fn new(label: &'static str, helm_bin: PathBuf) -> Bed {
         let api = if on_standin(label) {
