@@ -453,7 +453,7 @@ fn the_checker_reads_rust_as_rust() {
 
 /// The files of `commands/` that verbs share (`docs/architecture.md`, commands row); every
 /// other file but `mod.rs` is a verb.
-const SHARED_COMMANDS: &[&str] = &["guard", "interrupts", "records", "session"];
+const SHARED_COMMANDS: &[&str] = &["guard", "records", "session"];
 
 /// The non-test code of each file in `dir`, by file stem.
 fn code_of(dir: &Path) -> BTreeMap<String, String> {

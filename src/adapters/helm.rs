@@ -270,8 +270,7 @@ pub(crate) async fn run_inherited(
         tokio::task::spawn_blocking(move || handle.wait().map(|o| o.status))
     };
     tokio::pin!(waiter);
-    let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt());
-    let mut terminate = signal(tokio::signal::unix::SignalKind::terminate());
+    let mut signals = crate::adapters::signals::Signals::listen();
     loop {
         tokio::select! {
             status = &mut waiter => {
@@ -280,20 +279,8 @@ pub(crate) async fn run_inherited(
                     .map_err(|source| HelmError::Spawn { program: command.program.clone(), source })?;
                 return Ok(exit_code(status));
             }
-            Some(()) = recv(&mut interrupt) => forward(&handle, libc::SIGINT),
-            Some(()) = recv(&mut terminate) => forward(&handle, libc::SIGTERM),
+            number = signals.next() => forward(&handle, number),
         }
-    }
-}
-
-fn signal(kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(kind).ok()
-}
-
-async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match signal {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -17,6 +17,7 @@ pub(crate) mod mutex;
 pub(crate) mod recovery;
 pub(crate) mod retry;
 pub(crate) mod shim;
+pub(crate) mod signals;
 pub(crate) mod state;
 pub(crate) mod storage;
 pub(crate) mod target;

@@ -621,17 +621,7 @@ async fn acquire_step(
 }
 
 async fn interrupted() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
+    crate::adapters::signals::first().await;
 }
 
 /// 500 ms to 1 s: frequent enough that serialized pipelines follow each other quickly,

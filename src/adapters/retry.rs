@@ -211,6 +211,11 @@ pub fn jitter_unit() -> f64 {
 }
 
 type Observer = Box<dyn Fn(&RetryNotice) + Send + Sync>;
+/// Process-wide on purpose: retries happen deep inside every store, Lease and cluster
+/// request, and the only receiver is the output layer, which adapters may not import.
+/// Threading a callback through every request would carry one constant value along
+/// dozens of paths; it is set once, in `Plan::run` (`commands/mod.rs`), to
+/// `output::retry`, and carries no data other than the notice itself.
 static OBSERVER: OnceLock<Observer> = OnceLock::new();
 
 /// Installs the process-wide receiver of [`RetryNotice`]s (the binary prints them on

@@ -3,6 +3,7 @@
 //! enforcer refuse changes.
 
 use crate::adapters::enforce::{Availability, Installed};
+use crate::adapters::signals::Interrupts;
 use crate::adapters::storage::{ReleaseStore, Store};
 use crate::cli::OutputFormat;
 use crate::core::lock::plan::{self as lock_plan, Planned, Refusal};
@@ -12,7 +13,6 @@ use crate::error::{Error, Exit};
 use crate::output::{self, report::LockReport};
 use crate::plan::LockPlan;
 
-use super::interrupts::Interrupts;
 use super::records::{records_of, Scope};
 use super::session;
 

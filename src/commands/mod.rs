@@ -3,15 +3,13 @@
 //! happened, and returns how the process ends.
 //!
 //! Verbs share only `session.rs` (connect, the mutex, the enforcer's steps), `records.rs`
-//! (executing planned record writes), `interrupts.rs` (signals) and `guard.rs` (upgrade and
-//! check); no verb imports another, and this file only hands each plan to its verb
+//! (executing planned record writes) and `guard.rs` (upgrade and check); no verb imports another, and this file only hands each plan to its verb
 //! (`tests/architecture.rs` checks both).
 
 mod check;
 mod completions;
 mod guard;
 mod helm;
-mod interrupts;
 mod lock;
 mod locks;
 mod man;

@@ -1,6 +1,6 @@
 //! Executes the record writes `core::lock::plan` planned for `lock` and `unlock` (the
 //! order, convergence and hard-lock rules are there): conflict retries, read-backs, and
-//! SIGINT/SIGTERM between the older records (`interrupts.rs`). A stop after a write says
+//! SIGINT/SIGTERM between the older records (`adapters/signals.rs`). A stop after a write says
 //! what it left ([`core::lock::plan::Planned::stopped`]).
 //!
 //! Every write is a merge patch carrying the record's resourceVersion (a precondition: the
@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::adapters::signals::{signal_name, Interrupts};
 use crate::adapters::storage::{
     RecordHeader, ReleaseStore, Store, StoreError, StoredRecord, LABEL_STATUS,
 };
@@ -17,8 +18,6 @@ use crate::core::lock::plan::{
 };
 use crate::core::release::{self, ReleaseStatus};
 use crate::error::Error;
-
-use super::interrupts::{signal_name, Interrupts};
 
 /// How many times a record write is retried after a 409 on a non-latest record.
 const CONFLICT_RETRIES: usize = 5;

@@ -2,13 +2,13 @@
 //! the lock labels, as `core::lock::plan` plans it (older records first, the latest last,
 //! so an interrupted unlock leaves the lock in force and a re-run finishes it).
 
+use crate::adapters::signals::Interrupts;
 use crate::adapters::storage::Store;
 use crate::core::lock::plan::{plan_unlock, unlock_shortfall};
 use crate::error::{Error, Exit};
 use crate::output;
 use crate::plan::UnlockPlan;
 
-use super::interrupts::Interrupts;
 use super::records::{records_of, Scope};
 use super::session;
 

@@ -7,6 +7,7 @@ use crate::adapters::helm::{self, HelmCommand};
 use crate::adapters::inputs::Captured;
 use crate::adapters::mutex::{self, MutexError};
 use crate::adapters::recovery::{self, Recovery};
+use crate::adapters::signals;
 use crate::adapters::storage::{self, ReleaseStore, Store};
 use crate::core::decision::{Action, Decision, Reason};
 use crate::core::time::format_duration;
@@ -145,18 +146,9 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
 }
 
 /// The first SIGINT or SIGTERM: its name and number.
-async fn interrupted() -> (&'static str, i32) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => ("SIGINT", libc::SIGINT),
-        _ = term.recv() => ("SIGTERM", libc::SIGTERM),
-    }
+async fn interrupted() -> (String, i32) {
+    let number = signals::first().await;
+    (signals::signal_name(number), number)
 }
 
 /// Marks a stale pending record failed (under the mutex) and says what it did.

@@ -38,6 +38,10 @@ impl Credential {
 }
 
 /// Credentials by exec configuration, kept for the life of the process while unexpired.
+/// Process-wide on purpose: kube's client calls the auth layer per request, on connections
+/// that outlive any one call site, and an exec plugin (a cloud CLI) must not run once per
+/// request; keyed by the whole exec configuration, so two configurations never share a
+/// credential.
 static CACHE: std::sync::Mutex<Vec<(String, Credential)>> = std::sync::Mutex::new(Vec::new());
 
 /// The plugin's credential: from the cache while unexpired, else from one run.

@@ -16,6 +16,9 @@ pub struct Endpoint {
     pub timeout: Duration,
 }
 
+/// Process-wide on purpose: `classify` runs on errors from every request (store, Lease,
+/// enforcer, helm's dry run) to name the server and context, and one command talks to one
+/// cluster; set once by `cluster::connect`, read only for error messages.
 static ENDPOINT: OnceLock<Endpoint> = OnceLock::new();
 
 /// Remembers the endpoint for [`classify`] (first call wins: one command, one cluster).
