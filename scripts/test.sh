@@ -8,17 +8,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-test-servers.sh
-# The Go builds (helm 3.21.4/4.3.2, the control plane) and the Rust build need nothing of
-# each other: on a cold machine, building them at once saves minutes (link steps and
-# downloads leave cores idle).
+# The Go builds (helm 3.21.4/4.3.2, the control plane, helm's command trees for the shim's
+# differential test) and the Rust build need nothing of each other: on a cold machine,
+# building them at once saves minutes (link steps and downloads leave cores idle).
 ./scripts/install-helm.sh &
 helm_pid=$!
 ./scripts/install-kube.sh >/dev/null &
 kube_pid=$!
+./scripts/install-helmroute.sh &
+helmroute_pid=$!
 build=0
 cargo test --workspace --locked --no-run "$@" || build=$?
 wait "$helm_pid"
 wait "$kube_pid"
+wait "$helmroute_pid"
 [ "$build" -eq 0 ] || exit "$build"
 # Three tests at a time, one per API server of the test control plane (GU_KUBE_SERVERS):
 # much of an end-to-end test is waiting (on helm, a backoff, a restarted server).

@@ -25,6 +25,9 @@ mod plan;
 mod proptests;
 
 pub use crate::core::argv::helm_long_flags;
+/// The shim's routing, public so `tests/shimroute.rs` can hold it against helm's own
+/// command trees.
+pub use adapters::shim::{helm_outcome, routes_to_guard, HelmOutcome};
 pub use error::{Error, Exit};
 pub use output::error as print_error;
 pub use plan::Plan;

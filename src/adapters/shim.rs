@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use crate::adapters::helm::HelmError;
 use crate::core::argv::invalid_value;
 use crate::core::flags::{
-    guard_flags, helm_flag, helm_short, Arity, GuardFlag, GuardOptions, Mode, FORMER_NAMES,
+    guard_flags, helm_flag, helm_short, Arity, GuardFlag, GuardOptions, HelmFlag, Mode,
+    FORMER_NAMES, HELM_FLAGS,
 };
 
 /// Prefix of every shim setting.
@@ -125,45 +126,228 @@ pub(crate) enum Route {
     Passthrough,
 }
 
-/// Finds helm's subcommand the way cobra does (skipping global flags and their values)
-/// and routes the command line.
-pub(crate) fn route(args: &[OsString]) -> Result<Route, String> {
-    let mut i = 0;
-    let mut sub = None;
-    while i < args.len() {
-        let Some(arg) = args[i].to_str() else {
-            // A non-UTF-8 word before the subcommand is no flag we know: not an upgrade
-            // unless a later word is. Keep looking as cobra would.
-            i += 1;
-            continue;
-        };
-        if arg == "--" {
-            break;
+/// What helm's own command tree does with an argv, as far as the shim needs to know:
+/// cobra's `Find` on helm's root (as helm's `main` runs it), then pflag's parse of
+/// `upgrade`'s flags and cobra's checks in `execute`'s order (help before arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelmOutcome {
+    /// `helm upgrade` runs.
+    RunUpgrade,
+    /// `upgrade` is found and shows its help (`-h`/`--help` parsed as a flag of it).
+    HelpUpgrade,
+    /// `upgrade` is found, then its flags or arguments fail (or might: flag values are
+    /// not type-checked here).
+    ErrorUpgrade,
+    /// Anything but `upgrade`: another command, the root's help, an unknown command.
+    Other,
+}
+
+/// What helm `major` (3 or 4) does with `args` (helm's argv after the program name), and
+/// where the `upgrade` word is when it finds it.
+pub fn helm_outcome(args: &[OsString], major: u8) -> (HelmOutcome, Option<usize>) {
+    use std::os::unix::ffi::OsStrExt;
+    let words: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    match find_subcommand(&words, major) {
+        Some(at) if words[at] == b"upgrade" => {
+            let rest: Vec<&[u8]> = words
+                .iter()
+                .enumerate()
+                .filter(|&(n, _)| n != at)
+                .map(|(_, w)| *w)
+                .collect();
+            (parse_upgrade(&rest, major), Some(at))
         }
-        if let Some(body) = arg.strip_prefix("--") {
-            if !body.contains('=') && takes_separate_value(helm_flag(body)) {
-                i += 1;
-            }
-        } else if arg.chars().count() == 2
-            && takes_separate_value(arg.chars().nth(1).and_then(helm_short))
-        {
-            i += 1;
-        } else if !arg.starts_with('-') || arg == "-" {
-            sub = Some(i);
-            break;
-        }
-        i += 1;
+        _ => (HelmOutcome::Other, None),
     }
-    let Some(at) = sub.filter(|&at| args[at] == "upgrade") else {
+}
+
+/// The position of the word cobra's `Find` takes for helm's subcommand (its `stripFlags`
+/// on the root command): words that are flags, and the word after a flag that is not
+/// known to take no value (an unknown flag counts as taking one), are skipped; `--` ends
+/// the search. At that point the root has only helm's global flags (`-h`/`--help` are
+/// added later), each with its arity in helm `major`.
+fn find_subcommand(words: &[&[u8]], major: u8) -> Option<usize> {
+    let no_value = |flag: Option<&HelmFlag>| {
+        flag.is_some_and(|f| f.global && f.in_helm(major) && f.arity_in(major) != Arity::Value)
+    };
+    let mut i = 0;
+    while i < words.len() {
+        let word = words[i];
+        i += 1;
+        let has_eq = word.contains(&b'=');
+        let long = word.strip_prefix(b"--");
+        let takes_next = match long {
+            _ if word == b"--" => return None,
+            Some(name) if !has_eq => !no_value(std::str::from_utf8(name).ok().and_then(helm_flag)),
+            _ if word.len() == 2 && word[0] == b'-' && !has_eq => {
+                !no_value(char::from_u32(u32::from(word[1])).and_then(helm_short))
+            }
+            _ => {
+                if !word.is_empty() && word[0] != b'-' {
+                    return Some(i - 1);
+                }
+                false
+            }
+        };
+        if takes_next {
+            // cobra stops looking when the flag's value would be the last word.
+            if words.len() - i <= 1 {
+                return None;
+            }
+            i += 1;
+        }
+    }
+    None
+}
+
+/// pflag's parse of `upgrade`'s argv (the `upgrade` word removed) with helm `major`'s
+/// flags, then cobra's order: a parse error, else help, else exactly RELEASE and CHART.
+fn parse_upgrade(words: &[&[u8]], major: u8) -> HelmOutcome {
+    let known = |f: &&HelmFlag| f.in_helm(major);
+    let long = |name: &[u8]| {
+        HELM_FLAGS
+            .iter()
+            .filter(known)
+            .find(|f| f.long.as_bytes() == name)
+    };
+    let short = |c: u8| {
+        HELM_FLAGS
+            .iter()
+            .filter(known)
+            .find(|f| f.short.is_some_and(|s| u32::from(s) == u32::from(c)))
+    };
+    // A value pflag sets: booleans must parse (`--install=maybe` fails).
+    let set = |flag: &HelmFlag, value: &[u8], help: &mut bool| -> Result<(), ()> {
+        if flag.arity_in(major) != Arity::Bool {
+            return Ok(());
+        }
+        let on = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| crate::core::flags::parse_bool(v).ok())
+            .ok_or(())?;
+        if flag.long == "help" {
+            *help = on;
+        }
+        Ok(())
+    };
+    let (mut help, mut positionals, mut i) = (false, 0usize, 0usize);
+    let outcome = loop {
+        let Some(&word) = words.get(i) else {
+            break Ok(());
+        };
+        i += 1;
+        if word.len() < 2 || word[0] != b'-' {
+            positionals += 1;
+            continue;
+        }
+        if word == b"--" {
+            positionals += words.len() - i;
+            break Ok(());
+        }
+        if let Some(body) = word.strip_prefix(b"--") {
+            if body.is_empty() || body[0] == b'-' || body[0] == b'=' {
+                break Err(());
+            }
+            let (name, value) = match body.iter().position(|&b| b == b'=') {
+                Some(eq) => (&body[..eq], Some(&body[eq + 1..])),
+                None => (body, None),
+            };
+            let Some(flag) = long(name) else {
+                break Err(());
+            };
+            let value: &[u8] = match (value, flag.arity_in(major)) {
+                (Some(v), _) => v,
+                (None, Arity::Bool) => b"true",
+                (None, Arity::Optional) => b"",
+                (None, Arity::Value) => match words.get(i) {
+                    Some(v) => {
+                        i += 1;
+                        v
+                    }
+                    None => break Err(()),
+                },
+            };
+            if set(flag, value, &mut help).is_err() {
+                break Err(());
+            }
+            continue;
+        }
+        // One or more shorthands: `-i`, `-ih`, `-nfoo`, `-n=foo`, `-n foo`.
+        let mut shorts = &word[1..];
+        // pflag ignores `-test.…` (go test's flags).
+        if shorts.starts_with(b"test.") {
+            continue;
+        }
+        let mut failed = false;
+        while let Some(&c) = shorts.first() {
+            let Some(flag) = short(c) else {
+                failed = true;
+                break;
+            };
+            let value: &[u8] = if shorts.len() > 2 && shorts[1] == b'=' {
+                let v = &shorts[2..];
+                shorts = b"";
+                v
+            } else if flag.arity_in(major) != Arity::Value {
+                shorts = &shorts[1..];
+                if flag.arity_in(major) == Arity::Bool {
+                    b"true"
+                } else {
+                    b""
+                }
+            } else if shorts.len() > 1 {
+                let v = &shorts[1..];
+                shorts = b"";
+                v
+            } else if let Some(v) = words.get(i) {
+                i += 1;
+                shorts = b"";
+                v
+            } else {
+                failed = true;
+                break;
+            };
+            if set(flag, value, &mut help).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if failed {
+            break Err(());
+        }
+    };
+    match outcome {
+        Err(()) => HelmOutcome::ErrorUpgrade,
+        Ok(()) if help => HelmOutcome::HelpUpgrade,
+        Ok(()) if positionals != 2 => HelmOutcome::ErrorUpgrade,
+        Ok(()) => HelmOutcome::RunUpgrade,
+    }
+}
+
+/// Whether the shim guards `args`: when helm 3 or helm 4 would run `upgrade` with them, or
+/// find `upgrade` and fail on its flags or arguments (fail closed: the guard refuses or
+/// runs it guarded). Only what neither helm runs as `upgrade` (other commands, help)
+/// reaches the real helm unguarded.
+pub fn routes_to_guard(args: &[OsString]) -> bool {
+    upgrade_word(args).is_some()
+}
+
+/// The position of the `upgrade` word when the shim guards `args`.
+fn upgrade_word(args: &[OsString]) -> Option<usize> {
+    [3, 4]
+        .into_iter()
+        .find_map(|major| match helm_outcome(args, major) {
+            (HelmOutcome::RunUpgrade | HelmOutcome::ErrorUpgrade, at) => at,
+            _ => None,
+        })
+}
+
+/// Routes a helm command line as helm's own cobra parse would ([`helm_outcome`] for helm
+/// 3 and 4; [`routes_to_guard`]).
+pub(crate) fn route(args: &[OsString]) -> Result<Route, String> {
+    let Some(at) = upgrade_word(args) else {
         return Ok(Route::Passthrough);
     };
-    let asks_help = args
-        .iter()
-        .take_while(|a| a.as_os_str() != "--")
-        .any(|a| a == "-h" || a == "--help");
-    if asks_help {
-        return Ok(Route::Passthrough);
-    }
     let mut rest = Vec::with_capacity(args.len() - 1);
     for (n, arg) in args.iter().enumerate().filter(|&(n, _)| n != at) {
         match arg.to_str() {
@@ -178,12 +362,6 @@ pub(crate) fn route(args: &[OsString]) -> Result<Route, String> {
         }
     }
     Ok(Route::Upgrade(rest))
-}
-
-/// A global helm flag whose value is the next word (`--namespace x`, `-n x`): the shim
-/// skips that word to find the subcommand, as cobra does.
-fn takes_separate_value(flag: Option<&crate::core::flags::HelmFlag>) -> bool {
-    flag.is_some_and(|f| f.global && f.arity == Arity::Value)
 }
 
 /// Words the guard flag parser removed from helm's argv (shim mode reads no guard flags).
@@ -259,6 +437,22 @@ mod tests {
                 Some("--log-dir upgrade db c"),
             ),
             ("--burst-limit 5 upgrade db c", Some("--burst-limit 5 db c")),
+            // Issue 25, item 8: cobra skips an unknown flag's value (`-f` is no global
+            // flag), pflag gives `--description` the value `-h`, an empty word is no
+            // command, and klog's newer flags are global flags too.
+            ("-f v.yaml upgrade db ./old", Some("-f v.yaml db ./old")),
+            (
+                "upgrade db ./old --description -h",
+                Some("db ./old --description -h"),
+            ),
+            (
+                "--legacy-stderr-threshold-behavior upgrade db c",
+                Some("--legacy-stderr-threshold-behavior db c"),
+            ),
+            ("-i upgrade db c", None),
+            ("-h upgrade db c", None),
+            ("upgrade db c -ih", None),
+            ("upgrade db c -h=false", Some("db c -h=false")),
         ] {
             let got = route(&os(line)).unwrap();
             let want = want.map_or(Route::Passthrough, |w| Route::Upgrade(words(w)));

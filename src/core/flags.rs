@@ -422,18 +422,38 @@ pub(crate) enum Arity {
     Optional,
 }
 
-/// One flag of `helm upgrade` (helm 3.17.3 or 4.1.4), global and hidden ones included.
+/// One flag of `helm upgrade` (helm 3.17.3 to 3.21.4, 4.1.4 to 4.3.2), global and hidden
+/// ones included.
 #[derive(Debug)]
 pub(crate) struct HelmFlag {
     /// The long name, without `--`.
     pub long: &'static str,
     /// The one-letter name, if any.
     pub short: Option<char>,
-    /// What follows it.
+    /// What follows it (in helm 4, and in helm 3 unless [`HelmFlag::arity3`] says else).
     pub arity: Arity,
     /// A global flag: helm accepts it before the subcommand too, so the shim must skip its
     /// value to find the subcommand.
     pub global: bool,
+    /// The one helm major version that has it (`None`: both).
+    pub only: Option<u8>,
+    /// What follows it in helm 3 when that differs (`--wait`: a boolean there).
+    pub arity3: Option<Arity>,
+}
+
+impl HelmFlag {
+    /// Whether helm `major` (3 or 4) has the flag.
+    pub(crate) fn in_helm(&self, major: u8) -> bool {
+        self.only.is_none_or(|only| only == major)
+    }
+
+    /// What follows the flag in helm `major`.
+    pub(crate) fn arity_in(&self, major: u8) -> Arity {
+        match (major, self.arity3) {
+            (3, Some(arity)) => arity,
+            _ => self.arity,
+        }
+    }
 }
 
 const fn helm(long: &'static str, arity: Arity) -> HelmFlag {
@@ -442,15 +462,15 @@ const fn helm(long: &'static str, arity: Arity) -> HelmFlag {
         short: None,
         arity,
         global: false,
+        only: None,
+        arity3: None,
     }
 }
 
 const fn global(long: &'static str, arity: Arity) -> HelmFlag {
     HelmFlag {
-        long,
-        short: None,
-        arity,
         global: true,
+        ..helm(long, arity)
     }
 }
 
@@ -461,9 +481,27 @@ const fn with_short(flag: HelmFlag, short: char) -> HelmFlag {
     }
 }
 
-/// Every flag `helm upgrade` accepts in helm 3.17.3 or 4.1.4: the union, global and hidden
-/// ones included (helm 3's deprecated `--recreate-pods`, the klog flags helm registers as
-/// persistent, hence global, flags).
+/// A flag only helm `major` has.
+const fn only(major: u8, flag: HelmFlag) -> HelmFlag {
+    HelmFlag {
+        only: Some(major),
+        ..flag
+    }
+}
+
+/// A flag helm 3 reads as `arity`.
+const fn in3_as(arity: Arity, flag: HelmFlag) -> HelmFlag {
+    HelmFlag {
+        arity3: Some(arity),
+        ..flag
+    }
+}
+
+/// Every flag `helm upgrade` accepts in helm 3 or 4 (3.17.3 to 3.21.4, 4.1.4 to 4.3.2):
+/// the union, global and hidden ones included (helm 3's deprecated `--recreate-pods`, the
+/// klog flags helm registers as persistent, hence global, flags), each with the versions
+/// that have it. `tests/shimroute.rs` compares it with helm 3.21.4's and 4.3.2's own
+/// command trees.
 pub(crate) const HELM_FLAGS: &[HelmFlag] = {
     use Arity::{Bool, Optional, Value};
     &[
@@ -480,8 +518,8 @@ pub(crate) const HELM_FLAGS: &[HelmFlag] = {
         helm("dry-run", Optional),
         helm("enable-dns", Bool),
         helm("force", Bool),
-        helm("force-conflicts", Bool),
-        helm("force-replace", Bool),
+        only(4, helm("force-conflicts", Bool)),
+        only(4, helm("force-replace", Bool)),
         with_short(helm("help", Bool), 'h'),
         helm("hide-notes", Bool),
         helm("hide-secret", Bool),
@@ -498,14 +536,14 @@ pub(crate) const HELM_FLAGS: &[HelmFlag] = {
         helm("plain-http", Bool),
         helm("post-renderer", Value),
         helm("post-renderer-args", Value),
-        helm("recreate-pods", Bool),
+        only(3, helm("recreate-pods", Bool)),
         helm("render-subchart-notes", Bool),
         helm("repo", Value),
         helm("reset-then-reuse-values", Bool),
         helm("reset-values", Bool),
         helm("reuse-values", Bool),
-        helm("rollback-on-failure", Bool),
-        helm("server-side", Value),
+        only(4, helm("rollback-on-failure", Bool)),
+        only(4, helm("server-side", Value)),
         helm("set", Value),
         helm("set-file", Value),
         helm("set-json", Value),
@@ -519,13 +557,13 @@ pub(crate) const HELM_FLAGS: &[HelmFlag] = {
         with_short(helm("values", Value), 'f'),
         helm("verify", Bool),
         helm("version", Value),
-        helm("wait", Optional),
+        in3_as(Bool, helm("wait", Optional)),
         helm("wait-for-jobs", Bool),
         // helm's global flags.
         global("burst-limit", Value),
-        global("color", Value),
-        global("colour", Value),
-        global("content-cache", Value),
+        only(4, global("color", Value)),
+        only(4, global("colour", Value)),
+        only(4, global("content-cache", Value)),
         global("debug", Bool),
         global("kube-apiserver", Value),
         global("kube-as-group", Value),
@@ -544,6 +582,8 @@ pub(crate) const HELM_FLAGS: &[HelmFlag] = {
         // Hidden klog flags helm registers as global flags (`v`, a Go flag, also as `-v`).
         global("add-dir-header", Bool),
         global("alsologtostderr", Bool),
+        global("alsologtostderrthreshold", Value),
+        global("legacy-stderr-threshold-behavior", Bool),
         global("log-backtrace-at", Value),
         global("log-dir", Value),
         global("log-file", Value),
