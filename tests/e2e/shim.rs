@@ -243,6 +243,44 @@ fn helmfile_sequence(label: &str) {
     assert_eq!(down.stdout, "");
     assert_eq!(b.deployed("app", NS), ("1.1.0".into(), 1));
 
+    // Issue 25, item 8: a flag before the subcommand, and a value that looks like help,
+    // do not hide the downgrade (helm's cobra runs `upgrade` for both).
+    let values = b.home().join("values.yaml");
+    std::fs::write(&values, "a: 1\n").unwrap();
+    let values = values.to_str().unwrap();
+    for argv in [
+        &[
+            "-f",
+            values,
+            "--namespace",
+            NS,
+            "upgrade",
+            "app",
+            "local/demo",
+            "--version",
+            "1.0.0",
+        ][..],
+        &[
+            "upgrade",
+            "app",
+            "local/demo",
+            "--version",
+            "1.0.0",
+            "-n",
+            NS,
+            "--description",
+            "-h",
+        ],
+    ] {
+        let down = s.shim(argv);
+        down.expect_code(0, &format!("{argv:?}"));
+        down.assert_stderr(&[
+            "skip: release \"app\" in \"shared\" is at 1.1.0 (revision 1); target 1.0.0 would \
+             be a downgrade",
+        ]);
+        assert_eq!(b.deployed("app", NS), ("1.1.0".into(), 1), "{argv:?}");
+    }
+
     // Without --install, a missing release fails exactly as helm's own upgrade does.
     s.same(
         &["upgrade", "missing", "local/demo", "-n", NS],
