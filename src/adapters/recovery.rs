@@ -134,7 +134,7 @@ pub(crate) async fn recover_stale_pending<S: ReleaseStore>(
         ),
         ("modifiedAt".to_string(), Some(now.to_string())),
     ]);
-    let rv = record.header.resource_version.clone().unwrap_or_default();
+    let rv = record.header.write_token.clone().unwrap_or_default();
     store
         .rewrite(&latest.name, &rv, &payload, &labels)
         .await

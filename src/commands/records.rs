@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::adapters::signals::{signal_name, Interrupts};
 use crate::adapters::storage::{
-    RecordHeader, ReleaseStore, Store, StoreError, StoredRecord, LABEL_STATUS,
+    Failure, RecordHeader, ReleaseStore, Store, StoreError, StoredRecord, LABEL_STATUS,
 };
 use crate::core::lock;
 use crate::core::lock::plan::{
@@ -97,14 +97,11 @@ impl Scope<'_> {
     ) -> Result<(), Error> {
         match self.already_written(record, done).await {
             Some(true) => return Ok(()),
-            Some(false) if e.code() == Some(409) => {
+            Some(false) if e.failure() == Failure::Conflict => {
                 return Err(self.refused(format!(
                     "record {record} was changed by someone else while locking/unlocking (409 \
                      Conflict); nothing was changed on it. Run the command again"
                 )))
-            }
-            Some(false) if e.code().is_some() => {
-                return Err(self.record_error("updating", record, e));
             }
             // A lost connection with the record unchanged: the write did not happen.
             Some(false) => {}
@@ -187,7 +184,7 @@ impl Scope<'_> {
         if changes.is_empty() {
             return Ok(());
         }
-        let rv = header.resource_version.clone().unwrap_or_default();
+        let rv = header.write_token.clone().unwrap_or_default();
         match self.store.patch_labels(&header.name, &rv, &changes).await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -277,10 +274,10 @@ impl Scope<'_> {
             if changes.is_empty() {
                 break;
             }
-            let rv = header.resource_version.clone().unwrap_or_default();
+            let rv = header.write_token.clone().unwrap_or_default();
             match self.store.patch_labels(&header.name, &rv, &changes).await {
                 Ok(_) => break,
-                Err(e) if e.code() == Some(409) && attempt < CONFLICT_RETRIES => {
+                Err(e) if e.failure() == Failure::Conflict && attempt < CONFLICT_RETRIES => {
                     header = self
                         .store
                         .get(&header.name)
@@ -291,10 +288,10 @@ impl Scope<'_> {
                 // A 404 is taken as "pruned by helm meanwhile" only once a read confirms the
                 // record is gone; a record still there (a proxy or an API server answering
                 // 404 wrongly) is re-read and written again, like after a 409.
-                Err(e) if e.code() == Some(404) && attempt < CONFLICT_RETRIES => {
+                Err(e) if e.failure() == Failure::NotFound && attempt < CONFLICT_RETRIES => {
                     match self.store.get(&header.name).await {
                         Ok(current) => header = current.header,
-                        Err(gone) if gone.code() == Some(404) => break,
+                        Err(gone) if gone.failure() == Failure::NotFound => break,
                         Err(unreadable) => {
                             return Err(self.refused(format!(
                                 "updating record {} was answered 404 Not Found and the record \
@@ -356,7 +353,7 @@ impl Scope<'_> {
             latest.revision.to_string(),
         );
         let changes = lock::label_changes(&record.header.labels, &want);
-        let rv = record.header.resource_version.clone().unwrap_or_default();
+        let rv = record.header.write_token.clone().unwrap_or_default();
         match self.store.rewrite(name, &rv, &payload, &changes).await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -396,7 +393,7 @@ impl Scope<'_> {
         let summary = release::decode_release(&record.payload).ok();
         let still_pending = record.header.status == ReleaseStatus::PendingUpgrade
             && summary.as_ref().map(|s| &s.status) == Some(&ReleaseStatus::PendingUpgrade);
-        let rv = record.header.resource_version.clone().unwrap_or_default();
+        let rv = record.header.write_token.clone().unwrap_or_default();
         // Only the hard lock's bookkeeping goes: the lock labels stay on the latest record
         // until the older records are cleared (the caller clears it last), so an
         // interrupted unlock leaves the lock in force, as its message says, and a re-run

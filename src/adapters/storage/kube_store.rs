@@ -182,7 +182,7 @@ pub(crate) fn header_from_meta(
         revision,
         status,
         labels,
-        resource_version: meta.resource_version.clone(),
+        write_token: meta.resource_version.clone(),
         created: meta.creation_timestamp.as_ref().map(|t| t.0.to_string()),
     })
 }
@@ -403,11 +403,11 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
     async fn patch_labels(
         &self,
         name: &str,
-        resource_version: &str,
+        write_token: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
         let patch = serde_json::json!({
-            "metadata": { "resourceVersion": resource_version, "labels": label_patch(labels) }
+            "metadata": { "resourceVersion": write_token, "labels": label_patch(labels) }
         });
         let what = format!(
             "labelling {} {name:?} in namespace {:?}",
@@ -420,12 +420,12 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
     async fn rewrite(
         &self,
         name: &str,
-        resource_version: &str,
+        write_token: &str,
         payload: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
         let patch = serde_json::json!({
-            "metadata": { "resourceVersion": resource_version, "labels": label_patch(labels) },
+            "metadata": { "resourceVersion": write_token, "labels": label_patch(labels) },
             "data": K::payload_patch(payload),
         });
         let what = format!(

@@ -103,7 +103,7 @@ impl MemoryStore {
             revision,
             status,
             labels,
-            resource_version: Some(self.bump()),
+            write_token: Some(self.bump()),
             created: None,
         };
         let record = StoredRecord {
@@ -124,7 +124,7 @@ impl MemoryStore {
     fn update(
         &self,
         name: &str,
-        resource_version: &str,
+        write_token: &str,
         payload: Option<&str>,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
@@ -179,7 +179,7 @@ impl MemoryStore {
         let version = self.bump();
         let mut records = self.records.lock().expect("memory store");
         let record = records.get_mut(name).ok_or_else(|| not_found(name))?;
-        if record.header.resource_version.as_deref() != Some(resource_version) {
+        if record.header.write_token.as_deref() != Some(write_token) {
             return Err(StoreError::Api {
                 code: 409,
                 reason: "Conflict".into(),
@@ -199,7 +199,7 @@ impl MemoryStore {
         if let Some(p) = payload {
             record.payload = p.as_bytes().to_vec();
         }
-        record.header.resource_version = Some(version.clone());
+        record.header.write_token = Some(version.clone());
         Ok(Some(version))
     }
 }
@@ -266,19 +266,19 @@ impl ReleaseStore for MemoryStore {
     async fn patch_labels(
         &self,
         name: &str,
-        resource_version: &str,
+        write_token: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
-        self.update(name, resource_version, None, labels)
+        self.update(name, write_token, None, labels)
     }
 
     async fn rewrite(
         &self,
         name: &str,
-        resource_version: &str,
+        write_token: &str,
         payload: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
-        self.update(name, resource_version, Some(payload), labels)
+        self.update(name, write_token, Some(payload), labels)
     }
 }

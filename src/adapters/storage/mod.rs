@@ -60,8 +60,11 @@ pub struct RecordHeader {
     pub status: ReleaseStatus,
     /// All labels, system and custom.
     pub labels: BTreeMap<String, String>,
-    /// For optimistic concurrency on rewrites.
-    pub resource_version: Option<String>,
+    /// The record as read, for optimistic concurrency: a rewrite hands it back and is
+    /// refused ([`Failure::Conflict`]) when the record changed since. Opaque: the
+    /// Kubernetes drivers put the object's resourceVersion here, the SQL driver the row's
+    /// `xmin`.
+    pub write_token: Option<String>,
     /// `metadata.creationTimestamp` as RFC 3339, if the server set one.
     pub created: Option<String>,
 }
@@ -73,6 +76,35 @@ pub struct StoredRecord {
     pub header: RecordHeader,
     /// `base64(gzip(json))` as Helm wrote it.
     pub payload: Vec<u8>,
+}
+
+/// What a failed store request means to the commands, whichever driver said it and how
+/// (an HTTP status, a SQLSTATE, a broken connection): each driver maps its own errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The record changed since it was read (its write token is stale).
+    Conflict,
+    /// No such record (any more).
+    NotFound,
+    /// Not permitted.
+    Forbidden,
+    /// Worth retrying: the server is busy, restarting or unreachable.
+    Transient,
+    /// Anything else: a refused request, a wrong answer, an invalid record.
+    Other,
+}
+
+impl Failure {
+    /// The Kubernetes drivers' mapping of an HTTP status.
+    fn of_http(code: u16) -> Failure {
+        match code {
+            409 => Failure::Conflict,
+            404 => Failure::NotFound,
+            401 | 403 => Failure::Forbidden,
+            429 | 500.. => Failure::Transient,
+            _ => Failure::Other,
+        }
+    }
 }
 
 /// Failures talking to the release storage. Messages never include record payloads.
@@ -103,11 +135,10 @@ pub enum StoreError {
     Database {
         /// `host:port/dbname`, without credentials.
         server: String,
-        /// What the commands act on, as for the API: 403 no privilege, 404 no such row, 409
-        /// the row changed since it was read, 503 transient (operator intervention,
-        /// serialization failure, resources), 400 otherwise; `None` when the connection
-        /// broke or could not be opened (transient).
-        code: Option<u16>,
+        /// What it means (the SQL driver's mapping): no privilege, no such row, the row
+        /// changed since it was read, transient (operator intervention, serialization
+        /// failure, resources, a connection that broke or could not be opened), or other.
+        failure: Failure,
         /// What happened, with the SQLSTATE when the server answered one.
         message: String,
     },
@@ -180,19 +211,34 @@ impl StoreError {
         match self {
             StoreError::Api { code, .. } => *code >= 500 || *code == 429,
             StoreError::Transport(_) => true,
-            StoreError::Database { code, .. } => code.is_none_or(|c| c >= 500 || c == 429),
+            StoreError::Database { failure, .. } => *failure == Failure::Transient,
             StoreError::Connection(f) => f.is_transient(),
             StoreError::Invalid(_) | StoreError::Malformed(_) => false,
         }
     }
 
-    /// The HTTP code of an API error.
+    /// The HTTP code of a Kubernetes API error (None for PostgreSQL and the rest: what the
+    /// commands act on is [`StoreError::failure`]).
     pub fn code(&self) -> Option<u16> {
         match self {
             StoreError::Api { code, .. } => Some(*code),
             StoreError::Connection(f) => f.code(),
-            StoreError::Database { code, .. } => *code,
             _ => None,
+        }
+    }
+
+    /// What the failure means, whichever driver it came from.
+    pub fn failure(&self) -> Failure {
+        match self {
+            StoreError::Api { code, .. } => Failure::of_http(*code),
+            StoreError::Connection(f) => match f.code() {
+                Some(code) => Failure::of_http(code),
+                None if f.is_transient() => Failure::Transient,
+                None => Failure::Other,
+            },
+            StoreError::Database { failure, .. } => *failure,
+            StoreError::Transport(_) => Failure::Transient,
+            StoreError::Invalid(_) | StoreError::Malformed(_) => Failure::Other,
         }
     }
 }
@@ -285,19 +331,19 @@ pub(crate) trait ReleaseStore {
     /// One record with its payload.
     async fn get(&self, name: &str) -> Result<StoredRecord, StoreError>;
     /// Sets (Some) or removes (None) labels, only if the record is still at
-    /// `resource_version`. Returns the new resourceVersion.
+    /// `write_token`. Returns the new token.
     async fn patch_labels(
         &self,
         name: &str,
-        resource_version: &str,
+        write_token: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError>;
     /// Replaces the payload and label changes together, only if the record is still at
-    /// `resource_version`.
+    /// `write_token`.
     async fn rewrite(
         &self,
         name: &str,
-        resource_version: &str,
+        write_token: &str,
         payload: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError>;
@@ -384,20 +430,20 @@ impl ReleaseStore for Store {
     async fn patch_labels(
         &self,
         name: &str,
-        resource_version: &str,
+        write_token: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
-        each_driver!(self, s => s.patch_labels(name, resource_version, labels).await)
+        each_driver!(self, s => s.patch_labels(name, write_token, labels).await)
     }
 
     async fn rewrite(
         &self,
         name: &str,
-        resource_version: &str,
+        write_token: &str,
         payload: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
-        each_driver!(self, s => s.rewrite(name, resource_version, payload, labels).await)
+        each_driver!(self, s => s.rewrite(name, write_token, payload, labels).await)
     }
 }
 
@@ -481,26 +527,26 @@ mod tests {
 
     #[test]
     fn database_errors_name_the_database_and_keep_the_api_classes() {
-        let db = |code| StoreError::Database {
+        let db = |failure| StoreError::Database {
             server: "db.example:5432/helm".into(),
-            code,
+            failure,
             message: "terminating connection due to administrator command (SQLSTATE 57P01)".into(),
         };
         assert_eq!(
-            db(Some(503)).to_string(),
+            db(Failure::Transient).to_string(),
             "PostgreSQL at db.example:5432/helm: terminating connection due to administrator \
              command (SQLSTATE 57P01)"
         );
         for (code, transient) in [
-            (None, true),
-            (Some(503), true),
-            (Some(400), false),
-            (Some(403), false),
-            (Some(404), false),
-            (Some(409), false),
+            (Failure::Transient, true),
+            (Failure::Other, false),
+            (Failure::Forbidden, false),
+            (Failure::NotFound, false),
+            (Failure::Conflict, false),
         ] {
             let e = db(code);
-            assert_eq!(e.code(), code);
+            assert_eq!(e.failure(), code);
+            assert_eq!(e.code(), None, "PostgreSQL has no HTTP codes");
             assert_eq!(e.is_transient(), transient, "{code:?}");
             assert_eq!(
                 e.verdict(),

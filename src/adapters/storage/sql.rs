@@ -30,8 +30,8 @@ use tokio_postgres::Row;
 
 use super::sql_conn::{self, TlsMode};
 use crate::adapters::storage::{
-    with_retry, InvalidRecord, RecordHeader, ReleaseStore, StoreError, StoredRecord, LABEL_NAME,
-    LABEL_OWNER, LABEL_STATUS, LABEL_VERSION,
+    with_retry, Failure, InvalidRecord, RecordHeader, ReleaseStore, StoreError, StoredRecord,
+    LABEL_NAME, LABEL_OWNER, LABEL_STATUS, LABEL_VERSION,
 };
 use crate::core::release::ReleaseStatus;
 use crate::core::time::format_rfc3339;
@@ -127,7 +127,7 @@ impl SqlStore {
                 .map_err(|e| match e {
                     SqlConnectError::Connect { server, message } => StoreError::Database {
                         server,
-                        code: None,
+                        failure: Failure::Transient,
                         message: format!("cannot connect again: {message}"),
                     },
                     other => StoreError::Transport(other.to_string()),
@@ -203,7 +203,7 @@ impl SqlStore {
     fn no_row(&self, name: &str) -> StoreError {
         StoreError::Database {
             server: self.server.clone(),
-            code: Some(404),
+            failure: Failure::NotFound,
             message: format!(
                 "no row {name} in releases_v1 for namespace {}",
                 self.namespace
@@ -285,12 +285,12 @@ impl SqlStore {
         Ok(headers)
     }
 
-    /// One write transaction on record `name`: lock the row, check `resource_version`, run
+    /// One write transaction on record `name`: lock the row, check `write_token`, run
     /// `body`, touch the row; returns the new `xmin`.
     async fn write(
         &self,
         name: &str,
-        resource_version: &str,
+        write_token: &str,
         payload: Option<&str>,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
@@ -326,10 +326,10 @@ impl SqlStore {
             return Err(self.no_row(name));
         };
         let xmin: String = column(&current, 0, "releases_v1", name)?;
-        if xmin != resource_version {
+        if xmin != write_token {
             return Err(StoreError::Database {
                 server: self.server.clone(),
-                code: Some(409),
+                failure: Failure::Conflict,
                 message: format!("row {name} in releases_v1 changed since it was read"),
             });
         }
@@ -342,7 +342,7 @@ impl SqlStore {
             if SYSTEM_LABELS.contains(&key.as_str()) {
                 return Err(StoreError::Database {
                     server: self.server.clone(),
-                    code: Some(422),
+                    failure: Failure::Other,
                     message: format!("label {key} is a column of releases_v1, not a label"),
                 });
             }
@@ -614,7 +614,7 @@ where
         .await
         .map_err(|_| StoreError::Database {
             server: server.to_string(),
-            code: None,
+            failure: Failure::Transient,
             message: format!(
                 "no answer within {}s while {what}",
                 STATEMENT_TIMEOUT.as_secs()
@@ -630,8 +630,8 @@ fn store_error(server: &str, e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => {
             let state = db.code();
-            let code = if *state == SqlState::INSUFFICIENT_PRIVILEGE {
-                403
+            let failure = if *state == SqlState::INSUFFICIENT_PRIVILEGE {
+                Failure::Forbidden
             } else if *state == SqlState::T_R_SERIALIZATION_FAILURE
                 || *state == SqlState::T_R_DEADLOCK_DETECTED
                 || state.code().starts_with("53")
@@ -640,19 +640,19 @@ fn store_error(server: &str, e: tokio_postgres::Error) -> StoreError {
                 // starting; the retry connects again.
                 || state.code().starts_with("57P")
             {
-                503
+                Failure::Transient
             } else {
-                400
+                Failure::Other
             };
             StoreError::Database {
                 server: server.to_string(),
-                code: Some(code),
+                failure,
                 message: format!("{} (SQLSTATE {})", db.message(), state.code()),
             }
         }
         None => StoreError::Database {
             server: server.to_string(),
-            code: None,
+            failure: Failure::Transient,
             message: crate::core::chain::error_chain(&e),
         },
     }
@@ -734,7 +734,7 @@ fn header_from_row(row: &Row) -> Result<RecordHeader, InvalidRecord> {
         revision,
         status: parsed_status,
         labels,
-        resource_version: Some(xmin),
+        write_token: Some(xmin),
         created: (created > 0).then(|| format_rfc3339(i64::from(created))),
     })
 }
@@ -833,11 +833,11 @@ impl ReleaseStore for SqlStore {
     async fn patch_labels(
         &self,
         name: &str,
-        resource_version: &str,
+        write_token: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
         with_retry(&format!("labelling SQL record {name:?}"), || {
-            self.write(name, resource_version, None, labels)
+            self.write(name, write_token, None, labels)
         })
         .await
     }
@@ -845,12 +845,12 @@ impl ReleaseStore for SqlStore {
     async fn rewrite(
         &self,
         name: &str,
-        resource_version: &str,
+        write_token: &str,
         payload: &str,
         labels: &BTreeMap<String, Option<String>>,
     ) -> Result<Option<String>, StoreError> {
         with_retry(&format!("rewriting SQL record {name:?}"), || {
-            self.write(name, resource_version, Some(payload), labels)
+            self.write(name, write_token, Some(payload), labels)
         })
         .await
     }
