@@ -280,7 +280,7 @@ impl Plan {
 impl PlanKind {
     /// Whether debug output was asked for (`--debug`, `HELM_DEBUG=true`).
     pub(crate) fn debug(&self) -> bool {
-        let cluster = |c: &ClusterPlan| c.flags.debug || c.env.debug;
+        let cluster = |c: &ClusterPlan| c.flags.debug || c.env.cluster.debug;
         match self {
             PlanKind::Guard(p) => p.debug || cluster(&p.cluster),
             PlanKind::Lock(p) => cluster(&p.cluster),
@@ -400,7 +400,11 @@ fn cluster_plan(
         flags.namespace = None;
     }
     // The namespace is spliced into API paths: only a valid DNS-1123 label gets there.
-    if let Some(ns) = flags.namespace.as_deref().or(env.namespace.as_deref()) {
+    if let Some(ns) = flags
+        .namespace
+        .as_deref()
+        .or(env.cluster.namespace.as_deref())
+    {
         names::validate_namespace(ns).map_err(|e| usage(e.to_string()))?;
     }
     // The environment is configuration like argv: a bad HELM_DRIVER or connection string is
@@ -461,8 +465,8 @@ fn guard(
         "-" => DecisionFile::Stderr,
         _ => DecisionFile::Path(PathBuf::from(path)),
     });
-    let cluster = cluster_plan(ClusterFlags::from(&helm), env, host)?;
-    let debug = debug || helm.debug;
+    let cluster = cluster_plan(helm.cluster.clone(), env, host)?;
+    let debug = debug || helm.cluster.debug;
     Ok(GuardPlan {
         mode,
         release: release_name(release)?,

@@ -94,7 +94,7 @@ pub(crate) fn files(
             files.push((what.to_string(), path.to_string()));
         }
     };
-    match (&helm.kubeconfig, kubeconfig_env) {
+    match (&helm.cluster.kubeconfig, kubeconfig_env) {
         (Some(path), _) => one("--kubeconfig", Some(path)),
         (None, Some(list)) => {
             for entry in std::env::split_paths(list) {
@@ -103,7 +103,7 @@ pub(crate) fn files(
         }
         (None, None) => {}
     }
-    match &helm.kube_ca_file {
+    match &helm.cluster.kube_ca_file {
         Some(path) => one("--kube-ca-file", Some(path)),
         None => one("HELM_KUBECAFILE", kube_ca_file_env),
     }

@@ -498,7 +498,10 @@ mod tests {
             devel: true,
             username: Some("u".into()),
             plain_http: true,
-            namespace: Some("ns".into()),
+            cluster: crate::core::flags::ClusterValues {
+                namespace: Some("ns".into()),
+                ..Default::default()
+            },
             ..flags()
         };
         let cmd = show_chart_command(Path::new("/bin/helm"), "repo/db", &f);

@@ -59,7 +59,7 @@ pub(super) fn input_sources(plan: &GuardPlan) -> Result<Vec<Source>, Error> {
     let files = inputs::files(
         &plan.helm,
         kubeconfig_env.as_deref(),
-        plan.cluster.env.kube_ca_file.as_deref(),
+        plan.cluster.env.cluster.kube_ca_file.as_deref(),
     );
     inputs::sources(&files).map_err(|message| Error::Usage(UsageError(message)))
 }

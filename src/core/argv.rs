@@ -14,8 +14,8 @@
 
 use crate::core::decision::VersionRuleError;
 use crate::core::flags::{
-    self, guard_flag, guard_flags, helm_flag, helm_short, Arity, BadValue, GuardFlag, Takes,
-    HELM_FLAGS,
+    self, guard_flag, guard_flags, helm_flag, helm_short, Arity, BadValue, ClusterValues,
+    GuardFlag, Takes, HELM_FLAGS,
 };
 
 pub use crate::core::flags::{GuardOptions, Mode};
@@ -24,12 +24,9 @@ pub use crate::core::flags::{GuardOptions, Mode};
 /// Repeated flags: the last one wins, as in pflag.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HelmFlags {
-    /// `--namespace/-n`.
-    pub namespace: Option<String>,
-    /// `--kube-context`.
-    pub kube_context: Option<String>,
-    /// `--kubeconfig`.
-    pub kubeconfig: Option<String>,
+    /// The cluster flags (`-n`, `--kube-context`, `--kubeconfig`, …, `--debug`, which also
+    /// turns on our debug output), one field per cluster row of the flag table.
+    pub cluster: ClusterValues,
     /// `--version`.
     pub version: Option<String>,
     /// `--repo`.
@@ -64,25 +61,9 @@ pub struct HelmFlags {
     pub create_namespace: bool,
     /// `--install/-i`.
     pub install: bool,
-    /// `--kube-apiserver`.
-    pub kube_apiserver: Option<String>,
-    /// `--kube-token`.
-    pub kube_token: Option<String>,
-    /// `--kube-insecure-skip-tls-verify`.
-    pub kube_insecure_skip_tls_verify: bool,
-    /// `--kube-as-user`.
-    pub kube_as_user: Option<String>,
-    /// `--kube-as-group` (repeatable).
-    pub kube_as_group: Vec<String>,
-    /// `--kube-ca-file`.
-    pub kube_ca_file: Option<String>,
-    /// `--kube-tls-server-name`.
-    pub kube_tls_server_name: Option<String>,
     /// `--dry-run[=MODE]`: `Some("client")` for a bare `--dry-run` (helm's
     /// default), `Some(value)` for `--dry-run=value`, `None` when absent.
     pub dry_run: Option<String>,
-    /// `--debug` (helm's global flag; also turns on our debug output).
-    pub debug: bool,
     /// What helm reads values from, in order, each with its flag as written: `-f`/`--values`
     /// (a comma list of files) and `--set-file` (a comma list of `key=path`).
     pub value_inputs: Vec<(String, String)>,
@@ -568,11 +549,11 @@ fn record_helm_value(
     written: &str,
     value: String,
 ) -> Result<(), ArgvError> {
+    if let Some(cluster) = helm_flag(name).and_then(|f| f.cluster.as_ref()) {
+        cluster.set(&mut helm.cluster, &value);
+        return Ok(());
+    }
     match name {
-        "kube-as-group" => {
-            helm.kube_as_group.push(value);
-            return Ok(());
-        }
         "values" | "set-file" => {
             helm.value_inputs.push((written.to_string(), value));
             return Ok(());
@@ -590,9 +571,6 @@ fn record_helm_value(
         _ => {}
     }
     let slot = match name {
-        "namespace" => &mut helm.namespace,
-        "kube-context" => &mut helm.kube_context,
-        "kubeconfig" => &mut helm.kubeconfig,
         "version" => &mut helm.version,
         "repo" => &mut helm.repo,
         "username" => &mut helm.username,
@@ -604,11 +582,6 @@ fn record_helm_value(
         "registry-config" => &mut helm.registry_config,
         "repository-config" => &mut helm.repository_config,
         "repository-cache" => &mut helm.repository_cache,
-        "kube-apiserver" => &mut helm.kube_apiserver,
-        "kube-token" => &mut helm.kube_token,
-        "kube-as-user" => &mut helm.kube_as_user,
-        "kube-ca-file" => &mut helm.kube_ca_file,
-        "kube-tls-server-name" => &mut helm.kube_tls_server_name,
         "post-renderer" => &mut helm.post_renderer,
         _ => return Ok(()),
     };
@@ -706,6 +679,15 @@ fn record_helm_bool(
     flag: &str,
     inline: Option<&str>,
 ) -> Result<(), ArgvError> {
+    let on = |inline: Option<&str>| match inline {
+        None => Ok(true),
+        Some(v) => parse_bool(flag, v),
+    };
+    if let Some(cluster) = helm_flag(name).and_then(|f| f.cluster.as_ref()) {
+        let text = if on(inline)? { "true" } else { "false" };
+        cluster.set(&mut helm.cluster, text);
+        return Ok(());
+    }
     let slot = match name {
         "install" => &mut helm.install,
         "devel" => &mut helm.devel,
@@ -713,16 +695,11 @@ fn record_helm_bool(
         "plain-http" => &mut helm.plain_http,
         "pass-credentials" => &mut helm.pass_credentials,
         "create-namespace" => &mut helm.create_namespace,
-        "kube-insecure-skip-tls-verify" => &mut helm.kube_insecure_skip_tls_verify,
-        "debug" => &mut helm.debug,
         "dependency-update" => &mut helm.dependency_update,
         // Other booleans and unknown flags: helm validates them.
         _ => return Ok(()),
     };
-    *slot = match inline {
-        None => true,
-        Some(v) => parse_bool(flag, v)?,
-    };
+    *slot = on(inline)?;
     Ok(())
 }
 
@@ -817,9 +794,19 @@ mod tests {
             Mode::Upgrade,
         );
         let want = HelmFlags {
-            namespace: Some("shared".into()),
-            kube_context: Some("prod".into()),
-            kubeconfig: Some("/k".into()),
+            cluster: ClusterValues {
+                namespace: Some("shared".into()),
+                kube_context: Some("prod".into()),
+                kubeconfig: Some("/k".into()),
+                kube_apiserver: Some("https://k:6443".into()),
+                kube_token: Some("t".into()),
+                kube_insecure_skip_tls_verify: true,
+                kube_as_user: Some("bob".into()),
+                kube_as_group: vec!["g1".into(), "g2".into()],
+                kube_ca_file: Some("ca.pem".into()),
+                kube_tls_server_name: Some("api.internal".into()),
+                debug: false,
+            },
             version: Some("12.1.2".into()),
             repo: Some("https://r".into()),
             username: Some("u".into()),
@@ -831,13 +818,6 @@ mod tests {
             registry_config: Some("rc".into()),
             repository_config: Some("rpc".into()),
             repository_cache: Some("rca".into()),
-            kube_apiserver: Some("https://k:6443".into()),
-            kube_token: Some("t".into()),
-            kube_insecure_skip_tls_verify: true,
-            kube_as_user: Some("bob".into()),
-            kube_as_group: vec!["g1".into(), "g2".into()],
-            kube_ca_file: Some("ca.pem".into()),
-            kube_tls_server_name: Some("api.internal".into()),
             devel: true,
             insecure_skip_tls_verify: true,
             plain_http: true,
@@ -845,7 +825,6 @@ mod tests {
             create_namespace: true,
             install: true,
             dry_run: Some("server".into()),
-            debug: false,
             value_inputs: [
                 ("-f", "a.yaml"),
                 ("--values", "b.yaml,c.yaml"),
@@ -887,7 +866,7 @@ mod tests {
         ];
         for (line, ns, install, dry) in cases {
             let s = ok(line, Mode::Upgrade);
-            assert_eq!(s.helm.namespace.as_deref(), *ns, "{line}");
+            assert_eq!(s.helm.cluster.namespace.as_deref(), *ns, "{line}");
             assert_eq!(s.helm.install, *install, "{line}");
             assert_eq!(s.helm.dry_run.as_deref(), *dry, "{line}");
         }

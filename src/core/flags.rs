@@ -6,7 +6,11 @@
 //! shell completions (`cli::command`), the helm plugin's `completion.yaml`, and the shim's
 //! `GUARDED_UPGRADE_*` settings (`shim.rs`). Adding a flag is one row here; tests fail
 //! when a derived surface (or the README's table) disagrees. [`HELM_FLAGS`] is shared the
-//! same way by the splitter and the shim's subcommand finder.
+//! same way by the splitter and the shim's router (with the helm versions of each flag);
+//! its cluster rows ([`ClusterFlag`]: `-n`, `--kube-context`, `--kubeconfig`, …, `--debug`)
+//! are the one definition of each cluster flag: the splitter fills [`ClusterValues`] from
+//! helm's argv, clap from the lock commands' argv (`adapters/cluster`), and `HelmEnv` from
+//! the row's `HELM_*` variable.
 
 use std::time::Duration;
 
@@ -439,6 +443,114 @@ pub(crate) struct HelmFlag {
     pub only: Option<u8>,
     /// What follows it in helm 3 when that differs (`--wait`: a boolean there).
     pub arity3: Option<Arity>,
+    /// A flag that selects the cluster: the rest of its one definition.
+    pub cluster: Option<ClusterFlag>,
+}
+
+/// The cluster a command talks to, as helm's cluster flags (or their `HELM_*` variables)
+/// set it: one field per row of [`HELM_FLAGS`] with a [`ClusterFlag`]. Parsed from helm's
+/// argv by the splitter (`upgrade`, `check`, the shim), by clap for the lock commands, and
+/// from the environment for [`HelmFlag::cluster`]'s variables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterValues {
+    /// `-n/--namespace`.
+    pub namespace: Option<String>,
+    /// `--kube-context`.
+    pub kube_context: Option<String>,
+    /// `--kubeconfig`.
+    pub kubeconfig: Option<String>,
+    /// `--kube-apiserver`.
+    pub kube_apiserver: Option<String>,
+    /// `--kube-token`.
+    pub kube_token: Option<String>,
+    /// `--kube-insecure-skip-tls-verify`.
+    pub kube_insecure_skip_tls_verify: bool,
+    /// `--kube-as-user`.
+    pub kube_as_user: Option<String>,
+    /// `--kube-as-group` (repeatable; the variable is a comma list).
+    pub kube_as_group: Vec<String>,
+    /// `--kube-ca-file`.
+    pub kube_ca_file: Option<String>,
+    /// `--kube-tls-server-name`.
+    pub kube_tls_server_name: Option<String>,
+    /// `--debug`.
+    pub debug: bool,
+}
+
+/// Where a cluster flag's value goes in [`ClusterValues`].
+#[derive(Clone, Copy)]
+pub(crate) enum Slot {
+    /// One value; the last one given wins.
+    Text(fn(&mut ClusterValues) -> &mut Option<String>),
+    /// Repeatable.
+    List(fn(&mut ClusterValues) -> &mut Vec<String>),
+    /// A boolean.
+    Switch(fn(&mut ClusterValues) -> &mut bool),
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Slot::Text(_) => "Text",
+            Slot::List(_) => "List",
+            Slot::Switch(_) => "Switch",
+        })
+    }
+}
+
+/// What a cluster flag is beyond its helm row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClusterFlag {
+    /// helm's variable for it, read when the flag is not given.
+    pub env: Option<&'static str>,
+    /// One sentence for the lock commands' `--help`, man page and completions.
+    pub help: &'static str,
+    /// How help names its value (switches: none).
+    pub value_name: &'static str,
+    /// Where its value goes.
+    pub slot: Slot,
+}
+
+impl ClusterFlag {
+    /// Stores a flag's value: its text, or for a switch `true`/`false` already parsed.
+    pub(crate) fn set(&self, values: &mut ClusterValues, text: &str) {
+        match self.slot {
+            Slot::Text(field) => *field(values) = Some(text.to_string()),
+            Slot::List(field) => field(values).push(text.to_string()),
+            Slot::Switch(field) => *field(values) = text == "true",
+        }
+    }
+}
+
+/// The cluster flags: each helm row with its [`ClusterFlag`].
+pub(crate) fn cluster_flags() -> impl Iterator<Item = (&'static HelmFlag, &'static ClusterFlag)> {
+    HELM_FLAGS
+        .iter()
+        .filter_map(|f| f.cluster.as_ref().map(|c| (f, c)))
+}
+
+/// The cluster values helm's variables give (`env`: a variable's value, `None` or empty when
+/// unset): text as is, a list split at commas, a switch on for `true` or `1`.
+pub(crate) fn cluster_env(env: impl Fn(&str) -> Option<String>) -> ClusterValues {
+    let mut values = ClusterValues::default();
+    for (_, flag) in cluster_flags() {
+        let Some(text) = flag.env.and_then(&env).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        match flag.slot {
+            Slot::Text(field) => *field(&mut values) = Some(text),
+            Slot::List(field) => {
+                *field(&mut values) = text
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+            Slot::Switch(field) => *field(&mut values) = text == "true" || text == "1",
+        }
+    }
+    values
 }
 
 impl HelmFlag {
@@ -464,6 +576,7 @@ const fn helm(long: &'static str, arity: Arity) -> HelmFlag {
         global: false,
         only: None,
         arity3: None,
+        cluster: None,
     }
 }
 
@@ -485,6 +598,25 @@ const fn with_short(flag: HelmFlag, short: char) -> HelmFlag {
 const fn only(major: u8, flag: HelmFlag) -> HelmFlag {
     HelmFlag {
         only: Some(major),
+        ..flag
+    }
+}
+
+/// A cluster flag: helm's row, its variable, its help, and its field.
+const fn cluster(
+    flag: HelmFlag,
+    env: Option<&'static str>,
+    help: &'static str,
+    value_name: &'static str,
+    slot: Slot,
+) -> HelmFlag {
+    HelmFlag {
+        cluster: Some(ClusterFlag {
+            env,
+            help,
+            value_name,
+            slot,
+        }),
         ..flag
     }
 }
@@ -559,22 +691,89 @@ pub(crate) const HELM_FLAGS: &[HelmFlag] = {
         helm("version", Value),
         in3_as(Bool, helm("wait", Optional)),
         helm("wait-for-jobs", Bool),
-        // helm's global flags.
+        // helm's global flags: first the ones that select the cluster, in the order the
+        // lock commands' help lists them.
+        cluster(
+            with_short(global("namespace", Value), 'n'),
+            Some("HELM_NAMESPACE"),
+            "Namespace of the release (default: $HELM_NAMESPACE, the context's namespace, `default`)",
+            "NAMESPACE",
+            Slot::Text(|v| &mut v.namespace),
+        ),
+        cluster(
+            global("kube-context", Value),
+            Some("HELM_KUBECONTEXT"),
+            "Kubeconfig context (default: $HELM_KUBECONTEXT, the current context)",
+            "KUBE_CONTEXT",
+            Slot::Text(|v| &mut v.kube_context),
+        ),
+        cluster(
+            global("kubeconfig", Value),
+            None,
+            "Kubeconfig file (default: $KUBECONFIG, ~/.kube/config)",
+            "KUBECONFIG",
+            Slot::Text(|v| &mut v.kubeconfig),
+        ),
+        cluster(
+            global("kube-apiserver", Value),
+            Some("HELM_KUBEAPISERVER"),
+            "API server address (default: $HELM_KUBEAPISERVER)",
+            "KUBE_APISERVER",
+            Slot::Text(|v| &mut v.kube_apiserver),
+        ),
+        cluster(
+            global("kube-token", Value),
+            Some("HELM_KUBETOKEN"),
+            "Bearer token (default: $HELM_KUBETOKEN)",
+            "KUBE_TOKEN",
+            Slot::Text(|v| &mut v.kube_token),
+        ),
+        cluster(
+            global("kube-insecure-skip-tls-verify", Bool),
+            Some("HELM_KUBEINSECURE_SKIP_TLS_VERIFY"),
+            "Skip TLS verification of the API server",
+            "",
+            Slot::Switch(|v| &mut v.kube_insecure_skip_tls_verify),
+        ),
+        cluster(
+            global("kube-as-user", Value),
+            Some("HELM_KUBEASUSER"),
+            "Impersonate this user (default: $HELM_KUBEASUSER)",
+            "KUBE_AS_USER",
+            Slot::Text(|v| &mut v.kube_as_user),
+        ),
+        cluster(
+            global("kube-as-group", Value),
+            Some("HELM_KUBEASGROUPS"),
+            "Impersonate this group; repeatable (default: $HELM_KUBEASGROUPS)",
+            "KUBE_AS_GROUP",
+            Slot::List(|v| &mut v.kube_as_group),
+        ),
+        cluster(
+            global("kube-ca-file", Value),
+            Some("HELM_KUBECAFILE"),
+            "CA bundle (PEM) of the API server (default: $HELM_KUBECAFILE)",
+            "KUBE_CA_FILE",
+            Slot::Text(|v| &mut v.kube_ca_file),
+        ),
+        cluster(
+            global("kube-tls-server-name", Value),
+            Some("HELM_KUBETLS_SERVER_NAME"),
+            "Server name for TLS verification (default: $HELM_KUBETLS_SERVER_NAME)",
+            "KUBE_TLS_SERVER_NAME",
+            Slot::Text(|v| &mut v.kube_tls_server_name),
+        ),
+        cluster(
+            global("debug", Bool),
+            Some("HELM_DEBUG"),
+            "Print what the tool does (kubeconfig, context, server, each request) on stderr, secrets redacted (default: $HELM_DEBUG)",
+            "",
+            Slot::Switch(|v| &mut v.debug),
+        ),
         global("burst-limit", Value),
         only(4, global("color", Value)),
         only(4, global("colour", Value)),
         only(4, global("content-cache", Value)),
-        global("debug", Bool),
-        global("kube-apiserver", Value),
-        global("kube-as-group", Value),
-        global("kube-as-user", Value),
-        global("kube-ca-file", Value),
-        global("kube-context", Value),
-        global("kube-insecure-skip-tls-verify", Bool),
-        global("kube-tls-server-name", Value),
-        global("kube-token", Value),
-        global("kubeconfig", Value),
-        with_short(global("namespace", Value), 'n'),
         global("qps", Value),
         global("registry-config", Value),
         global("repository-cache", Value),
@@ -632,6 +831,80 @@ mod tests {
         let vars: Vec<&str> = GUARD_FLAGS.iter().filter_map(|f| f.env).collect();
         let unique: std::collections::BTreeSet<&str> = vars.iter().copied().collect();
         assert_eq!(vars.len(), unique.len(), "{vars:?}");
+    }
+
+    /// Issue 27: one row per cluster flag. Each is a global helm flag whose arity fits its
+    /// field, named by helm's variable where helm has one, and the argv splitter, the
+    /// environment and (in `cluster::tests`) clap fill the same field from it.
+    #[test]
+    fn each_cluster_flag_is_one_row() {
+        let mut names = Vec::new();
+        for (flag, cluster) in cluster_flags() {
+            names.push(flag.long);
+            assert!(flag.global && flag.only.is_none(), "--{}", flag.long);
+            let fits = match cluster.slot {
+                Slot::Text(_) | Slot::List(_) => flag.arity == Arity::Value,
+                Slot::Switch(_) => flag.arity == Arity::Bool,
+            };
+            assert!(fits, "--{}", flag.long);
+            assert_eq!(
+                cluster.value_name.is_empty(),
+                matches!(cluster.slot, Slot::Switch(_)),
+                "--{}",
+                flag.long
+            );
+        }
+        assert_eq!(
+            names,
+            [
+                "namespace",
+                "kube-context",
+                "kubeconfig",
+                "kube-apiserver",
+                "kube-token",
+                "kube-insecure-skip-tls-verify",
+                "kube-as-user",
+                "kube-as-group",
+                "kube-ca-file",
+                "kube-tls-server-name",
+                "debug"
+            ]
+        );
+        let env = |name: &str| {
+            Some(
+                match name {
+                    "HELM_NAMESPACE" => "ns",
+                    "HELM_KUBECONTEXT" => "ctx",
+                    "HELM_KUBEAPISERVER" => "https://k",
+                    "HELM_KUBETOKEN" => "t",
+                    "HELM_KUBEINSECURE_SKIP_TLS_VERIFY" => "true",
+                    "HELM_KUBEASUSER" => "u",
+                    "HELM_KUBEASGROUPS" => "a, b,,c",
+                    "HELM_KUBECAFILE" => "ca",
+                    "HELM_KUBETLS_SERVER_NAME" => "api",
+                    "HELM_DEBUG" => "1",
+                    other => panic!("no cluster row reads {other}"),
+                }
+                .to_string(),
+            )
+        };
+        assert_eq!(
+            cluster_env(env),
+            ClusterValues {
+                namespace: Some("ns".into()),
+                kube_context: Some("ctx".into()),
+                kubeconfig: None,
+                kube_apiserver: Some("https://k".into()),
+                kube_token: Some("t".into()),
+                kube_insecure_skip_tls_verify: true,
+                kube_as_user: Some("u".into()),
+                kube_as_group: vec!["a".into(), "b".into(), "c".into()],
+                kube_ca_file: Some("ca".into()),
+                kube_tls_server_name: Some("api".into()),
+                debug: true,
+            }
+        );
+        assert_eq!(cluster_env(|_| None), ClusterValues::default());
     }
 
     #[test]

@@ -24,8 +24,8 @@ use kube::config::{AuthInfo, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::adapters::inputs::Captured;
-use crate::core::argv::HelmFlags;
 use crate::core::chain::error_chain;
+use crate::core::flags::{cluster_flags, ClusterValues, Slot};
 
 pub use exec::ExecError;
 pub use failure::{classify, ConnectionFailure, Endpoint};
@@ -121,55 +121,20 @@ fn kubeconfig_error(path: Option<&str>, message: impl Into<String>) -> ClusterEr
 /// Environment values helm reads, captured once so resolution is testable.
 #[derive(Clone, Debug, Default)]
 pub struct HelmEnv {
-    /// `HELM_NAMESPACE`.
-    pub namespace: Option<String>,
-    /// `HELM_KUBECONTEXT`.
-    pub kube_context: Option<String>,
-    /// `HELM_KUBEAPISERVER`.
-    pub kube_apiserver: Option<String>,
-    /// `HELM_KUBETOKEN`.
-    pub kube_token: Option<String>,
+    /// The cluster variables (`HELM_NAMESPACE`, `HELM_KUBECONTEXT`, …, `HELM_DEBUG`): the
+    /// variable of each cluster row of the flag table.
+    pub cluster: ClusterValues,
     /// `HELM_DRIVER`.
     pub driver: Option<String>,
-    /// `HELM_KUBEASUSER`.
-    pub kube_as_user: Option<String>,
-    /// `HELM_KUBEASGROUPS` (comma-separated).
-    pub kube_as_groups: Vec<String>,
-    /// `HELM_KUBECAFILE`.
-    pub kube_ca_file: Option<String>,
-    /// `HELM_KUBETLS_SERVER_NAME`.
-    pub kube_tls_server_name: Option<String>,
-    /// `HELM_KUBEINSECURE_SKIP_TLS_VERIFY`.
-    pub kube_insecure_skip_tls_verify: bool,
-    /// `HELM_DEBUG` (what helm passes to plugins for `--debug`).
-    pub debug: bool,
 }
 
 impl HelmEnv {
     /// Reads the variables from the process environment; empty values count as unset.
     pub fn from_process() -> HelmEnv {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let truthy = |name: &str| var(name).is_some_and(|v| v == "true" || v == "1");
         HelmEnv {
-            namespace: var("HELM_NAMESPACE"),
-            kube_context: var("HELM_KUBECONTEXT"),
-            kube_apiserver: var("HELM_KUBEAPISERVER"),
-            kube_token: var("HELM_KUBETOKEN"),
+            cluster: crate::core::flags::cluster_env(var),
             driver: var("HELM_DRIVER"),
-            kube_as_user: var("HELM_KUBEASUSER"),
-            kube_as_groups: var("HELM_KUBEASGROUPS")
-                .map(|g| {
-                    g.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            kube_ca_file: var("HELM_KUBECAFILE"),
-            kube_tls_server_name: var("HELM_KUBETLS_SERVER_NAME"),
-            kube_insecure_skip_tls_verify: truthy("HELM_KUBEINSECURE_SKIP_TLS_VERIFY"),
-            debug: truthy("HELM_DEBUG"),
         }
     }
 }
@@ -184,62 +149,64 @@ pub struct ClusterTarget {
     pub user: Option<String>,
 }
 
-/// Flags that select the cluster, with helm's names and environment defaults. Parsed by
-/// clap for the lock commands; taken from helm's argv (`From<&HelmFlags>`) for
-/// `upgrade`/`check`.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct ClusterFlags {
-    /// Namespace of the release (default: $HELM_NAMESPACE, the context's namespace, `default`)
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
-    /// Kubeconfig context (default: $HELM_KUBECONTEXT, the current context)
-    #[arg(long)]
-    pub kube_context: Option<String>,
-    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config)
-    #[arg(long)]
-    pub kubeconfig: Option<String>,
-    /// API server address (default: $HELM_KUBEAPISERVER)
-    #[arg(long)]
-    pub kube_apiserver: Option<String>,
-    /// Bearer token (default: $HELM_KUBETOKEN)
-    #[arg(long)]
-    pub kube_token: Option<String>,
-    /// Skip TLS verification of the API server
-    #[arg(long)]
-    pub kube_insecure_skip_tls_verify: bool,
-    /// Impersonate this user (default: $HELM_KUBEASUSER)
-    #[arg(long)]
-    pub kube_as_user: Option<String>,
-    /// Impersonate this group; repeatable (default: $HELM_KUBEASGROUPS)
-    #[arg(long)]
-    pub kube_as_group: Vec<String>,
-    /// CA bundle (PEM) of the API server (default: $HELM_KUBECAFILE)
-    #[arg(long)]
-    pub kube_ca_file: Option<String>,
-    /// Server name for TLS verification (default: $HELM_KUBETLS_SERVER_NAME)
-    #[arg(long)]
-    pub kube_tls_server_name: Option<String>,
-    /// Print what the tool does (kubeconfig, context, server, each request) on stderr,
-    /// secrets redacted (default: $HELM_DEBUG)
-    #[arg(long)]
-    pub debug: bool,
+/// Flags that select the cluster, with helm's names and environment defaults: the cluster
+/// rows of the flag table (`core::flags`), taken from helm's argv by the splitter for
+/// `upgrade`/`check` and parsed by clap for the lock commands (the `clap` impls below).
+pub type ClusterFlags = ClusterValues;
+
+impl clap::Args for ClusterValues {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cluster_flags().fold(cmd, |cmd, (flag, cluster)| {
+            let mut arg = clap::Arg::new(flag.long).long(flag.long).help(cluster.help);
+            if let Some(short) = flag.short {
+                arg = arg.short(short);
+            }
+            arg = match cluster.slot {
+                Slot::Text(_) => arg
+                    .action(clap::ArgAction::Set)
+                    .value_name(cluster.value_name),
+                Slot::List(_) => arg
+                    .action(clap::ArgAction::Append)
+                    .value_name(cluster.value_name),
+                Slot::Switch(_) => arg.action(clap::ArgAction::SetTrue),
+            };
+            cmd.arg(arg)
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
-impl From<&HelmFlags> for ClusterFlags {
-    fn from(flags: &HelmFlags) -> ClusterFlags {
-        ClusterFlags {
-            namespace: flags.namespace.clone(),
-            kube_context: flags.kube_context.clone(),
-            kubeconfig: flags.kubeconfig.clone(),
-            kube_apiserver: flags.kube_apiserver.clone(),
-            kube_token: flags.kube_token.clone(),
-            kube_insecure_skip_tls_verify: flags.kube_insecure_skip_tls_verify,
-            kube_as_user: flags.kube_as_user.clone(),
-            kube_as_group: flags.kube_as_group.clone(),
-            kube_ca_file: flags.kube_ca_file.clone(),
-            kube_tls_server_name: flags.kube_tls_server_name.clone(),
-            debug: flags.debug,
+impl clap::FromArgMatches for ClusterValues {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut values = ClusterValues::default();
+        values.update_from_arg_matches(matches)?;
+        Ok(values)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        for (flag, cluster) in cluster_flags() {
+            match cluster.slot {
+                Slot::Text(field) => {
+                    if let Some(value) = matches.get_one::<String>(flag.long) {
+                        *field(self) = Some(value.clone());
+                    }
+                }
+                Slot::List(field) => {
+                    if let Some(values) = matches.get_many::<String>(flag.long) {
+                        *field(self) = values.cloned().collect();
+                    }
+                }
+                Slot::Switch(field) => {
+                    if matches.get_flag(flag.long) {
+                        *field(self) = true;
+                    }
+                }
+            }
         }
+        Ok(())
     }
 }
 
@@ -482,8 +449,14 @@ pub(crate) async fn connect_with(
     env: &HelmEnv,
     captured: &Captured,
 ) -> Result<ClusterTarget, ClusterError> {
-    let context_override = flags.kube_context.clone().or(env.kube_context.clone());
-    let apiserver = flags.kube_apiserver.clone().or(env.kube_apiserver.clone());
+    let context_override = flags
+        .kube_context
+        .clone()
+        .or(env.cluster.kube_context.clone());
+    let apiserver = flags
+        .kube_apiserver
+        .clone()
+        .or(env.cluster.kube_apiserver.clone());
     let (loaded, looked) = load_kubeconfig(flags, captured)?;
     // A kubeconfig without any context adds nothing to --kube-apiserver (client-go merges
     // an empty config with the overrides).
@@ -526,7 +499,7 @@ pub(crate) async fn connect_with(
         .trim_end_matches('/')
         .to_string();
     tracing::debug!("server: {server}");
-    if let Some(token) = flags.kube_token.clone().or(env.kube_token.clone()) {
+    if let Some(token) = flags.kube_token.clone().or(env.cluster.kube_token.clone()) {
         // An explicit token replaces every other way the user would authenticate.
         auth_info.token = Some(token.into());
         auth_info.token_file = None;
@@ -547,21 +520,29 @@ pub(crate) async fn connect_with(
     }
     config.auth_info = auth_info;
     // Read with the identity helm will act as, so RBAC answers are the same for both.
-    if let Some(user) = flags.kube_as_user.clone().or(env.kube_as_user.clone()) {
+    if let Some(user) = flags
+        .kube_as_user
+        .clone()
+        .or(env.cluster.kube_as_user.clone())
+    {
         config.auth_info.impersonate = Some(user);
     }
     let groups = if flags.kube_as_group.is_empty() {
-        env.kube_as_groups.clone()
+        env.cluster.kube_as_group.clone()
     } else {
         flags.kube_as_group.clone()
     };
     if !groups.is_empty() {
         config.auth_info.impersonate_groups = Some(groups);
     }
-    if let Some(path) = flags.kube_ca_file.clone().or(env.kube_ca_file.clone()) {
+    if let Some(path) = flags
+        .kube_ca_file
+        .clone()
+        .or(env.cluster.kube_ca_file.clone())
+    {
         config.root_cert = Some(read_pem_certificates(&path, "--kube-ca-file", captured)?);
     }
-    if flags.kube_insecure_skip_tls_verify || env.kube_insecure_skip_tls_verify {
+    if flags.kube_insecure_skip_tls_verify || env.cluster.kube_insecure_skip_tls_verify {
         // helm drops the CA when told to skip verification.
         config.accept_invalid_certs = true;
         config.root_cert = None;
@@ -579,7 +560,7 @@ pub(crate) async fn connect_with(
     if let Some(name) = flags
         .kube_tls_server_name
         .clone()
-        .or(env.kube_tls_server_name.clone())
+        .or(env.cluster.kube_tls_server_name.clone())
     {
         config.tls_server_name = Some(name);
     }
@@ -610,7 +591,7 @@ pub(crate) async fn connect_with(
     ));
     let (namespace, from) = match flags.namespace.clone() {
         Some(ns) => (ns, "-n/--namespace".to_string()),
-        None => match env.namespace.clone() {
+        None => match env.cluster.namespace.clone() {
             Some(ns) => (ns, "HELM_NAMESPACE".to_string()),
             None => (
                 config.default_namespace.clone(),
@@ -769,6 +750,32 @@ fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lock commands' cluster flags come from the same rows as helm's argv's: clap
+    /// and the argv splitter give the same values for the same words.
+    #[test]
+    fn clap_and_the_splitter_read_the_cluster_flags_alike() {
+        use clap::{Args, FromArgMatches};
+        let words = "-n x --kube-context c --kubeconfig /k --kube-apiserver https://k \
+                     --kube-token t --kube-insecure-skip-tls-verify --kube-as-user u \
+                     --kube-as-group a --kube-as-group b --kube-ca-file ca \
+                     --kube-tls-server-name api --debug";
+        let words: Vec<&str> = words.split_whitespace().collect();
+        let cmd = ClusterValues::augment_args(clap::Command::new("t"));
+        let matches = cmd
+            .try_get_matches_from(std::iter::once("t").chain(words.iter().copied()))
+            .unwrap();
+        let from_clap = ClusterValues::from_arg_matches(&matches).unwrap();
+        let argv: Vec<String> = ["db", "c"]
+            .iter()
+            .chain(words.iter())
+            .map(|s| s.to_string())
+            .collect();
+        let split = crate::core::argv::split(&argv, crate::core::argv::Mode::Upgrade).unwrap();
+        assert_eq!(from_clap, split.helm.cluster);
+        assert_eq!(from_clap.kube_as_group, ["a", "b"]);
+        assert!(from_clap.debug && from_clap.kube_insecure_skip_tls_verify);
+    }
 
     #[test]
     fn pem_bundles() {
