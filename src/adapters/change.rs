@@ -673,6 +673,10 @@ mod tests {
                     Ok(()),
                 ),
             ),
+            (
+                vec!["db", "c", "--keyring", &dev_fd, "--cert-file", &dev_fd],
+                (Ok(vec![Source::Fd(fds[0])]), Ok(())),
+            ),
             // `-` is standard input for values only; /dev/null is read again as often as asked.
             (vec!["db", "c", "--kubeconfig", "-"], none.clone()),
             (vec!["db", "c", "--repository-config", "/dev/null"], none.clone()),

@@ -81,7 +81,8 @@ pub(crate) fn read_once(path: &str, dash_is_stdin: bool) -> Option<ReadOnce> {
 /// Every file the guard or more than one helm run reads for a guarded upgrade, with what
 /// names it (the flag as helm spells it, or the variable): `--kubeconfig`, else each
 /// `KUBECONFIG` entry; `--kube-ca-file`/`HELM_KUBECAFILE`; the repository files
-/// `--ca-file`, `--cert-file`, `--key-file`, `--repository-config`, `--registry-config`;
+/// `--ca-file`, `--cert-file`, `--key-file`, `--keyring`, `--repository-config`,
+/// `--registry-config`;
 /// values (`-f`/`--values`, comma lists) and `--set-file` (`key=path` lists).
 pub(crate) fn files(
     helm: &HelmFlags,
@@ -110,6 +111,7 @@ pub(crate) fn files(
     one("--ca-file", helm.ca_file.as_deref());
     one("--cert-file", helm.cert_file.as_deref());
     one("--key-file", helm.key_file.as_deref());
+    one("--keyring", helm.keyring.as_deref());
     one("--repository-config", helm.repository_config.as_deref());
     one("--registry-config", helm.registry_config.as_deref());
     for (flag, value) in &helm.value_inputs {

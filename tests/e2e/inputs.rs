@@ -197,6 +197,40 @@ fn pipes_reach_helm_with_the_bytes_the_guard_read(label: &str) {
     assert_eq!(got.stdout.trim(), r#"{"marker":"from-a-pipe"}"#);
 }
 
+/// Item 9: a repository's `--ca-file` given as an inherited pipe is read by `helm show
+/// chart` (the guard resolving `--version >=1.0.0`) and again by the real upgrade: both get
+/// the captured bytes, so the upgrade installs what the guard resolved.
+fn repository_files_on_pipes_reach_both_helm_runs(label: &str) {
+    let b = setup(label);
+    let url = crate::shim::chart_repo(&b);
+    let ca = std::fs::read(b.api.real().ca_file()).expect("ca file");
+    let cf = format!("/dev/fd/{CA_FD}");
+    let argv = [
+        "upgrade",
+        "--install",
+        "app",
+        "demo",
+        "--repo",
+        url.as_str(),
+        "--version",
+        ">=1.0.0",
+        "-n",
+        NS,
+        "--ca-file",
+        cf.as_str(),
+    ];
+    let mut cmd = b.command(guard_bin());
+    cmd.args(argv);
+    let run = wait_bounded(
+        spawn_with_pipes(&mut cmd, &[(CA_FD, ca)]),
+        Duration::from_secs(300),
+        "upgrade from a repository with --ca-file on a pipe",
+    );
+    run.expect_code(0, "install from the repository");
+    run.assert_stderr_line(r#"install: "app" in "shared" 1.1.0 (not installed yet)"#);
+    assert_eq!(b.deployed("app", NS), ("1.1.0".into(), 1));
+}
+
 /// Item 9: what cannot be offered again under its name — a named pipe the guard would
 /// drain before helm — is refused before any request, naming the flag or variable.
 fn named_pipes_the_guard_would_drain_are_refused(label: &str) {
@@ -322,6 +356,7 @@ fn stdin_that_never_closes_ends_at_the_bound(label: &str) {
 
 crate::common::per_helm!(
     pipes_reach_helm_with_the_bytes_the_guard_read,
+    repository_files_on_pipes_reach_both_helm_runs,
     named_pipes_the_guard_would_drain_are_refused,
     stdin_that_never_closes_ends_at_the_bound,
 );

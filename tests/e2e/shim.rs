@@ -74,7 +74,7 @@ impl Shim {
 }
 
 /// A chart repository with demo 1.0.0 and 1.1.0, served on loopback.
-fn chart_repo(b: &Bed) -> String {
+pub(crate) fn chart_repo(b: &Bed) -> String {
     let dir = b.home().join("repo");
     for v in ["1.0.0", "1.1.0"] {
         b.helm(&[
