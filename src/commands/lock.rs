@@ -157,7 +157,9 @@ pub(super) async fn lock_release(
         release,
         interrupts,
     };
-    let planned = planned(&scope, spec).await?;
+    let planned = planned(&scope, spec)
+        .await
+        .map_err(|e| scope.after_lift(e, lifted))?;
     scope.execute(&planned, false, lifted).await?;
     // `locked:` is said only of what the records show.
     scope

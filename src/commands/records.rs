@@ -68,6 +68,19 @@ impl Scope<'_> {
         }
     }
 
+    /// `e`, which stopped a command before its first record write, said together with the
+    /// one change the run did make: it lifted `lifted`'s enforcement.
+    pub(super) fn after_lift(&self, e: Error, lifted: Option<&str>) -> Error {
+        match lifted {
+            Some(who) => self.refused(format!(
+                "{}; {who} no longer enforces the lock (this run lifted it), the records are as \
+                 they were. Run the same command again to complete it",
+                self.unscoped(&e)
+            )),
+            None => e,
+        }
+    }
+
     /// A refusal with its explanation.
     pub(super) fn refused(&self, message: String) -> Error {
         Error::Refused {
@@ -203,7 +216,13 @@ impl Scope<'_> {
         force: bool,
         lifted: Option<&str>,
     ) -> Result<(), Error> {
-        let mut headers = self.existing_release().await?;
+        // A failure before write `at` (its cause `e`): what the writes done left, or `e`
+        // itself when nothing changed.
+        let stop = |at: usize, e: Error| match planned.stopped(at, &self.unscoped(&e), lifted) {
+            Some(message) => self.refused(message),
+            None => e,
+        };
+        let mut headers = self.existing_release().await.map_err(|e| stop(0, e))?;
         for (at, write) in planned.writes.iter().enumerate() {
             let stopped = |cause: String| match planned.stopped(at, &cause, lifted) {
                 Some(message) => self.refused(message),
@@ -253,7 +272,7 @@ impl Scope<'_> {
                 .iter()
                 .any(|w| w.record() == write.record())
             {
-                headers = self.existing_release().await?;
+                headers = self.existing_release().await.map_err(|e| stop(at + 1, e))?;
             }
         }
         Ok(())

@@ -64,7 +64,11 @@ pub(super) async fn unlock_release(
         release,
         interrupts,
     };
-    let planned = plan_unlock(&records_of(&scope.existing_release().await?));
+    let headers = scope
+        .existing_release()
+        .await
+        .map_err(|e| scope.after_lift(e, lifted))?;
+    let planned = plan_unlock(&records_of(&headers));
     scope.execute(&planned, force, lifted).await?;
     // `unlocked:` is said only of what the records show (a 404 or a lost answer on the
     // last write must not pass for success).

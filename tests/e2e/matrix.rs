@@ -29,6 +29,10 @@
 //!    leaves the state of the fault-free run (all records carry the same lock, or none; the
 //!    new version deployed).
 //!
+//! The record-writing commands also get 410 and 422 ([`WRITE_FAULTS`]), and a failure
+//! after the records changed must say how to finish (the same command again) and, when it
+//! says whether the lock is in force, say what the latest record shows (issue 25).
+//!
 //! Cases: 7 faults × the guarded-upgrade requests of each command (each test prints them
 //! with --nocapture): upgrade 8 → 56 (twice: without a Lease, and over a released one),
 //! check 3 → 21, lock 3 → 21, lock --hard 4 → 28, unlock 6 → 42, status 3 → 21; **245
@@ -63,6 +67,14 @@ pub(crate) const FAULTS: [(&str, FaultAction); 8] = [
     ("drop", FaultAction::Drop),
     ("truncate", FaultAction::Truncate),
     ("wrong-shape", FaultAction::WrongShape),
+];
+
+/// Also injected for the record-writing commands (`lock`, `lock --hard`, `unlock`): what a
+/// record write may be answered besides [`FAULTS`] (issue 25: every failure after a
+/// partial write says what it left).
+const WRITE_FAULTS: [(&str, FaultAction); 2] = [
+    ("410", FaultAction::Status(410)),
+    ("422", FaultAction::Status(422)),
 ];
 
 /// What the command is expected to leave when it succeeds.
@@ -446,8 +458,10 @@ impl Matrix {
         let started = Instant::now();
         let mut cases = 0;
         let mut failures = Vec::new();
+        let writes = matches!(self.goal, Goal::Locked { .. } | Goal::Unlocked);
+        let extra: &[(&str, FaultAction)] = if writes { &WRITE_FAULTS } else { &[] };
         for k in 0..self.requests {
-            for (fault, action) in FAULTS.iter() {
+            for (fault, action) in FAULTS.iter().chain(extra) {
                 cases += 1;
                 if let Err(why) = self.case(k, action) {
                     failures.push(format!("request {k}, fault {fault}: {why}"));
@@ -591,6 +605,44 @@ impl Matrix {
                 if run.code != 0 && claims_lock && !latest_locked(b) {
                     return Err(format!(
                         "the error says the lock is in force on the latest record, which carries none: {:#?}\n{shown}",
+                        locks(b)
+                    ));
+                }
+                // Issue 25: a failure after the records changed says what it left and how
+                // to finish: whether the lock is in force (as the records show) and that
+                // the same command completes it.
+                let changed = self.snapshot.iter().any(|before| {
+                    b.api
+                        .get(resource(), Some(NS), &name_of(before))
+                        .is_none_or(|now| {
+                            now["metadata"]["labels"] != before["metadata"]["labels"]
+                                || now["data"] != before["data"]
+                        })
+                });
+                let last = run.stderr.lines().last().unwrap_or_default();
+                if run.code != 0 && changed {
+                    let finish = [
+                        "Run the same command again to complete it",
+                        "Run the command again: it completes or confirms it",
+                        "Run the same command again: it completes or confirms it",
+                    ];
+                    if !finish.iter().any(|f| last.contains(f)) {
+                        return Err(format!(
+                            "records changed, but the error does not say how to finish: {:#?}\n{shown}",
+                            locks(b)
+                        ));
+                    }
+                }
+                let says_not_in_force = last.contains("the lock is not in force");
+                let says_in_force = last.contains("the lock is in force")
+                    || last.contains("so it is still in force");
+                if run.code != 0
+                    && ((says_in_force && !latest_locked(b))
+                        || (says_not_in_force && latest_locked(b)))
+                {
+                    return Err(format!(
+                        "what the error says of the lock being in force is not what the latest \
+                         record shows: {:#?}\n{shown}",
                         locks(b)
                     ));
                 }
