@@ -13,14 +13,16 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::adapters::cluster::WATCH_SECONDS;
 use crate::adapters::retry::{RetryPolicy, Retryable, Verdict};
 use crate::adapters::storage::StoreError;
 use crate::core::time::{format_duration, format_rfc3339, now_unix};
@@ -344,6 +346,12 @@ pub enum MutexWait {
         /// The wait before re-reading.
         retry_in: Duration,
     },
+    /// The Lease cannot be watched (`watch` on leases refused): the wait falls back to
+    /// reading it every 0.5–1 s. Said once, as a note rather than a wait.
+    Polling {
+        /// Why the watch was refused (the API's message).
+        reason: String,
+    },
 }
 
 impl MutexWait {
@@ -364,6 +372,9 @@ impl MutexWait {
             MutexWait::Raced { action, .. } => {
                 format!("was written by someone else while {action} (409 Conflict)")
             }
+            MutexWait::Polling { reason } => {
+                format!("cannot be watched ({reason}); reading it every 0.5-1s instead")
+            }
         }
     }
 }
@@ -372,7 +383,7 @@ impl std::fmt::Display for MutexWait {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.cause())?;
         match self {
-            MutexWait::Held { .. } => Ok(()),
+            MutexWait::Held { .. } | MutexWait::Polling { .. } => Ok(()),
             MutexWait::RequestFailed { retry_in, .. } => {
                 write!(f, "; retrying in {}", short(*retry_in))
             }
@@ -394,53 +405,115 @@ fn short(d: Duration) -> String {
 /// How an acquisition attempt ended, before mapping to the public result.
 enum Step {
     Done(Box<Held>),
-    /// Sleep this long, then look again; `report` is what we wait for.
-    Wait(Duration, Option<MutexWait>),
+    /// A live holder has the Lease (the one read, for watching it from there).
+    Held(Box<Lease>, MutexWait),
 }
 
-/// Takes the mutex, waiting (polling with jitter) while a live holder has it.
+/// What a waiting acquisition watches besides the Lease, and how it re-decides: the
+/// release's records, so that a run whose question was answered while it waited (the
+/// newer revision it waited for is in) ends without taking the mutex.
+#[allow(async_fn_in_trait)]
+pub trait Waiter {
+    /// What ends the wait without the mutex (for `upgrade`: the pass that says skip).
+    type Done;
+    /// Resolves when the release's records may have changed since the last read. Raced
+    /// against the Lease, so it must be cancel-safe; never resolves when nothing is watched.
+    async fn records_changed(&mut self);
+    /// Re-reads after a change: `Some` ends the acquisition without taking the mutex. A
+    /// read that fails is not an answer (`None`): the run re-reads under the mutex anyway.
+    async fn recheck(&mut self) -> Option<Self::Done>;
+}
+
+/// A waiter that watches only the Lease (`lock`, `unlock`).
+pub struct LeaseOnly;
+
+impl Waiter for LeaseOnly {
+    type Done = std::convert::Infallible;
+    async fn records_changed(&mut self) {
+        std::future::pending().await
+    }
+    async fn recheck(&mut self) -> Option<Self::Done> {
+        None
+    }
+}
+
+/// How [`acquire_or`] ended: the mutex is ours, or the waiter's re-read made it needless.
+pub enum Acquired<D> {
+    /// Held; release it with [`Held::release`].
+    Held(Box<Held>),
+    /// The waiter's answer; the mutex was never taken.
+    Done(D),
+}
+
+/// Takes the mutex, waiting while a live holder has it; or ends without it when `waiter`
+/// says its question was answered while it waited.
+///
+/// Waiting is by watch, not by poll: the Lease is watched from the resourceVersion read
+/// (field selector on its name), so a release wakes the waiter at once; a holder that
+/// stops renewing is taken over once the Lease has not changed for its duration as seen
+/// here. Each watch lasts at most [`WATCH_SECONDS`] (then resumes from the last version
+/// seen); a watch the API refuses (403) falls back to reading the Lease every 0.5–1 s
+/// (jittered), said once through `on_wait` ([`MutexWait::Polling`]). Meanwhile
+/// `waiter.records_changed()` is raced against the Lease: on a change `waiter.recheck()`
+/// runs, and `Some` ends the acquisition without any write.
 ///
 /// `options.timeout` bounds the whole acquisition whatever the cause: a live holder, a
 /// Lease that cannot be read, created or taken (5xx, 429, dropped connections, with
 /// backoff; after [`RetryPolicy::API`]`.attempts` consecutive failures the last error is
 /// returned), or conflicts (409: re-read and re-decide, with backoff). Every wait is passed
-/// to `on_wait` first (a holder once per holder change). Requests: one read per poll
-/// (0.5–1 s apart while held), plus one write when the Lease is free; failed requests back
-/// off from 0.15 s up to 2 s.
-pub async fn acquire(
+/// to `on_wait` first (a holder once per holder change). Requests while a live holder has
+/// the Lease: one read, then one watch per [`WATCH_SECONDS`] (renewals arrive as events);
+/// one write when it is free; failed requests back off from 0.15 s up to 2 s.
+///
+/// Cancellation-safe: SIGINT/SIGTERM while waiting returns [`MutexError::Interrupted`]
+/// having written nothing, and dropping the future closes the watches.
+pub async fn acquire_or<W: Waiter>(
     client: &Client,
     namespace: &str,
     release: &str,
     options: &AcquireOptions,
+    waiter: &mut W,
     mut on_wait: impl FnMut(&MutexWait),
-) -> Result<Held, MutexError> {
+) -> Result<Acquired<W::Done>, MutexError> {
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let name = lease_name(release);
     let identity = holder_identity();
     let started = Instant::now();
     let deadline = started + options.timeout;
     let policy = RetryPolicy::API;
+    // Listened to for the whole acquisition: a signal between two steps is not missed.
+    let mut signals = crate::adapters::signals::Signals::listen();
     // client-go semantics: the record we saw and when we first saw it.
     let mut observed: Option<(MutexState, Instant)> = None;
     let mut last_reported: Option<String> = None;
     // Consecutive transient failures and conflicts, for backoff and the failure limit.
     let mut failures = 0u32;
     let mut conflicts = 0u32;
-    // The last thing we waited for, for the timeout message.
-    let mut waiting_for = String::from("nothing yet");
+    // The Lease as a watch event showed it: no read needed before the next step.
+    let mut known: Option<Option<Lease>> = None;
+    let mut watch = LeaseWatch::new(&name);
     loop {
-        let step = acquire_step(&api, &name, namespace, &identity, options, &mut observed).await;
-        let (sleep, wait) = match step {
-            Ok(Step::Done(held)) => return Ok(*held),
-            Ok(Step::Wait(sleep, wait)) => {
+        let step = acquire_step(
+            &api,
+            &name,
+            namespace,
+            &identity,
+            options,
+            known.take(),
+            &mut observed,
+        )
+        .await;
+        let (sleep, wait, held_lease) = match step {
+            Ok(Step::Done(held)) => return Ok(Acquired::Held(held)),
+            Ok(Step::Held(lease, wait)) => {
                 failures = 0;
                 conflicts = 0;
-                (sleep, wait)
+                (None, wait, Some(*lease))
             }
             Err(StepError::Conflict(action)) => {
                 conflicts += 1;
                 let retry_in = policy.wait(conflicts, None, crate::adapters::retry::jitter_unit());
-                (retry_in, Some(MutexWait::Raced { action, retry_in }))
+                (Some(retry_in), MutexWait::Raced { action, retry_in }, None)
             }
             Err(StepError::Transient(action, e)) => {
                 failures += 1;
@@ -459,27 +532,26 @@ pub async fn acquire(
                     limit: policy.attempts,
                     retry_in,
                 };
-                (retry_in, Some(wait))
+                (Some(retry_in), wait, None)
             }
             Err(StepError::Final(e)) => return Err(classify(e, &name, namespace)),
             Err(StepError::NamespaceMissing) => {
                 return Err(MutexError::NamespaceMissing(namespace.to_string()))
             }
         };
-        if let Some(wait) = wait {
-            let key = match &wait {
-                MutexWait::Held { .. } => observed
-                    .as_ref()
-                    .and_then(|(s, _)| s.holder.clone())
-                    .unwrap_or_default(),
-                other => other.to_string(),
-            };
-            waiting_for = wait.cause();
-            // A holder is reported once per holder; every failure and race is reported.
-            if !matches!(wait, MutexWait::Held { .. }) || last_reported.as_deref() != Some(&key) {
-                on_wait(&wait);
-                last_reported = Some(key);
-            }
+        let key = match &wait {
+            MutexWait::Held { .. } => observed
+                .as_ref()
+                .and_then(|(s, _)| s.holder.clone())
+                .unwrap_or_default(),
+            other => other.to_string(),
+        };
+        // The last thing we waited for, for the timeout message.
+        let waiting_for = wait.cause();
+        // A holder is reported once per holder; every failure and race is reported.
+        if !matches!(wait, MutexWait::Held { .. }) || last_reported.as_deref() != Some(&key) {
+            on_wait(&wait);
+            last_reported = Some(key);
         }
         let now = Instant::now();
         if now >= deadline {
@@ -489,9 +561,173 @@ pub async fn acquire(
                 waited: format_duration(started.elapsed().as_secs() as i64),
             });
         }
+        // A failure or a race: back off, then read again.
+        let Some(lease) = held_lease else {
+            let sleep = sleep.unwrap_or_else(poll_interval);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep.min(deadline - now)) => {}
+                _ = signals.next() => return Err(MutexError::Interrupted),
+            }
+            continue;
+        };
+        // A live holder: wait for the Lease to change, the records to change, the holder
+        // to expire (as observed here) or the timeout, whichever comes first.
+        let duration = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.lease_duration_seconds)
+            .unwrap_or(0)
+            .max(0) as u64;
+        let expiry = observed
+            .as_ref()
+            .map_or(now, |(_, at)| *at + Duration::from_secs(duration));
+        let wake_at = deadline.min(expiry.max(now));
+        watch.seen(&lease);
+        if watch.refused.is_some() && !watch.said {
+            watch.said = true;
+            let reason = watch.refused.clone().unwrap_or_default();
+            on_wait(&MutexWait::Polling { reason });
+        }
+        let polling = watch.refused.is_some();
         tokio::select! {
-            _ = tokio::time::sleep(sleep.min(deadline - now)) => {}
-            _ = interrupted() => return Err(MutexError::Interrupted),
+            biased;
+            _ = signals.next() => return Err(MutexError::Interrupted),
+            _ = waiter.records_changed() => {
+                let recheck = tokio::select! {
+                    done = waiter.recheck() => done,
+                    _ = signals.next() => return Err(MutexError::Interrupted),
+                };
+                if let Some(done) = recheck {
+                    return Ok(Acquired::Done(done));
+                }
+                // Nothing to do yet: the Lease is as last seen.
+                known = Some(Some(lease));
+            }
+            _ = tokio::time::sleep_until(wake_at.into()) => {}
+            _ = tokio::time::sleep(poll_interval()), if polling => {}
+            change = watch.next(&api), if !polling => match change {
+                LeaseChange::Seen(lease) => known = Some(lease.map(|l| *l)),
+                // Ended, refused or failed: read the Lease again (a refusal is said above).
+                LeaseChange::Reread => {}
+            },
+        }
+    }
+}
+
+/// The Lease watch of one acquisition: opened from the version last read, kept open
+/// across steps, resumed when the server ends it.
+struct LeaseWatch {
+    selector: String,
+    name: String,
+    version: Option<String>,
+    stream: Option<LeaseEvents>,
+    /// Set when the API refused the watch (403): the acquisition polls instead.
+    refused: Option<String>,
+    /// Whether the refusal was said.
+    said: bool,
+}
+
+type LeaseEvents = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<WatchEvent<Lease>, kube::Error>> + Send>,
+>;
+
+/// What the Lease watch saw.
+enum LeaseChange {
+    /// The Lease as it now is (`None`: deleted).
+    Seen(Option<Box<Lease>>),
+    /// Read the Lease again: the watch ended, failed, was refused or its version expired.
+    Reread,
+}
+
+impl LeaseWatch {
+    fn new(name: &str) -> LeaseWatch {
+        LeaseWatch {
+            selector: format!("metadata.name={name}"),
+            name: name.to_string(),
+            version: None,
+            stream: None,
+            refused: None,
+            said: false,
+        }
+    }
+
+    /// The Lease was read (or seen in an event): watch from its version. A different
+    /// version than the open watch's means a read the watch did not deliver: reopen.
+    fn seen(&mut self, lease: &Lease) {
+        let version = lease.metadata.resource_version.clone();
+        if version != self.version {
+            self.stream = None;
+            self.version = version;
+        }
+    }
+
+    /// The next change of the Lease. Cancel-safe: an open watch survives a cancelled call.
+    async fn next(&mut self, api: &Api<Lease>) -> LeaseChange {
+        loop {
+            if self.stream.is_none() {
+                let Some(version) = self.version.clone() else {
+                    return LeaseChange::Reread;
+                };
+                let params = WatchParams::default()
+                    .fields(&self.selector)
+                    .timeout(WATCH_SECONDS);
+                match api.watch(&params, &version).await {
+                    Ok(stream) => self.stream = Some(Box::pin(stream)),
+                    Err(e) => {
+                        let e = StoreError::from(e);
+                        if e.code() == Some(403) {
+                            self.refused = Some(match &e {
+                                StoreError::Connection(f) => f.cause.clone(),
+                                other => other.to_string(),
+                            });
+                        } else {
+                            tracing::debug!("watching Lease {:?}: {e}", self.name);
+                            // Not a tight loop: back off one poll interval before reading.
+                            tokio::time::sleep(poll_interval()).await;
+                        }
+                        return LeaseChange::Reread;
+                    }
+                }
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                continue;
+            };
+            match stream.next().await {
+                Some(Ok(WatchEvent::Added(lease))) | Some(Ok(WatchEvent::Modified(lease))) => {
+                    if lease.metadata.name.as_deref() != Some(self.name.as_str()) {
+                        // Not the object asked for: trust a read instead.
+                        self.stream = None;
+                        return LeaseChange::Reread;
+                    }
+                    self.version = lease.metadata.resource_version.clone();
+                    return LeaseChange::Seen(Some(Box::new(lease)));
+                }
+                Some(Ok(WatchEvent::Deleted(lease))) => {
+                    if lease.metadata.name.as_deref() != Some(self.name.as_str()) {
+                        self.stream = None;
+                        return LeaseChange::Reread;
+                    }
+                    self.stream = None;
+                    self.version = None;
+                    return LeaseChange::Seen(None);
+                }
+                Some(Ok(WatchEvent::Bookmark(b))) => {
+                    self.version = Some(b.metadata.resource_version);
+                }
+                // 410 Gone (the version is too old) or any other failure: read again.
+                Some(Ok(WatchEvent::Error(e))) => {
+                    tracing::debug!("watching Lease {:?}: {} {}", self.name, e.code, e.message);
+                    self.stream = None;
+                    return LeaseChange::Reread;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!("watching Lease {:?}: {e}", self.name);
+                    self.stream = None;
+                    return LeaseChange::Reread;
+                }
+                // The server ended the watch (timeoutSeconds): resume from the last version.
+                None => self.stream = None,
+            }
         }
     }
 }
@@ -529,19 +765,24 @@ fn step_error(action: &'static str, e: kube::Error) -> StepError {
     }
 }
 
-/// One read and at most one write.
+/// One read (unless a watch event already showed the Lease: `known`) and at most one
+/// write.
 async fn acquire_step(
     api: &Api<Lease>,
     name: &str,
     namespace: &str,
     identity: &str,
     options: &AcquireOptions,
+    known: Option<Option<Lease>>,
     observed: &mut Option<(MutexState, Instant)>,
 ) -> Result<Step, StepError> {
-    let current = api
-        .get_opt(name)
-        .await
-        .map_err(|e| step_error("reading the Lease", e))?;
+    let current = match known {
+        Some(current) => current,
+        None => api
+            .get_opt(name)
+            .await
+            .map_err(|e| step_error("reading the Lease", e))?,
+    };
     let current = match check_lease_name(current, name) {
         Ok(current) => current,
         Err(e) => return Err(StepError::Final(e)),
@@ -614,19 +855,12 @@ async fn acquire_step(
         return Ok(Step::Done(Box::new(held)));
     }
     let holder = state.describe(now_unix());
-    Ok(Step::Wait(
-        poll_interval(),
-        Some(MutexWait::Held { holder }),
-    ))
+    Ok(Step::Held(Box::new(lease), MutexWait::Held { holder }))
 }
 
-async fn interrupted() {
-    crate::adapters::signals::first().await;
-}
-
-/// 500 ms to 1 s: frequent enough that serialized pipelines follow each other quickly,
-/// jittered so waiting runs do not hit the API in lockstep.
-fn poll_interval() -> Duration {
+/// 500 ms to 1 s, jittered so waiting runs do not hit the API in lockstep: the fallback
+/// when the Lease (or the records) cannot be watched.
+pub fn poll_interval() -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());

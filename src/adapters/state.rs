@@ -4,7 +4,9 @@
 //! This is the one place a hard lock's `pending-upgrade` record is recognised as the
 //! deployed revision it really is (see [`read_release`]).
 
-use crate::adapters::storage::{InvalidRecord, RecordHeader, ReleaseStore, StoreError};
+use crate::adapters::storage::{
+    InvalidRecord, RecordHeader, RecordsVersion, ReleaseStore, StoreError,
+};
 use crate::core::decision::{DeployedState, RecordMeta};
 use crate::core::lock;
 use crate::core::release::{decode_release, DecodeError, ReleaseStatus, ReleaseSummary};
@@ -16,6 +18,11 @@ pub(crate) struct ReleaseView {
     pub state: DeployedState,
     /// Every record header, sorted by revision (metadata only).
     pub headers: Vec<RecordHeader>,
+    /// Where the read stands: a wait for changes starts from here.
+    pub version: RecordsVersion,
+    /// The records decoded for this view, by name and resourceVersion, so a re-read that
+    /// lists the same record at the same resourceVersion does not fetch it again.
+    decoded: Vec<(String, String, ReleaseSummary)>,
 }
 
 impl ReleaseView {
@@ -66,13 +73,25 @@ pub(crate) async fn read_release<S: ReleaseStore>(
     store: &S,
     release: &str,
 ) -> Result<ReleaseView, ReadError> {
-    let headers = store
-        .list_headers(release)
+    read_release_again(store, release, None).await
+}
+
+/// [`read_release`], reusing what `previous` decoded: a record the new list shows under the
+/// same name and resourceVersion is the same object, byte for byte, so it is not fetched
+/// again (its body was checked against its labels when it was).
+pub(crate) async fn read_release_again<S: ReleaseStore>(
+    store: &S,
+    release: &str,
+    previous: Option<&ReleaseView>,
+) -> Result<ReleaseView, ReadError> {
+    let (headers, version) = store
+        .list_headers_versioned(release)
         .await
         .map_err(|source| ReadError::Store {
             step: format!("listing {} records", store.kind()),
             source,
         })?;
+    let mut decoded = Vec::new();
     let latest = headers.last().map(|h| RecordMeta {
         revision: h.revision,
         status: h.status.clone(),
@@ -83,7 +102,7 @@ pub(crate) async fn read_release<S: ReleaseStore>(
         .find(|h| h.status == ReleaseStatus::Deployed || is_hard_locked_deployed(h));
     let last_deployed = match last_deployed_header {
         Some(h) => {
-            let mut summary = decode_record(store, h).await?;
+            let mut summary = decode_or_reuse(store, h, previous, &mut decoded).await?;
             if is_hard_locked_deployed(h) {
                 summary.status = ReleaseStatus::Deployed;
             }
@@ -98,7 +117,7 @@ pub(crate) async fn read_release<S: ReleaseStore>(
             if last_deployed_header.is_none()
                 && matches!(h.status, ReleaseStatus::Failed | ReleaseStatus::Superseded) =>
         {
-            Some(decode_record(store, h).await?)
+            Some(decode_or_reuse(store, h, previous, &mut decoded).await?)
         }
         _ => None,
     };
@@ -127,7 +146,34 @@ pub(crate) async fn read_release<S: ReleaseStore>(
             lock,
         },
         headers,
+        version,
+        decoded,
     })
+}
+
+/// The record's summary from `previous` when it decoded the same name at the same
+/// resourceVersion, else fetched and decoded; kept in `decoded` either way.
+async fn decode_or_reuse<S: ReleaseStore>(
+    store: &S,
+    header: &RecordHeader,
+    previous: Option<&ReleaseView>,
+    decoded: &mut Vec<(String, String, ReleaseSummary)>,
+) -> Result<ReleaseSummary, ReadError> {
+    let reused = header.resource_version.as_deref().and_then(|rv| {
+        previous?
+            .decoded
+            .iter()
+            .find(|(name, version, _)| *name == header.name && version == rv)
+            .map(|(_, _, summary)| summary.clone())
+    });
+    let summary = match reused {
+        Some(summary) => summary,
+        None => decode_record(store, header).await?,
+    };
+    if let Some(rv) = &header.resource_version {
+        decoded.push((header.name.clone(), rv.clone(), summary.clone()));
+    }
+    Ok(summary)
 }
 
 /// Fetches and decodes one record's release metadata (never its values), and checks that

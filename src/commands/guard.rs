@@ -86,7 +86,20 @@ pub(super) async fn decide_once(
     helm: Option<&Path>,
     captured: &Captured,
 ) -> Result<Pass, Error> {
-    let view = state::read_release(store, &plan.release)
+    decide_again(plan, store, target, helm, captured, None).await
+}
+
+/// Reads the release again and decides, reusing the records `previous` decoded where the
+/// list shows them unchanged (same resourceVersion).
+pub(super) async fn decide_again(
+    plan: &GuardPlan,
+    store: &Store,
+    target: &ResolvedTarget,
+    helm: Option<&Path>,
+    captured: &Captured,
+    previous: Option<&Pass>,
+) -> Result<Pass, Error> {
+    let view = state::read_release_again(store, &plan.release, previous.map(|p| &p.view))
         .await
         .map_err(|source| Error::ReadRelease {
             release: plan.release.clone(),

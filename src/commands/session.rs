@@ -64,20 +64,47 @@ pub(super) async fn acquire_mutex(
     release: &str,
     options: &mutex::AcquireOptions,
 ) -> Result<mutex::Held, MutexError> {
+    match acquire_mutex_or(session, release, options, &mut mutex::LeaseOnly).await? {
+        mutex::Acquired::Held(held) => Ok(*held),
+        mutex::Acquired::Done(never) => match never {},
+    }
+}
+
+/// Takes the release's mutex, or ends without it when `waiter` (which re-reads the
+/// release when its records change) says the wait answered its question.
+pub(super) async fn acquire_mutex_or<W: mutex::Waiter>(
+    session: &Session,
+    release: &str,
+    options: &mutex::AcquireOptions,
+    waiter: &mut W,
+) -> Result<mutex::Acquired<W::Done>, MutexError> {
     let namespace = session.namespace.as_str();
     let lease = mutex::lease_name(release);
-    let held = mutex::acquire(&session.client, namespace, release, options, |wait| {
-        output::waiting(&format!(
-            "mutex {lease} for release {release:?} in {namespace:?} {wait}"
-        ));
-    })
+    let acquired = mutex::acquire_or(
+        &session.client,
+        namespace,
+        release,
+        options,
+        waiter,
+        |wait| match wait {
+            mutex::MutexWait::Polling { reason } => output::note(&format!(
+                "cannot watch the mutex Lease {lease:?} in {namespace:?} ({reason}); reading it \
+                 every 0.5-1s while waiting instead (grant `watch` on leases to hand over at once)"
+            )),
+            wait => output::waiting(&format!(
+                "mutex {lease} for release {release:?} in {namespace:?} {wait}"
+            )),
+        },
+    )
     .await?;
-    if let Some(previous) = &held.took_over_from {
-        output::note(&format!(
-            "took over the mutex from {previous}, which stopped renewing it"
-        ));
+    if let mutex::Acquired::Held(held) = &acquired {
+        if let Some(previous) = &held.took_over_from {
+            output::note(&format!(
+                "took over the mutex from {previous}, which stopped renewing it"
+            ));
+        }
     }
-    Ok(held)
+    Ok(acquired)
 }
 
 /// Gives the mutex back, warning when it was lost while held or could not be released.

@@ -2,13 +2,15 @@
 //! `helm upgrade --install` with the user's argv only when the rules allow it.
 
 use std::path::Path;
+use std::time::Duration;
 
+use crate::adapters::cluster::WATCH_SECONDS;
 use crate::adapters::helm::{self, HelmCommand};
 use crate::adapters::inputs::Captured;
 use crate::adapters::mutex::{self, MutexError};
 use crate::adapters::recovery::{self, Recovery};
 use crate::adapters::signals;
-use crate::adapters::storage::{self, ReleaseStore, Store};
+use crate::adapters::storage::{self, RecordsChange, ReleaseStore, Store};
 use crate::core::decision::{Action, Decision, Reason};
 use crate::core::time::format_duration;
 use crate::error::{Error, Exit};
@@ -80,21 +82,42 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
         timeout: serialize.wait,
         lease_duration: serialize.lease_duration,
     };
-    let held = match super::session::acquire_mutex(&session, release, &options).await {
-        Ok(held) => held,
+    // While waiting, the release's records are watched and re-read when they change: a
+    // re-read that says skip ends the run without taking the mutex.
+    let mut waiter = Recheck {
+        plan: &plan,
+        store,
+        target: &target,
+        helm: &helm,
+        captured: &captured,
+        last: first,
+        polling: false,
+    };
+    let acquired = super::session::acquire_mutex_or(&session, release, &options, &mut waiter).await;
+    let latest = waiter.last;
+    let held = match acquired {
+        Ok(mutex::Acquired::Held(held)) => held,
+        Ok(mutex::Acquired::Done(pass)) => {
+            output::note(&format!(
+                "release {release:?} in {namespace:?} changed while this run waited for the \
+                 mutex, and the re-read decides skip: the mutex was not taken"
+            ));
+            let report = guard::report(&plan, store, &pass, &target, None, None);
+            return finish_without_helm(&plan, &pass.decision, &report);
+        }
         Err(MutexError::NamespaceMissing(_)) => {
             // The Lease cannot live in a namespace that does not exist. The first decision
             // stands, refusals included (with HELM_DRIVER=sql the records live elsewhere and
             // may be pending or locked); helm runs unserialized only with a reason printed.
-            let report = guard::report(&plan, store, &first, &target, Some(false), None);
-            if !first.decision.action.proceeds() {
-                return finish_without_helm(&plan, &first.decision, &report);
+            let report = guard::report(&plan, store, &latest, &target, Some(false), None);
+            if !latest.decision.action.proceeds() {
+                return finish_without_helm(&plan, &latest.decision, &report);
             }
             output::note(&format!(
                 "running unserialized: namespace {namespace:?} does not exist, so the mutex \
                  (a Lease in it) cannot be taken"
             ));
-            return run_helm(&plan, &helm, &first.decision, &report, &captured).await;
+            return run_helm(&plan, &helm, &latest.decision, &report, &captured).await;
         }
         Err(source) => {
             return Err(Error::Mutex {
@@ -110,8 +133,11 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     // SIGTERM are watched here until helm starts (then helm gets them).
     let outcome = async {
         let decided = async {
+            // The records the last read decoded are not fetched again if the list shows
+            // them at the same resourceVersion.
             let mut pass =
-                guard::decide_once(&plan, store, &target, Some(&helm), &captured).await?;
+                guard::decide_again(&plan, store, &target, Some(&helm), &captured, Some(&latest))
+                    .await?;
             if pass.decision.reason == Reason::Pending {
                 if let Some(after) = plan.recover_pending_after {
                     if recover(&plan, store, &pass, after).await? {
@@ -141,8 +167,108 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
         }
     }
     .await;
-    super::session::release_mutex(held, release, namespace).await;
+    super::session::release_mutex(*held, release, namespace).await;
     outcome
+}
+
+/// While `upgrade` waits for the mutex: the release's records, watched from the last read
+/// (polled every 0.5–1 s where they cannot be watched: `HELM_DRIVER=sql`, or `watch`
+/// refused), and re-read when they change.
+struct Recheck<'a> {
+    plan: &'a GuardPlan,
+    store: &'a Store,
+    target: &'a crate::adapters::target::ResolvedTarget,
+    helm: &'a Path,
+    captured: &'a Captured,
+    /// The latest read: the first decision, then each re-read.
+    last: Pass,
+    /// Whether the records are polled rather than watched.
+    polling: bool,
+}
+
+impl mutex::Waiter for Recheck<'_> {
+    type Done = Pass;
+
+    async fn records_changed(&mut self) {
+        let release = self.plan.release.as_str();
+        let max = Duration::from_secs(u64::from(WATCH_SECONDS));
+        loop {
+            if !self.polling {
+                match self
+                    .store
+                    .watch_records(release, &self.last.view.version, max)
+                    .await
+                {
+                    Some(Ok(RecordsChange::Changed)) => return,
+                    Some(Ok(RecordsChange::Quiet)) => continue,
+                    Some(Err(e)) if e.code() == Some(403) => {
+                        self.polling = true;
+                        output::note(&format!(
+                            "cannot watch the {} records of release {release:?} in {:?} ({}); \
+                             reading them every 0.5-1s while waiting instead (grant `watch` on \
+                             them to hand over at once)",
+                            self.store.kind(),
+                            self.store.namespace(),
+                            forbidden_cause(&e)
+                        ));
+                    }
+                    Some(Err(e)) => {
+                        output::debug(&format!("watching the release records: {e}"));
+                        tokio::time::sleep(mutex::poll_interval()).await;
+                        return;
+                    }
+                    None => {
+                        output::debug(&format!(
+                            "{} records cannot be watched: polled every 0.5-1s",
+                            self.store.driver_name()
+                        ));
+                        self.polling = true;
+                    }
+                }
+            } else {
+                tokio::time::sleep(mutex::poll_interval()).await;
+                match self.store.list_headers_versioned(release).await {
+                    Ok((_, version))
+                        if version.fingerprint == self.last.view.version.fingerprint => {}
+                    _ => return,
+                }
+            }
+        }
+    }
+
+    async fn recheck(&mut self) -> Option<Pass> {
+        let again = guard::decide_again(
+            self.plan,
+            self.store,
+            self.target,
+            Some(self.helm),
+            self.captured,
+            Some(&self.last),
+        )
+        .await;
+        match again {
+            Ok(pass) if pass.decision.action == Action::Skip => Some(pass),
+            Ok(pass) => {
+                self.last = pass;
+                None
+            }
+            Err(e) => {
+                // Not an answer: the run re-reads under the mutex, failing closed there. Back
+                // off so that a record that cannot be read is not re-read in a tight loop.
+                output::debug(&format!("re-reading while waiting for the mutex: {e}"));
+                tokio::time::sleep(mutex::poll_interval()).await;
+                None
+            }
+        }
+    }
+}
+
+/// The API's message of a refusal.
+fn forbidden_cause(e: &storage::StoreError) -> String {
+    match e {
+        storage::StoreError::Connection(f) => f.cause.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The first SIGINT or SIGTERM: its name and number.

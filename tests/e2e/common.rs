@@ -580,10 +580,16 @@ impl Bed {
     /// Starts guarded-upgrade without waiting, in its own process group (so a test can kill
     /// it together with its helm child), with stdout/stderr captured.
     pub fn guard_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.guard_spawn_env(args, &[])
+    }
+
+    /// [`Bed::guard_spawn`] with extra environment.
+    pub fn guard_spawn_env(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Child {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_guarded-upgrade"));
         self.env(&mut cmd);
         cmd.args(args)
+            .envs(extra.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0);

@@ -764,6 +764,187 @@ fn dry_run_needs_no_mutex(label: &str) {
         .is_none());
 }
 
+/// The requests guarded-upgrade itself made (helm's and the test bed's left out).
+fn guard_requests(b: &Bed) -> Vec<kube_standin::RequestRecord> {
+    b.api
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.user_agent
+                .as_deref()
+                .is_some_and(|a| a.starts_with("guarded-upgrade/"))
+        })
+        .collect()
+}
+
+/// guarded-upgrade's requests on the release's Lease with this verb.
+fn guard_lease_requests(b: &Bed, verb: &str) -> usize {
+    guard_requests(b)
+        .iter()
+        .filter(|r| r.resource.as_deref() == Some("leases") && r.verb == verb)
+        .count()
+}
+
+/// Hand-over by watch (issue 29): a waiter reads the Lease once, watches it, and takes it
+/// when it is released; no poll in between, however long the wait.
+fn waiter_wakes_on_release_without_polling(label: &str) {
+    let b = setup(label);
+    foreign_lease(&b, "db", "pipeline-42", 3600);
+    b.api.clear_requests();
+    let child = b.guard_spawn(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS]);
+    wait_until(
+        "the waiter to read the Lease",
+        Duration::from_secs(30),
+        || guard_lease_requests(&b, "get") >= 1,
+    );
+    // Long enough for a poller (every 0.5–1 s) to have read the Lease twice more.
+    std::thread::sleep(Duration::from_millis(2500));
+    released_lease(&b);
+    let run = finish(child);
+    run.expect_code(0, "the waiter installs once the Lease is released");
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with(WAITING) && l.contains("is held by pipeline-42")),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("note: cannot watch"), "{}", run.stderr);
+    assert_eq!(b.deployed("db", NS).0, "1.0.0");
+    // One read while waiting, one by the release (it reads before it writes); the wait
+    // itself was a watch.
+    assert_eq!(
+        guard_lease_requests(&b, "get"),
+        2,
+        "{:?}",
+        guard_requests(&b)
+    );
+    // The real server audits a watch when it ends (the waiter closed it on taking the Lease).
+    wait_until(
+        "the Lease watch to be audited",
+        Duration::from_secs(10),
+        || guard_lease_requests(&b, "watch") >= 1,
+    );
+    // Taken, then released: the only Lease writes.
+    assert_eq!(
+        guard_lease_requests(&b, "update"),
+        2,
+        "{:?}",
+        guard_requests(&b)
+    );
+    let lease = b
+        .api
+        .get("leases", Some(NS), "helm-lock-db")
+        .expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "", "released: {lease}");
+}
+
+/// A waiter whose re-read while waiting decides skip (the revision it waited for is in)
+/// exits 0 without taking the mutex: no Lease write, no new revision.
+fn skipping_waiter_never_takes_the_mutex(label: &str) {
+    let b = setup(label);
+    b.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    foreign_lease(&b, "db", "pipeline-42", 3600);
+    b.api.clear_requests();
+    let child = b.guard_spawn(&[
+        "upgrade",
+        "db",
+        &chart("demo-1.1.0"),
+        "-n",
+        NS,
+        "--mutex-timeout",
+        "40s",
+    ]);
+    wait_until(
+        "the waiter to read the Lease",
+        Duration::from_secs(30),
+        || guard_lease_requests(&b, "get") >= 1,
+    );
+    // The run it waits for puts 1.1.0 in (the holder, as far as the waiter can tell).
+    b.helm(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "the holder's upgrade");
+    let run = finish(child);
+    run.expect_code(0, "the waiter skips");
+    run.assert_stderr_line(
+        "note: release \"db\" in \"shared\" changed while this run waited for the mutex, and \
+         the re-read decides skip: the mutex was not taken",
+    );
+    run.assert_stderr_line(
+        "skip: release \"db\" in \"shared\" is at 1.1.0 (revision 2); target 1.1.0 is not \
+         newer (policy newer; use --min-version-policy newer-or-equal to re-apply)",
+    );
+    let writes: Vec<String> = guard_requests(&b)
+        .iter()
+        .filter(|r| r.is_write())
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(writes, Vec::<String>::new(), "a skip never writes");
+    let lease = b
+        .api
+        .get("leases", Some(NS), "helm-lock-db")
+        .expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "pipeline-42", "{lease}");
+    assert_eq!(b.history("db", NS).len(), 2);
+}
+
+/// SIGINT while waiting: exit at once, nothing written (the Lease stays the holder's), and
+/// the watches end with the process.
+fn interrupted_waiter_writes_nothing(label: &str) {
+    let b = setup(label);
+    foreign_lease(&b, "db", "pipeline-42", 3600);
+    b.api.clear_requests();
+    let child = b.guard_spawn(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS]);
+    wait_until(
+        "the waiter to read the Lease",
+        Duration::from_secs(30),
+        || guard_lease_requests(&b, "get") >= 1,
+    );
+    // Into its wait (the watches open right after the read).
+    std::thread::sleep(Duration::from_millis(1000));
+    // SAFETY: kill(2) on our child's pid only.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let run = finish(child);
+    run.expect_code(3, "interrupted while waiting");
+    assert!(
+        run.stderr
+            .contains("interrupted while waiting for the mutex"),
+        "{}",
+        run.stderr
+    );
+    let writes: Vec<String> = guard_requests(&b)
+        .iter()
+        .filter(|r| r.is_write())
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        writes,
+        Vec::<String>::new(),
+        "nothing released that was not held"
+    );
+    let lease = b
+        .api
+        .get("leases", Some(NS), "helm-lock-db")
+        .expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "pipeline-42", "{lease}");
+    // The watches ended with the process (the server audits a watch when it ends).
+    wait_until("the watches to end", Duration::from_secs(10), || {
+        guard_lease_requests(&b, "watch") >= 1
+    });
+}
+
+/// Hand-over by watch (issue 29).
+mod handover {
+    use super::*;
+    crate::common::per_helm!(
+        waiter_wakes_on_release_without_polling,
+        skipping_waiter_never_takes_the_mutex,
+        interrupted_waiter_writes_nothing,
+    );
+}
+
 crate::common::per_helm!(
     dry_run_needs_no_mutex,
     concurrent_pipelines,

@@ -21,6 +21,15 @@ const TOOL_RULES: &[Rule] = &[
     ("coordination.k8s.io", "leases", "get"),
     ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
+    // Waiting for the mutex: hand-over by watch (without them: polled, with a note).
+    ("coordination.k8s.io", "leases", "watch"),
+    ("", "secrets", "watch"),
+];
+
+/// The rules for waiting by watch rather than by poll.
+const WATCH_RULES: [Rule; 2] = [
+    ("coordination.k8s.io", "leases", "watch"),
+    ("", "secrets", "watch"),
 ];
 
 /// What helm needs to install and upgrade the demo chart (records and chart objects).
@@ -35,8 +44,13 @@ fn helm_own_rules() -> Vec<Value> {
 
 /// The documented Role, without `missing` (if any).
 fn role(missing: Option<Rule>) -> Vec<Value> {
+    role_without(&missing.into_iter().collect::<Vec<_>>())
+}
+
+/// The documented Role, without the rules in `missing`.
+fn role_without(missing: &[Rule]) -> Vec<Value> {
     let mut rules = helm_own_rules();
-    for rule in TOOL_RULES.iter().filter(|r| Some(**r) != missing) {
+    for rule in TOOL_RULES.iter().filter(|r| !missing.contains(r)) {
         rules.push(json!({"apiGroups": [rule.0], "resources": [rule.1], "verbs": [rule.2]}));
     }
     rules
@@ -305,4 +319,123 @@ fn each_rule_is_needed(label: &str) {
     );
 }
 
-crate::common::per_helm!(documented_role_is_enough, each_rule_is_needed);
+/// alice's requests on `resource` with `verb`, by answer.
+fn alice_requests(b: &Bed, resource: &str, verb: &str) -> Vec<u16> {
+    b.api
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.user.as_deref() == Some("alice")
+                && r.resource.as_deref() == Some(resource)
+                && r.verb == verb
+        })
+        .map(|r| r.status)
+        .collect()
+}
+
+/// Polls `done` every 50 ms for up to 30 s.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Waiting for the mutex with and without `watch`: with the documented Role the waiter
+/// reads the Lease once and is woken by the watch; without `watch` (on leases and on
+/// secrets) the real server refuses the watches, the run says so in notes and reads the
+/// Lease every 0.5–1 s instead, and still takes the mutex once it is released.
+fn hand_over_with_and_without_watch(label: &str) {
+    let (b, kc) = setup(label);
+    for (missing, upgrade_to) in [(&[][..], "demo-1.1.0"), (&WATCH_RULES[..], "demo-1.2.0")] {
+        grant(&b, NS, "alice", &role_without(missing));
+        let holder = b
+            .api
+            .get("leases", Some(NS), "helm-lock-db")
+            .expect("lease");
+        let mut held = holder.clone();
+        held["spec"]["holderIdentity"] = "pipeline-42".into();
+        held["spec"]["leaseDurationSeconds"] = 3600.into();
+        held["spec"]["renewTime"] = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+            .to_string()
+            .into();
+        held["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
+        b.api.put_object("leases", held.clone());
+        b.api.clear_requests();
+        let chart = chart(upgrade_to);
+        let child = b.guard_spawn_env(&["upgrade", "db", &chart, "-n", NS], &[("KUBECONFIG", &kc)]);
+        wait_until("alice to read the Lease", || {
+            !alice_requests(&b, "leases", "get").is_empty()
+        });
+        if missing.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(2000));
+        } else {
+            wait_until("the Lease watch to be refused", || {
+                alice_requests(&b, "leases", "watch").contains(&403)
+            });
+            wait_until("alice to poll the Lease", || {
+                alice_requests(&b, "leases", "get").len() >= 2
+            });
+        }
+        held["spec"]["holderIdentity"] = "".into();
+        held["spec"]["leaseDurationSeconds"] = 1.into();
+        b.api.put_object("leases", held);
+        let run = crate::common::finish(child);
+        let what = format!("waiting without {missing:?}");
+        run.expect_code(0, &what);
+        assert_eq!(
+            b.deployed("db", NS).0,
+            upgrade_to.trim_start_matches("demo-"),
+            "{what}"
+        );
+        let gets = alice_requests(&b, "leases", "get");
+        if missing.is_empty() {
+            assert!(
+                !run.stderr.contains("cannot watch"),
+                "{what}: {}",
+                run.stderr
+            );
+            // The read while waiting and the release's read; the wait was a watch.
+            assert_eq!(gets, vec![200, 200], "{what}: {}", run.stderr);
+        } else {
+            let note = run
+                .stderr
+                .lines()
+                .find(|l| l.starts_with("note: cannot watch the mutex Lease "))
+                .unwrap_or_default();
+            assert!(
+                note.starts_with(
+                    "note: cannot watch the mutex Lease \"helm-lock-db\" in \"team\" ("
+                ) && note.contains("User \"alice\" cannot watch resource \"leases\"")
+                    && note.ends_with(
+                        "); reading it every 0.5-1s while waiting instead (grant `watch` on \
+                         leases to hand over at once)"
+                    ),
+                "{what}: {}",
+                run.stderr
+            );
+            assert!(
+                run.stderr.contains(
+                    "note: cannot watch the Secret records of release \"db\" in \"team\" ("
+                ),
+                "{what}: {}",
+                run.stderr
+            );
+            assert!(gets.len() >= 3, "{what}: polled: {gets:?}");
+        }
+    }
+}
+
+crate::common::per_helm!(
+    documented_role_is_enough,
+    each_rule_is_needed,
+    hand_over_with_and_without_watch
+);

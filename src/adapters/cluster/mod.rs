@@ -34,6 +34,9 @@ pub use failure::{classify, ConnectionFailure, Endpoint};
 /// that time out are not retried), inside the 35 s the issue allows.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long TCP connect plus TLS handshake may take.
+/// The most one watch lasts (its server-side `timeoutSeconds`): below [`REQUEST_TIMEOUT`],
+/// which an idle watch would otherwise hit. A longer wait resumes from the last version seen.
+pub(crate) const WATCH_SECONDS: u32 = 25;
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The User-Agent of every request, so audit logs can tell this tool from helm.

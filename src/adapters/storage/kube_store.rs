@@ -3,18 +3,21 @@
 //! answer is checked against what was asked before anything is trusted.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
-use kube::api::{GetParams, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{GetParams, ListParams, ObjectMeta, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::core::Request;
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::{
-    release_selector, with_retry, InvalidRecord, RecordHeader, ReleaseStore, StoreError,
-    StoredRecord, LABEL_NAME, LABEL_OWNER, LABEL_STATUS, LABEL_VERSION,
+    release_selector, with_retry, InvalidRecord, RecordHeader, RecordsChange, RecordsVersion,
+    ReleaseStore, StoreError, StoredRecord, LABEL_NAME, LABEL_OWNER, LABEL_STATUS, LABEL_VERSION,
 };
+use crate::adapters::cluster::WATCH_SECONDS;
 use crate::core::release::ReleaseStatus;
 
 /// How a Kubernetes kind carries Helm's encoded release.
@@ -101,6 +104,83 @@ impl<K: RecordKind> KubeStore<K> {
             )
         };
         Request::new(path)
+    }
+
+    /// Headers of records matching `selector` and the list's resourceVersion.
+    async fn list(
+        &self,
+        selector: &str,
+        all_namespaces: bool,
+    ) -> Result<(Vec<RecordHeader>, Option<String>), StoreError> {
+        let scope = if all_namespaces {
+            "all namespaces".to_string()
+        } else {
+            format!("namespace {:?}", self.namespace)
+        };
+        let what = format!("listing {}s ({selector}) in {scope}", K::KIND);
+        let expected_ns = (!all_namespaces).then_some(self.namespace.as_str());
+        let (mut headers, version) = list_pages_versioned(
+            K::KIND,
+            &what,
+            |token| {
+                let mut params = ListParams::default().labels(selector).limit(LIST_PAGE_SIZE);
+                if let Some(token) = token {
+                    params = params.continue_token(&token);
+                }
+                let what = what.clone();
+                async move {
+                    with_retry(&what, || async {
+                        let request = self
+                            .collection(all_namespaces)
+                            .list_metadata(&params)
+                            .map_err(|e| StoreError::Transport(e.to_string()))?;
+                        Ok(self.client.request(request).await?)
+                    })
+                    .await
+                }
+            },
+            |meta| Ok(header_from_meta(K::KIND, meta, expected_ns)?),
+        )
+        .await?;
+        headers.sort_by(|a, b| (&a.namespace, a.revision).cmp(&(&b.namespace, b.revision)));
+        Ok((headers, version))
+    }
+
+    /// Watches the metadata of `release`'s records from `version` for up to `max` (one
+    /// watch, at most [`WATCH_SECONDS`]): the first event is a change; a version the
+    /// server no longer keeps (410) is one too (read again); the watch ending is quiet.
+    async fn watch_from(
+        &self,
+        release: &str,
+        version: &str,
+        max: Duration,
+    ) -> Result<RecordsChange, StoreError> {
+        let api: kube::Api<K> = kube::Api::namespaced(self.client.clone(), &self.namespace);
+        let seconds = (max.as_secs() as u32).clamp(1, WATCH_SECONDS);
+        let params = WatchParams::default()
+            .labels(&release_selector(release))
+            .timeout(seconds);
+        let stream = api.watch_metadata(&params, version).await?;
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            match stream.next().await {
+                Some(Ok(WatchEvent::Bookmark(_))) => continue,
+                Some(Ok(WatchEvent::Error(status))) if status.code == 410 => {
+                    return Ok(RecordsChange::Changed)
+                }
+                Some(Ok(WatchEvent::Error(status))) => {
+                    return Err(StoreError::Api {
+                        code: status.code,
+                        reason: status.reason,
+                        message: status.message,
+                        retry_after: None,
+                    })
+                }
+                Some(Ok(_)) => return Ok(RecordsChange::Changed),
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(RecordsChange::Quiet),
+            }
+        }
     }
 
     async fn patch_merge(
@@ -240,17 +320,20 @@ pub(crate) const LIST_PAGE_SIZE: u32 = 500;
 /// item's metadata is converted by `convert` as its page arrives. A continue token the
 /// server no longer knows (410 Expired: the list took longer than etcd keeps its
 /// snapshot) fails closed rather than returning a partial list.
-pub(crate) async fn list_pages<T, F, Fut>(
+/// Returns the items and the list's `metadata.resourceVersion` (the snapshot every page was
+/// read from, from which a watch resumes).
+pub(crate) async fn list_pages_versioned<T, F, Fut>(
     kind: &'static str,
     what: &str,
     mut fetch: F,
     mut convert: impl FnMut(&ObjectMeta) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError>
+) -> Result<(Vec<T>, Option<String>), StoreError>
 where
     F: FnMut(Option<String>) -> Fut,
     Fut: std::future::Future<Output = Result<serde_json::Value, StoreError>>,
 {
     let mut out = Vec::new();
+    let mut version: Option<String> = None;
     let mut token: Option<String> = None;
     let mut pages = 0u32;
     loop {
@@ -264,6 +347,14 @@ where
             }
             other => other?,
         };
+        if let Some(rv) = answer
+            .get("metadata")
+            .and_then(|m| m.get("resourceVersion"))
+            .and_then(|v| v.as_str())
+            .filter(|v| !v.is_empty())
+        {
+            version = Some(rv.to_string());
+        }
         let next = answer
             .get("metadata")
             .and_then(|m| m.get("continue"))
@@ -281,7 +372,7 @@ where
                 )));
             }
             Some(next) => token = Some(next),
-            None => return Ok(out),
+            None => return Ok((out, version)),
         }
     }
 }
@@ -310,9 +401,14 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
     }
 
     async fn list_headers(&self, release: &str) -> Result<Vec<RecordHeader>, StoreError> {
-        let headers = self
-            .list_headers_matching(&release_selector(release), false)
-            .await?;
+        Ok(self.list_headers_versioned(release).await?.0)
+    }
+
+    async fn list_headers_versioned(
+        &self,
+        release: &str,
+    ) -> Result<(Vec<RecordHeader>, RecordsVersion), StoreError> {
+        let (headers, list) = self.list(&release_selector(release), false).await?;
         // The server filtered by label; a record that does not belong is an answer we
         // cannot trust.
         if let Some(h) = headers.iter().find(|h| h.release != release) {
@@ -324,7 +420,8 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
             )));
         }
         super::check_unique_revisions(K::KIND, &headers)?;
-        Ok(headers)
+        let version = RecordsVersion::of(&headers, list);
+        Ok((headers, version))
     }
 
     async fn list_headers_matching(
@@ -332,38 +429,17 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         selector: &str,
         all_namespaces: bool,
     ) -> Result<Vec<RecordHeader>, StoreError> {
-        let scope = if all_namespaces {
-            "all namespaces".to_string()
-        } else {
-            format!("namespace {:?}", self.namespace)
-        };
-        let what = format!("listing {}s ({selector}) in {scope}", K::KIND);
-        let expected_ns = (!all_namespaces).then_some(self.namespace.as_str());
-        let mut headers = list_pages(
-            K::KIND,
-            &what,
-            |token| {
-                let mut params = ListParams::default().labels(selector).limit(LIST_PAGE_SIZE);
-                if let Some(token) = token {
-                    params = params.continue_token(&token);
-                }
-                let what = what.clone();
-                async move {
-                    with_retry(&what, || async {
-                        let request = self
-                            .collection(all_namespaces)
-                            .list_metadata(&params)
-                            .map_err(|e| StoreError::Transport(e.to_string()))?;
-                        Ok(self.client.request(request).await?)
-                    })
-                    .await
-                }
-            },
-            |meta| Ok(header_from_meta(K::KIND, meta, expected_ns)?),
-        )
-        .await?;
-        headers.sort_by(|a, b| (&a.namespace, a.revision).cmp(&(&b.namespace, b.revision)));
-        Ok(headers)
+        Ok(self.list(selector, all_namespaces).await?.0)
+    }
+
+    async fn watch_records(
+        &self,
+        release: &str,
+        since: &RecordsVersion,
+        max: Duration,
+    ) -> Option<Result<RecordsChange, StoreError>> {
+        let version = since.list.as_deref()?;
+        Some(self.watch_from(release, version, max).await)
     }
 
     async fn get(&self, name: &str) -> Result<StoredRecord, StoreError> {
@@ -590,7 +666,7 @@ mod tests {
     #[tokio::test]
     async fn lists_follow_continue_tokens_page_by_page() {
         let asked = std::cell::RefCell::new(Vec::new());
-        let got = list_pages(
+        let (got, _) = list_pages_versioned(
             "Secret",
             "listing",
             |token| {
@@ -617,7 +693,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_expired_continue_token_fails_closed() {
-        let err = list_pages(
+        let err = list_pages_versioned(
             "Secret",
             "listing Secrets (owner=helm) in all namespaces",
             |token| async move {
@@ -643,7 +719,7 @@ mod tests {
              release"
         );
         // A 410 on the first page is the server's own answer, passed on as it is.
-        let err = list_pages(
+        let err = list_pages_versioned(
             "Secret",
             "listing",
             |_| async {
@@ -663,7 +739,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_repeated_continue_token_is_refused() {
-        let err = list_pages(
+        let err = list_pages_versioned(
             "Secret",
             "listing",
             |_| async { Ok(page(&["a"], Some("same"))) },

@@ -69,6 +69,40 @@ pub struct RecordHeader {
     pub created: Option<String>,
 }
 
+/// Where one read of a release's records stands, for waiting on changes from there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordsVersion {
+    /// The list's `resourceVersion` (Secrets, ConfigMaps): a watch resumes from it.
+    pub list: Option<String>,
+    /// The records' names and versions, hashed: what a store that can only be polled
+    /// (PostgreSQL) compares.
+    pub fingerprint: u64,
+}
+
+impl RecordsVersion {
+    /// The version of a read that returned `headers` (`list`: the list's resourceVersion).
+    pub fn of(headers: &[RecordHeader], list: Option<String>) -> RecordsVersion {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for h in headers {
+            (&h.namespace, &h.name, &h.resource_version, &h.labels).hash(&mut hasher);
+        }
+        RecordsVersion {
+            list,
+            fingerprint: hasher.finish(),
+        }
+    }
+}
+
+/// How a wait on a release's records ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordsChange {
+    /// Something changed (or the version expired): read again.
+    Changed,
+    /// Nothing changed within the wait.
+    Quiet,
+}
+
 /// A record with its encoded release (the once-base64 text Helm produces).
 #[derive(Clone, Debug)]
 pub struct StoredRecord {
@@ -322,6 +356,28 @@ pub(crate) trait ReleaseStore {
     fn kind(&self) -> &'static str;
     /// Headers of every record of `release`, metadata only, sorted by revision.
     async fn list_headers(&self, release: &str) -> Result<Vec<RecordHeader>, StoreError>;
+    /// [`ReleaseStore::list_headers`] with where the read stands, to wait for changes from.
+    async fn list_headers_versioned(
+        &self,
+        release: &str,
+    ) -> Result<(Vec<RecordHeader>, RecordsVersion), StoreError> {
+        let headers = self.list_headers(release).await?;
+        let version = RecordsVersion::of(&headers, None);
+        Ok((headers, version))
+    }
+    /// Waits up to `max` (at most one watch, [`crate::adapters::cluster::WATCH_SECONDS`])
+    /// for `release`'s records to change after `since`, by watching their metadata; `None`
+    /// when this store has no watch (PostgreSQL) or the read gave no version to resume
+    /// from: such records are polled ([`RecordsVersion::fingerprint`]).
+    async fn watch_records(
+        &self,
+        release: &str,
+        since: &RecordsVersion,
+        max: Duration,
+    ) -> Option<Result<RecordsChange, StoreError>> {
+        let _ = (release, since, max);
+        None
+    }
     /// Headers of records matching `selector` in this namespace or, with `all`, everywhere.
     async fn list_headers_matching(
         &self,
@@ -413,6 +469,22 @@ impl ReleaseStore for Store {
 
     async fn list_headers(&self, release: &str) -> Result<Vec<RecordHeader>, StoreError> {
         each_driver!(self, s => s.list_headers(release).await)
+    }
+
+    async fn list_headers_versioned(
+        &self,
+        release: &str,
+    ) -> Result<(Vec<RecordHeader>, RecordsVersion), StoreError> {
+        each_driver!(self, s => s.list_headers_versioned(release).await)
+    }
+
+    async fn watch_records(
+        &self,
+        release: &str,
+        since: &RecordsVersion,
+        max: Duration,
+    ) -> Option<Result<RecordsChange, StoreError>> {
+        each_driver!(self, s => s.watch_records(release, since, max).await)
     }
 
     async fn list_headers_matching(
