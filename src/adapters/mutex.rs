@@ -292,6 +292,8 @@ pub struct HoldReport {
     pub lost: Option<String>,
     /// Set when the Lease could not be released after retries.
     pub unreleased: Option<Unreleased>,
+    /// The Lease as this run last wrote it (taken or renewed), so the release needs no read.
+    last_written: Option<Box<Lease>>,
 }
 
 /// A held mutex; renewed in the background until [`Held::release`].
@@ -907,7 +909,10 @@ fn start_renewing(
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(period) => {}
-                    _ = stopped.changed() => return report,
+                    _ = stopped.changed() => {
+                        report.last_written = Some(Box::new(lease));
+                        return report;
+                    }
                 }
                 if report.lost.is_some() {
                     continue;
@@ -993,12 +998,20 @@ impl Held {
         // ours (nobody took it over): release it then (release_once writes only a Lease
         // that still names us), or others wait for its duration (found in issue 20).
 
+        // The first attempt writes the Lease as this run last wrote it (its resourceVersion
+        // is the precondition: no read needed); any failure, a 409 included, is followed
+        // by the read-then-write attempts.
+        let mut known = report.last_written.take().filter(|_| report.lost.is_none());
         let policy = RetryPolicy::API;
         let started = Instant::now();
         let mut attempt = 0;
         let last_error = loop {
             attempt += 1;
-            let error = match release_once(&api, &name, &identity).await {
+            let released = match known.take() {
+                Some(lease) => release_known(&api, &name, *lease).await,
+                None => release_once(&api, &name, &identity).await,
+            };
+            let error = match released {
                 Ok(()) => return report,
                 Err(e) => e,
             };
@@ -1022,6 +1035,25 @@ impl Held {
     }
 }
 
+/// One write clearing the holder of the Lease as we last wrote it (409 if anyone wrote it
+/// since).
+async fn release_known(api: &Api<Lease>, name: &str, mut lease: Lease) -> Result<(), StoreError> {
+    clear_holder(&mut lease);
+    let written = api.replace(name, &PostParams::default(), &lease).await?;
+    check_lease_name(Some(written), name)?;
+    Ok(())
+}
+
+/// The client-go release: holder cleared, duration 1 s.
+fn clear_holder(lease: &mut Lease) {
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.holder_identity = Some(String::new());
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(micro_now());
+        spec.acquire_time = Some(micro_now());
+    }
+}
+
 /// One read and, if the Lease is still ours, one write clearing the holder.
 async fn release_once(api: &Api<Lease>, name: &str, identity: &str) -> Result<(), StoreError> {
     // A Lease that is not there needs no release, but a single 404 is read again before
@@ -1041,12 +1073,7 @@ async fn release_once(api: &Api<Lease>, name: &str, identity: &str) -> Result<()
     if !ours {
         return Ok(());
     }
-    if let Some(spec) = lease.spec.as_mut() {
-        spec.holder_identity = Some(String::new());
-        spec.lease_duration_seconds = Some(1);
-        spec.renew_time = Some(micro_now());
-        spec.acquire_time = Some(micro_now());
-    }
+    clear_holder(&mut lease);
     api.replace(name, &PostParams::default(), &lease).await?;
     Ok(())
 }

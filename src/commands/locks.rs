@@ -18,16 +18,25 @@ pub(super) async fn run(plan: LocksPlan) -> Result<Exit, Error> {
     } else {
         format!("namespace {:?}", session.namespace)
     };
-    // One metadata list of every helm record; a release is locked when its latest record
-    // carries the lock label.
-    let headers = session
+    // One metadata list of every helm record, read page by page and folded as it arrives
+    // into the latest record of each release (memory grows with releases, not records);
+    // a release is locked when its latest record carries the lock label.
+    let mut latest: BTreeMap<(String, String), RecordHeader> = BTreeMap::new();
+    session
         .store
-        .list_headers_matching("owner=helm", plan.all_namespaces)
+        .visit_headers_matching("owner=helm", plan.all_namespaces, &mut |h| {
+            let key = (h.namespace.clone(), h.release.clone());
+            if latest.get(&key).is_none_or(|cur| cur.revision < h.revision) {
+                latest.insert(key, h);
+            }
+            Ok(())
+        })
         .await
         .map_err(|source| Error::ListRecords {
             scope: scope.clone(),
             source: Box::new(source),
         })?;
+    let headers: Vec<RecordHeader> = latest.into_values().collect();
     // A lock that cannot be read is not listed as "no lock": the command fails naming it.
     let mut rows = lock_rows(&headers, now_unix(), session.store.kind()).map_err(|invalid| {
         Error::ListRecords {

@@ -112,6 +112,25 @@ impl<K: RecordKind> KubeStore<K> {
         selector: &str,
         all_namespaces: bool,
     ) -> Result<(Vec<RecordHeader>, Option<String>), StoreError> {
+        let mut headers = Vec::new();
+        let version = self
+            .visit(selector, all_namespaces, &mut |h| {
+                headers.push(h);
+                Ok(())
+            })
+            .await?;
+        headers.sort_by(|a, b| (&a.namespace, a.revision).cmp(&(&b.namespace, b.revision)));
+        Ok((headers, version))
+    }
+
+    /// Hands each header matching `selector` to `visit` as its page arrives; returns the
+    /// list's resourceVersion.
+    async fn visit(
+        &self,
+        selector: &str,
+        all_namespaces: bool,
+        visit: &mut dyn FnMut(RecordHeader) -> Result<(), StoreError>,
+    ) -> Result<Option<String>, StoreError> {
         let scope = if all_namespaces {
             "all namespaces".to_string()
         } else {
@@ -119,7 +138,7 @@ impl<K: RecordKind> KubeStore<K> {
         };
         let what = format!("listing {}s ({selector}) in {scope}", K::KIND);
         let expected_ns = (!all_namespaces).then_some(self.namespace.as_str());
-        let (mut headers, version) = list_pages_versioned(
+        let (_, version) = list_pages_versioned(
             K::KIND,
             &what,
             |token| {
@@ -139,11 +158,10 @@ impl<K: RecordKind> KubeStore<K> {
                     .await
                 }
             },
-            |meta| Ok(header_from_meta(K::KIND, meta, expected_ns)?),
+            |meta| visit(header_from_meta(K::KIND, meta, expected_ns)?),
         )
         .await?;
-        headers.sort_by(|a, b| (&a.namespace, a.revision).cmp(&(&b.namespace, b.revision)));
-        Ok((headers, version))
+        Ok(version)
     }
 
     /// Watches the metadata of `release`'s records from `version` for up to `max` (one
@@ -430,6 +448,16 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         all_namespaces: bool,
     ) -> Result<Vec<RecordHeader>, StoreError> {
         Ok(self.list(selector, all_namespaces).await?.0)
+    }
+
+    async fn visit_headers_matching(
+        &self,
+        selector: &str,
+        all_namespaces: bool,
+        visit: &mut dyn FnMut(RecordHeader) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.visit(selector, all_namespaces, visit).await?;
+        Ok(())
     }
 
     async fn watch_records(

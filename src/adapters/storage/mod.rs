@@ -384,6 +384,19 @@ pub(crate) trait ReleaseStore {
         selector: &str,
         all_namespaces: bool,
     ) -> Result<Vec<RecordHeader>, StoreError>;
+    /// Hands every header matching `selector` to `visit` as it is read (page by page where
+    /// the store pages), keeping none: memory stays flat however many records match.
+    async fn visit_headers_matching(
+        &self,
+        selector: &str,
+        all_namespaces: bool,
+        visit: &mut dyn FnMut(RecordHeader) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for header in self.list_headers_matching(selector, all_namespaces).await? {
+            visit(header)?;
+        }
+        Ok(())
+    }
     /// One record with its payload.
     async fn get(&self, name: &str) -> Result<StoredRecord, StoreError>;
     /// Sets (Some) or removes (None) labels, only if the record is still at
@@ -493,6 +506,15 @@ impl ReleaseStore for Store {
         all_namespaces: bool,
     ) -> Result<Vec<RecordHeader>, StoreError> {
         each_driver!(self, s => s.list_headers_matching(selector, all_namespaces).await)
+    }
+
+    async fn visit_headers_matching(
+        &self,
+        selector: &str,
+        all_namespaces: bool,
+        visit: &mut dyn FnMut(RecordHeader) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        each_driver!(self, s => s.visit_headers_matching(selector, all_namespaces, visit).await)
     }
 
     async fn get(&self, name: &str) -> Result<StoredRecord, StoreError> {
