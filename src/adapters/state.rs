@@ -159,7 +159,7 @@ async fn decode_or_reuse<S: ReleaseStore>(
     previous: Option<&ReleaseView>,
     decoded: &mut Vec<(String, String, ReleaseSummary)>,
 ) -> Result<ReleaseSummary, ReadError> {
-    let reused = header.resource_version.as_deref().and_then(|rv| {
+    let reused = header.write_token.as_deref().and_then(|rv| {
         previous?
             .decoded
             .iter()
@@ -170,7 +170,7 @@ async fn decode_or_reuse<S: ReleaseStore>(
         Some(summary) => summary,
         None => decode_record(store, header).await?,
     };
-    if let Some(rv) = &header.resource_version {
+    if let Some(rv) = &header.write_token {
         decoded.push((header.name.clone(), rv.clone(), summary.clone()));
     }
     Ok(summary)

@@ -201,7 +201,7 @@ impl mutex::Waiter for Recheck<'_> {
                 {
                     Some(Ok(RecordsChange::Changed)) => return,
                     Some(Ok(RecordsChange::Quiet)) => continue,
-                    Some(Err(e)) if e.code() == Some(403) => {
+                    Some(Err(e)) if e.failure() == storage::Failure::Forbidden => {
                         self.polling = true;
                         output::note(&format!(
                             "cannot watch the {} records of release {release:?} in {:?} ({}); \

@@ -85,7 +85,7 @@ impl RecordsVersion {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         for h in headers {
-            (&h.namespace, &h.name, &h.resource_version, &h.labels).hash(&mut hasher);
+            (&h.namespace, &h.name, &h.write_token, &h.labels).hash(&mut hasher);
         }
         RecordsVersion {
             list,
