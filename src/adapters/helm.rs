@@ -258,6 +258,7 @@ pub(crate) async fn run_inherited(
     feeds: Vec<crate::adapters::inputs::Feed>,
 ) -> Result<i32, HelmError> {
     let handle = crate::adapters::inputs::feed(command.to_expression(), feeds)
+        .before_spawn(die_with_us)
         .unchecked()
         .start()
         .map_err(|source| HelmError::Spawn {
@@ -282,6 +283,33 @@ pub(crate) async fn run_inherited(
             number = signals.next() => forward(&handle, number),
         }
     }
+}
+
+/// Helm never outlives guarded-upgrade: killed with it (`PR_SET_PDEATHSIG`, SIGKILL), so
+/// no helm keeps writing a release after the run that held its mutex is gone (a Lease
+/// nobody renews expires, and a later run may then take over and recover the pending
+/// record). The signal follows the thread that started helm: the runtime's threads live
+/// until the command ends, after helm has been waited for.
+fn die_with_us(cmd: &mut std::process::Command) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and
+    // exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Died between fork and prctl: no signal will come, so do not start at all.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other(
+                    "guarded-upgrade exited before helm started",
+                ));
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Passes a signal on to helm so it can mark its release and exit; we keep waiting for it.

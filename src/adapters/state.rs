@@ -121,6 +121,20 @@ pub(crate) async fn read_release_again<S: ReleaseStore>(
         }
         _ => None,
     };
+    // A deployed revision that is helm's rollback from a failed one (an upgrade with
+    // --atomic/--rollback-on-failure that failed, or `helm rollback` after a failure): the
+    // decision needs the failed revision's chart, so as not to apply it again by itself.
+    let rolled_back_from = match (&last_deployed, last_deployed_header) {
+        (Some(d), Some(h)) if rollback_target(d.description.as_deref()).is_some() => {
+            match headers.iter().find(|f| f.revision + 1 == h.revision) {
+                Some(f) if f.status == ReleaseStatus::Failed => {
+                    Some(decode_or_reuse(store, f, previous, &mut decoded).await?)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
     // A lock that cannot be read in full is never "no lock": the read fails, naming it.
     let lock = match headers.last() {
         Some(h) => lock::from_labels(&h.labels).map_err(|e| {
@@ -143,6 +157,7 @@ pub(crate) async fn read_release_again<S: ReleaseStore>(
             latest,
             last_deployed,
             latest_summary,
+            rolled_back_from,
             lock,
         },
         headers,
@@ -174,6 +189,16 @@ async fn decode_or_reuse<S: ReleaseStore>(
         decoded.push((header.name.clone(), rv.clone(), summary.clone()));
     }
     Ok(summary)
+}
+
+/// The revision a rollback record rolled back to, from helm's description
+/// (`Rollback to 3`, the same in helm 3 and 4).
+pub(crate) fn rollback_target(description: Option<&str>) -> Option<u64> {
+    description?
+        .strip_prefix("Rollback to ")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Fetches and decodes one record's release metadata (never its values), and checks that
@@ -261,12 +286,14 @@ pub(crate) mod testkit {
     use crate::adapters::storage::Store;
     use crate::core::release::encode_release_json;
 
-    /// One revision: status and chart version (empty = no version), plus extra labels.
+    /// One revision: status and chart version (empty = no version), plus extra labels and
+    /// helm's description (`Rollback to N` on a rollback).
     pub(crate) struct Rev<'a> {
         pub revision: u64,
         pub status: ReleaseStatus,
         pub version: &'a str,
         pub labels: Vec<(String, String)>,
+        pub description: String,
     }
 
     /// A revision of chart `postgresql`.
@@ -276,18 +303,38 @@ pub(crate) mod testkit {
             status,
             version,
             labels: Vec::new(),
+            description: "test".into(),
+        }
+    }
+
+    /// A revision helm wrote by rolling back to revision `to` (`helm rollback`, or an
+    /// upgrade with `--atomic`/`--rollback-on-failure` that failed).
+    pub(crate) fn rollback(
+        revision: u64,
+        status: ReleaseStatus,
+        version: &str,
+        to: u64,
+    ) -> Rev<'_> {
+        Rev {
+            description: format!("Rollback to {to}"),
+            ..rev(revision, status, version)
         }
     }
 
     /// The helm release JSON of a revision of release `db` in `shared`.
-    pub(crate) fn release_json(revision: u64, status: &ReleaseStatus, version: &str) -> String {
+    pub(crate) fn release_json(
+        revision: u64,
+        status: &ReleaseStatus,
+        version: &str,
+        description: &str,
+    ) -> String {
         let mut metadata = serde_json::json!({ "name": "postgresql" });
         if !version.is_empty() {
             metadata["version"] = version.into();
         }
         let json = serde_json::json!({
             "name": "db", "namespace": "shared", "version": revision,
-            "info": { "status": status.as_str(), "description": "test" },
+            "info": { "status": status.as_str(), "description": description },
             "chart": { "metadata": metadata },
             "config": { "password": "canary-secret-value" },
             "manifest": "",
@@ -310,7 +357,7 @@ pub(crate) mod testkit {
                 r.revision,
                 r.status.clone(),
                 &labels,
-                release_json(r.revision, &r.status, r.version),
+                release_json(r.revision, &r.status, r.version, &r.description),
             );
         }
         Store::Memory(memory)
@@ -340,6 +387,34 @@ pub(crate) mod tests {
     use super::testkit::*;
     use super::*;
     use ReleaseStatus as S;
+
+    #[test]
+    fn a_rollback_from_a_failed_revision_reads_that_revision_only() {
+        let atomic = read(&store(&[
+            rev(1, S::Superseded, "1.0.0"),
+            rev(2, S::Failed, "1.1.0"),
+            rollback(3, S::Deployed, "1.0.0", 1),
+        ]));
+        let failed = atomic.state.rolled_back_from.expect("the failed revision");
+        assert_eq!(
+            (failed.revision, failed.chart_version.as_deref()),
+            (2, Some("1.1.0"))
+        );
+        // A rollback from a revision that did not fail, and a failure without rollback.
+        for revs in [
+            vec![
+                rev(1, S::Superseded, "1.0.0"),
+                rev(2, S::Superseded, "1.1.0"),
+                rollback(3, S::Deployed, "1.0.0", 1),
+            ],
+            vec![rev(1, S::Deployed, "1.0.0"), rev(2, S::Failed, "1.1.0")],
+        ] {
+            assert_eq!(read(&store(&revs)).state.rolled_back_from, None);
+        }
+        assert_eq!(rollback_target(Some("Rollback to 12")), Some(12));
+        assert_eq!(rollback_target(Some("Upgrade complete")), None);
+        assert_eq!(rollback_target(None), None);
+    }
 
     #[test]
     fn deployed_record_is_decoded_once() {
@@ -394,7 +469,7 @@ pub(crate) mod tests {
                 2,
                 S::Deployed,
                 &[],
-                release_json(body_revision, &body_status, "1.0.0"),
+                release_json(body_revision, &body_status, "1.0.0", "test"),
             );
             let err = block_on(read_release(
                 &crate::adapters::storage::Store::Memory(memory),

@@ -388,6 +388,23 @@ async fn run_helm(
     Ok(match code {
         0 if plan.detailed_exitcode => Exit::DetailedChange,
         0 => Exit::Success,
-        code => Exit::Helm(code),
+        // Where the decision was left unsaid (helm reports it), so is its failure.
+        code if helm_reports_it => Exit::Helm(code),
+        code => {
+            output::progress(&format!(
+                "helm failed (exit {code}) after the decision to {} release {:?} in {:?}; the \
+                 next run decides from the revisions helm left (\"helm history {} -n {}\")",
+                if decision.action == Action::Install {
+                    "install"
+                } else {
+                    "upgrade"
+                },
+                plan.release,
+                report.namespace,
+                plan.release,
+                report.namespace
+            ));
+            Exit::Helm(code)
+        }
     })
 }

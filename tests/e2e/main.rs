@@ -29,3 +29,4 @@ mod sql;
 mod sqlfaults;
 mod unchanged;
 mod usage;
+mod wait;

@@ -18,7 +18,11 @@
 //!    (`no-deployed-revision`) because nothing is running successfully. Any
 //!    other latest status without a deployed record makes helm fail with
 //!    "has no deployed releases", so we refuse.
-//! 5. Chart name change (refuse unless allowed), pin, then version policy.
+//! 5. Chart name change (refuse unless allowed), pin, then version policy. Before the
+//!    versions are compared (policy `off` aside): a target of the chart and version helm
+//!    rolled the release back from (a failed revision right below a deployed
+//!    `Rollback to N`) is refused (`rolled-back`), so a pipeline run again neither
+//!    re-applies a version that failed for ever nor claims it is deployed.
 
 use crate::core::release::{ReleaseStatus, ReleaseSummary};
 use crate::core::version::{ChartVersion, Constraint};
@@ -307,6 +311,9 @@ impl<'i, 'a> Decider<'i, 'a> {
                 format!("{deployed_text} -> {target_text} (version policy off)"),
             );
         }
+        if let Some(outcome) = self.check_rolled_back(baseline, target_input) {
+            return outcome;
+        }
         let (ordering, deployed_text, target_text, key_label) =
             if *self.input.compare == CompareKey::ChartVersion {
                 let deployed = match ChartVersion::parse_stored(deployed_text) {
@@ -381,6 +388,46 @@ impl<'i, 'a> Decider<'i, 'a> {
                 format!("target {key_label}{target_text} would be a downgrade"),
             ),
         }
+    }
+
+    /// Refuses a target of the chart and version helm rolled the release back from.
+    fn check_rolled_back(&self, baseline: &ReleaseSummary, target: &Target) -> Option<Outcome> {
+        let failed = self.input.state.rolled_back_from.as_ref()?;
+        let failed_text = failed.chart_version.as_deref()?;
+        let same_chart = match (&target.chart_name, &failed.chart_name) {
+            (Some(want), Some(had)) => want == had,
+            _ => true,
+        };
+        let same_version = match (
+            ChartVersion::parse_stored(failed_text),
+            ChartVersion::parse(&target.version),
+        ) {
+            (Ok(f), Ok(t)) => f == t,
+            _ => failed_text == target.version,
+        };
+        if !(same_chart && same_version) {
+            return None;
+        }
+        let to = baseline
+            .description
+            .as_deref()
+            .and_then(|d| d.strip_prefix("Rollback to "))
+            .map(|n| format!(" to revision {}", n.trim()))
+            .unwrap_or_default();
+        Some(self.refuse(
+            Reason::RolledBack,
+            format!(
+                "{} was rolled back from chart version {failed_text}: revision {} failed and \
+                 revision {} rolled back{to} ({}); not applying {} again by itself. Publish a \
+                 fixed chart version, or re-apply this one on purpose with \
+                 --min-version-policy off",
+                self.subject(),
+                failed.revision,
+                baseline.revision,
+                baseline.chart_version.as_deref().unwrap_or("unknown chart version"),
+                target.version
+            ),
+        ))
     }
 
     /// Placeholder outcome of a decision that waits for [`ChangeFacts`].

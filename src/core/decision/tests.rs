@@ -343,6 +343,7 @@ fn statuses_of_latest_record() {
             latest,
             last_deployed,
             latest_summary,
+            rolled_back_from: None,
             lock: None,
         };
         let d = run(&state, &target(want), VersionRule::Newer);
@@ -357,6 +358,7 @@ fn failed_later_revision_is_noted() {
         latest: meta(8, ReleaseStatus::Failed),
         last_deployed: Some(summary(7, ReleaseStatus::Deployed, "postgresql", "1.4.0")),
         latest_summary: Some(summary(8, ReleaseStatus::Failed, "postgresql", "1.6.0")),
+        rolled_back_from: None,
         lock: None,
     };
     let d = run(&state, &target("1.5.0"), VersionRule::Newer);
@@ -895,6 +897,7 @@ fn newer_or_changed() {
         latest: meta(8, S::Failed),
         last_deployed: None,
         latest_summary: Some(summary(8, S::Failed, "postgresql", "1.4.0")),
+        rolled_back_from: None,
         lock: None,
     };
     let mut soft = deployed("1.4.0");
@@ -1655,4 +1658,149 @@ fn compare_key_parse_and_needed_keys() {
     assert_eq!(json["differences"], serde_json::json!(["values"]));
     assert_eq!(json["compare"], "chart-version");
     assert!(json.get("needs_facts").is_none() && json.get("target_key").is_none());
+}
+
+/// A failed upgrade helm rolled back (`--atomic`, `--rollback-on-failure`, or `helm
+/// rollback` after a failure): a target of the failed version is refused — neither applied
+/// again by itself on every run nor taken as deployed — while other targets decide as
+/// usual, and policy `off` re-applies it on purpose. Read by the program's own reader.
+#[test]
+fn a_version_helm_rolled_back_from_is_not_applied_again() {
+    use crate::adapters::state::testkit::{rev, rollback, state};
+    use ReleaseStatus as S;
+    let atomic = state(&[
+        rev(1, S::Superseded, "1.0.0"),
+        rev(2, S::Failed, "1.1.0"),
+        rollback(3, S::Deployed, "1.0.0", 1),
+    ]);
+    let retried_again = state(&[
+        rev(1, S::Superseded, "1.0.0"),
+        rev(2, S::Failed, "1.1.0"),
+        rollback(3, S::Deployed, "1.0.0", 1),
+        rev(4, S::Failed, "1.1.0"),
+    ]);
+    let good_one_rolled_back = state(&[
+        rev(1, S::Superseded, "1.0.0"),
+        rev(2, S::Superseded, "1.1.0"),
+        rollback(3, S::Deployed, "1.0.0", 1),
+    ]);
+    let failed_not_rolled_back = state(&[rev(1, S::Deployed, "1.0.0"), rev(2, S::Failed, "1.1.0")]);
+    let cases = [
+        (
+            &atomic,
+            "1.1.0",
+            VersionRule::Newer,
+            Action::Refuse,
+            Reason::RolledBack,
+        ),
+        (
+            &atomic,
+            "v1.1.0",
+            VersionRule::Newer,
+            Action::Refuse,
+            Reason::RolledBack,
+        ),
+        (
+            &atomic,
+            "1.1.0+rebuilt",
+            VersionRule::Newer,
+            Action::Refuse,
+            Reason::RolledBack,
+        ),
+        (
+            &atomic,
+            "1.1.0",
+            VersionRule::NewerOrEqual,
+            Action::Refuse,
+            Reason::RolledBack,
+        ),
+        (
+            &atomic,
+            "1.1.1",
+            VersionRule::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+        ),
+        (
+            &atomic,
+            "1.0.0",
+            VersionRule::Newer,
+            Action::Skip,
+            Reason::NotNewer,
+        ),
+        (
+            &atomic,
+            "0.9.0",
+            VersionRule::Newer,
+            Action::Skip,
+            Reason::Downgrade,
+        ),
+        (
+            &atomic,
+            "1.1.0",
+            VersionRule::Off,
+            Action::Upgrade,
+            Reason::PolicyOff,
+        ),
+        (
+            &retried_again,
+            "1.1.0",
+            VersionRule::Newer,
+            Action::Refuse,
+            Reason::RolledBack,
+        ),
+        (
+            &retried_again,
+            "1.2.0",
+            VersionRule::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+        ),
+        (
+            &good_one_rolled_back,
+            "1.1.0",
+            VersionRule::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+        ),
+        (
+            &failed_not_rolled_back,
+            "1.1.0",
+            VersionRule::Newer,
+            Action::Upgrade,
+            Reason::Newer,
+        ),
+    ];
+    for (i, (state, want, policy, action, reason)) in cases.into_iter().enumerate() {
+        let d = run(state, &target(want), policy);
+        assert_eq!((d.action, d.reason), (action, reason), "case {i}: {d:#?}");
+        check(&d, action, reason);
+    }
+    let d = run(&atomic, &target("1.1.0"), VersionRule::Newer);
+    assert_eq!(
+        d.message,
+        "refused: release \"db\" in \"shared\" was rolled back from chart version 1.1.0: \
+         revision 2 failed and revision 3 rolled back to revision 1 (1.0.0); not applying \
+         1.1.0 again by itself. Publish a fixed chart version, or re-apply this one on \
+         purpose with --min-version-policy off"
+    );
+    assert_eq!(
+        (d.deployed_version.as_deref(), d.deployed_revision),
+        (Some("1.0.0"), Some(3))
+    );
+    // Another chart of the same version is not the one that failed.
+    let mut other = target("1.1.0");
+    other.chart_name = Some("mysql".into());
+    let d = decide(&DecisionInput {
+        release: "db",
+        namespace: "shared",
+        state: &atomic,
+        target: Some(&other),
+        version_rule: VersionRule::Newer,
+        allow_chart_change: true,
+        now_unix: NOW,
+        compare: &CompareKey::ChartVersion,
+        facts: None,
+    });
+    check(&d, Action::Upgrade, Reason::Newer);
 }

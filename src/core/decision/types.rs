@@ -174,6 +174,10 @@ pub struct DeployedState {
     /// when there is no deployed record (it becomes the baseline); used for
     /// notes otherwise.
     pub latest_summary: Option<ReleaseSummary>,
+    /// When the deployed record is helm's rollback (`Rollback to N`) and the revision just
+    /// before it failed: that failed revision, decoded. A target of its chart and version
+    /// was tried and rolled back, and is not applied again by itself.
+    pub rolled_back_from: Option<ReleaseSummary>,
     /// The release lock, if one is set.
     pub lock: Option<Lock>,
 }
@@ -274,6 +278,9 @@ pub enum Reason {
     /// The state is contradictory (e.g. latest says deployed but no deployed
     /// record was read).
     UnknownState,
+    /// The target's chart version failed and helm rolled the release back from it
+    /// (`--atomic`, `--rollback-on-failure`, or `helm rollback`): not re-applied by itself.
+    RolledBack,
 }
 
 /// The outcome of [`decide`].
