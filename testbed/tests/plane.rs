@@ -78,8 +78,13 @@ fn a_lease_starts_empty_audits_the_tests_users_and_enforces_rbac() {
     assert!(c.get("services", Some("default"), "kubernetes").is_some());
 }
 
+/// The tests that lease every server until one comes back run one at a time: two of them
+/// each holding what the other waits for would never end.
+static EVERY_SERVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_released_server_comes_back_empty() {
+    let _one_at_a_time = EVERY_SERVER.lock().unwrap_or_else(|p| p.into_inner());
     let port;
     {
         let c = cluster();
@@ -126,6 +131,7 @@ fn deployment(ns: &str, name: &str, replicas: u32) -> serde_json::Value {
 fn controllers_roll_out_fail_on_purpose_and_stop_for_a_plain_lease() {
     use kube_testbed::{cluster_with_controllers, NEVER_READY_LABEL, NODE_NAME};
     use std::time::Duration;
+    let _one_at_a_time = EVERY_SERVER.lock().unwrap_or_else(|p| p.into_inner());
     let port;
     {
         let c = cluster_with_controllers();
