@@ -31,11 +31,15 @@ fn listed_flags(helm: &std::path::Path) -> Vec<String> {
     flags
 }
 
-/// Every flag either helm lists is known to the splitter, and every flag the splitter passes
-/// on is accepted by at least one of the two helms (none invented, none missing).
+/// Every flag any supported helm lists is known to the splitter, and every flag the splitter
+/// passes on is accepted by at least one of them (none invented, none missing). The oldest
+/// and the newest of each major version: newer ones add flags (klog's
+/// `--alsologtostderrthreshold` first appears in 3.21.4/4.3.2).
 #[test]
-fn flag_tables_match_both_helms() {
-    let helms = testbed::helms();
+fn flag_tables_match_every_supported_helm() {
+    let mut helms = testbed::helms();
+    helms.push(("helm3-newest", testbed::helm_newest3()));
+    helms.push(("helm4-newest", testbed::helm_newest4()));
     let ours: Vec<&str> = helm_long_flags().collect();
     let mut listed_anywhere = Vec::new();
     for (label, bin) in &helms {
