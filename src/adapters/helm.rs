@@ -257,6 +257,10 @@ pub(crate) async fn run_inherited(
     command: &HelmCommand,
     feeds: Vec<crate::adapters::inputs::Feed>,
 ) -> Result<i32, HelmError> {
+    // Listening starts before helm does: a SIGTERM that arrives once helm runs must reach
+    // it, never kill us by the default action (helm would then die of PR_SET_PDEATHSIG
+    // with its record pending) nor be dropped before a listener exists.
+    let mut signals = crate::adapters::signals::Signals::listen();
     let handle = crate::adapters::inputs::feed(command.to_expression(), feeds)
         .before_spawn(die_with_us)
         .unchecked()
@@ -271,7 +275,6 @@ pub(crate) async fn run_inherited(
         tokio::task::spawn_blocking(move || handle.wait().map(|o| o.status))
     };
     tokio::pin!(waiter);
-    let mut signals = crate::adapters::signals::Signals::listen();
     loop {
         tokio::select! {
             status = &mut waiter => {
