@@ -193,6 +193,30 @@ fn ms(d: Duration) -> f64 {
 /// Turns the release's one real revision into `revisions` revisions (all superseded but the
 /// last), as a long-lived release has them, written directly to the server.
 fn grow_history(ctx: &Ctx, ns: &str, release: &str, revisions: u64) {
+    grow_history_sized(ctx, ns, release, revisions, 0)
+}
+
+/// Text of `len` characters that gzip cannot shrink much (a manifest of that size makes a
+/// record near its encoded size).
+fn incompressible(len: usize, seed: u64) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut x = seed | 1;
+    (0..len)
+        .map(|i| {
+            if i % 77 == 76 {
+                return '\n';
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x % 64) as usize] as char
+        })
+        .collect()
+}
+
+/// [`grow_history`], every revision's manifest padded with `pad` incompressible bytes (a
+/// large record: `pad` near 900 KB makes each Secret near 1 MiB).
+fn grow_history_sized(ctx: &Ctx, ns: &str, release: &str, revisions: u64, pad: usize) {
     let first = ctx
         .server
         .get("secrets", ns, &format!("sh.helm.release.v1.{release}.v1"))
@@ -201,8 +225,12 @@ fn grow_history(ctx: &Ctx, ns: &str, release: &str, revisions: u64) {
     let once = base64::engine::general_purpose::STANDARD
         .decode(wire)
         .expect("base64");
-    let rel = decode_release_json(&once).expect("decode");
-    // Revision 1 stays as helm wrote it; the rest are new objects.
+    let mut rel = decode_release_json(&once).expect("decode");
+    if pad > 0 {
+        let manifest = rel["manifest"].as_str().unwrap_or_default().to_string();
+        rel["manifest"] = json!(format!("{manifest}\n# padding\n{}", incompressible(pad, 7)));
+    }
+    // Revision 1 stays as helm wrote it (unless padded); the rest are new objects.
     for rev in 2..=revisions {
         let status = if rev == revisions {
             "deployed"
@@ -215,7 +243,7 @@ fn grow_history(ctx: &Ctx, ns: &str, release: &str, revisions: u64) {
         ctx.server
             .create("secrets", record(ns, release, rev, status, &r));
     }
-    if revisions > 1 {
+    if revisions > 1 || pad > 0 {
         let mut r = rel.clone();
         set_release_status(&mut r, "superseded").expect("status");
         let obj = record(ns, release, 1, "superseded", &r);
@@ -245,6 +273,7 @@ fn record(ns: &str, release: &str, rev: u64, status: &str, rel: &Value) -> Value
 }
 
 struct Row {
+    #[allow(dead_code)]
     server: &'static str,
     helm: &'static str,
     what: String,
@@ -265,22 +294,54 @@ fn row(ctx: &Ctx, what: String, ours: String, theirs: String, ratio: f64, goal: 
         goal: goal.to_string(),
     };
     println!(
-        "| {} | {} | {} | {} | {} | {:.3} | {} |",
-        r.server, r.helm, r.what, r.ours, r.theirs, r.ratio, r.goal
+        "| {} | {} | {} | {} | {} | {:.3} | {} | {} |",
+        r.server,
+        r.helm,
+        r.what,
+        r.ours,
+        r.theirs,
+        r.ratio,
+        r.goal,
+        verdict(r.ratio, &r.goal)
     );
     r
 }
 
-/// `check` vs `helm status -o json` as history grows. Returns the curve.
-fn history_curve(ctx: &Ctx, rows: &mut Vec<Row>) -> Vec<(f64, f64, f64)> {
-    let sizes: &[u64] = if ctx.quick {
+/// `met` or `missed`: the ratio against the goal's number (`≤ 0.1, flat` → 0.1).
+fn verdict(ratio: f64, goal: &str) -> &'static str {
+    let limit: f64 = goal
+        .trim_start_matches('≤')
+        .trim()
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN);
+    if ratio <= limit {
+        "met"
+    } else {
+        "missed"
+    }
+}
+
+/// Manifest padding for the large-record curve: each record's Secret near 1 MiB.
+const LARGE_PAD: usize = 880_000;
+
+/// `check` vs `helm status -o json` as history grows (`pad`: large records, see
+/// [`grow_history_sized`]). Returns the curve.
+fn history_curve(ctx: &Ctx, rows: &mut Vec<Row>, pad: usize) -> Vec<(f64, f64, f64)> {
+    let sizes: &[u64] = if ctx.quick || pad > 0 {
         &[10, 100]
     } else {
         &[10, 100, 1000]
     };
+    let size = if pad > 0 { ", records near 1 MiB" } else { "" };
     let mut curve = Vec::new();
     for &revs in sizes {
-        let ns = format!("hist-{revs}");
+        let ns = if pad > 0 {
+            format!("hist-large-{revs}")
+        } else {
+            format!("hist-{revs}")
+        };
         ctx.server.create_namespace(&ns);
         run(
             ctx.helm(&[
@@ -294,7 +355,7 @@ fn history_curve(ctx: &Ctx, rows: &mut Vec<Row>) -> Vec<(f64, f64, f64)> {
             "install",
             ok,
         );
-        grow_history(ctx, &ns, "rel", revs);
+        grow_history_sized(ctx, &ns, "rel", revs, pad);
         let target = ctx.chart("1.1.0");
         let check = ["check", "rel", target.as_str(), "-n", ns.as_str()];
         let status = ["status", "rel", "-n", ns.as_str(), "-o", "json"];
@@ -310,7 +371,7 @@ fn history_curve(ctx: &Ctx, rows: &mut Vec<Row>) -> Vec<(f64, f64, f64)> {
         curve.push((revs as f64, ms(ours), ms(theirs)));
         rows.push(row(
             ctx,
-            format!("`check` vs `helm status -o json`, {revs} revisions"),
+            format!("`check` vs `helm status -o json`, {revs} revisions{size}"),
             format!("{:.1} ms ({} req)", ms(ours), our_req / n),
             format!("{:.1} ms ({} req)", ms(theirs), their_req / n),
             ours.as_secs_f64() / theirs.as_secs_f64(),
@@ -545,13 +606,42 @@ fn many_releases(ctx: &Ctx, rows: &mut Vec<Row>) {
     }
 }
 
+/// One pipeline's bar, split into phases from the times its stderr lines arrived: deciding
+/// (start to the first `waiting:` line or the decision), waiting for the mutex (to the
+/// decision line or the note that ends a skipping waiter), helm running (from the
+/// `upgrade:` line to the process's end).
+type Phases = Vec<svg::Phase>;
+
+fn phases(began: f64, lines: &[(f64, String)], ended: f64) -> (Phases, bool) {
+    let at = |pred: &dyn Fn(&str) -> bool| lines.iter().find(|(_, l)| pred(l)).map(|(t, _)| *t);
+    let waiting = at(&|l| l.starts_with("waiting: "));
+    let decided = at(&|l| {
+        l.starts_with("upgrade:")
+            || l.starts_with("install:")
+            || l.starts_with("skip:")
+            || l.starts_with("note: release ")
+    })
+    .unwrap_or(ended);
+    let upgraded = lines
+        .iter()
+        .any(|(_, l)| l.starts_with("upgrade:") || l.starts_with("install:"));
+    let mut out = Vec::new();
+    let first_end = waiting.unwrap_or(decided).min(decided);
+    out.push((began, first_end, "deciding".to_string()));
+    if let Some(w) = waiting.filter(|w| *w < decided) {
+        out.push((w, decided, "waiting for the mutex".to_string()));
+    }
+    if upgraded {
+        out.push((decided, ended, "helm running".to_string()));
+    } else {
+        out.push((decided, ended, "deciding".to_string()));
+    }
+    (out, upgraded)
+}
+
 /// Eight pipelines on one release (newer, equal and older targets) launched at once, and
 /// 50 pipelines on 50 releases launched at once vs 50 plain helm runs launched at once.
-fn concurrency(
-    ctx: &Ctx,
-    rows: &mut Vec<Row>,
-    one_upgrade: Duration,
-) -> Vec<(String, f64, f64, String)> {
+fn concurrency(ctx: &Ctx, rows: &mut Vec<Row>, one_upgrade: Duration) -> Vec<(String, Phases)> {
     let ns = "conc";
     ctx.server.create_namespace(ns);
     run(
@@ -578,30 +668,35 @@ fn concurrency(
                 "5m",
             ]);
             cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-            (Instant::now(), cmd.spawn().expect("spawn"))
+            let began = start.elapsed().as_secs_f64();
+            let mut child = cmd.spawn().expect("spawn");
+            let stderr = child.stderr.take().expect("stderr");
+            // Each line with the time it arrived; the end is when stderr closes (exit).
+            let reader = std::thread::spawn(move || {
+                use std::io::BufRead;
+                let mut lines = Vec::new();
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    lines.push((start.elapsed().as_secs_f64(), line));
+                }
+                (lines, start.elapsed().as_secs_f64())
+            });
+            (began, child, reader)
         })
         .collect();
     let mut bars = Vec::new();
     let mut upgrades = 0;
-    for ((began, child), target) in children.into_iter().zip(targets) {
-        let out = child.wait_with_output().expect("wait");
-        let end = start.elapsed().as_secs_f64();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "pipeline {target}: {stderr}");
-        let outcome = if stderr.lines().any(|l| l.starts_with("upgrade:")) {
+    for ((began, mut child, reader), target) in children.into_iter().zip(targets) {
+        let status = child.wait().expect("wait");
+        let (lines, ended) = reader.join().expect("reader");
+        let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+        assert!(status.success(), "pipeline {target}: {}", text.join("\n"));
+        let (bar, upgraded) = phases(began, &lines, ended);
+        if upgraded {
             upgrades += 1;
-            "upgrade"
-        } else {
-            "skip"
-        };
-        // Each bar ends when its process was reaped; reaping is in launch order, so a bar
-        // ends no earlier than the process did.
-        bars.push((
-            target.to_string(),
-            (began - start).as_secs_f64(),
-            end,
-            outcome.to_string(),
-        ));
+        }
+        let outcome = if upgraded { "upgrade" } else { "skip" };
+        bars.push((format!("{target} ({outcome})"), bar));
     }
     let total = start.elapsed();
     let budget = one_upgrade.mul_f64(upgrades as f64 * 1.1);
@@ -682,15 +777,22 @@ fn main() {
     }
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/perf");
     std::fs::create_dir_all(&out_dir).expect("docs/perf");
-    println!("| server | helm | measurement | guarded-upgrade | helm | ratio | goal |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| server | helm | measurement | guarded-upgrade | helm | ratio | goal | target |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     let mut curves = Vec::new();
     let helms = [
         ("3.21.4", testbed::helm_newest3()),
         ("4.3.2", testbed::helm_newest4()),
     ];
-    for real in [true, false] {
+    // The stand-in rows are for comparison only (writes cost nothing there): opt in.
+    let servers: &[bool] = if std::env::var("GU_BENCH_STANDIN").as_deref() == Ok("1") {
+        &[true, false]
+    } else {
+        &[true]
+    };
+    let mut large_curves = Vec::new();
+    for &real in servers {
         for (label, bin) in &helms {
             let server = if real {
                 Server::Real(kube_testbed::cluster())
@@ -704,18 +806,24 @@ fn main() {
                 helm_label: label,
                 quick,
             };
-            let curve = history_curve(&ctx, &mut rows);
+            let curve = history_curve(&ctx, &mut rows, 0);
             curves.push((format!("{} helm {label}", ctx.server.name()), curve));
+            if real {
+                let curve = history_curve(&ctx, &mut rows, LARGE_PAD);
+                large_curves.push((format!("helm {label}, records near 1 MiB"), curve));
+            }
             let one = upgrades(&ctx, &mut rows);
             unchanged(&ctx, &mut rows);
             many_releases(&ctx, &mut rows);
             if real {
                 let bars = concurrency(&ctx, &mut rows, one);
                 let chart = svg::timeline(
-                    &format!("8 pipelines on one release, helm {label}, kube-apiserver"),
+                    &format!(
+                        "8 pipelines on one release, helm {label}, kube-apiserver (hand-over by \
+                         watch)"
+                    ),
                     "seconds since launch",
                     &bars,
-                    &[],
                 );
                 std::fs::write(
                     out_dir.join(format!("pipelines-helm{}.svg", &label[..1])),
@@ -741,6 +849,27 @@ fn main() {
         .filter(|(n, _)| n.contains("kube-apiserver"))
         .cloned()
         .collect();
+    let mut large = Vec::new();
+    for (name, curve) in &large_curves {
+        large.push((
+            format!("check, {name}"),
+            curve.iter().map(|c| (c.0, c.1)).collect(),
+        ));
+        large.push((
+            format!("helm status, {name}"),
+            curve.iter().map(|c| (c.0, c.2)).collect(),
+        ));
+    }
+    std::fs::write(
+        out_dir.join("history-large.svg"),
+        svg::line_chart(
+            "check vs helm status, records near 1 MiB (kube-apiserver)",
+            "revisions",
+            "milliseconds",
+            &large,
+        ),
+    )
+    .expect("write svg");
     std::fs::write(
         out_dir.join("history.svg"),
         svg::line_chart(

@@ -7,16 +7,18 @@ use std::fmt::Write;
 const W: f64 = 720.0;
 const H: f64 = 400.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 180.0;
+const RIGHT: f64 = 30.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
 const COLORS: &[&str] = &[
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
 ];
 
-fn header(title: &str) -> String {
+/// The legend sits below the chart, one entry per line, so no label is ever cut off.
+fn header(title: &str, legend_entries: usize) -> String {
+    let height = H + legend_entries as f64 * 18.0 + 10.0;
     format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{height}\" \
          font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" \
          fill=\"white\"/>\n<text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{}</text>\n",
         W / 2.0,
@@ -53,7 +55,7 @@ pub fn line_chart(
     let y1 = if y1 > 0.0 { y1 } else { 1.0 };
     let px = |x: f64| LEFT + (x.log10() - x0) / (x1 - x0).max(1e-9) * (W - LEFT - RIGHT);
     let py = |y: f64| H - BOTTOM - y / y1 * (H - TOP - BOTTOM);
-    let mut s = header(title);
+    let mut s = header(title, series.len());
     axes(&mut s, x_label, y_label);
     for d in (x0 as i32)..=(x1 as i32) {
         let x = 10f64.powi(d);
@@ -102,26 +104,33 @@ pub fn line_chart(
     s
 }
 
-/// One horizontal bar per row: (label, start, end, category); categories get colors and a
-/// legend entry.
-pub fn timeline(
-    title: &str,
-    x_label: &str,
-    rows: &[(String, f64, f64, String)],
-    marks: &[(String, f64)],
-) -> String {
+/// One phase of a bar: start, end, phase name.
+pub type Phase = (f64, f64, String);
+
+/// One horizontal bar per row, split into phases: (label, [(start, end, phase)]); phases
+/// get colors and a legend entry.
+pub fn timeline(title: &str, x_label: &str, rows: &[(String, Vec<Phase>)]) -> String {
     let x1 = rows
         .iter()
-        .map(|r| r.2)
-        .chain(marks.iter().map(|m| m.1))
+        .flat_map(|r| r.1.iter().map(|p| p.1))
         .fold(0.0, f64::max)
         * 1.05;
     let x1 = if x1 > 0.0 { x1 } else { 1.0 };
     let px = |x: f64| LEFT + x / x1 * (W - LEFT - RIGHT);
     let row_h = (H - TOP - BOTTOM) / rows.len().max(1) as f64;
     let mut categories: Vec<&str> = Vec::new();
-    let mut s = header(title);
+    for (_, phases) in rows {
+        for (_, _, c) in phases {
+            if !categories.contains(&c.as_str()) {
+                categories.push(c);
+            }
+        }
+    }
+    let mut s = header(title, categories.len());
     axes(&mut s, x_label, "");
+    for (i, c) in categories.iter().enumerate() {
+        legend(&mut s, i, COLORS[i % COLORS.len()], c);
+    }
     for i in 0..=4 {
         let x = x1 * i as f64 / 4.0;
         let _ = writeln!(
@@ -131,45 +140,27 @@ pub fn timeline(
             H - BOTTOM + 16.0
         );
     }
-    for (i, (label, start, end, category)) in rows.iter().enumerate() {
-        let c = match categories.iter().position(|c| c == category) {
-            Some(c) => c,
-            None => {
-                categories.push(category);
-                legend(
-                    &mut s,
-                    categories.len() - 1,
-                    COLORS[(categories.len() - 1) % COLORS.len()],
-                    category,
-                );
-                categories.len() - 1
-            }
-        };
+    for (i, (label, phases)) in rows.iter().enumerate() {
         let y = TOP + i as f64 * row_h;
         let _ = writeln!(
             s,
-            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            px(*start),
-            y + row_h * 0.15,
-            (px(*end) - px(*start)).max(1.0),
-            row_h * 0.7,
-            COLORS[c % COLORS.len()],
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
             LEFT - 6.0,
             y + row_h * 0.6,
             escape(label)
         );
-    }
-    for (name, x) in marks {
-        let _ = writeln!(
-            s,
-            "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{TOP}\" y2=\"{1:.1}\" stroke=\"black\" \
-             stroke-dasharray=\"4 3\"/><text x=\"{0:.1}\" y=\"{2:.1}\" text-anchor=\"middle\">{3}</text>",
-            px(*x),
-            H - BOTTOM,
-            TOP - 4.0,
-            escape(name)
-        );
+        for (start, end, category) in phases {
+            let c = categories.iter().position(|c| c == category).unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"/>",
+                px(*start),
+                y + row_h * 0.15,
+                (px(*end) - px(*start)).max(1.0),
+                row_h * 0.7,
+                COLORS[c % COLORS.len()],
+            );
+        }
     }
     s.push_str("</svg>\n");
     s
@@ -193,14 +184,14 @@ fn axes(s: &mut String, x_label: &str, y_label: &str) {
 }
 
 fn legend(s: &mut String, i: usize, color: &str, name: &str) {
-    let y = TOP + 10.0 + i as f64 * 18.0;
+    let y = H + 8.0 + i as f64 * 18.0;
     let _ = writeln!(
         s,
         "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{color}\"/>\
          <text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
-        W - RIGHT + 12.0,
+        LEFT,
         y - 10.0,
-        W - RIGHT + 30.0,
+        LEFT + 18.0,
         y,
         escape(name)
     );
