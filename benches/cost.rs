@@ -369,6 +369,21 @@ fn history_curve(ctx: &Ctx, rows: &mut Vec<Row>, pad: usize) -> Vec<(f64, f64, f
         let theirs = median(n, || measure(ctx.helm(&status)).0);
         let (their_req, _) = ctx.server.take_requests();
         curve.push((revs as f64, ms(ours), ms(theirs)));
+        if pad > 0 {
+            // Large records out again: later measurements (`helm list -A`) and the test bed's
+            // reset (one list of the namespace) must not carry them.
+            for rev in 1..=revs {
+                let name = format!("sh.helm.release.v1.rel.v{rev}");
+                match &ctx.server {
+                    Server::Real(c) => {
+                        c.delete_object("secrets", Some(&ns), &name);
+                    }
+                    Server::StandIn(s) => {
+                        s.delete_object("secrets", Some(&ns), &name);
+                    }
+                }
+            }
+        }
         rows.push(row(
             ctx,
             format!("`check` vs `helm status -o json`, {revs} revisions{size}"),
@@ -808,7 +823,9 @@ fn main() {
             };
             let curve = history_curve(&ctx, &mut rows, 0);
             curves.push((format!("{} helm {label}", ctx.server.name()), curve));
-            if real {
+            // helm 4.3.2's `helm status -o json` exited 1 on these records (not examined
+            // yet): the large-record curve is measured with helm 3.21.4.
+            if real && label.starts_with('3') {
                 let curve = history_curve(&ctx, &mut rows, LARGE_PAD);
                 large_curves.push((format!("helm {label}, records near 1 MiB"), curve));
             }
