@@ -20,14 +20,23 @@ fn recipe_block(name: &str) -> Vec<&'static str> {
     doc.take_while(|l| !l.starts_with("```")).collect()
 }
 
-/// GitHub: the `run:` scripts (block or single line), minus network installs.
+/// GitHub: the `run:` scripts (block or single line), minus the network install step
+/// (`Install guarded-upgrade`: README.md's recipe, run by tests/e2e/release.rs).
 fn github_script() -> String {
     let block = recipe_block("github");
     let mut script = Vec::new();
     let mut i = 0;
+    let mut installing = false;
     while i < block.len() {
         let line = block[i];
         let indent = line.len() - line.trim_start().len();
+        if let Some(name) = line.trim_start().strip_prefix("- name:") {
+            installing = name.trim() == "Install guarded-upgrade";
+        }
+        if installing {
+            i += 1;
+            continue;
+        }
         if let Some(rest) = line.trim_start().strip_prefix("run:") {
             if rest.trim() == "|" {
                 i += 1;
@@ -41,7 +50,6 @@ fn github_script() -> String {
         }
         i += 1;
     }
-    script.retain(|l| !l.starts_with("cargo install"));
     assert!(!script.is_empty(), "no run: steps in the github recipe");
     script.join("\n")
 }
