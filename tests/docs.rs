@@ -24,7 +24,8 @@ const TOP_LEVEL: &[&str] = &[
 const EXTENSIONS: &[&str] = &[".rs", ".md", ".sh", ".yaml", ".toml", ".json"];
 
 /// Files the docs name that are the user's, not the repository's.
-const USER_FILES: &[&str] = &["helmfile.yaml"];
+/// (and the release artifacts scripts/release.sh writes into dist/).
+const USER_FILES: &[&str] = &["helmfile.yaml", "INSTALL.md", ".cdx.json"];
 
 fn is_path_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "_./{},-".contains(c)

@@ -375,10 +375,10 @@ fn helmfile_helm_binary(label: &str) {
 
     // A refusal: queue's record cannot be read. helmfile fails and names the release; the
     // guard never ran helm for it.
-    let record = format!("sh.helm.release.v1.queue.v2");
+    let record = "sh.helm.release.v1.queue.v2";
     let original =
         p.b.api
-            .get("secrets", Some(NS), &record)
+            .get("secrets", Some(NS), record)
             .expect("queue's record");
     let mut broken = original.clone();
     broken["data"]["release"] = serde_json::json!("bm90IGEgcmVsZWFzZQ==");

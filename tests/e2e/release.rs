@@ -269,7 +269,7 @@ fn release_artifacts() {
         "tar -x",
     );
     let version = sh(
-        &mut Command::new(x.path().join(&top).join("guarded-upgrade")).arg("--version"),
+        Command::new(x.path().join(&top).join("guarded-upgrade")).arg("--version"),
         "--version",
     );
     assert_eq!(
