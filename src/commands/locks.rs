@@ -44,9 +44,18 @@ pub(super) async fn run(plan: LocksPlan) -> Result<Exit, Error> {
             source: Box::new(crate::adapters::storage::StoreError::Invalid(invalid)),
         }
     })?;
+    let records: Vec<String> = rows.iter().map(|r| r.record.clone()).collect();
     let mut locks: Vec<_> = rows
         .iter_mut()
-        .map(|r| (r.namespace.as_str(), r.release.as_str(), &mut r.lock))
+        .zip(&records)
+        .map(|(r, record)| {
+            (
+                r.namespace.as_str(),
+                r.release.as_str(),
+                record.as_str(),
+                &mut r.lock,
+            )
+        })
         .collect();
     let namespace = (!plan.all_namespaces).then_some(session.namespace.as_str());
     session.describe_enforcement(namespace, &mut locks).await;
@@ -81,6 +90,7 @@ fn lock_rows(
                 }
             };
             Some(Ok(LockRow {
+                record: h.name.clone(),
                 release: release.to_string(),
                 namespace: namespace.to_string(),
                 lock: LockReport::new(&state, now),

@@ -71,7 +71,7 @@ pub(super) async fn run(plan: PolicyPlan) -> Result<Exit, Error> {
             match admission::params_in(&client, None).await {
                 Ok(set) if set.is_empty() => output::result("locks:     none enforced\n"),
                 Ok(set) => {
-                    for (ns, release) in set {
+                    for (ns, release) in set.into_keys() {
                         output::result(&format!("locks:     {release} in {ns}\n"));
                     }
                 }

@@ -200,27 +200,31 @@ impl Session {
     pub(super) async fn describe_enforcement(
         &self,
         namespace: Option<&str>,
-        locks: &mut [(&str, &str, &mut LockReport)],
+        locks: &mut [(&str, &str, &str, &mut LockReport)],
     ) {
-        let hard: Vec<(&str, &str)> = locks
+        let hard: Vec<(&str, &str, &str)> = locks
             .iter()
-            .filter(|(_, _, l)| l.kind == "hard")
-            .map(|(ns, release, _)| (*ns, *release))
+            .filter(|(_, _, _, l)| l.kind == "hard")
+            .map(|(ns, release, record, _)| (*ns, *release, *record))
             .collect();
         let mut described = self.enforcer().describe(namespace, &hard).await.into_iter();
-        for (_, _, lock) in locks.iter_mut() {
-            let Described { enforcement, note } = match lock.kind == "hard" {
-                true => described.next().unwrap_or(Described {
-                    enforcement: Enforcement::LabelsOnly,
-                    note: None,
-                }),
-                false => Described {
-                    enforcement: Enforcement::LabelsOnly,
-                    note: None,
-                },
+        for (_, _, _, lock) in locks.iter_mut() {
+            let labels_only = Described {
+                enforcement: Enforcement::LabelsOnly,
+                note: None,
+                not_frozen: Vec::new(),
+            };
+            let Described {
+                enforcement,
+                note,
+                not_frozen,
+            } = match lock.kind == "hard" {
+                true => described.next().unwrap_or(labels_only),
+                false => labels_only,
             };
             lock.enforcement = Some(enforcement);
             lock.enforcement_note = note;
+            lock.not_frozen = not_frozen;
         }
     }
 }

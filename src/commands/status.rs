@@ -16,9 +16,17 @@ pub(super) async fn run(plan: StatusPlan) -> Result<Exit, Error> {
     let now = now_unix();
     let mut report = status_report(&session.store, &plan.release, now).await?;
     let namespace = session.namespace.clone();
+    let record = report
+        .latest
+        .as_ref()
+        .map(|l| crate::core::names::record_name(&plan.release, l.revision))
+        .unwrap_or_default();
     if let Some(lock) = report.lock.as_mut() {
         session
-            .describe_enforcement(Some(&namespace), &mut [(&namespace, &plan.release, lock)])
+            .describe_enforcement(
+                Some(&namespace),
+                &mut [(&namespace, &plan.release, &record, lock)],
+            )
             .await;
     }
     // Informational: a status without Lease RBAC still shows the release, and says the

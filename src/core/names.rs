@@ -163,6 +163,12 @@ fn check(value: &str, kind: NameKind, max: usize, dots: bool) -> Result<(), Name
     Ok(())
 }
 
+/// The name helm gives the record of `release` at `revision` (Secret, ConfigMap or SQL row
+/// key): `sh.helm.release.v1.<release>.v<revision>`.
+pub fn record_name(release: &str, revision: u64) -> String {
+    format!("sh.helm.release.v1.{release}.v{revision}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -388,6 +388,69 @@ fn json_error(e: serde_json::Error) -> DecodeError {
     }
 }
 
+/// One object of a release, as its manifest names it (no content kept: manifests hold
+/// secrets).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ManifestObject {
+    /// `apiVersion` (`apps/v1`, `v1`).
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`, when the manifest sets one.
+    pub namespace: Option<String>,
+    /// A helm hook (`helm.sh/hook` annotation, or listed under `hooks`): helm does not give
+    /// hooks its ownership annotations.
+    pub hook: bool,
+}
+
+/// The objects of release JSON (from [`decode_release_json`]): every document of
+/// `manifest`, then every hook. Documents without a kind or name (empty, comments) are
+/// skipped; a document that is not YAML is skipped too (helm would not have installed it).
+pub fn manifest_objects(release: &serde_json::Value) -> Vec<ManifestObject> {
+    let mut out = Vec::new();
+    let mut documents = |text: &str, hook: bool| {
+        for document in serde_yaml::Deserializer::from_str(text) {
+            let Ok(value) = serde_yaml::Value::deserialize(document) else {
+                continue;
+            };
+            let field = |v: &serde_yaml::Value, k: &str| {
+                v.get(k).and_then(|x| x.as_str()).map(String::from)
+            };
+            let metadata = value.get("metadata").cloned().unwrap_or_default();
+            let (Some(kind), Some(name)) = (field(&value, "kind"), field(&metadata, "name")) else {
+                continue;
+            };
+            let annotated_hook = metadata
+                .get("annotations")
+                .and_then(|a| a.get("helm.sh/hook"))
+                .is_some();
+            out.push(ManifestObject {
+                api_version: field(&value, "apiVersion").unwrap_or_default(),
+                kind,
+                name,
+                namespace: field(&metadata, "namespace"),
+                hook: hook || annotated_hook,
+            });
+        }
+    };
+    if let Some(manifest) = release.get("manifest").and_then(|m| m.as_str()) {
+        documents(manifest, false);
+    }
+    for hook in release
+        .get("hooks")
+        .and_then(|h| h.as_array())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(manifest) = hook.get("manifest").and_then(|m| m.as_str()) {
+            documents(manifest, true);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -782,5 +845,45 @@ mod tests {
             }
         }
         eprintln!("decoded {seen} captured records");
+    }
+
+    #[test]
+    fn manifest_objects_name_kinds_namespaces_and_hooks() {
+        let release = serde_json::json!({
+            "manifest": "---\n# Source: x/templates/a.yaml\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: db-app\nspec: {}\n---\n# only a comment\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-remote\n  namespace: elsewhere\ndata:\n  password: hunter2\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: db-reader\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: annotated-hook\n  annotations:\n    helm.sh/hook: post-install\n---\n: not yaml: [\n",
+            "hooks": [{"name": "db-hook", "manifest": "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: db-hook\n"}],
+        });
+        let objects = manifest_objects(&release);
+        let seen: Vec<(&str, &str, &str, Option<&str>, bool)> = objects
+            .iter()
+            .map(|o| {
+                (
+                    o.api_version.as_str(),
+                    o.kind.as_str(),
+                    o.name.as_str(),
+                    o.namespace.as_deref(),
+                    o.hook,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("apps/v1", "Deployment", "db-app", None, false),
+                ("v1", "ConfigMap", "db-remote", Some("elsewhere"), false),
+                (
+                    "rbac.authorization.k8s.io/v1",
+                    "ClusterRole",
+                    "db-reader",
+                    None,
+                    false
+                ),
+                ("v1", "ConfigMap", "annotated-hook", None, true),
+                ("batch/v1", "Job", "db-hook", None, true),
+            ]
+        );
+        // Nothing of the content is kept.
+        assert!(!format!("{objects:?}").contains("hunter2"));
+        assert!(manifest_objects(&serde_json::json!({})).is_empty());
     }
 }

@@ -185,6 +185,9 @@ pub(crate) fn status(
                     None => format!("  enforced {}", how.as_str()),
                 });
             }
+            for object in &l.not_frozen {
+                put(format!("  not frozen {object}"));
+            }
         }
     }
     put(format!("upgrade:   {}", report.upgrade_message));

@@ -142,6 +142,10 @@ pub(crate) struct LockReport {
     /// Why a hard lock is not enforced by the cluster (`not enforced by the cluster: …`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enforcement_note: Option<String>,
+    /// An enforced hard lock: the release's objects the cluster does not freeze
+    /// (`KIND NAME (why)`), as the lock's ConfigMap lists them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_frozen: Vec<String>,
 }
 
 impl LockReport {
@@ -158,6 +162,7 @@ impl LockReport {
             pin_key: lock.pin_key.clone(),
             enforcement: None,
             enforcement_note: None,
+            not_frozen: Vec::new(),
         }
     }
 }
@@ -237,6 +242,9 @@ pub(crate) struct StatusReport {
 /// One row of `locks -o json`.
 #[derive(Debug, Serialize)]
 pub(crate) struct LockRow {
+    /// The latest record's name (not printed: what the enforcement probe asks about).
+    #[serde(skip)]
+    pub record: String,
     /// Release name.
     pub release: String,
     /// Namespace.

@@ -865,18 +865,9 @@ impl Cluster {
     /// objects tests create (admission policies and their bindings, ClusterRoles and
     /// bindings that are not the server's own) are deleted.
     pub fn reset(&self) {
-        let namespaces: Vec<String> = self
-            .list("namespaces", None)
-            .iter()
-            .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
-            .filter(|n| !SYSTEM_NAMESPACES.contains(&n.as_str()))
-            .collect();
-        let (default, others): (Vec<String>, Vec<String>) =
-            namespaces.into_iter().partition(|n| n == "default");
-        for ns in &default {
-            self.empty_namespace(ns);
-        }
-        self.remove_namespaces(&others);
+        // Admission policies go first: a test's policy may refuse the deletes below (an
+        // enforced hard lock freezes a release for every identity that is not a Kubernetes
+        // component, the test bed's admin included).
         // kube-apiserver stops resolving a built-in `paramKind` (ConfigMap) for good once a
         // policy using it has no binding for a moment (kubernetes/kubernetes#130887, open
         // in v1.37): a later test's policy would never see its parameters. So a server
@@ -911,6 +902,18 @@ impl Cluster {
                 *at = len;
             }
         }
+        let namespaces: Vec<String> = self
+            .list("namespaces", None)
+            .iter()
+            .filter_map(|n| n["metadata"]["name"].as_str().map(String::from))
+            .filter(|n| !SYSTEM_NAMESPACES.contains(&n.as_str()))
+            .collect();
+        let (default, others): (Vec<String>, Vec<String>) =
+            namespaces.into_iter().partition(|n| n == "default");
+        for ns in &default {
+            self.empty_namespace(ns);
+        }
+        self.remove_namespaces(&others);
         for plural in ["clusterrolebindings", "clusterroles"] {
             for obj in self.list(plural, None) {
                 let name = obj["metadata"]["name"].as_str().unwrap_or_default();

@@ -38,7 +38,7 @@ fn install_policy(b: &Bed) {
             "applied: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock",
             "applied: ClusterRole guarded-upgrade-hard-lock-reader",
             "applied: ClusterRoleBinding guarded-upgrade-hard-lock-reader",
-            "installed: ValidatingAdmissionPolicy guarded-upgrade-hard-lock version 1; \
+            "installed: ValidatingAdmissionPolicy guarded-upgrade-hard-lock version 2; \
              `guarded-upgrade lock RELEASE --hard` is now enforced by the cluster",
         ]);
 }

@@ -12,6 +12,7 @@ mod completions;
 mod differential;
 mod enforce;
 mod failopen;
+mod freeze;
 mod guard;
 mod helmfile;
 mod inputs;

@@ -710,7 +710,182 @@ fn sql_hard_lock_with_the_cluster_policy(label: &str) {
     kubectl(&["-n", NS, "delete", "deployment", "db-app"]).expect_code(0, "delete after unlock");
 }
 
+/// Issue 25: the ways around the database trigger are closed. TRUNCATE of either table
+/// (by helm's role or another role: helm grants ALL to PUBLIC, and TRUNCATE ignores
+/// row-level security) and any change of the lock's own label rows are refused; the writer
+/// bypass cannot be switched on from a connection string; TRUNCATE and TRIGGER are revoked
+/// from PUBLIC. A trigger switched to ENABLE REPLICA or disabled reads as `labels only`,
+/// naming it, and `lock --hard` puts it back.
+fn sql_freeze_closes_the_ways_around(label: &str) {
+    let s = SqlBed::new(label, "freeze");
+    s.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    s.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "upgrade");
+    s.guard(&[
+        "lock",
+        "db",
+        "--hard",
+        "--reason",
+        "quarter close",
+        "--by",
+        "alice",
+        "-n",
+        NS,
+    ])
+    .expect_code(0, "lock --hard")
+    .assert_stderr(&[
+        r#"locked: release "db" in "shared" (hard): quarter close"#,
+        "enforced: the database refuses changes to release \"db\" in \"shared\" (trigger \
+             guarded_upgrade_hard_lock on releases_v1)",
+    ]);
+    let role = format!("gu_other_{}", label.replace('.', "_"));
+    s.query(&format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role}"));
+    // Revoked from PUBLIC by lock --hard (helm's migration granted ALL).
+    for (table, privilege) in [
+        ("releases_v1", "TRUNCATE"),
+        ("releases_v1", "TRIGGER"),
+        ("custom_labels_v1", "TRUNCATE"),
+        ("custom_labels_v1", "TRIGGER"),
+    ] {
+        assert_eq!(
+            s.query(&format!(
+                "SELECT has_table_privilege('{role}', '{table}', '{privilege}')"
+            )),
+            "f",
+            "{role} still holds {privilege} on {table}"
+        );
+    }
+    // Even with the grant back, the statement trigger refuses.
+    s.query(&format!(
+        "GRANT TRUNCATE ON releases_v1, custom_labels_v1 TO {role}"
+    ));
+    let before = s.snapshot();
+    let refused = |sql: &str, what: &str| {
+        let err = s.try_query(sql).expect_err(sql);
+        assert!(
+            err.contains(
+                "release \"db\" in namespace \"shared\" is hard-locked: quarter close (locked by \
+                 alice since "
+            ) && err.contains(&format!(
+                "; {what} refused by guarded-upgrade. To change the release, first run: \
+                 guarded-upgrade unlock db -n shared"
+            )),
+            "{sql}: {err}"
+        );
+    };
+    for who in ["", &format!("SET ROLE {role}; ")] {
+        refused(
+            &format!("{who}TRUNCATE custom_labels_v1"),
+            "truncate of custom_labels_v1",
+        );
+        refused(
+            &format!("{who}TRUNCATE releases_v1"),
+            "truncate of releases_v1",
+        );
+    }
+    let latest = "sh.helm.release.v1.db.v2";
+    refused(
+        &format!(
+            "DELETE FROM custom_labels_v1 WHERE releasekey = '{latest}' AND key = \
+             'guarded-upgrade.io/hard-original-status'"
+        ),
+        &format!(
+            "delete of custom_labels_v1 row \"guarded-upgrade.io/hard-original-status\" of \"{latest}\""
+        ),
+    );
+    refused(
+        &format!(
+            "UPDATE custom_labels_v1 SET value = 'soft' WHERE releasekey = '{latest}' AND key = \
+             '{LOCK_KEY}'"
+        ),
+        &format!("update of custom_labels_v1 row \"{LOCK_KEY}\" of \"{latest}\""),
+    );
+    refused(
+        &format!(
+            "INSERT INTO custom_labels_v1 VALUES ('{latest}', '{NS}', 'guarded-upgrade.io/expires', '1')"
+        ),
+        &format!("insert of custom_labels_v1 row \"guarded-upgrade.io/expires\" of \"{latest}\""),
+    );
+    // The writer bypass from a connection string (options=-c …), also as helm's driver.
+    let bypass = format!("{}&options=-c%20guarded_upgrade.writer%3Don", s.url);
+    let out = std::process::Command::new("psql")
+        .args([&bypass, "-v", "ON_ERROR_STOP=1", "-At", "-c"])
+        .arg("DELETE FROM releases_v1 WHERE name = 'db'")
+        .output()
+        .expect("psql");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the bypass deleted the release");
+    assert!(err.contains("refused by guarded-upgrade"), "{err}");
+    let run = s.b.helm_env(
+        &["rollback", "db", "1", "-n", NS],
+        &[
+            ("HELM_DRIVER", "sql"),
+            ("HELM_DRIVER_SQL_CONNECTION_STRING", bypass.as_str()),
+        ],
+    );
+    assert_ne!(
+        run.code, 0,
+        "helm rollback with the bypass in its connection string"
+    );
+    assert!(
+        run.stderr.contains("refused by guarded-upgrade"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(s.snapshot(), before, "a refused statement changed rows");
+
+    // A trigger that does not fire is not enforcement.
+    for (alter, why) in [
+        (
+            "ALTER TABLE releases_v1 ENABLE REPLICA TRIGGER guarded_upgrade_hard_lock",
+            "the trigger guarded_upgrade_hard_lock on releases_v1 fires only for replication \
+             (ENABLE REPLICA)",
+        ),
+        (
+            "ALTER TABLE custom_labels_v1 DISABLE TRIGGER guarded_upgrade_hard_lock_truncate",
+            "the trigger guarded_upgrade_hard_lock_truncate on custom_labels_v1 is disabled",
+        ),
+    ] {
+        s.query(alter);
+        let status = s.guard(&["status", "db", "-n", NS, "-o", "json"]);
+        status.expect_code(0, "status");
+        let json: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+        assert_eq!(json["lock"]["enforcement"], "labels only", "{json}");
+        assert_eq!(
+            json["lock"]["enforcement_note"],
+            format!(
+                "not enforced by the database: {why}; run `guarded-upgrade lock db --hard -n \
+                 shared` again to install them"
+            ),
+            "{json}"
+        );
+        let locks = s.guard(&["locks", "-n", NS, "-o", "json"]);
+        let rows: serde_json::Value = serde_json::from_str(locks.stdout.trim()).unwrap();
+        assert_eq!(rows[0]["enforcement"], "labels only", "{rows}");
+        s.guard(&[
+            "lock",
+            "db",
+            "--hard",
+            "--reason",
+            "quarter close",
+            "--by",
+            "alice",
+            "-n",
+            NS,
+        ])
+        .expect_code(0, "lock --hard again");
+        let status = s.guard(&["status", "db", "-n", NS, "-o", "json"]);
+        let json: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+        assert_eq!(json["lock"]["enforcement"], "database trigger", "{json}");
+    }
+    s.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock");
+    s.query(&format!("SET ROLE {role}; TRUNCATE custom_labels_v1"));
+}
+
 crate::common::per_helm!(
+    sql_freeze_closes_the_ways_around,
     sql_hard_lock_with_the_cluster_policy,
     sql_hard_lock_trigger,
     sql_hard_lock_trigger_not_permitted,

@@ -4,13 +4,15 @@
 use kube::Client;
 
 use super::admission::{self, Availability, Lifted, Observed};
-use super::{Described, Lift, SwitchedOn};
+use super::{Described, Enforcement, Lift, SwitchedOn};
 use crate::adapters::storage::{ReleaseStore, Store};
 use crate::core::lock::Lock;
 
 /// The admission policy's side of a hard lock in one namespace.
 pub(crate) struct ClusterEnforcer<'a> {
     client: &'a Client,
+    /// The records' store (None: the release's manifest is not read here).
+    store: Option<&'a Store>,
     namespace: &'a str,
     /// `Secret` or `ConfigMap`: the kind of the records probed.
     kind: &'static str,
@@ -18,7 +20,10 @@ pub(crate) struct ClusterEnforcer<'a> {
 
 impl<'a> ClusterEnforcer<'a> {
     pub(super) fn new(store: &'a Store, client: &'a Client) -> ClusterEnforcer<'a> {
-        ClusterEnforcer::in_namespace(client, store.namespace(), store.kind())
+        ClusterEnforcer {
+            store: Some(store),
+            ..ClusterEnforcer::in_namespace(client, store.namespace(), store.kind())
+        }
     }
 
     /// For records of `kind` in `namespace`.
@@ -29,6 +34,7 @@ impl<'a> ClusterEnforcer<'a> {
     ) -> ClusterEnforcer<'a> {
         ClusterEnforcer {
             client,
+            store: None,
             namespace,
             kind,
         }
@@ -38,18 +44,28 @@ impl<'a> ClusterEnforcer<'a> {
         admission::availability(self.client, self.namespace, release).await
     }
 
-    /// Writes the release's parameter (unless it is already as wanted).
-    pub(super) async fn switch_on(&self, release: &str, spec: &Lock) -> Result<SwitchedOn, String> {
+    /// Writes the release's parameter (unless it is already as wanted), with what the
+    /// policy freezes of the release (from the manifest of `latest`, read from `store`).
+    pub(super) async fn switch_on(
+        &self,
+        release: &str,
+        latest: &str,
+        spec: &Lock,
+    ) -> Result<SwitchedOn, String> {
         let namespace = self.namespace;
+        let frozen = match self.store {
+            Some(store) => admission::freeze_scope_of(self.client, store, latest).await,
+            None => admission::Frozen::default(),
+        };
         let unchanged = match admission::read_param(self.client, namespace, release).await {
             Ok(Some(current)) => {
-                let wanted = admission::param_object(release, namespace, spec);
+                let wanted = admission::param_object(release, namespace, spec, &frozen);
                 current.data == wanted.data
             }
             _ => false,
         };
         if !unchanged {
-            admission::put_param(self.client, namespace, release, spec).await?;
+            admission::put_param(self.client, namespace, release, spec, &frozen).await?;
         }
         Ok(SwitchedOn {
             how: format!(
@@ -57,7 +73,11 @@ impl<'a> ClusterEnforcer<'a> {
                 admission::POLICY_NAME,
                 admission::param_name(release)
             ),
-            notes: Vec::new(),
+            notes: frozen
+                .not_frozen
+                .iter()
+                .map(|o| format!("not frozen by the cluster: {o}"))
+                .collect(),
         })
     }
 
@@ -117,15 +137,40 @@ impl<'a> ClusterEnforcer<'a> {
     pub(super) async fn describe(
         &self,
         namespace: Option<&str>,
-        hard_locks: &[(&str, &str)],
+        hard_locks: &[(&str, &str, &str)],
     ) -> Vec<Described> {
         let observed = Observed::read(self.client, namespace).await;
-        hard_locks
-            .iter()
-            .map(|(ns, release)| {
-                let (enforcement, note) = observed.hard_lock(ns, release);
-                Described { enforcement, note }
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (ns, release, record) in hard_locks {
+            let view = observed.hard_lock(ns, release);
+            let described = match view.present {
+                Err(why) => Described {
+                    enforcement: Enforcement::LabelsOnly,
+                    note: Some(admission::not_enforced(&why)),
+                    not_frozen: Vec::new(),
+                },
+                Ok(()) => match admission::probe(self.client, ns, self.kind, record).await {
+                    Ok(true) => Described {
+                        enforcement: Enforcement::ClusterPolicy,
+                        note: None,
+                        not_frozen: view.not_frozen,
+                    },
+                    Ok(false) => Described {
+                        enforcement: Enforcement::LabelsOnly,
+                        note: Some(admission::not_enforced(&admission::accepted(
+                            self.kind, record,
+                        ))),
+                        not_frozen: Vec::new(),
+                    },
+                    Err(why) => Described {
+                        enforcement: Enforcement::LabelsOnly,
+                        note: Some(admission::not_enforced(&why)),
+                        not_frozen: Vec::new(),
+                    },
+                },
+            };
+            out.push(described);
+        }
+        out
     }
 }

@@ -32,21 +32,33 @@ impl<'a> DatabaseEnforcer<'a> {
     /// The trigger can be installed: checked in a transaction that is rolled back.
     pub(super) async fn availability(&self) -> Availability {
         match self.sql.install_trigger(false).await {
-            Ok(()) => Availability::Ready,
+            Ok(_) => Availability::Ready,
             Err(why) => Availability::Unavailable(why),
         }
     }
 
-    /// Installs the trigger (if it is not already this version's); where the cluster's
-    /// policy is installed, also writes the release's parameter (best effort).
-    pub(super) async fn switch_on(&self, release: &str, spec: &Lock) -> Result<SwitchedOn, String> {
-        self.sql.install_trigger(true).await?;
-        let mut notes = Vec::new();
+    /// Installs the triggers (if they are not already this version's) and revokes
+    /// TRUNCATE and TRIGGER from PUBLIC; where the cluster's policy is installed, also
+    /// writes the release's parameter (best effort).
+    pub(super) async fn switch_on(
+        &self,
+        release: &str,
+        latest: &str,
+        spec: &Lock,
+    ) -> Result<SwitchedOn, String> {
+        let weaker = self.sql.install_trigger(true).await?;
+        let mut notes: Vec<String> = weaker
+            .into_iter()
+            .map(|g| format!("the database lock is weaker: {g}"))
+            .collect();
         let namespace = self.namespace;
         if admission::availability(self.client, namespace, release).await == Availability::Ready {
-            if let Err(why) = admission::put_param(self.client, namespace, release, spec).await {
+            let frozen = admission::freeze_scope_of(self.client, self.sql, latest).await;
+            if let Err(why) =
+                admission::put_param(self.client, namespace, release, spec, &frozen).await
+            {
                 notes.push(format!(
-                    "the cluster does not guard the release's objects against deletion: {why}"
+                    "the cluster does not freeze the release's objects: {why}"
                 ));
             }
         }
@@ -56,17 +68,10 @@ impl<'a> DatabaseEnforcer<'a> {
         })
     }
 
-    /// The trigger is installed, enabled and current.
-    pub(super) async fn probe(&self, release: &str) -> Result<(), String> {
-        match self.sql.trigger_installed().await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(format!(
-                "the trigger {TRIGGER_NAME} is not installed on releases_v1; run \
-                 `guarded-upgrade lock {release} --hard -n {}` again to install it",
-                self.namespace
-            )),
-            Err(why) => Err(why),
-        }
+    /// The triggers are in force and an update of the latest row, in a transaction that
+    /// is rolled back, is refused.
+    pub(super) async fn probe(&self, release: &str, record: &str) -> Result<(), String> {
+        self.sql.probe_trigger(release, record).await
     }
 
     /// The trigger lets the tool's own writes pass; only the cluster's parameter for the
@@ -77,27 +82,22 @@ impl<'a> DatabaseEnforcer<'a> {
             .await
     }
 
-    pub(super) async fn describe(&self, hard_locks: &[(&str, &str)]) -> Vec<Described> {
-        let installed = self.sql.trigger_installed().await;
-        hard_locks
-            .iter()
-            .map(|(ns, release)| match &installed {
-                Ok(true) => Described {
+    pub(super) async fn describe(&self, hard_locks: &[(&str, &str, &str)]) -> Vec<Described> {
+        let mut out = Vec::new();
+        for (_, release, record) in hard_locks {
+            out.push(match self.sql.probe_trigger(release, record).await {
+                Ok(()) => Described {
                     enforcement: Enforcement::DatabaseTrigger,
                     note: None,
-                },
-                Ok(false) => Described {
-                    enforcement: Enforcement::LabelsOnly,
-                    note: Some(admission::not_enforced_by_database(&format!(
-                        "the trigger {TRIGGER_NAME} is not installed on releases_v1; run \
-                         `guarded-upgrade lock {release} --hard -n {ns}` again to install it"
-                    ))),
+                    not_frozen: Vec::new(),
                 },
                 Err(why) => Described {
                     enforcement: Enforcement::LabelsOnly,
-                    note: Some(admission::not_enforced_by_database(why)),
+                    note: Some(admission::not_enforced_by_database(&why)),
+                    not_frozen: Vec::new(),
                 },
-            })
-            .collect()
+            });
+        }
+        out
     }
 }

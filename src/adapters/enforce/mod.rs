@@ -77,6 +77,8 @@ pub(crate) struct Described {
     pub enforcement: Enforcement,
     /// `not enforced by …: WHY` when a hard lock is not enforced.
     pub note: Option<String>,
+    /// An enforced lock: the release's objects it does not freeze (`KIND NAME (why)`).
+    pub not_frozen: Vec<String>,
 }
 
 impl<'a> Enforcer<'a> {
@@ -133,8 +135,8 @@ impl<'a> Enforcer<'a> {
             return Installed::NotEnforced { why: why.clone() };
         }
         let on = match self {
-            Enforcer::Cluster(e) => e.switch_on(release, spec).await,
-            Enforcer::Database(e) => e.switch_on(release, spec).await,
+            Enforcer::Cluster(e) => e.switch_on(release, latest, spec).await,
+            Enforcer::Database(e) => e.switch_on(release, latest, spec).await,
         };
         match on {
             Ok(on) => match self.probe(release, latest).await {
@@ -152,7 +154,7 @@ impl<'a> Enforcer<'a> {
     pub(crate) async fn probe(&self, release: &str, record: &str) -> Result<(), String> {
         match self {
             Enforcer::Cluster(e) => e.probe(record).await,
-            Enforcer::Database(e) => e.probe(release).await,
+            Enforcer::Database(e) => e.probe(release, record).await,
         }
     }
 
@@ -172,12 +174,13 @@ impl<'a> Enforcer<'a> {
         }
     }
 
-    /// How each hard lock `(namespace, release)` is enforced, in order. `namespace`: the
-    /// namespace read, or None for all.
+    /// How each hard lock `(namespace, release, latest record)` is enforced, in order:
+    /// enforced only when a probe (a dry-run change by the caller, a rolled-back
+    /// transaction) is refused now. `namespace`: the namespace read, or None for all.
     pub(crate) async fn describe(
         &self,
         namespace: Option<&str>,
-        hard_locks: &[(&str, &str)],
+        hard_locks: &[(&str, &str, &str)],
     ) -> Vec<Described> {
         if hard_locks.is_empty() {
             return Vec::new();

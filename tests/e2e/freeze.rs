@@ -1,0 +1,673 @@
+//! End to end (issue 25): an enforced hard lock is a freeze. On the real kube-apiserver
+//! with the policy of `guarded-upgrade policy install`, every identity that is not a
+//! Kubernetes system component (the admin in system:masters, a namespace editor, a CI
+//! ServiceAccount of another namespace) is refused every change to the release's objects,
+//! its records and the lock's own ConfigMap; status and finalizer writes, the system
+//! components and other releases are left alone; `lock --hard` and `status` list what the
+//! cluster cannot freeze, and claim `cluster policy` only after a dry-run probe.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::common::{bed, chart, per_helm, run, Bed, Run};
+use serde_json::{json, Value};
+
+const NS: &str = "shared";
+/// The namespace of the CI ServiceAccount (not exempt).
+const CI: &str = "ci";
+/// Where the wide chart puts one ConfigMap (another namespace than the release's).
+const OTHER: &str = "elsewhere";
+
+/// Who runs a kubectl command.
+#[derive(Clone)]
+enum Who {
+    /// The test bed's admin (system:masters).
+    Admin,
+    /// A bearer token (the CI ServiceAccount's).
+    Token(String),
+    /// The admin impersonating a user in groups (`--as`, `--as-group`).
+    As(&'static str, &'static [&'static str]),
+}
+
+fn kubectl(b: &Bed, who: &Who, args: &[&str]) -> Run {
+    let mut cmd = Command::new(kube_testbed::kubectl());
+    cmd.env_clear()
+        .env("HOME", b.home())
+        .env("KUBECONFIG", b.api.kubeconfig());
+    match who {
+        Who::Admin => {}
+        Who::Token(t) => {
+            cmd.arg(format!("--token={t}"));
+        }
+        Who::As(user, groups) => {
+            cmd.arg(format!("--as={user}"));
+            for g in *groups {
+                cmd.arg(format!("--as-group={g}"));
+            }
+        }
+    }
+    cmd.args(args);
+    run(&mut cmd)
+}
+
+/// A chart whose release spreads wider than its namespace: a Deployment (with `scale`), a
+/// ConfigMap and a Service in the release namespace, a ClusterRole, a ConfigMap in another
+/// namespace, and a hook ConfigMap (helm keeps it: no delete policy).
+fn wide_chart(b: &Bed, version: &str, message: &str) -> PathBuf {
+    let dir = b.home().join("charts").join(format!("wide-{version}"));
+    let templates = dir.join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        format!("apiVersion: v2\nname: wide\nversion: {version}\nappVersion: \"{version}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("values.yaml"), format!("message: {message}\n")).unwrap();
+    std::fs::write(
+        templates.join("objects.yaml"),
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{{{ .Release.Name }}}}-app
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: {{{{ .Release.Name }}}}}}
+  template:
+    metadata:
+      labels: {{app: {{{{ .Release.Name }}}}}}
+    spec:
+      containers:
+        - name: app
+          image: registry.invalid/wide:1
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{{{ .Release.Name }}}}-config
+data:
+  message: {{{{ .Values.message | quote }}}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{{{ .Release.Name }}}}-svc
+spec:
+  selector: {{app: {{{{ .Release.Name }}}}}}
+  ports: [{{port: 80}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {{{{ .Release.Name }}}}-reader
+rules: []
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{{{ .Release.Name }}}}-remote
+  namespace: {OTHER}
+data: {{}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{{{ .Release.Name }}}}-hook
+  annotations:
+    helm.sh/hook: pre-install
+data: {{}}
+"#
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn setup(label: &str) -> Bed {
+    let b = bed(label);
+    for ns in [NS, CI, OTHER] {
+        b.api.create_namespace(ns);
+    }
+    b.guard(&["policy", "install"])
+        .expect_code(0, "policy install");
+    b
+}
+
+/// A ServiceAccount `deployer` in the CI namespace, bound to cluster-admin, and its token.
+fn ci_token(b: &Bed) -> String {
+    b.api.put_object(
+        "serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "deployer", "namespace": CI}}),
+    );
+    b.api.put_object(
+        "clusterrolebindings",
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "ci-deployer"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                           "name": "cluster-admin"},
+               "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": CI}]}),
+    );
+    let run = kubectl(b, &Who::Admin, &["-n", CI, "create", "token", "deployer"]);
+    run.expect_code(0, "kubectl create token");
+    run.stdout.trim().to_string()
+}
+
+/// The denial kubectl prints for `op` of `what` (`deployments/scale "db-app"`), for the lock
+/// `--reason freeze` by the admin.
+fn denied(run: &Run, op_what: &str) {
+    assert_eq!(run.code, 1, "{op_what} must be refused:\n{}", run.stderr);
+    let wanted =
+        "is forbidden: ValidatingAdmissionPolicy 'guarded-upgrade-hard-lock' with binding \
+         'guarded-upgrade-hard-lock' denied request: release \"db\" in namespace \"shared\" is \
+         hard-locked: freeze (locked by admin since ";
+    let tail = format!(
+        "; {op_what} refused by guarded-upgrade. To change the release, first run: \
+         guarded-upgrade unlock db -n shared"
+    );
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with("Error from server (Forbidden): ")
+                && l.contains(wanted)
+                && l.ends_with(&tail)),
+        "{op_what}: wanted a Forbidden line with\n{wanted}…{tail}\n--- stderr\n{}",
+        run.stderr
+    );
+}
+
+/// name → resourceVersion of every object of the release in its namespace and its
+/// records.
+fn versions(b: &Bed) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for resource in ["secrets", "configmaps", "deployments", "services"] {
+        for o in b.api.list(resource, Some(NS)) {
+            out.push((
+                format!("{resource}/{}", o["metadata"]["name"].as_str().unwrap()),
+                o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn write_file(b: &Bed, name: &str, text: &str) -> String {
+    let path = b.home().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn status_json(b: &Bed, env: &[(&str, &str)]) -> Value {
+    let run = b.guard_env(&["status", "db", "-n", NS, "-o", "json"], env);
+    run.expect_code(0, "status -o json");
+    serde_json::from_str(run.stdout.trim()).expect("status JSON")
+}
+
+const NOT_FROZEN: [&str; 3] = [
+    "ClusterRole db-reader (cluster-scoped)",
+    "ConfigMap db-hook (a helm hook: helm does not mark hooks as the release's)",
+    "ConfigMap db-remote (in namespace \"elsewhere\")",
+];
+
+/// Every way around the freeze, tried by the admin (system:masters), a CI ServiceAccount
+/// of another namespace with cluster-admin, and a user impersonated without exemption:
+/// patch, scale, rollout restart, stripping and adding the release's annotations and
+/// labels, server-side apply, replace, create and delete (dry-run too), the records and
+/// the lock's own ConfigMap: all refused, nothing changed. Left alone: status and
+/// finalizer writes, Kubernetes' own components (impersonated here; real ones in
+/// `controllers`), other releases and unrelated objects. `lock --hard` and `status` list
+/// what the cluster cannot freeze (cluster-scoped, another namespace, hooks), and those
+/// stay changeable. After `unlock` the release changes again.
+fn frozen_release_refuses_every_change(label: &str) {
+    let b = setup(label);
+    let ci = Who::Token(ci_token(&b));
+    let wide = wide_chart(&b, "1.0.0", "one");
+    b.helm(&["install", "db", wide.to_str().unwrap(), "-n", NS])
+        .expect_code(0, "helm install db");
+    b.helm(&["install", "other", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "helm install other");
+    kubectl(
+        &b,
+        &Who::Admin,
+        &["-n", NS, "create", "configmap", "foreign"],
+    )
+    .expect_code(0, "an unrelated ConfigMap");
+
+    let lock = b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS]);
+    lock.expect_code(0, "lock --hard");
+    let mut expected = vec![
+        r#"locked: release "db" in "shared" (hard): freeze"#.to_string(),
+        "enforced: the cluster refuses changes to release \"db\" in \"shared\" \
+         (ValidatingAdmissionPolicy guarded-upgrade-hard-lock, ConfigMap guarded-upgrade-lock-db)"
+            .to_string(),
+    ];
+    expected.extend(
+        NOT_FROZEN
+            .iter()
+            .map(|o| format!("note: not frozen by the cluster: {o}")),
+    );
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    lock.assert_stderr(&expected);
+    let status = status_json(&b, &[]);
+    assert_eq!(status["lock"]["enforcement"], "cluster policy", "{status}");
+    assert_eq!(status["lock"]["not_frozen"], json!(NOT_FROZEN), "{status}");
+    let text = b.guard(&["status", "db", "-n", NS]);
+    text.expect_code(0, "status")
+        .assert_stdout_line("  enforced cluster policy");
+    for o in NOT_FROZEN {
+        text.assert_stdout_line(&format!("  not frozen {o}"));
+    }
+
+    let before = versions(&b);
+    let not_exempt = Who::As(
+        "system:serviceaccount:kube-system:ci-bot",
+        &["system:masters"],
+    );
+    let patched = write_file(
+        &b,
+        "apply.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-config\n  namespace: shared\n\
+         data:\n  message: changed\n",
+    );
+    let adopted = write_file(
+        &b,
+        "adopt.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: smuggled\n  namespace: shared\n  \
+         annotations:\n    meta.helm.sh/release-name: db\n    meta.helm.sh/release-namespace: \
+         shared\n  labels:\n    app.kubernetes.io/managed-by: Helm\n",
+    );
+    let replaced = {
+        let mut cm = b.api.get("configmaps", Some(NS), "db-config").unwrap();
+        cm["data"]["message"] = json!("replaced");
+        write_file(&b, "replace.json", &cm.to_string())
+    };
+    for who in [&Who::Admin, &ci, &not_exempt] {
+        for (args, op_what) in [
+            (
+                vec![
+                    "patch",
+                    "deploy/db-app",
+                    "--type=merge",
+                    "-p",
+                    r#"{"spec":{"replicas":3}}"#,
+                ],
+                r#"update of deployments "db-app""#,
+            ),
+            (
+                vec!["scale", "deploy/db-app", "--replicas=2"],
+                r#"update of deployments/scale "db-app""#,
+            ),
+            (
+                vec!["rollout", "restart", "deploy/db-app"],
+                r#"update of deployments "db-app""#,
+            ),
+            (
+                vec!["annotate", "cm/db-config", "meta.helm.sh/release-name-"],
+                r#"update of configmaps "db-config""#,
+            ),
+            (
+                vec![
+                    "annotate",
+                    "--overwrite",
+                    "svc/db-svc",
+                    "meta.helm.sh/release-name=evil",
+                ],
+                r#"update of services "db-svc""#,
+            ),
+            (
+                vec!["label", "svc/db-svc", "app.kubernetes.io/managed-by-"],
+                r#"update of services "db-svc""#,
+            ),
+            (
+                vec![
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "-f",
+                    &patched,
+                ],
+                r#"update of configmaps "db-config""#,
+            ),
+            (
+                vec!["replace", "-f", &replaced],
+                r#"update of configmaps "db-config""#,
+            ),
+            (
+                vec!["create", "-f", &adopted],
+                r#"create of configmaps "smuggled""#,
+            ),
+            (
+                vec![
+                    "annotate",
+                    "cm/foreign",
+                    "meta.helm.sh/release-name=db",
+                    "meta.helm.sh/release-namespace=shared",
+                ],
+                r#"update of configmaps "foreign""#,
+            ),
+            (
+                vec!["delete", "cm/db-config"],
+                r#"delete of configmaps "db-config""#,
+            ),
+            (
+                vec!["delete", "deploy/db-app", "--dry-run=server"],
+                r#"delete of deployments "db-app""#,
+            ),
+            (
+                vec!["label", "secret/sh.helm.release.v1.db.v1", "x=y"],
+                r#"update of secrets "sh.helm.release.v1.db.v1""#,
+            ),
+            (
+                vec!["delete", "secret/sh.helm.release.v1.db.v1"],
+                r#"delete of secrets "sh.helm.release.v1.db.v1""#,
+            ),
+        ] {
+            let mut full = vec!["-n", NS];
+            full.extend(args.iter().copied());
+            denied(&kubectl(&b, who, &full), op_what);
+        }
+        // The lock's own ConfigMap: no edit, no stripping of its labels.
+        for args in [
+            vec![
+                "patch",
+                "cm/guarded-upgrade-lock-db",
+                "--type=merge",
+                "-p",
+                r#"{"data":{"release":"x"}}"#,
+            ],
+            vec![
+                "label",
+                "cm/guarded-upgrade-lock-db",
+                "guarded-upgrade.io/hard-lock-",
+            ],
+        ] {
+            let mut full = vec!["-n", NS];
+            full.extend(args.iter().copied());
+            let run = kubectl(&b, who, &full);
+            assert_eq!(run.code, 1, "{args:?}: {}", run.stderr);
+            assert!(
+                run.stderr.contains(
+                    "; update of configmaps \"guarded-upgrade-lock-db\" refused by \
+                     guarded-upgrade. The lock's ConfigMap cannot be changed, only deleted, \
+                     which lifts the enforcement; to change the lock run: guarded-upgrade \
+                     lock db --hard -n shared"
+                ),
+                "{args:?}: {}",
+                run.stderr
+            );
+        }
+    }
+    assert_eq!(versions(&b), before, "nothing may change under the freeze");
+    assert!(b.api.get("configmaps", Some(NS), "smuggled").is_none());
+
+    // What is not frozen is said, and stays changeable.
+    kubectl(&b, &ci, &["label", "clusterrole/db-reader", "x=y"]).expect_code(0, "ClusterRole");
+    kubectl(&b, &ci, &["-n", OTHER, "label", "cm/db-remote", "x=y"]).expect_code(0, "remote");
+
+    // Left alone: status writes and finalizer-only writes, by anyone (operators) …
+    kubectl(
+        &b,
+        &ci,
+        &[
+            "-n",
+            NS,
+            "patch",
+            "deploy/db-app",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"observedGeneration":7}}"#,
+        ],
+    )
+    .expect_code(0, "status subresource");
+    for finalizers in [r#"["example.com/keep"]"#, "null"] {
+        kubectl(
+            &b,
+            &ci,
+            &[
+                "-n",
+                NS,
+                "patch",
+                "cm/db-config",
+                "--type=merge",
+                "-p",
+                &format!(r#"{{"metadata":{{"finalizers":{finalizers}}}}}"#),
+            ],
+        )
+        .expect_code(0, "finalizers only");
+    }
+    // … a finalizer change that also changes anything else is not.
+    denied(
+        &kubectl(
+            &b,
+            &ci,
+            &[
+                "-n",
+                NS,
+                "patch",
+                "cm/db-config",
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":["example.com/keep"]},"data":{"message":"x"}}"#,
+            ],
+        ),
+        r#"update of configmaps "db-config""#,
+    );
+    // Kubernetes' own components (impersonated; the real ones run in `controllers`).
+    for (who, args) in [
+        (
+            Who::As("system:kube-controller-manager", &["system:masters"]),
+            vec!["scale", "deploy/db-app", "--replicas=2"],
+        ),
+        (
+            Who::As(
+                "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+                &["system:masters"],
+            ),
+            vec!["scale", "deploy/db-app", "--replicas=1"],
+        ),
+        (
+            Who::As(
+                "system:serviceaccount:kube-system:deployment-controller",
+                &["system:masters"],
+            ),
+            vec![
+                "annotate",
+                "deploy/db-app",
+                "deployment.kubernetes.io/revision=1",
+            ],
+        ),
+        (
+            Who::As(
+                "system:node:kwok-node-0",
+                &["system:nodes", "system:masters"],
+            ),
+            vec!["label", "svc/db-svc", "touched-by=node"],
+        ),
+    ] {
+        let mut full = vec!["-n", NS];
+        full.extend(args.iter().copied());
+        kubectl(&b, &who, &full).expect_code(0, &format!("{args:?} as a system component"));
+    }
+    // Other releases and unrelated objects are not frozen.
+    kubectl(
+        &b,
+        &ci,
+        &["-n", NS, "scale", "deploy/other-app", "--replicas=2"],
+    )
+    .expect_code(0, "another release");
+    b.helm(&["upgrade", "other", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "helm upgrade of another release");
+    kubectl(&b, &ci, &["-n", NS, "delete", "cm/foreign"]).expect_code(0, "unrelated object");
+
+    // The lock's ConfigMap can be deleted (that is unlocking); `unlock` finishes the job.
+    b.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock")
+        .assert_stderr(&[r#"unlocked: release "db" in "shared""#]);
+    kubectl(
+        &b,
+        &ci,
+        &["-n", NS, "scale", "deploy/db-app", "--replicas=3"],
+    )
+    .expect_code(0, "scale after unlock");
+    kubectl(&b, &ci, &["-n", NS, "annotate", "cm/db-config", "x=y"])
+        .expect_code(0, "annotate after unlock");
+    let wide2 = wide_chart(&b, "1.1.0", "two");
+    b.helm(&["upgrade", "db", wide2.to_str().unwrap(), "-n", NS])
+        .expect_code(0, "helm upgrade after unlock");
+}
+
+/// helm itself cannot get around the freeze: `HELM_DRIVER=memory` (no record to refuse)
+/// cannot adopt and rewrite the release's objects, `--take-ownership` by another release
+/// cannot re-annotate them, and uninstalling that release cannot delete them; helm
+/// rollback and uninstall are refused. Nothing of the release changes.
+fn helm_cannot_take_over_a_frozen_release(label: &str) {
+    let b = setup(label);
+    b.helm(&["install", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "helm install");
+    b.helm(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "helm upgrade");
+    b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
+        .expect_code(0, "lock --hard");
+    let before = versions(&b);
+    let c12 = chart("demo-1.2.0");
+    let run = b.helm_env(
+        &["upgrade", "--install", "db", &c12, "-n", NS],
+        &[("HELM_DRIVER", "memory")],
+    );
+    assert_ne!(
+        run.code, 0,
+        "HELM_DRIVER=memory adoption must fail: {}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("refused by guarded-upgrade"),
+        "memory driver: {}",
+        run.stderr
+    );
+    // A chart of release "evil" with the same objects, taking them over.
+    let same = b.home().join("charts").join("same");
+    std::fs::create_dir_all(same.join("templates")).unwrap();
+    std::fs::write(
+        same.join("Chart.yaml"),
+        "apiVersion: v2\nname: same\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        same.join("templates").join("cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-config\ndata:\n  message: evil\n",
+    )
+    .unwrap();
+    let same = same.to_string_lossy().into_owned();
+    let run = b.helm(&["install", "evil", &same, "-n", NS, "--take-ownership"]);
+    assert_ne!(run.code, 0, "--take-ownership must fail: {}", run.stdout);
+    assert!(
+        run.stderr.contains("refused by guarded-upgrade"),
+        "--take-ownership: {}",
+        run.stderr
+    );
+    // Whatever evil's record says, uninstalling it cannot delete db's objects.
+    b.helm(&["uninstall", "evil", "-n", NS]);
+    let run = b.helm(&["rollback", "db", "1", "-n", NS]);
+    assert_ne!(run.code, 0, "helm rollback must fail");
+    let run = b.helm(&["uninstall", "db", "-n", NS]);
+    assert_ne!(run.code, 0, "helm uninstall must fail");
+    let cm = b.api.get("configmaps", Some(NS), "db-config").unwrap();
+    assert_eq!(
+        cm["metadata"]["annotations"]["meta.helm.sh/release-name"], "db",
+        "{cm}"
+    );
+    assert_eq!(cm["data"]["chartVersion"], "1.1.0", "{cm}");
+    let after: Vec<(String, String)> = versions(&b)
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("secrets/sh.helm.release.v1.evil."))
+        .collect();
+    assert_eq!(after, before, "the release's objects and records changed");
+    assert_eq!(b.deployed("db", NS), ("1.1.0".to_string(), 2));
+}
+
+/// `status` and `locks` say `cluster policy` only when a dry-run change by the caller is
+/// refused now: with the binding narrowed by an admin (records no longer matched), and for
+/// a reader who may not even try a change, they say `labels only` and why.
+fn enforcement_is_claimed_only_after_a_probe(label: &str) {
+    let b = setup(label);
+    b.helm(&["install", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "helm install");
+    b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
+        .expect_code(0, "lock --hard");
+    assert_eq!(
+        status_json(&b, &[])["lock"]["enforcement"],
+        "cluster policy"
+    );
+
+    // A reader (get/list on secrets, configmaps) cannot probe: not claimed.
+    crate::common::grant(
+        &b,
+        NS,
+        "carol",
+        &[
+            json!({"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get", "list"]}),
+        ],
+    );
+    crate::common::wait_allowed(&b, "carol", NS, "list", "secrets");
+    let carol = b.api.real().kubeconfig_for("carol", Some(NS));
+    let status = status_json(&b, &[("KUBECONFIG", carol.to_str().unwrap())]);
+    assert_eq!(status["lock"]["enforcement"], "labels only", "{status}");
+    let note = status["lock"]["enforcement_note"].as_str().unwrap();
+    assert!(
+        note.starts_with(
+            "not enforced by the cluster: cannot check it with a dry-run patch of Secret \
+             sh.helm.release.v1.db.v1 ("
+        ) && note.contains("User \"carol\" cannot patch resource \"secrets\""),
+        "{status}"
+    );
+
+    // An admin narrows the binding: the policy is installed, the ConfigMap is there, but
+    // the server no longer refuses a change of the record.
+    let mut binding = b
+        .api
+        .get(
+            "validatingadmissionpolicybindings",
+            None,
+            "guarded-upgrade-hard-lock",
+        )
+        .unwrap();
+    binding["spec"]["matchResources"] = json!({"excludeResourceRules": [{
+        "apiGroups": [""], "apiVersions": ["v1"], "resources": ["secrets"],
+        "operations": ["*"]}]});
+    b.api
+        .put_object("validatingadmissionpolicybindings", binding);
+    let accepted = "not enforced by the cluster: the API server accepted a dry-run change of \
+                    Secret sh.helm.release.v1.db.v1 (the policy does not refuse it now)";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let status = status_json(&b, &[]);
+        if status["lock"]["enforcement"] == "labels only" || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(status["lock"]["enforcement"], "labels only", "{status}");
+    assert_eq!(status["lock"]["enforcement_note"], accepted, "{status}");
+    let run = b.guard(&["locks", "-n", NS, "-o", "json"]);
+    run.expect_code(0, "locks");
+    let rows: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(rows[0]["enforcement"], "labels only", "{rows}");
+    assert_eq!(rows[0]["enforcement_note"], accepted, "{rows}");
+}
+
+per_helm!(
+    frozen_release_refuses_every_change,
+    enforcement_is_claimed_only_after_a_probe,
+);
+
+/// helm's own ways around touch helm's behaviour: the oldest supported helm 3 and 4 too.
+mod takeover {
+    use super::helm_cannot_take_over_a_frozen_release;
+    crate::common::per_helm_compat!(helm_cannot_take_over_a_frozen_release);
+}
