@@ -71,7 +71,9 @@ impl<'a> DatabaseEnforcer<'a> {
     /// The triggers are in force and an update of the latest row, in a transaction that
     /// is rolled back, is refused.
     pub(super) async fn probe(&self, release: &str, record: &str) -> Result<(), String> {
-        self.sql.probe_trigger(release, record).await
+        self.sql
+            .probe_trigger(release, self.namespace, record)
+            .await
     }
 
     /// The trigger lets the tool's own writes pass; only the cluster's parameter for the
@@ -84,8 +86,8 @@ impl<'a> DatabaseEnforcer<'a> {
 
     pub(super) async fn describe(&self, hard_locks: &[(&str, &str, &str)]) -> Vec<Described> {
         let mut out = Vec::new();
-        for (_, release, record) in hard_locks {
-            out.push(match self.sql.probe_trigger(release, record).await {
+        for (ns, release, record) in hard_locks {
+            out.push(match self.sql.probe_trigger(release, ns, record).await {
                 Ok(()) => Described {
                     enforcement: Enforcement::DatabaseTrigger,
                     note: None,

@@ -468,13 +468,18 @@ impl SqlStore {
     /// Proves the database refuses a change of `record` (of `release`) now: the triggers
     /// are in force in the catalog, and an `UPDATE` of the row without the writer setting,
     /// in a transaction that is rolled back, is refused by the trigger. Err says why not.
-    pub(crate) async fn probe_trigger(&self, release: &str, record: &str) -> Result<(), String> {
+    pub(crate) async fn probe_trigger(
+        &self,
+        release: &str,
+        namespace: &str,
+        record: &str,
+    ) -> Result<(), String> {
         let problems = self.trigger_problems().await?;
         if !problems.is_empty() {
             return Err(format!(
-                "{}; run `guarded-upgrade lock {release} --hard -n {}` again to install them",
+                "{}; run `guarded-upgrade lock {release} --hard -n {namespace}` again to install \
+                 them",
                 problems.join("; "),
-                self.namespace
             ));
         }
         let mut client = self.live_client().await.map_err(|e| e.to_string())?;
@@ -488,7 +493,7 @@ impl SqlStore {
             "probing the hard-lock trigger",
             tx.execute(
                 "UPDATE releases_v1 SET body = body WHERE key = $1 AND namespace = $2",
-                &[&record, &self.namespace],
+                &[&record, &namespace],
             ),
         )
         .await
@@ -562,6 +567,8 @@ impl SqlStore {
         }
         if commit {
             tx.commit().await.map_err(why)?;
+            // The connection is held until here: release it before the next statement.
+            drop(client);
             self.revoke_from_public().await
         } else {
             tx.rollback().await.map_err(why)?;
