@@ -656,3 +656,326 @@ mod takeover {
     use super::helm_cannot_take_over_a_frozen_release;
     crate::common::per_helm_compat!(helm_cannot_take_over_a_frozen_release);
 }
+
+/// A two-replica Deployment `{release}-app` (pods labelled with the release and the chart
+/// version) and a ConfigMap `{release}-cache`, chart `app` at `version`.
+fn app_chart(b: &Bed, version: &str) -> String {
+    let dir = b.home().join("charts").join(format!("app-{version}"));
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        format!("apiVersion: v2\nname: app\nversion: {version}\nappVersion: \"{version}\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("templates/objects.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ .Release.Name }}-app\n\
+         spec:\n  replicas: 2\n  selector:\n    matchLabels:\n      \
+         app.kubernetes.io/instance: {{ .Release.Name }}\n  template:\n    metadata:\n      \
+         labels:\n        app.kubernetes.io/instance: {{ .Release.Name }}\n        \
+         app.kubernetes.io/version: {{ .Chart.Version | quote }}\n    spec:\n      \
+         terminationGracePeriodSeconds: 0\n      containers:\n        - name: app\n          \
+         image: \"registry.invalid/app:{{ .Chart.Version }}\"\n---\n\
+         apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cache\n\
+         data:\n  version: {{ .Chart.Version | quote }}\n",
+    )
+    .unwrap();
+    dir.to_string_lossy().into_owned()
+}
+
+/// Bounded waits of the running cluster (a rollout on a busy 2-core machine).
+const ROLLOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A guarded `upgrade --install --wait` of `release` to chart `app` `version`, succeeding.
+fn guarded_upgrade(b: &Bed, label: &str, release: &str, version: &str) -> Run {
+    let chart = app_chart(b, version);
+    let wait = if crate::common::helm_major(label) == 3 {
+        "--wait"
+    } else {
+        "--wait=watcher"
+    };
+    let run = b.guard(&[
+        "upgrade",
+        "--install",
+        release,
+        &chart,
+        "-n",
+        NS,
+        wait,
+        "--timeout",
+        "3m",
+    ]);
+    run.expect_code(0, &format!("guarded upgrade --install {release} {version}"));
+    run
+}
+
+/// Ready, not deleted pods of `release` (any version).
+fn ready_pods(b: &Bed, release: &str) -> Vec<Value> {
+    b.api
+        .real()
+        .pods(NS, &[("app.kubernetes.io/instance", release)])
+        .into_iter()
+        .filter(|p| {
+            kube_testbed::Cluster::pod_ready(p) && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .collect()
+}
+
+fn name_of(o: &Value) -> String {
+    o["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The ReplicaSets of Deployment `db-app` (owned by it).
+fn replica_sets(b: &Bed) -> Vec<Value> {
+    b.api
+        .list("replicasets", Some(NS))
+        .into_iter()
+        .filter(|rs| {
+            rs["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|r| r["name"] == "db-app"))
+        })
+        .collect()
+}
+
+/// Issue 25/26: a frozen release in a cluster whose controllers run
+/// (kube-controller-manager, kube-scheduler, kwok). The freeze refuses people, not
+/// Kubernetes: a deleted pod is replaced by the ReplicaSet controller and becomes Ready;
+/// `kubectl scale` by the admin and by a CI ServiceAccount with edit rights is refused with
+/// the policy's message while the same scale by the HPA controller's identity is allowed and
+/// the deployment controller makes the (release-annotated) ReplicaSet follow; the garbage
+/// collector deletes a release object whose owner was deleted; another release upgrades;
+/// after `unlock` the release upgrades again.
+fn frozen_release_in_a_running_cluster(label: &str) {
+    let b = crate::common::bed_with_controllers(label);
+    for ns in [NS, CI] {
+        b.api.create_namespace(ns);
+    }
+    b.guard(&["policy", "install"])
+        .expect_code(0, "policy install");
+    guarded_upgrade(&b, label, "db", "1.0.0");
+    guarded_upgrade(&b, label, "other", "1.0.0");
+    let real = b.api.real();
+    real.wait_rollout(NS, "db-app", ROLLOUT);
+    real.wait_rollout(NS, "other-app", ROLLOUT);
+
+    // A CI ServiceAccount of another namespace with edit rights in the release's namespace.
+    b.api.put_object(
+        "serviceaccounts",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "deployer", "namespace": CI}}),
+    );
+    b.api.put_object(
+        "rolebindings",
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "ci-edit", "namespace": NS},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                           "name": "edit"},
+               "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": CI}]}),
+    );
+    crate::common::wait_allowed(
+        &b,
+        "system:serviceaccount:ci:deployer",
+        NS,
+        "update",
+        "apps/deployments",
+    );
+    let token = kubectl(&b, &Who::Admin, &["-n", CI, "create", "token", "deployer"]);
+    token.expect_code(0, "kubectl create token");
+    let ci = Who::Token(token.stdout.trim().to_string());
+
+    // Before the lock: the release's ConfigMap gets an owner that is not the release's.
+    kubectl(&b, &Who::Admin, &["-n", NS, "create", "configmap", "owner"])
+        .expect_code(0, "owner ConfigMap");
+    let owner = b.api.get("configmaps", Some(NS), "owner").unwrap();
+    kubectl(
+        &b,
+        &Who::Admin,
+        &[
+            "-n",
+            NS,
+            "patch",
+            "cm/db-cache",
+            "--type=merge",
+            "-p",
+            &json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
+                "name": "owner", "uid": owner["metadata"]["uid"]}]}})
+            .to_string(),
+        ],
+    )
+    .expect_code(0, "owner reference");
+
+    let lock = b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS]);
+    lock.expect_code(0, "lock --hard");
+    lock.assert_stderr(&[
+        r#"locked: release "db" in "shared" (hard): freeze"#,
+        "enforced: the cluster refuses changes to release \"db\" in \"shared\" \
+         (ValidatingAdmissionPolicy guarded-upgrade-hard-lock, ConfigMap guarded-upgrade-lock-db)",
+    ]);
+
+    // (a) Pods carry no release annotations; a deleted one is replaced by the ReplicaSet
+    // controller and becomes Ready.
+    let pods = ready_pods(&b, "db");
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    for p in &pods {
+        let annotations = p["metadata"]["annotations"].as_object();
+        assert!(
+            annotations.is_none_or(|a| a.keys().all(|k| !k.starts_with("meta.helm.sh/"))),
+            "a pod carries release annotations: {p}"
+        );
+    }
+    let rs = replica_sets(&b);
+    assert_eq!(rs.len(), 1, "{rs:?}");
+    assert_eq!(
+        rs[0]["metadata"]["annotations"]["meta.helm.sh/release-name"], "db",
+        "the ReplicaSet carries the release's annotations (the freeze covers it): {}",
+        rs[0]
+    );
+    let gone = name_of(&pods[0]);
+    kubectl(
+        &b,
+        &Who::Admin,
+        &["-n", NS, "delete", "pod", &gone, "--wait=false"],
+    )
+    .expect_code(0, "delete a pod of the frozen release");
+    real.wait_until("a new Ready pod replacing the deleted one", ROLLOUT, || {
+        let ready = ready_pods(&b, "db");
+        ready.len() == 2 && ready.iter().all(|p| name_of(p) != gone)
+    });
+
+    // (b) Scaling: refused for people, allowed for the HPA controller's identity.
+    let scale = |who: &Who, replicas: u32| {
+        kubectl(
+            &b,
+            who,
+            &[
+                "-n",
+                NS,
+                "patch",
+                "deployment/db-app",
+                "--subresource=scale",
+                "--type=merge",
+                "-p",
+                &format!(r#"{{"spec":{{"replicas":{replicas}}}}}"#),
+            ],
+        )
+    };
+    for who in [&Who::Admin, &ci] {
+        denied(
+            &kubectl(
+                &b,
+                who,
+                &["-n", NS, "scale", "deployment/db-app", "--replicas=3"],
+            ),
+            r#"update of deployments/scale "db-app""#,
+        );
+        denied(&scale(who, 3), r#"update of deployments/scale "db-app""#);
+    }
+    assert_eq!(
+        b.api.get("deployments", Some(NS), "db-app").unwrap()["spec"]["replicas"],
+        2
+    );
+    // The HPA controller updates the scale subresource (its role may get and update
+    // `*/scale`, not patch): a PUT of the Scale, the same request refused for the admin.
+    let put_scale = |who: &Who, replicas: u64| {
+        let file = write_file(
+            &b,
+            "scale.json",
+            &json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+                    "metadata": {"name": "db-app", "namespace": NS},
+                    "spec": {"replicas": replicas}})
+            .to_string(),
+        );
+        kubectl(
+            &b,
+            who,
+            &[
+                "replace",
+                "--raw",
+                "/apis/apps/v1/namespaces/shared/deployments/db-app/scale",
+                "-f",
+                &file,
+            ],
+        )
+    };
+    let refused = put_scale(&Who::Admin, 3);
+    assert!(
+        refused.code != 0 && refused.stderr.contains("is hard-locked: freeze"),
+        "the admin's PUT of the scale must be refused by the policy:\n{}",
+        refused.stderr
+    );
+    let hpa = Who::As(
+        "system:serviceaccount:kube-system:horizontal-pod-autoscaler",
+        &[],
+    );
+    for replicas in [3u64, 2] {
+        put_scale(&hpa, replicas).expect_code(0, "scale by the HPA controller's identity");
+        real.wait_until(
+            &format!("the ReplicaSet and the Deployment's status at {replicas} Ready replicas"),
+            ROLLOUT,
+            || {
+                let d = b.api.get("deployments", Some(NS), "db-app").unwrap();
+                let rs = replica_sets(&b);
+                rs.len() == 1
+                    && rs[0]["spec"]["replicas"] == replicas
+                    && rs[0]["status"]["readyReplicas"] == replicas
+                    && d["status"]["readyReplicas"] == replicas
+                    && d["status"]["replicas"] == replicas
+                    && ready_pods(&b, "db").len() == replicas as usize
+            },
+        );
+    }
+
+    // (c) Garbage collection: the owner (not the release's) is deleted, the collector
+    // deletes the release's ConfigMap it owned.
+    denied(
+        &kubectl(&b, &Who::Admin, &["-n", NS, "delete", "cm/db-cache"]),
+        r#"delete of configmaps "db-cache""#,
+    );
+    kubectl(&b, &Who::Admin, &["-n", NS, "delete", "cm/owner"]).expect_code(0, "delete owner");
+    real.wait_until(
+        "the garbage collector to delete ConfigMap db-cache",
+        ROLLOUT,
+        || b.api.get("configmaps", Some(NS), "db-cache").is_none(),
+    );
+
+    // (d) Another release in the namespace upgrades through the guard.
+    guarded_upgrade(&b, label, "other", "1.1.0")
+        .assert_stderr_line(r#"upgrade: "other" in "shared" 1.0.0 -> 1.1.0"#);
+    assert_eq!(b.deployed("other", NS), ("1.1.0".to_string(), 2));
+    real.wait_rollout(NS, "other-app", ROLLOUT);
+    assert_eq!(b.deployed("db", NS), ("1.0.0".to_string(), 1));
+
+    // Unlocked, the release upgrades normally again.
+    b.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock");
+    guarded_upgrade(&b, label, "db", "1.1.0")
+        .assert_stderr_line(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.0"#);
+    assert_eq!(b.deployed("db", NS), ("1.1.0".to_string(), 2));
+    real.wait_rollout(NS, "db-app", ROLLOUT);
+    let ready = real.pods(
+        NS,
+        &[
+            ("app.kubernetes.io/instance", "db"),
+            ("app.kubernetes.io/version", "1.1.0"),
+        ],
+    );
+    assert_eq!(
+        ready
+            .iter()
+            .filter(|p| kube_testbed::Cluster::pod_ready(p))
+            .count(),
+        2,
+        "{ready:?}"
+    );
+    assert!(b.api.get("configmaps", Some(NS), "db-cache").is_some());
+}
+
+/// The frozen release in a cluster whose controllers run (helm 3.21.4 and 4.3.2).
+mod cluster {
+    use super::frozen_release_in_a_running_cluster;
+    crate::common::per_helm!(frozen_release_in_a_running_cluster);
+}
