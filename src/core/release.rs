@@ -407,14 +407,20 @@ pub struct ManifestObject {
 
 /// The objects of release JSON (from [`decode_release_json`]): every document of
 /// `manifest`, then every hook. Documents without a kind or name (empty, comments) are
-/// skipped; a document that is not YAML is skipped too (helm would not have installed it).
-pub fn manifest_objects(release: &serde_json::Value) -> Vec<ManifestObject> {
+/// skipped. A document that is not YAML ends the reading with an error naming where (never
+/// its content): the objects after it are unknown, so nothing may be claimed about them —
+/// and serde_yaml's document iterator does not advance past a syntax error.
+pub fn manifest_objects(release: &serde_json::Value) -> Result<Vec<ManifestObject>, String> {
     let mut out = Vec::new();
-    let mut documents = |text: &str, hook: bool| {
-        for document in serde_yaml::Deserializer::from_str(text) {
-            let Ok(value) = serde_yaml::Value::deserialize(document) else {
-                continue;
-            };
+    let mut documents = |text: &str, hook: bool, place: &str| -> Result<(), String> {
+        for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let value = serde_yaml::Value::deserialize(document).map_err(|e| {
+                let at = e
+                    .location()
+                    .map(|l| format!(", line {}", l.line()))
+                    .unwrap_or_default();
+                format!("{place}: document {} is not YAML{at}", index + 1)
+            })?;
             let field = |v: &serde_yaml::Value, k: &str| {
                 v.get(k).and_then(|x| x.as_str()).map(String::from)
             };
@@ -434,21 +440,23 @@ pub fn manifest_objects(release: &serde_json::Value) -> Vec<ManifestObject> {
                 hook: hook || annotated_hook,
             });
         }
+        Ok(())
     };
     if let Some(manifest) = release.get("manifest").and_then(|m| m.as_str()) {
-        documents(manifest, false);
+        documents(manifest, false, "the manifest")?;
     }
-    for hook in release
+    for (index, hook) in release
         .get("hooks")
         .and_then(|h| h.as_array())
         .into_iter()
         .flatten()
+        .enumerate()
     {
         if let Some(manifest) = hook.get("manifest").and_then(|m| m.as_str()) {
-            documents(manifest, true);
+            documents(manifest, true, &format!("hook {}", index + 1))?;
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -850,10 +858,10 @@ mod tests {
     #[test]
     fn manifest_objects_name_kinds_namespaces_and_hooks() {
         let release = serde_json::json!({
-            "manifest": "---\n# Source: x/templates/a.yaml\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: db-app\nspec: {}\n---\n# only a comment\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-remote\n  namespace: elsewhere\ndata:\n  password: hunter2\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: db-reader\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: annotated-hook\n  annotations:\n    helm.sh/hook: post-install\n---\n: not yaml: [\n",
+            "manifest": "---\n# Source: x/templates/a.yaml\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: db-app\nspec: {}\n---\n# only a comment\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: db-remote\n  namespace: elsewhere\ndata:\n  password: hunter2\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: db-reader\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: annotated-hook\n  annotations:\n    helm.sh/hook: post-install\n",
             "hooks": [{"name": "db-hook", "manifest": "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: db-hook\n"}],
         });
-        let objects = manifest_objects(&release);
+        let objects = manifest_objects(&release).expect("a readable manifest");
         let seen: Vec<(&str, &str, &str, Option<&str>, bool)> = objects
             .iter()
             .map(|o| {
@@ -884,6 +892,27 @@ mod tests {
         );
         // Nothing of the content is kept.
         assert!(!format!("{objects:?}").contains("hunter2"));
-        assert!(manifest_objects(&serde_json::json!({})).is_empty());
+        assert_eq!(manifest_objects(&serde_json::json!({})), Ok(Vec::new()));
+    }
+
+    /// A document that is not YAML ends the reading with an error naming where, never the
+    /// content, and never a partial list (nor a hang: serde_yaml's iterator does not
+    /// advance past a syntax error).
+    #[test]
+    fn a_manifest_that_is_not_yaml_is_an_error_not_a_shorter_list() {
+        for (release, place) in [
+            (
+                json!({"manifest": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\n: hunter2: [\n---\napiVersion: v1\nkind: ClusterRole\nmetadata:\n  name: b\n"}),
+                "the manifest: document 2 is not YAML",
+            ),
+            (
+                json!({"manifest": "", "hooks": [{"manifest": "kind: Job\nmetadata: {name: ok}\n"}, {"manifest": "kind: [hunter2\n"}]}),
+                "hook 2: document 1 is not YAML",
+            ),
+        ] {
+            let err = manifest_objects(&release).expect_err("not YAML");
+            assert!(err.starts_with(place), "{err}");
+            assert!(!err.contains(SECRET), "{err}");
+        }
     }
 }

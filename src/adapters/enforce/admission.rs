@@ -886,8 +886,8 @@ pub async fn freeze_scope_of<S: crate::adapters::storage::ReleaseStore>(
 ) -> Frozen {
     let objects = match store.get(latest).await {
         Ok(record) => crate::core::release::decode_release_json(&record.payload)
-            .map(|json| crate::core::release::manifest_objects(&json))
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())
+            .and_then(|json| crate::core::release::manifest_objects(&json)),
         Err(e) => Err(error_chain(&e)),
     };
     match objects {
