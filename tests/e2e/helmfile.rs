@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use kube_standin::testbed::copy_dir;
 
-use crate::common::{bed, chart, guard_bin, lines, run, serve_dir, Bed, Run};
+use crate::common::{bed, chart, guard_bin, run, serve_dir, Bed, Run};
 use crate::servers::registry;
 
 const NS: &str = "shared";
@@ -21,7 +21,9 @@ fn helmfile_version() -> String {
         .find_map(|l| {
             l.trim()
                 .strip_prefix("github.com/helmfile/helmfile ")
-                .map(|v| v.trim().to_string())
+                // `v1.8.0 // indirect`: the version is the first word.
+                .and_then(|v| v.split_whitespace().next())
+                .map(str::to_string)
         })
         .expect("testbed/helmfile/go.mod requires github.com/helmfile/helmfile")
 }
@@ -194,7 +196,10 @@ impl Project {
 
     /// `helmfile sync` as docs/ci.md runs it.
     fn sync(&self) -> Run {
-        self.helmfile(&["sync", "--concurrency", "3", "--enable-live-output"])
+        self.helmfile_env(
+            &["sync", "--concurrency", "3", "--enable-live-output"],
+            &[("GUARDED_UPGRADE_MUTEX_TIMEOUT", "10m")],
+        )
     }
 
     fn deployed(&self) -> Vec<(String, String, u64)> {
@@ -363,14 +368,11 @@ fn helmfile_helm_binary(label: &str) {
         (&real_list.stdout, real_list.code),
         "helmfile list through the shim"
     );
+    // helmfile logs helm's status output (its info log goes to stderr).
     let status = p.helmfile(&["status", "--concurrency", "1"]);
     status.expect_code(0, "helmfile status");
     for r in ["db", "web", "cache", "queue"] {
-        assert!(
-            lines(&status.stdout).contains(&format!("NAME: {r}").as_str()),
-            "{}",
-            status.stdout
-        );
+        has_line(&status, &format!("NAME: {r}"));
     }
 
     // A refusal: queue's record cannot be read. helmfile fails and names the release; the
@@ -387,13 +389,33 @@ fn helmfile_helm_binary(label: &str) {
     let refused = p.sync();
     assert_ne!(refused.code, 0, "a refusal must fail helmfile");
     let out = format!("{}{}", refused.stdout, refused.stderr);
+    // The guard's refusal (exit 3) reaches helmfile's output, and helmfile names the release.
     assert!(
-        out.contains("release \"queue\"") && out.contains("failed"),
+        out.lines().any(|l| l.starts_with(&format!(
+            "guarded-upgrade: error: release \"queue\" in namespace \"{NS}\": reading the \
+             deployed release: cannot decode Secret \"{record}\""
+        ))),
+        "no refusal line from the guard:\n{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("in ./helmfile.yaml: failed processing release queue: ")),
         "{out}"
     );
+    has_line(&refused, "  exit status 3");
+    // helm's own history skips a record it cannot decode, so the records are read
+    // directly: the broken one is untouched and there is no revision 3.
     assert_eq!(
-        p.b.history("queue", NS).len(),
-        2,
+        p.b.api
+            .get("secrets", Some(NS), record)
+            .map(|s| s["data"]["release"].clone()),
+        Some(serde_json::json!("bm90IGEgcmVsZWFzZQ==")),
+        "queue's broken record was rewritten"
+    );
+    assert_eq!(
+        p.b.api
+            .get("secrets", Some(NS), "sh.helm.release.v1.queue.v3"),
+        None,
         "helm must not have run for queue"
     );
 
@@ -424,27 +446,22 @@ fn helmfile_shim_on_path(label: &str) {
     assert_eq!(left.stdout, "", "releases left after destroy");
 }
 
-/// Not yet passed against real helmfile: ignored until it has (issue 28).
 mod helm3 {
     #[test]
-    #[ignore = "not yet passed (issue 28): run with --ignored"]
     fn helmfile_helm_binary() {
         super::helmfile_helm_binary("helm3");
     }
     #[test]
-    #[ignore = "not yet passed (issue 28): run with --ignored"]
     fn helmfile_shim_on_path() {
         super::helmfile_shim_on_path("helm3");
     }
 }
 mod helm4 {
     #[test]
-    #[ignore = "not yet passed (issue 28): run with --ignored"]
     fn helmfile_helm_binary() {
         super::helmfile_helm_binary("helm4");
     }
     #[test]
-    #[ignore = "not yet passed (issue 28): run with --ignored"]
     fn helmfile_shim_on_path() {
         super::helmfile_shim_on_path("helm4");
     }
