@@ -542,9 +542,11 @@ impl Fixture {
             );
             return db;
         }
-        // One transaction; it passes the hard-lock trigger as the tool's own writes do.
+        // One transaction; it passes the hard-lock triggers as the tool's own writes do (the
+        // writer mark is this transaction's id and start time).
         let mut reset = format!(
-            "SET LOCAL guarded_upgrade.writer = 'on'; \
+            "SELECT set_config('guarded_upgrade.writer', \
+             txid_current()::text || '@' || extract(epoch from now())::text, true); \
              DELETE FROM custom_labels_v1 WHERE releasenamespace = '{ns}'; \
              DELETE FROM releases_v1 WHERE namespace = '{ns}'; \
              INSERT INTO releases_v1 SELECT * FROM {PRISTINE}_releases WHERE namespace = '{ns}'; \
@@ -552,10 +554,17 @@ impl Fixture {
              WHERE releasenamespace = '{ns}';"
         );
         if which == "base" {
-            // The template has no hard-lock trigger; a `lock --hard` run installed it.
+            // The template has no hard-lock triggers; a `lock --hard` run installed them.
             reset.push_str(
                 " DROP TRIGGER IF EXISTS guarded_upgrade_hard_lock ON releases_v1; \
+                 DROP TRIGGER IF EXISTS guarded_upgrade_hard_lock_labels ON custom_labels_v1; \
+                 DROP TRIGGER IF EXISTS guarded_upgrade_hard_lock_truncate ON releases_v1; \
+                 DROP TRIGGER IF EXISTS guarded_upgrade_hard_lock_truncate ON custom_labels_v1; \
                  DROP FUNCTION IF EXISTS guarded_upgrade_hard_lock(); \
+                 DROP FUNCTION IF EXISTS guarded_upgrade_hard_lock_labels(); \
+                 DROP FUNCTION IF EXISTS guarded_upgrade_hard_lock_truncate(); \
+                 DROP FUNCTION IF EXISTS guarded_upgrade_refuse(text, text, text); \
+                 DROP FUNCTION IF EXISTS guarded_upgrade_writer(); \
                  DROP FUNCTION IF EXISTS guarded_upgrade_lock_text(text, text, text);",
             );
         }
