@@ -602,8 +602,10 @@ pub async fn acquire_or<W: Waiter>(
                 if let Some(done) = recheck {
                     return Ok(Acquired::Done(done));
                 }
-                // Nothing to do yet: the Lease is as last seen.
-                known = Some(Some(lease));
+                // Nothing to do yet: read the Lease again. Not assumed as last seen: a
+                // records watch also ends when the server goes away, and the Lease read then
+                // says so (naming the server) instead of waiting out a holder nobody can see.
+                known = None;
             }
             _ = tokio::time::sleep_until(wake_at.into()) => {}
             _ = tokio::time::sleep(poll_interval()), if polling => {}
