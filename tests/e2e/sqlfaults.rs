@@ -873,7 +873,14 @@ fn every_statement(f: &Fixture, fault: Fault) {
     let fail = |why| failures.lock().unwrap().push(why);
     if fault == Fault::Restart {
         // In rounds: one restart for every case of the round, each holding its statement.
-        for round in cases.chunks(f.workers) {
+        // A round never mixes commands: a held statement waits for the slowest case of its
+        // round to reach its own, and the first statement of `unlock` held while `lock
+        // --hard` runs its hundredth outlasts the retry deadline (a harness artefact, not
+        // a restart as a server has one).
+        let rounds = cases
+            .chunk_by(|a, b| std::ptr::eq(a.command, b.command))
+            .flat_map(|command| command.chunks(f.workers));
+        for round in rounds {
             let barrier = Barrier::new(round.len());
             std::thread::scope(|scope| {
                 for (w, case) in round.iter().enumerate() {
