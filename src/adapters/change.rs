@@ -442,7 +442,7 @@ pub(crate) fn dry_run_inputs(helm: &HelmFlags) -> Result<(), String> {
             "--dependency-update would update the chart's dependencies once more for it".into(),
         );
     }
-    for (flag, path) in crate::adapters::inputs::files(helm, None, None) {
+    for (flag, path) in crate::adapters::inputs::files(helm, None, None, None) {
         if !matches!(flag.as_str(), "-f" | "--values" | "--set-file") {
             continue;
         }
@@ -683,18 +683,32 @@ mod tests {
         ];
         for (args, want) in cases {
             let flags = helm_flags(&args);
-            let got = (sources(&files(&flags, None, None)), dry_run_inputs(&flags));
+            let got = (
+                sources(&files(&flags, None, None, None)),
+                dry_run_inputs(&flags),
+            );
             assert_eq!(got, want, "{args:?}");
         }
         // Each `KUBECONFIG` entry counts when --kubeconfig is not given.
         let list = std::ffi::OsString::from(format!("/nonexistent:{dev_fd}"));
         let flags = helm_flags(&["db", "c"]);
         assert_eq!(
-            sources(&files(&flags, Some(&list), None)),
+            sources(&files(&flags, None, Some(&list), None)),
             Ok(vec![Source::Fd(fds[0])])
         );
         let flags = helm_flags(&["db", "c", "--kubeconfig", &file]);
-        assert_eq!(sources(&files(&flags, Some(&list), None)), Ok(vec![]));
+        assert_eq!(sources(&files(&flags, None, Some(&list), None)), Ok(vec![]));
+        // CHART on a pipe is read by `helm show chart` and by helm; with --repo it is a name.
+        let flags = helm_flags(&["db", &dev_fd]);
+        assert_eq!(
+            sources(&files(&flags, Some(&dev_fd), None, None)),
+            Ok(vec![Source::Fd(fds[0])])
+        );
+        let flags = helm_flags(&["db", &dev_fd, "--repo", "https://charts.example"]);
+        assert_eq!(
+            sources(&files(&flags, Some(&dev_fd), None, None)),
+            Ok(vec![])
+        );
         // Nothing after `--` is a flag: such a command line is refused before any dry run.
         assert!(split(&strings(&["db", "c", "--", "-f", "-"]), Mode::Upgrade).is_err());
         // SAFETY: closing the two descriptors pipe(2) gave us.

@@ -83,9 +83,11 @@ pub(crate) fn read_once(path: &str, dash_is_stdin: bool) -> Option<ReadOnce> {
 /// `KUBECONFIG` entry; `--kube-ca-file`/`HELM_KUBECAFILE`; the repository files
 /// `--ca-file`, `--cert-file`, `--key-file`, `--keyring`, `--repository-config`,
 /// `--registry-config`;
-/// values (`-f`/`--values`, comma lists) and `--set-file` (`key=path` lists).
+/// values (`-f`/`--values`, comma lists) and `--set-file` (`key=path` lists); and the
+/// CHART argument when given (`helm show chart` and helm each read a packaged chart).
 pub(crate) fn files(
     helm: &HelmFlags,
+    chart: Option<&str>,
     kubeconfig_env: Option<&OsStr>,
     kube_ca_file_env: Option<&str>,
 ) -> Vec<(String, String)> {
@@ -95,6 +97,10 @@ pub(crate) fn files(
             files.push((what.to_string(), path.to_string()));
         }
     };
+    // A chart from a repository (`--repo`) is a name, not a path.
+    if helm.repo.is_none() {
+        one("CHART", chart);
+    }
     match (&helm.cluster.kubeconfig, kubeconfig_env) {
         (Some(path), _) => one("--kubeconfig", Some(path)),
         (None, Some(list)) => {

@@ -52,12 +52,13 @@ pub(super) fn resolve_target(
 }
 
 /// The inputs helm can read only once (standard input, `/dev/fd` pipes named by the
-/// kubeconfig, CA, repository and values flags and `KUBECONFIG`), found before anything
+/// kubeconfig, CA, repository and values flags, `KUBECONFIG` and CHART), found before anything
 /// else; one that cannot be offered again under its name is a usage error.
 pub(super) fn input_sources(plan: &GuardPlan) -> Result<Vec<Source>, Error> {
     let kubeconfig_env = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
     let files = inputs::files(
         &plan.helm,
+        Some(&plan.chart),
         kubeconfig_env.as_deref(),
         plan.cluster.env.cluster.kube_ca_file.as_deref(),
     );

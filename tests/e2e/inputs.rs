@@ -19,6 +19,7 @@ const NS: &str = "shared";
 const KUBECONFIG_FD: RawFd = 63;
 const VALUES_FD: RawFd = 62;
 const CA_FD: RawFd = 61;
+const CHART_FD: RawFd = 60;
 
 /// A pipe: the read end for the child, the write end for the test.
 fn pipe() -> (OwnedFd, OwnedFd) {
@@ -195,6 +196,40 @@ fn pipes_reach_helm_with_the_bytes_the_guard_read(label: &str) {
     assert_eq!(b.deployed("db2", NS), ("1.0.0".into(), 1));
     let got = b.helm(&["get", "values", "db2", "-n", NS, "-o", "json"]);
     assert_eq!(got.stdout.trim(), r#"{"marker":"from-a-pipe"}"#);
+
+    // A packaged chart on a pipe (`helm upgrade db <(curl …/db-1.1.0.tgz)`): `helm show
+    // chart` (the guard resolving the version) and helm each read it, from the capture.
+    let out = b.home().join("packaged");
+    b.helm(&["package", &chart("demo-1.1.0"), "-d", out.to_str().unwrap()])
+        .expect_code(0, "helm package");
+    let tgz = std::fs::read(out.join("demo-1.1.0.tgz")).expect("packaged chart");
+    let chart_fd = dev(CHART_FD);
+    for (round, (decision, revision)) in [
+        (r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.0"#, 2),
+        (
+            r#"skip: release "db" in "shared" is at 1.1.0 (revision 2); target 1.1.0"#,
+            2,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut cmd = b.command(guard_bin());
+        cmd.args(["upgrade", "--install", "db", chart_fd.as_str(), "-n", NS]);
+        let run = wait_bounded(
+            spawn_with_pipes(&mut cmd, &[(CHART_FD, tgz.clone())]),
+            Duration::from_secs(300),
+            "upgrade with the chart on a pipe",
+        );
+        run.expect_code(0, &format!("chart on a pipe, run {}", round + 1));
+        assert!(
+            run.stderr.lines().any(|l| l.starts_with(decision)),
+            "run {}: expected a line starting {decision:?}: {}",
+            round + 1,
+            run.stderr
+        );
+        assert_eq!(b.deployed("db", NS), ("1.1.0".into(), revision));
+    }
 }
 
 /// Item 9: a repository's `--ca-file` given as an inherited pipe is read by `helm show
@@ -276,6 +311,11 @@ fn named_pipes_the_guard_would_drain_are_refused(label: &str) {
             ],
             vec![],
             "--kube-ca-file",
+        ),
+        (
+            vec!["upgrade", "--install", "db", fifo, "-n", NS],
+            vec![],
+            "CHART",
         ),
     ] {
         b.api.clear_requests();
