@@ -300,11 +300,20 @@ fn statements(mut client: TcpStream, mut server: TcpStream, st: &Shared, db: &st
 }
 
 /// Server to client on the watched connection: drops the answer of the faulted sync point
-/// (the statement ran) and then closes the connection.
+/// (the statement ran) and then closes the connection. While a statement is held, what the
+/// server says (a restart's `57P01`) waits with it: the client learns of the restart when
+/// the restart is over, as it would of a restart within the retry budget. (Otherwise the
+/// client's retries would race the test server's restart, which takes seconds under load;
+/// a server away for longer than the retries is `sql_server_away_longer_than_the_retries`.)
 fn answers(mut server: TcpStream, mut client: TcpStream, st: &Shared, db: &str) {
     while let Some((kind, body)) = read_message(&mut server) {
         let drop_it = {
             let mut all = st.0.lock().unwrap();
+            while all.get(db).is_some_and(|w| {
+                w.held && !w.release && w.fault.is_some_and(|f| f.1 == Fault::Restart)
+            }) {
+                all = st.1.wait(all).unwrap();
+            }
             let w = all.get_mut(db).expect("armed");
             if kind == b'K' && body.len() >= 4 {
                 w.backend_pid = Some(i32::from_be_bytes([body[0], body[1], body[2], body[3]]));
