@@ -293,7 +293,8 @@ fn read_kubeconfig(path: &str, captured: &Captured) -> Result<Kubeconfig, Cluste
         source,
     };
     if !captured.holds(path) {
-        return Kubeconfig::read_from(path).map_err(|e| failed(Box::new(e)));
+        let config = Kubeconfig::read_from(path).map_err(|e| failed(Box::new(e)))?;
+        return refuse_read_once_references(path, config);
     }
     let bytes = captured.read(path).map_err(|e| failed(Box::new(e)))?;
     let text = String::from_utf8(bytes).map_err(|e| failed(Box::new(e)))?;
@@ -326,6 +327,60 @@ fn read_kubeconfig(path: &str, captured: &Captured) -> Result<Kubeconfig, Cluste
             if exec.command.as_deref().is_some_and(|c| c.contains('/')) {
                 absolute(&mut exec.command);
             }
+        }
+    }
+    refuse_read_once_references(path, config)
+}
+
+/// A file a kubeconfig names (`certificate-authority`, `client-certificate`, `client-key`,
+/// `tokenFile`) that can be read only once (a pipe, `/dev/fd/N`, a socket) is refused: the
+/// guard would drain it and helm, reading it again, would get nothing (or fail after the
+/// guard decided). Its `-data` form, or a regular file, is read as often as needed.
+fn refuse_read_once_references(path: &str, config: Kubeconfig) -> Result<Kubeconfig, ClusterError> {
+    use crate::adapters::inputs::{read_once, ReadOnce};
+    let mut named: Vec<(String, &str, &Option<String>)> = Vec::new();
+    for c in &config.clusters {
+        if let Some(cluster) = &c.cluster {
+            let owner = format!("cluster {:?}", c.name);
+            named.push((
+                owner,
+                "certificate-authority",
+                &cluster.certificate_authority,
+            ));
+        }
+    }
+    for a in &config.auth_infos {
+        if let Some(auth) = &a.auth_info {
+            for (field, file) in [
+                ("client-certificate", &auth.client_certificate),
+                ("client-key", &auth.client_key),
+                ("tokenFile", &auth.token_file),
+            ] {
+                named.push((format!("user {:?}", a.name), field, file));
+            }
+        }
+    }
+    for (owner, field, file) in named {
+        let Some(file) = file.as_deref() else {
+            continue;
+        };
+        match read_once(file, false) {
+            Some(ReadOnce::Replay(_)) | Some(ReadOnce::Refuse("a named pipe" | "a socket")) => {
+                return Err(kubeconfig_error(
+                    Some(path),
+                    format!(
+                        "{field} of {owner} is {file}, which can be read only once: the \
+                         guard and helm would each read it, and helm would get nothing. \
+                         Use {} or a regular file",
+                        if field == "tokenFile" {
+                            "token".to_string()
+                        } else {
+                            format!("{field}-data")
+                        }
+                    ),
+                ));
+            }
+            _ => {}
         }
     }
     Ok(config)
@@ -753,6 +808,71 @@ fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file a kubeconfig names on a pipe is refused, naming field, owner and path; the
+    /// same kubeconfig with a regular file loads. Every file field counts.
+    #[test]
+    fn kubeconfig_files_that_can_be_read_once_are_refused() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) fills the two descriptors it returns.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let pipe = format!("/dev/fd/{}", fds[0]);
+        let dir = tempfile::tempdir().unwrap();
+        let regular = dir.path().join("file");
+        std::fs::write(&regular, "x").unwrap();
+        let regular = regular.display().to_string();
+        let path = dir.path().join("config");
+        let path = path.to_str().unwrap();
+        let fields = [
+            (
+                "certificate-authority",
+                "cluster \"c\"",
+                "certificate-authority-data",
+            ),
+            (
+                "client-certificate",
+                "user \"u\"",
+                "client-certificate-data",
+            ),
+            ("client-key", "user \"u\"", "client-key-data"),
+            ("tokenFile", "user \"u\"", "token"),
+        ];
+        for (field, owner, instead) in fields {
+            let config = |file: &str| {
+                let (ca, user) = match field {
+                    "certificate-authority" => (format!("    {field}: {file}\n"), String::new()),
+                    _ => (String::new(), format!("    {field}: {file}\n")),
+                };
+                format!(
+                    "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    \
+                     server: https://127.0.0.1:1\n{ca}users:\n- name: u\n  user:\n{user}\
+                     contexts:\n- name: x\n  context: {{cluster: c, user: u}}\n\
+                     current-context: x\n"
+                )
+            };
+            std::fs::write(path, config(&pipe)).unwrap();
+            let err = read_kubeconfig(path, &Captured::default()).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "cannot load the kubeconfig {path:?}: {field} of {owner} is {pipe}, which \
+                     can be read only once: the guard and helm would each read it, and helm \
+                     would get nothing. Use {instead} or a regular file"
+                ),
+                "{field}"
+            );
+            std::fs::write(path, config(&regular)).unwrap();
+            assert!(
+                read_kubeconfig(path, &Captured::default()).is_ok(),
+                "{field}"
+            );
+        }
+        // SAFETY: closing the two descriptors pipe(2) gave us.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+    }
 
     /// The lock commands' cluster flags come from the same rows as helm's argv's: clap
     /// and the argv splitter give the same values for the same words.
