@@ -159,3 +159,120 @@ fn path_words_are_found_and_urls_are_not() {
     assert!(!exists("cluster.rs", &files));
     assert!(!exists("src/sql_conn.rs", &files));
 }
+
+/// The e2e test names of a table: backticked `module::…::name` paths in its last column
+/// (`freeze::helm3::frozen_release_refuses_every_change`), with the rows that name none.
+fn table_tests(text: &str, heading: &str) -> (Vec<String>, Vec<String>) {
+    let start = text
+        .find(heading)
+        .unwrap_or_else(|| panic!("no heading {heading:?}"));
+    let mut names = Vec::new();
+    let mut without = Vec::new();
+    let rows = text[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2);
+    for row in rows {
+        let last = row
+            .trim_end_matches('|')
+            .rsplit('|')
+            .next()
+            .unwrap_or_default();
+        let found: Vec<String> = last
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| {
+                w.contains("::")
+                    && w.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            })
+            .map(String::from)
+            .collect();
+        if found.is_empty() {
+            without.push(row.to_string());
+        }
+        names.extend(found);
+    }
+    (names, without)
+}
+
+/// The helm modules the e2e macros make (`per_helm!`, `per_helm_compat!`).
+const HELM_MODULES: &[&str] = &["helm3", "helm4", "helm3_17", "helm4_1"];
+
+/// Whether `tests/e2e/<module>.rs` has the test `path` names: the scenario function, run by
+/// a `per_helm!`/`per_helm_compat!` (the compat one for `helm3_17`/`helm4_1`) inside every
+/// named module.
+fn e2e_test_exists(path: &str) -> Result<(), String> {
+    let parts: Vec<&str> = path.split("::").collect();
+    let (file, rest) = parts.split_first().ok_or("empty")?;
+    let (name, modules) = rest.split_last().ok_or("no test name")?;
+    let source = std::fs::read_to_string(Path::new(ROOT).join(format!("tests/e2e/{file}.rs")))
+        .map_err(|e| format!("tests/e2e/{file}.rs: {e}"))?;
+    if !source.contains(&format!("fn {name}(label: &str)")) {
+        return Err(format!("tests/e2e/{file}.rs has no scenario fn {name}"));
+    }
+    let helm = modules
+        .last()
+        .filter(|m| HELM_MODULES.contains(m))
+        .ok_or_else(|| format!("{path}: the last module is not one of {HELM_MODULES:?}"))?;
+    for m in &modules[..modules.len() - 1] {
+        if !source.contains(&format!("mod {m} {{")) {
+            return Err(format!("tests/e2e/{file}.rs has no mod {m}"));
+        }
+    }
+    let macro_name = if ["helm3_17", "helm4_1"].contains(helm) {
+        "per_helm_compat!("
+    } else {
+        "per_helm"
+    };
+    let run = source.match_indices(macro_name).any(|(at, _)| {
+        let args = &source[at..];
+        let args = &args[..args.find(')').unwrap_or(args.len())];
+        args.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|w| w == *name)
+    });
+    if !run {
+        return Err(format!(
+            "tests/e2e/{file}.rs does not run {name} with {macro_name}"
+        ));
+    }
+    Ok(())
+}
+
+/// docs/locks.md's table of what an enforced hard lock refuses: every row names a test,
+/// and every named test exists.
+#[test]
+fn every_row_of_the_freeze_table_names_an_existing_test() {
+    let text = std::fs::read_to_string(Path::new(ROOT).join("docs/locks.md")).unwrap();
+    let (names, without) = table_tests(
+        &text,
+        "#### What an enforced hard lock refuses, for whom, and what it leaves alone",
+    );
+    assert!(
+        without.is_empty(),
+        "rows without a test:\n{}",
+        without.join("\n")
+    );
+    assert!(names.len() >= 10, "{names:?}");
+    let missing: Vec<String> = names
+        .iter()
+        .filter_map(|n| e2e_test_exists(n).err())
+        .collect();
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
+#[test]
+fn table_tests_are_read_from_the_last_column() {
+    let text =
+        "#### T\n\n| a | test |\n|---|---|\n| x `a::b` | `freeze::helm3::f` (and `helm4`) |\n\
+                | y | — |\n\nafter\n";
+    let (names, without) = table_tests(text, "#### T");
+    assert_eq!(names, ["freeze::helm3::f"]);
+    assert_eq!(without, ["| y | — |"]);
+    assert!(e2e_test_exists("freeze::helm3::frozen_release_refuses_every_change").is_ok());
+    assert!(e2e_test_exists("freeze::helm3::no_such_test").is_err());
+    assert!(e2e_test_exists("freeze::nomod::helm3::frozen_release_refuses_every_change").is_err());
+    assert!(e2e_test_exists("freeze::helm3_17::frozen_release_refuses_every_change").is_err());
+}

@@ -69,8 +69,20 @@ pub(super) async fn run(plan: LockPlan) -> Result<Exit, Error> {
         })
         .await?;
     }
+    // The lock the records carry now: the same lock already there kept its since-time,
+    // and the enforcement's parameters must say what the records say (`status` compares).
+    let on_records = planned
+        .records
+        .last()
+        .and_then(|r| lock::from_labels(&r.labels).ok().flatten())
+        .filter(|l| l.same_as(&spec))
+        .unwrap_or_else(|| spec.clone());
     let installed = match &available {
-        Some(available) => Some(enforcer.install(release, &latest, &spec, available).await),
+        Some(available) => Some(
+            enforcer
+                .install(release, &latest, &on_records, available)
+                .await,
+        ),
         None => None,
     };
     if let (true, Some(Installed::NotEnforced { why })) = (plan.enforce, &installed) {

@@ -30,9 +30,9 @@ pub(super) async fn run(plan: PolicyPlan) -> Result<Exit, Error> {
                 output::progress(&format!("applied: {object}"));
             }
             output::progress(&format!(
-                "installed: ValidatingAdmissionPolicy {} version {}; `guarded-upgrade lock \
+                "installed: ValidatingAdmissionPolicies {} version {}; `guarded-upgrade lock \
                  RELEASE --hard` is now enforced by the cluster",
-                admission::POLICY_NAME,
+                admission::POLICY_NAMES.join(", "),
                 admission::POLICY_VERSION
             ));
         }
@@ -60,10 +60,9 @@ pub(super) async fn run(plan: PolicyPlan) -> Result<Exit, Error> {
         PolicyPlan::Show(_) => {
             let policy = match admission::policy_state(&client).await {
                 Ok(()) => format!(
-                    "installed (ValidatingAdmissionPolicy {} version {}, binding {})",
-                    admission::POLICY_NAME,
+                    "installed (ValidatingAdmissionPolicies {} version {}, each with its binding)",
+                    admission::POLICY_NAMES.join(", "),
                     admission::POLICY_VERSION,
-                    admission::POLICY_NAME
                 ),
                 Err(why) => why,
             };
@@ -76,6 +75,16 @@ pub(super) async fn run(plan: PolicyPlan) -> Result<Exit, Error> {
                     }
                 }
                 Err(why) => output::result(&format!("locks:     {why}\n")),
+            }
+            match admission::wide_params(&client).await {
+                Ok(set) => {
+                    for (ns, release) in set {
+                        output::result(&format!(
+                            "wide:      {release} in {ns} (its objects outside the namespace)\n"
+                        ));
+                    }
+                }
+                Err(why) => output::result(&format!("wide:      {why}\n")),
             }
         }
         PolicyPlan::Manifest => unreachable!("handled above"),

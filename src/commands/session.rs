@@ -2,7 +2,7 @@
 //! rewrites, and the hard-lock enforcer's steps as commands say them.
 
 use crate::adapters::cluster;
-use crate::adapters::enforce::{Described, Enforcement, Enforcer};
+use crate::adapters::enforce::{Described, Enforcement, Enforcer, HardLock};
 use crate::adapters::inputs::Captured;
 use crate::adapters::mutex::{self, MutexError};
 use crate::adapters::storage::Store;
@@ -202,10 +202,17 @@ impl Session {
         namespace: Option<&str>,
         locks: &mut [(&str, &str, &str, &mut LockReport)],
     ) {
-        let hard: Vec<(&str, &str, &str)> = locks
+        let hard: Vec<HardLock> = locks
             .iter()
             .filter(|(_, _, _, l)| l.kind == "hard")
-            .map(|(ns, release, record, _)| (*ns, *release, *record))
+            .map(|(namespace, release, record, l)| HardLock {
+                namespace,
+                release,
+                record,
+                reason: l.reason.as_deref(),
+                by: l.by.as_deref(),
+                since: l.since.as_deref(),
+            })
             .collect();
         let mut described = self.enforcer().describe(namespace, &hard).await.into_iter();
         for (_, _, _, lock) in locks.iter_mut() {

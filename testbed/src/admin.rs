@@ -39,6 +39,19 @@ pub(crate) const KINDS: &[Kind] = &[
         "/apis/rbac.authorization.k8s.io/v1",
         false,
     ),
+    kind("horizontalpodautoscalers", "/apis/autoscaling/v2", true),
+    kind("cronjobs", "/apis/batch/v1", true),
+    kind("persistentvolumes", "/api/v1", false),
+    kind(
+        "customresourcedefinitions",
+        "/apis/apiextensions.k8s.io/v1",
+        false,
+    ),
+    kind(
+        "validatingwebhookconfigurations",
+        "/apis/admissionregistration.k8s.io/v1",
+        false,
+    ),
     kind(
         "validatingadmissionpolicies",
         "/apis/admissionregistration.k8s.io/v1",

@@ -863,7 +863,8 @@ impl Cluster {
     /// Empties the server: every namespace except the system ones is removed with all it
     /// holds, `default` is emptied (its `kubernetes` Service kept), and the cluster-scoped
     /// objects tests create (admission policies and their bindings, ClusterRoles and
-    /// bindings that are not the server's own) are deleted.
+    /// bindings that are not the server's own, CustomResourceDefinitions, validating webhook
+    /// configurations, PersistentVolumes) are deleted.
     pub fn reset(&self) {
         // Admission policies go first: a test's policy may refuse the deletes below (an
         // enforced hard lock freezes a release for every identity that is not a Kubernetes
@@ -922,6 +923,42 @@ impl Cluster {
                 let own = labels[controllers::OWN_LABEL.0] == controllers::OWN_LABEL.1;
                 if !bootstrapped && !own && !name.starts_with("system:") {
                     self.delete_object(plural, None, name);
+                }
+            }
+        }
+        // A bare server has none of these; tests' charts do (a frozen release's
+        // cluster-scoped objects). A PersistentVolume keeps its protection finalizer where
+        // no controller removes it, and a CRD is finalized by the server a moment later:
+        // wait until they are gone, so the next test can create them again.
+        for plural in [
+            "validatingwebhookconfigurations",
+            "customresourcedefinitions",
+            "persistentvolumes",
+        ] {
+            let names: Vec<String> = self
+                .list(plural, None)
+                .iter()
+                .filter_map(|o| o["metadata"]["name"].as_str().map(String::from))
+                .collect();
+            for name in &names {
+                let one = admin::path(plural, None, Some(name));
+                if plural == "persistentvolumes" {
+                    self.admin.send(
+                        "PATCH",
+                        &one,
+                        Some(&json!({"metadata": {"finalizers": null}})),
+                    );
+                }
+                self.delete_object(plural, None, name);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for name in &names {
+                while self.get(plural, None, name).is_some() {
+                    assert!(
+                        Instant::now() < deadline,
+                        "kube-testbed: {plural}/{name} is still there 30s after it was deleted"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
         }

@@ -34,11 +34,19 @@ fn install_policy(b: &Bed) {
     b.guard(&["policy", "install"])
         .expect_code(0, "policy install")
         .assert_stderr(&[
-            "applied: ValidatingAdmissionPolicy guarded-upgrade-hard-lock",
-            "applied: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock",
+            "applied: Namespace guarded-upgrade",
+            "applied: Role guarded-upgrade-locks",
+            "applied: RoleBinding guarded-upgrade-locks",
             "applied: ClusterRole guarded-upgrade-hard-lock-reader",
             "applied: ClusterRoleBinding guarded-upgrade-hard-lock-reader",
-            "installed: ValidatingAdmissionPolicy guarded-upgrade-hard-lock version 2; \
+            "applied: ValidatingAdmissionPolicy guarded-upgrade-hard-lock",
+            "applied: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock",
+            "applied: ValidatingAdmissionPolicy guarded-upgrade-hard-lock-wide",
+            "applied: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock-wide",
+            "applied: ValidatingAdmissionPolicy guarded-upgrade-hard-lock-params",
+            "applied: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock-params",
+            "installed: ValidatingAdmissionPolicies guarded-upgrade-hard-lock, \
+             guarded-upgrade-hard-lock-wide, guarded-upgrade-hard-lock-params version 3; \
              `guarded-upgrade lock RELEASE --hard` is now enforced by the cluster",
         ]);
 }
@@ -92,7 +100,9 @@ fn denial(b: &Bed, op: &str, resource: &str, name: &str) -> String {
 
 const ENFORCED: &str = "enforced: the cluster refuses changes to release \"db\" in \"shared\" \
                         (ValidatingAdmissionPolicy guarded-upgrade-hard-lock, ConfigMap \
-                        guarded-upgrade-lock-db)";
+                        guarded-upgrade-lock-db; outside the namespace ValidatingAdmissionPolicy \
+                        guarded-upgrade-hard-lock-wide, ConfigMap guarded-upgrade-lock-shared.db \
+                        in namespace guarded-upgrade)";
 
 fn lock_enforced(b: &Bed) {
     b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
@@ -339,7 +349,9 @@ fn restricted_user_without_configmap_rights(label: &str) {
     role(
         "lock-params",
         json!([{"apiGroups": [""], "resources": ["configmaps"],
-                "verbs": ["get", "create", "update", "delete"]}]),
+                "verbs": ["get", "create", "update", "delete"]},
+               {"apiGroups": ["", "apps"], "resources": ["services", "deployments", "replicasets"],
+                "verbs": ["get", "list"]}]),
     );
     b.guard_env(&["lock", "db", "--hard", "--enforce"], &alice_env)
         .expect_code(0, "lock --hard --enforce as alice with the Role")
@@ -420,9 +432,16 @@ fn relock_while_enforced(label: &str) {
         .expect_code(0, "policy uninstall")
         .assert_stderr(&[
             "deleted: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock",
+            "deleted: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock-wide",
+            "deleted: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock-params",
             "deleted: ValidatingAdmissionPolicy guarded-upgrade-hard-lock",
+            "deleted: ValidatingAdmissionPolicy guarded-upgrade-hard-lock-wide",
+            "deleted: ValidatingAdmissionPolicy guarded-upgrade-hard-lock-params",
             "deleted: ClusterRoleBinding guarded-upgrade-hard-lock-reader",
             "deleted: ClusterRole guarded-upgrade-hard-lock-reader",
+            "deleted: RoleBinding guarded-upgrade-locks",
+            "deleted: Role guarded-upgrade-locks",
+            "deleted: Namespace guarded-upgrade",
             "uninstalled: hard locks are no longer enforced by the cluster (labels only)",
             "note: kube-apiserver stops reading ConfigMap parameters of an admission policy \
              once its binding is gone (kubernetes/kubernetes#130887): after a later `guarded-upgrade \

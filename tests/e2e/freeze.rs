@@ -50,9 +50,14 @@ fn kubectl(b: &Bed, who: &Who, args: &[&str]) -> Run {
     run(&mut cmd)
 }
 
-/// A chart whose release spreads wider than its namespace: a Deployment (with `scale`), a
-/// ConfigMap and a Service in the release namespace, a ClusterRole, a ConfigMap in another
-/// namespace, and a hook ConfigMap (helm keeps it: no delete policy).
+/// A chart whose release spreads wider than its namespace: a Deployment and a StatefulSet
+/// (both with `scale`), a bare Pod and its ServiceAccount, a ConfigMap and a Service in the
+/// release namespace; cluster-scoped
+/// a ClusterRole and its ClusterRoleBinding, a CustomResourceDefinition, a
+/// ValidatingWebhookConfiguration (for the CRD's group only, failing open) and a
+/// PersistentVolume, all named for the release's namespace and name, so that the same
+/// chart installs as release `db` in two namespaces; a ConfigMap in another namespace; and
+/// a hook ConfigMap (helm keeps it: no delete policy).
 fn wide_chart(b: &Bed, version: &str, message: &str) -> PathBuf {
     let dir = b.home().join("charts").join(format!("wide-{version}"));
     let templates = dir.join("templates");
@@ -66,7 +71,9 @@ fn wide_chart(b: &Bed, version: &str, message: &str) -> PathBuf {
     std::fs::write(
         templates.join("objects.yaml"),
         format!(
-            r#"apiVersion: apps/v1
+            r#"{{{{- $id := printf "%s-%s" .Release.Namespace .Release.Name }}}}
+{{{{- $group := printf "%s.%s.example.com" .Release.Name .Release.Namespace }}}}
+apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: {{{{ .Release.Name }}}}-app
@@ -81,6 +88,38 @@ spec:
       containers:
         - name: app
           image: registry.invalid/wide:1
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {{{{ .Release.Name }}}}-db
+spec:
+  replicas: 1
+  serviceName: {{{{ .Release.Name }}}}-svc
+  selector:
+    matchLabels: {{sts: {{{{ .Release.Name }}}}}}
+  template:
+    metadata:
+      labels: {{sts: {{{{ .Release.Name }}}}}}
+    spec:
+      containers:
+        - name: db
+          image: registry.invalid/wide-db:1
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {{{{ .Release.Name }}}}-sa
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {{{{ .Release.Name }}}}-pod
+spec:
+  serviceAccountName: {{{{ .Release.Name }}}}-sa
+  containers:
+    - name: bare
+      image: registry.invalid/wide-bare:1
 ---
 apiVersion: v1
 kind: ConfigMap
@@ -100,13 +139,61 @@ spec:
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata:
-  name: {{{{ .Release.Name }}}}-reader
+  name: {{{{ $id }}}}-reader
 rules: []
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{{{ $id }}}}-reader
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {{{{ $id }}}}-reader}}
+subjects: [{{kind: ServiceAccount, name: {{{{ .Release.Name }}}}-sa, namespace: {{{{ .Release.Namespace }}}}}}]
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.{{{{ $group }}}}
+spec:
+  group: {{{{ $group }}}}
+  scope: Namespaced
+  names: {{plural: widgets, singular: widget, kind: Widget}}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: {{{{ $id }}}}-webhook
+webhooks:
+  - name: widgets.{{{{ $group }}}}
+    rules:
+      - apiGroups: [{{{{ $group | quote }}}}]
+        apiVersions: ["v1"]
+        resources: ["widgets"]
+        operations: ["CREATE"]
+    clientConfig: {{url: "https://127.0.0.1:9/{{{{ $id }}}}"}}
+    failurePolicy: Ignore
+    sideEffects: None
+    admissionReviewVersions: ["v1"]
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: {{{{ $id }}}}-pv
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {{path: /tmp/{{{{ $id }}}}}}
 ---
 apiVersion: v1
 kind: ConfigMap
 metadata:
-  name: {{{{ .Release.Name }}}}-remote
+  name: {{{{ $id }}}}-remote
   namespace: {OTHER}
 data: {{}}
 ---
@@ -155,13 +242,23 @@ fn ci_token(b: &Bed) -> String {
 }
 
 /// The denial kubectl prints for `op` of `what` (`deployments/scale "db-app"`), for the lock
-/// `--reason freeze` by the admin.
+/// `--reason freeze` by the admin, by the policy acting in the release's namespace.
 fn denied(run: &Run, op_what: &str) {
+    denied_by(run, "guarded-upgrade-hard-lock", op_what)
+}
+
+/// [`denied`], by the policy acting outside the release's namespace.
+fn denied_wide(run: &Run, op_what: &str) {
+    denied_by(run, "guarded-upgrade-hard-lock-wide", op_what)
+}
+
+fn denied_by(run: &Run, policy: &str, op_what: &str) {
     assert_eq!(run.code, 1, "{op_what} must be refused:\n{}", run.stderr);
-    let wanted =
-        "is forbidden: ValidatingAdmissionPolicy 'guarded-upgrade-hard-lock' with binding \
-         'guarded-upgrade-hard-lock' denied request: release \"db\" in namespace \"shared\" is \
-         hard-locked: freeze (locked by admin since ";
+    let wanted = format!(
+        "is forbidden: ValidatingAdmissionPolicy '{policy}' with binding '{policy}' denied \
+         request: release \"db\" in namespace \"shared\" is hard-locked: freeze (locked by \
+         admin since "
+    );
     let tail = format!(
         "; {op_what} refused by guarded-upgrade. To change the release, first run: \
          guarded-upgrade unlock db -n shared"
@@ -169,7 +266,7 @@ fn denied(run: &Run, op_what: &str) {
     assert!(
         run.stderr
             .lines()
-            .any(|l| l.contains(wanted) && l.ends_with(&tail)),
+            .any(|l| l.contains(&wanted) && l.ends_with(&tail)),
         "{op_what}: wanted a Forbidden line with\n{wanted}…{tail}\n--- stderr\n{}",
         run.stderr
     );
@@ -194,6 +291,20 @@ fn versions(b: &Bed) -> Vec<(String, String)> {
     out
 }
 
+/// An autoscaling/v2 HorizontalPodAutoscaler `name` aimed at `kind`/`target` (3 to 5
+/// replicas), written to a file for `kubectl create -f`.
+fn hpa_file(b: &Bed, name: &str, kind: &str, target: &str) -> String {
+    write_file(
+        b,
+        &format!("hpa-{name}.json"),
+        &json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": kind, "name": target},
+                         "minReplicas": 3, "maxReplicas": 5}})
+        .to_string(),
+    )
+}
+
 fn write_file(b: &Bed, name: &str, text: &str) -> String {
     let path = b.home().join(name);
     std::fs::write(&path, text).unwrap();
@@ -206,11 +317,17 @@ fn status_json(b: &Bed, env: &[(&str, &str)]) -> Value {
     serde_json::from_str(run.stdout.trim()).expect("status JSON")
 }
 
-const NOT_FROZEN: [&str; 3] = [
-    "ClusterRole db-reader (cluster-scoped)",
+/// What the cluster cannot freeze of release `db` of the wide chart in `shared`.
+const NOT_FROZEN: [&str; 2] = [
     "ConfigMap db-hook (a helm hook: helm does not mark hooks as the release's)",
-    "ConfigMap db-remote (in namespace \"elsewhere\")",
+    "Namespace elsewhere (deleting it deletes the release's objects there)",
 ];
+
+/// The `enforced:` line of `lock --hard db --hard -n shared`, both parts in force.
+const ENFORCED: &str = "enforced: the cluster refuses changes to release \"db\" in \"shared\" \
+     (ValidatingAdmissionPolicy guarded-upgrade-hard-lock, ConfigMap guarded-upgrade-lock-db; \
+     outside the namespace ValidatingAdmissionPolicy guarded-upgrade-hard-lock-wide, ConfigMap \
+     guarded-upgrade-lock-shared.db in namespace guarded-upgrade)";
 
 /// Every way around the freeze, tried by the admin (system:masters), a CI ServiceAccount
 /// of another namespace with cluster-admin, and a user impersonated without exemption:
@@ -240,9 +357,7 @@ fn frozen_release_refuses_every_change(label: &str) {
     lock.expect_code(0, "lock --hard");
     let mut expected = vec![
         r#"locked: release "db" in "shared" (hard): freeze"#.to_string(),
-        "enforced: the cluster refuses changes to release \"db\" in \"shared\" \
-         (ValidatingAdmissionPolicy guarded-upgrade-hard-lock, ConfigMap guarded-upgrade-lock-db)"
-            .to_string(),
+        ENFORCED.to_string(),
     ];
     expected.extend(
         NOT_FROZEN
@@ -279,6 +394,14 @@ fn frozen_release_refuses_every_change(label: &str) {
          annotations:\n    meta.helm.sh/release-name: db\n    meta.helm.sh/release-namespace: \
          shared\n  labels:\n    app.kubernetes.io/managed-by: Helm\n",
     );
+    let eviction = write_file(
+        &b,
+        "eviction.json",
+        &json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": "db-pod", "namespace": NS}})
+        .to_string(),
+    );
+    let hpa = hpa_file(&b, "db-db", "StatefulSet", "db-db");
     let replaced = {
         let mut cm = b.api.get("configmaps", Some(NS), "db-config").unwrap();
         cm["data"]["message"] = json!("replaced");
@@ -299,6 +422,24 @@ fn frozen_release_refuses_every_change(label: &str) {
             (
                 vec!["scale", "deploy/db-app", "--replicas=2"],
                 r#"update of deployments/scale "db-app""#,
+            ),
+            (
+                vec!["scale", "sts/db-db", "--replicas=3"],
+                r#"update of statefulsets/scale "db-db""#,
+            ),
+            (
+                vec![
+                    "create",
+                    "--raw",
+                    "/api/v1/namespaces/shared/pods/db-pod/eviction",
+                    "-f",
+                    &eviction,
+                ],
+                r#"create of pods/eviction "db-pod""#,
+            ),
+            (
+                vec!["create", "-f", &hpa],
+                r#"create of horizontalpodautoscalers "db-db" (it would scale an object of the release)"#,
             ),
             (
                 vec!["rollout", "restart", "deploy/db-app"],
@@ -402,10 +543,14 @@ fn frozen_release_refuses_every_change(label: &str) {
     }
     assert_eq!(versions(&b), before, "nothing may change under the freeze");
     assert!(b.api.get("configmaps", Some(NS), "smuggled").is_none());
+    assert!(
+        b.api.get("pods", Some(NS), "db-pod").is_some(),
+        "not evicted"
+    );
+    assert!(b.api.list("horizontalpodautoscalers", Some(NS)).is_empty());
 
     // What is not frozen is said, and stays changeable.
-    kubectl(&b, &ci, &["label", "clusterrole/db-reader", "x=y"]).expect_code(0, "ClusterRole");
-    kubectl(&b, &ci, &["-n", OTHER, "label", "cm/db-remote", "x=y"]).expect_code(0, "remote");
+    kubectl(&b, &ci, &["-n", NS, "label", "cm/db-hook", "x=y"]).expect_code(0, "hook");
 
     // Left alone: status writes and finalizer-only writes, by anyone (operators) …
     kubectl(
@@ -495,6 +640,9 @@ fn frozen_release_refuses_every_change(label: &str) {
     // Other releases and unrelated objects are not frozen.
     kubectl(&b, &ci, &["-n", NS, "annotate", "deploy/other-app", "x=y"])
         .expect_code(0, "another release");
+    let other_hpa = hpa_file(&b, "other-app", "Deployment", "other-app");
+    kubectl(&b, &ci, &["-n", NS, "create", "-f", &other_hpa])
+        .expect_code(0, "an autoscaler aimed at another release");
     b.helm(&["upgrade", "other", &chart("demo-1.1.0"), "-n", NS])
         .expect_code(0, "helm upgrade of another release");
     kubectl(&b, &ci, &["-n", NS, "delete", "cm/foreign"]).expect_code(0, "unrelated object");
@@ -577,18 +725,127 @@ fn helm_cannot_take_over_a_frozen_release(label: &str) {
 }
 
 /// `status` and `locks` say `cluster policy` only when a dry-run change by the caller is
-/// refused now: with the binding narrowed by an admin (records no longer matched), and for
-/// a reader who may not even try a change, they say `labels only` and why.
+/// refused now and the lock's ConfigMaps still say what the records' lock and the
+/// release's objects call for: an exempt identity (or anyone while the policy did not
+/// apply) that changes the lock's fields, drops or adds a key of the ConfigMap, or changes
+/// the cluster-wide one, is found out and said, and `lock --hard` restores them. With the
+/// binding narrowed by an admin (records no longer matched), and for a reader who may not
+/// even try a change, they say `labels only` and why.
 fn enforcement_is_claimed_only_after_a_probe(label: &str) {
     let b = setup(label);
     b.helm(&["install", "db", &chart("demo-1.0.0"), "-n", NS])
         .expect_code(0, "helm install");
-    b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
-        .expect_code(0, "lock --hard");
+    kubectl(
+        &b,
+        &Who::Admin,
+        &["-n", NS, "create", "configmap", "foreign"],
+    )
+    .expect_code(0, "an unrelated ConfigMap");
+    let relock = || {
+        b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
+            .expect_code(0, "lock --hard");
+        let status = status_json(&b, &[]);
+        assert_eq!(status["lock"]["enforcement"], "cluster policy", "{status}");
+        assert!(status["lock"]["not_frozen"].is_null(), "{status}");
+    };
+    relock();
+
+    // Changed by an identity the policy exempts: found out by status and locks.
+    let system = Who::As("system:kube-controller-manager", &["system:masters"]);
+    let restore = "run the same `guarded-upgrade lock db --hard -n shared` (with the lock's \
+                   reason) again to restore it";
+    let param = || {
+        b.api
+            .get("configmaps", Some(NS), "guarded-upgrade-lock-db")
+            .expect("the lock's ConfigMap")
+    };
+    let deployment_uid = b.api.get("deployments", Some(NS), "db-app").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(
-        status_json(&b, &[])["lock"]["enforcement"],
-        "cluster policy"
+        param()["data"][format!("scale.{deployment_uid}")],
+        "apps/v1/Deployment/db-app"
     );
+    let foreign_uid = b.api.get("configmaps", Some(NS), "foreign").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (patch, why) in [
+        (
+            json!({"data": {"reason": "x"}}),
+            "its reason is \"x\", the records say \"freeze\"".to_string(),
+        ),
+        (
+            json!({"data": {format!("scale.{deployment_uid}"): null}}),
+            "it no longer freezes Deployment db-app".to_string(),
+        ),
+        (
+            json!({"data": {format!("owns.{foreign_uid}"): "v1/ConfigMap/foreign"}}),
+            "it freezes ConfigMap foreign, which the release does not own".to_string(),
+        ),
+    ] {
+        kubectl(
+            &b,
+            &system,
+            &[
+                "-n",
+                NS,
+                "patch",
+                "cm/guarded-upgrade-lock-db",
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
+            ],
+        )
+        .expect_code(0, "an exempt identity changes the lock's ConfigMap");
+        let note = format!(
+            "not enforced by the cluster: the lock's ConfigMap guarded-upgrade-lock-db was \
+             changed after the lock was set ({why}); {restore}"
+        );
+        let status = status_json(&b, &[]);
+        assert_eq!(status["lock"]["enforcement"], "labels only", "{status}");
+        assert_eq!(status["lock"]["enforcement_note"], note, "{status}");
+        let run = b.guard(&["locks", "-n", NS, "-o", "json"]);
+        run.expect_code(0, "locks");
+        let rows: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+        assert_eq!(rows[0]["enforcement"], "labels only", "{rows}");
+        assert_eq!(rows[0]["enforcement_note"], note, "{rows}");
+        relock();
+    }
+    // The cluster-wide ConfigMap changed: the namespace stays frozen, deleting it does not.
+    kubectl(
+        &b,
+        &system,
+        &[
+            "-n",
+            "guarded-upgrade",
+            "patch",
+            "cm/guarded-upgrade-lock-shared.db",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"release":"other"}}"#,
+        ],
+    )
+    .expect_code(0, "an exempt identity changes the cluster-wide ConfigMap");
+    let status = status_json(&b, &[]);
+    assert_eq!(status["lock"]["enforcement"], "cluster policy", "{status}");
+    assert_eq!(
+        status["lock"]["not_frozen"],
+        json!([format!(
+            "Namespace shared (deleting it deletes the release: the ConfigMap \
+             guarded-upgrade-lock-shared.db in namespace guarded-upgrade was changed after the \
+             lock was set (its release is \"other\", the records say \"db\"); {restore})"
+        )]),
+        "{status}"
+    );
+    kubectl(
+        &b,
+        &Who::Admin,
+        &["delete", "namespace", NS, "--dry-run=server"],
+    )
+    .expect_code(0, "the namespace is not frozen now");
+    relock();
 
     // A reader (get/list on secrets, configmaps) cannot probe: not claimed.
     crate::common::grant(
@@ -646,8 +903,468 @@ fn enforcement_is_claimed_only_after_a_probe(label: &str) {
     assert_eq!(rows[0]["enforcement_note"], accepted, "{rows}");
 }
 
+/// resourceVersion of each of the release's objects outside its namespace.
+fn wide_versions(b: &Bed, ns: &str) -> Vec<(String, String)> {
+    let id = format!("{ns}-db");
+    let mut out: Vec<(String, String)> = [
+        ("clusterroles", None, format!("{id}-reader")),
+        ("clusterrolebindings", None, format!("{id}-reader")),
+        (
+            "customresourcedefinitions",
+            None,
+            format!("widgets.db.{ns}.example.com"),
+        ),
+        (
+            "validatingwebhookconfigurations",
+            None,
+            format!("{id}-webhook"),
+        ),
+        ("persistentvolumes", None, format!("{id}-pv")),
+        ("configmaps", Some(OTHER), format!("{id}-remote")),
+        ("namespaces", None, ns.to_string()),
+    ]
+    .into_iter()
+    .map(|(resource, in_ns, name)| {
+        let o = b
+            .api
+            .get(resource, in_ns, &name)
+            .unwrap_or_else(|| panic!("{resource}/{name} is gone"));
+        (
+            format!("{resource}/{name}"),
+            o["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    })
+    .collect();
+    out.sort();
+    out
+}
+
+/// Issue 25: the release's objects outside its namespace are frozen too. Cluster-scoped (a
+/// ClusterRole and its binding, a CRD, a webhook configuration, a PersistentVolume) and in
+/// another namespace (a ConfigMap): update, patch, annotation and label strips, server-side
+/// apply and delete are refused for the admin, a CI ServiceAccount with cluster-admin and a
+/// service account of kube-system that is not a controller, and so is deleting the
+/// release's namespace; Kubernetes' components (impersonated) still write them. Nothing of
+/// release `db` in another namespace (same chart, similar names), no unrelated object is
+/// frozen; a foreign object cannot be given the release's annotations. The lock's
+/// cluster-wide ConfigMap cannot be changed, nor created or deleted by someone without
+/// rights in the release's namespace; deleting it (as allowed) shows in `status` as the
+/// objects not being frozen, and `lock --hard` restores it. `unlock` lifts it all.
+fn frozen_release_beyond_its_namespace(label: &str) {
+    let b = setup(label);
+    let ci = Who::Token(ci_token(&b));
+    let wide = wide_chart(&b, "1.0.0", "one");
+    let wide = wide.to_str().unwrap();
+    b.helm(&["install", "db", wide, "-n", NS])
+        .expect_code(0, "helm install db");
+    // Release `db` of namespace `elsewhere`: the same chart, the same release name.
+    b.helm(&["install", "db", wide, "-n", OTHER])
+        .expect_code(0, "helm install db in elsewhere");
+    for name in ["foreign-role", "shared-db-reader-2"] {
+        kubectl(
+            &b,
+            &Who::Admin,
+            &[
+                "create",
+                "clusterrole",
+                name,
+                "--verb=get",
+                "--resource=pods",
+            ],
+        )
+        .expect_code(0, "an unrelated ClusterRole");
+    }
+
+    let lock = b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS]);
+    lock.expect_code(0, "lock --hard");
+    let mut expected = vec![
+        r#"locked: release "db" in "shared" (hard): freeze"#.to_string(),
+        ENFORCED.to_string(),
+    ];
+    expected.extend(
+        NOT_FROZEN
+            .iter()
+            .map(|o| format!("note: not frozen by the cluster: {o}")),
+    );
+    lock.assert_stderr(&expected.iter().map(String::as_str).collect::<Vec<_>>());
+    let status = status_json(&b, &[]);
+    assert_eq!(status["lock"]["enforcement"], "cluster policy", "{status}");
+    assert_eq!(status["lock"]["not_frozen"], json!(NOT_FROZEN), "{status}");
+
+    let before = wide_versions(&b, NS);
+    let others = wide_versions(&b, OTHER);
+    let not_exempt = Who::As(
+        "system:serviceaccount:kube-system:ci-bot",
+        &["system:masters"],
+    );
+    let applied = write_file(
+        &b,
+        "clusterrole.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: \
+         shared-db-reader\nrules:\n- apiGroups: [\"\"]\n  resources: [secrets]\n  verbs: [get]\n",
+    );
+    for who in [&Who::Admin, &ci, &not_exempt] {
+        for (args, op_what) in [
+            (
+                vec![
+                    "patch",
+                    "clusterrole/shared-db-reader",
+                    "--type=merge",
+                    "-p",
+                    r#"{"rules":[{"apiGroups":[""],"resources":["secrets"],"verbs":["get"]}]}"#,
+                ],
+                r#"update of clusterroles "shared-db-reader""#,
+            ),
+            (
+                vec![
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "-f",
+                    &applied,
+                ],
+                r#"update of clusterroles "shared-db-reader""#,
+            ),
+            (
+                vec![
+                    "annotate",
+                    "clusterrole/shared-db-reader",
+                    "meta.helm.sh/release-name-",
+                ],
+                r#"update of clusterroles "shared-db-reader""#,
+            ),
+            (
+                vec!["delete", "clusterrolebinding/shared-db-reader"],
+                r#"delete of clusterrolebindings "shared-db-reader""#,
+            ),
+            (
+                vec!["label", "crd/widgets.db.shared.example.com", "x=y"],
+                r#"update of customresourcedefinitions "widgets.db.shared.example.com""#,
+            ),
+            (
+                vec!["delete", "crd/widgets.db.shared.example.com"],
+                r#"delete of customresourcedefinitions "widgets.db.shared.example.com""#,
+            ),
+            (
+                vec![
+                    "patch",
+                    "validatingwebhookconfiguration/shared-db-webhook",
+                    "--type=json",
+                    "-p",
+                    r#"[{"op":"replace","path":"/webhooks/0/failurePolicy","value":"Fail"}]"#,
+                ],
+                r#"update of validatingwebhookconfigurations "shared-db-webhook""#,
+            ),
+            (
+                vec![
+                    "delete",
+                    "validatingwebhookconfiguration/shared-db-webhook",
+                    "--dry-run=server",
+                ],
+                r#"delete of validatingwebhookconfigurations "shared-db-webhook""#,
+            ),
+            (
+                vec![
+                    "label",
+                    "--overwrite",
+                    "pv/shared-db-pv",
+                    "app.kubernetes.io/managed-by=other",
+                ],
+                r#"update of persistentvolumes "shared-db-pv""#,
+            ),
+            (
+                vec!["delete", "pv/shared-db-pv", "--wait=false"],
+                r#"delete of persistentvolumes "shared-db-pv""#,
+            ),
+            (
+                vec![
+                    "-n",
+                    OTHER,
+                    "patch",
+                    "cm/shared-db-remote",
+                    "--type=merge",
+                    "-p",
+                    r#"{"data":{"x":"y"}}"#,
+                ],
+                r#"update of configmaps "shared-db-remote""#,
+            ),
+            (
+                vec!["-n", OTHER, "delete", "cm/shared-db-remote"],
+                r#"delete of configmaps "shared-db-remote""#,
+            ),
+            (
+                vec![
+                    "annotate",
+                    "clusterrole/foreign-role",
+                    "meta.helm.sh/release-name=db",
+                    "meta.helm.sh/release-namespace=shared",
+                ],
+                r#"update of clusterroles "foreign-role""#,
+            ),
+            (
+                vec!["delete", "namespace", NS, "--wait=false"],
+                r#"delete of namespaces "shared" (the release lives there)"#,
+            ),
+        ] {
+            denied_wide(&kubectl(&b, who, &args), op_what);
+        }
+    }
+    let smuggled = write_file(
+        &b,
+        "smuggled.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: \
+         smuggled\n  annotations:\n    meta.helm.sh/release-name: db\n    \
+         meta.helm.sh/release-namespace: shared\nrules: []\n",
+    );
+    denied_wide(
+        &kubectl(&b, &ci, &["create", "-f", &smuggled]),
+        r#"create of clusterroles "smuggled""#,
+    );
+    assert_eq!(
+        wide_versions(&b, NS),
+        before,
+        "nothing may change under the freeze"
+    );
+    assert!(b.api.get("clusterroles", None, "smuggled").is_none());
+
+    // Kubernetes' own components still write them (impersonated, as in the namespace).
+    for (who, args) in [
+        (
+            "system:serviceaccount:kube-system:clusterrole-aggregation-controller",
+            vec!["label", "clusterrole/shared-db-reader", "aggregated=yes"],
+        ),
+        (
+            "system:serviceaccount:kube-system:persistent-volume-binder",
+            vec![
+                "annotate",
+                "pv/shared-db-pv",
+                "pv.kubernetes.io/bound-by-controller=yes",
+            ],
+        ),
+        (
+            "system:apiserver",
+            vec![
+                "annotate",
+                "crd/widgets.db.shared.example.com",
+                "checked=yes",
+            ],
+        ),
+        (
+            "system:serviceaccount:kube-system:namespace-controller",
+            vec!["-n", OTHER, "annotate", "cm/shared-db-remote", "seen=yes"],
+        ),
+    ] {
+        kubectl(&b, &Who::As(who, &["system:masters"]), &args)
+            .expect_code(0, &format!("{args:?} as {who}"));
+    }
+
+    // Not the release's: release db of namespace elsewhere (same chart, same release
+    // name), an unrelated ClusterRole with a similar name, a foreign object given another
+    // release's annotations; deleting another namespace stays possible (listed above).
+    for args in [
+        vec!["label", "clusterrole/elsewhere-db-reader", "x=y"],
+        vec!["label", "crd/widgets.db.elsewhere.example.com", "x=y"],
+        vec!["label", "pv/elsewhere-db-pv", "x=y"],
+        vec!["-n", OTHER, "label", "cm/elsewhere-db-remote", "x=y"],
+        vec!["-n", OTHER, "label", "deploy/db-app", "x=y"],
+        vec!["label", "clusterrole/shared-db-reader-2", "x=y"],
+        vec![
+            "annotate",
+            "clusterrole/foreign-role",
+            "meta.helm.sh/release-name=db",
+            "meta.helm.sh/release-namespace=elsewhere",
+        ],
+        vec!["delete", "namespace", OTHER, "--dry-run=server"],
+    ] {
+        kubectl(&b, &ci, &args).expect_code(0, &format!("{args:?} (not the release's)"));
+    }
+    assert_ne!(wide_versions(&b, OTHER), others);
+
+    // The lock's cluster-wide ConfigMap: no change by anyone; created and deleted only by
+    // someone who may do so with ConfigMaps in the namespace it names.
+    let param = "cm/guarded-upgrade-lock-shared.db";
+    for who in [&Who::Admin, &ci, &not_exempt] {
+        let run = kubectl(
+            &b,
+            who,
+            &[
+                "-n",
+                "guarded-upgrade",
+                "patch",
+                param,
+                "--type=merge",
+                "-p",
+                r#"{"data":{"release":"x"}}"#,
+            ],
+        );
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(
+            run.stderr.contains("cannot be changed, only deleted"),
+            "{}",
+            run.stderr
+        );
+    }
+    crate::common::grant(
+        &b,
+        CI,
+        "carol",
+        &[json!({"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]})],
+    );
+    crate::common::wait_allowed(&b, "carol", CI, "create", "configmaps");
+    let carol = Who::As("carol", &[]);
+    let run = kubectl(&b, &carol, &["-n", "guarded-upgrade", "delete", param]);
+    assert!(
+        run.code == 1
+            && run.stderr.contains(
+                "deleting the cluster-wide part of the hard lock on release \"db\" in namespace \
+                 \"shared\" needs the right to delete ConfigMaps in namespace \"shared\""
+            ),
+        "carol may not delete it: {}",
+        run.stderr
+    );
+    let forged = |ns: &str, name: &str| {
+        write_file(
+            &b,
+            "forged.yaml",
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: \
+                 guarded-upgrade\n  labels:\n    app.kubernetes.io/managed-by: guarded-upgrade\n    \
+                 guarded-upgrade.io/hard-lock-wide: \"true\"\ndata:\n  namespace: {ns}\n  \
+                 release: x\n  reason: \"\"\n  by: carol\n  since: \"2026-12-01T00:00:00Z\"\n"
+            ),
+        )
+    };
+    let run = kubectl(
+        &b,
+        &carol,
+        &["create", "-f", &forged(NS, "guarded-upgrade-lock-shared.x")],
+    );
+    assert!(
+        run.code == 1
+            && run
+                .stderr
+                .contains("only `guarded-upgrade lock --hard` creates"),
+        "carol may not create one for shared: {}",
+        run.stderr
+    );
+    let run = kubectl(
+        &b,
+        &carol,
+        &["create", "-f", &forged(CI, "guarded-upgrade-lock-shared.x")],
+    );
+    assert!(
+        run.code == 1
+            && run
+                .stderr
+                .contains("only `guarded-upgrade lock --hard` creates"),
+        "a misnamed one is refused: {}",
+        run.stderr
+    );
+    let own = forged(CI, "guarded-upgrade-lock-ci.x");
+    kubectl(&b, &carol, &["create", "-f", &own]).expect_code(0, "carol's own, well-formed");
+    kubectl(
+        &b,
+        &carol,
+        &[
+            "-n",
+            "guarded-upgrade",
+            "delete",
+            "cm/guarded-upgrade-lock-ci.x",
+        ],
+    )
+    .expect_code(0, "carol deletes her own");
+
+    // Deleting it is allowed to those who may (that is unlock's first step): status then
+    // says what is no longer frozen, and why; re-running lock --hard restores it.
+    kubectl(&b, &ci, &["-n", "guarded-upgrade", "delete", param]).expect_code(0, "delete");
+    let why = "no ConfigMap guarded-upgrade-lock-shared.db in namespace guarded-upgrade; run the \
+               same `guarded-upgrade lock db --hard -n shared` (with the lock's reason) again to \
+               restore it";
+    let mut listed: Vec<String> = NOT_FROZEN.iter().map(|s| s.to_string()).collect();
+    for (object, place) in [
+        ("ClusterRole shared-db-reader", "cluster-scoped"),
+        ("ClusterRoleBinding shared-db-reader", "cluster-scoped"),
+        ("ConfigMap shared-db-remote", "in namespace \"elsewhere\""),
+        (
+            "CustomResourceDefinition widgets.db.shared.example.com",
+            "cluster-scoped",
+        ),
+        ("PersistentVolume shared-db-pv", "cluster-scoped"),
+        (
+            "ValidatingWebhookConfiguration shared-db-webhook",
+            "cluster-scoped",
+        ),
+    ] {
+        listed.push(format!("{object} ({place}: {why})"));
+    }
+    listed.push(format!(
+        "Namespace shared (deleting it deletes the release: {why})"
+    ));
+    listed.sort();
+    let status = status_json(&b, &[]);
+    assert_eq!(status["lock"]["enforcement"], "cluster policy", "{status}");
+    assert_eq!(status["lock"]["not_frozen"], json!(listed), "{status}");
+    let text = b.guard(&["status", "db", "-n", NS]);
+    text.expect_code(0, "status");
+    for o in &listed {
+        text.assert_stdout_line(&format!("  not frozen {o}"));
+    }
+    kubectl(&b, &ci, &["label", "clusterrole/shared-db-reader", "x=y"])
+        .expect_code(0, "not frozen without its ConfigMap");
+    b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
+        .expect_code(0, "lock --hard again")
+        .assert_stderr_line(ENFORCED);
+    assert_eq!(
+        status_json(&b, &[])["lock"]["not_frozen"],
+        json!(NOT_FROZEN)
+    );
+    denied_wide(
+        &kubectl(
+            &b,
+            &ci,
+            &[
+                "label",
+                "--overwrite",
+                "clusterrole/shared-db-reader",
+                "x=z",
+            ],
+        ),
+        r#"update of clusterroles "shared-db-reader""#,
+    );
+
+    // Unlocked, all of it changes again.
+    b.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock")
+        .assert_stderr(&[r#"unlocked: release "db" in "shared""#]);
+    assert!(b
+        .api
+        .get(
+            "configmaps",
+            Some("guarded-upgrade"),
+            "guarded-upgrade-lock-shared.db"
+        )
+        .is_none());
+    for args in [
+        vec![
+            "label",
+            "--overwrite",
+            "clusterrole/shared-db-reader",
+            "x=z",
+        ],
+        vec!["label", "crd/widgets.db.shared.example.com", "x=y"],
+        vec!["-n", OTHER, "label", "cm/shared-db-remote", "x=y"],
+        vec!["delete", "namespace", NS, "--dry-run=server"],
+    ] {
+        kubectl(&b, &ci, &args).expect_code(0, &format!("{args:?} after unlock"));
+    }
+}
+
 per_helm!(
     frozen_release_refuses_every_change,
+    frozen_release_beyond_its_namespace,
     enforcement_is_claimed_only_after_a_probe,
 );
 
@@ -658,7 +1375,8 @@ mod takeover {
 }
 
 /// A two-replica Deployment `{release}-app` (pods labelled with the release and the chart
-/// version) and a ConfigMap `{release}-cache`, chart `app` at `version`.
+/// version), a ConfigMap `{release}-cache` and a one-replica StatefulSet `{release}-db`
+/// (its pod labelled apart), chart `app` at `version`.
 fn app_chart(b: &Bed, version: &str) -> String {
     let dir = b.home().join("charts").join(format!("app-{version}"));
     std::fs::create_dir_all(dir.join("templates")).unwrap();
@@ -677,7 +1395,14 @@ fn app_chart(b: &Bed, version: &str) -> String {
          terminationGracePeriodSeconds: 0\n      containers:\n        - name: app\n          \
          image: \"registry.invalid/app:{{ .Chart.Version }}\"\n---\n\
          apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cache\n\
-         data:\n  version: {{ .Chart.Version | quote }}\n",
+         data:\n  version: {{ .Chart.Version | quote }}\n---\n\
+         apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: {{ .Release.Name }}-db\n\
+         spec:\n  replicas: 1\n  serviceName: {{ .Release.Name }}-db\n  selector:\n    \
+         matchLabels:\n      app.kubernetes.io/component: {{ .Release.Name }}-db\n  \
+         template:\n    metadata:\n      labels:\n        app.kubernetes.io/component: \
+         {{ .Release.Name }}-db\n    spec:\n      terminationGracePeriodSeconds: 0\n      \
+         containers:\n        - name: db\n          \
+         image: \"registry.invalid/db:{{ .Chart.Version }}\"\n",
     )
     .unwrap();
     dir.to_string_lossy().into_owned()
@@ -812,8 +1537,7 @@ fn frozen_release_in_a_running_cluster(label: &str) {
     lock.expect_code(0, "lock --hard");
     lock.assert_stderr(&[
         r#"locked: release "db" in "shared" (hard): freeze"#,
-        "enforced: the cluster refuses changes to release \"db\" in \"shared\" \
-         (ValidatingAdmissionPolicy guarded-upgrade-hard-lock, ConfigMap guarded-upgrade-lock-db)",
+        ENFORCED,
     ]);
 
     // (a) Pods carry no release annotations; a deleted one is replaced by the ReplicaSet
@@ -845,6 +1569,57 @@ fn frozen_release_in_a_running_cluster(label: &str) {
         let ready = ready_pods(&b, "db");
         ready.len() == 2 && ready.iter().all(|p| name_of(p) != gone)
     });
+
+    // (a2) What the release's workloads control is frozen too, though it carries no
+    // annotations: the ReplicaSet's scale (the deployment controller would put it back, but
+    // a pod of it would run meanwhile), its pods, the StatefulSet's scale and pod, an
+    // autoscaler aimed at the Deployment. Deleting a pod stays allowed (above).
+    let rs = name_of(&replica_sets(&b)[0]);
+    let pod = name_of(&ready_pods(&b, "db")[0]);
+    let controlled = " (an object of the release controls it)";
+    let (rs_arg, pod_arg) = (format!("rs/{rs}"), format!("pod/{pod}"));
+    let hpa = hpa_file(&b, "db-app", "Deployment", "db-app");
+    for who in [&Who::Admin, &ci] {
+        for (args, op_what) in [
+            (
+                vec!["scale", rs_arg.as_str(), "--replicas=5"],
+                format!(r#"update of replicasets/scale "{rs}""#),
+            ),
+            (
+                vec!["label", pod_arg.as_str(), "x=y"],
+                format!(r#"update of pods "{pod}"{controlled}"#),
+            ),
+            (
+                vec![
+                    "set",
+                    "image",
+                    pod_arg.as_str(),
+                    "app=registry.invalid/evil:1",
+                ],
+                format!(r#"update of pods "{pod}"{controlled}"#),
+            ),
+            (
+                vec!["scale", "sts/db-db", "--replicas=3"],
+                r#"update of statefulsets/scale "db-db""#.to_string(),
+            ),
+            (
+                vec!["annotate", "pod/db-db-0", "x=y"],
+                format!(r#"update of pods "db-db-0"{controlled}"#),
+            ),
+            (
+                vec!["create", "-f", hpa.as_str()],
+                r#"create of horizontalpodautoscalers "db-app" (it would scale an object of the release)"#
+                    .to_string(),
+            ),
+        ] {
+            let mut full = vec!["-n", NS];
+            full.extend(args.iter().copied());
+            denied(&kubectl(&b, who, &full), &op_what);
+        }
+    }
+    let rs_now = b.api.get("replicasets", Some(NS), &rs).unwrap();
+    assert_eq!(rs_now["spec"]["replicas"], 2, "{rs_now}");
+    assert!(b.api.list("horizontalpodautoscalers", Some(NS)).is_empty());
 
     // (b) Scaling: refused for people, allowed for the HPA controller's identity.
     let scale = |who: &Who, replicas: u32| {
@@ -929,13 +1704,28 @@ fn frozen_release_in_a_running_cluster(label: &str) {
         );
     }
 
-    // (c) Garbage collection: the owner (not the release's) is deleted, the collector
-    // deletes the release's ConfigMap it owned.
+    // (c) Garbage collection: deleting the owner (not the release's) of the release's
+    // ConfigMap would have the collector delete it, so a person may not; deleted by a
+    // system component, the collector deletes the ConfigMap it owned.
     denied(
         &kubectl(&b, &Who::Admin, &["-n", NS, "delete", "cm/db-cache"]),
         r#"delete of configmaps "db-cache""#,
     );
-    kubectl(&b, &Who::Admin, &["-n", NS, "delete", "cm/owner"]).expect_code(0, "delete owner");
+    for who in [&Who::Admin, &ci] {
+        denied(
+            &kubectl(&b, who, &["-n", NS, "delete", "cm/owner"]),
+            r#"delete of configmaps "owner" (it owns an object of the release)"#,
+        );
+    }
+    kubectl(
+        &b,
+        &Who::As(
+            "system:serviceaccount:kube-system:generic-garbage-collector",
+            &["system:masters"],
+        ),
+        &["-n", NS, "delete", "cm/owner"],
+    )
+    .expect_code(0, "delete owner");
     real.wait_until(
         "the garbage collector to delete ConfigMap db-cache",
         ROLLOUT,
@@ -948,6 +1738,13 @@ fn frozen_release_in_a_running_cluster(label: &str) {
     assert_eq!(b.deployed("other", NS), ("1.1.0".to_string(), 2));
     real.wait_rollout(NS, "other-app", ROLLOUT);
     assert_eq!(b.deployed("db", NS), ("1.0.0".to_string(), 1));
+    // Pods replaced, scaled by the HPA controller, an object collected: still the lock's
+    // ConfigMap says what the release calls for, nothing unfrozen.
+    let run = b.guard(&["status", "db", "-n", NS, "-o", "json"]);
+    run.expect_code(0, "status");
+    let status: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(status["lock"]["enforcement"], "cluster policy", "{status}");
+    assert!(status["lock"]["not_frozen"].is_null(), "{status}");
 
     // Unlocked, the release upgrades normally again.
     b.guard(&["unlock", "db", "-n", NS])

@@ -178,11 +178,16 @@ fn documented_role_is_enough(label: &str) {
         .filter(|r| r.user.as_deref() == Some("alice") && r.status == 403)
         .map(|r| format!("{} {}", r.method, r.path))
         .collect();
-    // The one refusal: with the hard-lock policy not installed, the ClusterRole that lets
-    // everyone read it is not there either, and `lock --hard` reports labels only.
+    // The two refusals: with the hard-lock policy not installed, the ClusterRole that lets
+    // everyone read it is not there either, and `lock --hard` reports labels only; nor is
+    // the Role that lets everyone read the locks' cluster-wide ConfigMaps, which `unlock`
+    // of a hard lock looks for (and finds none to lift; a soft lock has none).
     assert_eq!(
         denied,
-        vec!["GET /apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/guarded-upgrade-hard-lock".to_string()],
+        vec![
+            "GET /apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/guarded-upgrade-hard-lock".to_string(),
+            "GET /api/v1/namespaces/guarded-upgrade/configmaps/guarded-upgrade-lock-team.db".to_string(),
+        ],
         "nothing else alice did was refused"
     );
 }

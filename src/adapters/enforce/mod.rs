@@ -19,6 +19,7 @@
 pub(crate) mod admission;
 mod cluster;
 mod database;
+mod scope;
 
 use kube::Client;
 
@@ -68,6 +69,20 @@ pub(crate) struct Lift {
     pub lifted: bool,
     /// Things to say (e.g. that whether it was in place is not known).
     pub notes: Vec<String>,
+}
+
+/// One hard lock `status`/`locks` ask about: where it is, its latest record (probed), and
+/// the records' lock as the enforcement's parameters must hold it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HardLock<'a> {
+    pub namespace: &'a str,
+    pub release: &'a str,
+    /// The latest record.
+    pub record: &'a str,
+    pub reason: Option<&'a str>,
+    pub by: Option<&'a str>,
+    /// When it was set (RFC 3339).
+    pub since: Option<&'a str>,
 }
 
 /// How one hard lock is enforced (`status`, `locks`), and why not when it is not.
@@ -174,20 +189,27 @@ impl<'a> Enforcer<'a> {
         }
     }
 
-    /// How each hard lock `(namespace, release, latest record)` is enforced, in order:
-    /// enforced only when a probe (a dry-run change by the caller, a rolled-back
-    /// transaction) is refused now. `namespace`: the namespace read, or None for all.
+    /// How each hard lock is enforced, in order: enforced only when a probe (a dry-run
+    /// change by the caller, a rolled-back transaction) is refused now, and (the cluster)
+    /// the lock's parameters still say what the records' lock says. `namespace`: the
+    /// namespace read, or None for all.
     pub(crate) async fn describe(
         &self,
         namespace: Option<&str>,
-        hard_locks: &[(&str, &str, &str)],
+        hard_locks: &[HardLock<'_>],
     ) -> Vec<Described> {
         if hard_locks.is_empty() {
             return Vec::new();
         }
         match self {
             Enforcer::Cluster(e) => e.describe(namespace, hard_locks).await,
-            Enforcer::Database(e) => e.describe(hard_locks).await,
+            Enforcer::Database(e) => {
+                let plain: Vec<(&str, &str, &str)> = hard_locks
+                    .iter()
+                    .map(|l| (l.namespace, l.release, l.record))
+                    .collect();
+                e.describe(&plain).await
+            }
         }
     }
 }
