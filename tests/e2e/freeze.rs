@@ -51,8 +51,8 @@ fn kubectl(b: &Bed, who: &Who, args: &[&str]) -> Run {
 }
 
 /// A chart whose release spreads wider than its namespace: a Deployment and a StatefulSet
-/// (both with `scale`), a bare Pod and its ServiceAccount, a ConfigMap and a Service in the
-/// release namespace; cluster-scoped
+/// (both with `scale`; the StatefulSet with a volumeClaimTemplate), a suspended CronJob, a
+/// bare Pod and its ServiceAccount, a ConfigMap and a Service in the release namespace; cluster-scoped
 /// a ClusterRole and its ClusterRoleBinding, a CustomResourceDefinition, a
 /// ValidatingWebhookConfiguration (for the CRD's group only, failing open) and a
 /// PersistentVolume, all named for the release's namespace and name, so that the same
@@ -105,6 +105,27 @@ spec:
       containers:
         - name: db
           image: registry.invalid/wide-db:1
+  volumeClaimTemplates:
+    - metadata: {{name: data}}
+      spec:
+        accessModes: [ReadWriteOnce]
+        resources: {{requests: {{storage: 1Gi}}}}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: {{{{ .Release.Name }}}}-nightly
+spec:
+  schedule: "0 3 * * *"
+  suspend: true
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+            - name: nightly
+              image: registry.invalid/wide-nightly:1
 ---
 apiVersion: v1
 kind: ServiceAccount
@@ -318,9 +339,12 @@ fn status_json(b: &Bed, env: &[(&str, &str)]) -> Value {
 }
 
 /// What the cluster cannot freeze of release `db` of the wide chart in `shared`.
-const NOT_FROZEN: [&str; 2] = [
+const NOT_FROZEN: [&str; 4] = [
     "ConfigMap db-hook (a helm hook: helm does not mark hooks as the release's)",
+    "CronJob db-nightly (the Jobs it starts after the lock was set, and their pods)",
     "Namespace elsewhere (deleting it deletes the release's objects there)",
+    "StatefulSet db-db (the PersistentVolumeClaims of its volumeClaimTemplates: they carry \
+     neither the release's annotations nor an owner reference)",
 ];
 
 /// The `enforced:` line of `lock --hard db --hard -n shared`, both parts in force.
@@ -741,6 +765,9 @@ fn enforcement_is_claimed_only_after_a_probe(label: &str) {
         &["-n", NS, "create", "configmap", "foreign"],
     )
     .expect_code(0, "an unrelated ConfigMap");
+    // The release's objects are older than the lock's ConfigMap by a second at least (an
+    // object of the same second could have been made after the lock read them).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let relock = || {
         b.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])
             .expect_code(0, "lock --hard");
@@ -813,6 +840,59 @@ fn enforcement_is_claimed_only_after_a_probe(label: &str) {
         assert_eq!(rows[0]["enforcement_note"], note, "{rows}");
         relock();
     }
+    // A ReplicaSet the deployment controller makes after the lock (a rollout in flight
+    // when the lock was set) is not in the lock's ConfigMap: said, not taken for a change;
+    // `lock --hard` again freezes it.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let late = write_file(
+        &b,
+        "late-rs.json",
+        &json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": "db-app-late", "namespace": NS,
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                                  "name": "db-app", "uid": deployment_uid,
+                                                  "controller": true}]},
+                "spec": {"replicas": 0, "selector": {"matchLabels": {"late": "yes"}},
+                         "template": {"metadata": {"labels": {"late": "yes"}},
+                                      "spec": {"containers": [{"name": "c",
+                                                               "image": "registry.invalid/x:1"}]}}}})
+        .to_string(),
+    );
+    kubectl(
+        &b,
+        &Who::As(
+            "system:serviceaccount:kube-system:deployment-controller",
+            &["system:masters"],
+        ),
+        &["create", "-f", &late],
+    )
+    .expect_code(0, "a ReplicaSet made by the deployment controller");
+    let status = status_json(&b, &[]);
+    assert_eq!(status["lock"]["enforcement"], "cluster policy", "{status}");
+    assert_eq!(
+        status["lock"]["not_frozen"],
+        json!([
+            "ReplicaSet db-app-late (created after the lock was set; run `lock --hard` \
+                again to freeze it)"
+        ]),
+        "{status}"
+    );
+    kubectl(
+        &b,
+        &Who::Admin,
+        &["-n", NS, "scale", "rs/db-app-late", "--replicas=0"],
+    )
+    .expect_code(0, "not frozen yet");
+    relock();
+    denied(
+        &kubectl(
+            &b,
+            &Who::Admin,
+            &["-n", NS, "scale", "rs/db-app-late", "--replicas=1"],
+        ),
+        r#"update of replicasets/scale "db-app-late""#,
+    );
+
     // The cluster-wide ConfigMap changed: the namespace stays frozen, deleting it does not.
     kubectl(
         &b,

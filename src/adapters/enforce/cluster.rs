@@ -263,8 +263,12 @@ impl<'a> ClusterEnforcer<'a> {
         );
         let mut changed = admission::lock_fields_differ(&have, &want);
         let frozen = self.scope(ns, lock.record).await;
-        let since = lock.since.and_then(crate::core::time::parse_rfc3339);
-        let keys = scope::compare_keys(&have, &frozen, since);
+        let written = param
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second());
+        let keys = scope::compare_keys(&have, &frozen, written);
         if !keys.missing.is_empty() {
             changed.push(format!("it no longer freezes {}", keys.missing.join(", ")));
         }

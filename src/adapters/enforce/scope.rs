@@ -266,7 +266,18 @@ pub async fn freeze_scope(client: &Client, namespace: &str, objects: &[ManifestO
                     replica_sets_of(client, namespace, &uid, o, &mut children, &mut frozen).await
                 }
                 ("batch", "CronJob") => {
-                    jobs_of(client, namespace, &uid, o, &mut children, &mut frozen).await
+                    jobs_of(client, namespace, &uid, o, &mut children, &mut frozen).await;
+                    frozen.not_frozen.push(format!(
+                        "{} {} (the Jobs it starts after the lock was set, and their pods)",
+                        o.kind, o.name
+                    ));
+                }
+                ("apps", "StatefulSet") if unowned_claims(&object.data) => {
+                    frozen.not_frozen.push(format!(
+                        "{} {} (the PersistentVolumeClaims of its volumeClaimTemplates: they \
+                         carry neither the release's annotations nor an owner reference)",
+                        o.kind, o.name
+                    ))
                 }
                 _ => {}
             }
@@ -293,6 +304,17 @@ pub async fn freeze_scope(client: &Client, namespace: &str, objects: &[ManifestO
     frozen.not_frozen.sort();
     frozen.not_frozen.dedup();
     frozen
+}
+
+/// A StatefulSet (its JSON) whose volumeClaimTemplates make PersistentVolumeClaims without
+/// an owner reference: unless `persistentVolumeClaimRetentionPolicy.whenDeleted` is `Delete`,
+/// the StatefulSet controller does not make itself their owner.
+fn unowned_claims(statefulset: &serde_json::Value) -> bool {
+    let spec = &statefulset["spec"];
+    spec["volumeClaimTemplates"]
+        .as_array()
+        .is_some_and(|t| !t.is_empty())
+        && spec["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] != "Delete"
 }
 
 /// The ReplicaSets Deployment `o` (uid `uid`) controls: their scale, their pods.
@@ -462,14 +484,14 @@ pub async fn freeze_scope_of<S: ReleaseStore>(client: &Client, store: &S, latest
 }
 
 /// How the keys of a lock's ConfigMap (`have`) compare with what the release's objects
-/// call for now (`want`), for a lock set at `since` (Unix seconds).
+/// call for now (`want`), for a ConfigMap created at `written` (Unix seconds).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct KeysCompared {
-    /// Keys the ConfigMap should hold for objects that existed when the lock was set:
-    /// it was changed (`KIND NAME`).
+    /// Keys the ConfigMap should hold for objects that existed when it was written: it was
+    /// changed (`KIND NAME`).
     pub missing: Vec<String>,
-    /// Objects created after the lock was set, not in the ConfigMap: not frozen
-    /// (`KIND NAME (why)`).
+    /// Objects created after the ConfigMap was written, not in it: not frozen (`KIND NAME
+    /// (why)`).
     pub later: Vec<String>,
     /// Keys the ConfigMap holds that the release does not call for: the object is gone, or
     /// the ConfigMap was changed (checked by [`foreign`]).
@@ -480,15 +502,18 @@ pub struct KeysCompared {
 pub fn compare_keys(
     have: &BTreeMap<String, String>,
     want: &Frozen,
-    since: Option<i64>,
+    written: Option<i64>,
 ) -> KeysCompared {
     let mut out = KeysCompared::default();
     for (key, value) in &want.keys {
         if have.contains_key(key) {
             continue;
         }
-        let later = match (want.created.get(key), since) {
-            (Some(created), Some(since)) => *created > since,
+        // The ConfigMap's creation time cannot be changed. The same second counts as after
+        // it: the objects were read just before it was written, and one may have been made
+        // meanwhile.
+        let later = match (want.created.get(key), written) {
+            (Some(created), Some(written)) => *created >= written,
             _ => false,
         };
         let what = kind_and_name(value);
@@ -568,6 +593,24 @@ mod tests {
     }
 
     #[test]
+    fn statefulset_claims_without_owner() {
+        let sts = |policy: serde_json::Value| {
+            serde_json::json!({"spec": {"volumeClaimTemplates": [{"metadata": {"name": "data"}}],
+                                        "persistentVolumeClaimRetentionPolicy": policy}})
+        };
+        assert!(unowned_claims(&sts(serde_json::json!(null))));
+        assert!(unowned_claims(&sts(
+            serde_json::json!({"whenDeleted": "Retain"})
+        )));
+        assert!(!unowned_claims(&sts(
+            serde_json::json!({"whenDeleted": "Delete"})
+        )));
+        assert!(!unowned_claims(
+            &serde_json::json!({"spec": {"replicas": 1}})
+        ));
+    }
+
+    #[test]
     fn values_name_the_object() {
         assert_eq!(
             kind_and_name(&object_ref("apps/v1", "ReplicaSet", "db-app-7c9")),
@@ -604,6 +647,10 @@ mod tests {
         .collect();
         let c = compare_keys(&have, &want, Some(200));
         assert_eq!(c.missing, ["Deployment db-app"]);
+        assert_eq!(
+            compare_keys(&have, &want, Some(100)).missing,
+            Vec::<String>::new()
+        );
         assert_eq!(
             c.later,
             [
