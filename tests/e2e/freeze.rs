@@ -1073,6 +1073,15 @@ fn frozen_release_beyond_its_namespace(label: &str) {
     let status = status_json(&b, &[]);
     assert_eq!(status["lock"]["enforcement"], "cluster policy", "{status}");
     assert_eq!(status["lock"]["not_frozen"], json!(NOT_FROZEN), "{status}");
+    b.guard(&["policy", "show"])
+        .expect_code(0, "policy show")
+        .assert_stdout_line(
+            "policy:    installed (ValidatingAdmissionPolicies guarded-upgrade-hard-lock, \
+             guarded-upgrade-hard-lock-wide, guarded-upgrade-hard-lock-params version 3, each \
+             with its binding)",
+        )
+        .assert_stdout_line("locks:     db in shared")
+        .assert_stdout_line("wide:      db in shared (its objects outside the namespace)");
 
     let before = wide_versions(&b, NS);
     let others = wide_versions(&b, OTHER);
