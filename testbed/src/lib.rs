@@ -1145,30 +1145,27 @@ impl Cluster {
     }
 
     /// Deletes namespaces for good, with what they hold, and waits until they are gone.
-    /// Where no controllers run, each is emptied and its `kubernetes` finalizer removed by
-    /// hand. Where they run, the namespace is emptied of its pods first (so the namespace
-    /// controller finds no pod to wait for), then deleted, and the namespace controller
-    /// removes everything of every kind in it (bounded: 60 s, then the namespace's
-    /// conditions are shown).
+    /// Where no controllers run, each is emptied (of the kinds tests and helm make) and its
+    /// `kubernetes` finalizer removed by hand. Where they run, each is deleted first (so
+    /// nothing, controllers included, can create in it any more), then emptied of every
+    /// kind the server serves and finalized ([`Cluster::purge_namespace`]): what the
+    /// namespace controller would do, without the 5 s it waits before starting on a
+    /// deleted namespace. If that cannot be done, the namespace controller finishes it
+    /// (bounded: 60 s, then the namespace's status is shown).
     fn remove_namespaces(&self, namespaces: &[String]) {
         let controlled = self.has_controllers();
         for ns in namespaces {
-            self.empty_namespace(ns);
             let one = format!("/api/v1/namespaces/{ns}");
-            self.admin.send("DELETE", &one, None);
             if controlled {
+                self.admin.send("DELETE", &one, None);
+                if self.purge_namespace(ns, Duration::from_secs(20)) {
+                    self.finalize_namespace(ns);
+                }
                 continue;
             }
-            if let Some(mut obj) = self.admin.get(&one) {
-                obj["spec"]["finalizers"] = json!([]);
-                let (code, v) = self
-                    .admin
-                    .send("PUT", &format!("{one}/finalize"), Some(&obj));
-                if code != 200 && code != 404 {
-                    panic!("kube-testbed: finalize namespace {ns}: {code} {v}");
-                }
-                self.admin.send("DELETE", &one, None);
-            }
+            self.empty_namespace(ns);
+            self.admin.send("DELETE", &one, None);
+            self.finalize_namespace(ns);
         }
         let limit = Duration::from_secs(if controlled { 60 } else { 10 });
         let deadline = Instant::now() + limit;
@@ -1184,6 +1181,114 @@ impl Cluster {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+    }
+
+    /// Removes the `kubernetes` finalizer of a deleted namespace, which lets the server
+    /// remove it.
+    fn finalize_namespace(&self, ns: &str) {
+        let one = format!("/api/v1/namespaces/{ns}");
+        if let Some(mut obj) = self.admin.get(&one) {
+            obj["spec"]["finalizers"] = json!([]);
+            let (code, v) = self
+                .admin
+                .send("PUT", &format!("{one}/finalize"), Some(&obj));
+            if code != 200 && code != 404 {
+                panic!("kube-testbed: finalize namespace {ns}: {code} {v}");
+            }
+            self.admin.send("DELETE", &one, None);
+        }
+    }
+
+    /// Every namespaced resource the server serves that can be listed and deleted, found
+    /// the way the namespace controller finds them (discovery of `/api/v1` and each group's
+    /// preferred version): (collection prefix such as `/apis/apps/v1`, plural, whether it
+    /// takes a collection delete). `None` when a discovery request fails.
+    fn namespaced_resources(&self) -> Option<Vec<(String, String, bool)>> {
+        let mut prefixes = vec!["/api/v1".to_string()];
+        let (200, groups) = self.admin.try_send("GET", "/apis", None).ok()? else {
+            return None;
+        };
+        for g in groups["groups"].as_array().into_iter().flatten() {
+            prefixes.push(format!(
+                "/apis/{}",
+                g["preferredVersion"]["groupVersion"].as_str()?
+            ));
+        }
+        let mut out = Vec::new();
+        for prefix in prefixes {
+            let (200, list) = self.admin.try_send("GET", &prefix, None).ok()? else {
+                return None;
+            };
+            for r in list["resources"].as_array().into_iter().flatten() {
+                let name = r["name"].as_str().unwrap_or_default();
+                let verb = |v: &str| {
+                    r["verbs"]
+                        .as_array()
+                        .is_some_and(|verbs| verbs.iter().any(|x| x == v))
+                };
+                if r["namespaced"] == true && !name.contains('/') && verb("list") && verb("delete")
+                {
+                    out.push((prefix.clone(), name.to_string(), verb("deletecollection")));
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Empties a deleted (terminating) namespace of every kind the server serves, until a
+    /// listing of every kind comes back empty: finalizers are dropped (nothing here would
+    /// run them), pods go at once (grace period 0). True when it is empty; false, leaving
+    /// the rest to the namespace controller, when discovery or a listing fails or objects
+    /// are still there after `limit`.
+    fn purge_namespace(&self, ns: &str, limit: Duration) -> bool {
+        let Some(resources) = self.namespaced_resources() else {
+            return false;
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut left = 0;
+            for (prefix, plural, collection_delete) in &resources {
+                let collection = format!("{prefix}/namespaces/{ns}/{plural}");
+                let Ok((200, list)) = self.admin.try_send("GET", &collection, None) else {
+                    return false;
+                };
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                left += items.len();
+                let grace = if plural == "pods" {
+                    "?gracePeriodSeconds=0"
+                } else {
+                    ""
+                };
+                for obj in &items {
+                    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                    let one = format!("{collection}/{name}");
+                    if obj["metadata"]["finalizers"]
+                        .as_array()
+                        .is_some_and(|f| !f.is_empty())
+                    {
+                        let patch = json!({"metadata": {"finalizers": null}});
+                        let _ = self.admin.try_send("PATCH", &one, Some(&patch));
+                    }
+                    if !collection_delete {
+                        let _ = self
+                            .admin
+                            .try_send("DELETE", &format!("{one}{grace}"), None);
+                    }
+                }
+                if *collection_delete && !items.is_empty() {
+                    let _ = self
+                        .admin
+                        .try_send("DELETE", &format!("{collection}{grace}"), None);
+                }
+            }
+            if left == 0 {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

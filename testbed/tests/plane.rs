@@ -199,7 +199,22 @@ fn controllers_roll_out_fail_on_purpose_and_stop_for_a_plain_lease() {
                 })
         });
 
-        // A reset with the namespace controller running: gone for good, nothing comes back.
+        // An object of a kind the test bed has no name for, which no controller removes
+        // when its namespace goes: a reset must remove it too.
+        let policies = "/apis/networking.k8s.io/v1/namespaces/rollout/networkpolicies";
+        let policy = serde_json::json!({"apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy", "metadata": {"name": "deny", "namespace": "rollout"},
+            "spec": {"podSelector": {}}});
+        let (code, v) = c.request("POST", policies, Some(&policy));
+        assert_eq!(code, 201, "{v}");
+        let count = |path: &str| {
+            let (code, v) = c.request("GET", path, None);
+            assert_eq!(code, 200, "{v}");
+            v["items"].as_array().map_or(0, Vec::len)
+        };
+
+        // A reset while the controllers run: gone for good, of every kind, nothing comes
+        // back in a namespace of the same name.
         c.reset();
         assert!(c.get("namespaces", None, "rollout").is_none());
         c.create_namespace("rollout");
@@ -207,7 +222,10 @@ fn controllers_roll_out_fail_on_purpose_and_stop_for_a_plain_lease() {
             c.list("pods", Some("rollout")),
             Vec::<serde_json::Value>::new()
         );
-        assert!(c.list("deployments", Some("rollout")).is_empty());
+        for kind in ["deployments", "replicasets", "events"] {
+            assert!(c.list(kind, Some("rollout")).is_empty(), "{kind}");
+        }
+        assert_eq!(count(policies), 0, "the NetworkPolicy of the old namespace");
     }
     // A plain lease of the same server: nothing reconciles any more.
     let mut held = Vec::new();
