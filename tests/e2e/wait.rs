@@ -17,6 +17,12 @@ const NS: &str = "shared";
 /// the rollout is done.
 const LONG: &str = "3m";
 
+/// helm's whole wait for a rollout that never becomes Ready: it always runs out, so it is
+/// kept short. Enough for helm to write the new ReplicaSet's template, and for the
+/// rollback of `--atomic`/`--rollback-on-failure` (same timeout), which is quick: the old
+/// pods never stopped serving (`maxUnavailable` 0 of 2 replicas).
+const NEVER: &str = "6s";
+
 fn setup(label: &str) -> Bed {
     let b = bed_with_controllers(label);
     b.api.create_namespace(NS);
@@ -281,7 +287,7 @@ fn rollout_never_ready(label: &str) {
         NS,
         wait_flag(label),
         "--timeout",
-        "6s",
+        NEVER,
     ]);
     run.expect_code(1, "a rollout that never becomes Ready");
     let decided = line_index(&run, "with the decision", |l| {
@@ -356,7 +362,7 @@ fn rollback_on_failure(label: &str) {
         wait_flag(label),
         rollback_flag(label),
         "--timeout",
-        "15s",
+        NEVER,
     ]);
     run.expect_code(1, "a failed upgrade rolled back");
     assert_eq!(
@@ -392,7 +398,7 @@ fn rollback_on_failure(label: &str) {
         wait_flag(label),
         rollback_flag(label),
         "--timeout",
-        "15s",
+        NEVER,
     ]);
     run.expect_code(3, "the version rolled back from");
     run.assert_stderr(&[
