@@ -120,9 +120,9 @@ pub enum Error {
         namespace: String,
         /// What was being done, e.g. `creating the namespace`.
         step: String,
-        /// Why.
+        /// Why (a store or an API error).
         #[source]
-        source: Box<StoreError>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The per-release mutex could not be taken.
     #[error("release {release:?} in namespace {namespace:?}: {source}")]

@@ -22,9 +22,8 @@ use kube::{Api, Client};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::adapters::cluster::WATCH_SECONDS;
+use crate::adapters::cluster::{ApiError, WATCH_SECONDS};
 use crate::adapters::retry::{RetryPolicy, Retryable, Verdict};
-use crate::adapters::storage::StoreError;
 use crate::core::time::{format_duration, format_rfc3339, now_unix};
 
 /// Default lease duration: as helm-lock's 15 s, renewed every third of it.
@@ -188,39 +187,77 @@ pub enum MutexError {
         lease: String,
         /// Cause.
         #[source]
-        source: StoreError,
+        source: ApiError,
     },
     /// The API answered a Lease read with something else (another Lease): the mutex
     /// state is not known. The text names the Lease and the field.
     #[error("cannot take the per-release mutex: {0}")]
-    WrongAnswer(crate::adapters::storage::InvalidRecord),
+    WrongAnswer(WrongLease),
     /// Interrupted while waiting.
     #[error("interrupted while waiting for the mutex")]
     Interrupted,
 }
 
+/// The API answered a request about one Lease with another object.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Lease {lease:?}: metadata.name the answer is {answered:?}, another object")]
+pub struct WrongLease {
+    /// The Lease asked for.
+    pub lease: String,
+    /// The name in the answer.
+    pub answered: String,
+}
+
+/// A failed request about the Lease, or an answer that is another Lease.
+#[derive(Debug, thiserror::Error)]
+enum LeaseError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    WrongAnswer(#[from] WrongLease),
+}
+
+impl From<kube::Error> for LeaseError {
+    fn from(e: kube::Error) -> LeaseError {
+        LeaseError::Api(e.into())
+    }
+}
+
+impl LeaseError {
+    /// When the server asked to retry, if it did.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            LeaseError::Api(e) => e.retry_after(),
+            LeaseError::WrongAnswer(_) => None,
+        }
+    }
+}
+
+impl Retryable for LeaseError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            LeaseError::Api(e) => e.verdict(),
+            LeaseError::WrongAnswer(_) => Verdict::Final,
+        }
+    }
+}
+
 /// The Lease named `name`, or None. An answer that is another object (the wrong name) is
 /// an error, as for release records: acting on it would write the wrong Lease or judge
 /// the mutex by someone else's.
-async fn get_lease(api: &Api<Lease>, name: &str) -> Result<Option<Lease>, StoreError> {
+async fn get_lease(api: &Api<Lease>, name: &str) -> Result<Option<Lease>, LeaseError> {
     let lease = api.get_opt(name).await?;
     check_lease_name(lease, name)
 }
 
 /// `lease` if it is the one asked for (see [`get_lease`]).
-fn check_lease_name(lease: Option<Lease>, name: &str) -> Result<Option<Lease>, StoreError> {
+fn check_lease_name(lease: Option<Lease>, name: &str) -> Result<Option<Lease>, LeaseError> {
     match lease {
-        Some(l) if l.metadata.name.as_deref() != Some(name) => Err(StoreError::Invalid(
-            crate::adapters::storage::InvalidRecord::new(
-                "Lease",
-                name,
-                "metadata.name",
-                &format!(
-                    "the answer is {:?}, another object",
-                    l.metadata.name.as_deref().unwrap_or("")
-                ),
-            ),
-        )),
+        Some(l) if l.metadata.name.as_deref() != Some(name) => Err(WrongLease {
+            lease: name.to_string(),
+            answered: l.metadata.name.unwrap_or_default(),
+        }
+        .into()),
         other => Ok(other),
     }
 }
@@ -252,7 +289,7 @@ pub async fn observe(client: &Client, namespace: &str, release: &str, now_unix: 
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let what = format!("reading the mutex Lease {name:?} in namespace {namespace:?}");
     let read = crate::adapters::retry::run(&what, || async {
-        api.get_opt(&name).await.map_err(StoreError::from)
+        api.get_opt(&name).await.map_err(LeaseError::from)
     })
     .await
     .and_then(|l| check_lease_name(l, &name));
@@ -260,7 +297,7 @@ pub async fn observe(client: &Client, namespace: &str, release: &str, now_unix: 
     // wrong 404 (a proxy, an API server restarting) is not shown as a free mutex.
     let read = match read {
         Ok(None) => crate::adapters::retry::run(&what, || async {
-            api.get_opt(&name).await.map_err(StoreError::from)
+            api.get_opt(&name).await.map_err(LeaseError::from)
         })
         .await
         .and_then(|l| check_lease_name(l, &name)),
@@ -522,11 +559,11 @@ pub async fn acquire_or<W: Waiter>(
                 if failures >= policy.attempts {
                     return Err(classify(e, &name, namespace));
                 }
-                let hint = match &e {
-                    StoreError::Api { retry_after, .. } => *retry_after,
-                    _ => None,
-                };
-                let retry_in = policy.wait(failures, hint, crate::adapters::retry::jitter_unit());
+                let retry_in = policy.wait(
+                    failures,
+                    e.retry_after(),
+                    crate::adapters::retry::jitter_unit(),
+                );
                 let wait = MutexWait::RequestFailed {
                     action,
                     error: e.to_string(),
@@ -678,12 +715,9 @@ impl LeaseWatch {
                 match api.watch(&params, &version).await {
                     Ok(stream) => self.stream = Some(Box::pin(stream)),
                     Err(e) => {
-                        let e = StoreError::from(e);
+                        let e = ApiError::from(e);
                         if e.code() == Some(403) {
-                            self.refused = Some(match &e {
-                                StoreError::Connection(f) => f.cause.clone(),
-                                other => other.to_string(),
-                            });
+                            self.refused = Some(e.cause());
                         } else {
                             tracing::debug!("watching Lease {:?}: {e}", self.name);
                             // Not a tight loop: back off one poll interval before reading.
@@ -741,9 +775,9 @@ enum StepError {
     /// 409 on a write: re-read and re-decide.
     Conflict(&'static str),
     /// Worth retrying after a backoff.
-    Transient(&'static str, StoreError),
+    Transient(&'static str, LeaseError),
     /// Retrying cannot help.
-    Final(StoreError),
+    Final(LeaseError),
     /// The namespace the Lease would live in does not exist.
     NamespaceMissing,
 }
@@ -761,11 +795,11 @@ fn step_error(action: &'static str, e: kube::Error) -> StepError {
             return StepError::NamespaceMissing;
         }
     }
-    let e = StoreError::from(e);
+    let e = ApiError::from(e);
     match e.verdict() {
         _ if e.code() == Some(409) => StepError::Conflict(action),
-        Verdict::Retry { .. } => StepError::Transient(action, e),
-        Verdict::Final => StepError::Final(e),
+        Verdict::Retry { .. } => StepError::Transient(action, e.into()),
+        Verdict::Final => StepError::Final(e.into()),
     }
 }
 
@@ -872,19 +906,19 @@ pub fn poll_interval() -> Duration {
     Duration::from_millis(500 + jitter)
 }
 
-fn classify(e: StoreError, lease: &str, namespace: &str) -> MutexError {
-    match &e {
+fn classify(e: LeaseError, lease: &str, namespace: &str) -> MutexError {
+    match e {
         // A 403 arrives classified (cluster::classify); its cause is the API's message.
-        StoreError::Connection(f) if f.code() == Some(403) => MutexError::Forbidden {
+        LeaseError::Api(e) if e.code() == Some(403) => MutexError::Forbidden {
             lease: lease.to_string(),
             namespace: namespace.to_string(),
             verb: "get/create/update",
-            message: f.cause.clone(),
+            message: e.cause(),
         },
-        StoreError::Invalid(invalid) => MutexError::WrongAnswer(invalid.clone()),
-        _ => MutexError::Api {
+        LeaseError::WrongAnswer(wrong) => MutexError::WrongAnswer(wrong),
+        LeaseError::Api(source) => MutexError::Api {
             lease: lease.to_string(),
-            source: e,
+            source,
         },
     }
 }
@@ -929,7 +963,7 @@ fn start_renewing(
                         last_ok = Instant::now();
                     }
                     Err(e) => {
-                        let e = StoreError::from(e);
+                        let e = ApiError::from(e);
                         if e.code() == Some(409) {
                             // Someone wrote the Lease: still ours? Then renew from it.
                             match get_lease(&api, &name).await {
@@ -1017,11 +1051,11 @@ impl Held {
                 Ok(()) => return report,
                 Err(e) => e,
             };
-            let hint = match &error {
-                StoreError::Api { retry_after, .. } => *retry_after,
-                _ => None,
-            };
-            let wait = policy.wait(attempt, hint, crate::adapters::retry::jitter_unit());
+            let wait = policy.wait(
+                attempt,
+                error.retry_after(),
+                crate::adapters::retry::jitter_unit(),
+            );
             if attempt >= policy.attempts || started.elapsed() + wait > policy.deadline {
                 break error;
             }
@@ -1039,7 +1073,7 @@ impl Held {
 
 /// One write clearing the holder of the Lease as we last wrote it (409 if anyone wrote it
 /// since).
-async fn release_known(api: &Api<Lease>, name: &str, mut lease: Lease) -> Result<(), StoreError> {
+async fn release_known(api: &Api<Lease>, name: &str, mut lease: Lease) -> Result<(), LeaseError> {
     clear_holder(&mut lease);
     let written = api.replace(name, &PostParams::default(), &lease).await?;
     check_lease_name(Some(written), name)?;
@@ -1057,7 +1091,7 @@ fn clear_holder(lease: &mut Lease) {
 }
 
 /// One read and, if the Lease is still ours, one write clearing the holder.
-async fn release_once(api: &Api<Lease>, name: &str, identity: &str) -> Result<(), StoreError> {
+async fn release_once(api: &Api<Lease>, name: &str, identity: &str) -> Result<(), LeaseError> {
     // A Lease that is not there needs no release, but a single 404 is read again before
     // it is believed: a wrong 404 would leave our Lease held without a warning.
     let lease = match get_lease(api, name).await? {

@@ -291,7 +291,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapters::storage::StoreError;
+    use crate::adapters::cluster::ApiError;
     use std::cell::{Cell, RefCell};
 
     /// Time moves only when we sleep; jitter is fixed.
@@ -325,8 +325,8 @@ mod tests {
         }
     }
 
-    fn api(code: u16, retry_after: Option<u64>) -> StoreError {
-        StoreError::Api {
+    fn api(code: u16, retry_after: Option<u64>) -> ApiError {
+        ApiError::Status {
             code,
             reason: "Reason".into(),
             message: "msg".into(),
@@ -338,9 +338,9 @@ mod tests {
     fn script(
         policy: &RetryPolicy,
         clock: &FakeClock,
-        answers: Vec<Option<StoreError>>,
+        answers: Vec<Option<ApiError>>,
         cost: Duration,
-    ) -> (Result<u32, StoreError>, u32, Vec<RetryNotice>) {
+    ) -> (Result<u32, ApiError>, u32, Vec<RetryNotice>) {
         let calls = Cell::new(0u32);
         let answers = RefCell::new(answers.into_iter());
         let mut notices = Vec::new();
@@ -416,7 +416,7 @@ mod tests {
         assert_eq!(api(504, None).verdict(), retry(None));
         assert_eq!(api(500, None).verdict(), retry(None));
         assert_eq!(api(429, Some(2)).verdict(), retry(Some(2)));
-        assert_eq!(StoreError::Transport("reset".into()).verdict(), retry(None));
+        assert_eq!(ApiError::Transport("reset".into()).verdict(), retry(None));
         for code in [400, 403, 404, 409, 410, 422] {
             assert_eq!(api(code, None).verdict(), Verdict::Final, "{code}");
         }
@@ -514,7 +514,7 @@ mod tests {
             assert!(clock.slept.borrow().is_empty());
         }
         let clock = FakeClock::new(0.0);
-        let answers = vec![Some(StoreError::Transport("reset".into())), None];
+        let answers = vec![Some(ApiError::Transport("reset".into())), None];
         let (result, calls, notices) = script(&RetryPolicy::API, &clock, answers, Duration::ZERO);
         assert_eq!(result.unwrap(), 2);
         assert_eq!(calls, 2);

@@ -3,14 +3,14 @@
 //! SIGINT/SIGTERM between the older records (`adapters/signals.rs`). A stop after a write says
 //! what it left ([`core::lock::plan::Planned::stopped`]).
 //!
-//! Every write is a merge patch carrying the record's resourceVersion (a precondition: the
-//! API answers 409 if the record changed since it was read).
+//! Every write carries the record's write token (a precondition: the store refuses it as a
+//! conflict if the record changed since it was read).
 
 use std::collections::BTreeMap;
 
 use crate::adapters::signals::{signal_name, Interrupts};
 use crate::adapters::storage::{
-    Failure, RecordHeader, ReleaseStore, Store, StoreError, StoredRecord, LABEL_STATUS,
+    ErrorKind, RecordHeader, ReleaseStore, Store, StoreError, StoredRecord, LABEL_STATUS,
 };
 use crate::core::lock;
 use crate::core::lock::plan::{
@@ -19,7 +19,7 @@ use crate::core::lock::plan::{
 use crate::core::release::{self, ReleaseStatus};
 use crate::error::Error;
 
-/// How many times a record write is retried after a 409 on a non-latest record.
+/// How many times a record write is retried after a conflict on a non-latest record.
 const CONFLICT_RETRIES: usize = 5;
 
 /// Who and where a rewrite is for, to name them in errors.
@@ -100,7 +100,7 @@ impl Scope<'_> {
         self.store.get(record).await.ok().map(|r| done(&r))
     }
 
-    /// A failed write, said as it is: a 409 means someone else changed the record and
+    /// A failed write, said as it is: a conflict means someone else changed the record and
     /// nothing of ours is on it; a lost answer means the outcome is not known.
     async fn write_failed(
         &self,
@@ -110,10 +110,11 @@ impl Scope<'_> {
     ) -> Result<(), Error> {
         match self.already_written(record, done).await {
             Some(true) => return Ok(()),
-            Some(false) if e.failure() == Failure::Conflict => {
+            Some(false) if e.kind() == ErrorKind::Conflict => {
                 return Err(self.refused(format!(
-                    "record {record} was changed by someone else while locking/unlocking (409 \
-                     Conflict); nothing was changed on it. Run the command again"
+                    "record {record} was changed by someone else while locking/unlocking ({}); \
+                     nothing was changed on it. Run the command again",
+                    e.status()
                 )))
             }
             // A lost connection with the record unchanged: the write did not happen.
@@ -267,7 +268,7 @@ impl Scope<'_> {
                 return Err(stopped(text));
             }
             // A record written again later in the plan (a restored hard lock) is read
-            // again first: its resourceVersion moved on.
+            // again first: its write token moved on.
             if planned.writes[at + 1..]
                 .iter()
                 .any(|w| w.record() == write.record())
@@ -278,8 +279,8 @@ impl Scope<'_> {
         Ok(())
     }
 
-    /// Puts `wanted` on one record, re-reading it and trying again when it moved on (409),
-    /// and taking a record deleted meanwhile (404) as done.
+    /// Puts `wanted` on one record, re-reading it and trying again when it moved on (a
+    /// conflict), and taking a record deleted meanwhile (not found) as done.
     pub(super) async fn label_record(
         &self,
         header: &RecordHeader,
@@ -296,7 +297,7 @@ impl Scope<'_> {
             let rv = header.write_token.clone().unwrap_or_default();
             match self.store.patch_labels(&header.name, &rv, &changes).await {
                 Ok(_) => break,
-                Err(e) if e.failure() == Failure::Conflict && attempt < CONFLICT_RETRIES => {
+                Err(e) if e.kind() == ErrorKind::Conflict && attempt < CONFLICT_RETRIES => {
                     header = self
                         .store
                         .get(&header.name)
@@ -304,20 +305,21 @@ impl Scope<'_> {
                         .map_err(|e| self.record_error("re-reading", &header.name, e))?
                         .header;
                 }
-                // A 404 is taken as "pruned by helm meanwhile" only once a read confirms the
-                // record is gone; a record still there (a proxy or an API server answering
-                // 404 wrongly) is re-read and written again, like after a 409.
-                Err(e) if e.failure() == Failure::NotFound && attempt < CONFLICT_RETRIES => {
+                // Not found is taken as "pruned by helm meanwhile" only once a read confirms
+                // the record is gone; a record still there (a proxy or an API server answering
+                // 404 wrongly) is re-read and written again, like after a conflict.
+                Err(e) if e.kind() == ErrorKind::NotFound && attempt < CONFLICT_RETRIES => {
                     match self.store.get(&header.name).await {
                         Ok(current) => header = current.header,
-                        Err(gone) if gone.failure() == Failure::NotFound => break,
+                        Err(gone) if gone.kind() == ErrorKind::NotFound => break,
                         Err(unreadable) => {
                             return Err(self.refused(format!(
-                                "updating record {} was answered 404 Not Found and the record \
+                                "updating record {} found no such record ({}) and the record \
                                  could not be read back ({}), so whether it still carries a \
                                  lock is not known. Run the command again: it completes or \
                                  confirms it",
                                 header.name,
+                                e.status(),
                                 crate::core::chain::error_chain(&unreadable)
                             )))
                         }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::adapters::cluster::WATCH_SECONDS;
+use crate::adapters::cluster::{self, WATCH_SECONDS};
 use crate::adapters::helm::{self, HelmCommand};
 use crate::adapters::inputs::Captured;
 use crate::adapters::mutex::{self, MutexError};
@@ -69,7 +69,7 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
 
     // 2. Serialize: the namespace must exist for the Lease to live there.
     if plan.helm.create_namespace {
-        storage::ensure_namespace(&session.client, namespace)
+        cluster::ensure_namespace(&session.client, namespace)
             .await
             .map_err(|source| Error::Api {
                 release: release.to_string(),
@@ -201,7 +201,7 @@ impl mutex::Waiter for Recheck<'_> {
                 {
                     Some(Ok(RecordsChange::Changed)) => return,
                     Some(Ok(RecordsChange::Quiet)) => continue,
-                    Some(Err(e)) if e.failure() == storage::Failure::Forbidden => {
+                    Some(Err(e)) if e.kind() == storage::ErrorKind::Forbidden => {
                         self.polling = true;
                         output::note(&format!(
                             "cannot watch the {} records of release {release:?} in {:?} ({}); \
@@ -209,7 +209,7 @@ impl mutex::Waiter for Recheck<'_> {
                              them to hand over at once)",
                             self.store.kind(),
                             self.store.namespace(),
-                            forbidden_cause(&e)
+                            e.detail()
                         ));
                     }
                     Some(Err(e)) => {
@@ -260,14 +260,6 @@ impl mutex::Waiter for Recheck<'_> {
                 None
             }
         }
-    }
-}
-
-/// The API's message of a refusal.
-fn forbidden_cause(e: &storage::StoreError) -> String {
-    match e {
-        storage::StoreError::Connection(f) => f.cause.clone(),
-        other => other.to_string(),
     }
 }
 

@@ -1,9 +1,121 @@
 //! Classifying request-time failures: what went wrong talking to which API server, whether
-//! retrying can help, and what to check. The storage layer calls [`classify`] for every
-//! `kube::Error`; [`connect`](super::connect) registers the server and context once.
+//! retrying can help, and what to check. Every failed request becomes an [`ApiError`]
+//! (through [`classify`]); [`connect`](super::connect) registers the server and context once.
 
 use std::sync::OnceLock;
 use std::time::Duration;
+
+use crate::adapters::retry::{Retryable, Verdict};
+use crate::core::chain::error_chain;
+
+/// A failed request to the Kubernetes API server, said as the server answered it. What the
+/// Kubernetes API is asked directly (the mutex's Lease, the admission enforcer's objects,
+/// namespaces) fails with this; the Secret and ConfigMap drivers map it into the store's
+/// error kinds (`storage::ErrorKind`).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The API answered with a Status error.
+    #[error("the API server answered {}: {message}", status_line(*code, reason))]
+    Status {
+        /// HTTP code.
+        code: u16,
+        /// Status reason, e.g. `Forbidden`.
+        reason: String,
+        /// Status message.
+        message: String,
+        /// `details.retryAfterSeconds`: when the server asked us to retry.
+        retry_after: Option<Duration>,
+    },
+    /// The server could not be reached or the connection broke.
+    #[error("cannot reach the API server: {0}")]
+    Transport(String),
+    /// A classified connection or identity failure naming the server and context
+    /// (DNS, refused, TLS, 401, 403, timeout; see [`classify`]).
+    #[error("{0}")]
+    Connection(ConnectionFailure),
+}
+
+/// `500 InternalError`, or `500` when the Status gave no reason (an etcd failure does not).
+fn status_line(code: u16, reason: &str) -> String {
+    match reason.trim() {
+        "" => code.to_string(),
+        reason => format!("{code} {reason}"),
+    }
+}
+
+impl ApiError {
+    /// The HTTP code, when the server answered one (a classified 401 or 403 included).
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { code, .. } => Some(*code),
+            ApiError::Connection(f) => f.code(),
+            ApiError::Transport(_) => None,
+        }
+    }
+
+    /// Worth retrying: server errors, throttling, refused and broken connections (TLS, DNS,
+    /// 401/403 and timeouts are final).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Status { code, .. } => *code >= 500 || *code == 429,
+            ApiError::Transport(_) => true,
+            ApiError::Connection(f) => f.is_transient(),
+        }
+    }
+
+    /// When the server asked to retry (`details.retryAfterSeconds`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The API's own words without who said them (a Status message, a classified
+    /// failure's cause), for a note that already names the server.
+    pub fn cause(&self) -> String {
+        match self {
+            ApiError::Connection(f) => f.cause.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<kube::Error> for ApiError {
+    fn from(e: kube::Error) -> ApiError {
+        if let Some(failure) = classify(&e) {
+            return ApiError::Connection(failure);
+        }
+        match e {
+            kube::Error::Api(status) => ApiError::Status {
+                code: status.code,
+                reason: status.reason.clone(),
+                message: status.message.clone(),
+                retry_after: status
+                    .details
+                    .as_ref()
+                    .map(|d| d.retry_after_seconds)
+                    .filter(|s| *s > 0)
+                    .map(|s| Duration::from_secs(u64::from(s))),
+            },
+            other => ApiError::Transport(error_chain(&other)),
+        }
+    }
+}
+
+impl Retryable for ApiError {
+    /// Transient errors are retried, after the server's hint when it gave one; everything
+    /// else is final (a 409 included: the object moved on, only the caller can re-read).
+    fn verdict(&self) -> Verdict {
+        if self.is_transient() {
+            Verdict::Retry {
+                server_hint: self.retry_after(),
+            }
+        } else {
+            Verdict::Final
+        }
+    }
+}
 
 /// The server and context this process talks to, for messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -349,6 +461,39 @@ mod tests {
         );
         assert!(classify_for(&api(409, "conflict"), &endpoint()).is_none());
         assert!(classify_for(&api(500, "boom"), &endpoint()).is_none());
+    }
+
+    fn status(code: u16, reason: &str, message: &str) -> ApiError {
+        ApiError::Status {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn transient_api_errors() {
+        for code in [500, 503, 429] {
+            assert!(status(code, "", "").is_transient(), "{code}");
+        }
+        for code in [400, 403, 404, 409, 410, 422] {
+            assert!(!status(code, "", "").is_transient(), "{code}");
+        }
+        assert!(ApiError::Transport("reset".into()).is_transient());
+    }
+
+    #[test]
+    fn api_errors_without_a_reason_read_cleanly() {
+        let message = "rpc error: code = Unavailable";
+        assert_eq!(
+            status(500, "", message).to_string(),
+            "the API server answered 500: rpc error: code = Unavailable"
+        );
+        assert_eq!(
+            status(500, "InternalError", message).to_string(),
+            "the API server answered 500 InternalError: rpc error: code = Unavailable"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::core::chain::error_chain;
 use crate::core::flags::{cluster_flags, ClusterValues, Slot};
 
 pub use exec::ExecError;
-pub use failure::{classify, ConnectionFailure, Endpoint};
+pub use failure::{ApiError, Endpoint};
 
 /// How long one request may wait for an answer. A hung server fails after this (requests
 /// that time out are not retried), inside the 35 s the issue allows.
@@ -803,6 +803,40 @@ fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
         return Err("no PEM certificate found".into());
     }
     Ok(certs)
+}
+
+/// Creates `namespace` if it does not exist (what `helm --create-namespace` does); true
+/// when this call created it.
+pub(crate) async fn ensure_namespace(client: &Client, namespace: &str) -> Result<bool, ApiError> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: kube::Api<Namespace> = kube::Api::all(client.clone());
+    if crate::adapters::retry::run(&format!("reading namespace {namespace:?}"), || async {
+        Ok::<_, ApiError>(api.get_opt(namespace).await?)
+    })
+    .await?
+    .is_some()
+    {
+        return Ok(false);
+    }
+    let ns = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(namespace.to_string()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match api.create(&kube::api::PostParams::default(), &ns).await {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            let e = ApiError::from(e);
+            // Someone else (a concurrent pipeline) created it first: fine.
+            if e.code() == Some(409) {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

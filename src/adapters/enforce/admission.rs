@@ -40,7 +40,7 @@ use kube::{Api, Client};
 use serde_json::{json, Value};
 
 pub use super::scope::{freeze_scope_of, Frozen};
-use crate::adapters::storage::StoreError;
+use crate::adapters::cluster::ApiError;
 use crate::core::chain::error_chain;
 use crate::core::lock::Lock;
 use crate::core::time::format_rfc3339;
@@ -775,7 +775,7 @@ pub enum Availability {
 
 /// A failed request, said in one line.
 fn said(e: kube::Error) -> (Option<u16>, String) {
-    let e = StoreError::from(e);
+    let e = ApiError::from(e);
     (e.code(), error_chain(&e))
 }
 

@@ -32,7 +32,8 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, Scope};
 use kube::{Api, Client};
 
-use crate::adapters::storage::{ReleaseStore, StoreError};
+use crate::adapters::cluster::ApiError;
+use crate::adapters::storage::ReleaseStore;
 use crate::core::chain::error_chain;
 use crate::core::release::ManifestObject;
 
@@ -102,7 +103,7 @@ pub fn kind_and_name(value: &str) -> String {
 
 /// A failed request, said in one line.
 fn said(e: kube::Error) -> String {
-    error_chain(&StoreError::from(e))
+    error_chain(&ApiError::from(e))
 }
 
 /// The API server's discovery, asked once per kind.

@@ -14,10 +14,11 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::{
-    release_selector, with_retry, InvalidRecord, RecordHeader, RecordsChange, RecordsVersion,
-    ReleaseStore, StoreError, StoredRecord, LABEL_NAME, LABEL_OWNER, LABEL_STATUS, LABEL_VERSION,
+    release_selector, with_retry, DriverError, ErrorKind, InvalidRecord, RecordHeader,
+    RecordsChange, RecordsVersion, ReleaseStore, StoreError, StoredRecord, LABEL_NAME, LABEL_OWNER,
+    LABEL_STATUS, LABEL_VERSION,
 };
-use crate::adapters::cluster::WATCH_SECONDS;
+use crate::adapters::cluster::{ApiError, WATCH_SECONDS};
 use crate::core::release::ReleaseStatus;
 
 /// How a Kubernetes kind carries Helm's encoded release.
@@ -73,6 +74,45 @@ pub(crate) fn path_segment(text: &str) -> String {
         }
     }
     out
+}
+
+/// The Kubernetes drivers' mapping of a failed API request into the store's error kinds,
+/// worded as the API server answered (`the API server answered 409 Conflict: …`), with the
+/// HTTP status as the answer in brief.
+impl From<ApiError> for StoreError {
+    fn from(e: ApiError) -> StoreError {
+        let kind = match e.code() {
+            Some(409) => ErrorKind::Conflict,
+            Some(404) => ErrorKind::NotFound,
+            Some(401 | 403) => ErrorKind::Forbidden,
+            Some(_) if e.is_transient() => ErrorKind::Transient {
+                retry_after: e.retry_after(),
+            },
+            None if e.is_transient() => ErrorKind::ConnectionLost,
+            Some(_) => ErrorKind::Refused,
+            None => ErrorKind::Unreachable,
+        };
+        let status = e.code().map(|code| {
+            match http::StatusCode::from_u16(code)
+                .ok()
+                .and_then(|c| c.canonical_reason())
+            {
+                Some(reason) => format!("{code} {reason}"),
+                None => code.to_string(),
+            }
+        });
+        StoreError::Driver(DriverError {
+            kind,
+            text: e.to_string(),
+            status,
+            detail: Some(e.cause()),
+        })
+    }
+}
+
+/// A failed request of this driver (kube's error, classified).
+fn failed(e: kube::Error) -> StoreError {
+    ApiError::from(e).into()
 }
 
 /// Release records of one kind in one namespace.
@@ -152,8 +192,8 @@ impl<K: RecordKind> KubeStore<K> {
                         let request = self
                             .collection(all_namespaces)
                             .list_metadata(&params)
-                            .map_err(|e| StoreError::Transport(e.to_string()))?;
-                        Ok(self.client.request(request).await?)
+                            .map_err(|e| ApiError::Transport(e.to_string()))?;
+                        Ok::<_, ApiError>(self.client.request(request).await?)
                     })
                     .await
                 }
@@ -178,7 +218,7 @@ impl<K: RecordKind> KubeStore<K> {
         let params = WatchParams::default()
             .labels(&release_selector(release))
             .timeout(seconds);
-        let stream = api.watch_metadata(&params, version).await?;
+        let stream = api.watch_metadata(&params, version).await.map_err(failed)?;
         let mut stream = std::pin::pin!(stream);
         loop {
             match stream.next().await {
@@ -187,15 +227,16 @@ impl<K: RecordKind> KubeStore<K> {
                     return Ok(RecordsChange::Changed)
                 }
                 Some(Ok(WatchEvent::Error(status))) => {
-                    return Err(StoreError::Api {
+                    return Err(ApiError::Status {
                         code: status.code,
                         reason: status.reason,
                         message: status.message,
                         retry_after: None,
-                    })
+                    }
+                    .into())
                 }
                 Some(Ok(_)) => return Ok(RecordsChange::Changed),
-                Some(Err(e)) => return Err(e.into()),
+                Some(Err(e)) => return Err(failed(e)),
                 None => return Ok(RecordsChange::Quiet),
             }
         }
@@ -214,8 +255,8 @@ impl<K: RecordKind> KubeStore<K> {
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
-            .map_err(|e| StoreError::Transport(e.to_string()))?;
-        let updated: K = self.client.request(request).await?;
+            .map_err(|e| StoreError::from(ApiError::Transport(e.to_string())))?;
+        let updated: K = self.client.request(request).await.map_err(failed)?;
         let meta = updated.meta();
         if meta.name.as_deref() != Some(name) {
             return Err(StoreError::Invalid(InvalidRecord::new(
@@ -348,7 +389,7 @@ pub(crate) async fn list_pages_versioned<T, F, Fut>(
 ) -> Result<(Vec<T>, Option<String>), StoreError>
 where
     F: FnMut(Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<serde_json::Value, StoreError>>,
+    Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
 {
     let mut out = Vec::new();
     let mut version: Option<String> = None;
@@ -356,7 +397,7 @@ where
     let mut pages = 0u32;
     loop {
         let answer = match fetch(token.clone()).await {
-            Err(StoreError::Api { code: 410, .. }) if token.is_some() => {
+            Err(e) if e.code() == Some(410) && token.is_some() => {
                 return Err(StoreError::Malformed(format!(
                     "{what}: the list changed too much while it was read in pages of \
                      {LIST_PAGE_SIZE} (the server expired the continue token after page \
@@ -480,8 +521,8 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
             let request = self
                 .collection(false)
                 .get(&path_segment(name), &GetParams::default())
-                .map_err(|e| StoreError::Transport(e.to_string()))?;
-            Ok(self.client.request(request).await?)
+                .map_err(|e| ApiError::Transport(e.to_string()))?;
+            Ok::<_, ApiError>(self.client.request(request).await?)
         })
         .await?;
         let header = header_from_meta(K::KIND, object.meta(), Some(&self.namespace))?;
@@ -574,6 +615,64 @@ mod tests {
             None => labels.remove(key),
         };
         m
+    }
+
+    /// The Kubernetes drivers keep the API server's words and quote the HTTP status in
+    /// brief; callers see only the kind.
+    #[test]
+    fn api_errors_map_into_the_store_kinds() {
+        let status = |code, retry_after| ApiError::Status {
+            code,
+            reason: String::new(),
+            message: "msg".into(),
+            retry_after,
+        };
+        let hint = Some(Duration::from_secs(3));
+        for (error, kind, brief) in [
+            (status(409, None), ErrorKind::Conflict, "409 Conflict"),
+            (status(404, None), ErrorKind::NotFound, "404 Not Found"),
+            (status(403, None), ErrorKind::Forbidden, "403 Forbidden"),
+            (status(401, None), ErrorKind::Forbidden, "401 Unauthorized"),
+            (
+                status(503, None),
+                ErrorKind::Transient { retry_after: None },
+                "503 Service Unavailable",
+            ),
+            (
+                status(429, hint),
+                ErrorKind::Transient { retry_after: hint },
+                "429 Too Many Requests",
+            ),
+            (
+                status(422, None),
+                ErrorKind::Refused,
+                "422 Unprocessable Entity",
+            ),
+            (status(410, None), ErrorKind::Refused, "410 Gone"),
+        ] {
+            let text = error.to_string();
+            let e = StoreError::from(error);
+            assert_eq!(e.kind(), kind, "{text}");
+            assert_eq!(e.to_string(), text);
+            assert_eq!(e.status(), brief);
+        }
+        let reset = StoreError::from(ApiError::Transport("reset".into()));
+        assert_eq!(reset.kind(), ErrorKind::ConnectionLost);
+        assert_eq!(reset.to_string(), "cannot reach the API server: reset");
+        assert_eq!(reset.status(), reset.to_string());
+        // A 403 arrives classified, naming the server; its detail is the API's own message.
+        let refused = kube::Error::Api(Box::new(kube::core::Status {
+            code: 403,
+            message: "secrets is forbidden: User \"bob\" cannot watch".into(),
+            ..Default::default()
+        }));
+        let e = failed(refused);
+        assert_eq!(e.kind(), ErrorKind::Forbidden);
+        assert_eq!(
+            e.detail(),
+            "secrets is forbidden: User \"bob\" cannot watch"
+        );
+        assert_eq!(e.status(), "403 Forbidden");
     }
 
     #[test]
@@ -727,7 +826,7 @@ mod tests {
             |token| async move {
                 match token {
                     None => Ok(page(&["a"], Some("t1"))),
-                    Some(_) => Err(StoreError::Api {
+                    Some(_) => Err(ApiError::Status {
                         code: 410,
                         reason: "Expired".into(),
                         message: "too old resource version".into(),
@@ -751,7 +850,7 @@ mod tests {
             "Secret",
             "listing",
             |_| async {
-                Err::<serde_json::Value, _>(StoreError::Api {
+                Err::<serde_json::Value, _>(ApiError::Status {
                     code: 410,
                     reason: "Gone".into(),
                     message: "gone".into(),
@@ -762,7 +861,9 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(matches!(err, StoreError::Api { code: 410, .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Refused);
+        assert_eq!(err.to_string(), "the API server answered 410 Gone: gone");
+        assert_eq!(err.status(), "410 Gone");
     }
 
     #[tokio::test]

@@ -1,11 +1,13 @@
 //! Release records in memory, so command logic (locking, unlocking, status) is tested
 //! without a server. Behaves like the API where commands depend on it: label selectors on
-//! `name`/`owner`, resourceVersion preconditions (409), and 404 for missing records.
+//! `name`/`owner`, resourceVersion preconditions (409), and 404 for missing records; its
+//! failures are worded and mapped as the Kubernetes drivers word and map the API's.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::{RecordHeader, ReleaseStore, StoreError, StoredRecord};
+use crate::adapters::cluster::ApiError;
 use crate::core::release::ReleaseStatus;
 
 /// An in-memory store of one namespace.
@@ -134,14 +136,15 @@ impl MemoryStore {
                 Some((0, code)) => {
                     *fault = None;
                     return Err(match code {
-                        None => StoreError::Transport("connection reset by peer".into()),
-                        Some(code) => StoreError::Api {
+                        None => ApiError::Transport("connection reset by peer".into()),
+                        Some(code) => ApiError::Status {
                             code,
                             reason: String::new(),
                             message: format!("fault on writing {name:?}"),
                             retry_after: None,
                         },
-                    });
+                    }
+                    .into());
                 }
                 Some((n, code)) => *fault = Some((n - 1, code)),
                 None => {}
@@ -154,12 +157,13 @@ impl MemoryStore {
             .iter()
             .any(|n| n == name)
         {
-            return Err(StoreError::Api {
+            return Err(ApiError::Status {
                 code: 403,
                 reason: "Forbidden".into(),
                 message: format!("writing {name:?} is forbidden"),
                 retry_after: None,
-            });
+            }
+            .into());
         }
         {
             let mut forbidden = self.forbidden.lock().expect("memory store");
@@ -180,12 +184,13 @@ impl MemoryStore {
         let mut records = self.records.lock().expect("memory store");
         let record = records.get_mut(name).ok_or_else(|| not_found(name))?;
         if record.header.write_token.as_deref() != Some(write_token) {
-            return Err(StoreError::Api {
+            return Err(ApiError::Status {
                 code: 409,
                 reason: "Conflict".into(),
                 message: format!("the object {name:?} has been modified"),
                 retry_after: None,
-            });
+            }
+            .into());
         }
         for (k, v) in labels {
             match v {
@@ -205,12 +210,13 @@ impl MemoryStore {
 }
 
 fn not_found(name: &str) -> StoreError {
-    StoreError::Api {
+    ApiError::Status {
         code: 404,
         reason: "NotFound".into(),
         message: format!("{name:?} not found"),
         retry_after: None,
     }
+    .into()
 }
 
 /// Whether `labels` satisfy every term of an equality selector.

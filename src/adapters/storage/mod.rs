@@ -22,13 +22,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::Client;
 
 pub use self::driver::DriverKind;
 use self::kube_store::KubeStore;
 use crate::adapters::retry::{Retryable, Verdict};
-use crate::core::chain::error_chain;
 use crate::core::release::ReleaseStatus;
 
 /// Label Helm puts the release name in.
@@ -61,7 +59,7 @@ pub struct RecordHeader {
     /// All labels, system and custom.
     pub labels: BTreeMap<String, String>,
     /// The record as read, for optimistic concurrency: a rewrite hands it back and is
-    /// refused ([`Failure::Conflict`]) when the record changed since. Opaque: the
+    /// refused ([`ErrorKind::Conflict`]) when the record changed since. Opaque: the
     /// Kubernetes drivers put the object's resourceVersion here, the SQL driver the row's
     /// `xmin`.
     pub write_token: Option<String>,
@@ -112,83 +110,118 @@ pub struct StoredRecord {
     pub payload: Vec<u8>,
 }
 
-/// What a failed store request means to the commands, whichever driver said it and how
-/// (an HTTP status, a SQLSTATE, a broken connection): each driver maps its own errors.
+/// What a failed store request means, whichever driver said it and how (an HTTP status,
+/// a SQLSTATE, a broken connection): each driver maps its own errors into these kinds, and
+/// callers act on the kind only ([`StoreError::kind`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// The record changed since it was read (its write token is stale).
+pub enum ErrorKind {
+    /// The record changed since it was read (its write token is stale): re-read and decide
+    /// again; never retried blindly.
     Conflict,
     /// No such record (any more).
     NotFound,
-    /// Not permitted.
+    /// Not permitted for this identity (or its credentials were rejected).
     Forbidden,
-    /// Worth retrying: the server is busy, restarting or unreachable.
-    Transient,
-    /// Anything else: a refused request, a wrong answer, an invalid record.
-    Other,
+    /// The store refused the request as it stands (invalid, unsupported, expired):
+    /// retrying it cannot help.
+    Refused,
+    /// The store is busy or failing for a moment (overloaded, restarting, a serialization
+    /// failure, no answer in time): worth retrying, not before `retry_after` when it said.
+    Transient {
+        /// When the store asked to be asked again, if it did.
+        retry_after: Option<Duration>,
+    },
+    /// The connection could not be opened or broke: worth retrying.
+    ConnectionLost,
+    /// The store cannot be reached in a way retrying does not fix (DNS, TLS, a timeout,
+    /// credentials that cannot be used).
+    Unreachable,
+    /// An answer or record that is not what helm or the store writes: never acted on.
+    Invalid,
 }
 
-impl Failure {
-    /// The Kubernetes drivers' mapping of an HTTP status.
-    fn of_http(code: u16) -> Failure {
-        match code {
-            409 => Failure::Conflict,
-            404 => Failure::NotFound,
-            401 | 403 => Failure::Forbidden,
-            429 | 500.. => Failure::Transient,
-            _ => Failure::Other,
-        }
+/// A request a driver's store refused or could not make, in the driver's own words (it
+/// names the store: the API server, `PostgreSQL at host:port/db`). Built by the drivers
+/// only; callers act on [`ErrorKind`] and use the words for messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriverError {
+    kind: ErrorKind,
+    /// The whole sentence.
+    text: String,
+    /// The answer in brief, for parentheses after a sentence that says what it means
+    /// (`409 Conflict`); None: nothing shorter than `text`.
+    status: Option<String>,
+    /// The store's own words without who said them (the API's message); None: `text`.
+    detail: Option<String>,
+}
+
+impl std::fmt::Display for DriverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
     }
 }
+
+impl std::error::Error for DriverError {}
 
 /// Failures talking to the release storage. Messages never include record payloads.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The API answered with a Status error.
-    #[error("the API server answered {}: {message}", status_line(*code, reason))]
-    Api {
-        /// HTTP code.
-        code: u16,
-        /// Status reason, e.g. `Forbidden`.
-        reason: String,
-        /// Status message.
-        message: String,
-        /// `details.retryAfterSeconds`: when the server asked us to retry.
-        retry_after: Option<Duration>,
-    },
-    /// The server could not be reached or the connection broke.
-    #[error("cannot reach the API server: {0}")]
-    Transport(String),
-    /// A classified connection or identity failure naming the server and context
-    /// (DNS, refused, TLS, 401, 403, timeout; see `cluster::classify`).
-    #[error("{0}")]
-    Connection(crate::adapters::cluster::ConnectionFailure),
-    /// PostgreSQL (`HELM_DRIVER=sql`) refused a statement, found no row or a changed one,
-    /// or could not be reached. Named after the database, never "the API server".
-    #[error("PostgreSQL at {server}: {message}")]
-    Database {
-        /// `host:port/dbname`, without credentials.
-        server: String,
-        /// What it means (the SQL driver's mapping): no privilege, no such row, the row
-        /// changed since it was read, transient (operator intervention, serialization
-        /// failure, resources, a connection that broke or could not be opened), or other.
-        failure: Failure,
-        /// What happened, with the SQLSTATE when the server answered one.
-        message: String,
-    },
+    /// The store refused the request or could not be asked.
+    #[error(transparent)]
+    Driver(DriverError),
     /// A record that does not look like one helm wrote.
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] InvalidRecord),
     /// An answer of the wrong shape (e.g. a list without `items`).
     #[error("{0}; refusing to read it as an empty or partial release")]
     Malformed(String),
 }
 
-/// `500 InternalError`, or `500` when the Status gave no reason (an etcd failure does not).
-fn status_line(code: u16, reason: &str) -> String {
-    match reason.trim() {
-        "" => code.to_string(),
-        reason => format!("{code} {reason}"),
+impl StoreError {
+    /// What the failure means, whichever driver it came from.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Driver(d) => d.kind,
+            StoreError::Invalid(_) | StoreError::Malformed(_) => ErrorKind::Invalid,
+        }
+    }
+
+    /// The answer in brief, for parentheses after a sentence that already says what it
+    /// means: `409 Conflict` from the Kubernetes drivers; the whole text where the driver
+    /// has nothing shorter (PostgreSQL names itself).
+    pub fn status(&self) -> String {
+        match self {
+            StoreError::Driver(DriverError {
+                status: Some(status),
+                ..
+            }) => status.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The store's own words without who said them (the API's message), for a note that
+    /// already names the store; the whole text where the driver keeps no such part.
+    pub fn detail(&self) -> String {
+        match self {
+            StoreError::Driver(DriverError {
+                detail: Some(detail),
+                ..
+            }) => detail.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl Retryable for StoreError {
+    fn verdict(&self) -> Verdict {
+        match self.kind() {
+            ErrorKind::Transient { retry_after } => Verdict::Retry {
+                server_hint: retry_after,
+            },
+            ErrorKind::ConnectionLost => Verdict::Retry { server_hint: None },
+            // A conflict is the caller's to resolve (re-read); the rest cannot pass.
+            _ => Verdict::Final,
+        }
     }
 }
 
@@ -239,87 +272,6 @@ pub(crate) fn check_unique_revisions(
     Ok(())
 }
 
-impl StoreError {
-    /// True for errors worth retrying: server errors, throttling and broken connections.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            StoreError::Api { code, .. } => *code >= 500 || *code == 429,
-            StoreError::Transport(_) => true,
-            StoreError::Database { failure, .. } => *failure == Failure::Transient,
-            StoreError::Connection(f) => f.is_transient(),
-            StoreError::Invalid(_) | StoreError::Malformed(_) => false,
-        }
-    }
-
-    /// The HTTP code of a Kubernetes API error (None for PostgreSQL and the rest: what the
-    /// commands act on is [`StoreError::failure`]).
-    pub fn code(&self) -> Option<u16> {
-        match self {
-            StoreError::Api { code, .. } => Some(*code),
-            StoreError::Connection(f) => f.code(),
-            _ => None,
-        }
-    }
-
-    /// What the failure means, whichever driver it came from.
-    pub fn failure(&self) -> Failure {
-        match self {
-            StoreError::Api { code, .. } => Failure::of_http(*code),
-            StoreError::Connection(f) => match f.code() {
-                Some(code) => Failure::of_http(code),
-                None if f.is_transient() => Failure::Transient,
-                None => Failure::Other,
-            },
-            StoreError::Database { failure, .. } => *failure,
-            StoreError::Transport(_) => Failure::Transient,
-            StoreError::Invalid(_) | StoreError::Malformed(_) => Failure::Other,
-        }
-    }
-}
-
-impl From<kube::Error> for StoreError {
-    fn from(e: kube::Error) -> StoreError {
-        if let Some(failure) = crate::adapters::cluster::classify(&e) {
-            return StoreError::Connection(failure);
-        }
-        match e {
-            kube::Error::Api(status) => StoreError::Api {
-                code: status.code,
-                reason: status.reason.clone(),
-                message: status.message.clone(),
-                retry_after: status
-                    .details
-                    .as_ref()
-                    .map(|d| d.retry_after_seconds)
-                    .filter(|s| *s > 0)
-                    .map(|s| Duration::from_secs(u64::from(s))),
-            },
-            other => StoreError::Transport(error_chain(&other)),
-        }
-    }
-}
-
-impl Retryable for StoreError {
-    fn verdict(&self) -> Verdict {
-        match self {
-            // 409: the object moved on; retrying the same write blindly is wrong.
-            StoreError::Api { code: 409, .. } => Verdict::Final,
-            StoreError::Api {
-                code, retry_after, ..
-            } if *code >= 500 || *code == 429 => Verdict::Retry {
-                server_hint: *retry_after,
-            },
-            StoreError::Transport(_) => Verdict::Retry { server_hint: None },
-            StoreError::Database { .. } if self.is_transient() => {
-                Verdict::Retry { server_hint: None }
-            }
-            // Refused or broken connections; TLS, DNS, 401/403 and timeouts are final.
-            StoreError::Connection(f) if f.is_transient() => Verdict::Retry { server_hint: None },
-            _ => Verdict::Final,
-        }
-    }
-}
-
 /// Equality terms of a label selector (`name=db,owner=helm`); a bare key requires the
 /// label to exist. Only what the commands use.
 pub(crate) fn parse_selector(selector: &str) -> Vec<(String, Option<String>)> {
@@ -339,10 +291,11 @@ pub(crate) fn parse_selector(selector: &str) -> Vec<(String, Option<String>)> {
 
 /// Retries `op` on transient errors under [`crate::adapters::retry::RetryPolicy::API`]; `what` names
 /// the request in the retry notices.
-pub(crate) async fn with_retry<T, F, Fut>(what: &str, op: F) -> Result<T, StoreError>
+pub(crate) async fn with_retry<T, E, F, Fut>(what: &str, op: F) -> Result<T, E>
 where
+    E: Retryable,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     crate::adapters::retry::run(what, op).await
 }
@@ -541,42 +494,19 @@ impl ReleaseStore for Store {
     }
 }
 
-/// Creates `namespace` if it does not exist (what `helm --create-namespace` does).
-pub(crate) async fn ensure_namespace(client: &Client, namespace: &str) -> Result<bool, StoreError> {
-    use k8s_openapi::api::core::v1::Namespace;
-    let api: Api<Namespace> = Api::all(client.clone());
-    if with_retry(&format!("reading namespace {namespace:?}"), || async {
-        Ok(api.get_opt(namespace).await?)
-    })
-    .await?
-    .is_some()
-    {
-        return Ok(false);
-    }
-    let ns = Namespace {
-        metadata: kube::api::ObjectMeta {
-            name: Some(namespace.to_string()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    match api.create(&PostParams::default(), &ns).await {
-        Ok(_) => Ok(true),
-        Err(e) => {
-            let e = StoreError::from(e);
-            // Someone else (a concurrent pipeline) created it first: fine.
-            if e.code() == Some(409) {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A driver's failure with nothing but its kind and sentence.
+    fn driver(kind: ErrorKind, text: &str) -> StoreError {
+        StoreError::Driver(DriverError {
+            kind,
+            text: text.into(),
+            status: None,
+            detail: None,
+        })
+    }
 
     #[test]
     fn selector_follows_helm() {
@@ -584,73 +514,39 @@ mod tests {
     }
 
     #[test]
-    fn transient_errors() {
-        let api = |code| StoreError::Api {
-            code,
-            reason: String::new(),
-            message: String::new(),
-            retry_after: None,
-        };
-        assert!(api(500).is_transient());
-        assert!(api(503).is_transient());
-        assert!(api(429).is_transient());
-        assert!(!api(403).is_transient());
-        assert!(!api(404).is_transient());
-        assert!(!api(409).is_transient());
-        assert!(StoreError::Transport("reset".into()).is_transient());
-        assert!(!StoreError::Malformed("x".into()).is_transient());
-    }
-
-    #[test]
-    fn api_errors_without_a_reason_read_cleanly() {
-        let api = |reason: &str| StoreError::Api {
-            code: 500,
-            reason: reason.into(),
-            message: "rpc error: code = Unavailable".into(),
-            retry_after: None,
-        };
-        assert_eq!(
-            api("").to_string(),
-            "the API server answered 500: rpc error: code = Unavailable"
-        );
-        assert_eq!(
-            api("InternalError").to_string(),
-            "the API server answered 500 InternalError: rpc error: code = Unavailable"
-        );
-    }
-
-    #[test]
-    fn database_errors_name_the_database_and_keep_the_api_classes() {
-        let db = |failure| StoreError::Database {
-            server: "db.example:5432/helm".into(),
-            failure,
-            message: "terminating connection due to administrator command (SQLSTATE 57P01)".into(),
-        };
-        assert_eq!(
-            db(Failure::Transient).to_string(),
-            "PostgreSQL at db.example:5432/helm: terminating connection due to administrator \
-             command (SQLSTATE 57P01)"
-        );
-        for (code, transient) in [
-            (Failure::Transient, true),
-            (Failure::Other, false),
-            (Failure::Forbidden, false),
-            (Failure::NotFound, false),
-            (Failure::Conflict, false),
+    fn kinds_decide_the_retry() {
+        let transient = |retry_after| ErrorKind::Transient { retry_after };
+        let hint = Some(Duration::from_secs(2));
+        for (kind, verdict) in [
+            (transient(None), Verdict::Retry { server_hint: None }),
+            (transient(hint), Verdict::Retry { server_hint: hint }),
+            (
+                ErrorKind::ConnectionLost,
+                Verdict::Retry { server_hint: None },
+            ),
+            (ErrorKind::Conflict, Verdict::Final),
+            (ErrorKind::NotFound, Verdict::Final),
+            (ErrorKind::Forbidden, Verdict::Final),
+            (ErrorKind::Refused, Verdict::Final),
+            (ErrorKind::Unreachable, Verdict::Final),
         ] {
-            let e = db(code);
-            assert_eq!(e.failure(), code);
-            assert_eq!(e.code(), None, "PostgreSQL has no HTTP codes");
-            assert_eq!(e.is_transient(), transient, "{code:?}");
-            assert_eq!(
-                e.verdict(),
-                if transient {
-                    Verdict::Retry { server_hint: None }
-                } else {
-                    Verdict::Final
-                },
-                "{code:?}"
-            );
+            let e = driver(kind, "the store said no");
+            assert_eq!(e.kind(), kind);
+            assert_eq!(e.verdict(), verdict, "{kind:?}");
         }
+        let malformed = StoreError::Malformed("x".into());
+        assert_eq!(malformed.kind(), ErrorKind::Invalid);
+        assert_eq!(malformed.verdict(), Verdict::Final);
+    }
+
+    #[test]
+    fn a_driver_without_a_brief_form_is_quoted_whole() {
+        let e = driver(
+            ErrorKind::Conflict,
+            "PostgreSQL at db:5432/helm: row changed",
+        );
+        assert_eq!(e.to_string(), "PostgreSQL at db:5432/helm: row changed");
+        assert_eq!(e.status(), e.to_string());
+        assert_eq!(e.detail(), e.to_string());
     }
 }

@@ -15,10 +15,16 @@
 //! Metadata first, as for Secrets: headers come from the metadata columns and the labels
 //! table only; `body` is read for one record at a time ([`ReleaseStore::get`]).
 //!
-//! Optimistic concurrency: the record's `resourceVersion` is PostgreSQL's `xmin` of its
+//! Optimistic concurrency: the record's write token is PostgreSQL's `xmin` of its
 //! `releases_v1` row (it changes whenever helm rewrites the row). Every write runs in one
-//! transaction that locks the row, compares `xmin` (409 on a mismatch, 404 when the row is
-//! gone), changes labels/body/status, and touches the row so its `xmin` moves on too.
+//! transaction that locks the row, compares `xmin` ([`ErrorKind::Conflict`] on a mismatch,
+//! [`ErrorKind::NotFound`] when the row is gone), changes labels/body/status, and touches the
+//! row so its `xmin` moves on too. Each such transaction carries the writer mark
+//! ([`WRITER_SETTING`]), by which the hard lock's triggers (the database enforcer,
+//! `adapters/enforce/database.rs`) tell the tool's own writes apart.
+//!
+//! Errors are this driver's own: `PostgreSQL at host:port/db: …` with the SQLSTATE when the
+//! server answered one, mapped into the store's [`ErrorKind`]s ([`store_error`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,8 +36,8 @@ use tokio_postgres::Row;
 
 use super::sql_conn::{self, TlsMode};
 use crate::adapters::storage::{
-    with_retry, Failure, InvalidRecord, RecordHeader, ReleaseStore, StoreError, StoredRecord,
-    LABEL_NAME, LABEL_OWNER, LABEL_STATUS, LABEL_VERSION,
+    with_retry, DriverError, ErrorKind, InvalidRecord, RecordHeader, ReleaseStore, StoreError,
+    StoredRecord, LABEL_NAME, LABEL_OWNER, LABEL_STATUS, LABEL_VERSION,
 };
 use crate::core::release::ReleaseStatus;
 use crate::core::time::format_rfc3339;
@@ -45,6 +51,17 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Labels helm keeps in columns, never in `custom_labels_v1`.
 use crate::core::release::HELM_SYSTEM_LABELS as SYSTEM_LABELS;
+
+/// The setting each write transaction of this store sets (`set_config(…, true)`: for this
+/// transaction only) to [`WRITER_VALUE`]: the writer mark. The hard lock's triggers let
+/// marked transactions pass (the tool's own unlock and re-lock) and refuse the rest.
+pub(crate) const WRITER_SETTING: &str = "guarded_upgrade.writer";
+/// The value of [`WRITER_SETTING`] that marks the tool's transaction: its transaction id
+/// and start time (microseconds), as SQL evaluated inside it. A value given in a connection
+/// string (`options=-c …`), `PGOPTIONS` or `ALTER ROLE … SET` was fixed before the
+/// transaction began and cannot match it.
+pub(crate) const WRITER_VALUE: &str =
+    "txid_current()::text || '@' || extract(epoch from now())::text";
 
 /// Failures before the store is usable. Messages never contain the connection string
 /// (it usually carries a password).
@@ -115,8 +132,9 @@ impl SqlStore {
 
     /// The connection, opened again first when the server closed it: every statement
     /// retried after a terminated backend or a server restart runs on a live connection
-    /// (its transaction, if any, was rolled back with the old one).
-    async fn live_client(
+    /// (its transaction, if any, was rolled back with the old one). Also the database
+    /// enforcer's way to its triggers.
+    pub(crate) async fn live_client(
         &self,
     ) -> Result<tokio::sync::MutexGuard<'_, tokio_postgres::Client>, StoreError> {
         use secrecy::ExposeSecret;
@@ -125,12 +143,16 @@ impl SqlStore {
             let (fresh, _) = open(self.connection.expose_secret())
                 .await
                 .map_err(|e| match e {
-                    SqlConnectError::Connect { server, message } => StoreError::Database {
-                        server,
-                        failure: Failure::Transient,
-                        message: format!("cannot connect again: {message}"),
-                    },
-                    other => StoreError::Transport(other.to_string()),
+                    SqlConnectError::Connect { server, message } => failed(
+                        &server,
+                        ErrorKind::ConnectionLost,
+                        format!("cannot connect again: {message}"),
+                    ),
+                    other => failed(
+                        &self.server,
+                        ErrorKind::ConnectionLost,
+                        format!("cannot connect again: {other}"),
+                    ),
                 })?;
             *client = fresh;
         }
@@ -199,16 +221,16 @@ async fn open(connection: &str) -> Result<(tokio_postgres::Client, String), SqlC
 }
 
 impl SqlStore {
-    /// Record `name` has no row (any more): a 404, as for a missing Secret.
+    /// Record `name` has no row (any more): not found, as a missing Secret.
     fn no_row(&self, name: &str) -> StoreError {
-        StoreError::Database {
-            server: self.server.clone(),
-            failure: Failure::NotFound,
-            message: format!(
+        failed(
+            &self.server,
+            ErrorKind::NotFound,
+            format!(
                 "no row {name} in releases_v1 for namespace {}",
                 self.namespace
             ),
-        }
+        )
     }
 
     /// Headers for rows matching `filter` (SQL after WHERE, `$1..` bound to `params`).
@@ -329,11 +351,11 @@ impl SqlStore {
         };
         let xmin: String = column(&current, 0, "releases_v1", name)?;
         if xmin != write_token {
-            return Err(StoreError::Database {
-                server: self.server.clone(),
-                failure: Failure::Conflict,
-                message: format!("row {name} in releases_v1 changed since it was read"),
-            });
+            return Err(failed(
+                &self.server,
+                ErrorKind::Conflict,
+                format!("row {name} in releases_v1 changed since it was read"),
+            ));
         }
         let mut status: Option<String> = None;
         for (key, value) in labels {
@@ -342,11 +364,11 @@ impl SqlStore {
                 continue;
             }
             if SYSTEM_LABELS.contains(&key.as_str()) {
-                return Err(StoreError::Database {
-                    server: self.server.clone(),
-                    failure: Failure::Other,
-                    message: format!("label {key} is a column of releases_v1, not a label"),
-                });
+                return Err(failed(
+                    &self.server,
+                    ErrorKind::Refused,
+                    format!("label {key} is a column of releases_v1, not a label"),
+                ));
             }
             bounded(
                 &self.server,
@@ -636,15 +658,6 @@ const REFUSE_FUNCTION: &str = "guarded_upgrade_refuse";
 const WRITER_FUNCTION: &str = "guarded_upgrade_writer";
 /// Name of the helper that reads a lock's text label (plain or base32, as `lock.rs` writes).
 const TEXT_FUNCTION: &str = "guarded_upgrade_lock_text";
-/// The setting the tool's transactions set (`set_config(…, true)`: this transaction only)
-/// to [`WRITER_VALUE`], so the triggers let them pass.
-pub(crate) const WRITER_SETTING: &str = "guarded_upgrade.writer";
-/// The value of [`WRITER_SETTING`] that marks the tool's transaction: its transaction id
-/// and start time (microseconds). A value given in a connection string (`options=-c …`),
-/// `PGOPTIONS` or `ALTER ROLE … SET` was fixed before the transaction began and cannot
-/// match it.
-const WRITER_VALUE: &str = "txid_current()::text || '@' || extract(epoch from now())::text";
-
 /// Every trigger: (trigger, table, function).
 const TRIGGERS: [(&str, &str, &str); 4] = [
     (TRIGGER_NAME, "releases_v1", TRIGGER_NAME),
@@ -914,13 +927,15 @@ where
 {
     tokio::time::timeout(STATEMENT_TIMEOUT, fut)
         .await
-        .map_err(|_| StoreError::Database {
-            server: server.to_string(),
-            failure: Failure::Transient,
-            message: format!(
-                "no answer within {}s while {what}",
-                STATEMENT_TIMEOUT.as_secs()
-            ),
+        .map_err(|_| {
+            failed(
+                server,
+                ErrorKind::Transient { retry_after: None },
+                format!(
+                    "no answer within {}s while {what}",
+                    STATEMENT_TIMEOUT.as_secs()
+                ),
+            )
         })
 }
 
@@ -928,35 +943,51 @@ fn is_undefined_table(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNDEFINED_TABLE)
 }
 
+/// A failure as this driver says it: `PostgreSQL at host:port/db: MESSAGE`, naming the
+/// database (never "the API server"); the message alone is the detail.
+fn failed(server: &str, kind: ErrorKind, message: String) -> StoreError {
+    StoreError::Driver(DriverError {
+        kind,
+        text: format!("PostgreSQL at {server}: {message}"),
+        status: None,
+        detail: Some(message),
+    })
+}
+
+/// This driver's mapping of a PostgreSQL error into the store's kinds: no privilege is
+/// forbidden; a serialization failure, a deadlock, insufficient resources (53) and operator
+/// intervention (57P: a terminated backend, a server shutting down or starting) are
+/// transient; a connection exception (08) or a connection that broke without an answer is a
+/// lost connection (the retry connects again); any other answer is a refusal. The message
+/// keeps the SQLSTATE.
 fn store_error(server: &str, e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => {
             let state = db.code();
-            let failure = if *state == SqlState::INSUFFICIENT_PRIVILEGE {
-                Failure::Forbidden
+            let kind = if *state == SqlState::INSUFFICIENT_PRIVILEGE {
+                ErrorKind::Forbidden
             } else if *state == SqlState::T_R_SERIALIZATION_FAILURE
                 || *state == SqlState::T_R_DEADLOCK_DETECTED
                 || state.code().starts_with("53")
-                || state.code().starts_with("08")
-                // Operator intervention: a terminated backend, a server shutting down or
-                // starting; the retry connects again.
                 || state.code().starts_with("57P")
             {
-                Failure::Transient
+                ErrorKind::Transient { retry_after: None }
+            } else if state.code().starts_with("08") {
+                ErrorKind::ConnectionLost
             } else {
-                Failure::Other
+                ErrorKind::Refused
             };
-            StoreError::Database {
-                server: server.to_string(),
-                failure,
-                message: format!("{} (SQLSTATE {})", db.message(), state.code()),
-            }
+            failed(
+                server,
+                kind,
+                format!("{} (SQLSTATE {})", db.message(), state.code()),
+            )
         }
-        None => StoreError::Database {
-            server: server.to_string(),
-            failure: Failure::Transient,
-            message: crate::core::chain::error_chain(&e),
-        },
+        None => failed(
+            server,
+            ErrorKind::ConnectionLost,
+            crate::core::chain::error_chain(&e),
+        ),
     }
 }
 
@@ -1200,6 +1231,7 @@ mod tests {
     }
 
     use super::*;
+    use crate::adapters::retry::{Retryable, Verdict};
 
     #[test]
     fn selectors() {
@@ -1300,6 +1332,36 @@ mod tests {
             "current_setting('guarded_upgrade.writer', true), '') = {WRITER_VALUE}"
         )));
         assert!(WRITER_VALUE.contains("txid_current()") && WRITER_VALUE.contains("now()"));
+    }
+
+    /// The driver's words name the database, never "the API server" or an HTTP status,
+    /// and what they mean is the store's kind.
+    #[test]
+    fn errors_name_the_database_in_its_own_words() {
+        let e = failed(
+            "db.example:5432/helm",
+            ErrorKind::Transient { retry_after: None },
+            "terminating connection due to administrator command (SQLSTATE 57P01)".into(),
+        );
+        assert_eq!(
+            e.to_string(),
+            "PostgreSQL at db.example:5432/helm: terminating connection due to administrator \
+             command (SQLSTATE 57P01)"
+        );
+        assert_eq!(e.verdict(), Verdict::Retry { server_hint: None });
+        assert_eq!(
+            e.detail(),
+            "terminating connection due to administrator command (SQLSTATE 57P01)"
+        );
+        let conflict = failed(
+            "db.example:5432/helm",
+            ErrorKind::Conflict,
+            "row sh.helm.release.v1.db.v1 in releases_v1 changed since it was read".into(),
+        );
+        assert_eq!(conflict.kind(), ErrorKind::Conflict);
+        // No HTTP status to quote: the brief form is the whole sentence.
+        assert_eq!(conflict.status(), conflict.to_string());
+        assert!(!conflict.status().contains("409"));
     }
 
     #[test]
