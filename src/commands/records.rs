@@ -432,11 +432,11 @@ impl Scope<'_> {
                 return Err(self.refused(format!(
                     "the hard-locked record {name} was changed by someone else (status now {}; \
                      expected pending-upgrade as guarded-upgrade left it); not guessing, nothing \
-                     changed. Inspect with `helm history {release} -n {ns}` and `kubectl get {} \
-                     {name} -n {ns} --show-labels`, then run `guarded-upgrade unlock {release} \
-                     -n {ns} --force` to drop the lock and leave the status as it is",
+                     changed. Inspect with `helm history {release} -n {ns}` and `{}`, then run \
+                     `guarded-upgrade unlock {release} -n {ns} --force` to drop the lock and \
+                     leave the status as it is",
                     record.header.status,
-                    self.store.kind().to_lowercase(),
+                    self.store.show_command(name),
                 )));
             }
             let changes = lock::label_changes(labels, &unlabel);

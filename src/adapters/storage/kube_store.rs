@@ -110,6 +110,14 @@ impl From<ApiError> for StoreError {
     }
 }
 
+/// `kubectl get secret NAME -n NAMESPACE --show-labels`.
+pub(crate) fn show_command(kind: &str, record: &str, namespace: &str) -> String {
+    format!(
+        "kubectl get {} {record} -n {namespace} --show-labels",
+        kind.to_lowercase()
+    )
+}
+
 /// A failed request of this driver (kube's error, classified).
 fn failed(e: kube::Error) -> StoreError {
     ApiError::from(e).into()
@@ -459,6 +467,10 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         K::KIND
     }
 
+    fn show_command(&self, record: &str) -> String {
+        show_command(K::KIND, record, &self.namespace)
+    }
+
     async fn list_headers(&self, release: &str) -> Result<Vec<RecordHeader>, StoreError> {
         Ok(self.list_headers_versioned(release).await?.0)
     }
@@ -507,7 +519,7 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         since: &RecordsVersion,
         max: Duration,
     ) -> Option<Result<RecordsChange, StoreError>> {
-        let version = since.list.as_deref()?;
+        let version = since.watch_from.as_deref()?;
         Some(self.watch_from(release, version, max).await)
     }
 

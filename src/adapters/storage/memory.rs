@@ -238,6 +238,10 @@ impl ReleaseStore for MemoryStore {
         "Secret"
     }
 
+    fn show_command(&self, record: &str) -> String {
+        super::kube_store::show_command(self.kind(), record, &self.namespace)
+    }
+
     async fn list_headers(&self, release: &str) -> Result<Vec<RecordHeader>, StoreError> {
         self.list_headers_matching(&super::release_selector(release), false)
             .await

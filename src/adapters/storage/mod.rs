@@ -63,30 +63,32 @@ pub struct RecordHeader {
     /// Kubernetes drivers put the object's resourceVersion here, the SQL driver the row's
     /// `xmin`.
     pub write_token: Option<String>,
-    /// `metadata.creationTimestamp` as RFC 3339, if the server set one.
+    /// When the record was created, RFC 3339, if the store says (a Secret's
+    /// `creationTimestamp`, the row's `createdAt`).
     pub created: Option<String>,
 }
 
 /// Where one read of a release's records stands, for waiting on changes from there.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordsVersion {
-    /// The list's `resourceVersion` (Secrets, ConfigMaps): a watch resumes from it.
-    pub list: Option<String>,
+    /// Where a watch of the records resumes, opaque (the Kubernetes drivers: the list's
+    /// resourceVersion); None where the store cannot watch and is polled instead.
+    pub watch_from: Option<String>,
     /// The records' names and versions, hashed: what a store that can only be polled
     /// (PostgreSQL) compares.
     pub fingerprint: u64,
 }
 
 impl RecordsVersion {
-    /// The version of a read that returned `headers` (`list`: the list's resourceVersion).
-    pub fn of(headers: &[RecordHeader], list: Option<String>) -> RecordsVersion {
+    /// The version of a read that returned `headers` (`watch_from`: where a watch resumes).
+    pub fn of(headers: &[RecordHeader], watch_from: Option<String>) -> RecordsVersion {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         for h in headers {
             (&h.namespace, &h.name, &h.write_token, &h.labels).hash(&mut hasher);
         }
         RecordsVersion {
-            list,
+            watch_from,
             fingerprint: hasher.finish(),
         }
     }
@@ -305,8 +307,11 @@ where
 pub(crate) trait ReleaseStore {
     /// Namespace the store reads.
     fn namespace(&self) -> &str;
-    /// `Secret` or `ConfigMap`.
+    /// What a record is in this store: `Secret`, `ConfigMap`, `releases_v1` (a row).
     fn kind(&self) -> &'static str;
+    /// A command that shows `record` with its labels, for messages that send the user to
+    /// look (`kubectl get secret … --show-labels`, a `SELECT` for PostgreSQL).
+    fn show_command(&self, record: &str) -> String;
     /// Headers of every record of `release`, metadata only, sorted by revision.
     async fn list_headers(&self, release: &str) -> Result<Vec<RecordHeader>, StoreError>;
     /// [`ReleaseStore::list_headers`] with where the read stands, to wait for changes from.
@@ -431,6 +436,10 @@ impl ReleaseStore for Store {
 
     fn kind(&self) -> &'static str {
         each_driver!(self, s => s.kind())
+    }
+
+    fn show_command(&self, record: &str) -> String {
+        each_driver!(self, s => s.show_command(record))
     }
 
     async fn list_headers(&self, release: &str) -> Result<Vec<RecordHeader>, StoreError> {

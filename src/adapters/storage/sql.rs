@@ -625,6 +625,17 @@ fn header_from_row(row: &Row) -> Result<RecordHeader, InvalidRecord> {
     })
 }
 
+/// The `SELECT`s that show a record's row status and labels, in the database helm uses.
+fn show_row(record: &str, namespace: &str) -> String {
+    let quoted = |text: &str| text.replace('\'', "''");
+    let (record, ns) = (quoted(record), quoted(namespace));
+    format!(
+        "SELECT status FROM releases_v1 WHERE key = '{record}' AND namespace = '{ns}'; \
+         SELECT key, value FROM custom_labels_v1 WHERE releasekey = '{record}' AND \
+         releasenamespace = '{ns}'"
+    )
+}
+
 impl ReleaseStore for SqlStore {
     fn namespace(&self) -> &str {
         &self.namespace
@@ -632,6 +643,10 @@ impl ReleaseStore for SqlStore {
 
     fn kind(&self) -> &'static str {
         "releases_v1"
+    }
+
+    fn show_command(&self, record: &str) -> String {
+        show_row(record, &self.namespace)
     }
 
     async fn list_headers(&self, release: &str) -> Result<Vec<RecordHeader>, StoreError> {
@@ -854,6 +869,17 @@ mod tests {
         // No HTTP status to quote: the brief form is the whole sentence.
         assert_eq!(conflict.status(), conflict.to_string());
         assert!(!conflict.status().contains("409"));
+    }
+
+    #[test]
+    fn records_are_shown_with_sql_not_kubectl() {
+        assert_eq!(
+            show_row("sh.helm.release.v1.db.v1", "shared"),
+            "SELECT status FROM releases_v1 WHERE key = 'sh.helm.release.v1.db.v1' AND \
+             namespace = 'shared'; SELECT key, value FROM custom_labels_v1 WHERE releasekey = \
+             'sh.helm.release.v1.db.v1' AND releasenamespace = 'shared'"
+        );
+        assert!(show_row("it's", "ns").contains("key = 'it''s'"));
     }
 
     #[test]
