@@ -884,7 +884,56 @@ fn sql_freeze_closes_the_ways_around(label: &str) {
     s.query(&format!("SET ROLE {role}; TRUNCATE custom_labels_v1"));
 }
 
+/// Issue 25: a grant to PUBLIC that `lock --hard` cannot revoke (made by another grantor
+/// than the tool's role: helm's owner revokes only its own grants) is reported, naming the
+/// grantor and the command that removes it; that command works, and `lock --hard` then
+/// reports nothing.
+fn sql_surviving_public_grants_are_reported(label: &str) {
+    let s = SqlBed::new(label, "grants");
+    s.guard(&["upgrade", "--install", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    let granter = format!("gu_granter_{}", label.replace('.', "_"));
+    s.query(&format!(
+        "DROP ROLE IF EXISTS {granter}; CREATE ROLE {granter}; \
+         GRANT TRUNCATE ON releases_v1 TO {granter} WITH GRANT OPTION; \
+         SET ROLE {granter}; GRANT TRUNCATE ON releases_v1 TO PUBLIC; RESET ROLE"
+    ));
+    let weaker = format!(
+        "the database lock is weaker: PUBLIC still holds TRUNCATE on releases_v1, granted by \
+         {granter} (any role may empty it once the statement trigger is disabled); {granter} \
+         can run REVOKE TRUNCATE ON releases_v1 FROM PUBLIC"
+    );
+    let run = s.guard(&["lock", "db", "--hard", "-n", NS]);
+    run.expect_code(0, "lock --hard");
+    assert!(
+        run.stderr.lines().any(|l| l.ends_with(&weaker)),
+        "no line ending {weaker:?}:\n{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("TRIGGER on"),
+        "only the surviving grant is named:\n{}",
+        run.stderr
+    );
+    // The advice works: after it, a new hard lock reports nothing.
+    s.query(&format!(
+        "SET ROLE {granter}; REVOKE TRUNCATE ON releases_v1 FROM PUBLIC; RESET ROLE"
+    ));
+    s.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock");
+    let run = s.guard(&["lock", "db", "--hard", "-n", NS]);
+    run.expect_code(0, "lock --hard again");
+    assert!(
+        !run.stderr.contains("weaker"),
+        "reported after the grant was revoked:\n{}",
+        run.stderr
+    );
+    s.guard(&["unlock", "db", "-n", NS])
+        .expect_code(0, "unlock");
+}
+
 crate::common::per_helm!(
+    sql_surviving_public_grants_are_reported,
     sql_freeze_closes_the_ways_around,
     sql_hard_lock_with_the_cluster_policy,
     sql_hard_lock_trigger,

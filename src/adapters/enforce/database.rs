@@ -319,10 +319,11 @@ impl DatabaseEnforcer<'_> {
             .bounded(
                 "reading the grants of helm's tables",
                 client.query(
-                    "SELECT c.relname::text, a.privilege_type::text FROM pg_class c, \
+                    "SELECT c.relname::text, a.privilege_type::text, \
+                 pg_get_userbyid(a.grantor)::text, a.grantor = c.relowner FROM pg_class c, \
                  aclexplode(c.relacl) a WHERE c.oid IN (to_regclass('releases_v1'), \
                  to_regclass('custom_labels_v1')) AND a.grantee = 0 AND a.privilege_type IN \
-                 ('TRUNCATE', 'TRIGGER') ORDER BY 1, 2",
+                 ('TRUNCATE', 'TRIGGER') ORDER BY 1, 2, 3",
                     &[],
                 ),
             )
@@ -334,14 +335,22 @@ impl DatabaseEnforcer<'_> {
             .map(|r| {
                 let table: String = r.get(0);
                 let privilege: String = r.get(1);
+                let grantor: String = r.get(2);
+                let by_owner: bool = r.get(3);
                 let means = if privilege == "TRIGGER" {
                     "any role may add triggers of its own to it"
                 } else {
                     "any role may empty it once the statement trigger is disabled"
                 };
+                // Only the grantor's REVOKE removes a grant: name the role that can.
+                let who = if by_owner {
+                    format!("its owner {grantor}")
+                } else {
+                    grantor.clone()
+                };
                 format!(
-                    "PUBLIC still holds {privilege} on {table} ({means}); its owner can run \
-                     REVOKE {privilege} ON {table} FROM PUBLIC"
+                    "PUBLIC still holds {privilege} on {table}, granted by {grantor} ({means}); \
+                     {who} can run REVOKE {privilege} ON {table} FROM PUBLIC"
                 )
             })
             .collect())
