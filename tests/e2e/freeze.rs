@@ -58,7 +58,7 @@ fn kubectl(b: &Bed, who: &Who, args: &[&str]) -> Run {
 /// PersistentVolume, all named for the release's namespace and name, so that the same
 /// chart installs as release `db` in two namespaces; a ConfigMap in another namespace; and
 /// a hook ConfigMap (helm keeps it: no delete policy).
-fn wide_chart(b: &Bed, version: &str, message: &str) -> PathBuf {
+pub(crate) fn wide_chart(b: &Bed, version: &str, message: &str) -> PathBuf {
     let dir = b.home().join("charts").join(format!("wide-{version}"));
     let templates = dir.join("templates");
     std::fs::create_dir_all(&templates).unwrap();

@@ -708,6 +708,78 @@ fn sql_hard_lock_with_the_cluster_policy(label: &str) {
     s.guard(&["unlock", "db", "-n", NS])
         .expect_code(0, "unlock");
     kubectl(&["-n", NS, "delete", "deployment", "db-app"]).expect_code(0, "delete after unlock");
+
+    // Objects outside the namespace (a ClusterRole, a ConfigMap in another namespace) are
+    // frozen by the cluster's policies as for the other drivers: the records are rows, the
+    // objects the cluster's.
+    s.b.api.create_namespace("elsewhere");
+    let wide = crate::freeze::wide_chart(&s.b, "1.0.0", "one");
+    s.guard(&[
+        "upgrade",
+        "--install",
+        "wide",
+        wide.to_str().unwrap(),
+        "-n",
+        NS,
+    ])
+    .expect_code(0, "install the wide chart");
+    let outside: [&[&str]; 2] = [
+        &[
+            "delete",
+            "clusterrole",
+            "shared-wide-reader",
+            "--dry-run=server",
+        ],
+        &[
+            "-n",
+            "elsewhere",
+            "delete",
+            "cm/shared-wide-remote",
+            "--dry-run=server",
+        ],
+    ];
+    for args in outside {
+        kubectl(args).expect_code(0, &format!("{args:?} before the lock"));
+    }
+    let run = s.guard(&["lock", "wide", "--hard", "--reason", "freeze", "-n", NS]);
+    run.expect_code(0, "lock --hard wide");
+    assert!(
+        run.stderr
+            .contains("note: not frozen by the cluster: ConfigMap wide-hook (a helm hook"),
+        "the not-frozen list is given: {}",
+        run.stderr
+    );
+    for args in outside {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let refused = loop {
+            let run = kubectl(args);
+            if run.code != 0 || std::time::Instant::now() > deadline {
+                break run;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        assert!(
+            refused.code != 0
+                && refused
+                    .stderr
+                    .contains("guarded-upgrade unlock wide -n shared"),
+            "{args:?} under the hard lock: {}",
+            refused.stderr
+        );
+    }
+    s.guard(&["unlock", "wide", "-n", NS])
+        .expect_code(0, "unlock wide");
+    for args in outside {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let allowed = loop {
+            let run = kubectl(args);
+            if run.code == 0 || std::time::Instant::now() > deadline {
+                break run;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        allowed.expect_code(0, &format!("{args:?} after unlock"));
+    }
 }
 
 /// Issue 25: the ways around the database trigger are closed. TRUNCATE of either table

@@ -90,8 +90,20 @@ impl<'a> ClusterEnforcer<'a> {
         latest: &str,
         spec: &Lock,
     ) -> Result<SwitchedOn, String> {
+        let frozen = self.scope(self.namespace, latest).await;
+        self.freeze_objects(release, spec, &frozen).await
+    }
+
+    /// Puts the release's objects (`frozen`, from its manifest) under the policies: the
+    /// cluster-wide parameter first, then the one in its namespace. Also used by the
+    /// database's enforcer, whose records are rows but whose objects are the cluster's.
+    pub(super) async fn freeze_objects(
+        &self,
+        release: &str,
+        spec: &Lock,
+        frozen: &Frozen,
+    ) -> Result<SwitchedOn, String> {
         let namespace = self.namespace;
-        let frozen = self.scope(namespace, latest).await;
         let mut not_frozen = frozen.not_frozen.clone();
         let mut how = format!(
             "ValidatingAdmissionPolicy {}, ConfigMap {}",
@@ -108,7 +120,7 @@ impl<'a> ClusterEnforcer<'a> {
             )),
             Err(why) => not_frozen.extend(frozen.wide_not_frozen(namespace, &why)),
         }
-        admission::put_param(self.client, namespace, release, spec, &frozen).await?;
+        admission::put_param(self.client, namespace, release, spec, frozen).await?;
         Ok(SwitchedOn {
             how,
             notes: not_frozen

@@ -56,13 +56,17 @@ impl<'a> DatabaseEnforcer<'a> {
             .collect();
         let namespace = self.namespace;
         if admission::availability(self.client, namespace, release).await == Availability::Ready {
+            // The records are rows, the objects the cluster's: the cluster's policies freeze
+            // them as for the other drivers, inside and outside the release's namespace.
             let frozen = admission::freeze_scope_of(self.client, self.sql, latest).await;
-            if let Err(why) =
-                admission::put_param(self.client, namespace, release, spec, &frozen).await
+            match ClusterEnforcer::in_namespace(self.client, namespace, "Secret")
+                .freeze_objects(release, spec, &frozen)
+                .await
             {
-                notes.push(format!(
+                Ok(objects) => notes.extend(objects.notes),
+                Err(why) => notes.push(format!(
                     "the cluster does not freeze the release's objects: {why}"
-                ));
+                )),
             }
         }
         Ok(SwitchedOn {
