@@ -276,3 +276,78 @@ fn table_tests_are_read_from_the_last_column() {
     assert!(e2e_test_exists("freeze::nomod::helm3::frozen_release_refuses_every_change").is_err());
     assert!(e2e_test_exists("freeze::helm3_17::frozen_release_refuses_every_change").is_err());
 }
+
+/// The end-to-end test paths a doc names in backticks, anywhere (not only the freeze
+/// table): `::`-joined words whose module before the last is a helm module or `*` (any of
+/// them), e.g. `wait::*::long_wait_keeps_the_mutex`, `wait::compat::*::rollout_never_ready`,
+/// `freeze::cluster::helm3::frozen_release_in_a_running_cluster`. `*` reads as `helm3`,
+/// which every `per_helm!` makes.
+fn named_tests(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for span in text.split('`').skip(1).step_by(2) {
+        let parts: Vec<&str> = span.split("::").collect();
+        let word = |p: &&str| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '*')
+        };
+        if parts.len() < 3 || !parts.iter().all(word) {
+            continue;
+        }
+        let module = parts[parts.len() - 2];
+        let last = parts[parts.len() - 1];
+        if (module == "*" || HELM_MODULES.contains(&module)) && !last.contains('*') {
+            found.push(span.replace('*', "helm3"));
+        }
+    }
+    found
+}
+
+/// The docs' proofs are tests that exist: every test path any doc names is a scenario of
+/// that `tests/e2e/` file, run by its helm macro ([`e2e_test_exists`]).
+#[test]
+fn every_e2e_test_named_in_the_docs_exists() {
+    let mut docs = vec![Path::new(ROOT).join("README.md")];
+    docs.extend(
+        std::fs::read_dir(Path::new(ROOT).join("docs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "md")),
+    );
+    let mut missing = BTreeSet::new();
+    let mut checked = 0;
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        for path in named_tests(&text) {
+            checked += 1;
+            if let Err(e) = e2e_test_exists(&path) {
+                let name = doc.strip_prefix(ROOT).unwrap().display();
+                missing.insert(format!("{name}: {path}: {e}"));
+            }
+        }
+    }
+    assert!(checked > 10, "only {checked} test paths found in the docs");
+    assert!(
+        missing.is_empty(),
+        "the docs name tests that do not exist (or are not run) in tests/e2e/:\n{}",
+        missing.into_iter().collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn test_paths_are_found_and_code_paths_are_not() {
+    assert_eq!(
+        named_tests(
+            "`wait::*::long_wait_keeps_the_mutex`, `freeze::cluster::helm3::frozen`, \
+             `mutex::observe`, `state::read_release`, `freeze::…`, `a::*::*`, \
+             `proptests::the_guard_never_runs_helm`, `wait::compat::*::rollout_never_ready`"
+        ),
+        [
+            "wait::helm3::long_wait_keeps_the_mutex",
+            "freeze::cluster::helm3::frozen",
+            "wait::compat::helm3::rollout_never_ready",
+        ]
+    );
+    assert!(e2e_test_exists("wait::compat::helm3::rollout_never_ready").is_ok());
+    assert!(e2e_test_exists("wait::helm3::no_such_test").is_err());
+}

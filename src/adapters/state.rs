@@ -7,7 +7,7 @@
 use crate::adapters::storage::{
     InvalidRecord, RecordHeader, RecordsVersion, ReleaseStore, StoreError,
 };
-use crate::core::decision::{DeployedState, RecordMeta};
+use crate::core::decision::{rollback_target, DeployedState, RecordMeta};
 use crate::core::lock;
 use crate::core::release::{decode_release, DecodeError, ReleaseStatus, ReleaseSummary};
 
@@ -121,13 +121,17 @@ pub(crate) async fn read_release_again<S: ReleaseStore>(
         }
         _ => None,
     };
-    // A deployed revision that is helm's rollback from a failed one (an upgrade with
-    // --atomic/--rollback-on-failure that failed, or `helm rollback` after a failure): the
-    // decision needs the failed revision's chart, so as not to apply it again by itself.
+    // A deployed revision that is helm's rollback from the revision right below it: from a
+    // failed one (an upgrade with --atomic/--rollback-on-failure that failed, or `helm
+    // rollback` after a failure) or from a superseded one, which had deployed (`helm
+    // rollback` asked for). The decision needs that revision's chart: not to apply a failed
+    // version again by itself, and not to undo a rollback asked for.
     let rolled_back_from = match (&last_deployed, last_deployed_header) {
         (Some(d), Some(h)) if rollback_target(d.description.as_deref()).is_some() => {
             match headers.iter().find(|f| f.revision + 1 == h.revision) {
-                Some(f) if f.status == ReleaseStatus::Failed => {
+                Some(f)
+                    if matches!(f.status, ReleaseStatus::Failed | ReleaseStatus::Superseded) =>
+                {
                     Some(decode_or_reuse(store, f, previous, &mut decoded).await?)
                 }
                 _ => None,
@@ -189,16 +193,6 @@ async fn decode_or_reuse<S: ReleaseStore>(
         decoded.push((header.name.clone(), rv.clone(), summary.clone()));
     }
     Ok(summary)
-}
-
-/// The revision a rollback record rolled back to, from helm's description
-/// (`Rollback to 3`, the same in helm 3 and 4).
-pub(crate) fn rollback_target(description: Option<&str>) -> Option<u64> {
-    description?
-        .strip_prefix("Rollback to ")?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Fetches and decodes one record's release metadata (never its values), and checks that
@@ -389,27 +383,48 @@ pub(crate) mod tests {
     use ReleaseStatus as S;
 
     #[test]
-    fn a_rollback_from_a_failed_revision_reads_that_revision_only() {
-        let atomic = read(&store(&[
-            rev(1, S::Superseded, "1.0.0"),
-            rev(2, S::Failed, "1.1.0"),
-            rollback(3, S::Deployed, "1.0.0", 1),
-        ]));
-        let failed = atomic.state.rolled_back_from.expect("the failed revision");
-        assert_eq!(
-            (failed.revision, failed.chart_version.as_deref()),
-            (2, Some("1.1.0"))
-        );
-        // A rollback from a revision that did not fail, and a failure without rollback.
+    fn a_rollback_reads_the_revision_it_rolled_back_from_only() {
+        use crate::core::decision::{Rollback, RollbackKind};
+        // helm's rollback of a failed upgrade, and `helm rollback` of a deployed revision.
+        for (from, kind) in [
+            (S::Failed, RollbackKind::AfterFailure),
+            (S::Superseded, RollbackKind::OnRequest),
+        ] {
+            let view = read(&store(&[
+                rev(1, S::Superseded, "1.0.0"),
+                rev(2, from.clone(), "1.1.0"),
+                rollback(3, S::Deployed, "1.0.0", 1),
+            ]));
+            let below = view.state.rolled_back_from.clone().expect("revision 2");
+            assert_eq!(
+                (below.revision, below.status, below.chart_version.as_deref()),
+                (2, from, Some("1.1.0"))
+            );
+            assert_eq!(
+                view.state.rollback(),
+                Some(Rollback {
+                    kind,
+                    revision: 3,
+                    to_revision: 1,
+                    from_revision: 2,
+                    from_chart: Some("postgresql".into()),
+                    from_version: Some("1.1.0".into()),
+                })
+            );
+        }
+        // A rollback right above an interrupted upgrade (recovered by `helm rollback`, which
+        // leaves the pending revision as it is), and a failure without rollback.
         for revs in [
             vec![
                 rev(1, S::Superseded, "1.0.0"),
-                rev(2, S::Superseded, "1.1.0"),
+                rev(2, S::PendingUpgrade, "1.1.0"),
                 rollback(3, S::Deployed, "1.0.0", 1),
             ],
             vec![rev(1, S::Deployed, "1.0.0"), rev(2, S::Failed, "1.1.0")],
         ] {
-            assert_eq!(read(&store(&revs)).state.rolled_back_from, None);
+            let state = read(&store(&revs)).state;
+            assert_eq!(state.rolled_back_from, None);
+            assert_eq!(state.rollback(), None);
         }
         assert_eq!(rollback_target(Some("Rollback to 12")), Some(12));
         assert_eq!(rollback_target(Some("Upgrade complete")), None);

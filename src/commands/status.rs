@@ -77,6 +77,7 @@ pub(super) async fn status_report(
             revision: latest.revision,
             status: latest.status.as_str().to_string(),
         }),
+        rollback: view.state.rollback(),
         lock: view.state.lock.as_ref().map(|l| LockReport::new(l, now)),
         upgrade,
         upgrade_message,
@@ -133,16 +134,22 @@ fn upgrade_verdict(
                 &notes,
             ),
         ),
-        Gate::Upgrade { pin, notes, .. } => (
-            "upgrade-if-newer",
-            with_notes(
-                match pin.map(pin_text) {
-                    Some(p) => format!("upgrades only to newer versions matching {p}"),
-                    None => "upgrades when the target chart version is newer".to_string(),
-                },
-                &notes,
-            ),
-        ),
+        Gate::Upgrade {
+            pin,
+            rollback_rule,
+            notes,
+            ..
+        } => {
+            let line = match pin.map(pin_text) {
+                Some(p) => format!("upgrades only to newer versions matching {p}"),
+                None => "upgrades when the target chart version is newer".to_string(),
+            };
+            let line = match rollback_rule {
+                Some(rule) => format!("{line}, but {rule}"),
+                None => line,
+            };
+            ("upgrade-if-newer", with_notes(line, &notes))
+        }
     }
 }
 
@@ -151,7 +158,7 @@ mod tests {
     //! `status` and `check` must agree: for every state the reader can produce, the
     //! target-less verdict of `status` is what `check` decides for a newer target.
     use super::*;
-    use crate::adapters::state::testkit::{read, rev, store, Rev};
+    use crate::adapters::state::testkit::{block_on, read, rev, rollback, store, Rev};
     use crate::core::decision::{LockKind, Reason, Target};
     use crate::core::lock::Lock;
     use crate::core::release::ReleaseStatus as S;
@@ -310,6 +317,26 @@ mod tests {
                 Action::Refuse,
             ),
             (
+                "rolled back after a failure",
+                vec![
+                    rev(1, S::Superseded, "1.0.0"),
+                    rev(2, S::Failed, "1.1.0"),
+                    rollback(3, S::Deployed, "1.0.0", 1),
+                ],
+                "upgrade-if-newer",
+                Action::Upgrade,
+            ),
+            (
+                "rolled back on request",
+                vec![
+                    rev(1, S::Superseded, "1.0.0"),
+                    rev(2, S::Superseded, "1.1.0"),
+                    rollback(3, S::Deployed, "1.0.0", 1),
+                ],
+                "upgrade-if-newer",
+                Action::Upgrade,
+            ),
+            (
                 "hard lock after a rollback",
                 vec![
                     hard(rev(1, S::Superseded, "1.0.0"), "deployed", None),
@@ -360,5 +387,65 @@ mod tests {
                 assert_ne!(d.reason, Reason::Newer, "{what}");
             }
         }
+    }
+
+    /// `status` names a rollback from what the records show (after a failure, or asked
+    /// for), and says what the next guarded run does with the version rolled back from;
+    /// the JSON carries the same facts.
+    #[test]
+    fn status_names_a_rollback_and_what_the_next_run_does() {
+        use crate::core::decision::{Rollback, RollbackKind};
+        for (from, kind, rule) in [
+            (
+                S::Failed,
+                RollbackKind::AfterFailure,
+                "a target of postgresql 1.1.0, the version rolled back from, is refused \
+                 (rolled-back, exit 3): publish a fixed version, or re-apply it on purpose \
+                 with --min-version-policy off",
+            ),
+            (
+                S::Superseded,
+                RollbackKind::OnRequest,
+                "a target of postgresql newer than 1.0.0 up to 1.1.0, the version rolled \
+                 back from, is skipped (rollback-kept): the rollback is kept until a version \
+                 newer than 1.1.0, or one applied on purpose with --min-version-policy off",
+            ),
+        ] {
+            let s = store(&[
+                rev(1, S::Superseded, "1.0.0"),
+                rev(2, from, "1.1.0"),
+                rollback(3, S::Deployed, "1.0.0", 1),
+            ]);
+            let report = block_on(status_report(&s, "db", NOW)).expect("status");
+            assert_eq!(
+                report.rollback,
+                Some(Rollback {
+                    kind,
+                    revision: 3,
+                    to_revision: 1,
+                    from_revision: 2,
+                    from_chart: Some("postgresql".into()),
+                    from_version: Some("1.1.0".into()),
+                })
+            );
+            assert_eq!(report.upgrade, "upgrade-if-newer");
+            assert_eq!(
+                report.upgrade_message,
+                format!("upgrades when the target chart version is newer, but {rule}")
+            );
+            let json = serde_json::to_value(&report).expect("json");
+            assert_eq!(
+                json["rollback"]["kind"],
+                serde_json::to_value(kind).unwrap()
+            );
+            assert_eq!(json["rollback"]["from_version"], "1.1.0");
+        }
+        let s = store(&[rev(1, S::Superseded, "1.0.0"), rev(2, S::Deployed, "1.1.0")]);
+        let report = block_on(status_report(&s, "db", NOW)).expect("status");
+        assert_eq!(report.rollback, None);
+        assert_eq!(
+            serde_json::to_value(&report).expect("json")["rollback"],
+            serde_json::Value::Null
+        );
     }
 }

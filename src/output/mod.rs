@@ -158,6 +158,9 @@ pub(crate) fn status(
     if let Some(l) = &report.latest {
         put(format!("latest:    revision {} {}", l.revision, l.status));
     }
+    if let Some(r) = &report.rollback {
+        put(format!("rollback:  {}", r.describe()));
+    }
     match &report.lock {
         None => put("lock:      none".to_string()),
         Some(l) => {

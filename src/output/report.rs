@@ -9,7 +9,7 @@ use crate::adapters::mutex::MutexState;
 use crate::adapters::target::ResolvedTarget;
 use crate::core::decision::Part;
 use crate::core::decision::{
-    Action, CompareKey, Decision, DeployedState, Lock, Reason, VersionRule,
+    Action, CompareKey, Decision, DeployedState, Lock, Reason, Rollback, VersionRule,
 };
 use crate::core::release::ReleaseSummary;
 
@@ -37,6 +37,9 @@ pub(crate) struct DecisionReport {
     pub deployed: Option<DeployedReport>,
     /// The highest revision and its status, or null when there are no records.
     pub latest: Option<LatestReport>,
+    /// When the deployed revision is helm's rollback from the revision right below it
+    /// (after a failure, or on request): which, or null.
+    pub rollback: Option<Rollback>,
     /// What would be installed.
     pub target: TargetReport,
     /// The lock on the release, if any (expired locks included, flagged).
@@ -193,6 +196,7 @@ impl DecisionReport {
                 revision: l.revision,
                 status: l.status.as_str().to_string(),
             }),
+            rollback: state.rollback(),
             target: TargetReport {
                 chart: target.chart_name.clone(),
                 version: target.version.clone(),
@@ -225,6 +229,9 @@ pub(crate) struct StatusReport {
     pub deployed: Option<DeployedReport>,
     /// The highest revision.
     pub latest: Option<LatestReport>,
+    /// When the deployed revision is helm's rollback from the revision right below it
+    /// (after a failure, or on request): which, or null.
+    pub rollback: Option<Rollback>,
     /// The lock, if any.
     pub lock: Option<LockReport>,
     /// What `upgrade` would do, before a target is known: `blocked` (skipped), `refuse`,

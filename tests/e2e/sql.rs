@@ -234,9 +234,18 @@ fn sql_locks(label: &str) {
     for rev in 1..=3 {
         assert_eq!(s.label(rev, LOCK_KEY), "", "revision {rev} still locked");
     }
-    s.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+    // Revision 2 (1.1.0) had deployed when it was rolled back: the rollback was asked for
+    // and is kept against 1.1.0 (docs/decision.md); a newer version upgrades.
+    let run = s.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS]);
+    run.expect_code(0, "the version rolled back from");
+    assert!(
+        first_line(&run).starts_with("skip: ") && run.stderr.contains("the rollback is kept"),
+        "{}",
+        run.stderr
+    );
+    s.guard(&["upgrade", "db", &chart("demo-1.2.0"), "-n", NS])
         .expect_code(0, "upgrade after unlock");
-    assert_eq!(s.deployed(), ("1.1.0".into(), 4));
+    assert_eq!(s.deployed(), ("1.2.0".into(), 4));
 
     // Hard lock: the latest row becomes pending-upgrade (column and body); plain helm stops.
     s.guard(&["lock", "db", "--hard", "--reason", "freeze", "-n", NS])

@@ -217,6 +217,33 @@ fn line_index(run: &Run, what: &str, f: impl Fn(&str) -> bool) -> usize {
         .unwrap_or_else(|| panic!("no stderr line {what}\n--- stderr\n{}", run.stderr))
 }
 
+/// `status` of release `db`: its text and its JSON.
+fn status(b: &Bed) -> (String, Value) {
+    let text = b.guard(&["status", "db", "-n", NS]);
+    text.expect_code(0, "status");
+    let json = b.guard(&["status", "db", "-n", NS, "-o", "json"]);
+    json.expect_code(0, "status -o json");
+    let value = serde_json::from_str(json.stdout.trim())
+        .unwrap_or_else(|e| panic!("status -o json: {e}\n{}", json.stdout));
+    (text.stdout.clone(), value)
+}
+
+/// `check -o json` of release `db` with `chart`.
+fn check_json(b: &Bed, chart: &str) -> (i32, Value) {
+    let run = b.guard(&["check", "db", chart, "-n", NS, "-o", "json"]);
+    let value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("check -o json: {e}\n{}\n{}", run.stdout, run.stderr));
+    (run.code, value)
+}
+
+#[track_caller]
+fn assert_line(text: &str, expected: &str) {
+    assert!(
+        text.lines().any(|l| l == expected),
+        "no line is exactly\n{expected}\n--- in\n{text}"
+    );
+}
+
 fn install(b: &Bed, label: &str) {
     let c = app_chart(b, "1.0.0", &[]);
     let run = b.guard(&[
@@ -410,6 +437,35 @@ fn rollback_on_failure(label: &str) {
     assert_eq!(b.writes(), Vec::<String>::new(), "a refusal writes nothing");
     assert_eq!(history(&b).len(), 3);
 
+    // `status` and `check` name the rollback and what the next run does.
+    let (text, json) = status(&b);
+    assert_line(&text, "latest:    revision 3 deployed");
+    assert_line(
+        &text,
+        "rollback:  revision 3 is a rollback to revision 1 after revision 2 (app 1.1.0) failed",
+    );
+    assert_line(
+        &text,
+        "upgrade:   upgrades when the target chart version is newer, but a target of app \
+         1.1.0, the version rolled back from, is refused (rolled-back, exit 3): publish a \
+         fixed version, or re-apply it on purpose with --min-version-policy off",
+    );
+    assert_eq!(json["upgrade"], "upgrade-if-newer", "{json}");
+    assert_eq!(
+        json["rollback"],
+        serde_json::json!({"kind": "after-failure", "revision": 3, "to_revision": 1,
+            "from_revision": 2, "from_chart": "app", "from_version": "1.1.0"}),
+        "{json}"
+    );
+    let (code, check) = check_json(&b, &broken);
+    assert_eq!(code, 3, "{check}");
+    assert_eq!(
+        (&check["action"], &check["reason"]),
+        (&"refuse".into(), &"rolled-back".into()),
+        "{check}"
+    );
+    assert_eq!(check["rollback"], json["rollback"], "{check}");
+
     // A fixed version upgrades from the rolled-back release.
     let fixed = app_chart(&b, "1.1.1", &[]);
     let run = b.guard(&[
@@ -427,6 +483,108 @@ fn rollback_on_failure(label: &str) {
     run.assert_stderr_line(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.1"#);
     assert_eq!(b.deployed("db", NS), ("1.1.1".into(), 4));
     assert!(ready_pods(&b, "1.1.1") >= 2);
+}
+
+/// An operator rolls a healthy release back on purpose (`helm rollback db 1 --wait`: 1.1.0
+/// deployed and Ready, back to 1.0.0). The records show it was asked for (revision 2
+/// `superseded`, not `failed`); `status` says so and what the next run does; the pipeline
+/// of 1.1.0 run again is skipped (`rollback-kept`, exit 0, nothing written, the 1.0.0 pods
+/// keep running) instead of undoing the rollback; a newer version upgrades, with a note.
+fn rollback_asked_for_is_kept(label: &str) {
+    let b = setup(label);
+    install(&b, label);
+    let c110 = app_chart(&b, "1.1.0", &[]);
+    let upgrade = |chart: &str| {
+        b.guard(&[
+            "upgrade",
+            "db",
+            chart,
+            "-n",
+            NS,
+            wait_flag(label),
+            "--timeout",
+            LONG,
+        ])
+    };
+    upgrade(&c110).expect_code(0, "1.1.0");
+    assert!(ready_pods(&b, "1.1.0") >= 2);
+    b.helm(&[
+        "rollback",
+        "db",
+        "1",
+        "-n",
+        NS,
+        wait_flag(label),
+        "--timeout",
+        LONG,
+    ])
+    .expect_code(0, "helm rollback db 1");
+    let h = history(&b);
+    assert_eq!(
+        h.iter()
+            .map(|(r, s, c, d)| (*r, s.as_str(), c.as_str(), d == "Rollback to 1"))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, "superseded", "app-1.0.0", false),
+            (2, "superseded", "app-1.1.0", false),
+            (3, "deployed", "app-1.0.0", true)
+        ],
+        "{h:?}"
+    );
+    b.api
+        .real()
+        .wait_rollout(NS, "db-app", Duration::from_secs(120));
+    assert!(ready_pods(&b, "1.0.0") >= 2);
+
+    let kept = "revision 3 is a rollback to revision 1 of revision 2 (app 1.1.0), which had \
+                deployed: asked for (helm rollback), not forced by a failure";
+    let (text, json) = status(&b);
+    assert_line(&text, &format!("rollback:  {kept}"));
+    assert_line(
+        &text,
+        "upgrade:   upgrades when the target chart version is newer, but a target of app \
+         newer than 1.0.0 up to 1.1.0, the version rolled back from, is skipped \
+         (rollback-kept): the rollback is kept until a version newer than 1.1.0, or one \
+         applied on purpose with --min-version-policy off",
+    );
+    assert_eq!(
+        json["rollback"],
+        serde_json::json!({"kind": "on-request", "revision": 3, "to_revision": 1,
+            "from_revision": 2, "from_chart": "app", "from_version": "1.1.0"}),
+        "{json}"
+    );
+
+    // The pipeline of 1.1.0 runs again: skipped, nothing written, the rollback stays.
+    b.api.clear_requests();
+    let run = upgrade(&c110);
+    run.expect_code(0, "the version rolled back from, again");
+    run.assert_stderr(&[&format!(
+        "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 3); {kept}, and target \
+         1.1.0 is not newer than 1.1.0, so the rollback is kept. Publish a version newer than \
+         1.1.0, or apply this one on purpose with --min-version-policy off"
+    )]);
+    assert_eq!(b.writes(), Vec::<String>::new(), "a skip writes nothing");
+    let (code, check) = check_json(&b, &c110);
+    assert_eq!(code, 0, "{check}");
+    assert_eq!(
+        (&check["action"], &check["reason"]),
+        (&"skip".into(), &"rollback-kept".into()),
+        "{check}"
+    );
+    assert_eq!(check["rollback"], json["rollback"], "{check}");
+    assert_eq!(history(&b).len(), 3);
+    assert!(ready_pods(&b, "1.0.0") >= 2);
+    assert_eq!(ready_pods(&b, "1.1.0"), 0);
+
+    // The fix the rollback waits for upgrades, naming the rollback.
+    let c111 = app_chart(&b, "1.1.1", &[]);
+    let run = upgrade(&c111);
+    run.expect_code(0, "a newer version");
+    run.assert_stderr_line(r#"upgrade: "db" in "shared" 1.0.0 -> 1.1.1"#);
+    run.assert_stderr_line(&format!("  note: {kept}"));
+    assert_eq!(b.deployed("db", NS), ("1.1.1".into(), 4));
+    assert!(ready_pods(&b, "1.1.1") >= 2);
+    assert_mutex_released(&b);
 }
 
 /// A Job's status field as a timestamp (RFC 3339, seconds).
@@ -784,6 +942,7 @@ mod compat {
 }
 
 crate::common::per_helm!(
+    rollback_asked_for_is_kept,
     wait_for_jobs_and_hooks,
     failing_hook,
     long_wait_keeps_the_mutex,

@@ -19,10 +19,13 @@
 //!    other latest status without a deployed record makes helm fail with
 //!    "has no deployed releases", so we refuse.
 //! 5. Chart name change (refuse unless allowed), pin, then version policy. Before the
-//!    versions are compared (policy `off` aside): a target of the chart and version helm
-//!    rolled the release back from (a failed revision right below a deployed
-//!    `Rollback to N`) is refused (`rolled-back`), so a pipeline run again neither
-//!    re-applies a version that failed for ever nor claims it is deployed.
+//!    versions are compared (policy `off` aside), when the deployed revision is helm's
+//!    rollback (`Rollback to N`) from the revision right below it: if that one failed, a
+//!    target of its chart and version is refused (`rolled-back`), so a pipeline run again
+//!    neither re-applies a version that failed for ever nor claims it is deployed; if it
+//!    had deployed (superseded: the rollback was asked for), a target newer than the
+//!    deployed version but not newer than the one rolled back from is skipped
+//!    (`rollback-kept`), so a pipeline run again does not undo the rollback.
 
 use crate::core::release::{ReleaseStatus, ReleaseSummary};
 use crate::core::version::{ChartVersion, Constraint};
@@ -58,8 +61,46 @@ pub fn gate(input: &DecisionInput) -> Gate {
             baseline_revision: d.baseline.map_or(0, |b| b.revision),
             baseline_version: d.baseline.and_then(|b| b.chart_version.clone()),
             pin: d.pin_lock.and_then(|l| l.pin.clone()),
+            rollback_rule: d
+                .baseline
+                .and_then(|b| rollback_rule(&input.state.rollback()?, b)),
             notes: d.notes.iter().map(|n| one_line(n)).collect(),
         },
+    }
+}
+
+/// What the rollback rule of step 5 does to targets while the deployed revision `baseline`
+/// is this rollback, said without a target (for `status`); `None` when no target is held.
+fn rollback_rule(rollback: &Rollback, baseline: &ReleaseSummary) -> Option<String> {
+    let from = rollback.from_version.as_deref()?;
+    let chart = rollback
+        .from_chart
+        .as_deref()
+        .map(|c| format!("{c} "))
+        .unwrap_or_default();
+    match rollback.kind {
+        RollbackKind::AfterFailure => Some(format!(
+            "a target of {chart}{from}, the version rolled back from, is refused (rolled-back, \
+             exit 3): publish a fixed version, or re-apply it on purpose with \
+             --min-version-policy off"
+        )),
+        RollbackKind::OnRequest => {
+            let deployed = baseline.chart_version.as_deref()?;
+            let kept = match (
+                ChartVersion::parse_stored(deployed),
+                ChartVersion::parse_stored(from),
+            ) {
+                (Ok(d), Ok(f)) => d < f,
+                _ => deployed != from,
+            };
+            kept.then(|| {
+                format!(
+                    "a target of {chart}newer than {deployed} up to {from}, the version rolled \
+                     back from, is skipped (rollback-kept): the rollback is kept until a version \
+                     newer than {from}, or one applied on purpose with --min-version-policy off"
+                )
+            })
+        }
     }
 }
 
@@ -306,6 +347,9 @@ impl<'i, 'a> Decider<'i, 'a> {
         let target_text = target_input.version.as_str();
         let deployed_text = baseline.chart_version.as_deref().unwrap_or("");
         if self.input.version_rule == VersionRule::Off {
+            if let Some(rollback) = self.input.state.rollback() {
+                self.notes.push(rollback.describe());
+            }
             return self.proceed(
                 Reason::PolicyOff,
                 format!("{deployed_text} -> {target_text} (version policy off)"),
@@ -390,44 +434,75 @@ impl<'i, 'a> Decider<'i, 'a> {
         }
     }
 
-    /// Refuses a target of the chart and version helm rolled the release back from.
-    fn check_rolled_back(&self, baseline: &ReleaseSummary, target: &Target) -> Option<Outcome> {
-        let failed = self.input.state.rolled_back_from.as_ref()?;
-        let failed_text = failed.chart_version.as_deref()?;
-        let same_chart = match (&target.chart_name, &failed.chart_name) {
+    /// A deployed revision that is helm's rollback from the revision right below it
+    /// ([`Rollback`]): after a failure, a target of the chart and version rolled back from
+    /// is refused (`rolled-back`); on request, a target newer than the deployed version but
+    /// not newer than the one rolled back from is skipped (`rollback-kept`), since applying
+    /// it would undo the rollback. Any other target decides as usual, with a note naming
+    /// the rollback.
+    fn check_rolled_back(&mut self, baseline: &ReleaseSummary, target: &Target) -> Option<Outcome> {
+        let rollback = self.input.state.rollback()?;
+        let Some(from_text) = rollback.from_version.as_deref() else {
+            self.notes.push(rollback.describe());
+            return None;
+        };
+        let same_chart = match (&target.chart_name, &rollback.from_chart) {
             (Some(want), Some(had)) => want == had,
             _ => true,
         };
-        let same_version = match (
-            ChartVersion::parse_stored(failed_text),
-            ChartVersion::parse(&target.version),
-        ) {
-            (Ok(f), Ok(t)) => f == t,
-            _ => failed_text == target.version,
+        let from = ChartVersion::parse_stored(from_text).ok();
+        let wanted = ChartVersion::parse(&target.version).ok();
+        let same_version = match (&from, &wanted) {
+            (Some(f), Some(t)) => f == t,
+            _ => from_text == target.version,
         };
-        if !(same_chart && same_version) {
+        let deployed_text = baseline.chart_version.as_deref().unwrap_or("");
+        let applies = same_chart
+            && match rollback.kind {
+                RollbackKind::AfterFailure => same_version,
+                RollbackKind::OnRequest => {
+                    let deployed = ChartVersion::parse_stored(deployed_text).ok();
+                    match (deployed, &from, &wanted) {
+                        (Some(d), Some(f), Some(t)) => d < *t && t <= f,
+                        // Not all versions: only the very version rolled back from.
+                        _ => same_version && deployed_text != target.version,
+                    }
+                }
+            };
+        if !applies {
+            self.notes.push(rollback.describe());
             return None;
         }
-        let to = baseline
-            .description
-            .as_deref()
-            .and_then(|d| d.strip_prefix("Rollback to "))
-            .map(|n| format!(" to revision {}", n.trim()))
-            .unwrap_or_default();
-        Some(self.refuse(
-            Reason::RolledBack,
-            format!(
-                "{} was rolled back from chart version {failed_text}: revision {} failed and \
-                 revision {} rolled back{to} ({}); not applying {} again by itself. Publish a \
-                 fixed chart version, or re-apply this one on purpose with \
-                 --min-version-policy off",
-                self.subject(),
-                failed.revision,
-                baseline.revision,
-                baseline.chart_version.as_deref().unwrap_or("unknown chart version"),
-                target.version
+        Some(match rollback.kind {
+            RollbackKind::AfterFailure => self.refuse(
+                Reason::RolledBack,
+                format!(
+                    "{} was rolled back from chart version {from_text}: revision {} failed and \
+                     revision {} rolled back to revision {} ({}); not applying {} again by \
+                     itself. Publish a fixed chart version, or re-apply this one on purpose with \
+                     --min-version-policy off",
+                    self.subject(),
+                    rollback.from_revision,
+                    rollback.revision,
+                    rollback.to_revision,
+                    baseline
+                        .chart_version
+                        .as_deref()
+                        .unwrap_or("unknown chart version"),
+                    target.version
+                ),
             ),
-        ))
+            RollbackKind::OnRequest => self.skip(
+                Reason::RollbackKept,
+                format!(
+                    "{}, and target {} is not newer than {from_text}, so the rollback is kept. \
+                     Publish a version newer than {from_text}, or apply this one on purpose \
+                     with --min-version-policy off",
+                    rollback.describe(),
+                    target.version
+                ),
+            ),
+        })
     }
 
     /// Placeholder outcome of a decision that waits for [`ChangeFacts`].

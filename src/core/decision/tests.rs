@@ -1756,12 +1756,14 @@ fn a_version_helm_rolled_back_from_is_not_applied_again() {
             Action::Upgrade,
             Reason::Newer,
         ),
+        // A rollback of a revision that had deployed was asked for: kept, not refused
+        // (`a_rollback_asked_for_is_kept`).
         (
             &good_one_rolled_back,
             "1.1.0",
             VersionRule::Newer,
-            Action::Upgrade,
-            Reason::Newer,
+            Action::Skip,
+            Reason::RollbackKept,
         ),
         (
             &failed_not_rolled_back,
@@ -1803,4 +1805,189 @@ fn a_version_helm_rolled_back_from_is_not_applied_again() {
         facts: None,
     });
     check(&d, Action::Upgrade, Reason::Newer);
+}
+
+/// `helm rollback` of a revision that had deployed (it is `superseded` below the rollback,
+/// not `failed`): the rollback was asked for, and a pipeline run again does not undo it. A
+/// target newer than the deployed version but not newer than the one rolled back from is
+/// skipped (`rollback-kept`, exit 0); newer targets upgrade, older or equal ones decide as
+/// usual, policy `off` applies anything on purpose. Read by the program's own reader.
+#[test]
+fn a_rollback_asked_for_is_kept() {
+    use crate::adapters::state::testkit::{rev, rollback, state};
+    use Action::*;
+    use Reason as R;
+    use ReleaseStatus as S;
+    use VersionRule::*;
+    let on_request = state(&[
+        rev(1, S::Superseded, "1.0.0"),
+        rev(2, S::Superseded, "1.1.0"),
+        rollback(3, S::Deployed, "1.0.0", 1),
+    ]);
+    let two_back = state(&[
+        rev(1, S::Superseded, "1.0.0"),
+        rev(2, S::Superseded, "1.1.0"),
+        rev(3, S::Superseded, "1.2.0"),
+        rollback(4, S::Deployed, "1.0.0", 1),
+    ]);
+    // Rolled back, then forward again to revision 2: nothing is held back.
+    let forward_again = state(&[
+        rev(1, S::Superseded, "1.0.0"),
+        rev(2, S::Superseded, "1.1.0"),
+        rollback(3, S::Superseded, "1.0.0", 1),
+        rollback(4, S::Deployed, "1.1.0", 2),
+    ]);
+    // `helm rollback db 2` onto revision 2 itself (a redeploy): same version both sides.
+    let redeploy = state(&[
+        rev(1, S::Superseded, "1.0.0"),
+        rev(2, S::Superseded, "1.1.0"),
+        rollback(3, S::Deployed, "1.1.0", 2),
+    ]);
+    // Someone tried the version again with plain helm, and it failed.
+    let failed_above = state(&[
+        rev(1, S::Superseded, "1.0.0"),
+        rev(2, S::Superseded, "1.1.0"),
+        rollback(3, S::Deployed, "1.0.0", 1),
+        rev(4, S::Failed, "1.1.0"),
+    ]);
+    // An interrupted upgrade recovered with `helm rollback`, as `pending` advises: helm
+    // leaves the pending revision as it was, and the next run applies the target again.
+    let pending_below = state(&[
+        rev(1, S::Superseded, "1.0.0"),
+        rev(2, S::PendingUpgrade, "1.1.0"),
+        rollback(3, S::Deployed, "1.0.0", 1),
+    ]);
+    let cases = [
+        (&on_request, "1.1.0", Newer, Skip, R::RollbackKept),
+        (&on_request, "v1.1", Newer, Skip, R::RollbackKept),
+        (&on_request, "1.1.0+rebuilt", Newer, Skip, R::RollbackKept),
+        (&on_request, "1.0.5", Newer, Skip, R::RollbackKept),
+        (&on_request, "1.1.0-rc.1", Newer, Skip, R::RollbackKept),
+        (&on_request, "1.1.0", NewerOrEqual, Skip, R::RollbackKept),
+        (&on_request, "1.1.0", NewerOrChanged, Skip, R::RollbackKept),
+        (&on_request, "1.1.1", Newer, Upgrade, R::Newer),
+        (&on_request, "1.0.0", Newer, Skip, R::NotNewer),
+        (&on_request, "1.0.0", NewerOrEqual, Upgrade, R::EqualReapply),
+        (&on_request, "0.9.0", Newer, Skip, R::Downgrade),
+        (&on_request, "1.1.0", Off, Upgrade, R::PolicyOff),
+        (&two_back, "1.2.0", Newer, Skip, R::RollbackKept),
+        (&two_back, "1.1.0", Newer, Skip, R::RollbackKept),
+        (&two_back, "1.2.1", Newer, Upgrade, R::Newer),
+        (&forward_again, "1.1.0", Newer, Skip, R::NotNewer),
+        (
+            &forward_again,
+            "1.1.0",
+            NewerOrEqual,
+            Upgrade,
+            R::EqualReapply,
+        ),
+        (&forward_again, "1.0.5", Newer, Skip, R::Downgrade),
+        (&forward_again, "1.2.0", Newer, Upgrade, R::Newer),
+        (&redeploy, "1.1.0", NewerOrEqual, Upgrade, R::EqualReapply),
+        (&redeploy, "1.2.0", Newer, Upgrade, R::Newer),
+        (&failed_above, "1.1.0", Newer, Skip, R::RollbackKept),
+        (&failed_above, "1.2.0", Newer, Upgrade, R::Newer),
+        (&pending_below, "1.1.0", Newer, Upgrade, R::Newer),
+    ];
+    for (i, (state, want, policy, action, reason)) in cases.into_iter().enumerate() {
+        let d = run(state, &target(want), policy);
+        assert_eq!((d.action, d.reason), (action, reason), "case {i}: {d:#?}");
+        check(&d, action, reason);
+        assert!(!d.needs_facts, "case {i}: {d:#?}");
+    }
+
+    let kept = "revision 3 is a rollback to revision 1 of revision 2 (postgresql 1.1.0), \
+                which had deployed: asked for (helm rollback), not forced by a failure";
+    let d = run(&on_request, &target("1.1.0"), Newer);
+    assert_eq!(
+        d.message,
+        format!(
+            "skip: release \"db\" in \"shared\" is at 1.0.0 (revision 3); {kept}, and target \
+             1.1.0 is not newer than 1.1.0, so the rollback is kept. Publish a version newer \
+             than 1.1.0, or apply this one on purpose with --min-version-policy off"
+        )
+    );
+    assert_eq!(d.notes, Vec::<String>::new());
+    assert_eq!(
+        (d.deployed_version.as_deref(), d.deployed_revision),
+        (Some("1.0.0"), Some(3))
+    );
+    // A target the rollback does not hold back decides as usual, naming the rollback.
+    for (want, policy) in [("1.1.1", Newer), ("1.1.0", Off), ("1.0.0", Newer)] {
+        let d = run(&on_request, &target(want), policy);
+        assert_eq!(d.notes, vec![kept.to_string()], "{want}: {d:#?}");
+    }
+    // Another chart of the same version is not the one rolled back from.
+    let mut other = target("1.1.0");
+    other.chart_name = Some("mysql".into());
+    let d = decide(&DecisionInput {
+        release: "db",
+        namespace: "shared",
+        state: &on_request,
+        target: Some(&other),
+        version_rule: Newer,
+        allow_chart_change: true,
+        now_unix: NOW,
+        compare: &CompareKey::ChartVersion,
+        facts: None,
+    });
+    check(&d, Upgrade, R::Newer);
+}
+
+/// What the rollback rule holds back, said without a target (`status`), for both kinds of
+/// rollback; nothing when it holds nothing back.
+#[test]
+fn the_gate_says_which_targets_a_rollback_holds_back() {
+    use crate::adapters::state::testkit::{rev, rollback, state};
+    use ReleaseStatus as S;
+    let rule = |state: &DeployedState| match gate(&DecisionInput {
+        release: "db",
+        namespace: "shared",
+        state,
+        target: None,
+        version_rule: VersionRule::Newer,
+        allow_chart_change: false,
+        now_unix: NOW,
+        compare: &CompareKey::ChartVersion,
+        facts: None,
+    }) {
+        Gate::Upgrade { rollback_rule, .. } => rollback_rule,
+        other => panic!("{other:?}"),
+    };
+    let after_failure = state(&[
+        rev(1, S::Superseded, "1.0.0"),
+        rev(2, S::Failed, "1.1.0"),
+        rollback(3, S::Deployed, "1.0.0", 1),
+    ]);
+    assert_eq!(
+        rule(&after_failure).as_deref(),
+        Some(
+            "a target of postgresql 1.1.0, the version rolled back from, is refused \
+             (rolled-back, exit 3): publish a fixed version, or re-apply it on purpose with \
+             --min-version-policy off"
+        )
+    );
+    let on_request = state(&[
+        rev(1, S::Superseded, "1.0.0"),
+        rev(2, S::Superseded, "1.1.0"),
+        rollback(3, S::Deployed, "1.0.0", 1),
+    ]);
+    assert_eq!(
+        rule(&on_request).as_deref(),
+        Some(
+            "a target of postgresql newer than 1.0.0 up to 1.1.0, the version rolled back \
+             from, is skipped (rollback-kept): the rollback is kept until a version newer \
+             than 1.1.0, or one applied on purpose with --min-version-policy off"
+        )
+    );
+    for quiet in [
+        state(&[
+            rev(1, S::Superseded, "1.0.0"),
+            rev(2, S::Superseded, "1.1.0"),
+            rollback(3, S::Deployed, "1.1.0", 2),
+        ]),
+        state(&[rev(1, S::Superseded, "1.0.0"), rev(2, S::Deployed, "1.1.0")]),
+    ] {
+        assert_eq!(rule(&quiet), None);
+    }
 }

@@ -175,11 +175,108 @@ pub struct DeployedState {
     /// notes otherwise.
     pub latest_summary: Option<ReleaseSummary>,
     /// When the deployed record is helm's rollback (`Rollback to N`) and the revision just
-    /// before it failed: that failed revision, decoded. A target of its chart and version
-    /// was tried and rolled back, and is not applied again by itself.
+    /// before it is `failed` or `superseded`: that revision, decoded (see [`Rollback`]). A
+    /// failed one was tried and rolled back, and is not applied again by itself; a
+    /// superseded one had deployed and was rolled back on request, which is kept.
     pub rolled_back_from: Option<ReleaseSummary>,
     /// The release lock, if one is set.
     pub lock: Option<Lock>,
+}
+
+/// How a deployed revision that is helm's rollback came about, told by the revision right
+/// below it (the one rolled back from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RollbackKind {
+    /// The revision rolled back from is `failed`: helm's own rollback of a failed upgrade
+    /// (`--atomic`, `--rollback-on-failure`), or `helm rollback` after a failure.
+    AfterFailure,
+    /// The revision rolled back from is `superseded`: it had deployed, and helm rolls a
+    /// deployed revision back only when asked to (`helm rollback`), never by itself.
+    OnRequest,
+}
+
+/// The deployed revision is helm's rollback (`Rollback to N`) from the revision right below
+/// it, as the records show it ([`DeployedState::rollback`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rollback {
+    /// Failed or deployed revision rolled back from.
+    pub kind: RollbackKind,
+    /// The deployed revision helm wrote by rolling back.
+    pub revision: u64,
+    /// The revision it rolled back to (its description `Rollback to N`).
+    pub to_revision: u64,
+    /// The revision right below it, rolled back from.
+    pub from_revision: u64,
+    /// That revision's chart name.
+    pub from_chart: Option<String>,
+    /// That revision's chart version.
+    pub from_version: Option<String>,
+}
+
+impl Rollback {
+    /// `revision 3 is a rollback to revision 1 after revision 2 (app 1.1.0) failed`, or, on
+    /// request, `… of revision 2 (app 1.1.0), which had deployed: asked for (helm
+    /// rollback), not forced by a failure`.
+    pub fn describe(&self) -> String {
+        let chart = [self.from_chart.as_deref(), self.from_version.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let chart = if chart.is_empty() {
+            String::new()
+        } else {
+            format!(" ({chart})")
+        };
+        match self.kind {
+            RollbackKind::AfterFailure => format!(
+                "revision {} is a rollback to revision {} after revision {}{chart} failed",
+                self.revision, self.to_revision, self.from_revision
+            ),
+            RollbackKind::OnRequest => format!(
+                "revision {} is a rollback to revision {} of revision {}{chart}, which had \
+                 deployed: asked for (helm rollback), not forced by a failure",
+                self.revision, self.to_revision, self.from_revision
+            ),
+        }
+    }
+}
+
+impl DeployedState {
+    /// The deployed revision as helm's rollback from a failed or superseded revision right
+    /// below it, when the records show one.
+    pub fn rollback(&self) -> Option<Rollback> {
+        let deployed = self.last_deployed.as_ref()?;
+        let from = self.rolled_back_from.as_ref()?;
+        let to_revision = rollback_target(deployed.description.as_deref())?;
+        if from.revision + 1 != deployed.revision {
+            return None;
+        }
+        let kind = match from.status {
+            ReleaseStatus::Failed => RollbackKind::AfterFailure,
+            ReleaseStatus::Superseded => RollbackKind::OnRequest,
+            _ => return None,
+        };
+        Some(Rollback {
+            kind,
+            revision: deployed.revision,
+            to_revision,
+            from_revision: from.revision,
+            from_chart: from.chart_name.clone(),
+            from_version: from.chart_version.clone(),
+        })
+    }
+}
+
+/// The revision a rollback record rolled back to, from helm's description
+/// (`Rollback to 3`, the same in helm 3 and 4).
+pub fn rollback_target(description: Option<&str>) -> Option<u64> {
+    description?
+        .strip_prefix("Rollback to ")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// What we are asked to deploy.
@@ -279,8 +376,13 @@ pub enum Reason {
     /// record was read).
     UnknownState,
     /// The target's chart version failed and helm rolled the release back from it
-    /// (`--atomic`, `--rollback-on-failure`, or `helm rollback`): not re-applied by itself.
+    /// (`--atomic`, `--rollback-on-failure`, or `helm rollback` after the failure): not
+    /// re-applied by itself.
     RolledBack,
+    /// The deployed revision is a rollback asked for (`helm rollback`) from a revision that
+    /// had deployed, and the target is newer than the deployed version but not newer than
+    /// the one rolled back from: applying it would undo the rollback, which is kept.
+    RollbackKept,
 }
 
 /// The outcome of [`decide`].
@@ -341,6 +443,9 @@ pub enum Gate {
         baseline_version: Option<String>,
         /// An unexpired pin the target must match.
         pin: Option<String>,
+        /// When the baseline is helm's rollback ([`DeployedState::rollback`]): which targets
+        /// the rollback rule refuses or skips, said without a target.
+        rollback_rule: Option<String>,
         /// Remarks (a later failed revision, a hard lock not in force, …).
         notes: Vec<String>,
     },
