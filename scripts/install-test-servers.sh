@@ -2,11 +2,13 @@
 # Installs the real servers the end-to-end tests start (tests/e2e/servers.rs): Debian's
 # docker-registry (the distribution registry), PostgreSQL 15, apache2-utils (htpasswd) and
 # openssl (the test CA for PostgreSQL's TLS); and small test tools: groff-base (renders
-# the man page), zsh (parses the zsh completion script), gpg (signs the release test's
-# plugin provenance files) and curl (the documented download-and-verify install).
+# the man page), zsh (parses the zsh completion script), gpg and gpg-agent (the release
+# test generates a signing key and signs the plugin provenance files: gpg does both through
+# the agent, which is only a recommendation of the gpg package, not installed with
+# --no-install-recommends) and curl (the documented download-and-verify install).
 # Idempotent and non-interactive; a no-op when everything is there.
 set -euo pipefail
-PACKAGES=(docker-registry postgresql-15 apache2-utils openssl groff-base zsh gpg curl)
+PACKAGES=(docker-registry postgresql-15 apache2-utils openssl groff-base zsh gpg gpg-agent curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

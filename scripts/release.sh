@@ -29,6 +29,10 @@
 # Needs cargo, git, gpg, GNU tar, gzip, sha256sum, and cargo-cyclonedx: GU_CARGO_CYCLONEDX
 # names it, else scripts/install-release-tools.sh installs it (once, cached outside the
 # clone).
+#
+# `release.sh --build-only` does the release builds alone (the same flags, the same target
+# directory) and writes nothing else: scripts/test.sh runs it while the test binaries
+# build, so the release test's own run finds the binary built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -36,20 +40,31 @@ root="$PWD"
 say() { printf 'release.sh: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
-for tool in cargo git gpg tar gzip sha256sum; do
+build_only=false
+case "${1:-}" in
+    "") ;;
+    --build-only) build_only=true ;;
+    *) printf 'usage: scripts/release.sh [--build-only]\n' >&2; exit 2 ;;
+esac
+
+tools=(cargo git)
+$build_only || tools+=(gpg tar gzip sha256sum)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "$tool is not on PATH"
 done
-tar --version | grep -q 'GNU tar' || die "GNU tar is needed (sorted, owner-free archives)"
-[ -n "${GU_SIGNING_KEY:-}" ] || die "GU_SIGNING_KEY is not set: name the GPG key that signs the plugin provenance (.prov) files"
-gpg --batch --list-secret-keys "$GU_SIGNING_KEY" >/dev/null 2>&1 \
-    || die "no secret key \"$GU_SIGNING_KEY\" in the GPG keyring${GNUPGHOME:+ $GNUPGHOME}"
+if ! $build_only; then
+    tar --version | grep -q 'GNU tar' || die "GNU tar is needed (sorted, owner-free archives)"
+    [ -n "${GU_SIGNING_KEY:-}" ] || die "GU_SIGNING_KEY is not set: name the GPG key that signs the plugin provenance (.prov) files"
+    gpg --batch --list-secret-keys "$GU_SIGNING_KEY" >/dev/null 2>&1 \
+        || die "no secret key \"$GU_SIGNING_KEY\" in the GPG keyring${GNUPGHOME:+ $GNUPGHOME}"
 
-cyclonedx="${GU_CARGO_CYCLONEDX:-}"
-if [ -z "$cyclonedx" ]; then
-    # Installs it on first use (cached outside the clone); prints its path last.
-    cyclonedx="$(./scripts/install-release-tools.sh | tail -n 1)"
+    cyclonedx="${GU_CARGO_CYCLONEDX:-}"
+    if [ -z "$cyclonedx" ]; then
+        # Installs it on first use (cached outside the clone); prints its path last.
+        cyclonedx="$(./scripts/install-release-tools.sh | tail -n 1)"
+    fi
+    [ -x "$cyclonedx" ] || die "$cyclonedx is not an executable (GU_CARGO_CYCLONEDX)"
 fi
-[ -x "$cyclonedx" ] || die "$cyclonedx is not an executable (GU_CARGO_CYCLONEDX)"
 
 # One version, three places: Cargo.toml, plugin.yaml, and what --version says.
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
@@ -91,8 +106,24 @@ helm_platform() {
     esac
 }
 
-dist="${GU_DIST_DIR:-$root/dist}"
 build="${CARGO_TARGET_DIR:-$root/target}/dist-build"
+cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+rustup_home="${RUSTUP_HOME:-$HOME/.rustup}"
+# CARGO_ENCODED_RUSTFLAGS would override the RUSTFLAGS below (the path remapping).
+unset CARGO_ENCODED_RUSTFLAGS
+for target in "${targets[@]}"; do
+    say "building guarded-upgrade $version ($commit) for $target"
+    # Paths of the machine must not end up in the binary (panic locations, debug info).
+    RUSTFLAGS="--remap-path-prefix=$root=/guarded-upgrade --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$rustup_home=/rustup --remap-path-prefix=$build=/target" \
+    GU_GIT_COMMIT="$commit" \
+        cargo build --release --locked --bin guarded-upgrade --target "$target" --target-dir "$build" >&2
+done
+if $build_only; then
+    say "built: $(for t in "${targets[@]}"; do printf '%s ' "$build/$t/release/guarded-upgrade"; done)"
+    exit 0
+fi
+
+dist="${GU_DIST_DIR:-$root/dist}"
 rm -rf "$dist"
 mkdir -p "$dist"
 stage="$(mktemp -d)"
@@ -108,16 +139,8 @@ archive() { # archive OUT DIR ENTRY...
         | gzip -9 -n >"$out"
 }
 
-cargo_home="${CARGO_HOME:-$HOME/.cargo}"
-rustup_home="${RUSTUP_HOME:-$HOME/.rustup}"
 for target in "${targets[@]}"; do
-    say "building guarded-upgrade $version ($commit) for $target"
-    # Paths of the machine must not end up in the binary (panic locations, debug info).
-    RUSTFLAGS="--remap-path-prefix=$root=/guarded-upgrade --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$rustup_home=/rustup --remap-path-prefix=$build=/target" \
-    GU_GIT_COMMIT="$commit" \
-        cargo build --release --locked --bin guarded-upgrade --target "$target" --target-dir "$build" >&2
     binary="$build/$target/release/guarded-upgrade"
-
     name="guarded-upgrade-$version-$target"
     mkdir -p "$stage/$name"
     install -m 0755 "$binary" "$stage/$name/guarded-upgrade"
