@@ -171,11 +171,20 @@ done
 say "writing the SBOM"
 # cargo-cyclonedx writes one SBOM next to each workspace member's Cargo.toml; the
 # binary's is the root package's. SOURCE_DATE_EPOCH makes it leave out the random serial
-# number and use that time. The test-only members' SBOMs are removed again.
+# number and use that time. The test-only members' SBOMs are removed again. The root
+# package's bom-ref is cargo's package id, `path+file://<checkout>#guarded-upgrade@<version>`:
+# the checkout's path is replaced by /guarded-upgrade (as in the binary), so the SBOM does
+# not depend on where the checkout is.
 "$cyclonedx" cyclonedx --manifest-path "$root/Cargo.toml" --format json --spec-version 1.5 \
     --no-build-deps --target "${targets[0]}" --override-filename "guarded-upgrade-sbom" -q >&2
-mv "$root/guarded-upgrade-sbom.json" "$dist/guarded-upgrade-$version.cdx.json"
 rm -f "$root"/standin/guarded-upgrade-sbom.json "$root"/testbed/guarded-upgrade-sbom.json
+sbom="$(cat "$root/guarded-upgrade-sbom.json")"
+rm -f "$root/guarded-upgrade-sbom.json"
+sbom="${sbom//"path+file://$root#"/path+file:///guarded-upgrade#}"
+case "$sbom" in
+    *"file://$root"*) die "the SBOM still names the checkout's path $root" ;;
+esac
+printf '%s\n' "$sbom" >"$dist/guarded-upgrade-$version.cdx.json"
 
 gpg --batch --export "$GU_SIGNING_KEY" >"$dist/guarded-upgrade-release-key.gpg"
 
