@@ -71,6 +71,9 @@ fn build_dist() -> Dist {
         .prefix("gu-gpg")
         .tempdir_in("/tmp")
         .expect("gnupg home");
+    // The agent gpg starts for the key and the signatures is not left behind, also when
+    // a step below fails.
+    let agent = GpgAgent(gnupg.path().to_path_buf());
     let gpg = |args: &[&str]| {
         sh(
             Command::new("gpg")
@@ -163,11 +166,7 @@ fn build_dist() -> Dist {
             );
         }
     }
-    // The agent started for signing is not left behind.
-    let _ = Command::new("gpgconf")
-        .env("GNUPGHOME", gnupg.path())
-        .args(["--kill", "gpg-agent"])
-        .status();
+    drop(agent);
 
     let git = |args: &[&str]| sh(Command::new("git").current_dir(root()).args(args), "git");
     let mut commit = git(&["rev-parse", "--short", "HEAD"]).trim().to_string();
@@ -185,6 +184,18 @@ fn build_dist() -> Dist {
         version,
         commit,
         _tmp: tmp,
+    }
+}
+
+/// Stops the gpg-agent of a GPG home when dropped.
+struct GpgAgent(PathBuf);
+
+impl Drop for GpgAgent {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", &self.0)
+            .args(["--kill", "gpg-agent"])
+            .status();
     }
 }
 
