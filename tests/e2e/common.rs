@@ -604,6 +604,18 @@ pub fn finish(child: std::process::Child) -> Run {
 
 /// A static file server on 127.0.0.1 for one directory; lives as long as the test process.
 pub fn serve_dir(dir: PathBuf) -> String {
+    serve(dir, false)
+}
+
+/// [`serve_dir`], answering with a `Content-Type` by file name as a release host does:
+/// `application/gzip` for `.tgz` and `.tar.gz`, `application/octet-stream` for the rest.
+/// helm 3 installs a plugin from a URL only when a HEAD request on it answers a gzip type
+/// (docs/plugin.md).
+pub fn serve_dir_typed(dir: PathBuf) -> String {
+    serve(dir, true)
+}
+
+fn serve(dir: PathBuf, typed: bool) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -620,17 +632,28 @@ pub fn serve_dir(dir: PathBuf) -> String {
                 while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
                     line.clear();
                 }
-                let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+                let mut words = request_line.split_whitespace();
+                let head = words.next() == Some("HEAD");
+                let path = words.next().unwrap_or("/");
                 let file = dir.join(path.trim_start_matches('/'));
                 let mut stream = &stream;
                 match std::fs::read(&file) {
                     Ok(body) if !path.contains("..") => {
+                        let content_type = if !typed {
+                            String::new()
+                        } else if path.ends_with(".tgz") || path.ends_with(".tar.gz") {
+                            "Content-Type: application/gzip\r\n".to_string()
+                        } else {
+                            "Content-Type: application/octet-stream\r\n".to_string()
+                        };
                         let _ = write!(
                             stream,
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{content_type}Connection: close\r\n\r\n",
                             body.len()
                         );
-                        let _ = stream.write_all(&body);
+                        if !head {
+                            let _ = stream.write_all(&body);
+                        }
                     }
                     _ => {
                         let _ = write!(

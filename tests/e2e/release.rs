@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::common::{bed, chart, helm_major, lines, run, serve_dir, Bed, Run};
+use crate::common::{
+    bed, chart, helm_major, lines, run, serve_dir, serve_dir_typed, Bed, Run,
+};
 
 const NS: &str = "shared";
 const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -200,12 +202,22 @@ impl Drop for GpgAgent {
 }
 
 /// Serves `dist` as `<root>/releases/download/v<version>/` of a loopback web server (the
-/// layout the docs and cargo binstall's pkg-url expect); returns the root URL.
+/// layout the docs and cargo binstall's pkg-url expect) that names each file's type as a
+/// release host does (a tarball is `application/gzip`); returns the root URL.
 fn serve_release(web: &Path, dist: &Path, version: &str) -> String {
+    serve_dir_typed(release_layout(web, dist, version))
+}
+
+/// The same layout served without `Content-Type` headers.
+fn serve_release_untyped(web: &Path, dist: &Path, version: &str) -> String {
+    serve_dir(release_layout(web, dist, version))
+}
+
+fn release_layout(web: &Path, dist: &Path, version: &str) -> PathBuf {
     let releases = web.join("releases/download");
     std::fs::create_dir_all(&releases).unwrap();
     std::os::unix::fs::symlink(dist, releases.join(format!("v{version}"))).unwrap();
-    serve_dir(web.to_path_buf())
+    web.to_path_buf()
 }
 
 /// dist/ holds exactly the documented files, checksums.txt verifies, and the binary, the
@@ -577,6 +589,21 @@ fn plugin_from_release_url(label: &str) {
     let d = dist();
     let b = bed(label);
     b.api.create_namespace(NS);
+    if helm_major(label) == 3 {
+        // helm 3 takes an http(s) URL for a plugin tarball only when a HEAD request on it
+        // answers a gzip Content-Type; otherwise it tries the URL as a VCS repository.
+        let untyped = serve_release_untyped(
+            &d._tmp.path().join(format!("web-untyped-{label}")),
+            &d.dir,
+            &d.version,
+        );
+        let h = PluginHome::new(b.helm_bin.clone());
+        let name = format!("guard-{}-{PLATFORM}.tgz", d.version);
+        let refused = h.helm(&["plugin", "install", &download(&untyped, &name)]);
+        refused.expect_code(1, "helm 3, a tarball URL without a gzip Content-Type");
+        refused.assert_stderr_line("Error: Cannot detect VCS");
+        h.assert_not_installed();
+    }
     let installed = plugin_recipe(&b, &d.repository);
     installed.expect_code(0, "README's plugin recipe");
     let out = lines(&installed.stdout);
@@ -738,6 +765,7 @@ fn plugin_verification_refusals(helm_bin: PathBuf) {
     let bare = h.home.path().join("served");
     std::fs::create_dir_all(&bare).unwrap();
     std::fs::copy(d.dir.join(&name), bare.join(&name)).unwrap();
+    // Served without Content-Type: helm 4 takes the URL for a tarball by its suffix.
     let bare_url = serve_dir(bare);
     let unsigned = h.helm(&[
         "plugin",
