@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::common::{
-    bed, chart, helm_major, lines, run, serve_dir, serve_dir_typed, Bed, Run,
-};
+use crate::common::{bed, chart, helm_major, lines, run, serve_dir, serve_dir_typed, Bed, Run};
 
 const NS: &str = "shared";
 const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -394,7 +392,10 @@ fn release_artifacts() {
     assert_eq!(field("pkg-fmt"), "tgz");
     assert_eq!(
         expand(&pkg_url, &d.repository),
-        download(&d.repository, &format!("guarded-upgrade-{v}-{TARGET}.tar.gz"))
+        download(
+            &d.repository,
+            &format!("guarded-upgrade-{v}-{TARGET}.tar.gz")
+        )
     );
     let fetched = x.path().join("binstall.tar.gz");
     sh(
