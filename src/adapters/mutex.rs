@@ -283,37 +283,77 @@ pub fn unknown_note(release: &str, error: &str) -> String {
     )
 }
 
-/// Reads the release's mutex for a one-shot report, judged at `now_unix`.
-pub async fn observe(client: &Client, namespace: &str, release: &str, now_unix: i64) -> Observed {
+/// The mutex Lease as a one-shot reader read it; [`LeaseRead::judge`] says what it means.
+#[derive(Debug)]
+pub struct LeaseRead(Result<Option<Lease>, String>);
+
+impl LeaseRead {
+    /// What the read shows at `now_unix`.
+    pub fn judge(self, now_unix: i64) -> Observed {
+        match self.0 {
+            Err(e) => Observed::Unknown(e),
+            Ok(Some(lease)) => {
+                let state = MutexState::from_lease(&lease);
+                if state.is_held_at(now_unix) {
+                    Observed::Held(state)
+                } else {
+                    Observed::Free
+                }
+            }
+            Ok(None) => Observed::Free,
+        }
+    }
+}
+
+/// What one read of the Lease found.
+enum Found {
+    Lease(Box<Lease>),
+    /// The API server's own answer that this Lease does not exist: a 404 whose Status
+    /// names it (`details`: its name, group `coordination.k8s.io`, kind `leases`).
+    Absent,
+    /// A 404 that does not name the Lease (a proxy, a server still starting): not yet a
+    /// claim.
+    Unconfirmed,
+}
+
+/// Reads the release's mutex Lease for a one-shot report (`check`, `status`), with
+/// retries. "No Lease" is a claim (`mutex: free`): a 404 is believed when the API server
+/// says which Lease it did not find; any other 404 is confirmed by a second read, so one
+/// wrong 404 (a proxy, an API server restarting) is not shown as a free mutex.
+pub async fn read(client: &Client, namespace: &str, release: &str) -> LeaseRead {
     let name = lease_name(release);
     let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
     let what = format!("reading the mutex Lease {name:?} in namespace {namespace:?}");
-    let read = crate::adapters::retry::run(&what, || async {
-        api.get_opt(&name).await.map_err(LeaseError::from)
-    })
-    .await
-    .and_then(|l| check_lease_name(l, &name));
-    // "No Lease" is a claim (`mutex: free`): a 404 is confirmed by a second read, so one
-    // wrong 404 (a proxy, an API server restarting) is not shown as a free mutex.
-    let read = match read {
-        Ok(None) => crate::adapters::retry::run(&what, || async {
-            api.get_opt(&name).await.map_err(LeaseError::from)
-        })
-        .await
-        .and_then(|l| check_lease_name(l, &name)),
+    let once = || crate::adapters::retry::run(&what, || find_lease(&api, &name));
+    let found = match once().await {
+        Ok(Found::Unconfirmed) => once().await,
         other => other,
     };
-    match read {
-        Err(e) => Observed::Unknown(crate::core::chain::error_chain(&e)),
-        Ok(Some(lease)) => {
-            let state = MutexState::from_lease(&lease);
-            if state.is_held_at(now_unix) {
-                Observed::Held(state)
+    LeaseRead(match found {
+        Err(e) => Err(crate::core::chain::error_chain(&e)),
+        Ok(Found::Lease(lease)) => Ok(Some(*lease)),
+        Ok(Found::Absent | Found::Unconfirmed) => Ok(None),
+    })
+}
+
+/// One read of Lease `name` (see [`Found`]); an answer naming another object is an error.
+async fn find_lease(api: &Api<Lease>, name: &str) -> Result<Found, LeaseError> {
+    match api.get(name).await {
+        Ok(lease) => match check_lease_name(Some(lease), name)? {
+            Some(lease) => Ok(Found::Lease(Box::new(lease))),
+            None => Ok(Found::Unconfirmed),
+        },
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            let names_it = status.details.as_ref().is_some_and(|d| {
+                d.name == name && d.group == "coordination.k8s.io" && d.kind == "leases"
+            });
+            Ok(if names_it {
+                Found::Absent
             } else {
-                Observed::Free
-            }
+                Found::Unconfirmed
+            })
         }
-        Ok(None) => Observed::Free,
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -18,13 +18,19 @@ pub(super) async fn run(plan: GuardPlan) -> Result<Exit, Error> {
     let session =
         super::session::connect_with(&plan.cluster, Some(&plan.release), &captured).await?;
     let target = guard::resolve_target(&plan, helm.as_deref(), &session.namespace, &captured)?;
-    let pass =
-        guard::decide_once(&plan, &session.store, &target, helm.as_deref(), &captured).await?;
+    // The mutex Lease is read while the release is (on the one HTTP/2 connection), else
+    // after it.
+    let lease = || mutex::read(&session.client, &session.namespace, &plan.release);
+    let decided = guard::decide_once(&plan, &session.store, &target, helm.as_deref(), &captured);
+    let (pass, lease_read) = session.side_by_side(decided, lease()).await;
+    let pass = pass?;
+    let lease_read = match lease_read {
+        Some(read) => read,
+        None => lease().await,
+    };
     // Informational: a held mutex is shown; a Lease we may not read is not an error, but
     // is said to be unknown rather than passed off as free.
-    let observed =
-        mutex::observe(&session.client, &session.namespace, &plan.release, pass.now).await;
-    let (held, mutex_error) = match observed {
+    let (held, mutex_error) = match lease_read.judge(pass.now) {
         mutex::Observed::Free => (None, None),
         mutex::Observed::Held(m) => (Some(m), None),
         mutex::Observed::Unknown(e) => (None, Some(e)),

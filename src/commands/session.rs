@@ -20,6 +20,8 @@ pub(super) struct Session {
     pub namespace: String,
     /// The kubeconfig user, default "who" of a lock.
     pub user: Option<String>,
+    /// What the client's connections speak (for reads run side by side).
+    pub connections: cluster::Connections,
 }
 
 /// Connects as helm would for these flags and opens the release store. `deciding_for`
@@ -55,6 +57,7 @@ pub(super) async fn connect_with(
         client: target.client,
         namespace: target.namespace,
         user: target.user,
+        connections: target.connections,
     })
 }
 
@@ -166,6 +169,27 @@ pub(super) async fn serialized<T>(
 }
 
 impl Session {
+    /// Runs `first` (which opens the connection) and `second` side by side once the
+    /// connection `first` opened multiplexes requests (HTTP/2): then both share it. Where it
+    /// does not (HTTP/1.1, or `first` reads another server: `HELM_DRIVER=sql`), `second` is
+    /// not run (None) and the caller runs it after `first`, on the same connection, when it
+    /// still needs it: a second request in flight would cost a second connection.
+    pub(super) async fn side_by_side<A, B>(
+        &self,
+        first: impl std::future::Future<Output = A>,
+        second: impl std::future::Future<Output = B>,
+    ) -> (A, Option<B>) {
+        let first = std::pin::pin!(first);
+        let mut first = first;
+        tokio::select! {
+            a = &mut first => (a, None),
+            () = self.connections.multiplexed() => {
+                let (a, b) = tokio::join!(first, second);
+                (a, Some(b))
+            }
+        }
+    }
+
     /// The hard-lock enforcer of this session's store.
     pub(super) fn enforcer(&self) -> Enforcer<'_> {
         Enforcer::of(&self.store, &self.client)

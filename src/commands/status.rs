@@ -14,7 +14,12 @@ use crate::plan::StatusPlan;
 pub(super) async fn run(plan: StatusPlan) -> Result<Exit, Error> {
     let session = super::session::connect(&plan.cluster, None).await?;
     let now = now_unix();
-    let mut report = status_report(&session.store, &plan.release, now).await?;
+    // The mutex Lease is read while the release is (on the one HTTP/2 connection), else
+    // after it.
+    let lease = || mutex::read(&session.client, &session.namespace, &plan.release);
+    let reported = status_report(&session.store, &plan.release, now);
+    let (report, lease_read) = session.side_by_side(reported, lease()).await;
+    let mut report = report?;
     let namespace = session.namespace.clone();
     let record = report
         .latest
@@ -31,7 +36,11 @@ pub(super) async fn run(plan: StatusPlan) -> Result<Exit, Error> {
     }
     // Informational: a status without Lease RBAC still shows the release, and says the
     // mutex is unknown rather than free.
-    match mutex::observe(&session.client, &session.namespace, &plan.release, now).await {
+    let lease_read = match lease_read {
+        Some(read) => read,
+        None => lease().await,
+    };
+    match lease_read.judge(now) {
         mutex::Observed::Free => {}
         mutex::Observed::Held(m) => report.mutex = Some(m),
         mutex::Observed::Unknown(e) => report.mutex_error = Some(e),

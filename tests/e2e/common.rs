@@ -978,3 +978,77 @@ pub fn wait_allowed(b: &Bed, user: &str, ns: &str, verb: &str, resource: &str) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// A TCP front of the bed's server that counts the connections made through it (TLS
+/// passes through untouched: the server's certificate names 127.0.0.1, whatever the port).
+pub struct Front {
+    port: u16,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Front {
+    /// A front forwarding to the bed's server.
+    pub fn of(b: &Bed) -> Front {
+        use std::sync::atomic::Ordering;
+        let upstream_port = b.api.port();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, stopped) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Front {
+            port,
+            accepted,
+            stop,
+        }
+    }
+
+    /// The server URL through the front.
+    pub fn url(&self, b: &Bed) -> String {
+        let scheme = b
+            .api
+            .url()
+            .split("://")
+            .next()
+            .unwrap_or("https")
+            .to_string();
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Connections made through the front since the last call.
+    pub fn take_connections(&self) -> usize {
+        self.accepted.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}

@@ -520,6 +520,86 @@ fn reads_do_not_grow_with_history(label: &str) {
     assert!(!run.stdout.contains("hunter2") && !run.stderr.contains("hunter2"));
 }
 
+/// Issue 29: `check` and `status` read on one connection for the whole run, and ask only
+/// what their answer needs: the metadata list, the deployed record and the mutex Lease.
+/// The Lease is read while the release is over HTTP/2 (kube-apiserver offers it), after
+/// it over HTTP/1.1 (the stand-in); either way one connection. A Lease that is not there
+/// is read once: the server's 404 names it.
+fn one_connection_and_only_the_needed_reads(label: &str) {
+    let b = setup(label);
+    b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    let front = crate::common::Front::of(&b);
+    let kubeconfig = kubeconfig_with_server(&b, &front.url(&b));
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let protocol = if b.api.is_real() {
+        "HTTP/2"
+    } else {
+        "HTTP/1.1"
+    };
+    let c110 = chart("demo-1.1.0");
+    let check = ["check", "db", c110.as_str(), "-n", NS, "--debug"];
+    let status = ["status", "db", "-n", NS, "--debug"];
+    for lease in ["released", "absent"] {
+        if lease == "absent" {
+            assert!(b.api.delete_object("leases", Some(NS), "helm-lock-db"));
+        }
+        for args in [&check[..], &status[..]] {
+            front.take_connections();
+            b.api.clear_requests();
+            let run = b.guard_env(args, &[("KUBECONFIG", kubeconfig.as_str())]);
+            run.expect_code(0, args[0]);
+            let mut asked: Vec<String> = b
+                .api
+                .requests()
+                .iter()
+                .filter(|r| {
+                    r.user_agent
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with("guarded-upgrade/"))
+                })
+                .map(|r| {
+                    format!(
+                        "{} {} {} -> {}",
+                        r.verb,
+                        r.resource.as_deref().unwrap_or(""),
+                        r.name.as_deref().unwrap_or(""),
+                        r.status
+                    )
+                })
+                .collect();
+            asked.sort();
+            let lease_code = if lease == "absent" { 404 } else { 200 };
+            assert_eq!(
+                asked,
+                [
+                    format!("get leases helm-lock-db -> {lease_code}"),
+                    "get secrets sh.helm.release.v1.db.v1 -> 200".to_string(),
+                    "list secrets  -> 200".to_string(),
+                ],
+                "{} with the Lease {lease}:\n{}",
+                args[0],
+                run.stderr
+            );
+            let connected: Vec<&str> = run
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("debug: connected to "))
+                .collect();
+            assert_eq!(
+                connected,
+                [format!(
+                    "debug: connected to {} ({protocol})",
+                    front.url(&b)
+                )],
+                "{}",
+                run.stderr
+            );
+            assert_eq!(front.take_connections(), 1, "{}", run.stderr);
+        }
+    }
+}
+
 /// Helm's environment chooses namespace and driver; unsupported drivers fail before helm.
 fn helm_environment(label: &str) {
     let b = setup(label);
@@ -695,6 +775,7 @@ crate::common::per_helm_standin!(
     api_drops_connections_fails_closed,
     transient_errors_are_retried,
     reads_do_not_grow_with_history,
+    one_connection_and_only_the_needed_reads,
 );
 
 crate::common::per_helm!(
@@ -707,6 +788,7 @@ crate::common::per_helm!(
     forbidden_fails_closed,
     corrupt_record_fails_closed,
     reads_do_not_grow_with_history,
+    one_connection_and_only_the_needed_reads,
     helm_environment,
     usage_and_missing_helm,
     kube_selection,

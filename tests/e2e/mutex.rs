@@ -935,6 +935,57 @@ fn interrupted_waiter_writes_nothing(label: &str) {
     });
 }
 
+/// Issue 29: what a guarded upgrade that upgrades adds to helm's requests, in order: the
+/// metadata list and the deployed record (the decision), the Lease read and its take (a
+/// create the first time, an update over a released Lease), the list again under the
+/// mutex, which shows the deployed record at the same resourceVersion, so it is not
+/// fetched again; then helm runs, and the release writes the Lease as last written, with
+/// no read.
+fn upgrade_adds_only_the_mutex_and_one_list(label: &str) {
+    let b = setup(label);
+    let asked = |b: &Bed| -> Vec<String> {
+        guard_requests(b)
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    r.verb,
+                    r.resource.as_deref().unwrap_or(""),
+                    r.name.as_deref().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    b.api.clear_requests();
+    b.guard(&["upgrade", "db", &chart("demo-1.0.0"), "-n", NS])
+        .expect_code(0, "install");
+    assert_eq!(
+        asked(&b),
+        [
+            "list secrets ",
+            "get leases helm-lock-db",
+            "create leases helm-lock-db",
+            "list secrets ",
+            "update leases helm-lock-db",
+        ],
+    );
+    b.api.clear_requests();
+    b.guard(&["upgrade", "db", &chart("demo-1.1.0"), "-n", NS])
+        .expect_code(0, "upgrade");
+    assert_eq!(
+        asked(&b),
+        [
+            "list secrets ",
+            "get secrets sh.helm.release.v1.db.v1",
+            "get leases helm-lock-db",
+            "update leases helm-lock-db",
+            "list secrets ",
+            "update leases helm-lock-db",
+        ],
+    );
+    assert_eq!(b.deployed("db", NS), ("1.1.0".into(), 2));
+}
+
 /// Hand-over by watch (issue 29).
 mod handover {
     use super::*;
@@ -947,6 +998,7 @@ mod handover {
 
 crate::common::per_helm!(
     dry_run_needs_no_mutex,
+    upgrade_adds_only_the_mutex_and_one_list,
     concurrent_pipelines,
     killed_holder,
     lock_timeout_names_holder,

@@ -16,6 +16,7 @@ mod debug;
 mod exec;
 mod failure;
 mod proxy;
+mod transport;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +30,7 @@ use crate::core::flags::{cluster_flags, ClusterValues, Slot};
 
 pub use exec::ExecError;
 pub use failure::{ApiError, Endpoint};
+pub use transport::Connections;
 
 /// How long one request may wait for an answer. A hung server fails after this (requests
 /// that time out are not retried), inside the 35 s the issue allows.
@@ -150,6 +152,8 @@ pub struct ClusterTarget {
     pub namespace: String,
     /// The kubeconfig user of the chosen context, used as the default "who" of a lock.
     pub user: Option<String>,
+    /// What the client's connections speak, as they open.
+    pub connections: Connections,
 }
 
 /// Flags that select the cluster, with helm's names and environment defaults: the cluster
@@ -672,17 +676,16 @@ pub(crate) async fn connect_with(
         context: context.clone(),
         timeout: REQUEST_TIMEOUT,
     });
-    let client = kube::client::ClientBuilder::try_from(config)
-        .map_err(|source| ClusterError::Client {
+    let (client, connections) =
+        transport::client(config, &server).map_err(|source| ClusterError::Client {
             server: server.clone(),
             source,
-        })?
-        .with_layer(&debug::RequestLog)
-        .build();
+        })?;
     Ok(ClusterTarget {
         client,
         namespace,
         user,
+        connections,
     })
 }
 
