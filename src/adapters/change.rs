@@ -13,7 +13,8 @@
 //! always counts as changed (as `helm diff` shows it).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -341,9 +342,13 @@ pub(crate) async fn gather<S: crate::adapters::storage::ReleaseStore>(
             continue;
         }
         let name = header.name.as_str();
-        let record = store.get(name).await.map_err(|e| {
-            ChangeError::Deployed(format!("reading {} {name:?}: {e}", store.kind()))
-        })?;
+        // The read before the decision fetched it already, at this resourceVersion.
+        let record = match records.read.and_then(|view| view.fetched(header)) {
+            Some(record) => record,
+            None => std::sync::Arc::new(store.get(name).await.map_err(|e| {
+                ChangeError::Deployed(format!("reading {} {name:?}: {e}", store.kind()))
+            })?),
+        };
         let release = crate::core::release::decode_release_json(&record.payload).map_err(|e| {
             ChangeError::Deployed(format!("decoding {} {name:?}: {e}", store.kind()))
         })?;
@@ -389,6 +394,8 @@ pub(crate) struct Records<'a> {
     pub baseline: Option<&'a crate::adapters::storage::RecordHeader>,
     /// The highest revision, if any.
     pub latest: Option<&'a crate::adapters::storage::RecordHeader>,
+    /// The read these headers come from: a record it fetched is not fetched again.
+    pub read: Option<&'a crate::adapters::state::ReleaseView>,
 }
 
 /// The release's custom labels as helm keeps them: every label but helm's own and ours.
@@ -518,25 +525,22 @@ pub async fn would_be_release(
         .unchecked()
         .start()
         .map_err(spawn_err)?;
+    let handle = Arc::new(handle);
     // Dropped before it finished (the run was interrupted): the dry run goes too.
-    struct KillOnDrop<'a>(&'a duct::Handle);
-    impl Drop for KillOnDrop<'_> {
+    struct KillOnDrop(Arc<duct::Handle>);
+    impl Drop for KillOnDrop {
         fn drop(&mut self) {
             let _ = self.0.kill();
         }
     }
-    let _kill = KillOnDrop(&handle);
-    let started = Instant::now();
-    let output = loop {
-        if let Some(out) = handle.try_wait().map_err(spawn_err)? {
-            break out.clone();
-        }
-        if started.elapsed() >= limit {
-            let _ = handle.kill();
-            return Err(ChangeError::Timeout(limit));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let _kill = KillOnDrop(Arc::clone(&handle));
+    let waiting = Arc::clone(&handle);
+    let output =
+        tokio::task::spawn_blocking(move || crate::adapters::helm::wait_bounded(&waiting, limit))
+            .await
+            .map_err(|e| spawn_err(std::io::Error::other(e)))?
+            .map_err(spawn_err)?
+            .ok_or(ChangeError::Timeout(limit))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         // One line: helm may log warnings before its error.

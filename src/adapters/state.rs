@@ -4,8 +4,10 @@
 //! This is the one place a hard lock's `pending-upgrade` record is recognised as the
 //! deployed revision it really is (see [`read_release`]).
 
+use std::sync::Arc;
+
 use crate::adapters::storage::{
-    InvalidRecord, RecordHeader, RecordsVersion, ReleaseStore, StoreError,
+    InvalidRecord, RecordHeader, RecordsVersion, ReleaseStore, StoreError, StoredRecord,
 };
 use crate::core::decision::{rollback_target, DeployedState, RecordMeta};
 use crate::core::lock;
@@ -22,13 +24,44 @@ pub(crate) struct ReleaseView {
     pub version: RecordsVersion,
     /// The records decoded for this view, by name and resourceVersion, so a re-read that
     /// lists the same record at the same resourceVersion does not fetch it again.
-    decoded: Vec<(String, String, ReleaseSummary)>,
+    decoded: Vec<Decoded>,
+}
+
+/// One record this view fetched (or reused from the view before it). Its `Debug` leaves
+/// the record out: the payload holds the release's values.
+#[derive(Clone)]
+struct Decoded {
+    name: String,
+    version: String,
+    summary: ReleaseSummary,
+    /// The record as fetched, for a reader that needs all of it (the dry run's baseline).
+    record: Arc<StoredRecord>,
+}
+
+impl std::fmt::Debug for Decoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoded")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReleaseView {
     /// The highest revision's header.
     pub fn latest(&self) -> Option<&RecordHeader> {
         self.headers.last()
+    }
+
+    /// The record under `header` as this read fetched it, when it did and the header names
+    /// it at the same resourceVersion (then it is the same object, byte for byte).
+    pub fn fetched(&self, header: &RecordHeader) -> Option<Arc<StoredRecord>> {
+        let version = header.write_token.as_deref()?;
+        self.decoded
+            .iter()
+            .find(|d| d.name == header.name && d.version == version)
+            .map(|d| Arc::clone(&d.record))
     }
 }
 
@@ -176,31 +209,40 @@ async fn decode_or_reuse<S: ReleaseStore>(
     store: &S,
     header: &RecordHeader,
     previous: Option<&ReleaseView>,
-    decoded: &mut Vec<(String, String, ReleaseSummary)>,
+    decoded: &mut Vec<Decoded>,
 ) -> Result<ReleaseSummary, ReadError> {
     let reused = header.write_token.as_deref().and_then(|rv| {
         previous?
             .decoded
             .iter()
-            .find(|(name, version, _)| *name == header.name && version == rv)
-            .map(|(_, _, summary)| summary.clone())
+            .find(|d| d.name == header.name && d.version == rv)
+            .map(|d| (d.summary.clone(), Arc::clone(&d.record)))
     });
-    let summary = match reused {
-        Some(summary) => summary,
-        None => decode_record(store, header).await?,
+    let (summary, record) = match reused {
+        Some(reused) => reused,
+        None => {
+            let (summary, record) = fetch_record(store, header).await?;
+            (summary, Arc::new(record))
+        }
     };
     if let Some(rv) = &header.write_token {
-        decoded.push((header.name.clone(), rv.clone(), summary.clone()));
+        decoded.push(Decoded {
+            name: header.name.clone(),
+            version: rv.clone(),
+            summary: summary.clone(),
+            record,
+        });
     }
     Ok(summary)
 }
 
 /// Fetches and decodes one record's release metadata (never its values), and checks that
 /// the body is the release, namespace, revision and status its labels say.
-pub(crate) async fn decode_record<S: ReleaseStore>(
+/// Returns the summary and the record as fetched.
+async fn fetch_record<S: ReleaseStore>(
     store: &S,
     header: &RecordHeader,
-) -> Result<ReleaseSummary, ReadError> {
+) -> Result<(ReleaseSummary, StoredRecord), ReadError> {
     let name = header.name.as_str();
     let record = store.get(name).await.map_err(|source| ReadError::Store {
         step: format!("reading {} {name:?}", store.kind()),
@@ -212,7 +254,7 @@ pub(crate) async fn decode_record<S: ReleaseStore>(
         source,
     })?;
     check_body(store.kind(), &record.header, header, &summary).map_err(ReadError::Inconsistent)?;
-    Ok(summary)
+    Ok((summary, record))
 }
 
 /// The record fetched must be the one listed, and its body must agree with its labels.

@@ -396,21 +396,16 @@ pub(crate) fn resolve(
                 .start()
                 .map_err(|e| failed(e.to_string()))?;
             // Repository and registry lookups can hang: the wait is bounded and named.
-            let started = std::time::Instant::now();
-            let output = loop {
-                if let Some(out) = handle.try_wait().map_err(|e| failed(e.to_string()))? {
-                    break out.clone();
-                }
-                if started.elapsed() >= SHOW_CHART_TIMEOUT {
-                    let _ = handle.kill();
-                    return Err(failed(format!(
+            let handle = std::sync::Arc::new(handle);
+            let output = crate::adapters::helm::wait_bounded(&handle, SHOW_CHART_TIMEOUT)
+                .map_err(|e| failed(e.to_string()))?
+                .ok_or_else(|| {
+                    failed(format!(
                         "helm show chart did not finish within {}s (resolving the chart \
                          version from its repository or registry); check that it is reachable",
                         SHOW_CHART_TIMEOUT.as_secs()
-                    )));
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            };
+                    ))
+                })?;
             if !output.status.success() {
                 let code = output
                     .status

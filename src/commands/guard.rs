@@ -133,6 +133,7 @@ pub(super) async fn decide_again(
                 .deployed_revision
                 .and_then(|rev| view.headers.iter().find(|h| h.revision == rev)),
             latest: view.headers.iter().max_by_key(|h| h.revision),
+            read: Some(&view),
         };
         let dry_run = change::DryRun {
             compare: &plan.compare,

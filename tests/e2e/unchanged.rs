@@ -225,6 +225,33 @@ fn read_once_inputs_and_labels(label: &str) {
         Vec::<String>::new(),
         "helm read release records"
     );
+    // The guard's own reads: the list and the deployed record, fetched once for the
+    // decision and the dry run both (issue 29).
+    let guard_reads: Vec<String> = b
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.user_agent
+                .as_deref()
+                .is_some_and(|ua| ua.starts_with("guarded-upgrade/"))
+        })
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r.verb,
+                r.resource.as_deref().unwrap_or(""),
+                r.name.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        guard_reads,
+        [
+            "list secrets ".to_string(),
+            format!("get secrets sh.helm.release.v1.rel.v{before}"),
+        ]
+    );
 
     // A label change alone is a change; the same labels again are not.
     let tag = ["--set", "image.tag=3.0.0"];
