@@ -498,7 +498,7 @@ fn reads_do_not_grow_with_history(label: &str) {
     assert_eq!(
         secret_requests,
         [
-            format!("list /api/v1/namespaces/{NS}/secrets?&labelSelector=name%3Ddb%2Cowner%3Dhelm&limit=500 -> 200"),
+            format!("list /api/v1/namespaces/{NS}/secrets?&labelSelector=name%3Ddb%2Cowner%3Dhelm&limit=1000 -> 200"),
             format!("get /api/v1/namespaces/{NS}/secrets/sh.helm.release.v1.db.v40? -> 200"),
         ],
     );

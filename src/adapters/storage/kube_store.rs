@@ -154,15 +154,17 @@ impl<K: RecordKind> KubeStore<K> {
         Request::new(path)
     }
 
-    /// Headers of records matching `selector` and the list's resourceVersion.
+    /// Headers of records matching `selector` and the list's resourceVersion, read in
+    /// pages of `page`.
     async fn list(
         &self,
         selector: &str,
         all_namespaces: bool,
+        page: u32,
     ) -> Result<(Vec<RecordHeader>, Option<String>), StoreError> {
         let mut headers = Vec::new();
         let version = self
-            .visit(selector, all_namespaces, &mut |h| {
+            .visit(selector, all_namespaces, page, &mut |h| {
                 headers.push(h);
                 Ok(())
             })
@@ -171,12 +173,13 @@ impl<K: RecordKind> KubeStore<K> {
         Ok((headers, version))
     }
 
-    /// Hands each header matching `selector` to `visit` as its page arrives; returns the
-    /// list's resourceVersion.
+    /// Hands each header matching `selector` to `visit` as its page (of `page` records)
+    /// arrives; returns the list's resourceVersion.
     async fn visit(
         &self,
         selector: &str,
         all_namespaces: bool,
+        page: u32,
         visit: &mut dyn FnMut(RecordHeader) -> Result<(), StoreError>,
     ) -> Result<Option<String>, StoreError> {
         let scope = if all_namespaces {
@@ -189,8 +192,9 @@ impl<K: RecordKind> KubeStore<K> {
         let (_, version) = list_pages_versioned(
             K::KIND,
             &what,
+            page,
             |token| {
-                let mut params = ListParams::default().labels(selector).limit(LIST_PAGE_SIZE);
+                let mut params = ListParams::default().labels(selector).limit(page);
                 if let Some(token) = token {
                     params = params.continue_token(&token);
                 }
@@ -201,7 +205,7 @@ impl<K: RecordKind> KubeStore<K> {
                             .collection(all_namespaces)
                             .list_metadata(&params)
                             .map_err(|e| ApiError::Transport(e.to_string()))?;
-                        Ok::<_, ApiError>(self.client.request(request).await?)
+                        Page::parse(K::KIND, &self.client.request_text(request).await?)
                     })
                     .await
                 }
@@ -342,37 +346,287 @@ pub(crate) fn parse_revision(text: &str) -> Option<u64> {
     text.parse().ok().filter(|&n| n > 0)
 }
 
+/// One page of a metadata list answer, read from its text straight into what a record
+/// header needs of each item (name, namespace, labels, resourceVersion, creation time).
+/// Everything else, `managedFields` above all, is skipped unread rather than built into a
+/// JSON tree and copied: at 1,000 records that tree was 107 M of the 119 M instructions a
+/// whole `check` took (callgrind, issue 29).
+pub(crate) struct Page {
+    kind: Option<String>,
+    metadata: Option<PageMeta>,
+    items: Items,
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PageMeta {
+    #[serde(default)]
+    resource_version: Option<String>,
+    #[serde(default, rename = "continue")]
+    next: Option<String>,
+}
+
+/// The `items` field as it came: absent, `null`, a list, or anything else; or the page was
+/// JSON of the wrong types (the parser's message).
+#[derive(Default)]
+enum Items {
+    #[default]
+    Missing,
+    Null,
+    List(Vec<Item>),
+    NotAList,
+    Unreadable(String),
+}
+
+/// One item: its metadata, or none (absent, or not an object).
+enum Item {
+    Meta(LeanMeta),
+    NoMetadata,
+}
+
+/// What a record header reads of an item's metadata; the rest is skipped.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeanMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    resource_version: Option<String>,
+    #[serde(default)]
+    creation_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+impl LeanMeta {
+    fn into_object_meta(self) -> ObjectMeta {
+        ObjectMeta {
+            name: self.name,
+            namespace: self.namespace,
+            labels: self.labels,
+            resource_version: self.resource_version,
+            creation_timestamp: self.creation_timestamp,
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+/// Skips the rest of a JSON value the visitor was handed.
+macro_rules! skip_scalars {
+    ($out:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($out)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($out)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($out)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($out)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($out)
+        }
+    };
+}
+
+fn drain_seq<'de, A: serde::de::SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn drain_map<'de, A: serde::de::MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map
+        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+        .is_some()
+    {}
+    Ok(())
+}
+
+impl<'de> serde::Deserialize<'de> for Items {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Items, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Items;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of items")
+            }
+            fn visit_unit<E>(self) -> Result<Items, E> {
+                Ok(Items::Null)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Items, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(item) = seq.next_element::<Item>()? {
+                    items.push(item);
+                }
+                Ok(Items::List(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Items, A::Error> {
+                drain_map(map).map(|()| Items::NotAList)
+            }
+            skip_scalars!(Items::NotAList);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Item {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Item, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Field {
+            Metadata,
+            #[serde(other)]
+            Other,
+        }
+        /// The `metadata` value: an object, or anything else.
+        struct MetaValue(Option<LeanMeta>);
+        impl<'de> serde::Deserialize<'de> for MetaValue {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MetaValue, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = MetaValue;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("an object's metadata")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        map: A,
+                    ) -> Result<MetaValue, A::Error> {
+                        use serde::Deserialize;
+                        LeanMeta::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                            .map(|m| MetaValue(Some(m)))
+                    }
+                    fn visit_unit<E>(self) -> Result<MetaValue, E> {
+                        Ok(MetaValue(None))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        seq: A,
+                    ) -> Result<MetaValue, A::Error> {
+                        drain_seq(seq).map(|()| MetaValue(None))
+                    }
+                    skip_scalars!(MetaValue(None));
+                }
+                d.deserialize_any(V)
+            }
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Item;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list item")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Item, A::Error> {
+                let mut meta = None;
+                while let Some(field) = map.next_key::<Field>()? {
+                    match field {
+                        Field::Metadata => meta = map.next_value::<MetaValue>()?.0,
+                        Field::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(meta.map_or(Item::NoMetadata, Item::Meta))
+            }
+            fn visit_unit<E>(self) -> Result<Item, E> {
+                Ok(Item::NoMetadata)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Item, A::Error> {
+                drain_seq(seq).map(|()| Item::NoMetadata)
+            }
+            skip_scalars!(Item::NoMetadata);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Page {
+    /// Reads a page from the answer's text. Text that is not JSON is a transport failure
+    /// (retried, as a cut-off body is); JSON of the wrong types is a malformed answer,
+    /// refused by [`list_items`].
+    pub(crate) fn parse(kind: &'static str, text: &str) -> Result<Page, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            kind: Option<String>,
+            #[serde(default)]
+            metadata: Option<PageMeta>,
+            #[serde(default)]
+            items: Items,
+        }
+        match serde_json::from_str::<Raw>(text) {
+            Ok(raw) => Ok(Page {
+                kind: raw.kind,
+                metadata: raw.metadata,
+                items: raw.items,
+            }),
+            // Refused by `list_items`, never retried.
+            Err(e) if e.classify() == serde_json::error::Category::Data => Ok(Page {
+                kind: None,
+                metadata: None,
+                items: Items::Unreadable(e.to_string()),
+            }),
+            Err(e) => Err(ApiError::Transport(format!(
+                "the {kind} list answer is not JSON ({e})"
+            ))),
+        }
+    }
+
+    /// The list's resourceVersion, if it has one.
+    fn version(&self) -> Option<&str> {
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.resource_version.as_deref())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The token of the next page, if there is one.
+    fn next(&self) -> Option<&str> {
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.next.as_deref())
+            .filter(|c| !c.is_empty())
+    }
+}
+
 /// The items of a metadata list answer, refusing answers of the wrong shape (another kind
 /// of list, no `items`, an item without `metadata`): an empty-looking list must really be
 /// empty. kube-apiserver encodes an empty `PartialObjectMetadataList` as `"items": null` (a
 /// nil Go slice); that, and only that, is an empty list.
-fn list_items(
-    kind: &'static str,
-    answer: serde_json::Value,
-) -> Result<Vec<ObjectMeta>, StoreError> {
+fn list_items(kind: &'static str, answer: Page) -> Result<Vec<ObjectMeta>, StoreError> {
     let malformed = |what: &str| StoreError::Malformed(format!("the {kind} list answer {what}"));
-    let list_kind = answer.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    let items = match answer.items {
+        Items::Unreadable(e) => return Err(malformed(&format!("has an unreadable item ({e})"))),
+        items => items,
+    };
+    let list_kind = answer.kind.as_deref().unwrap_or("");
     let metadata_list = list_kind == "PartialObjectMetadataList";
     if !metadata_list && list_kind != format!("{kind}List") {
         return Err(malformed(&format!(
             "is of kind {list_kind:?}, not a PartialObjectMetadataList"
         )));
     }
-    let items = match answer.get("items") {
-        Some(serde_json::Value::Array(items)) => items.as_slice(),
-        Some(serde_json::Value::Null) if metadata_list => &[],
-        Some(_) => return Err(malformed("has an items field that is not a list")),
-        None => return Err(malformed("has no items")),
+    let items = match items {
+        Items::List(items) => items,
+        Items::Null if metadata_list => Vec::new(),
+        Items::Null | Items::NotAList | Items::Unreadable(_) => {
+            return Err(malformed("has an items field that is not a list"))
+        }
+        Items::Missing => return Err(malformed("has no items")),
     };
     items
-        .iter()
-        .map(|item| {
-            let meta = item
-                .get("metadata")
-                .filter(|m| m.is_object())
-                .ok_or_else(|| malformed("has an item without metadata"))?;
-            serde_json::from_value(meta.clone())
-                .map_err(|e| malformed(&format!("has an unreadable item ({e})")))
+        .into_iter()
+        .map(|item| match item {
+            Item::Meta(meta) => Ok(meta.into_object_meta()),
+            Item::NoMetadata => Err(malformed("has an item without metadata")),
         })
         .collect()
 }
@@ -381,6 +635,12 @@ fn list_items(
 /// pages (`limit`/`continue`), each page turned into headers before the next is fetched,
 /// so no single answer holds every record's metadata.
 pub(crate) const LIST_PAGE_SIZE: u32 = 500;
+
+/// Records asked for per list request of one release's history: a history up to 1,000
+/// revisions (helm keeps 10 by default) is one request, so a decision needs no second page
+/// (issue 29); one page of that size is about 600 KB of metadata text, read lean (see
+/// [`Page`]).
+pub(crate) const RELEASE_PAGE_SIZE: u32 = 1000;
 
 /// Pages through a list: `fetch(None)` is the first page, `fetch(Some(token))` the page
 /// after the one whose `metadata.continue` was `token`, until a page has no token. Every
@@ -392,12 +652,13 @@ pub(crate) const LIST_PAGE_SIZE: u32 = 500;
 pub(crate) async fn list_pages_versioned<T, F, Fut>(
     kind: &'static str,
     what: &str,
+    page_size: u32,
     mut fetch: F,
     mut convert: impl FnMut(&ObjectMeta) -> Result<T, StoreError>,
 ) -> Result<(Vec<T>, Option<String>), StoreError>
 where
     F: FnMut(Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<serde_json::Value, ApiError>>,
+    Fut: std::future::Future<Output = Result<Page, ApiError>>,
 {
     let mut out = Vec::new();
     let mut version: Option<String> = None;
@@ -408,26 +669,16 @@ where
             Err(e) if e.code() == Some(410) && token.is_some() => {
                 return Err(StoreError::Malformed(format!(
                     "{what}: the list changed too much while it was read in pages of \
-                     {LIST_PAGE_SIZE} (the server expired the continue token after page \
+                     {page_size} (the server expired the continue token after page \
                      {pages}: 410 Expired); run the command again"
                 )));
             }
             other => other?,
         };
-        if let Some(rv) = answer
-            .get("metadata")
-            .and_then(|m| m.get("resourceVersion"))
-            .and_then(|v| v.as_str())
-            .filter(|v| !v.is_empty())
-        {
+        if let Some(rv) = answer.version() {
             version = Some(rv.to_string());
         }
-        let next = answer
-            .get("metadata")
-            .and_then(|m| m.get("continue"))
-            .and_then(|c| c.as_str())
-            .filter(|c| !c.is_empty())
-            .map(str::to_string);
+        let next = answer.next().map(str::to_string);
         for meta in list_items(kind, answer)? {
             out.push(convert(&meta)?);
         }
@@ -479,7 +730,9 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         &self,
         release: &str,
     ) -> Result<(Vec<RecordHeader>, RecordsVersion), StoreError> {
-        let (headers, list) = self.list(&release_selector(release), false).await?;
+        let (headers, list) = self
+            .list(&release_selector(release), false, RELEASE_PAGE_SIZE)
+            .await?;
         // The server filtered by label; a record that does not belong is an answer we
         // cannot trust.
         if let Some(h) = headers.iter().find(|h| h.release != release) {
@@ -500,7 +753,7 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         selector: &str,
         all_namespaces: bool,
     ) -> Result<Vec<RecordHeader>, StoreError> {
-        Ok(self.list(selector, all_namespaces).await?.0)
+        Ok(self.list(selector, all_namespaces, LIST_PAGE_SIZE).await?.0)
     }
 
     async fn visit_headers_matching(
@@ -509,7 +762,8 @@ impl<K: RecordKind> ReleaseStore for KubeStore<K> {
         all_namespaces: bool,
         visit: &mut dyn FnMut(RecordHeader) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.visit(selector, all_namespaces, visit).await?;
+        self.visit(selector, all_namespaces, LIST_PAGE_SIZE, visit)
+            .await?;
         Ok(())
     }
 
@@ -754,25 +1008,76 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    list_items("Secret", answer.clone()),
+                    list_items("Secret", parsed(&answer)),
                     Err(StoreError::Malformed(_))
                 ),
                 "accepted {answer}"
             );
         }
+        // Metadata of the wrong types is malformed; text that is not JSON is a transport
+        // failure (retried, as a cut-off body is).
+        let bad_labels = meta(serde_json::json!([{"metadata": {"name": "a", "labels": 5}}]));
+        assert!(matches!(
+            list_items("Secret", parsed(&bad_labels)),
+            Err(StoreError::Malformed(_))
+        ));
+        assert!(matches!(
+            Page::parse(
+                "Secret",
+                "{\"kind\": \"PartialObjectMetadataList\", \"items\": ["
+            ),
+            Err(ApiError::Transport(_))
+        ));
         // Empty, as kube-apiserver and as a full list answer it.
-        assert!(list_items("Secret", meta(serde_json::Value::Null))
+        assert!(list_items("Secret", parsed(&meta(serde_json::Value::Null)))
             .unwrap()
             .is_empty());
-        assert!(list_items("Secret", meta(serde_json::json!([])))
+        assert!(list_items("Secret", parsed(&meta(serde_json::json!([]))))
             .unwrap()
             .is_empty());
         assert!(list_items(
             "Secret",
-            serde_json::json!({"kind": "SecretList", "items": []})
+            parsed(&serde_json::json!({"kind": "SecretList", "items": []}))
         )
         .unwrap()
         .is_empty());
+    }
+
+    fn parsed(answer: &serde_json::Value) -> Page {
+        Page::parse("Secret", &answer.to_string()).unwrap()
+    }
+
+    /// An item as kube-apiserver sends it: what a header needs is read, the rest (managed
+    /// fields, annotations, owner references, whatever their shape) skipped.
+    #[test]
+    fn items_keep_what_headers_need_and_skip_the_rest() {
+        let answer = serde_json::json!({
+            "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": "42", "continue": "t1", "remainingItemCount": 3},
+            "items": [{
+                "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                "metadata": {
+                    "name": "sh.helm.release.v1.db.v3", "namespace": "shared", "uid": "u",
+                    "resourceVersion": "41", "creationTimestamp": "2026-01-02T03:04:05Z",
+                    "labels": {"name": "db", "owner": "helm", "status": "deployed", "version": "3"},
+                    "annotations": {"a": "b"},
+                    "managedFields": [{"manager": "helm", "fieldsV1": {"f:data": {".": {}}}}],
+                    "ownerReferences": [], "finalizers": null
+                }
+            }]
+        });
+        let page = parsed(&answer);
+        assert_eq!(page.version(), Some("42"));
+        assert_eq!(page.next(), Some("t1"));
+        let items = list_items("Secret", page).unwrap();
+        let header = header_from_meta("Secret", &items[0], Some("shared")).unwrap();
+        assert_eq!(header.name, "sh.helm.release.v1.db.v3");
+        assert_eq!(header.revision, 3);
+        assert_eq!(header.status, ReleaseStatus::Deployed);
+        assert_eq!(header.write_token.as_deref(), Some("41"));
+        assert_eq!(header.created.as_deref(), Some("2026-01-02T03:04:05Z"));
+        assert_eq!(items[0].annotations, None);
+        assert_eq!(items[0].managed_fields, None);
     }
 
     #[test]
@@ -786,7 +1091,7 @@ mod tests {
         assert_eq!(path_segment(""), "");
     }
 
-    fn page(names: &[&str], next: Option<&str>) -> serde_json::Value {
+    fn page(names: &[&str], next: Option<&str>) -> Page {
         let items: Vec<serde_json::Value> = names
             .iter()
             .map(|n| serde_json::json!({"metadata": {"name": n}}))
@@ -795,7 +1100,9 @@ mod tests {
         if let Some(next) = next {
             meta["continue"] = next.into();
         }
-        serde_json::json!({"kind": "PartialObjectMetadataList", "metadata": meta, "items": items})
+        parsed(
+            &serde_json::json!({"kind": "PartialObjectMetadataList", "metadata": meta, "items": items}),
+        )
     }
 
     fn name(meta: &ObjectMeta) -> Result<String, StoreError> {
@@ -808,6 +1115,7 @@ mod tests {
         let (got, _) = list_pages_versioned(
             "Secret",
             "listing",
+            LIST_PAGE_SIZE,
             |token| {
                 asked.borrow_mut().push(token.clone());
                 let answer = match token.as_deref() {
@@ -835,6 +1143,7 @@ mod tests {
         let err = list_pages_versioned(
             "Secret",
             "listing Secrets (owner=helm) in all namespaces",
+            LIST_PAGE_SIZE,
             |token| async move {
                 match token {
                     None => Ok(page(&["a"], Some("t1"))),
@@ -861,8 +1170,9 @@ mod tests {
         let err = list_pages_versioned(
             "Secret",
             "listing",
+            LIST_PAGE_SIZE,
             |_| async {
-                Err::<serde_json::Value, _>(ApiError::Status {
+                Err::<Page, _>(ApiError::Status {
                     code: 410,
                     reason: "Gone".into(),
                     message: "gone".into(),
@@ -883,6 +1193,7 @@ mod tests {
         let err = list_pages_versioned(
             "Secret",
             "listing",
+            LIST_PAGE_SIZE,
             |_| async { Ok(page(&["a"], Some("same"))) },
             name,
         )
