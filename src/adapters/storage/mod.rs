@@ -103,13 +103,23 @@ pub enum RecordsChange {
     Quiet,
 }
 
-/// A record with its encoded release (the once-base64 text Helm produces).
-#[derive(Clone, Debug)]
+/// A record with its encoded release (the once-base64 text Helm produces). Its `Debug`
+/// shows the payload's size only: the payload holds the release's values (secrets).
+#[derive(Clone)]
 pub struct StoredRecord {
     /// Labels, name, revision, status.
     pub header: RecordHeader,
     /// `base64(gzip(json))` as Helm wrote it.
     pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredRecord")
+            .field("header", &self.header)
+            .field("payload", &format_args!("<{} bytes>", self.payload.len()))
+            .finish()
+    }
 }
 
 /// What a failed store request means, whichever driver said it and how (an HTTP status,
@@ -506,6 +516,30 @@ impl ReleaseStore for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record's Debug never shows its payload (the release's values).
+    #[test]
+    fn a_records_debug_hides_its_payload() {
+        let record = StoredRecord {
+            header: RecordHeader {
+                name: "sh.helm.release.v1.db.v1".into(),
+                namespace: "shared".into(),
+                release: "db".into(),
+                revision: 1,
+                status: ReleaseStatus::Deployed,
+                labels: BTreeMap::new(),
+                write_token: None,
+                created: None,
+            },
+            payload: b"password: hunter2".to_vec(),
+        };
+        let shown = format!("{record:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("104, 117"),
+            "{shown}"
+        );
+        assert!(shown.contains("<17 bytes>"), "{shown}");
+    }
 
     /// A driver's failure with nothing but its kind and sentence.
     fn driver(kind: ErrorKind, text: &str) -> StoreError {
