@@ -35,6 +35,8 @@ fn install_policy(b: &Bed) {
         .expect_code(0, "policy install")
         .assert_stderr(&[
             "applied: Namespace guarded-upgrade",
+            "applied: ValidatingAdmissionPolicy guarded-upgrade-hard-lock-params",
+            "applied: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock-params",
             "applied: Role guarded-upgrade-locks",
             "applied: RoleBinding guarded-upgrade-locks",
             "applied: ClusterRole guarded-upgrade-hard-lock-reader",
@@ -43,8 +45,6 @@ fn install_policy(b: &Bed) {
             "applied: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock",
             "applied: ValidatingAdmissionPolicy guarded-upgrade-hard-lock-wide",
             "applied: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock-wide",
-            "applied: ValidatingAdmissionPolicy guarded-upgrade-hard-lock-params",
-            "applied: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock-params",
             "installed: ValidatingAdmissionPolicies guarded-upgrade-hard-lock, \
              guarded-upgrade-hard-lock-wide, guarded-upgrade-hard-lock-params version 3; \
              `guarded-upgrade lock RELEASE --hard` is now enforced by the cluster",
@@ -431,12 +431,12 @@ fn relock_while_enforced(label: &str) {
     b.guard(&["policy", "uninstall"])
         .expect_code(0, "policy uninstall")
         .assert_stderr(&[
-            "deleted: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock",
             "deleted: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock-wide",
+            "deleted: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock",
             "deleted: ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock-params",
+            "deleted: ValidatingAdmissionPolicy guarded-upgrade-hard-lock-params",
             "deleted: ValidatingAdmissionPolicy guarded-upgrade-hard-lock",
             "deleted: ValidatingAdmissionPolicy guarded-upgrade-hard-lock-wide",
-            "deleted: ValidatingAdmissionPolicy guarded-upgrade-hard-lock-params",
             "deleted: ClusterRoleBinding guarded-upgrade-hard-lock-reader",
             "deleted: ClusterRole guarded-upgrade-hard-lock-reader",
             "deleted: RoleBinding guarded-upgrade-locks",

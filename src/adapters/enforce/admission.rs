@@ -725,13 +725,18 @@ fn locks_namespace_objects() -> [Value; 3] {
     ]
 }
 
-/// Every object `policy install` applies, in order: the namespace and roles first, each
-/// policy right before its binding.
+/// Every object `policy install` applies, in order: the namespace, then the policy that
+/// guards the parameters in it before the Role that lets every user write there (else,
+/// for a moment, anyone could create a well-formed-looking parameter freezing any
+/// namespace, and it would stay: the guard checks creations only), then the other roles,
+/// each policy right before its binding.
 pub fn manifest_objects() -> Vec<Value> {
     let [namespace, role, role_binding] = locks_namespace_objects();
     let [reader, reader_binding] = reader_objects();
     vec![
         namespace,
+        params_policy_object(),
+        binding(PARAMS_POLICY_NAME, None),
         role,
         role_binding,
         reader,
@@ -740,8 +745,6 @@ pub fn manifest_objects() -> Vec<Value> {
         binding_object(),
         wide_policy_object(),
         wide_binding_object(),
-        params_policy_object(),
-        binding(PARAMS_POLICY_NAME, None),
     ]
 }
 
@@ -1460,12 +1463,14 @@ pub async fn install(client: &Client) -> Result<Vec<String>, String> {
     Ok(done)
 }
 
-/// Deletes the manifest's objects, bindings first (enforcement stops at once), the
-/// namespace of the cluster-wide parameters last. Returns what was deleted.
+/// Deletes the manifest's objects, bindings first (enforcement stops at once; the
+/// parameters' guard last of them), the namespace of the cluster-wide parameters last.
+/// Returns what was deleted.
 pub async fn uninstall(client: &Client) -> Result<Vec<String>, String> {
     let objects = manifest_objects();
     let bindings = objects
         .iter()
+        .rev()
         .filter(|o| o["kind"] == "ValidatingAdmissionPolicyBinding");
     let policies = objects
         .iter()
@@ -1527,6 +1532,8 @@ mod tests {
             kinds,
             [
                 "Namespace guarded-upgrade",
+                "ValidatingAdmissionPolicy guarded-upgrade-hard-lock-params",
+                "ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock-params",
                 "Role guarded-upgrade-locks",
                 "RoleBinding guarded-upgrade-locks",
                 "ClusterRole guarded-upgrade-hard-lock-reader",
@@ -1535,19 +1542,20 @@ mod tests {
                 "ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock",
                 "ValidatingAdmissionPolicy guarded-upgrade-hard-lock-wide",
                 "ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock-wide",
-                "ValidatingAdmissionPolicy guarded-upgrade-hard-lock-params",
-                "ValidatingAdmissionPolicyBinding guarded-upgrade-hard-lock-params",
             ]
         );
         assert_eq!(
-            objects[6]["spec"]["paramRef"]["parameterNotFoundAction"],
+            objects[8]["spec"]["paramRef"]["parameterNotFoundAction"],
             "Allow"
         );
         // The per-namespace binding looks parameters up in the request's namespace; the
-        // cluster-wide one in the locks namespace only.
-        assert!(objects[6]["spec"]["paramRef"]["namespace"].is_null());
-        assert_eq!(objects[8]["spec"]["paramRef"]["namespace"], LOCKS_NAMESPACE);
-        assert!(objects[10]["spec"]["paramRef"].is_null());
+        // cluster-wide one in the locks namespace only; the parameters' guard has none.
+        assert!(objects[8]["spec"]["paramRef"]["namespace"].is_null());
+        assert_eq!(
+            objects[10]["spec"]["paramRef"]["namespace"],
+            LOCKS_NAMESPACE
+        );
+        assert!(objects[2]["spec"]["paramRef"].is_null());
     }
 
     fn spec() -> Lock {
